@@ -1,0 +1,20 @@
+//! Portcullis: a PostgreSQL gateway between AI agents and production databases.
+//!
+//! The crate is split so that everything that understands bytes is sans-IO and
+//! everything that moves bytes is thin:
+//!
+//! - [`protocol`]: wire framing and the few message parsers/builders the gateway needs.
+//! - [`session`]: the sans-IO state machines (client handshake, upstream handshake,
+//!   the relay core that tracks statements and can refuse one).
+//! - [`auth`]: agent identities and SCRAM-SHA-256 on the server side.
+//! - [`mask`]: column and value masking over `DataRow`s and `COPY` data.
+//! - [`engine`]: the two I/O drivers (io_uring and epoll) around the core.
+//! - [`config`]: the TOML configuration and its validation.
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod mask;
+pub mod protocol;
+pub mod session;
+pub mod telemetry;
