@@ -1,0 +1,2 @@
+//! Masking-stage throughput (placeholder, written with issue 4).
+fn main() {}
