@@ -1,2 +1,38 @@
 //! The harness shared by end-to-end tests, the quickstart and the bench: throwaway
 //! PostgreSQL clusters, the sample financial dataset, gateway processes.
+//!
+//! Everything here talks to real processes (PostgreSQL 15, the `portcullis` binary, `psql`),
+//! so a test exercises what a user would run. Nothing builds anything: the caller builds the
+//! gateway first (`cargo xtask test` does).
+
+pub mod dataset;
+pub mod gateway;
+pub mod net;
+pub mod pg;
+pub mod scram;
+
+pub use dataset::{aba_valid, iban_valid, load_financial, luhn_valid, ssn_valid};
+pub use gateway::{Engine, Gateway, GatewayOptions, Identity};
+pub use net::{NetNs, free_port};
+pub use pg::{PgCluster, PgOptions};
+
+/// Generates one `#[test]` per I/O engine from a function taking an [`Engine`], so every
+/// data-path scenario runs on both io_uring and epoll under its own name
+/// (`scenario::uring`, `scenario::epoll`).
+#[macro_export]
+macro_rules! per_engine {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn uring() {
+                    super::$name($crate::Engine::Uring)
+                }
+                #[test]
+                fn epoll() {
+                    super::$name($crate::Engine::Epoll)
+                }
+            }
+        )+
+    };
+}

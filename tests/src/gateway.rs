@@ -1,0 +1,409 @@
+//! A `portcullis` gateway process in front of a [`PgCluster`]: a generated TOML config, a
+//! free port, start-up that waits until the port accepts connections, and a kill on drop.
+//!
+//! The binary is found, never built: `PORTCULLIS_BIN`, else the newer of
+//! `target/release/portcullis` and `target/debug/portcullis` in this workspace.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::net::{NetError, free_port};
+use crate::pg::PgCluster;
+use crate::scram;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(
+        "no portcullis binary: set PORTCULLIS_BIN or build it (`cargo build -p portcullis`); looked in {0}"
+    )]
+    NoBinary(String),
+    #[error("temporary directory: {0}")]
+    TempDir(std::io::Error),
+    #[error(transparent)]
+    Port(#[from] NetError),
+    #[error("could not spawn {bin}: {source}")]
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gateway exited during start-up ({status})\n--- gateway output (tail) ---\n{log}")]
+    Exited { status: String, log: String },
+    #[error(
+        "gateway did not accept connections on {addr} within {secs}s\n--- gateway output (tail) ---\n{log}"
+    )]
+    Timeout {
+        addr: SocketAddr,
+        secs: u64,
+        log: String,
+    },
+}
+
+/// The I/O engine the gateway is told to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::Uring => "uring",
+            Engine::Epoll => "epoll",
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A client identity the gateway accepts: the plain secret stays here so tests can log in,
+/// the config only gets its SCRAM verifier.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub secret: String,
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    pub fn new(name: &str, secret: &str, roles: &[&str]) -> Identity {
+        Identity {
+            name: name.into(),
+            secret: secret.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+}
+
+/// How to run the gateway. [`GatewayOptions::new`] fills the upstream from a cluster.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    pub engine: Engine,
+    pub upstream_host: String,
+    pub upstream_port: u16,
+    pub upstream_user: String,
+    pub upstream_password: String,
+    /// The database [`Gateway::uri`] names when the caller does not.
+    pub db: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    pub listen_host: String,
+    pub identities: Vec<Identity>,
+    /// `None` leaves `workers` to the gateway's default (one per core).
+    pub workers: Option<usize>,
+    pub log_level: String,
+    /// Appended to the generated config as is: masking rules and the like.
+    pub extra_toml: String,
+    /// `(cert, key)` PEM paths for `[server.tls]`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls_required: bool,
+    pub startup_timeout: Duration,
+}
+
+impl GatewayOptions {
+    pub fn new(cluster: &PgCluster, db: &str) -> GatewayOptions {
+        GatewayOptions {
+            engine: Engine::Auto,
+            upstream_host: cluster.host.clone(),
+            upstream_port: cluster.port,
+            upstream_user: cluster.upstream_user.clone(),
+            upstream_password: cluster.upstream_password.clone(),
+            db: db.into(),
+            port: 0,
+            listen_host: "127.0.0.1".into(),
+            identities: vec![
+                Identity::new("agent", "agent-secret", &["agent"]),
+                Identity::new("auditor", "auditor-secret", &["auditor"]),
+            ],
+            workers: None,
+            log_level: "info".into(),
+            extra_toml: String::new(),
+            tls: None,
+            tls_required: false,
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    pub fn extra_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// The TOML the gateway is started with (listen address included).
+    pub fn to_toml(&self, listen: SocketAddr) -> String {
+        let mut t = String::new();
+        let q = toml_str;
+        let _ = writeln!(t, "[server]\nlisten = {}", q(&listen.to_string()));
+        let _ = writeln!(t, "io_engine = {}", q(self.engine.as_str()));
+        if let Some(w) = self.workers {
+            let _ = writeln!(t, "workers = {w}");
+        }
+        if let Some((cert, key)) = &self.tls {
+            let _ = writeln!(
+                t,
+                "\n[server.tls]\ncert = {}\nkey = {}\nrequired = {}",
+                q(&cert.display().to_string()),
+                q(&key.display().to_string()),
+                self.tls_required
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\n[upstream]\nhost = {}\nport = {}\nuser = {}\npassword = {}\ntls = \"disable\"",
+            q(&self.upstream_host),
+            self.upstream_port,
+            q(&self.upstream_user),
+            q(&self.upstream_password)
+        );
+        for id in &self.identities {
+            let roles: Vec<String> = id.roles.iter().map(|r| q(r)).collect();
+            let _ = writeln!(
+                t,
+                "\n[[identity]]\nname = {}\nsecret = {}\nroles = [{}]",
+                q(&id.name),
+                q(&scram::verifier(&id.secret)),
+                roles.join(", ")
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\n[log]\nformat = \"human\"\nlevel = {}",
+            q(&self.log_level)
+        );
+        if !self.extra_toml.is_empty() {
+            t.push('\n');
+            t.push_str(&self.extra_toml);
+        }
+        t
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A running gateway. Dropping it kills the process and deletes its config.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub opts: GatewayOptions,
+}
+
+impl Gateway {
+    pub fn start(opts: GatewayOptions) -> Result<Gateway, GatewayError> {
+        let bin = binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-gw-")
+            .tempdir()
+            .map_err(GatewayError::TempDir)?;
+        let port = if opts.port == 0 {
+            free_port()?
+        } else {
+            opts.port
+        };
+        let ip: std::net::IpAddr = opts
+            .listen_host
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let addr = SocketAddr::new(ip, port);
+        let config = dir.path().join("portcullis.toml");
+        std::fs::write(&config, opts.to_toml(addr)).map_err(GatewayError::TempDir)?;
+        let log =
+            std::fs::File::create(dir.path().join("gateway.log")).map_err(GatewayError::TempDir)?;
+        let log2 = log.try_clone().map_err(GatewayError::TempDir)?;
+        let child = Command::new(&bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--io-engine", opts.engine.as_str()])
+            .env_remove("PORTCULLIS_CONFIG")
+            .env_remove("PORTCULLIS_LISTEN")
+            .env_remove("PORTCULLIS_IO_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|source| GatewayError::Spawn {
+                bin: bin.clone(),
+                source,
+            })?;
+        let mut gw = Gateway {
+            child,
+            dir,
+            addr,
+            opts,
+        };
+        gw.wait_ready()?;
+        Ok(gw)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), GatewayError> {
+        let deadline = Instant::now() + self.opts.startup_timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(GatewayError::Exited {
+                    status: status.to_string(),
+                    log: self.log_tail(40),
+                });
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(GatewayError::Timeout {
+                    addr: self.addr,
+                    secs: self.opts.startup_timeout.as_secs(),
+                    log: self.log_tail(40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    /// The config file it was started with (for tests that tweak and reload it).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("portcullis.toml")
+    }
+
+    /// A libpq URI through the gateway; `sslmode` is left to the client's default so the
+    /// gateway's SSLRequest handling is exercised too.
+    pub fn uri(&self, identity: &str, secret: &str, db: &str) -> String {
+        format!(
+            "postgresql://{identity}:{secret}@{}:{}/{db}",
+            self.host(),
+            self.port()
+        )
+    }
+
+    /// [`Gateway::uri`] as the default `agent` identity, on the options' database.
+    pub fn agent_uri(&self) -> String {
+        self.uri("agent", "agent-secret", &self.opts.db)
+    }
+
+    /// A tokio-postgres / libpq key-value string (tokio-postgres has no TLS here).
+    pub fn conninfo(&self, identity: &str, secret: &str, db: &str) -> String {
+        format!(
+            "host={} port={} user={identity} password={secret} dbname={db} sslmode=disable",
+            self.host(),
+            self.port()
+        )
+    }
+
+    /// Everything the gateway printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let v: Vec<&str> = log.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Resident set size in KiB from /proc, `None` once the process is gone.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP` to reload, `libc::SIGTERM` to drain).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; the worst case is ESRCH.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of any process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The workspace root, from this crate's manifest directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The `portcullis` binary to run: `PORTCULLIS_BIN`, else the newest build in the target dir.
+pub fn binary() -> Result<PathBuf, GatewayError> {
+    if let Some(p) = std::env::var_os("PORTCULLIS_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let candidates = [
+        target.join("release/portcullis"),
+        target.join("debug/portcullis"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(p).ok()?.modified().ok()?;
+            Some((m, p.clone()))
+        })
+        .max_by_key(|(m, _): &(SystemTime, PathBuf)| *m)
+        .map(|(_, p)| p)
+        .ok_or_else(|| GatewayError::NoBinary(target.display().to_string()))
+}

@@ -1,0 +1,148 @@
+//! The harness itself against a real PostgreSQL: clusters start and stop, the dataset loads
+//! once and validates, and the SCRAM verifiers the gateway is configured with are ones
+//! PostgreSQL accepts.
+
+use std::time::Instant;
+
+use portcullis_tests::{
+    PgCluster, PgOptions, aba_valid, iban_valid, load_financial, luhn_valid, ssn_valid,
+};
+
+#[test]
+fn cluster_starts_answers_and_restarts() {
+    let mut pg = PgCluster::start(PgOptions::default()).unwrap();
+    assert_eq!(pg.psql("postgres", "SELECT 1; SELECT 2").unwrap(), "1\n2\n");
+    assert_eq!(
+        pg.psql("postgres", "SHOW password_encryption")
+            .unwrap()
+            .trim(),
+        "scram-sha-256"
+    );
+    pg.create_database("bank").unwrap();
+    pg.create_database("bank").unwrap();
+    pg.kill().unwrap();
+    assert!(pg.psql("postgres", "SELECT 1").is_err());
+    pg.restart().unwrap();
+    assert_eq!(pg.psql("bank", "SELECT 3").unwrap(), "3\n");
+    let data = pg.data_dir();
+    drop(pg);
+    assert!(!data.exists(), "drop removes the cluster's files");
+}
+
+#[test]
+fn upstream_role_logs_in_over_tcp_with_scram() {
+    let pg = PgCluster::start(PgOptions::default()).unwrap();
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-At", "-d", &pg.direct_uri("postgres"), "-c"])
+        .arg("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "portcullis|t");
+}
+
+#[test]
+fn harness_scram_verifier_is_accepted_by_postgres() {
+    let pg = PgCluster::start(PgOptions::default()).unwrap();
+    let v = portcullis_tests::scram::verifier("s3cret-pw");
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE checker LOGIN PASSWORD '{v}'"),
+    )
+    .unwrap();
+    let uri = format!(
+        "postgresql://checker:s3cret-pw@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port
+    );
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-At", "-d", &uri, "-c", "SELECT 'ok'"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+#[test]
+fn dataset_loads_once_and_validates() {
+    let pg = PgCluster::start(PgOptions::default()).unwrap();
+    load_financial(&pg, "bank", 5000, 42).unwrap();
+    let t = Instant::now();
+    load_financial(&pg, "bank", 5000, 42).unwrap();
+    assert!(t.elapsed().as_secs() < 2, "second load is a no-op");
+    let rows = pg
+        .psql(
+            "bank",
+            "SELECT ssn, card_number, routing_number, iban FROM accounts ORDER BY id",
+        )
+        .unwrap();
+    let mut n = 0;
+    for line in rows.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        assert!(
+            ssn_valid(f[0]) && luhn_valid(f[1]) && aba_valid(f[2]) && iban_valid(f[3]),
+            "{line}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 5000);
+    let first = portcullis_tests::dataset::account(42, 1);
+    assert_eq!(
+        pg.psql(
+            "bank",
+            "SELECT full_name || '|' || notes FROM accounts WHERE id = 1"
+        )
+        .unwrap()
+        .trim(),
+        format!("{}|{}", first.full_name, first.notes)
+    );
+    let avg: f64 = pg
+        .psql("bank", "SELECT avg(length(a::text)) FROM accounts a")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((150.0..260.0).contains(&avg), "average row {avg} bytes");
+    // A different size reloads from scratch.
+    load_financial(&pg, "bank", 100, 42).unwrap();
+    assert_eq!(
+        pg.psql("bank", "SELECT count(*) FROM accounts")
+            .unwrap()
+            .trim(),
+        "100"
+    );
+    assert_eq!(
+        pg.psql("bank", "SELECT count(*) FROM transactions")
+            .unwrap()
+            .trim(),
+        "26"
+    );
+}
+
+/// The brief: one million rows load in well under a minute.
+#[test]
+fn dataset_big_1m_rows_load_under_a_minute() {
+    let pg = PgCluster::start(PgOptions {
+        bench_tuning: true,
+        ..PgOptions::default()
+    })
+    .unwrap();
+    let t = Instant::now();
+    load_financial(&pg, "bank", 1_000_000, 1).unwrap();
+    let took = t.elapsed();
+    eprintln!("loaded 1M rows in {took:?}");
+    assert!(took.as_secs() < 60, "1M rows took {took:?}");
+    assert_eq!(
+        pg.psql("bank", "SELECT count(*) FROM accounts")
+            .unwrap()
+            .trim(),
+        "1000000"
+    );
+}
