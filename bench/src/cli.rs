@@ -1,0 +1,447 @@
+//! The command line and the run it drives: set up (or point at) the targets, run the plan,
+//! write the JSON and the charts, print the tables and, with `--compare`, what changed.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+
+use crate::managed::{self, ManagedOptions};
+use crate::procstat::ProcSet;
+use crate::report::{DatasetInfo, HostInfo, Report, SCHEMA, TargetInfo, WorkloadInfo};
+use crate::runner::Runner;
+use crate::target::{ConnInfo, Kind, Target, TargetError, Unavailable};
+use crate::wire;
+use crate::workload::{self, PlanOptions, Timing};
+use crate::{charts, compare, table};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("set-up: {0}")]
+    Managed(#[from] managed::ManagedError),
+    #[error("asking {target} about the dataset: {source}")]
+    Probe {
+        target: String,
+        source: wire::WireError,
+    },
+    #[error(
+        "the `accounts` table is missing or empty at {0}; load the dataset first (the quickstart does)"
+    )]
+    NoDataset(String),
+    #[error("--gateway needs --direct: ratios are taken against a direct connection")]
+    NoDirect,
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Chart(#[from] charts::ChartError),
+    #[error("tokio runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Measure the gateway against a direct connection and pgbouncer.
+///
+/// Without `--direct` it starts everything itself (PostgreSQL, pgbouncer, the gateway).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "portcullis-bench", version)]
+pub struct Args {
+    /// A few seconds per workload and a small dataset (the default is the full run).
+    #[arg(long)]
+    pub quick: bool,
+    /// Rows in the financial dataset [default: 1000000, quick: 20000].
+    #[arg(long)]
+    pub rows: Option<u64>,
+    /// Seed of the deterministic dataset.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Size of the wide result in MiB [default: 1024, quick: 32].
+    #[arg(long)]
+    pub wide_mib: Option<u64>,
+    /// Client counts for the small-query workloads [default: 1,8,32,128, quick: 1,8,32].
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Option<Vec<u32>>,
+    /// Rounds per workload (each runs every target once) [default: 3, quick: 2].
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Only workloads whose id contains one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+
+    /// Existing deployment: a direct connection URL (postgres://user:pass@host:port/db).
+    #[arg(long)]
+    pub direct: Option<String>,
+    /// Existing deployment: the gateway URL.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Existing deployment: a gateway URL whose identity has masking on.
+    #[arg(long)]
+    pub gateway_masked: Option<String>,
+    /// Existing deployment: pgbouncer's URL.
+    #[arg(long)]
+    pub pgbouncer: Option<String>,
+    /// Pids to read CPU time and memory from, when the processes are on this machine.
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+    #[arg(long)]
+    pub pgbouncer_pid: Option<u32>,
+    /// The postmaster's pid (its children are the backends).
+    #[arg(long)]
+    pub postgres_pid: Option<u32>,
+
+    /// The pgbouncer binary for the managed set-up.
+    #[arg(long, default_value = "/usr/sbin/pgbouncer")]
+    pub pgbouncer_bin: PathBuf,
+    /// The masking policy for the masked gateway target (its `[mask…]` tables are used).
+    #[arg(long, default_value = "deploy/quickstart.toml")]
+    pub mask_policy: PathBuf,
+    /// Do not start the gateway (managed set-up): direct and pgbouncer only.
+    #[arg(long)]
+    pub no_gateway: bool,
+    /// pgbench binary, the outside witness.
+    #[arg(long, default_value = "pgbench")]
+    pub pgbench_bin: String,
+
+    /// Where bench.json and the charts go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// An earlier bench.json to compare with.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    #[arg(long)]
+    pub no_charts: bool,
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// What a run leaves behind.
+pub struct Outcome {
+    pub report: Report,
+    pub json: PathBuf,
+    pub charts: Vec<PathBuf>,
+}
+
+pub fn run(args: &Args) -> Result<Outcome, BenchError> {
+    let quick = args.quick;
+    let mut timing = if quick {
+        Timing::quick()
+    } else {
+        Timing::full()
+    };
+    if let Some(r) = args.rounds {
+        timing.rounds = r.max(1);
+    }
+    let rows = args.rows.unwrap_or(if quick { 20_000 } else { 1_000_000 });
+    let wide_bytes = args.wide_mib.unwrap_or(if quick { 32 } else { 1024 }) << 20;
+    let client_counts = args.clients.clone().unwrap_or_else(|| {
+        if quick {
+            vec![1, 8, 32]
+        } else {
+            vec![1, 8, 32, 128]
+        }
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::Runtime)?;
+    let say = |m: &str| {
+        if !args.no_progress {
+            eprintln!("bench: {m}");
+        }
+    };
+
+    let started_at = rfc3339(SystemTime::now());
+    // Keeps the managed processes alive until the report is written.
+    let _deployment;
+    let (targets, unavailable, dataset_rows, pgbench_ready, seed) = match &args.direct {
+        None if args.gateway.is_some() || args.pgbouncer.is_some() => {
+            return Err(BenchError::NoDirect);
+        }
+        None => {
+            let d = managed::start(
+                &ManagedOptions {
+                    rows,
+                    seed: args.seed,
+                    pgbench_scale: if quick { 1 } else { 10 },
+                    pgbouncer_bin: args.pgbouncer_bin.clone(),
+                    mask_policy: Some(args.mask_policy.clone()),
+                    gateway: !args.no_gateway,
+                },
+                &say,
+            )?;
+            let out = (
+                d.targets.clone(),
+                d.unavailable.clone(),
+                rows,
+                d.pgbench_ready,
+                Some(args.seed),
+            );
+            _deployment = d;
+            out
+        }
+        Some(direct) => {
+            let (t, u) = existing_targets(args, direct)?;
+            let (n, pgb) = rt.block_on(probe(&t[0]))?;
+            (t, u, n, pgb, None)
+        }
+    };
+    let wl: Vec<_> = workload::plan(&PlanOptions {
+        rows: dataset_rows,
+        wide_bytes,
+        client_counts,
+        pgbench: pgbench_ready,
+    })
+    .into_iter()
+    .filter(|w| args.only.is_empty() || args.only.iter().any(|o| w.id.contains(o.as_str())))
+    .collect();
+    say(&format!(
+        "{} workloads x {} targets x {} rounds",
+        wl.len(),
+        targets.len(),
+        timing.rounds
+    ));
+    let runner = Runner {
+        timing,
+        rows: dataset_rows,
+        pgbench_bin: args.pgbench_bin.clone(),
+        show_progress: !args.no_progress,
+    };
+    let results = runner.run(&rt, &wl, &targets);
+
+    let mut report = Report {
+        schema: SCHEMA.into(),
+        started_at,
+        mode: if quick { "quick" } else { "full" }.into(),
+        host: host_info(),
+        dataset: DatasetInfo {
+            table: "accounts".into(),
+            rows: dataset_rows,
+            seed,
+            wide_bytes: (wide_bytes / workload::WIDE_ROW).max(1) * workload::WIDE_ROW,
+        },
+        targets: targets
+            .iter()
+            .map(|t| TargetInfo {
+                name: t.name.clone(),
+                kind: t.kind,
+                masked: t.masked,
+                url: t.conn.redacted(),
+                notes: notes(t),
+            })
+            .collect(),
+        unavailable,
+        workloads: wl
+            .iter()
+            .map(|w| WorkloadInfo {
+                id: w.id.clone(),
+                group: w.group,
+                primary: w.group.primary(),
+                rounds: timing.rounds,
+            })
+            .collect(),
+        results,
+    };
+    report.compute_ratios();
+
+    std::fs::create_dir_all(&args.out).map_err(|source| BenchError::Io {
+        path: args.out.clone(),
+        source,
+    })?;
+    let json = args.out.join("bench.json");
+    let text = serde_json::to_string_pretty(&report).map_err(|source| BenchError::Json {
+        path: json.clone(),
+        source,
+    })?;
+    std::fs::write(&json, text).map_err(|source| BenchError::Io {
+        path: json.clone(),
+        source,
+    })?;
+    let charts = if args.no_charts {
+        Vec::new()
+    } else {
+        charts::write_all(&report, &args.out)?
+    };
+
+    println!("{}", table::tables(&report));
+    if let Some(old) = &args.compare {
+        let text = std::fs::read_to_string(old).map_err(|source| BenchError::Io {
+            path: old.clone(),
+            source,
+        })?;
+        let old_report: Report =
+            serde_json::from_str(&text).map_err(|source| BenchError::Json {
+                path: old.clone(),
+                source,
+            })?;
+        println!("{}", compare::compare(&old_report, &report));
+    }
+    println!("json: {}", json.display());
+    for c in &charts {
+        println!("chart: {}", c.display());
+    }
+    Ok(Outcome {
+        report,
+        json,
+        charts,
+    })
+}
+
+fn notes(t: &Target) -> String {
+    let mut n = Vec::new();
+    if t.masked {
+        n.push("masking on");
+    }
+    if t.proxy.is_none() && t.kind != Kind::Direct {
+        n.push("proxy CPU/RSS not observed (no pid)");
+    }
+    if t.postgres.is_none() {
+        n.push("postgres CPU not observed (no pid)");
+    }
+    n.join("; ")
+}
+
+fn existing_targets(
+    args: &Args,
+    direct: &str,
+) -> Result<(Vec<Target>, Vec<Unavailable>), BenchError> {
+    let postgres = args.postgres_pid.map(|pid| ProcSet {
+        pid,
+        with_children: true,
+    });
+    let proxy = |pid: Option<u32>| {
+        pid.map(|pid| ProcSet {
+            pid,
+            with_children: false,
+        })
+    };
+    let mut targets = vec![Target {
+        name: "direct".into(),
+        kind: Kind::Direct,
+        conn: ConnInfo::parse(direct)?,
+        masked: false,
+        proxy: None,
+        postgres,
+    }];
+    let mut unavailable = Vec::new();
+    let mut add = |name: &str, url: &Option<String>, kind, masked, pid| -> Result<(), BenchError> {
+        match url {
+            Some(u) => targets.push(Target {
+                name: name.into(),
+                kind,
+                conn: ConnInfo::parse(u)?,
+                masked,
+                proxy: proxy(pid),
+                postgres,
+            }),
+            None => unavailable.push(Unavailable {
+                name: name.into(),
+                reason: "no URL given".into(),
+            }),
+        }
+        Ok(())
+    };
+    add(
+        "pgbouncer",
+        &args.pgbouncer,
+        Kind::Pgbouncer,
+        false,
+        args.pgbouncer_pid,
+    )?;
+    add(
+        "gateway",
+        &args.gateway,
+        Kind::Gateway,
+        false,
+        args.gateway_pid,
+    )?;
+    add(
+        "gateway-masked",
+        &args.gateway_masked,
+        Kind::Gateway,
+        true,
+        args.gateway_pid,
+    )?;
+    Ok((targets, unavailable))
+}
+
+/// How many rows `accounts` has and whether pgbench's tables are there.
+async fn probe(direct: &Target) -> Result<(u64, bool), BenchError> {
+    let err = |source| BenchError::Probe {
+        target: direct.conn.redacted(),
+        source,
+    };
+    let mut c = wire::connect_retry(&direct.conn, Duration::from_secs(5))
+        .await
+        .map_err(err)?;
+    let rows = c
+        .query_scalar("SELECT CASE WHEN to_regclass('accounts') IS NULL THEN 0 ELSE (SELECT count(*) FROM accounts) END")
+        .await
+        .map_err(err)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let pgbench = c
+        .query_scalar("SELECT to_regclass('pgbench_accounts') IS NOT NULL")
+        .await
+        .map_err(err)?
+        .is_some_and(|v| v == "t");
+    c.terminate().await;
+    if rows == 0 {
+        return Err(BenchError::NoDataset(direct.conn.redacted()));
+    }
+    Ok((rows, pgbench))
+}
+
+fn host_info() -> HostInfo {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    HostInfo {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: read("/proc/sys/kernel/osrelease"),
+        hostname: read("/proc/sys/kernel/hostname"),
+    }
+}
+
+/// UTC timestamp without a date library: days-to-civil from Howard Hinnant's algorithm.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_953_600);
+        assert_eq!(rfc3339(t), "2026-11-29T12:00:00Z");
+    }
+}

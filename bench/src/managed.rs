@@ -1,0 +1,401 @@
+//! The set-up `cargo xtask bench` does itself: a throwaway PostgreSQL tuned for benching, the
+//! financial dataset, pgbench's tables, pgbouncer twice (defaults, and `pkt_buf = 65536`) and
+//! the gateway (epoll, io_uring, and with the quickstart's masking policy), each on its port.
+//!
+//! Anything that cannot start (no pgbouncer installed, no gateway binary, no masking policy
+//! yet) becomes an [`Unavailable`] entry with the reason, and the run goes on without it.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::{Engine, Gateway, GatewayOptions, PgCluster, PgOptions};
+
+use crate::procstat::ProcSet;
+use crate::target::{ConnInfo, Kind, Target, Unavailable};
+
+pub const DB: &str = "bench";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagedError {
+    #[error(transparent)]
+    Pg(#[from] portcullis_tests::pg::PgError),
+    #[error(transparent)]
+    Dataset(#[from] portcullis_tests::dataset::DatasetError),
+    #[error("pgbench -i: {0}")]
+    PgbenchInit(String),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the set-up is asked for.
+#[derive(Debug, Clone)]
+pub struct ManagedOptions {
+    pub rows: u64,
+    pub seed: u64,
+    pub pgbench_scale: u32,
+    pub pgbouncer_bin: PathBuf,
+    /// The masking policy to put in front of the masked gateway (`deploy/quickstart.toml`).
+    pub mask_policy: Option<PathBuf>,
+    pub gateway: bool,
+}
+
+/// Everything started; dropping it stops the lot.
+pub struct Deployment {
+    pub targets: Vec<Target>,
+    pub unavailable: Vec<Unavailable>,
+    pub pgbench_ready: bool,
+    // Drop order: proxies before the cluster they point at.
+    _gateways: Vec<Gateway>,
+    _bouncers: Vec<Pgbouncer>,
+    _cluster: PgCluster,
+}
+
+pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, ManagedError> {
+    log("starting PostgreSQL (bench tuning: no fsync waits)");
+    let cluster = PgCluster::start(PgOptions {
+        bench_tuning: true,
+        // Two pgbouncers and three gateways may each hold 128 sessions at once.
+        extra_conf: vec!["max_connections = 1000".into()],
+        ..PgOptions::default()
+    })?;
+    log(&format!(
+        "loading the financial dataset: {} rows, seed {}",
+        o.rows, o.seed
+    ));
+    portcullis_tests::load_financial(&cluster, DB, o.rows, o.seed)?;
+    log(&format!("pgbench tables, scale {}", o.pgbench_scale));
+    let pgbench_ready = init_pgbench(&cluster, o.pgbench_scale).is_ok();
+    let postmaster = postmaster_pid(&cluster.data_dir())?;
+    let postgres = Some(ProcSet {
+        pid: postmaster,
+        with_children: true,
+    });
+    let upstream = ConnInfo {
+        host: cluster.host.clone(),
+        port: cluster.port,
+        user: cluster.upstream_user.clone(),
+        password: cluster.upstream_password.clone(),
+        dbname: DB.into(),
+    };
+    let mut targets = vec![Target {
+        name: "direct".into(),
+        kind: Kind::Direct,
+        conn: upstream.clone(),
+        masked: false,
+        proxy: None,
+        postgres,
+    }];
+    let mut unavailable = Vec::new();
+
+    let mut bouncers = Vec::new();
+    for (name, pkt_buf) in [("pgbouncer", None), ("pgbouncer-pktbuf", Some(65536))] {
+        log(&format!("starting {name}"));
+        match Pgbouncer::start(&o.pgbouncer_bin, &upstream, pkt_buf) {
+            Ok(b) => {
+                targets.push(Target {
+                    name: name.into(),
+                    kind: Kind::Pgbouncer,
+                    conn: ConnInfo {
+                        port: b.port,
+                        ..upstream.clone()
+                    },
+                    masked: false,
+                    proxy: Some(ProcSet {
+                        pid: b.pid(),
+                        with_children: false,
+                    }),
+                    postgres,
+                });
+                bouncers.push(b);
+            }
+            Err(reason) => unavailable.push(Unavailable {
+                name: name.into(),
+                reason,
+            }),
+        }
+    }
+
+    let mut gateways = Vec::new();
+    let policy = o
+        .mask_policy
+        .as_ref()
+        .map(|p| (p, std::fs::read_to_string(p)));
+    let specs: [(&str, Engine, Option<Result<String, String>>); 3] = [
+        ("gateway-epoll", Engine::Epoll, None),
+        ("gateway-uring", Engine::Uring, None),
+        (
+            "gateway-masked",
+            Engine::Auto,
+            Some(match policy {
+                Some((_, Ok(text))) => mask_section(&text)
+                    .ok_or_else(|| "the quickstart config has no masking rules yet".to_string()),
+                Some((p, Err(e))) => Err(format!("no masking policy at {}: {e}", p.display())),
+                None => Err("no masking policy given".into()),
+            }),
+        ),
+    ];
+    for (name, engine, mask) in specs {
+        let masked = mask.is_some();
+        if !o.gateway {
+            unavailable.push(Unavailable {
+                name: name.into(),
+                reason: "gateway disabled".into(),
+            });
+            continue;
+        }
+        let extra = match mask {
+            None => String::new(),
+            Some(Ok(t)) => t,
+            Some(Err(reason)) => {
+                unavailable.push(Unavailable {
+                    name: name.into(),
+                    reason,
+                });
+                continue;
+            }
+        };
+        log(&format!("starting {name}"));
+        let mut opts = GatewayOptions::new(&cluster, DB).engine(engine);
+        opts.log_level = "warn".into();
+        if !extra.is_empty() {
+            opts = opts.extra_toml(&extra);
+        }
+        match Gateway::start(opts) {
+            Ok(gw) => {
+                let id = &gw.opts.identities[0];
+                targets.push(Target {
+                    name: name.into(),
+                    kind: Kind::Gateway,
+                    conn: ConnInfo {
+                        host: gw.host(),
+                        port: gw.port(),
+                        user: id.name.clone(),
+                        password: id.secret.clone(),
+                        dbname: DB.into(),
+                    },
+                    masked,
+                    proxy: Some(ProcSet {
+                        pid: gw.pid(),
+                        with_children: false,
+                    }),
+                    postgres,
+                });
+                gateways.push(gw);
+            }
+            Err(e) => unavailable.push(Unavailable {
+                name: name.into(),
+                reason: first_line(&e.to_string()),
+            }),
+        }
+    }
+    Ok(Deployment {
+        targets,
+        unavailable,
+        pgbench_ready,
+        _gateways: gateways,
+        _bouncers: bouncers,
+        _cluster: cluster,
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
+}
+
+/// The masking part of a gateway config: every table from the first `[mask…]` header on
+/// (`[mask]`, `[[mask.rule]]`, …) up to the next table that is not about masking.
+fn mask_section(config: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in config.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            let name = t.trim_start_matches('[').trim_start();
+            inside =
+                name.starts_with("mask") || name.starts_with("role") || name.starts_with("policy");
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    (!out.trim().is_empty()).then_some(out)
+}
+
+fn postmaster_pid(data_dir: &Path) -> Result<u32, ManagedError> {
+    let path = data_dir.join("postmaster.pid");
+    let text = std::fs::read_to_string(&path).map_err(|source| ManagedError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| ManagedError::Read {
+            path,
+            source: std::io::Error::other("no pid"),
+        })
+}
+
+fn init_pgbench(cluster: &PgCluster, scale: u32) -> Result<(), ManagedError> {
+    let have = cluster.psql(
+        DB,
+        "SELECT count(*) FROM pg_class WHERE relname = 'pgbench_accounts'",
+    )?;
+    if have.trim() == "1" {
+        return Ok(());
+    }
+    let out = Command::new("pgbench")
+        .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+        .arg(cluster.socket_dir())
+        .args(["-p", &cluster.port.to_string(), "-U", "postgres", DB])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ManagedError::PgbenchInit(e.to_string()))?;
+    if !out.status.success() {
+        return Err(ManagedError::PgbenchInit(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// A pgbouncer in session mode in front of the cluster, killed on drop.
+pub struct Pgbouncer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Pgbouncer {
+    pub fn start(
+        bin: &Path,
+        upstream: &ConnInfo,
+        pkt_buf: Option<u32>,
+    ) -> Result<Pgbouncer, String> {
+        if !bin.exists() {
+            return Err(format!(
+                "{} not found (apt-get install -y pgbouncer)",
+                bin.display()
+            ));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-pgbouncer-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let port = portcullis_tests::free_port().map_err(|e| e.to_string())?;
+        let d = dir.path().display();
+        let mut ini = format!(
+            "[databases]\n{db} = host={host} port={pgport} dbname={db}\n\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {d}/userlist.txt\npool_mode = session\n\
+             max_client_conn = 2000\ndefault_pool_size = 300\nlogfile = {d}/pgbouncer.log\n\
+             log_connections = 0\nlog_disconnections = 0\n",
+            db = upstream.dbname,
+            host = upstream.host,
+            pgport = upstream.port,
+        );
+        if let Some(b) = pkt_buf {
+            ini.push_str(&format!("pkt_buf = {b}\n"));
+        }
+        let q = |s: &str| s.replace('"', "\"\"");
+        std::fs::write(dir.path().join("pgbouncer.ini"), ini).map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.path().join("userlist.txt"),
+            format!("\"{}\" \"{}\"\n", q(&upstream.user), q(&upstream.password)),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(bin);
+        cmd.arg(dir.path().join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // pgbouncer refuses to run as root: drop to the postgres user for this process only.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let (uid, gid) =
+                user_ids("postgres").ok_or("no `postgres` user to run pgbouncer as")?;
+            chown_tree(dir.path(), uid, gid)?;
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+        let mut b = Pgbouncer {
+            child,
+            _dir: dir,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = b.child.try_wait() {
+                let log = std::fs::read_to_string(b._dir.path().join("pgbouncer.log"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "pgbouncer exited ({st}): {}",
+                    log.lines().last().unwrap_or("")
+                ));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(b);
+            }
+            if Instant::now() > deadline {
+                return Err("pgbouncer did not listen within 15 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+    })
+}
+
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_mask_tables_only() {
+        let cfg = "[server]\nlisten = \"x\"\n\n[mask]\ndefault = \"none\"\n\n[[mask.rule]]\ncolumn = \"ssn\"\n\n[log]\nlevel = \"info\"\n";
+        let m = mask_section(cfg).unwrap();
+        assert!(m.contains("[mask]") && m.contains("[[mask.rule]]") && m.contains("column"));
+        assert!(!m.contains("listen") && !m.contains("level"));
+        assert!(mask_section("[server]\n").is_none());
+    }
+}
