@@ -1,0 +1,140 @@
+//! What every end-to-end test file shares: a cluster with a gateway in front, and clients
+//! (psql, pgbench, tokio-postgres) pointed at either. Helpers panic with the gateway's log
+//! tail so a failure says what the gateway saw.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use portcullis_tests::{Engine, Gateway, GatewayOptions, PgCluster, PgOptions};
+
+/// Upper bound for any single client command: a hung gateway fails the test, not CI.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub const DB: &str = "app";
+
+/// A cluster with database [`DB`] and a gateway in front. Field order is drop order: the
+/// gateway goes first so it never outlives its upstream by surprise.
+pub struct Env {
+    pub gw: Gateway,
+    pub pg: PgCluster,
+}
+
+impl Env {
+    pub fn start(engine: Engine) -> Env {
+        Env::start_with(engine, PgOptions::default(), |o| o)
+    }
+
+    pub fn start_with(
+        engine: Engine,
+        pg_opts: PgOptions,
+        tweak: impl FnOnce(GatewayOptions) -> GatewayOptions,
+    ) -> Env {
+        let pg = PgCluster::start(pg_opts).expect("start PostgreSQL");
+        pg.create_database(DB).expect("create database");
+        let opts = tweak(GatewayOptions::new(&pg, DB).engine(engine));
+        let gw = Gateway::start(opts).unwrap_or_else(|e| panic!("start gateway ({engine}): {e}"));
+        Env { gw, pg }
+    }
+
+    /// The agent's URI through the gateway.
+    pub fn uri(&self) -> String {
+        self.gw.agent_uri()
+    }
+
+    /// `psql` through the gateway as the agent.
+    pub fn psql_gw(&self) -> Command {
+        psql_at(&self.uri())
+    }
+
+    /// `psql` straight to PostgreSQL over TCP with the upstream credential.
+    pub fn psql_direct(&self) -> Command {
+        psql_at(&self.pg.direct_uri(DB))
+    }
+
+    /// Runs a command and panics, with the gateway's log, unless it succeeds.
+    pub fn ok(&self, c: &mut Command) -> Output {
+        let out = run_timed(c);
+        if !out.status.success() {
+            panic!(
+                "{c:?} failed ({})\nstdout: {}\nstderr: {}\n--- gateway log ---\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.gw.log_tail(40)
+            );
+        }
+        out
+    }
+
+    /// One query through the gateway, unaligned tuples-only output.
+    pub fn query_gw(&self, sql: &str) -> String {
+        stdout(&self.ok(self.psql_gw().args(["-At", "-c", sql])))
+    }
+
+    /// tokio-postgres key-value connection string through the gateway.
+    pub fn conninfo(&self) -> String {
+        self.gw.conninfo("agent", "agent-secret", DB)
+    }
+}
+
+/// `psql` with no psqlrc, a connect timeout, and stdin closed.
+pub fn psql_at(uri: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.args(["-X", "-d", uri])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `c` under coreutils' `timeout` so a hang becomes a failure.
+pub fn run_timed(c: &mut Command) -> Output {
+    let mut t = Command::new("timeout");
+    t.arg("--kill-after=5")
+        .arg(CLIENT_TIMEOUT.as_secs().to_string())
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    if let Some(d) = c.get_current_dir() {
+        t.current_dir(d);
+    }
+    t.output().unwrap_or_else(|e| panic!("run {c:?}: {e}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A current-thread runtime for tokio-postgres tests (the test harness is synchronous so the
+/// same function can be generated per engine).
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Connects with tokio-postgres and drives the connection on a spawned task.
+pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_postgres::connect(conninfo, tokio_postgres::NoTls),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("connect timed out: {conninfo}"))
+    .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
