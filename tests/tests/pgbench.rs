@@ -1,0 +1,86 @@
+//! pgbench through the gateway in each query mode: the tables are made directly against
+//! PostgreSQL (`-i`), then TPC-B-like transactions run through the gateway and must all
+//! complete without a failure.
+
+mod common;
+
+use common::{Env, stdout};
+use portcullis_tests::{Engine, per_engine};
+
+per_engine!(
+    pgbench_simple,
+    pgbench_extended,
+    pgbench_prepared,
+    pgbench_timed_prepared
+);
+
+fn pgbench(env: &Env, args: &[&str]) -> String {
+    let mut init = std::process::Command::new("pgbench");
+    init.args([
+        "-i",
+        "-q",
+        "-s",
+        "1",
+        "-d",
+        &env.pg.superuser_uri(common::DB),
+    ]);
+    env.ok(&mut init);
+    let mut c = std::process::Command::new("pgbench");
+    // -n: vacuuming is set-up, not what is under test.
+    c.args(["-n", "-c", "4", "-j", "2"])
+        .args(args)
+        .arg(env.uri());
+    let out = env.ok(&mut c);
+    let o = stdout(&out);
+    assert!(
+        o.contains("number of failed transactions: 0 (0.000%)"),
+        "pgbench reported failures:\n{o}\n{}",
+        common::stderr(&out)
+    );
+    o
+}
+
+fn processed(out: &str) -> (u64, Option<u64>) {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .unwrap_or_else(|| panic!("no processed count in:\n{out}"));
+    match line.split_once('/') {
+        Some((done, want)) => (
+            done.trim().parse().unwrap(),
+            Some(want.trim().parse().unwrap()),
+        ),
+        None => (line.trim().parse().unwrap(), None),
+    }
+}
+
+fn fixed_count(engine: Engine, mode: &str) {
+    let env = Env::start(engine);
+    let out = pgbench(&env, &["-M", mode, "-t", "100"]);
+    assert_eq!(processed(&out), (400, Some(400)), "{out}");
+    // Every transaction updated pgbench_history once: the work really reached PostgreSQL.
+    let n = env
+        .pg
+        .psql(common::DB, "SELECT count(*) FROM pgbench_history")
+        .unwrap();
+    assert_eq!(n.trim(), "400");
+}
+
+fn pgbench_simple(engine: Engine) {
+    fixed_count(engine, "simple")
+}
+
+fn pgbench_extended(engine: Engine) {
+    fixed_count(engine, "extended")
+}
+
+fn pgbench_prepared(engine: Engine) {
+    fixed_count(engine, "prepared")
+}
+
+fn pgbench_timed_prepared(engine: Engine) {
+    let env = Env::start(engine);
+    let out = pgbench(&env, &["-M", "prepared", "-T", "5"]);
+    let (done, _) = processed(&out);
+    assert!(done > 0, "{out}");
+}
