@@ -18,8 +18,11 @@ pub fn ensure_toolchain() -> anyhow::Result<()> {
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {
-    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .unwrap_or_default();
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -28,7 +31,11 @@ fn ensure_rust_src() -> anyhow::Result<()> {
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
-    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])?;
@@ -41,12 +48,19 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         .with_context(|| format!("no libLLVM-*.so in {lib_dir}: is nightly installed?"))?;
     // `libLLVM-22-rust-….so` -> `LLVM-22-rust-…`: bpf-linker links nightly's LLVM dynamically
     // instead of building its own, which would take far longer than the rest of the set-up.
-    let dylib = llvm.strip_prefix("lib").and_then(|n| n.strip_suffix(".so")).unwrap_or(&llvm);
+    let dylib = llvm
+        .strip_prefix("lib")
+        .and_then(|n| n.strip_suffix(".so"))
+        .unwrap_or(&llvm);
     let rustflags = format!("-L {lib_dir} -l dylib={dylib} -C link-arg=-Wl,-rpath,{lib_dir}");
     run(Command::new("cargo")
         .env("RUSTFLAGS", rustflags)
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", "llvm-22,no-llvm-linking"]))
+        .args([
+            "--no-default-features",
+            "--features",
+            "llvm-22,no-llvm-linking",
+        ]))
 }
 
 fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -55,7 +69,10 @@ fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        bail!("{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8(out.stdout)?)
 }

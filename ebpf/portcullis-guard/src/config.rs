@@ -1,0 +1,171 @@
+//! What `run` attaches: read from a TOML file, then overridden by command-line flags.
+//!
+//! ```toml
+//! mode = "xdp"                 # or "tc" where XDP does not fit the interface
+//! interfaces = ["eth0"]
+//! ports = [5432]
+//! allow = ["10.0.1.10/32", "fd00:1::10/128"]   # the gateways
+//! pin_dir = "/sys/fs/bpf/portcullis"
+//!
+//! [local]                      # refuse local connect() from other cgroups; off by default
+//! enabled = true
+//! allow_cgroups = ["/sys/fs/cgroup/system.slice/portcullis.service"]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use portcullis_common::{DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE};
+
+use crate::{cidr::Cidr, pins::DEFAULT_ROOT};
+
+/// The kernel's token bucket multiplies elapsed nanoseconds (< 1 s) by the rate in 64 bits.
+pub const MAX_EVENT_RATE: u64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("no interface to guard: set `interfaces` or pass --interface")]
+    NoInterfaces,
+    #[error("no protected port: `ports` must not be empty")]
+    NoPorts,
+    #[error("event_rate {0} is above the maximum of {MAX_EVENT_RATE} per second per CPU")]
+    EventRate(u64),
+}
+
+/// The ingress hook.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// XDP, native where the driver supports it, else generic.
+    #[default]
+    Xdp,
+    /// tcx ingress (kernel 6.6+): for interfaces where XDP does not fit.
+    Tc,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mode: Mode,
+    pub interfaces: Vec<String>,
+    pub ports: Vec<u16>,
+    pub allow: Vec<Cidr>,
+    pub pin_dir: PathBuf,
+    /// Mount bpffs on the pin directory's parent when it is not mounted.
+    pub mount_bpffs: bool,
+    /// Events per second each CPU may emit after its burst.
+    pub event_rate: u64,
+    pub event_burst: u64,
+    pub local: LocalConfig,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    pub enabled: bool,
+    /// The cgroup the connect hooks attach to; default: the cgroup v2 root (every process).
+    pub cgroup: Option<PathBuf>,
+    /// Cgroups (with their subtrees) whose processes may connect locally.
+    pub allow_cgroups: Vec<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Xdp,
+            interfaces: Vec::new(),
+            ports: vec![5432],
+            allow: Vec::new(),
+            pin_dir: DEFAULT_ROOT.into(),
+            mount_bpffs: false,
+            event_rate: DEFAULT_EVENT_RATE,
+            event_burst: DEFAULT_EVENT_BURST,
+            local: LocalConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks what `run` needs; other subcommands only need `pin_dir`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interfaces.is_empty() {
+            return Err(ConfigError::NoInterfaces);
+        }
+        if self.ports.is_empty() {
+            return Err(ConfigError::NoPorts);
+        }
+        if self.event_rate > MAX_EVENT_RATE {
+            return Err(ConfigError::EventRate(self.event_rate));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_protect_5432_with_xdp_and_local_off() {
+        let c = Config::from_toml("interfaces = [\"eth0\"]").unwrap();
+        assert_eq!(c.ports, vec![5432]);
+        assert_eq!(c.mode, Mode::Xdp);
+        assert!(!c.local.enabled);
+        assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_ROOT));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml(
+            r#"
+            mode = "tc"
+            interfaces = ["veth0"]
+            ports = [5432, 6432]
+            allow = ["10.0.0.1", "fd00::/64"]
+            [local]
+            enabled = true
+            allow_cgroups = ["/sys/fs/cgroup/gw"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Tc);
+        assert_eq!(c.allow.len(), 2);
+        assert!(c.local.enabled);
+    }
+
+    #[test]
+    fn rejects_typos_and_empty_sets() {
+        assert!(Config::from_toml("interface = [\"eth0\"]").is_err());
+        assert!(matches!(
+            Config::default().validate(),
+            Err(ConfigError::NoInterfaces)
+        ));
+        let c = Config::from_toml("interfaces = [\"eth0\"]\nports = []").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::NoPorts)));
+    }
+}

@@ -1,0 +1,236 @@
+//! `portcullis-guard`: the command line. Everything real is in the library; this file maps
+//! flags onto a config and errors onto exit codes.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portcullis_guard::{
+    cidr::Cidr,
+    config::{Config, Mode},
+    events::{FollowEnd, follow},
+    loader,
+    pins::{DEFAULT_ROOT, Pins},
+    preflight,
+    state::State,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis-guard",
+    about = "Drop, in the kernel, every connection to PostgreSQL that does not come from a gateway"
+)]
+struct Cli {
+    /// bpffs directory holding the guard's pinned programs, links and maps.
+    #[arg(long, global = true, env = "PORTCULLIS_GUARD_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach (or adopt what is pinned), then stream bypass events as JSON lines on stdout.
+    Run(RunArgs),
+    /// Attachments, allowlist, ports and counters per source.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the allowlist of a running (or crashed) guard.
+    Allow {
+        #[command(subcommand)]
+        cmd: AllowCmd,
+    },
+    /// Remove every attachment and all pinned state; a running `run` then exits.
+    Detach,
+}
+
+#[derive(Subcommand)]
+enum AllowCmd {
+    Add { cidr: Cidr },
+    Remove { cidr: Cidr },
+    List,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML config; flags below add to or override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Interface to guard (repeatable).
+    #[arg(long = "interface", short = 'i')]
+    interfaces: Vec<String>,
+    /// Protected TCP port (repeatable; default 5432).
+    #[arg(long = "port", short = 'p')]
+    ports: Vec<u16>,
+    /// Allowed source prefix, i.e. a gateway (repeatable).
+    #[arg(long = "allow", short = 'a')]
+    allow: Vec<Cidr>,
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Refuse local connect() to the protected ports from cgroups not allowed.
+    #[arg(long)]
+    local: bool,
+    /// Cgroup the local hooks attach to (default: the cgroup v2 root).
+    #[arg(long)]
+    local_cgroup: Option<PathBuf>,
+    /// Cgroup whose processes may connect locally (repeatable).
+    #[arg(long = "local-allow-cgroup")]
+    local_allow_cgroups: Vec<PathBuf>,
+    /// Mount bpffs on the pin directory's parent if it is not mounted.
+    #[arg(long)]
+    mount_bpffs: bool,
+    /// Attach, print what was done, and exit without streaming events.
+    #[arg(long)]
+    no_follow: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Xdp,
+    Tc,
+}
+
+fn pins(cli_dir: &Option<PathBuf>) -> Pins {
+    Pins::new(cli_dir.clone().unwrap_or_else(|| DEFAULT_ROOT.into()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(args) => run(cli.pin_dir, args),
+        Cmd::Status { json } => {
+            let status = State::open(&pins(&cli.pin_dir))?.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Cmd::Allow { cmd } => {
+            preflight::check_root()?;
+            let state = State::open(&pins(&cli.pin_dir))?;
+            match cmd {
+                AllowCmd::Add { cidr } => {
+                    state.allow_add(cidr)?;
+                    println!("allowed {cidr}");
+                }
+                AllowCmd::Remove { cidr } => {
+                    if state.allow_remove(cidr)? {
+                        println!("removed {cidr}");
+                    } else {
+                        anyhow::bail!("{cidr} is not in the allowlist");
+                    }
+                }
+                AllowCmd::List => {
+                    for c in state.allowlist()? {
+                        println!("{c}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Detach => {
+            let removed = loader::detach(&pins(&cli.pin_dir))?;
+            let names: Vec<String> = removed.iter().map(ToString::to_string).collect();
+            println!("detached: {}", names.join(", "));
+            Ok(())
+        }
+    }
+}
+
+fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = pin_dir {
+        cfg.pin_dir = dir;
+    }
+    cfg.interfaces.extend(args.interfaces);
+    if !args.ports.is_empty() {
+        cfg.ports = args.ports;
+    }
+    cfg.allow.extend(args.allow);
+    if let Some(mode) = args.mode {
+        cfg.mode = match mode {
+            ModeArg::Xdp => Mode::Xdp,
+            ModeArg::Tc => Mode::Tc,
+        };
+    }
+    cfg.local.enabled |= args.local;
+    if args.local_cgroup.is_some() {
+        cfg.local.cgroup = args.local_cgroup;
+    }
+    cfg.local.allow_cgroups.extend(args.local_allow_cgroups);
+    cfg.mount_bpffs |= args.mount_bpffs;
+
+    let report = loader::attach(&cfg)?;
+    let started = serde_json::json!({
+        "event": "guard_started",
+        "pin_dir": cfg.pin_dir,
+        "mode": cfg.mode,
+        "ports": cfg.ports,
+        "attached": report.attached,
+        "adopted": report.adopted,
+        "removed": report.removed,
+        "xdp_modes": report.xdp_modes,
+    });
+    println!("{started}");
+    if args.no_follow {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let pins = Pins::new(&cfg.pin_dir);
+    let mut stdout = std::io::stdout().lock();
+    let end = runtime.block_on(follow(&pins, &mut stdout))?;
+    let why = match end {
+        FollowEnd::Detached => "detached",
+        FollowEnd::Signalled => "signalled; enforcement stays pinned",
+    };
+    println!(
+        "{}",
+        serde_json::json!({ "event": "guard_stopped", "why": why })
+    );
+    Ok(())
+}
+
+fn print_status(s: &portcullis_guard::state::Status) {
+    println!("pin dir:   {}", s.pin_dir);
+    println!("attached:");
+    for a in &s.attachments {
+        let ids = match (a.link_id, a.program_id) {
+            (Some(l), Some(p)) => format!("link {l}, program {p}"),
+            _ => "stale pin".into(),
+        };
+        println!("  {:<24} {ids}", a.attachment.to_string());
+    }
+    let ports: Vec<String> = s.ports.iter().map(ToString::to_string).collect();
+    println!("ports:     {}", ports.join(", "));
+    println!("allowlist:");
+    for c in &s.allowlist {
+        println!("  {c}");
+    }
+    if !s.local_allowed_cgroups.is_empty() {
+        println!("local cgroups allowed: {:?}", s.local_allowed_cgroups);
+    }
+    println!("counters:");
+    for (k, v) in &s.counters {
+        println!("  {k:<22} {v}");
+    }
+    println!("drops by source:");
+    for d in &s.drops {
+        println!(
+            "  {:<40} {:>10} packets {:>8} SYNs  last {}",
+            d.source.to_string(),
+            d.packets,
+            d.syns,
+            d.last_seen
+        );
+    }
+}
