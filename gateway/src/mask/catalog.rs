@@ -1,0 +1,339 @@
+//! A cache from table OID to `(schema, table, attnum -> column name)`, so `column`
+//! rules can follow a `RowDescription`'s table OID and attribute number back to the
+//! source column whatever alias the query used.
+//!
+//! The cache is filled over the upstream connection by the session core:
+//!
+//! ```text
+//! Err(MaskError::NeedCatalog { oids }) = policy.plan(..)
+//! let mut fill = catalog.start_fill(&oids);
+//! run fill.sql() as a simple Query (text results); for each DataRow: fill.ingest_data_row(frame)?
+//! catalog.complete(fill);
+//! policy.plan(..) again
+//! ```
+//!
+//! OIDs the query did not return (dropped tables) are remembered as missing, so the
+//! retry resolves instead of asking again; a rule that may apply to such a column then
+//! fails closed. Call [`Catalog::invalidate`] after DDL (`ALTER`, `DROP`, `CREATE` command
+//! tags) or on a timer, since another session can rename columns at any time.
+
+use std::collections::HashMap;
+
+use super::MaskError;
+use super::wire::{data_row_start, read_field};
+
+/// One table's names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableInfo {
+    pub schema: String,
+    pub table: String,
+    /// Sorted by attnum (system columns have negative numbers).
+    columns: Vec<(i16, String)>,
+}
+
+impl TableInfo {
+    pub fn column(&self, attnum: i16) -> Option<&str> {
+        self.columns
+            .binary_search_by_key(&attnum, |(n, _)| *n)
+            .ok()
+            .map(|i| self.columns[i].1.as_str())
+    }
+
+    fn insert(&mut self, attnum: i16, name: String) {
+        match self.columns.binary_search_by_key(&attnum, |(n, _)| *n) {
+            Ok(i) => self.columns[i].1 = name,
+            Err(i) => self.columns.insert(i, (attnum, name)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Known(TableInfo),
+    /// Asked for and not found: the table was dropped or is not visible.
+    Missing,
+}
+
+/// What the catalog says about one `(table_oid, attnum)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// Never fetched: the plan must ask for it.
+    Unknown,
+    /// Fetched, but the table or the column does not exist (anymore).
+    Unresolvable,
+    Column {
+        schema: &'a str,
+        table: &'a str,
+        column: &'a str,
+    },
+}
+
+/// The table-name cache. Cheap to clone per session if wanted; one per upstream
+/// database is the intended use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    tables: HashMap<u32, Entry>,
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Whether this OID has been fetched (found or not).
+    pub fn contains(&self, table_oid: u32) -> bool {
+        self.tables.contains_key(&table_oid)
+    }
+
+    pub fn lookup(&self, table_oid: u32, attnum: i16) -> Lookup<'_> {
+        match self.tables.get(&table_oid) {
+            None => Lookup::Unknown,
+            Some(Entry::Missing) => Lookup::Unresolvable,
+            Some(Entry::Known(t)) => match t.column(attnum) {
+                Some(column) => Lookup::Column {
+                    schema: &t.schema,
+                    table: &t.table,
+                    column,
+                },
+                None => Lookup::Unresolvable,
+            },
+        }
+    }
+
+    /// Inserts one column directly (tests, or a gateway that learns names elsewhere).
+    pub fn insert_column(
+        &mut self,
+        table_oid: u32,
+        schema: &str,
+        table: &str,
+        attnum: i16,
+        column: &str,
+    ) {
+        let entry = self.tables.entry(table_oid).or_insert(Entry::Missing);
+        if let Entry::Missing = entry {
+            *entry = Entry::Known(TableInfo {
+                schema: schema.to_owned(),
+                table: table.to_owned(),
+                columns: Vec::new(),
+            });
+        }
+        if let Entry::Known(t) = entry {
+            t.schema = schema.to_owned();
+            t.table = table.to_owned();
+            t.insert(attnum, column.to_owned());
+        }
+    }
+
+    /// Forgets everything.
+    pub fn invalidate(&mut self) {
+        self.tables.clear();
+    }
+
+    /// Forgets one table.
+    pub fn invalidate_oid(&mut self, table_oid: u32) {
+        self.tables.remove(&table_oid);
+    }
+
+    /// Starts fetching these OIDs; nothing changes until [`Catalog::complete`].
+    pub fn start_fill(&self, oids: &[u32]) -> CatalogFill {
+        let mut requested = oids.to_vec();
+        requested.sort_unstable();
+        requested.dedup();
+        CatalogFill {
+            requested,
+            tables: HashMap::new(),
+        }
+    }
+
+    /// Applies a finished fill: returned tables replace their old entries, requested OIDs
+    /// that came back empty become missing.
+    pub fn complete(&mut self, fill: CatalogFill) {
+        let CatalogFill {
+            requested,
+            mut tables,
+        } = fill;
+        for oid in requested {
+            let entry = tables.remove(&oid).map_or(Entry::Missing, Entry::Known);
+            self.tables.insert(oid, entry);
+        }
+    }
+}
+
+/// An in-progress catalog fetch for a set of OIDs.
+#[derive(Debug, Clone)]
+pub struct CatalogFill {
+    requested: Vec<u32>,
+    tables: HashMap<u32, TableInfo>,
+}
+
+impl CatalogFill {
+    /// The OIDs being fetched, sorted.
+    pub fn oids(&self) -> &[u32] {
+        &self.requested
+    }
+
+    /// The query to run (simple Query protocol, text results). Columns: table OID,
+    /// schema, table, attnum, column name. System columns are included so `ctid` and
+    /// friends resolve; dropped columns are not. The OID list is formatted from integers,
+    /// so nothing from a client reaches this SQL.
+    pub fn sql(&self) -> String {
+        let list = self
+            .requested
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+             WHERE c.oid = ANY ('{{{list}}}'::pg_catalog.oid[]) AND NOT a.attisdropped"
+        )
+    }
+
+    /// Adds one result row given as text fields.
+    pub fn ingest_row(&mut self, fields: &[Option<&[u8]>]) -> Result<(), MaskError> {
+        const WHAT: &str = "catalog row";
+        let [
+            Some(oid),
+            Some(schema),
+            Some(table),
+            Some(attnum),
+            Some(column),
+        ] = fields
+        else {
+            return Err(MaskError::malformed(WHAT, "expected 5 non-null fields"));
+        };
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .map(str::to_owned)
+                .map_err(|_| MaskError::malformed(WHAT, "name is not UTF-8"))
+        };
+        let oid: u32 = std::str::from_utf8(oid)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(MaskError::malformed(WHAT, "bad table OID"))?;
+        let attnum: i16 = std::str::from_utf8(attnum)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(MaskError::malformed(WHAT, "bad attnum"))?;
+        if self.requested.binary_search(&oid).is_err() {
+            return Err(MaskError::malformed(
+                WHAT,
+                "row for an OID that was not asked for",
+            ));
+        }
+        let t = self.tables.entry(oid).or_insert_with(|| TableInfo {
+            schema: String::new(),
+            table: String::new(),
+            columns: Vec::new(),
+        });
+        t.schema = text(schema)?;
+        t.table = text(table)?;
+        t.insert(attnum, text(column)?);
+        Ok(())
+    }
+
+    /// Adds one whole `DataRow` frame of the [`CatalogFill::sql`] result.
+    pub fn ingest_data_row(&mut self, frame: &[u8]) -> Result<(), MaskError> {
+        const WHAT: &str = "catalog DataRow";
+        let mut pos = data_row_start(frame, 5)?;
+        let mut fields: [Option<&[u8]>; 5] = [None; 5];
+        for f in &mut fields {
+            let (range, next) = read_field(frame, pos, WHAT)?;
+            *f = range.map(|(s, e)| &frame[s..e]);
+            pos = next;
+        }
+        if pos != frame.len() {
+            return Err(MaskError::malformed(WHAT, "trailing bytes"));
+        }
+        self.ingest_row(&fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_row(fields: &[&[u8]]) -> Vec<u8> {
+        let mut body = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            body.extend_from_slice(&(f.len() as i32).to_be_bytes());
+            body.extend_from_slice(f);
+        }
+        let mut frame = vec![b'D'];
+        frame.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    #[test]
+    fn fill_resolves_and_marks_missing() {
+        let mut cat = Catalog::new();
+        let mut fill = cat.start_fill(&[16390, 16384, 16384]);
+        assert_eq!(fill.oids(), &[16384, 16390]);
+        assert!(fill.sql().contains("'{16384,16390}'::pg_catalog.oid[]"));
+        fill.ingest_data_row(&data_row(&[b"16384", b"public", b"accounts", b"3", b"ssn"]))
+            .unwrap();
+        fill.ingest_data_row(&data_row(&[
+            b"16384",
+            b"public",
+            b"accounts",
+            b"-1",
+            b"ctid",
+        ]))
+        .unwrap();
+        assert!(cat.is_empty(), "nothing changes before complete");
+        cat.complete(fill);
+        assert_eq!(
+            cat.lookup(16384, 3),
+            Lookup::Column {
+                schema: "public",
+                table: "accounts",
+                column: "ssn"
+            }
+        );
+        assert!(matches!(
+            cat.lookup(16384, -1),
+            Lookup::Column { column: "ctid", .. }
+        ));
+        assert_eq!(cat.lookup(16384, 9), Lookup::Unresolvable);
+        assert_eq!(cat.lookup(16390, 1), Lookup::Unresolvable);
+        assert_eq!(cat.lookup(1, 1), Lookup::Unknown);
+        cat.invalidate_oid(16390);
+        assert_eq!(cat.lookup(16390, 1), Lookup::Unknown);
+        cat.invalidate();
+        assert!(cat.is_empty());
+    }
+
+    #[test]
+    fn fill_rejects_bad_rows() {
+        let cat = Catalog::new();
+        let mut fill = cat.start_fill(&[1]);
+        assert!(
+            fill.ingest_data_row(&data_row(&[b"2", b"s", b"t", b"1", b"c"]))
+                .is_err()
+        );
+        assert!(
+            fill.ingest_data_row(&data_row(&[b"x", b"s", b"t", b"1", b"c"]))
+                .is_err()
+        );
+        assert!(
+            fill.ingest_data_row(&data_row(&[b"1", b"s", b"t", b"1"]))
+                .is_err()
+        );
+        let good = data_row(&[b"1", b"s", b"t", b"1", b"c"]);
+        for cut in 0..good.len() {
+            assert!(fill.ingest_data_row(&good[..cut]).is_err());
+        }
+    }
+}

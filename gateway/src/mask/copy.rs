@@ -1,0 +1,894 @@
+//! Masking `COPY ... TO STDOUT` streams: text, CSV and binary formats.
+//!
+//! `CopyData` messages may cut rows anywhere (PostgreSQL sends one row per message, but
+//! nothing promises it and poolers re-chunk). A [`CopyPlan`] keeps the unfinished tail of
+//! the stream in a carry buffer bounded by [`CopyPlan::with_max_carry`] (a bigger row is
+//! an error, never a pass), masks each complete row with the same per-column decisions as
+//! `DataRow`s, and emits one `CopyData` per input message holding the complete rows it
+//! closed. A message made only of complete, unchanged rows is returned as the very same
+//! `Bytes`.
+//!
+//! Text format: fields split on the delimiter, `\N` (or the configured null string) is
+//! NULL, and backslash escapes are decoded before masking and re-applied after. CSV:
+//! quoted fields may hold delimiters, quotes (doubled, or after the escape character) and
+//! raw newlines; an unquoted null string is NULL. Binary: the `PGCOPY` header passes
+//! through, tuples are length-prefixed fields, the `-1` trailer ends the data.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::MaskError;
+use super::policy::{MaskStats, Outcome, RowPlan, Scratch};
+use super::wire::{Reader, message_body};
+
+/// How text-format `COPY` data is written, from the statement's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text {
+        delimiter: u8,
+        null: Vec<u8>,
+    },
+    Csv {
+        delimiter: u8,
+        quote: u8,
+        escape: u8,
+        null: Vec<u8>,
+    },
+}
+
+impl CopyFormat {
+    /// `FORMAT text` defaults: tab, `\N`.
+    pub fn text() -> Self {
+        CopyFormat::Text {
+            delimiter: b'\t',
+            null: b"\\N".to_vec(),
+        }
+    }
+
+    /// `FORMAT csv` defaults: comma, `"` for quote and escape, empty string for NULL.
+    pub fn csv() -> Self {
+        CopyFormat::Csv {
+            delimiter: b',',
+            quote: b'"',
+            escape: b'"',
+            null: Vec::new(),
+        }
+    }
+}
+
+const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+/// Default carry limit: one row may be this large before the stream is refused.
+pub const DEFAULT_MAX_CARRY: usize = 64 << 20;
+
+/// Parses a whole `CopyOutResponse` ('H'): `(binary, column count)`.
+pub(crate) fn parse_copy_out_response(frame: &[u8]) -> Result<(bool, usize), MaskError> {
+    const WHAT: &str = "CopyOutResponse";
+    let mut r = Reader::new(message_body(frame, b'H', WHAT)?, WHAT);
+    let overall = r.bytes(1)?[0];
+    let n = r.i16()?;
+    if overall > 1 || n < 0 {
+        return Err(MaskError::malformed(WHAT, "bad format or column count"));
+    }
+    for _ in 0..n {
+        if r.i16()? != i16::from(overall) {
+            return Err(MaskError::malformed(
+                WHAT,
+                "column format differs from the overall format",
+            ));
+        }
+    }
+    if !r.is_empty() {
+        return Err(MaskError::malformed(WHAT, "trailing bytes"));
+    }
+    Ok((overall == 1, n as usize))
+}
+
+/// Where the row-end search stopped inside the carried tail, so a long row split into
+/// many messages is scanned once, not once per message.
+#[derive(Debug, Clone, Copy, Default)]
+struct Resume {
+    offset: usize,
+    in_quote: bool,
+}
+
+/// The masking state of one `COPY TO STDOUT`.
+#[derive(Debug)]
+pub struct CopyPlan {
+    plan: RowPlan,
+    binary: bool,
+    format: CopyFormat,
+    carry: BytesMut,
+    resume: Resume,
+    max_carry: usize,
+    header_done: bool,
+    trailer_seen: bool,
+    scratch: Scratch,
+    decoded: Vec<u8>,
+}
+
+impl CopyPlan {
+    pub(crate) fn new(plan: RowPlan, binary: bool, format: CopyFormat) -> Self {
+        CopyPlan {
+            plan,
+            binary,
+            format,
+            carry: BytesMut::new(),
+            resume: Resume::default(),
+            max_carry: DEFAULT_MAX_CARRY,
+            header_done: false,
+            trailer_seen: false,
+            scratch: Scratch::default(),
+            decoded: Vec::new(),
+        }
+    }
+
+    /// Largest unfinished row kept between messages (default 64 MiB).
+    pub fn with_max_carry(mut self, bytes: usize) -> Self {
+        self.max_carry = bytes;
+        self
+    }
+
+    /// Nothing to mask: forward `CopyData` as is.
+    pub fn is_passthrough(&self) -> bool {
+        self.plan.is_passthrough()
+    }
+
+    /// Bytes held back waiting for the rest of a row.
+    pub fn carried(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Masks one whole `CopyData` ('d') frame. Returns zero or one `CopyData` frame to
+    /// forward (empty `Bytes` when the message only carried part of a row).
+    pub fn mask_copy_data(
+        &mut self,
+        frame: Bytes,
+        stats: &mut MaskStats,
+    ) -> Result<Bytes, MaskError> {
+        if self.plan.is_passthrough() {
+            return Ok(frame);
+        }
+        let payload = message_body(&frame, b'd', "CopyData")?;
+        let mut out = BytesMut::with_capacity(payload.len() + self.carry.len() + 64);
+        out.put_u8(b'd');
+        out.put_i32(0);
+        let from_carry = !self.carry.is_empty();
+        let (consumed, changed) = if from_carry {
+            self.carry.extend_from_slice(payload);
+            let data = std::mem::take(&mut self.carry);
+            let r = self.process(&data, &mut out, stats);
+            self.carry = data;
+            r?
+        } else {
+            self.process(payload, &mut out, stats)?
+        };
+        if from_carry {
+            let _ = self.carry.split_to(consumed);
+        } else {
+            if !changed && consumed == payload.len() {
+                return Ok(frame);
+            }
+            self.carry.extend_from_slice(&payload[consumed..]);
+        }
+        if self.carry.len() > self.max_carry {
+            return Err(MaskError::CopyRowTooLarge {
+                limit: self.max_carry,
+            });
+        }
+        if out.len() == 5 {
+            return Ok(Bytes::new());
+        }
+        let len = i32::try_from(out.len() - 1)
+            .map_err(|_| MaskError::malformed("CopyData", "output too large"))?;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        Ok(out.freeze())
+    }
+
+    /// Call on `CopyDone`: an unfinished row left over means truncated data.
+    pub fn finish(&mut self) -> Result<(), MaskError> {
+        if !self.carry.is_empty() {
+            return Err(MaskError::malformed(
+                "COPY data",
+                "stream ended inside a row",
+            ));
+        }
+        if self.binary && self.header_done && !self.trailer_seen {
+            return Err(MaskError::malformed("binary COPY data", "missing trailer"));
+        }
+        Ok(())
+    }
+
+    /// Masks the complete rows at the start of `data` into `out`. Returns how many bytes
+    /// were consumed and whether any output differs from the input.
+    fn process(
+        &mut self,
+        data: &[u8],
+        out: &mut BytesMut,
+        stats: &mut MaskStats,
+    ) -> Result<(usize, bool), MaskError> {
+        let mut pos = 0;
+        let mut changed = false;
+        let resume = std::mem::take(&mut self.resume);
+        let mut first = true;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            let start_state = if first { resume } else { Resume::default() };
+            first = false;
+            let end = if self.binary {
+                self.binary_row_end(rest)?
+            } else {
+                match self.text_row_end(rest, start_state) {
+                    Ok(e) => Some(e),
+                    Err(state) => {
+                        self.resume = state;
+                        None
+                    }
+                }
+            };
+            let Some(end) = end else { break };
+            let row = &rest[..end];
+            let before = out.len();
+            let row_changed = if self.binary {
+                self.mask_binary_row(row, out, stats)?
+            } else {
+                self.mask_text_row(row, out, stats)?
+            };
+            if !row_changed {
+                out.truncate(before);
+                out.extend_from_slice(row);
+            }
+            changed |= row_changed;
+            pos += end;
+        }
+        Ok((pos, changed))
+    }
+
+    /// Length of the first complete text/CSV row (through its newline), or the state to
+    /// resume from when the row is not complete yet.
+    fn text_row_end(&self, data: &[u8], state: Resume) -> Result<usize, Resume> {
+        match &self.format {
+            CopyFormat::Text { .. } => {
+                match memchr::memchr(b'\n', &data[state.offset.min(data.len())..]) {
+                    // In text format a raw newline always ends the row: newlines in values
+                    // are written as `\n`.
+                    Some(i) => Ok(state.offset + i + 1),
+                    None => Err(Resume {
+                        offset: data.len(),
+                        in_quote: false,
+                    }),
+                }
+            }
+            CopyFormat::Csv { quote, escape, .. } => {
+                let (quote, escape) = (*quote, *escape);
+                let mut i = state.offset;
+                let mut in_quote = state.in_quote;
+                while i < data.len() {
+                    let b = data[i];
+                    if in_quote {
+                        if b == escape && escape != quote {
+                            if i + 1 >= data.len() {
+                                // Decide once the escaped byte arrives.
+                                return Err(Resume {
+                                    offset: i,
+                                    in_quote,
+                                });
+                            }
+                            i += 2;
+                            continue;
+                        }
+                        if b == quote {
+                            in_quote = false;
+                        }
+                    } else if b == quote {
+                        in_quote = true;
+                    } else if b == b'\n' {
+                        return Ok(i + 1);
+                    }
+                    i += 1;
+                }
+                Err(Resume {
+                    offset: i,
+                    in_quote,
+                })
+            }
+        }
+    }
+
+    fn mask_text_row(
+        &mut self,
+        row: &[u8],
+        out: &mut BytesMut,
+        stats: &mut MaskStats,
+    ) -> Result<bool, MaskError> {
+        let line = &row[..row.len() - 1];
+        let ncols = self.plan.column_count();
+        let mut changed = false;
+        let mut col = 0;
+        let mut start = 0;
+        stats.rows += 1;
+        loop {
+            let (end, next) = self.field_end(line, start);
+            if col >= ncols {
+                return Err(MaskError::ColumnCount {
+                    what: "COPY row",
+                    got: col + 1,
+                    expected: ncols,
+                });
+            }
+            if col > 0 {
+                out.put_u8(self.delimiter());
+            }
+            changed |= self.mask_text_field(col, &line[start..end], out, stats)?;
+            col += 1;
+            match next {
+                Some(n) => start = n,
+                None => break,
+            }
+        }
+        if col != ncols {
+            return Err(MaskError::ColumnCount {
+                what: "COPY row",
+                got: col,
+                expected: ncols,
+            });
+        }
+        out.put_u8(b'\n');
+        Ok(changed)
+    }
+
+    fn delimiter(&self) -> u8 {
+        match &self.format {
+            CopyFormat::Text { delimiter, .. } | CopyFormat::Csv { delimiter, .. } => *delimiter,
+        }
+    }
+
+    /// End of the field starting at `start`, and where the next one starts (None at the
+    /// end of the line).
+    fn field_end(&self, line: &[u8], start: usize) -> (usize, Option<usize>) {
+        let mut i = start;
+        match &self.format {
+            CopyFormat::Text { delimiter, .. } => {
+                while i < line.len() {
+                    if line[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if line[i] == *delimiter {
+                        return (i, Some(i + 1));
+                    }
+                    i += 1;
+                }
+            }
+            CopyFormat::Csv {
+                delimiter,
+                quote,
+                escape,
+                ..
+            } => {
+                let mut in_quote = false;
+                while i < line.len() {
+                    let b = line[i];
+                    if in_quote {
+                        if b == *escape && escape != quote {
+                            i += 2;
+                            continue;
+                        }
+                        if b == *quote {
+                            in_quote = false;
+                        }
+                    } else if b == *quote {
+                        in_quote = true;
+                    } else if b == *delimiter {
+                        return (i, Some(i + 1));
+                    }
+                    i += 1;
+                }
+            }
+        }
+        (line.len().min(i), None)
+    }
+
+    /// Writes one field (masked or not) to `out`; true if it changed.
+    fn mask_text_field(
+        &mut self,
+        col: usize,
+        raw: &[u8],
+        out: &mut BytesMut,
+        stats: &mut MaskStats,
+    ) -> Result<bool, MaskError> {
+        if self.plan.rule_for(col).is_none() {
+            out.extend_from_slice(raw);
+            return Ok(false);
+        }
+        let null = match &self.format {
+            CopyFormat::Text { null, .. } | CopyFormat::Csv { null, .. } => null,
+        };
+        if raw == null.as_slice() {
+            out.extend_from_slice(raw);
+            return Ok(false);
+        }
+        self.decoded.clear();
+        match &self.format {
+            CopyFormat::Text { .. } => text_decode(raw, &mut self.decoded),
+            CopyFormat::Csv { quote, escape, .. } => {
+                csv_decode(raw, *quote, *escape, &mut self.decoded)
+            }
+        }
+        let outcome = self
+            .plan
+            .mask_value(col, &self.decoded, &mut self.scratch, stats)?;
+        match outcome {
+            Outcome::Keep => {
+                out.extend_from_slice(raw);
+                return Ok(false);
+            }
+            Outcome::Null => out.extend_from_slice(null),
+            Outcome::Replaced => match &self.format {
+                CopyFormat::Text { delimiter, .. } => {
+                    text_encode(&self.scratch.out, *delimiter, out)
+                }
+                CopyFormat::Csv {
+                    delimiter,
+                    quote,
+                    escape,
+                    null,
+                } => csv_encode(&self.scratch.out, *delimiter, *quote, *escape, null, out),
+            },
+        }
+        Ok(true)
+    }
+
+    /// Length of the first complete binary unit (header, tuple or trailer), if complete.
+    fn binary_row_end(&mut self, data: &[u8]) -> Result<Option<usize>, MaskError> {
+        const WHAT: &str = "binary COPY data";
+        if !self.header_done {
+            if data.len() < 19 {
+                return Ok(None);
+            }
+            if &data[..11] != SIGNATURE {
+                return Err(MaskError::malformed(WHAT, "bad PGCOPY signature"));
+            }
+            let flags = i32::from_be_bytes([data[11], data[12], data[13], data[14]]);
+            if flags & (1 << 16) != 0 {
+                return Err(MaskError::malformed(
+                    WHAT,
+                    "tuples with OIDs are not supported",
+                ));
+            }
+            let ext = i32::from_be_bytes([data[15], data[16], data[17], data[18]]);
+            let ext = usize::try_from(ext)
+                .map_err(|_| MaskError::malformed(WHAT, "negative header extension"))?;
+            return Ok(data
+                .len()
+                .checked_sub(19)
+                .filter(|&r| r >= ext)
+                .map(|_| 19 + ext));
+        }
+        if self.trailer_seen {
+            return Err(MaskError::malformed(WHAT, "data after the trailer"));
+        }
+        if data.len() < 2 {
+            return Ok(None);
+        }
+        let n = i16::from_be_bytes([data[0], data[1]]);
+        if n == -1 {
+            return Ok(Some(2));
+        }
+        if n < 0 || n as usize != self.plan.column_count() {
+            return Err(MaskError::ColumnCount {
+                what: "binary COPY tuple",
+                got: n.max(0) as usize,
+                expected: self.plan.column_count(),
+            });
+        }
+        let mut pos = 2;
+        for _ in 0..n {
+            let Some(len) = data.get(pos..pos + 4) else {
+                return Ok(None);
+            };
+            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            pos += 4;
+            if len == -1 {
+                continue;
+            }
+            let len = usize::try_from(len)
+                .map_err(|_| MaskError::malformed(WHAT, "negative field length"))?;
+            pos = pos.saturating_add(len);
+            if pos > data.len() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(pos))
+    }
+
+    fn mask_binary_row(
+        &mut self,
+        row: &[u8],
+        out: &mut BytesMut,
+        stats: &mut MaskStats,
+    ) -> Result<bool, MaskError> {
+        if !self.header_done {
+            self.header_done = true;
+            return Ok(false);
+        }
+        if row.len() == 2 && row == b"\xff\xff" {
+            self.trailer_seen = true;
+            return Ok(false);
+        }
+        stats.rows += 1;
+        out.extend_from_slice(&row[..2]);
+        let mut pos = 2;
+        let mut changed = false;
+        for col in 0..self.plan.column_count() {
+            let (range, next) = super::wire::read_field(row, pos, "binary COPY tuple")?;
+            let field_at = pos;
+            pos = next;
+            let Some((s, e)) = range else {
+                out.put_i32(-1);
+                continue;
+            };
+            match self
+                .plan
+                .mask_value(col, &row[s..e], &mut self.scratch, stats)?
+            {
+                Outcome::Keep => out.extend_from_slice(&row[field_at..e]),
+                Outcome::Null => {
+                    out.put_i32(-1);
+                    changed = true;
+                }
+                Outcome::Replaced => {
+                    let len = i32::try_from(self.scratch.out.len()).map_err(|_| {
+                        MaskError::malformed("binary COPY tuple", "masked value too large")
+                    })?;
+                    out.put_i32(len);
+                    out.extend_from_slice(&self.scratch.out);
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
+    }
+}
+
+fn text_decode(raw: &[u8], out: &mut Vec<u8>) {
+    if memchr::memchr(b'\\', raw).is_none() {
+        out.extend_from_slice(raw);
+        return;
+    }
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b != b'\\' || i + 1 >= raw.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let c = raw[i + 1];
+        i += 2;
+        match c {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                let mut k = 0;
+                while k < 2 && i < raw.len() && (b'0'..=b'7').contains(&raw[i]) {
+                    v = v * 8 + u32::from(raw[i] - b'0');
+                    i += 1;
+                    k += 1;
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' if i < raw.len() && raw[i].is_ascii_hexdigit() => {
+                let mut v = 0u32;
+                let mut k = 0;
+                while k < 2 && i < raw.len() && raw[i].is_ascii_hexdigit() {
+                    v = v * 16 + (raw[i] as char).to_digit(16).unwrap_or(0);
+                    i += 1;
+                    k += 1;
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+}
+
+fn text_encode(value: &[u8], delimiter: u8, out: &mut BytesMut) {
+    for &b in value {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b if b == delimiter => {
+                out.put_u8(b'\\');
+                out.put_u8(b);
+            }
+            b => out.put_u8(b),
+        }
+    }
+}
+
+fn csv_decode(raw: &[u8], quote: u8, escape: u8, out: &mut Vec<u8>) {
+    let mut in_quote = false;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if in_quote {
+            if b == escape
+                && i + 1 < raw.len()
+                && (raw[i + 1] == quote || raw[i + 1] == escape)
+                && (escape != quote || raw[i + 1] == quote)
+            {
+                out.push(raw[i + 1]);
+                i += 2;
+                continue;
+            }
+            if b == quote {
+                in_quote = false;
+            } else {
+                out.push(b);
+            }
+        } else if b == quote {
+            in_quote = true;
+        } else {
+            out.push(b);
+        }
+        i += 1;
+    }
+}
+
+fn csv_encode(value: &[u8], delimiter: u8, quote: u8, escape: u8, null: &[u8], out: &mut BytesMut) {
+    let needs_quotes = value.is_empty()
+        || value == null
+        || value
+            .iter()
+            .any(|&b| b == delimiter || b == quote || b == escape || b == b'\n' || b == b'\r');
+    if !needs_quotes {
+        out.extend_from_slice(value);
+        return;
+    }
+    out.put_u8(quote);
+    for &b in value {
+        if b == quote || b == escape {
+            out.put_u8(escape);
+        }
+        out.put_u8(b);
+    }
+    out.put_u8(quote);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::policy::tests::policy;
+    use crate::mask::{Catalog, ColumnDesc, Subject};
+
+    fn copy_out_response(binary: bool, n: i16) -> Vec<u8> {
+        let mut body = vec![u8::from(binary)];
+        body.extend_from_slice(&n.to_be_bytes());
+        for _ in 0..n {
+            body.extend_from_slice(&i16::from(binary).to_be_bytes());
+        }
+        let mut f = vec![b'H'];
+        f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        f.extend_from_slice(&body);
+        f
+    }
+
+    fn copy_data(payload: &[u8]) -> Bytes {
+        let mut f = vec![b'd'];
+        f.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f.into()
+    }
+
+    fn payloads(frames: &[Bytes]) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in frames.iter().filter(|f| !f.is_empty()) {
+            assert_eq!(f[0], b'd');
+            let len = i32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize;
+            assert_eq!(len, f.len() - 1);
+            all.extend_from_slice(&f[5..]);
+        }
+        all
+    }
+
+    const RULES: &str = "[[rule]]\nname = \"ssn\"\ncolumn_name = \"ssn\"\nstrategy = \"partial\"\nkeep_last = 4\n\
+                         [[rule]]\nname = \"notes\"\ncolumn_name = \"notes\"\ndetectors = [\"email\"]\nstrategy = \"redact\"\ntext = \"[E]\"\n";
+
+    fn cols() -> Vec<ColumnDesc> {
+        vec![
+            ColumnDesc::computed("id", 23),
+            ColumnDesc::computed("ssn", 25),
+            ColumnDesc::computed("notes", 25),
+        ]
+    }
+
+    fn run(
+        format: CopyFormat,
+        binary: bool,
+        input: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<u8>, MaskError> {
+        let p = policy(RULES);
+        let mut plan = p.plan_copy(
+            &Subject::new("a", ["r"]),
+            Some(&cols()),
+            &Catalog::new(),
+            &copy_out_response(binary, 3),
+            format,
+        )?;
+        let mut stats = MaskStats::new();
+        let mut outs = Vec::new();
+        for c in input.chunks(chunk.max(1)) {
+            outs.push(plan.mask_copy_data(copy_data(c), &mut stats)?);
+        }
+        plan.finish()?;
+        Ok(payloads(&outs))
+    }
+
+    #[test]
+    fn text_format_any_split() {
+        let input = b"1\t123-45-6789\tmail a@b.io\\tnow\n2\t\\N\tclean\n3\t987\\\\65-4321\ttab\\there x@y.org\n";
+        let want =
+            b"1\t***-**-6789\tmail [E]\\tnow\n2\t\\N\tclean\n3\t***\\\\**-4321\ttab\\there [E]\n";
+        for chunk in 1..input.len() + 1 {
+            assert_eq!(
+                run(CopyFormat::text(), false, input, chunk).unwrap(),
+                want,
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn csv_format_any_split() {
+        let input = b"1,123-45-6789,\"multi\nline, a@b.io \"\"q\"\"\"\n2,,\"\"\n";
+        let want = b"1,***-**-6789,\"multi\nline, [E] \"\"q\"\"\"\n2,,\"\"\n";
+        for chunk in 1..input.len() + 1 {
+            assert_eq!(
+                run(CopyFormat::csv(), false, input, chunk).unwrap(),
+                want,
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn binary_format_any_split() {
+        let mut input = SIGNATURE.to_vec();
+        input.extend_from_slice(&0i32.to_be_bytes());
+        input.extend_from_slice(&0i32.to_be_bytes());
+        let tuple = |id: i32, ssn: Option<&[u8]>, notes: &[u8]| {
+            let mut t = 3i16.to_be_bytes().to_vec();
+            t.extend_from_slice(&4i32.to_be_bytes());
+            t.extend_from_slice(&id.to_be_bytes());
+            match ssn {
+                Some(s) => {
+                    t.extend_from_slice(&(s.len() as i32).to_be_bytes());
+                    t.extend_from_slice(s);
+                }
+                None => t.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+            t.extend_from_slice(&(notes.len() as i32).to_be_bytes());
+            t.extend_from_slice(notes);
+            t
+        };
+        let mut want = input.clone();
+        input.extend(tuple(1, Some(b"123-45-6789"), b"hi a@b.io"));
+        input.extend(tuple(2, None, b"clean"));
+        input.extend_from_slice(b"\xff\xff");
+        want.extend(tuple(1, Some(b"***-**-6789"), b"hi [E]"));
+        want.extend(tuple(2, None, b"clean"));
+        want.extend_from_slice(b"\xff\xff");
+        for chunk in 1..input.len() + 1 {
+            assert_eq!(
+                run(CopyFormat::text(), true, &input, chunk).unwrap(),
+                want,
+                "chunk {chunk}"
+            );
+        }
+        // Truncated streams are errors at CopyDone, not passes.
+        assert!(run(CopyFormat::text(), true, &input[..input.len() - 2], 7).is_err());
+        let mut bad = input.clone();
+        bad[0] = b'X';
+        assert!(run(CopyFormat::text(), true, &bad, 64).is_err());
+    }
+
+    #[test]
+    fn unchanged_messages_are_not_copied() {
+        let p = policy(RULES);
+        let mut plan = p
+            .plan_copy(
+                &Subject::default(),
+                Some(&cols()),
+                &Catalog::new(),
+                &copy_out_response(false, 3),
+                CopyFormat::text(),
+            )
+            .unwrap();
+        let frame = copy_data(b"1\t\\N\tclean\n");
+        let out = plan
+            .mask_copy_data(frame.clone(), &mut MaskStats::new())
+            .unwrap();
+        assert_eq!(out.as_ptr(), frame.as_ptr());
+    }
+
+    #[test]
+    fn unknown_columns_fail_closed_unless_exempt() {
+        let p = policy(&format!("exempt_roles = [\"auditor\"]\n{RULES}"));
+        let resp = copy_out_response(false, 2);
+        let err = p
+            .plan_copy(
+                &Subject::new("a", ["r"]),
+                None,
+                &Catalog::new(),
+                &resp,
+                CopyFormat::text(),
+            )
+            .unwrap_err();
+        assert_eq!(err, MaskError::CopyColumnsUnknown);
+        let plan = p
+            .plan_copy(
+                &Subject::new("a", ["auditor"]),
+                None,
+                &Catalog::new(),
+                &resp,
+                CopyFormat::text(),
+            )
+            .unwrap();
+        assert!(plan.is_passthrough());
+    }
+
+    #[test]
+    fn bad_rows_and_limits() {
+        assert!(
+            run(CopyFormat::text(), false, b"1\t2\n", 100).is_err(),
+            "too few columns"
+        );
+        assert!(
+            run(CopyFormat::text(), false, b"1\t2\t3\t4\n", 100).is_err(),
+            "too many columns"
+        );
+        assert!(
+            run(CopyFormat::text(), false, b"1\t2\t3", 100).is_err(),
+            "unterminated"
+        );
+        let p = policy(RULES);
+        let mut plan = p
+            .plan_copy(
+                &Subject::default(),
+                Some(&cols()),
+                &Catalog::new(),
+                &copy_out_response(false, 3),
+                CopyFormat::text(),
+            )
+            .unwrap()
+            .with_max_carry(8);
+        let err = plan
+            .mask_copy_data(copy_data(b"1\t123456789012"), &mut MaskStats::new())
+            .unwrap_err();
+        assert_eq!(err, MaskError::CopyRowTooLarge { limit: 8 });
+        assert!(parse_copy_out_response(b"H\0\0\0\x05\x02").is_err());
+    }
+
+    #[test]
+    fn escapes_roundtrip() {
+        let mut d = Vec::new();
+        text_decode(b"a\\tb\\\\c\\nd\\101\\x41\\q", &mut d);
+        assert_eq!(d, b"a\tb\\c\nd\x41\x41q");
+        let mut e = BytesMut::new();
+        text_encode(b"a\tb\\c\nd", b'\t', &mut e);
+        assert_eq!(&e[..], b"a\\tb\\\\c\\nd");
+        let mut c = Vec::new();
+        csv_decode(b"\"a\"\"b,c\"", b'"', b'"', &mut c);
+        assert_eq!(c, b"a\"b,c");
+        let mut ce = BytesMut::new();
+        csv_encode(b"a\"b,c", b',', b'"', b'"', b"", &mut ce);
+        assert_eq!(&ce[..], b"\"a\"\"b,c\"");
+    }
+}

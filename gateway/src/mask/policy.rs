@@ -1,0 +1,1162 @@
+//! The compiled policy, per-result-set plans, and the `DataRow` hot path.
+//!
+//! [`Policy`] is built once per config load and shared (`Clone` is an `Arc` bump).
+//! [`Policy::plan`] runs once per `RowDescription`: it resolves every column to at most
+//! one rule, checks that the rule can rewrite that column's wire format, and returns a
+//! [`RowPlan`]. [`RowPlan::mask_data_row`] then runs per row and touches only the fields
+//! the plan marks, returning the input `Bytes` untouched when nothing changed.
+//!
+//! Which rule wins on a column: rules exempt for the subject are skipped; a whole-value
+//! rule (no `detectors`) beats a scanning rule, since it hides everything anyway; among
+//! rules of the same kind the first in config order wins.
+//!
+//! Binary-format columns: text-like types (`text`, `varchar`, `bpchar`, `name`, `char`,
+//! `json`, `unknown`) carry the same bytes as in text format and take every strategy;
+//! binary `jsonb` is a version byte plus text and is handled too. Any other binary type
+//! (integers, numeric, dates, ...) only takes `null`: rewriting its bytes with text would
+//! make the client misread it, so the plan fails with [`MaskError::UnsafeBinary`]. In text
+//! format every type takes every strategy; for numeric columns prefer `null` or
+//! `format_preserving`, which keep the value parseable.
+//!
+//! JSON (`json`, `jsonb`): findings inside a JSON string are replaced in place; findings
+//! that are bare JSON numbers, and whole-value replacements, become JSON strings, so the
+//! document stays valid.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::MaskError;
+use super::catalog::{Catalog, Lookup};
+use super::config::{DetectorKind, MaskConfig, RuleConfig, StrategyKind};
+use super::copy::{CopyFormat, CopyPlan};
+use super::detect::{DetectorSet, Finding, Scanner};
+use super::pattern::{ColumnPath, Glob};
+use super::strategy::Strategy;
+use super::wire::{ColumnDesc, data_row_start, read_field};
+
+/// Who is reading: the agent identity and its roles, for exemptions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub identity: String,
+    pub roles: Vec<String>,
+}
+
+impl Subject {
+    pub fn new(
+        identity: impl Into<String>,
+        roles: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Subject {
+            identity: identity.into(),
+            roles: roles.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    fn in_lists(&self, identities: &[String], roles: &[String]) -> bool {
+        identities.contains(&self.identity) || self.roles.iter().any(|r| roles.contains(r))
+    }
+}
+
+enum Selector {
+    Path(ColumnPath),
+    Name(Glob),
+    Regex(regex::bytes::Regex),
+}
+
+pub(crate) struct Rule {
+    pub(crate) name: Arc<str>,
+    selector: Selector,
+    /// `None`: the whole value is masked; `Some`: only what the scanner finds.
+    pub(crate) scan: Option<Scanner>,
+    pub(crate) strategy: Strategy,
+    exempt_roles: Vec<String>,
+    exempt_identities: Vec<String>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) rules: Vec<Rule>,
+    exempt_roles: Vec<String>,
+    exempt_identities: Vec<String>,
+}
+
+/// A validated, compiled `[mask]` config. Cheap to clone.
+#[derive(Clone)]
+pub struct Policy {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("rules", &self.rule_names().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+const MIN_KEY_BYTES: usize = 16;
+const DEFAULT_REDACTION: &str = "[REDACTED]";
+
+impl Policy {
+    /// Validates and compiles the config, reading `hash_key_env` from the process
+    /// environment.
+    pub fn compile(cfg: &MaskConfig) -> Result<Policy, MaskError> {
+        Self::compile_with_env(cfg, |name| std::env::var(name).ok())
+    }
+
+    /// [`Policy::compile`] with an explicit environment lookup (tests, or a gateway that
+    /// reads secrets elsewhere).
+    pub fn compile_with_env(
+        cfg: &MaskConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Policy, MaskError> {
+        let key = match (&cfg.hash_key, &cfg.hash_key_env) {
+            (Some(_), Some(_)) => {
+                return Err(MaskError::InvalidConfig(
+                    "set hash_key or hash_key_env, not both".into(),
+                ));
+            }
+            (Some(k), None) => Some(k.clone()),
+            (None, Some(var)) => Some(env(var).ok_or_else(|| {
+                MaskError::InvalidConfig(format!(
+                    "hash_key_env: environment variable {var} is not set"
+                ))
+            })?),
+            (None, None) => None,
+        };
+        if let Some(k) = &key {
+            if k.len() < MIN_KEY_BYTES {
+                return Err(MaskError::InvalidConfig(format!(
+                    "hash key must be at least {MIN_KEY_BYTES} bytes"
+                )));
+            }
+        }
+        // Without a key, format-preserving output is still unlinkable to the input, just
+        // not stable across restarts; `hash` exists to be stable, so it needs a key.
+        let fpe_key: Vec<u8> = match &key {
+            Some(k) => k.as_bytes().to_vec(),
+            None => rand::random::<[u8; 32]>().to_vec(),
+        };
+
+        let mut rules = Vec::with_capacity(cfg.rules.len());
+        for (i, rc) in cfg.rules.iter().enumerate() {
+            let name: Arc<str> = match &rc.name {
+                Some(n) if !n.is_empty() => n.as_str().into(),
+                Some(_) => return Err(invalid(&format!("#{}", i + 1), "name is empty")),
+                None => format!("#{}", i + 1).into(),
+            };
+            if rules.iter().any(|r: &Rule| r.name == name) {
+                return Err(invalid(&name, "duplicate rule name"));
+            }
+            rules.push(compile_rule(&name, rc, key.as_deref(), &fpe_key)?);
+        }
+        Ok(Policy {
+            inner: Arc::new(Inner {
+                rules,
+                exempt_roles: cfg.exempt_roles.clone(),
+                exempt_identities: cfg.exempt_identities.clone(),
+            }),
+        })
+    }
+
+    /// Rule names in config order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.inner.rules.iter().map(|r| &*r.name)
+    }
+
+    /// True when no rule can apply to this subject: every result passes through and no
+    /// catalog is needed.
+    pub fn is_exempt(&self, who: &Subject) -> bool {
+        who.in_lists(&self.inner.exempt_identities, &self.inner.exempt_roles)
+            || self.inner.rules.iter().all(|r| r.exempt_for(who))
+    }
+
+    /// Decides, for each column of a result set, which rule masks it.
+    ///
+    /// Errors: [`MaskError::NeedCatalog`] when a `column` rule is active and some table
+    /// OIDs are not cached yet (fetch them and call again); [`MaskError::Unresolvable`]
+    /// when a `column` rule may cover a column whose source cannot be resolved;
+    /// [`MaskError::UnsafeBinary`] when the chosen rule cannot rewrite a binary column.
+    /// Both of the latter mean: do not forward this result set.
+    pub fn plan(
+        &self,
+        who: &Subject,
+        columns: &[ColumnDesc],
+        catalog: &Catalog,
+    ) -> Result<RowPlan, MaskError> {
+        let inner = &self.inner;
+        let passthrough = || RowPlan {
+            policy: self.inner.clone(),
+            columns: vec![None; columns.len()].into(),
+            passthrough: true,
+        };
+        if self.is_exempt(who) {
+            return Ok(passthrough());
+        }
+        let active: Vec<usize> = (0..inner.rules.len())
+            .filter(|&i| !inner.rules[i].exempt_for(who))
+            .collect();
+        let has_path = active
+            .iter()
+            .any(|&i| matches!(inner.rules[i].selector, Selector::Path(_)));
+        if has_path {
+            let mut missing: Vec<u32> = columns
+                .iter()
+                .filter(|c| c.table_oid != 0 && !catalog.contains(c.table_oid))
+                .map(|c| c.table_oid)
+                .collect();
+            if !missing.is_empty() {
+                missing.sort_unstable();
+                missing.dedup();
+                return Err(MaskError::NeedCatalog { oids: missing });
+            }
+        }
+
+        let mut plans = Vec::with_capacity(columns.len());
+        for col in columns {
+            let source = (col.table_oid != 0).then(|| catalog.lookup(col.table_oid, col.attnum));
+            let source_column = match source {
+                Some(Lookup::Column { column, .. }) => Some(column.as_bytes()),
+                _ => None,
+            };
+            let mut whole = None;
+            let mut scan = None;
+            let mut unresolved = None;
+            for &i in &active {
+                let rule = &inner.rules[i];
+                let hit = match &rule.selector {
+                    Selector::Path(p) => match source {
+                        Some(Lookup::Column {
+                            schema,
+                            table,
+                            column,
+                        }) => p.matches(schema, table, column),
+                        Some(Lookup::Unresolvable | Lookup::Unknown) => {
+                            unresolved.get_or_insert(i);
+                            false
+                        }
+                        None => false,
+                    },
+                    Selector::Name(g) => {
+                        g.matches(&col.name) || source_column.is_some_and(|c| g.matches(c))
+                    }
+                    Selector::Regex(r) => {
+                        r.is_match(&col.name) || source_column.is_some_and(|c| r.is_match(c))
+                    }
+                };
+                if hit {
+                    if rule.scan.is_none() {
+                        whole = Some(i);
+                        break;
+                    }
+                    scan.get_or_insert(i);
+                }
+            }
+            if whole.is_none() {
+                if let Some(i) = unresolved {
+                    return Err(MaskError::Unresolvable {
+                        rule: inner.rules[i].name.to_string(),
+                        column: col.name_lossy(),
+                        table_oid: col.table_oid,
+                        attnum: col.attnum,
+                    });
+                }
+            }
+            let Some(i) = whole.or(scan) else {
+                plans.push(None);
+                continue;
+            };
+            plans.push(Some(col_plan(&inner.rules[i], i, col)?));
+        }
+        let passthrough = plans.iter().all(Option::is_none);
+        Ok(RowPlan {
+            policy: self.inner.clone(),
+            columns: plans.into(),
+            passthrough,
+        })
+    }
+
+    /// Plans a `COPY ... TO STDOUT` from its `CopyOutResponse` frame.
+    ///
+    /// `columns` are the copied relation's columns in copy order (with table OID and
+    /// attnum, as a `RowDescription` of `SELECT cols FROM rel` would give them); pass
+    /// `None` when the gateway cannot map them (`COPY (query) TO STDOUT`): that is
+    /// allowed only when no rule applies to `who`, otherwise it fails closed with
+    /// [`MaskError::CopyColumnsUnknown`]. `format` says how text-format data is written
+    /// (`text` or `csv` options from the statement); it is ignored for binary COPY.
+    pub fn plan_copy(
+        &self,
+        who: &Subject,
+        columns: Option<&[ColumnDesc]>,
+        catalog: &Catalog,
+        copy_out_response: &[u8],
+        format: CopyFormat,
+    ) -> Result<CopyPlan, MaskError> {
+        let (binary, count) = super::copy::parse_copy_out_response(copy_out_response)?;
+        let plan = match columns {
+            None if self.is_exempt(who) => RowPlan {
+                policy: self.inner.clone(),
+                columns: vec![None; count].into(),
+                passthrough: true,
+            },
+            None => return Err(MaskError::CopyColumnsUnknown),
+            Some(cols) => {
+                if cols.len() != count {
+                    return Err(MaskError::ColumnCount {
+                        what: "CopyOutResponse",
+                        got: count,
+                        expected: cols.len(),
+                    });
+                }
+                let cols: Vec<ColumnDesc> = cols
+                    .iter()
+                    .map(|c| ColumnDesc {
+                        format: i16::from(binary),
+                        ..c.clone()
+                    })
+                    .collect();
+                self.plan(who, &cols, catalog)?
+            }
+        };
+        Ok(CopyPlan::new(plan, binary, format))
+    }
+}
+
+impl Rule {
+    fn exempt_for(&self, who: &Subject) -> bool {
+        who.in_lists(&self.exempt_identities, &self.exempt_roles)
+    }
+}
+
+fn invalid(rule: &str, problem: &str) -> MaskError {
+    MaskError::InvalidRule {
+        rule: rule.to_owned(),
+        problem: problem.to_owned(),
+    }
+}
+
+fn compile_rule(
+    name: &str,
+    rc: &RuleConfig,
+    key: Option<&str>,
+    fpe_key: &[u8],
+) -> Result<Rule, MaskError> {
+    let bad = |p: &str| invalid(name, p);
+    let selector = match (&rc.column, &rc.column_name, &rc.column_regex) {
+        (Some(path), None, None) => Selector::Path(ColumnPath::parse(path).map_err(|p| bad(&p))?),
+        (None, Some(glob), None) if !glob.is_empty() => Selector::Name(Glob::new(glob)),
+        (None, None, Some(re)) => Selector::Regex(
+            regex::bytes::RegexBuilder::new(re)
+                .case_insensitive(true)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| bad(&format!("column_regex: {e}")))?,
+        ),
+        (None, None, None) => return Err(bad("needs one of column, column_name or column_regex")),
+        _ => {
+            return Err(bad(
+                "set exactly one of column, column_name or column_regex",
+            ));
+        }
+    };
+    let kind = rc.strategy;
+    if kind != StrategyKind::Partial
+        && (rc.keep_first.is_some() || rc.keep_last.is_some() || rc.mask_char.is_some())
+    {
+        return Err(bad(
+            "keep_first, keep_last and mask_char only apply to strategy \"partial\"",
+        ));
+    }
+    if kind != StrategyKind::Redact && rc.text.is_some() {
+        return Err(bad("text only applies to strategy \"redact\""));
+    }
+    if rc.detectors.is_empty() && !rc.hints.is_empty() {
+        return Err(bad("hints only apply to rules with detectors"));
+    }
+    let strategy = match kind {
+        StrategyKind::Redact => {
+            let text = rc.text.as_deref().unwrap_or(DEFAULT_REDACTION);
+            if text
+                .bytes()
+                .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
+            {
+                return Err(bad(
+                    "text must not contain quotes, backslashes or control characters",
+                ));
+            }
+            let all = Scanner::new(DetectorSet::all(), DetectorSet::all());
+            if all.finds_any(text.as_bytes()) {
+                return Err(bad("text itself looks like a sensitive value"));
+            }
+            Strategy::Redact(text.as_bytes().into())
+        }
+        StrategyKind::Partial => {
+            let mask = rc.mask_char.unwrap_or('*');
+            if !mask.is_ascii_graphic()
+                || mask.is_ascii_alphanumeric()
+                || mask == '"'
+                || mask == '\\'
+            {
+                return Err(bad(
+                    "mask_char must be printable ASCII, not a letter or digit (which could \
+                     complete a valid number), a quote or a backslash",
+                ));
+            }
+            let (keep_first, keep_last) = (rc.keep_first.unwrap_or(0), rc.keep_last.unwrap_or(0));
+            if keep_first > 64 || keep_last > 64 {
+                return Err(bad("keep_first/keep_last above 64 would keep whole values"));
+            }
+            Strategy::Partial {
+                keep_first,
+                keep_last,
+                mask: mask as u8,
+            }
+        }
+        StrategyKind::Hash => match key {
+            Some(k) => Strategy::hash(k.as_bytes()),
+            None => {
+                return Err(bad(
+                    "strategy \"hash\" needs [mask] hash_key or hash_key_env",
+                ));
+            }
+        },
+        StrategyKind::FormatPreserving => Strategy::format_preserving(fpe_key),
+        StrategyKind::Null => Strategy::Null,
+    };
+    let scan = (!rc.detectors.is_empty()).then(|| {
+        Scanner::new(
+            rc.detectors.iter().copied().collect(),
+            rc.hints.iter().copied().collect(),
+        )
+    });
+    Ok(Rule {
+        name: name.into(),
+        selector,
+        scan,
+        strategy,
+        exempt_roles: rc.exempt_roles.clone(),
+        exempt_identities: rc.exempt_identities.clone(),
+    })
+}
+
+/// How a column's bytes relate to text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueKind {
+    /// The bytes are the text.
+    Text,
+    /// Binary `jsonb`: a version byte (1) then the text.
+    JsonbBinary,
+    /// Binary of a non-text type: only `null` can touch it.
+    Opaque,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ColPlan {
+    rule: usize,
+    kind: ValueKind,
+    json: bool,
+}
+
+const TEXT_LIKE: [u32; 7] = [25, 1043, 1042, 19, 18, 114, 705];
+const JSON: u32 = 114;
+const JSONB: u32 = 3802;
+
+fn col_plan(rule: &Rule, idx: usize, col: &ColumnDesc) -> Result<ColPlan, MaskError> {
+    let kind = if !col.is_binary() || TEXT_LIKE.contains(&col.type_oid) {
+        ValueKind::Text
+    } else if col.type_oid == JSONB {
+        ValueKind::JsonbBinary
+    } else {
+        ValueKind::Opaque
+    };
+    // Opaque bytes can only be dropped, and a scan cannot read them.
+    if kind == ValueKind::Opaque
+        && (rule.strategy.kind() != StrategyKind::Null || rule.scan.is_some())
+    {
+        return Err(MaskError::UnsafeBinary {
+            rule: rule.name.to_string(),
+            column: col.name_lossy(),
+            type_oid: col.type_oid,
+            strategy: rule.strategy.kind().as_str(),
+        });
+    }
+    Ok(ColPlan {
+        rule: idx,
+        kind,
+        json: col.type_oid == JSON || col.type_oid == JSONB,
+    })
+}
+
+/// Values masked, per rule and per detector, for the audit log. Keep one per session
+/// (or per statement) and read it when the statement completes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaskStats {
+    /// Rows that went through a plan that masks something.
+    pub rows: u64,
+    per_rule: Vec<(Arc<str>, u64)>,
+    per_detector: [u64; 5],
+}
+
+impl MaskStats {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add_rule(&mut self, name: &Arc<str>) {
+        // A handful of rules: a linear scan by pointer beats hashing the name.
+        if let Some(e) = self
+            .per_rule
+            .iter_mut()
+            .find(|(n, _)| Arc::ptr_eq(n, name) || n == name)
+        {
+            e.1 += 1;
+        } else {
+            self.per_rule.push((name.clone(), 1));
+        }
+    }
+
+    fn add_findings(&mut self, findings: &[Finding]) {
+        for f in findings {
+            let i = DetectorKind::ALL
+                .iter()
+                .position(|k| *k == f.kind)
+                .unwrap_or(0);
+            self.per_detector[i] += 1;
+        }
+    }
+
+    /// `(rule name, values masked)`, in first-seen order.
+    pub fn per_rule(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.per_rule.iter().map(|(n, c)| (&**n, *c))
+    }
+
+    /// Values masked by one rule.
+    pub fn for_rule(&self, name: &str) -> u64 {
+        self.per_rule
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map_or(0, |e| e.1)
+    }
+
+    /// Findings of scanning rules, per detector.
+    pub fn for_detector(&self, kind: DetectorKind) -> u64 {
+        DetectorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .map_or(0, |i| self.per_detector[i])
+    }
+
+    /// Total values masked.
+    pub fn total(&self) -> u64 {
+        self.per_rule.iter().map(|e| e.1).sum()
+    }
+
+    /// Returns the counts and resets them.
+    pub fn take(&mut self) -> MaskStats {
+        std::mem::take(self)
+    }
+}
+
+/// What happened to one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Keep,
+    Null,
+    /// The replacement is in [`Scratch::out`].
+    Replaced,
+}
+
+/// Reusable buffers for masking values.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    pub(crate) out: Vec<u8>,
+    findings: Vec<Finding>,
+    tmp: Vec<u8>,
+}
+
+/// The masking decision for one result set: which columns are masked, by which rule.
+///
+/// Holds the policy by `Arc`, so it stays valid across a config reload and can be kept
+/// in the session for the life of the portal or `COPY`.
+#[derive(Clone)]
+pub struct RowPlan {
+    policy: Arc<Inner>,
+    columns: Arc<[Option<ColPlan>]>,
+    passthrough: bool,
+}
+
+impl std::fmt::Debug for RowPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cols: Vec<Option<&str>> = self
+            .columns
+            .iter()
+            .map(|c| c.map(|c| &*self.policy.rules[c.rule].name))
+            .collect();
+        f.debug_struct("RowPlan").field("columns", &cols).finish()
+    }
+}
+
+impl RowPlan {
+    /// Nothing to mask: forward `DataRow`s without calling [`RowPlan::mask_data_row`].
+    pub fn is_passthrough(&self) -> bool {
+        self.passthrough
+    }
+
+    /// Number of columns planned.
+    pub fn column_count(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// The rule masking column `i`, if any.
+    pub fn rule_for(&self, i: usize) -> Option<&str> {
+        self.columns
+            .get(i)?
+            .map(|c| &*self.policy.rules[c.rule].name)
+    }
+
+    /// Masks one whole `DataRow` frame (`'D'`, length, count, fields).
+    ///
+    /// Returns `frame` itself (no copy) when nothing changed, otherwise one new frame
+    /// built with a single pass (unchanged bytes are copied once, lengths rewritten where
+    /// they changed). Malformed frames and column-count mismatches are errors.
+    pub fn mask_data_row(&self, frame: Bytes, stats: &mut MaskStats) -> Result<Bytes, MaskError> {
+        const WHAT: &str = "DataRow";
+        if self.passthrough {
+            return Ok(frame);
+        }
+        stats.rows += 1;
+        let buf = &frame[..];
+        let mut pos = data_row_start(buf, self.columns.len())?;
+        let mut out: Option<BytesMut> = None;
+        let mut copied = 0;
+        let mut scratch = Scratch::default();
+        for (i, col) in self.columns.iter().enumerate() {
+            let field_at = pos;
+            let (range, next) = read_field(buf, pos, WHAT)?;
+            pos = next;
+            let (Some(_), Some((s, e))) = (col, range) else {
+                continue;
+            };
+            let outcome = self.mask_value(i, &buf[s..e], &mut scratch, stats)?;
+            if outcome == Outcome::Keep {
+                continue;
+            }
+            let o = out.get_or_insert_with(|| BytesMut::with_capacity(buf.len() + 64));
+            o.extend_from_slice(&buf[copied..field_at]);
+            if outcome == Outcome::Null {
+                o.put_i32(-1);
+            } else {
+                let len = i32::try_from(scratch.out.len())
+                    .map_err(|_| MaskError::malformed(WHAT, "masked value too large"))?;
+                o.put_i32(len);
+                o.extend_from_slice(&scratch.out);
+            }
+            copied = e;
+        }
+        if pos != buf.len() {
+            return Err(MaskError::malformed(
+                WHAT,
+                "trailing bytes after the last field",
+            ));
+        }
+        let Some(mut o) = out else {
+            return Ok(frame);
+        };
+        o.extend_from_slice(&buf[copied..]);
+        let len = i32::try_from(o.len() - 1)
+            .map_err(|_| MaskError::malformed(WHAT, "masked row too large"))?;
+        o[1..5].copy_from_slice(&len.to_be_bytes());
+        Ok(o.freeze())
+    }
+
+    /// Masks the value of column `col` (raw wire bytes for the plan's format). The
+    /// replacement, when there is one, is left in `scratch.out`.
+    pub(crate) fn mask_value(
+        &self,
+        col: usize,
+        value: &[u8],
+        scratch: &mut Scratch,
+        stats: &mut MaskStats,
+    ) -> Result<Outcome, MaskError> {
+        let Some(Some(cp)) = self.columns.get(col).copied() else {
+            return Ok(Outcome::Keep);
+        };
+        let rule = &self.policy.rules[cp.rule];
+        let unspoilable = || MaskError::Unspoilable {
+            rule: rule.name.to_string(),
+        };
+        let (prefix, text) = match cp.kind {
+            ValueKind::JsonbBinary => match value.split_first() {
+                Some((&1, rest)) => (&value[..1], rest),
+                _ => return Err(MaskError::malformed("jsonb value", "unknown jsonb version")),
+            },
+            _ => (&value[..0], value),
+        };
+        scratch.out.clear();
+        match &rule.scan {
+            None => {
+                stats.add_rule(&rule.name);
+                if matches!(rule.strategy, Strategy::Null) {
+                    return Ok(Outcome::Null);
+                }
+                scratch.out.extend_from_slice(prefix);
+                if cp.json {
+                    scratch.tmp.clear();
+                    rule.strategy
+                        .write(text, &mut scratch.tmp)
+                        .map_err(|_| unspoilable())?;
+                    json_string(&scratch.tmp, &mut scratch.out);
+                } else {
+                    rule.strategy
+                        .write(text, &mut scratch.out)
+                        .map_err(|_| unspoilable())?;
+                }
+                Ok(Outcome::Replaced)
+            }
+            Some(scanner) => {
+                scanner.scan(text, &mut scratch.findings);
+                if scratch.findings.is_empty() {
+                    return Ok(Outcome::Keep);
+                }
+                stats.add_rule(&rule.name);
+                stats.add_findings(&scratch.findings);
+                if matches!(rule.strategy, Strategy::Null) {
+                    return Ok(Outcome::Null);
+                }
+                scratch.out.extend_from_slice(prefix);
+                let mut json = JsonCursor::default();
+                let mut last = 0;
+                for f in &scratch.findings {
+                    scratch.out.extend_from_slice(&text[last..f.start]);
+                    let quote = cp.json && !json.in_string_at(text, f.start);
+                    if quote {
+                        scratch.out.push(b'"');
+                    }
+                    rule.strategy
+                        .write(&text[f.start..f.end], &mut scratch.out)
+                        .map_err(|_| unspoilable())?;
+                    if quote {
+                        scratch.out.push(b'"');
+                    }
+                    last = f.end;
+                }
+                scratch.out.extend_from_slice(&text[last..]);
+                Ok(Outcome::Replaced)
+            }
+        }
+    }
+}
+
+/// Writes `s` as a JSON string literal.
+fn json_string(s: &[u8], out: &mut Vec<u8>) {
+    out.push(b'"');
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Tracks whether a position in JSON text is inside a string, moving forward only.
+#[derive(Default)]
+struct JsonCursor {
+    pos: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl JsonCursor {
+    fn in_string_at(&mut self, text: &[u8], at: usize) -> bool {
+        while self.pos < at.min(text.len()) {
+            let b = text[self.pos];
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+            } else if b == b'"' {
+                self.in_string = true;
+            }
+            self.pos += 1;
+        }
+        self.in_string
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::mask::wire::tests::row_description;
+    use crate::mask::{parse_row_description, wire};
+
+    pub(crate) const KEY: &str = "test-key-0123456789abcdef";
+
+    pub(crate) fn policy(toml_rules: &str) -> Policy {
+        let cfg: MaskConfig =
+            toml::from_str(&format!("hash_key = \"{KEY}\"\n{toml_rules}")).unwrap();
+        Policy::compile(&cfg).unwrap()
+    }
+
+    pub(crate) fn data_row(fields: &[Option<&[u8]>]) -> Bytes {
+        let mut body = (fields.len() as i16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                Some(v) => {
+                    body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    body.extend_from_slice(v);
+                }
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        let mut frame = vec![b'D'];
+        frame.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame.into()
+    }
+
+    pub(crate) fn fields(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let n = i16::from_be_bytes([frame[5], frame[6]]) as usize;
+        let mut pos = wire::data_row_start(frame, n).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let (r, next) = read_field(frame, pos, "test").unwrap();
+            out.push(r.map(|(s, e)| frame[s..e].to_vec()));
+            pos = next;
+        }
+        assert_eq!(pos, frame.len());
+        out
+    }
+
+    fn col(name: &str, oid: u32, attnum: i16, type_oid: u32) -> ColumnDesc {
+        ColumnDesc {
+            name: name.as_bytes().to_vec(),
+            table_oid: oid,
+            attnum,
+            type_oid,
+            type_len: -1,
+            type_mod: -1,
+            format: 0,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::new();
+        for (n, name) in ["id", "full_name", "ssn", "card_number", "notes"]
+            .iter()
+            .enumerate()
+        {
+            c.insert_column(16384, "public", "accounts", n as i16 + 1, name);
+        }
+        c
+    }
+
+    const RULES: &str = r#"
+        exempt_roles = ["auditor"]
+        [[rule]]
+        name = "ssn"
+        column = "public.accounts.ssn"
+        strategy = "format_preserving"
+        [[rule]]
+        name = "cards"
+        column_name = "*card_number"
+        strategy = "partial"
+        keep_last = 4
+        [[rule]]
+        name = "notes-scan"
+        column = "public.*.notes"
+        detectors = ["card", "ssn", "iban", "email", "routing"]
+        strategy = "redact"
+        text = "[REDACTED]"
+    "#;
+
+    fn who() -> Subject {
+        Subject::new("agent-7", ["reader"])
+    }
+
+    #[test]
+    fn plans_by_source_not_alias() {
+        let p = policy(RULES);
+        let cols = [
+            col("x", 16384, 3, 25),
+            col("y", 16384, 2, 25),
+            col("n", 0, 0, 25),
+        ];
+        let plan = p.plan(&who(), &cols, &catalog()).unwrap();
+        assert_eq!(plan.rule_for(0), Some("ssn"));
+        assert_eq!(plan.rule_for(1), None);
+        assert!(!plan.is_passthrough());
+    }
+
+    #[test]
+    fn needs_catalog_then_resolves() {
+        let p = policy(RULES);
+        let cols = [
+            col("ssn", 20000, 1, 25),
+            col("b", 20001, 1, 25),
+            col("c", 20000, 2, 25),
+        ];
+        let mut cat = Catalog::new();
+        let err = p.plan(&who(), &cols, &cat).unwrap_err();
+        assert_eq!(err.needed_oids(), Some(&[20000, 20001][..]));
+        let fill = cat.start_fill(err.needed_oids().unwrap());
+        cat.complete(fill); // both came back empty: dropped tables
+        let err = p.plan(&who(), &cols, &cat).unwrap_err();
+        assert!(
+            matches!(err, MaskError::Unresolvable { ref rule, .. } if rule == "ssn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn name_rules_need_no_catalog() {
+        let p = policy("[[rule]]\ncolumn_name = \"ssn\"\nstrategy = \"null\"\n");
+        let plan = p
+            .plan(&who(), &[col("ssn", 99, 1, 25)], &Catalog::new())
+            .unwrap();
+        assert_eq!(plan.rule_for(0), Some("#1"));
+    }
+
+    #[test]
+    fn exemptions() {
+        let p = policy(RULES);
+        let auditor = Subject::new("a", ["auditor"]);
+        assert!(p.is_exempt(&auditor));
+        let plan = p
+            .plan(&auditor, &[col("ssn", 16384, 3, 25)], &Catalog::new())
+            .unwrap();
+        assert!(plan.is_passthrough());
+        let per_rule = policy(
+            "[[rule]]\ncolumn_name = \"ssn\"\nstrategy = \"null\"\nexempt_identities = [\"agent-7\"]\n\
+             [[rule]]\ncolumn_name = \"email\"\nstrategy = \"null\"\n",
+        );
+        let plan = per_rule
+            .plan(
+                &who(),
+                &[col("ssn", 0, 0, 25), col("email", 0, 0, 25)],
+                &Catalog::new(),
+            )
+            .unwrap();
+        assert_eq!((plan.rule_for(0), plan.rule_for(1)), (None, Some("#2")));
+    }
+
+    #[test]
+    fn whole_value_rule_beats_scan_rule() {
+        let p = policy(
+            "[[rule]]\ncolumn_name = \"*\"\ndetectors = [\"email\"]\nstrategy = \"redact\"\n\
+             [[rule]]\nname = \"notes\"\ncolumn_name = \"notes\"\nstrategy = \"null\"\n",
+        );
+        let plan = p
+            .plan(
+                &who(),
+                &[col("notes", 0, 0, 25), col("x", 0, 0, 25)],
+                &Catalog::new(),
+            )
+            .unwrap();
+        assert_eq!(
+            (plan.rule_for(0), plan.rule_for(1)),
+            (Some("notes"), Some("#1"))
+        );
+    }
+
+    #[test]
+    fn binary_columns() {
+        let p = policy("[[rule]]\nname = \"c\"\ncolumn_name = \"c\"\nstrategy = \"redact\"\n");
+        let mut int8 = col("c", 0, 0, 20);
+        int8.format = 1;
+        let err = p
+            .plan(&who(), std::slice::from_ref(&int8), &Catalog::new())
+            .unwrap_err();
+        assert!(
+            matches!(err, MaskError::UnsafeBinary { type_oid: 20, .. }),
+            "{err}"
+        );
+        let mut text = col("c", 0, 0, 25);
+        text.format = 1;
+        assert!(p.plan(&who(), &[text], &Catalog::new()).is_ok());
+        let nulls = policy("[[rule]]\ncolumn_name = \"c\"\nstrategy = \"null\"\n");
+        let plan = nulls.plan(&who(), &[int8], &Catalog::new()).unwrap();
+        let row = data_row(&[Some(&7i64.to_be_bytes())]);
+        let out = plan.mask_data_row(row, &mut MaskStats::new()).unwrap();
+        assert_eq!(fields(&out), [None]);
+    }
+
+    #[test]
+    fn masks_a_row_and_counts() {
+        let p = policy(RULES);
+        let cols = [
+            col("id", 16384, 1, 23),
+            col("ssn", 16384, 3, 25),
+            col("customer_card_number", 0, 0, 25),
+            col("notes", 16384, 5, 25),
+        ];
+        let frame = row_description(&cols);
+        let plan = p
+            .plan(&who(), &parse_row_description(&frame).unwrap(), &catalog())
+            .unwrap();
+        let row = data_row(&[
+            Some(b"42"),
+            Some(b"123-45-6789"),
+            Some(b"4111-1111-1111-1234"),
+            Some(b"call jane@example.com re card 4111 1111 1111 1111, ok"),
+        ]);
+        let mut stats = MaskStats::new();
+        let out = plan.mask_data_row(row.clone(), &mut stats).unwrap();
+        let f = fields(&out);
+        assert_eq!(f[0].as_deref(), Some(&b"42"[..]));
+        let ssn = f[1].clone().unwrap();
+        assert_eq!(ssn.len(), 11);
+        assert!(ssn.starts_with(b"9"));
+        assert_eq!(f[2].as_deref(), Some(&b"****-****-****-1234"[..]));
+        assert_eq!(
+            f[3].as_deref(),
+            Some(&b"call [REDACTED] re card [REDACTED], ok"[..])
+        );
+        assert_eq!(stats.for_rule("ssn"), 1);
+        assert_eq!(stats.for_rule("notes-scan"), 1);
+        assert_eq!(stats.for_detector(DetectorKind::Card), 1);
+        assert_eq!(stats.for_detector(DetectorKind::Email), 1);
+        assert_eq!(stats.total(), 3);
+        assert_eq!(stats.rows, 1);
+        // Nothing to mask: the very same buffer comes back.
+        let clean = data_row(&[Some(b"1"), None, None, Some(b"no secrets here")]);
+        let same = plan.mask_data_row(clean.clone(), &mut stats).unwrap();
+        assert_eq!(same.as_ptr(), clean.as_ptr());
+    }
+
+    #[test]
+    fn rejects_malformed_rows_without_panicking() {
+        let p = policy(RULES);
+        let plan = p
+            .plan(&who(), &[col("ssn", 16384, 3, 25)], &catalog())
+            .unwrap();
+        let good = data_row(&[Some(b"123-45-6789")]);
+        for cut in 0..good.len() {
+            let _ = plan
+                .mask_data_row(good.slice(..cut), &mut MaskStats::new())
+                .unwrap_err();
+        }
+        assert!(
+            plan.mask_data_row(data_row(&[Some(b"a"), Some(b"b")]), &mut MaskStats::new())
+                .is_err()
+        );
+        let mut lying = good.to_vec();
+        lying[10] = 0x7f; // field length far past the end
+        assert!(
+            plan.mask_data_row(lying.into(), &mut MaskStats::new())
+                .is_err()
+        );
+        let mut neg = good.to_vec();
+        neg[7..11].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(
+            plan.mask_data_row(neg.into(), &mut MaskStats::new())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn json_stays_json() {
+        let p = policy(
+            "[[rule]]\ncolumn_name = \"doc\"\ndetectors = [\"card\", \"email\"]\nstrategy = \"partial\"\nkeep_last = 4\n\
+             [[rule]]\ncolumn_name = \"whole\"\nstrategy = \"redact\"\n",
+        );
+        let mut jsonb = col("doc", 0, 0, JSONB);
+        jsonb.format = 1;
+        let cols = [col("doc", 0, 0, JSON), jsonb, col("whole", 0, 0, JSON)];
+        let plan = p.plan(&who(), &cols, &Catalog::new()).unwrap();
+        let doc = br#"{"card": 4111111111111111, "note": "mail a@b.io"}"#;
+        let mut bin = vec![1u8];
+        bin.extend_from_slice(doc);
+        let out = plan
+            .mask_data_row(
+                data_row(&[Some(doc), Some(&bin), Some(br#"{"a":1}"#)]),
+                &mut MaskStats::new(),
+            )
+            .unwrap();
+        let f = fields(&out);
+        let expect = br#"{"card": "************1111", "note": "mail *@*.**"}"#;
+        assert_eq!(f[0].as_deref(), Some(&expect[..]));
+        assert_eq!(f[1].as_deref().map(|v| &v[1..]), Some(&expect[..]));
+        assert_eq!(f[2].as_deref(), Some(&br#""[REDACTED]""#[..]));
+        let bad_version = data_row(&[Some(doc), Some(b"\x02{}"), None]);
+        assert!(
+            plan.mask_data_row(bad_version, &mut MaskStats::new())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn compile_errors_name_the_rule() {
+        let cases = [
+            (
+                "[[rule]]\nname = \"r\"\nstrategy = \"null\"\n",
+                "needs one of",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncolumn = \"a.b\"\nstrategy = \"null\"\n",
+                "schema.table.column",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncolumn_regex = \"(\"\nstrategy = \"null\"\n",
+                "column_regex",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncolumn_name = \"a\"\nstrategy = \"null\"\nkeep_last = 4\n",
+                "only apply",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncolumn_name = \"a\"\nstrategy = \"partial\"\nmask_char = \"0\"\n",
+                "mask_char",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncolumn_name = \"a\"\nstrategy = \"redact\"\ntext = \"4111111111111111\"\n",
+                "looks like",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncolumn_name = \"a\"\nstrategy = \"null\"\nhints = [\"ssn\"]\n",
+                "hints",
+            ),
+            (
+                "[[rule]]\nname = \"r\"\ncolumn_name = \"a\"\ncolumn = \"a.b.c\"\nstrategy = \"null\"\n",
+                "exactly one",
+            ),
+        ];
+        for (toml_rules, want) in cases {
+            let cfg: MaskConfig = toml::from_str(toml_rules).unwrap();
+            let err = Policy::compile(&cfg).unwrap_err().to_string();
+            assert!(err.contains("rule r") && err.contains(want), "{err}");
+        }
+        let cfg: MaskConfig =
+            toml::from_str("[[rule]]\nname = \"h\"\ncolumn_name = \"a\"\nstrategy = \"hash\"\n")
+                .unwrap();
+        assert!(
+            Policy::compile(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("hash_key")
+        );
+        let cfg: MaskConfig = toml::from_str("hash_key = \"short\"\n").unwrap();
+        assert!(Policy::compile(&cfg).is_err());
+        let cfg: MaskConfig = toml::from_str(
+            "hash_key_env = \"K\"\n[[rule]]\ncolumn_name = \"a\"\nstrategy = \"hash\"\n",
+        )
+        .unwrap();
+        assert!(Policy::compile_with_env(&cfg, |_| None).is_err());
+        assert!(Policy::compile_with_env(&cfg, |_| Some(KEY.into())).is_ok());
+        let dup = "[[rule]]\nname = \"d\"\ncolumn_name = \"a\"\nstrategy = \"null\"\n\
+                   [[rule]]\nname = \"d\"\ncolumn_name = \"b\"\nstrategy = \"null\"\n";
+        let cfg: MaskConfig = toml::from_str(dup).unwrap();
+        assert!(
+            Policy::compile(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate")
+        );
+    }
+}

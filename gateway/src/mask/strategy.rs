@@ -1,0 +1,400 @@
+//! How one value (or one finding inside a value) is replaced: the compiled strategies.
+//!
+//! Every strategy upholds one promise: its output is never a valid card number, SSN,
+//! routing number or IBAN. `redact` text is checked when the policy compiles; `hash`
+//! tokens are letters only; `partial` falls back to masking everything when the kept
+//! characters would still form a valid value; `format_preserving` substitutes digits and
+//! letters and then nudges digits until every checksum fails (Luhn, ABA, mod-97) and a
+//! nine-digit value starts with 9, an SSN area that is never issued.
+
+use std::hash::Hasher;
+use std::ops::DerefMut;
+
+use bytes::BufMut;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::config::StrategyKind;
+use super::detect::{self, Scanner};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Where strategies write: `Vec<u8>` or `BytesMut`, appended to and patched in place.
+pub trait Sink: BufMut + DerefMut<Target = [u8]> {}
+impl<T: BufMut + DerefMut<Target = [u8]>> Sink for T {}
+
+/// Letters used for hash tokens: a token has no digits, so it can never form part of a
+/// card or account number that a later scan (or a human) would take for real.
+const TOKEN_ALPHABET: &[u8; 16] = b"abcdefghijklmnop";
+/// Bytes of the HMAC kept in a token (96 bits: no collisions in practice).
+const TOKEN_BYTES: usize = 12;
+
+/// A compiled strategy with its parameters and key material.
+#[derive(Clone)]
+pub enum Strategy {
+    Redact(Box<[u8]>),
+    Partial {
+        keep_first: usize,
+        keep_last: usize,
+        mask: u8,
+    },
+    /// A keyed MAC, cloned per value so the key schedule runs once.
+    Hash(Box<HmacSha256>),
+    /// SipHash keys for the substitution stream.
+    FormatPreserving(u64, u64),
+    Null,
+}
+
+impl std::fmt::Debug for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.write_str(self.kind().as_str())
+    }
+}
+
+/// Format-preserving output that could not be made invalid (kept for the error path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unspoilable;
+
+impl Strategy {
+    /// Key material derived from the configured key: the HMAC for `hash` and the SipHash
+    /// keys for `format_preserving` are separated by a label so one never reveals the
+    /// other.
+    pub fn hash(key: &[u8]) -> Strategy {
+        Strategy::Hash(Box::new(keyed(key, b"portcullis/mask/hash/v1")))
+    }
+
+    pub fn format_preserving(key: &[u8]) -> Strategy {
+        let mut mac = keyed(key, b"portcullis/mask/fpe/v1");
+        mac.update(b"sip");
+        let d = mac.finalize().into_bytes();
+        let k0 = u64::from_le_bytes(d[..8].try_into().unwrap_or_default());
+        let k1 = u64::from_le_bytes(d[8..16].try_into().unwrap_or_default());
+        Strategy::FormatPreserving(k0, k1)
+    }
+
+    pub fn kind(&self) -> StrategyKind {
+        match self {
+            Strategy::Redact(_) => StrategyKind::Redact,
+            Strategy::Partial { .. } => StrategyKind::Partial,
+            Strategy::Hash(_) => StrategyKind::Hash,
+            Strategy::FormatPreserving(..) => StrategyKind::FormatPreserving,
+            Strategy::Null => StrategyKind::Null,
+        }
+    }
+
+    /// Appends the masked form of `value` to `out`. `Null` writes nothing: the caller
+    /// turns the field into SQL NULL.
+    pub fn write<S: Sink>(&self, value: &[u8], out: &mut S) -> Result<(), Unspoilable> {
+        match self {
+            Strategy::Redact(text) => out.put_slice(text),
+            Strategy::Partial {
+                keep_first,
+                keep_last,
+                mask,
+            } => partial(value, *keep_first, *keep_last, *mask, out),
+            Strategy::Hash(mac) => {
+                let mut mac = (**mac).clone();
+                mac.update(value);
+                let digest = mac.finalize().into_bytes();
+                for b in &digest[..TOKEN_BYTES] {
+                    out.put_u8(TOKEN_ALPHABET[usize::from(b >> 4)]);
+                    out.put_u8(TOKEN_ALPHABET[usize::from(b & 15)]);
+                }
+            }
+            Strategy::FormatPreserving(k0, k1) => {
+                let start = out.len();
+                substitute(value, *k0, *k1, out);
+                spoil(&mut out[start..])?;
+            }
+            Strategy::Null => {}
+        }
+        Ok(())
+    }
+}
+
+fn keyed(key: &[u8], label: &[u8]) -> HmacSha256 {
+    // Derive a per-purpose key first so the configured key is used for one thing only.
+    let mut kdf = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    kdf.update(label);
+    let derived = kdf.finalize().into_bytes();
+    HmacSha256::new_from_slice(&derived).expect("HMAC takes keys of any length")
+}
+
+/// Length in bytes of the UTF-8 character starting with `b` (1 for stray bytes).
+fn char_len(b: u8) -> usize {
+    match b {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => 1,
+    }
+}
+
+/// A character that carries information: letters, digits and anything non-ASCII.
+fn significant(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b >= 0x80
+}
+
+fn partial<S: Sink>(value: &[u8], keep_first: usize, keep_last: usize, mask: u8, out: &mut S) {
+    let total = chars(value).filter(|c| significant(c[0])).count();
+    // Keeping everything of a short value would reveal it: mask all of it instead.
+    let (kf, kl) = if keep_first + keep_last >= total {
+        (0, 0)
+    } else {
+        (keep_first, keep_last)
+    };
+    let start = out.len();
+    let mut idx = 0;
+    for c in chars(value) {
+        if significant(c[0]) {
+            if idx >= kf && idx < total - kl {
+                out.put_u8(mask);
+            } else {
+                out.put_slice(c);
+            }
+            idx += 1;
+        } else {
+            out.put_slice(c);
+        }
+    }
+    if (kf, kl) != (0, 0) && Scanner::strict().finds_any(&out[start..]) {
+        // What was kept still reads as a real value (a long free-text cell): mask all.
+        let n = out.len() - start;
+        out.deref_mut()[start..start + n]
+            .iter_mut()
+            .filter(|b| significant(**b))
+            .for_each(|b| *b = mask);
+        // Multi-byte characters kept above are now runs of mask bytes; fine for text.
+    }
+}
+
+fn chars(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= value.len() {
+            return None;
+        }
+        let n = char_len(value[i]).min(value.len() - i);
+        let c = &value[i..i + n];
+        i += n;
+        Some(c)
+    })
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Digits become digits, letters letters (a non-ASCII character becomes one ASCII
+/// letter), everything else stays. The stream is seeded by a keyed PRF of the whole
+/// value, so equal inputs mask equally under one key and the key is needed to link
+/// outputs to inputs.
+fn substitute<S: Sink>(value: &[u8], k0: u64, k1: u64, out: &mut S) {
+    #[allow(deprecated)] // SipHash-2-4 is exactly what is wanted: a fast keyed PRF.
+    let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+    h.write(value);
+    let mut state = h.finish();
+    // An IBAN keeps its country code, so the masked value still reads as one.
+    let keep = if value.len() >= 4
+        && value[..2].iter().all(u8::is_ascii_uppercase)
+        && value[2..4].iter().all(u8::is_ascii_digit)
+    {
+        2
+    } else {
+        0
+    };
+    out.put_slice(&value[..keep]);
+    for c in chars(&value[keep..]) {
+        let r = splitmix(&mut state);
+        let b = c[0];
+        if b.is_ascii_digit() {
+            out.put_u8(b'0' + (r % 10) as u8);
+        } else if b.is_ascii_uppercase() {
+            out.put_u8(b'A' + (r % 26) as u8);
+        } else if b.is_ascii_lowercase() || b >= 0x80 {
+            out.put_u8(b'a' + (r % 26) as u8);
+        } else {
+            out.put_slice(c);
+        }
+    }
+}
+
+/// Makes substituted output invalid as any checksummed identifier. Only digits change,
+/// so the shape stays.
+fn spoil(out: &mut [u8]) -> Result<(), Unspoilable> {
+    let digit_count = out.iter().filter(|b| b.is_ascii_digit()).count();
+    if digit_count == 9 {
+        if let Some(first) = out.iter_mut().find(|b| b.is_ascii_digit()) {
+            *first = b'9';
+        }
+    }
+    let strict = Scanner::strict();
+    let mut findings = Vec::new();
+    for _ in 0..64 {
+        let digits: Vec<u8> = out.iter().copied().filter(u8::is_ascii_digit).collect();
+        let whole = ((13..=19).contains(&digits.len()) && detect::luhn_valid(&digits))
+            || (digits.len() == 9
+                && (detect::aba_checksum_ok(&digits) || detect::ssn_valid(&digits)))
+            || compact_iban_valid(out);
+        let target = if whole {
+            Some(out.len())
+        } else {
+            strict.scan(out, &mut findings);
+            findings.first().map(|f| f.end)
+        };
+        let Some(end) = target else {
+            return Ok(());
+        };
+        // Bump the last digit before `end`; any single-digit change breaks Luhn and
+        // mod-97 for that value, and another round re-checks everything.
+        match out[..end].iter_mut().rev().find(|b| b.is_ascii_digit()) {
+            Some(d) => *d = if *d == b'9' { b'0' } else { *d + 1 },
+            None => return Err(Unspoilable),
+        }
+    }
+    Err(Unspoilable)
+}
+
+fn compact_iban_valid(value: &[u8]) -> bool {
+    if value.len() > 48 {
+        return false;
+    }
+    let mut buf = [0u8; 48];
+    let mut n = 0;
+    for &b in value.iter().filter(|b| **b != b' ') {
+        buf[n] = b;
+        n += 1;
+    }
+    detect::iban_valid(&buf[..n])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::detect::{DetectorSet, card_valid, iban_valid, ssn_valid};
+
+    fn run(s: &Strategy, v: &str) -> String {
+        let mut out = Vec::new();
+        s.write(v.as_bytes(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn fpe() -> Strategy {
+        Strategy::format_preserving(b"0123456789abcdef-test-key")
+    }
+
+    #[test]
+    fn redact() {
+        assert_eq!(
+            run(&Strategy::Redact(b"[X]".to_vec().into()), "secret"),
+            "[X]"
+        );
+    }
+
+    #[test]
+    fn partial_keeps_separators_and_ends() {
+        let last4 = Strategy::Partial {
+            keep_first: 0,
+            keep_last: 4,
+            mask: b'*',
+        };
+        assert_eq!(run(&last4, "4111-1111-1111-1234"), "****-****-****-1234");
+        assert_eq!(run(&last4, "123-45-6789"), "***-**-6789");
+        assert_eq!(run(&last4, "abc"), "***", "short values are masked whole");
+        let first1 = Strategy::Partial {
+            keep_first: 1,
+            keep_last: 0,
+            mask: b'#',
+        };
+        assert_eq!(run(&first1, "José Díaz"), "J### ####");
+    }
+
+    #[test]
+    fn partial_never_keeps_a_valid_value() {
+        let last12 = Strategy::Partial {
+            keep_first: 0,
+            keep_last: 12,
+            mask: b'*',
+        };
+        // The last 12 significant characters would keep the whole SSN.
+        assert_eq!(run(&last12, "SSN: 123-45-6789"), "***: ***-**-****");
+    }
+
+    #[test]
+    fn hash_is_deterministic_keyed_and_letters_only() {
+        let a = Strategy::hash(b"key-one-0123456789");
+        let b = Strategy::hash(b"key-two-0123456789");
+        let t = run(&a, "123-45-6789");
+        assert_eq!(t.len(), 2 * TOKEN_BYTES);
+        assert!(t.bytes().all(|c| c.is_ascii_lowercase()));
+        assert_eq!(t, run(&a, "123-45-6789"));
+        assert_ne!(t, run(&b, "123-45-6789"));
+        assert_ne!(t, run(&a, "123-45-6780"));
+    }
+
+    #[test]
+    fn format_preserving_keeps_shape_and_fails_checks() {
+        let s = fpe();
+        for card in [
+            "4111111111111111",
+            "4111-1111-1111-1111",
+            "378282246310005",
+            "5555 5555 5555 4444",
+        ] {
+            let m = run(&s, card);
+            assert_eq!(m.len(), card.len());
+            for (a, b) in card.bytes().zip(m.bytes()) {
+                assert_eq!(a.is_ascii_digit(), b.is_ascii_digit());
+                if !a.is_ascii_digit() {
+                    assert_eq!(a, b);
+                }
+            }
+            let digits: Vec<u8> = m.bytes().filter(u8::is_ascii_digit).collect();
+            assert!(!detect::luhn_valid(&digits), "{card} -> {m}");
+            assert_eq!(m, run(&s, card), "deterministic");
+        }
+        let m = run(&s, "123-45-6789");
+        assert!(m.starts_with('9') && m.as_bytes()[3] == b'-' && m.as_bytes()[6] == b'-');
+        let digits: Vec<u8> = m.bytes().filter(u8::is_ascii_digit).collect();
+        assert!(!ssn_valid(&digits));
+        let r = run(&s, "021000021");
+        assert!(!detect::aba_checksum_ok(r.as_bytes()) && !detect::aba_valid(r.as_bytes()));
+        let i = run(&s, "DE89370400440532013000");
+        assert!(i.starts_with("DE") && i.len() == 22 && !iban_valid(i.as_bytes()));
+        let e = run(&s, "jane.doe@example.com");
+        assert_eq!(e.len(), 20);
+        assert_eq!(e.as_bytes()[8], b'@');
+    }
+
+    #[test]
+    fn format_preserving_output_never_validates() {
+        let s = fpe();
+        let strict = Scanner::new(DetectorSet::all(), DetectorSet::all());
+        // Many inputs: every output must fail every checksum-based detector.
+        for i in 0..20_000u64 {
+            let v = format!(
+                "{:016}",
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 10_000_000_000_000_000
+            );
+            let m = run(&s, &v);
+            assert!(
+                !card_valid(m.as_bytes()) && !detect::luhn_valid(m.as_bytes()),
+                "{v} -> {m}"
+            );
+            let nine = &v[..9];
+            let m9 = run(&s, nine);
+            assert!(!detect::aba_checksum_ok(m9.as_bytes()) && !ssn_valid(m9.as_bytes()));
+            let mut out = Vec::new();
+            strict.scan(m.as_bytes(), &mut out);
+            assert!(
+                out.iter()
+                    .all(|f| f.kind == crate::mask::DetectorKind::Email)
+            );
+        }
+    }
+}
