@@ -66,7 +66,7 @@ pub struct Args {
     /// Size of the wide result in MiB [default: 1024, quick: 32].
     #[arg(long)]
     pub wide_mib: Option<u64>,
-    /// Client counts for the small-query workloads [default: 1,8,32,128, quick: 1,8,32].
+    /// Client counts for the small-query workloads [default: 1,8,32,128, quick: 1,8].
     #[arg(long, value_delimiter = ',')]
     pub clients: Option<Vec<u32>>,
     /// Rounds per workload (each runs every target once) [default: 3, quick: 2].

@@ -15,6 +15,7 @@ pub mod pgbench;
 pub mod procstat;
 pub mod report;
 pub mod runner;
+pub mod scram;
 pub mod sockstat;
 pub mod table;
 pub mod target;

@@ -92,10 +92,22 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
     }];
     let mut unavailable = Vec::new();
 
+    // pgbouncer gets the server's own SCRAM verifier, as in production: it then passes the
+    // client's proof through to the server and never sees or stretches a plain password.
+    let verifier = cluster
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+                upstream.user.replace('\'', "''")
+            ),
+        )?
+        .trim()
+        .to_string();
     let mut bouncers = Vec::new();
     for (name, pkt_buf) in [("pgbouncer", None), ("pgbouncer-pktbuf", Some(65536))] {
         log(&format!("starting {name}"));
-        match Pgbouncer::start(&o.pgbouncer_bin, &upstream, pkt_buf) {
+        match Pgbouncer::start(&o.pgbouncer_bin, &upstream, &verifier, pkt_buf) {
             Ok(b) => {
                 targets.push(Target {
                     name: name.into(),
@@ -278,9 +290,11 @@ pub struct Pgbouncer {
 }
 
 impl Pgbouncer {
+    /// `secret` goes into the auth file: a SCRAM verifier or a plain password.
     pub fn start(
         bin: &Path,
         upstream: &ConnInfo,
+        secret: &str,
         pkt_buf: Option<u32>,
     ) -> Result<Pgbouncer, String> {
         if !bin.exists() {
@@ -312,7 +326,7 @@ impl Pgbouncer {
         std::fs::write(dir.path().join("pgbouncer.ini"), ini).map_err(|e| e.to_string())?;
         std::fs::write(
             dir.path().join("userlist.txt"),
-            format!("\"{}\" \"{}\"\n", q(&upstream.user), q(&upstream.password)),
+            format!("\"{}\" \"{}\"\n", q(&upstream.user), q(secret)),
         )
         .map_err(|e| e.to_string())?;
         let mut cmd = Command::new(bin);

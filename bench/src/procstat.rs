@@ -47,6 +47,23 @@ fn stat(pid: u32) -> Result<Stat, ProcError> {
     })
 }
 
+/// Nanoseconds on CPU of every thread of `pid`, from schedstat; `None` if unavailable.
+/// Far finer than stat's 10 ms ticks, which a short trial would round to zero.
+fn schedstat_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for t in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = t.ok()?.path().join("schedstat");
+        let text = fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Seconds of CPU of one live process: schedstat when the kernel has it, ticks otherwise.
+fn live_seconds(pid: u32, s: &Stat, tick: f64) -> f64 {
+    schedstat_ns(pid).map_or(s.own as f64 / tick, |ns| ns as f64 / 1e9)
+}
+
 /// A process and, optionally, all its live and reaped children (postgres, pgbouncer forks).
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSet {
@@ -57,17 +74,19 @@ pub struct ProcSet {
 impl ProcSet {
     /// CPU seconds used so far by the set.
     pub fn cpu_seconds(&self) -> Result<f64, ProcError> {
+        let tick = ticks_per_sec();
         let root = stat(self.pid)?;
-        let mut ticks = root.own;
+        let mut secs = live_seconds(self.pid, &root, tick);
         if self.with_children {
-            ticks += root.children;
+            // Exited children only survive as the parent's cutime/cstime, in ticks.
+            secs += root.children as f64 / tick;
             for pid in children_of(self.pid) {
                 if let Ok(s) = stat(pid) {
-                    ticks += s.own;
+                    secs += live_seconds(pid, &s, tick);
                 }
             }
         }
-        Ok(ticks as f64 / ticks_per_sec())
+        Ok(secs)
     }
 }
 

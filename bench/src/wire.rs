@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::IsNull;
-use postgres_protocol::authentication::{
-    md5_hash,
-    sasl::{ChannelBinding, ScramSha256},
-};
+use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::scram::{Scram, ScramError};
 use crate::sockstat::{self, WireBytes};
 use crate::target::ConnInfo;
 
@@ -40,6 +38,8 @@ pub enum WireError {
     Protocol(String),
     #[error("server error {code}: {message}")]
     Server { code: String, message: String },
+    #[error("SCRAM: {0}")]
+    Scram(#[from] ScramError),
     #[error("authentication method {0} is not supported by the bench client")]
     UnsupportedAuth(i32),
 }
@@ -121,7 +121,7 @@ impl Conn {
         ];
         frontend::startup_message(params.iter().copied(), &mut self.out)?;
         self.flush().await?;
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<Scram> = None;
         let mut error = None;
         loop {
             let (tag, body) = self.next_control().await?;
@@ -149,13 +149,10 @@ impl Conn {
                             if !mechs.split(|b| *b == 0).any(|m| m == b"SCRAM-SHA-256") {
                                 return Err(proto("server offers no SCRAM-SHA-256"));
                             }
-                            let s = ScramSha256::new(
-                                info.password.as_bytes(),
-                                ChannelBinding::unsupported(),
-                            );
+                            let s = Scram::new(&info.password);
                             frontend::sasl_initial_response(
                                 "SCRAM-SHA-256",
-                                s.message(),
+                                s.client_first().as_bytes(),
                                 &mut self.out,
                             )?;
                             scram = Some(s);
@@ -163,13 +160,13 @@ impl Conn {
                         }
                         11 => {
                             let s = scram.as_mut().ok_or_else(|| proto("SASL continue first"))?;
-                            s.update(&body[4..])?;
-                            frontend::sasl_response(s.message(), &mut self.out)?;
+                            let reply = s.client_final(&body[4..])?;
+                            frontend::sasl_response(reply.as_bytes(), &mut self.out)?;
                             self.flush().await?;
                         }
                         12 => {
-                            let s = scram.as_mut().ok_or_else(|| proto("SASL final first"))?;
-                            s.finish(&body[4..])?;
+                            let s = scram.as_ref().ok_or_else(|| proto("SASL final first"))?;
+                            s.verify(&body[4..])?;
                         }
                         other => return Err(WireError::UnsupportedAuth(other)),
                     }

@@ -114,9 +114,9 @@ impl Timing {
     pub fn quick() -> Timing {
         Timing {
             rounds: 2,
-            slice: Duration::from_millis(150),
-            min_stream: Duration::from_millis(50),
-            pgbench_tx: 100,
+            slice: Duration::from_millis(100),
+            min_stream: Duration::from_millis(30),
+            pgbench_tx: 50,
         }
     }
 
