@@ -241,7 +241,23 @@ fn mask_section(config: &str) -> Option<String> {
             out.push('\n');
         }
     }
-    (!out.trim().is_empty()).then_some(out)
+    if out.trim().is_empty() {
+        return None;
+    }
+    // The quickstart may read its hashing key from the environment; the bench supplies a fixed
+    // throwaway key instead so the gateway starts the same way everywhere.
+    let out: String = out
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("hash_key_env") {
+                "hash_key = \"portcullis-bench-throwaway-key\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Some(out + "\n")
 }
 
 fn postmaster_pid(data_dir: &Path) -> Result<u32, ManagedError> {
@@ -411,5 +427,7 @@ mod tests {
         assert!(m.contains("[mask]") && m.contains("[[mask.rule]]") && m.contains("column"));
         assert!(!m.contains("listen") && !m.contains("level"));
         assert!(mask_section("[server]\n").is_none());
+        let keyed = mask_section("[mask]\nhash_key_env = \"K\"\n").unwrap();
+        assert!(keyed.contains("hash_key = ") && !keyed.contains("hash_key_env"));
     }
 }
