@@ -1,1 +1,334 @@
-//! Configuration (being written).
+//! The gateway's configuration: a TOML file, overridable by CLI flags and environment.
+//!
+//! `Config` is what the file says; [`Config::load`] parses it with unknown keys refused
+//! and then validates it, so every error names the key and what is wrong with it before
+//! the gateway accepts a single connection.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::{Identity, Verifier};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// io_uring if the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default, rename = "identity")]
+    pub identities: Vec<IdentityConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub mask: crate::mask::MaskConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub io_engine: IoEngine,
+    /// Worker threads; 0 = one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Largest message held whole (statements, masked rows), in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Read buffer per connection and direction, in bytes.
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer_bytes: usize,
+    /// Seconds a client has to complete start-up and authentication.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    /// Seconds to let sessions finish on shutdown.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+    pub tls: Option<ServerTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Refuse sessions that do not negotiate TLS.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// CA bundle for `verify-full`; the system's web PKI roots otherwise.
+    pub ca: Option<PathBuf>,
+    /// Name to verify in the server's certificate (defaults to `host`).
+    pub tls_server_name: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub name: String,
+    /// A SCRAM-SHA-256 verifier from `portcullis hash-secret`.
+    pub secret: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6432".into()
+}
+fn default_max_message() -> usize {
+    64 << 20
+}
+fn default_read_buffer() -> usize {
+    128 << 10
+}
+fn default_handshake_timeout() -> u64 {
+    15
+}
+fn default_shutdown_grace() -> u64 {
+    10
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_connect_timeout() -> u64 {
+    5000
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.server.max_message_bytes < 1024 {
+            return Err(invalid("server.max_message_bytes", "must be at least 1024"));
+        }
+        if !(4096..=64 << 20).contains(&self.server.read_buffer_bytes) {
+            return Err(invalid(
+                "server.read_buffer_bytes",
+                "must be between 4096 and 67108864",
+            ));
+        }
+        if self.upstream.host.is_empty() {
+            return Err(invalid("upstream.host", "must not be empty"));
+        }
+        if self.upstream.user.is_empty() {
+            return Err(invalid("upstream.user", "must not be empty"));
+        }
+        self.upstream_password()?;
+        if self.identities.is_empty() {
+            return Err(invalid(
+                "identity",
+                "no agent identities configured: add [[identity]] entries (name, secret from `portcullis hash-secret`)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, id) in self.identities.iter().enumerate() {
+            if id.name.is_empty() {
+                return Err(invalid(format!("identity[{i}].name"), "must not be empty"));
+            }
+            if !seen.insert(&id.name) {
+                return Err(invalid(
+                    format!("identity[{i}].name"),
+                    format!("\"{}\" is configured twice", id.name),
+                ));
+            }
+            Verifier::parse(&id.secret)
+                .map_err(|e| invalid(format!("identity[{i}].secret"), e.to_string()))?;
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, p) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if !p.exists() {
+                    return Err(invalid(key, format!("{} does not exist", p.display())));
+                }
+            }
+        }
+        if let Some(ca) = &self.upstream.ca {
+            if !ca.exists() {
+                return Err(invalid("upstream.ca", format!("{} does not exist", ca.display())));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("\"{}\" is not an address:port", self.server.listen),
+            )
+        })
+    }
+
+    /// The upstream password, from the file or the named environment variable.
+    pub fn upstream_password(&self) -> Result<String, ConfigError> {
+        match (&self.upstream.password, &self.upstream.password_env) {
+            (Some(p), None) => Ok(p.clone()),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                invalid(
+                    "upstream.password_env",
+                    format!("environment variable {var} is not set"),
+                )
+            }),
+            (Some(_), Some(_)) => Err(invalid(
+                "upstream.password",
+                "set either password or password_env, not both",
+            )),
+            (None, None) => Err(invalid(
+                "upstream.password",
+                "missing: set password or password_env",
+            )),
+        }
+    }
+
+    pub fn identities(&self) -> Vec<Identity> {
+        self.identities
+            .iter()
+            .map(|i| Identity {
+                name: i.name.clone(),
+                roles: i.roles.clone(),
+                verifier: Verifier::parse(&i.secret).expect("validated at load"),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> String {
+        let v = Verifier::generate("s", 16);
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nhost = \"127.0.0.1\"\nuser = \"p\"\npassword = \"x\"\n[[identity]]\nname = \"agent\"\nsecret = \"{v}\"\n"
+        )
+    }
+
+    #[test]
+    fn a_good_config_loads() {
+        let c = Config::parse(&good()).unwrap();
+        assert_eq!(c.identities().len(), 1);
+        assert_eq!(c.server.io_engine, IoEngine::Auto);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse(&good().replace("127.0.0.1:0", "nowhere")).unwrap_err();
+        assert!(e.to_string().starts_with("server.listen:"), "{e}");
+        let e = Config::parse(&good().replace("secret = \"SCRAM", "secret = \"plain")).unwrap_err();
+        assert!(e.to_string().starts_with("identity[0].secret:"), "{e}");
+        let e = Config::parse(&format!("{}\n[server2]\n", good())).unwrap_err();
+        assert!(e.to_string().contains("server2"), "{e}");
+        let e = Config::parse(&good().replace("password = \"x\"", "")).unwrap_err();
+        assert!(e.to_string().starts_with("upstream.password:"), "{e}");
+    }
+}

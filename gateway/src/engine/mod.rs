@@ -1,1 +1,180 @@
-//! engine (being written).
+//! The I/O engines: thin drivers that move bytes between sockets and the sans-IO core.
+//!
+//! Both engines are thread-per-core: each worker thread owns a single-threaded runtime
+//! and its own `SO_REUSEPORT` listener on the same address, so the kernel spreads
+//! connections across cores and a session never migrates between threads.
+//!
+//! - [`uring`]: tokio-uring (io_uring), the default where the kernel allows it.
+//! - [`epoll`]: tokio's current-thread runtime on epoll, for kernels or seccomp profiles
+//!   that block io_uring.
+//!
+//! Everything else is shared: [`conn`] is the whole life of one connection, written
+//! once against the [`transport::Transport`] trait both engines implement.
+
+pub mod cancel;
+pub mod conn;
+pub mod epoll;
+pub mod shared;
+pub mod transport;
+pub mod uring;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::config::IoEngine;
+pub use shared::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("io_uring is not available: {0}")]
+    UringUnavailable(String),
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Which engine ended up running, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineChoice {
+    pub engine: IoEngine,
+    pub reason: String,
+}
+
+/// Resolves `auto` by probing io_uring; an explicit choice is honoured or fails.
+pub fn choose(requested: IoEngine) -> Result<EngineChoice, EngineError> {
+    match requested {
+        IoEngine::Epoll => Ok(EngineChoice {
+            engine: IoEngine::Epoll,
+            reason: "requested".into(),
+        }),
+        IoEngine::Uring => uring::probe()
+            .map(|()| EngineChoice {
+                engine: IoEngine::Uring,
+                reason: "requested".into(),
+            })
+            .map_err(EngineError::UringUnavailable),
+        IoEngine::Auto => Ok(match uring::probe() {
+            Ok(()) => EngineChoice {
+                engine: IoEngine::Uring,
+                reason: "io_uring probe succeeded".into(),
+            },
+            Err(why) => EngineChoice {
+                engine: IoEngine::Epoll,
+                reason: format!("falling back to epoll: {why}"),
+            },
+        }),
+    }
+}
+
+/// Binds `workers` listeners on one address with `SO_REUSEPORT`. The first bind fixes
+/// the port (which matters when the configured port is 0).
+pub fn bind_listeners(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, EngineError> {
+    let mut out = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let l = bind_one(addr).map_err(|source| EngineError::Listen { addr, source })?;
+        addr = l
+            .local_addr()
+            .map_err(|source| EngineError::Listen { addr, source })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Number of worker threads: configured, else one per core.
+pub fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+/// Stop signal and live-session count, shared by all workers.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    stopping: AtomicBool,
+    stop: tokio::sync::Notify,
+    sessions: AtomicUsize,
+}
+
+impl Lifecycle {
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once `stop` has been called.
+    pub async fn stopped(&self) {
+        let notified = self.stop.notified();
+        if self.is_stopping() {
+            return;
+        }
+        notified.await;
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::SeqCst)
+    }
+
+    pub fn session_started(self: &Arc<Self>) -> SessionCount {
+        self.sessions.fetch_add(1, Ordering::SeqCst);
+        SessionCount(self.clone())
+    }
+}
+
+/// Counts one live session until dropped.
+pub struct SessionCount(Arc<Lifecycle>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts the chosen engine's workers; returns their thread handles.
+pub fn start(
+    choice: &EngineChoice,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, EngineError> {
+    let mut handles = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let engine = choice.engine;
+        let h = std::thread::Builder::new()
+            .name(format!("portcullis-w{i}"))
+            .spawn(move || match engine {
+                IoEngine::Uring => uring::worker(shared, listener),
+                _ => epoll::worker(shared, listener),
+            })
+            .map_err(EngineError::Thread)?;
+        handles.push(h);
+    }
+    Ok(handles)
+}

@@ -1,1 +1,19 @@
-//! session (being written).
+//! The sans-IO session: state machines fed with bytes that return bytes to send.
+//!
+//! - [`handshake`]: the agent's side of start-up (TLS negotiation, start-up packet,
+//!   SCRAM-SHA-256 against the agent's identity, cancel requests).
+//! - [`upstream`]: the gateway's own start-up against the real server, with the
+//!   gateway's credential (SCRAM-SHA-256, md5).
+//! - [`relay`]: the relay core for an established session: it forwards frames as
+//!   zero-copy runs, tracks statements, portals and result columns, and can refuse one
+//!   statement in order without breaking the session.
+//! - [`tracker`]: prepared statements and portals, by name.
+//! - [`hooks`]: where policy, masking and audit plug into the relay.
+//!
+//! Nothing here touches a socket; the engines in [`crate::engine`] move the bytes.
+
+pub mod handshake;
+pub mod hooks;
+pub mod relay;
+pub mod tracker;
+pub mod upstream;

@@ -1,0 +1,517 @@
+//! The life of one agent connection, written once for both engines.
+//!
+//! Start-up (TLS, authentication, the upstream login) runs as straight-line async code
+//! around the sans-IO handshakes. The established session then runs four futures in one
+//! task: a reader and a writer per socket, meeting in the relay core. Readers feed the
+//! core; writers drain its queues in order. A reader stops reading while its peer's queue
+//! is above the high-water mark, so back-pressure reaches both ends and memory per
+//! session stays bounded.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, error, info, warn};
+
+use super::Shared;
+use super::cancel::{CancelGuard, CancelTarget};
+use super::transport::{MaybeTls, TlsTransport, Transport};
+use crate::config::UpstreamTls;
+use crate::protocol::backend::{self as be, Severity, error_response};
+use crate::protocol::{frontend as fe, sqlstate};
+use crate::session::handshake::{Agent, ClientHandshake, Step};
+use crate::session::hooks::{Hooks, PassThrough};
+use crate::session::relay::Relay;
+use crate::session::upstream::{UpStep, UpstreamError, UpstreamHandshake, UpstreamSession};
+
+/// Bytes queued towards one side before its reader pauses the other side.
+const HIGH_WATER: usize = 1 << 20;
+/// Small frames queued together are written with one system call up to this size.
+const COALESCE: usize = 64 * 1024;
+
+/// How an engine opens outgoing connections.
+pub trait Connect: 'static {
+    type Stream: Transport + 'static;
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("client i/o: {0}")]
+    ClientIo(io::Error),
+    #[error("upstream i/o: {0}")]
+    UpstreamIo(io::Error),
+    #[error("client closed the connection during start-up")]
+    ClientGone,
+    #[error("start-up refused: {0}")]
+    Rejected(String),
+    #[error("start-up timed out")]
+    Timeout,
+    #[error("upstream TLS: {0}")]
+    UpstreamTls(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Serves one accepted connection to its end. Never panics on peer input; logs how the
+/// session ended, at a level matching whether anything went wrong.
+pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: SocketAddr) {
+    let _count = shared.lifecycle.session_started();
+    let span = tracing::info_span!("session", %peer, identity = tracing::field::Empty, database = tracing::field::Empty);
+    async move {
+        match run::<C>(&shared, stream).await {
+            Ok(()) => debug!("connection closed"),
+            Err(ConnError::ClientGone) => debug!("client left during start-up"),
+            Err(e @ (ConnError::Rejected(_) | ConnError::Timeout)) => info!("{e}"),
+            Err(e @ (ConnError::ClientIo(_) | ConnError::UpstreamIo(_))) => info!("session ended: {e}"),
+            Err(e) => error!("session failed: {e}"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnError> {
+    let mut client = MaybeTls::Plain(stream);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut hs = ClientHandshake::new(shared.identities.load_full(), shared.tls_offer);
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    let agent = loop {
+        match tokio::time::timeout_at(deadline, client_startup::<C>(shared, &client, &mut hs, &mut buf)).await {
+            Ok(Ok(Startup::Agent(agent))) => break agent,
+            Ok(Ok(Startup::CancelDone)) => return Ok(()),
+            Ok(Ok(Startup::StartTls)) => {
+                let (MaybeTls::Plain(plain), Some(cfg)) = (client, shared.server_tls.clone()) else {
+                    return Err(ConnError::Rejected("TLS requested twice or not configured".into()));
+                };
+                let tls = TlsTransport::server(plain, cfg).map_err(ConnError::ClientIo)?;
+                tokio::time::timeout_at(deadline, tls.handshake())
+                    .await
+                    .map_err(|_| ConnError::Timeout)?
+                    .map_err(ConnError::ClientIo)?;
+                client = MaybeTls::Tls(tls);
+                hs.tls_established();
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let _ = client
+                    .write_all(error_response(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "start-up and authentication took too long",
+                        None,
+                        None,
+                    ))
+                    .await;
+                return Err(ConnError::Timeout);
+            }
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("identity", agent.identity.name.as_str());
+    span.record("database", agent.database.as_str());
+
+    let (upstream, session, addr) = match connect_upstream::<C>(shared, &agent).await {
+        Ok(up) => up,
+        Err(e) => {
+            let frame = match &e {
+                UpstreamStartError::Refused(frame) => frame.clone(),
+                _ => error_response(
+                    Severity::Fatal,
+                    sqlstate::CONNECTION_FAILURE,
+                    "the gateway could not open a session on the database",
+                    None,
+                    Some("An operator should check the gateway's [upstream] settings; the gateway's log has the details."),
+                ),
+            };
+            let _ = client.write_all(frame).await;
+            return Err(e.into());
+        }
+    };
+
+    // The agent's cancel key is the gateway's own; the server's stays here.
+    let guard = session.cancel_key.map(|(pid, secret)| {
+        let key = shared.cancels.register(CancelTarget {
+            upstream: addr,
+            pid,
+            secret,
+        });
+        CancelGuard {
+            registry: &shared.cancels,
+            key,
+        }
+    });
+    let (pid, secret) = guard.as_ref().map(|g| g.key).unwrap_or((0, 0));
+    let mut hello = BytesMut::new();
+    for f in session.parameter_status.iter().chain(&session.notices) {
+        hello.extend_from_slice(f);
+    }
+    hello.extend_from_slice(&be::backend_key_data(pid, secret));
+    hello.extend_from_slice(&be::ready_for_query(b'I'));
+    client.write_all(hello.freeze()).await.map_err(ConnError::ClientIo)?;
+    info!("session established");
+
+    let relay = Relay::new(shared.limits, PassThrough);
+    relay_session(shared, &client, &upstream, relay, buf).await;
+    drop(guard);
+    Ok(())
+}
+
+enum Startup {
+    Agent(Agent),
+    StartTls,
+    CancelDone,
+}
+
+/// Runs the agent's start-up until it authenticates, asks for TLS or was a cancel.
+async fn client_startup<C: Connect>(
+    shared: &Shared,
+    client: &MaybeTls<C::Stream>,
+    hs: &mut ClientHandshake,
+    buf: &mut BytesMut,
+) -> Result<Startup, ConnError> {
+    let mut steps = Vec::new();
+    loop {
+        let (res, b) = client.read(std::mem::take(buf), 4096).await;
+        *buf = b;
+        if res.map_err(ConnError::ClientIo)? == 0 {
+            return Err(ConnError::ClientGone);
+        }
+        hs.on_bytes(buf, &mut steps);
+        for step in steps.drain(..) {
+            match step {
+                Step::Send(b) => client.write_all(b).await.map_err(ConnError::ClientIo)?,
+                Step::StartTls => return Ok(Startup::StartTls),
+                Step::Cancel { pid, secret } => {
+                    cancel::<C>(shared, pid, secret).await;
+                    return Ok(Startup::CancelDone);
+                }
+                Step::Authenticated(agent) => return Ok(Startup::Agent(*agent)),
+                Step::Reject(frame) => {
+                    let (code, msg) = be::error_summary(&frame[5..]);
+                    let _ = client.write_all(frame).await;
+                    return Err(ConnError::Rejected(format!("{msg} ({code})")));
+                }
+            }
+        }
+    }
+}
+
+/// Forwards a cancel request to the upstream backend it maps to. Unknown keys are
+/// ignored silently, as PostgreSQL does.
+async fn cancel<C: Connect>(shared: &Shared, pid: i32, secret: i32) {
+    let Some(target) = shared.cancels.lookup(pid, secret) else {
+        debug!("cancel request with an unknown key");
+        return;
+    };
+    match C::connect(target.upstream).await {
+        Ok(s) => {
+            if let Err(e) = s.write_all(fe::cancel_request(target.pid, target.secret)).await {
+                warn!("forwarding cancel request failed: {e}");
+            } else {
+                info!("cancel request forwarded");
+                // PostgreSQL closes after reading the request; wait for that so the
+                // request is not cut off by our own close.
+                let _ = s.read(BytesMut::with_capacity(16), 16).await;
+            }
+        }
+        Err(e) => warn!("cannot reach the database to forward a cancel request: {e}"),
+    }
+}
+
+enum UpstreamStartError {
+    Refused(Bytes),
+    Other(ConnError),
+}
+
+impl From<UpstreamStartError> for ConnError {
+    fn from(e: UpstreamStartError) -> Self {
+        match e {
+            UpstreamStartError::Refused(_) => ConnError::Rejected("the database refused the session".into()),
+            UpstreamStartError::Other(e) => e,
+        }
+    }
+}
+
+impl From<ConnError> for UpstreamStartError {
+    fn from(e: ConnError) -> Self {
+        UpstreamStartError::Other(e)
+    }
+}
+
+async fn connect_upstream<C: Connect>(
+    shared: &Shared,
+    agent: &Agent,
+) -> Result<(MaybeTls<C::Stream>, UpstreamSession, SocketAddr), UpstreamStartError> {
+    let up = &shared.upstream;
+    let addr = tokio::net::lookup_host((up.host.as_str(), up.port))
+        .await
+        .map_err(ConnError::UpstreamIo)?
+        .next()
+        .ok_or_else(|| ConnError::UpstreamIo(io::Error::other(format!("{} does not resolve", up.host))))?;
+    let stream = tokio::time::timeout(up.connect_timeout, C::connect(addr))
+        .await
+        .map_err(|_| ConnError::UpstreamIo(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out"))))?
+        .map_err(ConnError::UpstreamIo)?;
+    let server = negotiate_upstream_tls(shared, stream).await?;
+
+    let mut hs = UpstreamHandshake::new(&up.user, &up.password, server.is_tls());
+    server
+        .write_all(hs.startup_message(&agent.database, &agent.params))
+        .await
+        .map_err(ConnError::UpstreamIo)?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut steps = Vec::new();
+    loop {
+        let (res, b) = server.read(buf, 4096).await;
+        buf = b;
+        if res.map_err(ConnError::UpstreamIo)? == 0 {
+            return Err(ConnError::UpstreamIo(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the database closed the connection during start-up",
+            ))
+            .into());
+        }
+        match hs.on_bytes(&mut buf, &mut steps) {
+            Ok(()) => {}
+            Err(UpstreamError::Refused { frame, sqlstate, message }) => {
+                info!(%sqlstate, "database refused the session: {message}");
+                return Err(UpstreamStartError::Refused(frame));
+            }
+            Err(e) => {
+                error!("upstream start-up failed: {e}");
+                return Err(ConnError::Upstream(e).into());
+            }
+        }
+        for step in steps.drain(..) {
+            match step {
+                UpStep::Send(b) => server.write_all(b).await.map_err(ConnError::UpstreamIo)?,
+                UpStep::Ready(session) => return Ok((server, *session, addr)),
+            }
+        }
+    }
+}
+
+async fn negotiate_upstream_tls<S: Transport>(shared: &Shared, stream: S) -> Result<MaybeTls<S>, ConnError> {
+    let up = &shared.upstream;
+    let Some(cfg) = up.tls_config.clone() else {
+        return Ok(MaybeTls::Plain(stream));
+    };
+    stream.write_all(fe::ssl_request()).await.map_err(ConnError::UpstreamIo)?;
+    let (res, answer) = stream.read(BytesMut::with_capacity(8), 8).await;
+    res.map_err(ConnError::UpstreamIo)?;
+    match &answer[..] {
+        b"S" => {
+            let name = rustls::pki_types::ServerName::try_from(up.server_name.clone())
+                .map_err(|e| ConnError::UpstreamTls(format!("invalid server name {}: {e}", up.server_name)))?;
+            let tls = TlsTransport::client(stream, cfg, name).map_err(|e| ConnError::UpstreamTls(e.to_string()))?;
+            tls.handshake().await.map_err(|e| ConnError::UpstreamTls(e.to_string()))?;
+            Ok(MaybeTls::Tls(tls))
+        }
+        b"N" if up.tls == UpstreamTls::Prefer => Ok(MaybeTls::Plain(stream)),
+        b"N" => Err(ConnError::UpstreamTls(
+            "the database does not accept TLS but upstream.tls requires it".into(),
+        )),
+        _ => Err(ConnError::UpstreamTls("unexpected answer to SSLRequest".into())),
+    }
+}
+
+/// Where the four futures of a session meet.
+struct Flow<H: Hooks> {
+    relay: RefCell<Relay<H>>,
+    client_done: Cell<bool>,
+    server_done: Cell<bool>,
+    /// Wakes the writer of that side: data queued or the session is ending.
+    wake_client_writer: Notify,
+    wake_server_writer: Notify,
+    /// Wakes the reader that paused because the other side's queue was full.
+    client_queue_drained: Notify,
+    server_queue_drained: Notify,
+}
+
+impl<H: Hooks> Flow<H> {
+    fn wake_all(&self) {
+        self.wake_client_writer.notify_one();
+        self.wake_server_writer.notify_one();
+        self.client_queue_drained.notify_one();
+        self.server_queue_drained.notify_one();
+    }
+
+    fn ending(&self) -> bool {
+        self.client_done.get() || self.server_done.get()
+    }
+}
+
+async fn relay_session<H: Hooks, T: Transport>(
+    shared: &Shared,
+    client: &T,
+    server: &T,
+    relay: Relay<H>,
+    client_buf: BytesMut,
+) {
+    let flow = Flow {
+        relay: RefCell::new(relay),
+        client_done: Cell::new(false),
+        server_done: Cell::new(false),
+        wake_client_writer: Notify::new(),
+        wake_server_writer: Notify::new(),
+        client_queue_drained: Notify::new(),
+        server_queue_drained: Notify::new(),
+    };
+    let read_size = shared.read_buffer;
+
+    let client_reader = async {
+        let mut buf = client_buf;
+        // Bytes that arrived with the last start-up message belong to the session.
+        let mut first = !buf.is_empty();
+        loop {
+            if !first {
+                let (res, b) = client.read(buf, read_size).await;
+                buf = b;
+                match res {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!("client read: {e}");
+                        break;
+                    }
+                }
+            }
+            first = false;
+            let res = flow.relay.borrow_mut().on_client_bytes(&mut buf);
+            flow.wake_server_writer.notify_one();
+            flow.wake_client_writer.notify_one();
+            if let Err(e) = res {
+                warn!("{e}");
+                break;
+            }
+            if flow.relay.borrow().is_terminated() || flow.server_done.get() {
+                break;
+            }
+            while flow.relay.borrow().pending_to_server() > HIGH_WATER && !flow.ending() {
+                flow.server_queue_drained.notified().await;
+            }
+        }
+        flow.client_done.set(true);
+        flow.wake_all();
+    };
+
+    let server_reader = async {
+        let mut buf = BytesMut::with_capacity(read_size);
+        let mut clean = true;
+        loop {
+            let (res, b) = server.read(buf, read_size).await;
+            buf = b;
+            match res {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    debug!("server read: {e}");
+                    break;
+                }
+            }
+            let res = flow.relay.borrow_mut().on_server_bytes(&mut buf);
+            flow.wake_client_writer.notify_one();
+            if let Err(e) = res {
+                error!("{e}");
+                clean = false;
+                break;
+            }
+            while flow.relay.borrow().pending_to_client() > HIGH_WATER && !flow.ending() {
+                flow.client_queue_drained.notified().await;
+            }
+            if flow.client_done.get() {
+                break;
+            }
+        }
+        if !flow.client_done.get() {
+            let parsable = flow.relay.borrow_mut().on_server_eof() && clean;
+            if !parsable {
+                // The agent holds half a frame; an error now would be read as its rest.
+                client.shutdown();
+            }
+            if !flow.relay.borrow().is_terminated() {
+                warn!("the database closed the connection");
+            }
+        }
+        flow.server_done.set(true);
+        flow.wake_all();
+    };
+
+    let client_writer = async {
+        loop {
+            let next = next_chunk(&flow.relay, Side::Client);
+            match next {
+                Some(b) => {
+                    if let Err(e) = client.write_all(b).await {
+                        debug!("client write: {e}");
+                        break;
+                    }
+                    flow.client_queue_drained.notify_one();
+                }
+                None if flow.ending() => break,
+                None => flow.wake_client_writer.notified().await,
+            }
+        }
+        client.shutdown();
+        flow.client_done.set(true);
+        flow.wake_all();
+    };
+
+    let server_writer = async {
+        loop {
+            let next = next_chunk(&flow.relay, Side::Server);
+            match next {
+                Some(b) => {
+                    if let Err(e) = server.write_all(b).await {
+                        debug!("server write: {e}");
+                        break;
+                    }
+                    flow.server_queue_drained.notify_one();
+                }
+                None if flow.ending() => break,
+                None => flow.wake_server_writer.notified().await,
+            }
+        }
+        server.shutdown();
+        flow.server_done.set(true);
+        flow.wake_all();
+    };
+
+    tokio::join!(client_reader, server_reader, client_writer, server_writer);
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// Takes the next chunk for one side, gluing small frames together so a burst of small
+/// messages costs one write.
+fn next_chunk<H: Hooks>(relay: &RefCell<Relay<H>>, side: Side) -> Option<Bytes> {
+    let mut r = relay.borrow_mut();
+    let pop = |r: &mut Relay<H>| match side {
+        Side::Client => r.pop_to_client(),
+        Side::Server => r.pop_to_server(),
+    };
+    let first = pop(&mut r)?;
+    let queued = match side {
+        Side::Client => r.pending_to_client(),
+        Side::Server => r.pending_to_server(),
+    };
+    if queued == 0 || first.len() >= COALESCE {
+        return Some(first);
+    }
+    let mut acc = BytesMut::with_capacity((first.len() + queued).min(COALESCE));
+    acc.extend_from_slice(&first);
+    while acc.len() < COALESCE {
+        let Some(next) = pop(&mut r) else { break };
+        acc.extend_from_slice(&next);
+    }
+    Some(acc.freeze())
+}

@@ -1,0 +1,108 @@
+//! The epoll engine: one tokio current-thread runtime per worker thread.
+//!
+//! Sockets are driven by readiness plus `try_read`/`try_write`, which take `&self`, so a
+//! socket's reader and writer run side by side in one task without locks.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tracing::{error, warn};
+
+use super::Shared;
+use super::conn::{self, Connect};
+use super::transport::Transport;
+
+pub struct EpollStream(tokio::net::TcpStream);
+
+impl Transport for EpollStream {
+    async fn read(&self, mut buf: BytesMut, min_room: usize) -> (io::Result<usize>, BytesMut) {
+        buf.reserve(min_room);
+        loop {
+            match self.0.try_read_buf(&mut buf) {
+                Ok(n) => return (Ok(n), buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.0.readable().await {
+                        return (Err(e), buf);
+                    }
+                }
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+
+    async fn write_all(&self, data: Bytes) -> io::Result<()> {
+        let mut off = 0;
+        while off < data.len() {
+            match self.0.try_write(&data[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        let _ = socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+pub struct Epoll;
+
+impl Connect for Epoll {
+    type Stream = EpollStream;
+
+    async fn connect(addr: SocketAddr) -> io::Result<EpollStream> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(EpollStream(s))
+    }
+}
+
+/// A worker thread's life: accept on its own listener until the gateway stops.
+pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start an epoll runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot register the listener: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shared.lifecycle.stopped() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::task::spawn_local(conn::serve::<Epoll>(shared.clone(), EpollStream(stream), peer));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        wait_for_sessions(&shared).await;
+    });
+}
+
+/// Lets this worker's sessions finish, within the shutdown grace period set by main.
+pub(crate) async fn wait_for_sessions(shared: &Shared) {
+    while shared.lifecycle.sessions() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,199 @@
+//! What every worker and session reads: settings derived from the configuration once at
+//! start-up (TLS contexts, identities, limits), the cancel-key registry and the
+//! lifecycle. Identities sit behind an `ArcSwap` so a reload swaps them without locks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::Lifecycle;
+use super::cancel::CancelRegistry;
+use crate::auth::IdentityStore;
+use crate::config::{Config, UpstreamTls};
+use crate::session::handshake::TlsOffer;
+use crate::session::relay::RelayLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("{key}: {problem}")]
+    Tls { key: &'static str, problem: String },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// How the gateway reaches the real server.
+#[derive(Debug)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub tls: UpstreamTls,
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    pub server_name: String,
+    pub connect_timeout: Duration,
+}
+
+pub struct Shared {
+    pub identities: ArcSwap<IdentityStore>,
+    pub upstream: Upstream,
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls_offer: TlsOffer,
+    pub limits: RelayLimits,
+    pub read_buffer: usize,
+    pub handshake_timeout: Duration,
+    pub cancels: CancelRegistry,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+impl Shared {
+    pub fn from_config(cfg: &Config) -> Result<Self, SharedError> {
+        let (server_tls, tls_offer) = match &cfg.server.tls {
+            None => (None, TlsOffer::None),
+            Some(t) => (
+                Some(Arc::new(server_tls(&t.cert, &t.key)?)),
+                if t.required {
+                    TlsOffer::Required
+                } else {
+                    TlsOffer::Optional
+                },
+            ),
+        };
+        let up = &cfg.upstream;
+        let tls_config = match up.tls {
+            UpstreamTls::Disable => None,
+            mode => Some(Arc::new(client_tls(mode, up.ca.as_deref())?)),
+        };
+        Ok(Self {
+            identities: ArcSwap::from_pointee(IdentityStore::new(cfg.identities())),
+            upstream: Upstream {
+                host: up.host.clone(),
+                port: up.port,
+                user: up.user.clone(),
+                password: cfg.upstream_password()?,
+                tls: up.tls,
+                tls_config,
+                server_name: up.tls_server_name.clone().unwrap_or_else(|| up.host.clone()),
+                connect_timeout: Duration::from_millis(up.connect_timeout_ms),
+            },
+            server_tls,
+            tls_offer,
+            limits: RelayLimits {
+                max_message: cfg.server.max_message_bytes,
+            },
+            read_buffer: cfg.server.read_buffer_bytes,
+            handshake_timeout: Duration::from_secs(cfg.server.handshake_timeout_secs),
+            cancels: CancelRegistry::default(),
+            lifecycle: Arc::new(Lifecycle::default()),
+        })
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, SharedError> {
+    let tls_err = |key: &'static str, problem: String| SharedError::Tls { key, problem };
+    let certs = {
+        let f = std::fs::File::open(cert)
+            .map_err(|e| tls_err("server.tls.cert", format!("{}: {e}", cert.display())))?;
+        rustls_pemfile::certs(&mut std::io::BufReader::new(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls_err("server.tls.cert", format!("{}: {e}", cert.display())))?
+    };
+    if certs.is_empty() {
+        return Err(tls_err(
+            "server.tls.cert",
+            format!("{} holds no PEM certificate", cert.display()),
+        ));
+    }
+    let key_der = {
+        let f = std::fs::File::open(key)
+            .map_err(|e| tls_err("server.tls.key", format!("{}: {e}", key.display())))?;
+        rustls_pemfile::private_key(&mut std::io::BufReader::new(f))
+            .map_err(|e| tls_err("server.tls.key", format!("{}: {e}", key.display())))?
+            .ok_or_else(|| tls_err("server.tls.key", format!("{} holds no PEM private key", key.display())))?
+    };
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("server.tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| tls_err("server.tls.key", e.to_string()))
+}
+
+fn client_tls(mode: UpstreamTls, ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, SharedError> {
+    let tls_err = |problem: String| SharedError::Tls {
+        key: "upstream.ca",
+        problem,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(e.to_string()))?;
+    let config = if mode == UpstreamTls::VerifyFull {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                let f = std::fs::File::open(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+                for c in rustls_pemfile::certs(&mut std::io::BufReader::new(f)) {
+                    let c = c.map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+                    roots.add(c).map_err(|e| tls_err(e.to_string()))?;
+                }
+            }
+            None => {
+                return Err(tls_err(
+                    "upstream.tls = \"verify-full\" needs a CA bundle: set upstream.ca".into(),
+                ));
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        // `prefer`/`require` encrypt without authenticating the server, as libpq does.
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+            .with_no_client_auth()
+    };
+    Ok(config)
+}
+
+/// Accepts any server certificate: for `require`, which promises encryption only.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,203 @@
+//! The one I/O shape both engines provide, and TLS on top of it.
+//!
+//! A [`Transport`] reads into an owned buffer and writes owned bytes, through `&self`, so
+//! the reader and the writer of one socket can run as separate futures of one task. That
+//! is io_uring's model (buffers are lent to the kernel and handed back); the epoll engine
+//! implements it with readiness plus `try_read`/`try_write`.
+//!
+//! TLS is [`rustls`] driven sans-IO over any transport: ciphertext in, plaintext out.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+/// A connected byte stream.
+#[allow(async_fn_in_trait)]
+pub trait Transport {
+    /// Appends what arrives to `buf` (reserving `min_room` spare bytes first) and
+    /// returns the buffer with the count; 0 means the peer closed.
+    async fn read(&self, buf: BytesMut, min_room: usize) -> (io::Result<usize>, BytesMut);
+    /// Writes all of `data`.
+    async fn write_all(&self, data: Bytes) -> io::Result<()>;
+    /// Shuts both directions down, waking a pending read.
+    fn shutdown(&self);
+}
+
+/// A transport that may have been upgraded to TLS.
+pub enum MaybeTls<T> {
+    Plain(T),
+    Tls(TlsTransport<T>),
+}
+
+impl<T: Transport> MaybeTls<T> {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MaybeTls::Tls(_))
+    }
+}
+
+impl<T: Transport> Transport for MaybeTls<T> {
+    async fn read(&self, buf: BytesMut, min_room: usize) -> (io::Result<usize>, BytesMut) {
+        match self {
+            MaybeTls::Plain(t) => t.read(buf, min_room).await,
+            MaybeTls::Tls(t) => t.read(buf, min_room).await,
+        }
+    }
+
+    async fn write_all(&self, data: Bytes) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(t) => t.write_all(data).await,
+            MaybeTls::Tls(t) => t.write_all(data).await,
+        }
+    }
+
+    fn shutdown(&self) {
+        match self {
+            MaybeTls::Plain(t) => t.shutdown(),
+            MaybeTls::Tls(t) => t.shutdown(),
+        }
+    }
+}
+
+/// TLS over a transport, with rustls doing the records.
+pub struct TlsTransport<T> {
+    inner: T,
+    conn: RefCell<rustls::Connection>,
+    /// Ciphertext received and not yet handed to rustls.
+    cipher_in: RefCell<BytesMut>,
+    /// Serialises ciphertext writes: records must reach the wire in the order rustls made
+    /// them, and both the reader (handshake, alerts) and the writer produce some.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+impl<T: Transport> TlsTransport<T> {
+    pub fn server(inner: T, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Self::new(inner, conn.into()))
+    }
+
+    pub fn client(
+        inner: T,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<Self> {
+        let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        Ok(Self::new(inner, conn.into()))
+    }
+
+    fn new(inner: T, conn: rustls::Connection) -> Self {
+        Self {
+            inner,
+            conn: RefCell::new(conn),
+            cipher_in: RefCell::new(BytesMut::new()),
+            write_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs the TLS handshake to completion.
+    pub async fn handshake(&self) -> io::Result<()> {
+        loop {
+            self.flush_tls().await?;
+            if !self.conn.borrow().is_handshaking() {
+                return Ok(());
+            }
+            if !self.pull().await? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed the connection during the TLS handshake",
+                ));
+            }
+        }
+    }
+
+    /// Writes whatever records rustls has queued.
+    async fn flush_tls(&self) -> io::Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let out = {
+            let mut conn = self.conn.borrow_mut();
+            let mut out = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut out)?;
+            }
+            out
+        };
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.inner.write_all(Bytes::from(out)).await
+    }
+
+    /// Reads ciphertext and hands it to rustls; false at end of stream.
+    async fn pull(&self) -> io::Result<bool> {
+        let buf = std::mem::take(&mut *self.cipher_in.borrow_mut());
+        let (res, mut buf) = self.inner.read(buf, 16 * 1024).await;
+        let n = res?;
+        let processed = {
+            let mut conn = self.conn.borrow_mut();
+            let mut slice = &buf[..];
+            let mut result = Ok(());
+            while !slice.is_empty() {
+                match conn.read_tls(&mut slice) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                if let Err(e) = conn.process_new_packets() {
+                    result = Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    break;
+                }
+            }
+            let consumed = buf.len() - slice.len();
+            let _ = bytes::Buf::advance(&mut buf, consumed);
+            result
+        };
+        *self.cipher_in.borrow_mut() = buf;
+        // Alerts and handshake replies go out even when processing failed.
+        self.flush_tls().await?;
+        processed?;
+        Ok(n > 0)
+    }
+}
+
+impl<T: Transport> Transport for TlsTransport<T> {
+    async fn read(&self, mut buf: BytesMut, min_room: usize) -> (io::Result<usize>, BytesMut) {
+        loop {
+            {
+                let mut conn = self.conn.borrow_mut();
+                let mut reader = conn.reader();
+                buf.reserve(min_room);
+                let start = buf.len();
+                buf.resize(buf.capacity(), 0);
+                match reader.read(&mut buf[start..]) {
+                    Ok(n) => {
+                        buf.truncate(start + n);
+                        return (Ok(n), buf);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
+                    Err(e) => {
+                        buf.truncate(start);
+                        return (Err(e), buf);
+                    }
+                }
+            }
+            match self.pull().await {
+                Ok(true) => {}
+                // A peer that closes without close_notify: end of stream all the same.
+                Ok(false) => return (Ok(0), buf),
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+
+    async fn write_all(&self, data: Bytes) -> io::Result<()> {
+        self.conn.borrow_mut().writer().write_all(&data)?;
+        self.flush_tls().await
+    }
+
+    fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}

@@ -1,0 +1,180 @@
+//! Backend (server → client) messages the gateway builds or looks inside.
+
+use bytes::{BufMut, Bytes};
+
+use super::frame::{build, put_cstr};
+use super::{Cursor, ProtocolError};
+
+pub const AUTHENTICATION: u8 = b'R';
+pub const BACKEND_KEY_DATA: u8 = b'K';
+pub const BIND_COMPLETE: u8 = b'2';
+pub const CLOSE_COMPLETE: u8 = b'3';
+pub const COMMAND_COMPLETE: u8 = b'C';
+pub const COPY_DATA: u8 = b'd';
+pub const COPY_DONE: u8 = b'c';
+pub const COPY_IN_RESPONSE: u8 = b'G';
+pub const COPY_OUT_RESPONSE: u8 = b'H';
+pub const COPY_BOTH_RESPONSE: u8 = b'W';
+pub const DATA_ROW: u8 = b'D';
+pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+pub const ERROR_RESPONSE: u8 = b'E';
+pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+pub const NO_DATA: u8 = b'n';
+pub const NOTICE_RESPONSE: u8 = b'N';
+pub const NOTIFICATION_RESPONSE: u8 = b'A';
+pub const PARAMETER_DESCRIPTION: u8 = b't';
+pub const PARAMETER_STATUS: u8 = b'S';
+pub const PARSE_COMPLETE: u8 = b'1';
+pub const PORTAL_SUSPENDED: u8 = b's';
+pub const READY_FOR_QUERY: u8 = b'Z';
+pub const ROW_DESCRIPTION: u8 = b'T';
+
+/// Error severity as PostgreSQL spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// An `ErrorResponse` with the fields a person needs to act on it.
+pub fn error_response(
+    severity: Severity,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) -> Bytes {
+    build(ERROR_RESPONSE, |b| {
+        for (field, value) in [
+            (b'S', Some(severity.as_str())),
+            (b'V', Some(severity.as_str())),
+            (b'C', Some(code)),
+            (b'M', Some(message)),
+            (b'D', detail),
+            (b'H', hint),
+        ] {
+            if let Some(v) = value {
+                b.put_u8(field);
+                put_cstr(b, v.as_bytes());
+            }
+        }
+        b.put_u8(0);
+    })
+}
+
+pub fn ready_for_query(status: u8) -> Bytes {
+    build(READY_FOR_QUERY, |b| b.put_u8(status))
+}
+
+pub fn authentication_ok() -> Bytes {
+    build(AUTHENTICATION, |b| b.put_i32(0))
+}
+
+pub fn authentication_sasl(mechanisms: &[&str]) -> Bytes {
+    build(AUTHENTICATION, |b| {
+        b.put_i32(10);
+        for m in mechanisms {
+            put_cstr(b, m.as_bytes());
+        }
+        b.put_u8(0);
+    })
+}
+
+pub fn authentication_sasl_continue(data: &[u8]) -> Bytes {
+    build(AUTHENTICATION, |b| {
+        b.put_i32(11);
+        b.extend_from_slice(data);
+    })
+}
+
+pub fn authentication_sasl_final(data: &[u8]) -> Bytes {
+    build(AUTHENTICATION, |b| {
+        b.put_i32(12);
+        b.extend_from_slice(data);
+    })
+}
+
+pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
+    build(BACKEND_KEY_DATA, |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    })
+}
+
+pub fn parameter_status(name: &str, value: &str) -> Bytes {
+    build(PARAMETER_STATUS, |b| {
+        put_cstr(b, name.as_bytes());
+        put_cstr(b, value.as_bytes());
+    })
+}
+
+/// The transaction status byte of a `ReadyForQuery` body.
+pub fn ready_status(body: &[u8]) -> Result<u8, ProtocolError> {
+    match body {
+        [s @ (b'I' | b'T' | b'E')] => Ok(*s),
+        _ => Err(ProtocolError::Malformed {
+            tag: READY_FOR_QUERY,
+            what: "status must be I, T or E",
+        }),
+    }
+}
+
+/// The fields of an `ErrorResponse`/`NoticeResponse` body, by field code.
+pub fn error_fields(body: &[u8]) -> Result<Vec<(u8, &[u8])>, ProtocolError> {
+    let mut c = Cursor::new(body);
+    let mut out = Vec::new();
+    loop {
+        match c.u8() {
+            Some(0) => return Ok(out),
+            Some(code) => {
+                let v = c.cstr().ok_or(ProtocolError::Malformed {
+                    tag: ERROR_RESPONSE,
+                    what: "unterminated field",
+                })?;
+                out.push((code, v));
+            }
+            None => {
+                return Err(ProtocolError::Malformed {
+                    tag: ERROR_RESPONSE,
+                    what: "missing terminator",
+                });
+            }
+        }
+    }
+}
+
+/// `(sqlstate, message)` of an error body, for logs.
+pub fn error_summary(body: &[u8]) -> (String, String) {
+    let fields = error_fields(body).unwrap_or_default();
+    let get = |k: u8| {
+        fields
+            .iter()
+            .find(|(c, _)| *c == k)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    (get(b'C'), get(b'M'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_roundtrip() {
+        let e = error_response(Severity::Error, "08P01", "bad", Some("d"), None);
+        let (code, msg) = error_summary(&e[5..]);
+        assert_eq!((code.as_str(), msg.as_str()), ("08P01", "bad"));
+        assert!(error_fields(b"Cx").is_err());
+    }
+}

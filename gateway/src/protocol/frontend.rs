@@ -1,0 +1,256 @@
+//! Frontend (client → server) messages the gateway looks inside, and the few it sends
+//! upstream on its own behalf.
+
+use bytes::{BufMut, Bytes};
+
+use super::frame::build;
+use super::{Cursor, ProtocolError};
+
+pub const BIND: u8 = b'B';
+pub const CLOSE: u8 = b'C';
+pub const COPY_DATA: u8 = b'd';
+pub const COPY_DONE: u8 = b'c';
+pub const COPY_FAIL: u8 = b'f';
+pub const DESCRIBE: u8 = b'D';
+pub const EXECUTE: u8 = b'E';
+pub const FLUSH: u8 = b'H';
+pub const FUNCTION_CALL: u8 = b'F';
+pub const PARSE: u8 = b'P';
+/// Password, SASLInitialResponse and SASLResponse all share this tag.
+pub const PASSWORD: u8 = b'p';
+pub const QUERY: u8 = b'Q';
+pub const SYNC: u8 = b'S';
+pub const TERMINATE: u8 = b'X';
+
+const SSL_REQUEST_CODE: i32 = 80877103;
+const GSSENC_REQUEST_CODE: i32 = 80877104;
+const CANCEL_REQUEST_CODE: i32 = 80877102;
+const PROTOCOL_3_0: i32 = 196608;
+
+/// The untagged packets a client may open a connection with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel { pid: i32, secret: i32 },
+    Startup { params: Vec<(String, String)> },
+}
+
+impl StartupPacket {
+    /// Parses a whole packet (length included) as cut by `split_startup_packet`.
+    pub fn parse(packet: &[u8]) -> Result<Self, ProtocolError> {
+        let mut c = Cursor::new(packet.get(4..).unwrap_or_default());
+        let code = c.i32().ok_or(ProtocolError::BadStartup("too short"))?;
+        match code {
+            SSL_REQUEST_CODE => Ok(Self::SslRequest),
+            GSSENC_REQUEST_CODE => Ok(Self::GssEncRequest),
+            CANCEL_REQUEST_CODE => {
+                let pid = c.i32().ok_or(ProtocolError::BadStartup("short cancel"))?;
+                let secret = c.i32().ok_or(ProtocolError::BadStartup("short cancel"))?;
+                Ok(Self::Cancel { pid, secret })
+            }
+            PROTOCOL_3_0 => {
+                let mut params = Vec::new();
+                loop {
+                    let key = c
+                        .cstr()
+                        .ok_or(ProtocolError::BadStartup("unterminated parameter"))?;
+                    if key.is_empty() {
+                        break;
+                    }
+                    let value = c
+                        .cstr()
+                        .ok_or(ProtocolError::BadStartup("unterminated parameter"))?;
+                    params.push((utf8(key)?, utf8(value)?));
+                }
+                Ok(Self::Startup { params })
+            }
+            v => Err(ProtocolError::UnsupportedVersion {
+                major: (v >> 16) as u16,
+                minor: v as u16,
+            }),
+        }
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<String, ProtocolError> {
+    String::from_utf8(b.to_vec()).map_err(|_| ProtocolError::BadStartup("parameter is not UTF-8"))
+}
+
+fn malformed(tag: u8, what: &'static str) -> ProtocolError {
+    ProtocolError::Malformed { tag, what }
+}
+
+/// `Query`: the SQL text.
+pub fn parse_query(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    Cursor::new(body)
+        .cstr()
+        .ok_or(malformed(QUERY, "unterminated query string"))
+}
+
+/// `Parse`: statement name, SQL, declared parameter type OIDs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseMsg<'a> {
+    pub name: &'a [u8],
+    pub sql: &'a [u8],
+    pub param_types: Vec<u32>,
+}
+
+pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
+    let mut c = Cursor::new(body);
+    let name = c.cstr().ok_or(malformed(PARSE, "statement name"))?;
+    let sql = c.cstr().ok_or(malformed(PARSE, "query string"))?;
+    let n = c.i16().ok_or(malformed(PARSE, "parameter count"))?;
+    let n = usize::try_from(n).map_err(|_| malformed(PARSE, "negative parameter count"))?;
+    let mut param_types = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        param_types.push(c.u32().ok_or(malformed(PARSE, "parameter types"))?);
+    }
+    Ok(ParseMsg {
+        name,
+        sql,
+        param_types,
+    })
+}
+
+/// `Bind`: portal and statement names, and the requested result formats.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BindMsg<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    pub param_count: usize,
+    /// Result-column format codes as sent: empty = all text, one = all that, else per column.
+    pub result_formats: Vec<i16>,
+}
+
+pub fn parse_bind(body: &[u8]) -> Result<BindMsg<'_>, ProtocolError> {
+    let mut c = Cursor::new(body);
+    let portal = c.cstr().ok_or(malformed(BIND, "portal name"))?;
+    let statement = c.cstr().ok_or(malformed(BIND, "statement name"))?;
+    let nfmt = count(c.i16(), BIND)?;
+    c.bytes(nfmt * 2)
+        .ok_or(malformed(BIND, "parameter formats"))?;
+    let nparams = count(c.i16(), BIND)?;
+    for _ in 0..nparams {
+        let len = c.i32().ok_or(malformed(BIND, "parameter length"))?;
+        if len > 0 {
+            c.bytes(len as usize)
+                .ok_or(malformed(BIND, "parameter value"))?;
+        } else if len < -1 {
+            return Err(malformed(BIND, "negative parameter length"));
+        }
+    }
+    let nres = count(c.i16(), BIND)?;
+    let mut result_formats = Vec::with_capacity(nres.min(1024));
+    for _ in 0..nres {
+        result_formats.push(c.i16().ok_or(malformed(BIND, "result formats"))?);
+    }
+    Ok(BindMsg {
+        portal,
+        statement,
+        param_count: nparams,
+        result_formats,
+    })
+}
+
+fn count(v: Option<i16>, tag: u8) -> Result<usize, ProtocolError> {
+    let v = v.ok_or(malformed(tag, "count"))?;
+    usize::try_from(v).map_err(|_| malformed(tag, "negative count"))
+}
+
+/// `Describe` and `Close` both carry a kind (`S`tatement or `P`ortal) and a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    Statement(&'a [u8]),
+    Portal(&'a [u8]),
+}
+
+pub fn parse_target(tag: u8, body: &[u8]) -> Result<Target<'_>, ProtocolError> {
+    let mut c = Cursor::new(body);
+    let kind = c.u8().ok_or(malformed(tag, "kind"))?;
+    let name = c.cstr().ok_or(malformed(tag, "name"))?;
+    match kind {
+        b'S' => Ok(Target::Statement(name)),
+        b'P' => Ok(Target::Portal(name)),
+        _ => Err(malformed(tag, "kind must be S or P")),
+    }
+}
+
+/// `Execute`: portal name and row limit (0 = all).
+pub fn parse_execute(body: &[u8]) -> Result<(&[u8], i32), ProtocolError> {
+    let mut c = Cursor::new(body);
+    let portal = c.cstr().ok_or(malformed(EXECUTE, "portal name"))?;
+    let max_rows = c.i32().ok_or(malformed(EXECUTE, "row limit"))?;
+    Ok((portal, max_rows))
+}
+
+/// `Describe` of a portal, which the gateway injects when a client executes a portal
+/// whose result columns it never asked for.
+pub fn describe_portal(name: &[u8]) -> Bytes {
+    build(DESCRIBE, |b| {
+        b.put_u8(b'P');
+        super::frame::put_cstr(b, name);
+    })
+}
+
+pub fn sync() -> Bytes {
+    build(SYNC, |_| {})
+}
+
+pub fn terminate() -> Bytes {
+    build(TERMINATE, |_| {})
+}
+
+pub fn ssl_request() -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(8);
+    b.put_i32(8);
+    b.put_i32(SSL_REQUEST_CODE);
+    b.freeze()
+}
+
+pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(16);
+    b.put_i32(16);
+    b.put_i32(CANCEL_REQUEST_CODE);
+    b.put_i32(pid);
+    b.put_i32(secret);
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_packets() {
+        assert_eq!(
+            StartupPacket::parse(&ssl_request()).unwrap(),
+            StartupPacket::SslRequest
+        );
+        assert_eq!(
+            StartupPacket::parse(&cancel_request(7, 9)).unwrap(),
+            StartupPacket::Cancel { pid: 7, secret: 9 }
+        );
+        let mut p = vec![0, 0, 0, 0];
+        p.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
+        p.extend_from_slice(b"user\0agent\0database\0bank\0\0");
+        let len = p.len() as i32;
+        p[..4].copy_from_slice(&len.to_be_bytes());
+        let StartupPacket::Startup { params } = StartupPacket::parse(&p).unwrap() else {
+            panic!("not a startup message")
+        };
+        assert_eq!(params[0], ("user".into(), "agent".into()));
+        assert!(StartupPacket::parse(&p[..p.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn bind_parses_and_rejects_truncation() {
+        let body = b"p1\0s1\0\0\x01\0\x01\0\x01\0\0\0\x02ab\0\x01\0\x01";
+        let b = parse_bind(body).unwrap();
+        assert_eq!((b.portal, b.statement, b.param_count), (&b"p1"[..], &b"s1"[..], 1));
+        assert_eq!(b.result_formats, vec![1]);
+        for cut in 0..body.len() {
+            assert!(parse_bind(&body[..cut]).is_err(), "cut {cut}");
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The agent's side of start-up, sans-IO.
+//!
+//! Fed the bytes an agent sends before its session is established, it answers
+//! `SSLRequest`/`GSSENCRequest`, recognises `CancelRequest`, reads the start-up packet
+//! and runs SCRAM-SHA-256 against the agent's identity. Every failure is a FATAL
+//! `ErrorResponse` with the right SQLSTATE; an authentication failure says nothing
+//! about whether the name or the secret was wrong.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::auth::{Identity, IdentityStore, ScramError, ScramServer, scram};
+use crate::protocol::backend::{self as be, Severity, error_response};
+use crate::protocol::frame::{split_frame, split_startup_packet};
+use crate::protocol::frontend::{self as fe, StartupPacket};
+use crate::protocol::{Cursor, ProtocolError, sqlstate};
+
+/// Handshake messages are small; anything larger is hostile.
+const MAX_HANDSHAKE_MESSAGE: usize = 16 * 1024;
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Write these bytes to the agent.
+    Send(Bytes),
+    /// After writing what came before, switch the connection to TLS (server side).
+    StartTls,
+    /// This connection is a cancel request; act on it and close.
+    Cancel { pid: i32, secret: i32 },
+    /// Start-up done: the agent proved its identity.
+    Authenticated(Box<Agent>),
+    /// Write this error and close.
+    Reject(Bytes),
+}
+
+/// An authenticated agent and what it asked for.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub identity: Arc<Identity>,
+    pub database: String,
+    /// Start-up parameters to pass upstream (`user` and `database` excluded).
+    pub params: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitStartup,
+    AwaitSaslInitial {
+        user: String,
+        identity: Option<Arc<Identity>>,
+        scram: ScramServer,
+        database: String,
+        params: Vec<(String, String)>,
+    },
+    AwaitSaslFinal {
+        user: String,
+        identity: Option<Arc<Identity>>,
+        scram: ScramServer,
+        database: String,
+        params: Vec<(String, String)>,
+    },
+    Done,
+}
+
+/// TLS as the listener offers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsOffer {
+    None,
+    Optional,
+    Required,
+}
+
+pub struct ClientHandshake {
+    identities: Arc<IdentityStore>,
+    tls: TlsOffer,
+    encrypted: bool,
+    state: State,
+}
+
+impl ClientHandshake {
+    pub fn new(identities: Arc<IdentityStore>, tls: TlsOffer) -> Self {
+        Self {
+            identities,
+            tls,
+            encrypted: false,
+            state: State::AwaitStartup,
+        }
+    }
+
+    /// The driver switched the connection to TLS.
+    pub fn tls_established(&mut self) {
+        self.encrypted = true;
+    }
+
+    /// Consumes the agent's bytes and appends the steps to take, in order. Stops after a
+    /// step that changes the transport or ends the handshake.
+    pub fn on_bytes(&mut self, buf: &mut BytesMut, steps: &mut Vec<Step>) {
+        loop {
+            let before = steps.len();
+            let more = match self.step(buf, steps) {
+                Ok(more) => more,
+                Err(e) => {
+                    self.state = State::Done;
+                    steps.push(Step::Reject(error_response(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &e.to_string(),
+                        None,
+                        None,
+                    )));
+                    return;
+                }
+            };
+            let last_ends = matches!(
+                steps.last(),
+                Some(Step::StartTls | Step::Cancel { .. } | Step::Authenticated(_) | Step::Reject(_))
+            );
+            if !more || last_ends || steps.len() == before && buf.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn step(&mut self, buf: &mut BytesMut, steps: &mut Vec<Step>) -> Result<bool, ProtocolError> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::AwaitStartup => {
+                let Some(packet) = split_startup_packet(buf)? else {
+                    self.state = State::AwaitStartup;
+                    return Ok(false);
+                };
+                self.startup(StartupPacket::parse(&packet)?, buf, steps);
+                Ok(true)
+            }
+            State::AwaitSaslInitial {
+                user,
+                identity,
+                mut scram,
+                database,
+                params,
+            } => {
+                let Some(frame) = split_frame(buf, MAX_HANDSHAKE_MESSAGE)? else {
+                    self.state = State::AwaitSaslInitial {
+                        user,
+                        identity,
+                        scram,
+                        database,
+                        params,
+                    };
+                    return Ok(false);
+                };
+                expect_password(frame.tag())?;
+                let mut c = Cursor::new(frame.body());
+                let mechanism = c.cstr().ok_or(malformed("mechanism"))?;
+                let len = c.i32().ok_or(malformed("length"))?;
+                let data = c.remaining();
+                if mechanism != scram::MECHANISM.as_bytes() {
+                    steps.push(Step::Reject(error_response(
+                        Severity::Fatal,
+                        sqlstate::INVALID_AUTHORIZATION,
+                        "unsupported SASL mechanism: the gateway offers SCRAM-SHA-256 only",
+                        None,
+                        None,
+                    )));
+                    return Ok(false);
+                }
+                if usize::try_from(len).ok() != Some(data.len()) {
+                    return Err(malformed("SASL data length"));
+                }
+                match scram.client_first(data) {
+                    Ok(reply) => {
+                        steps.push(Step::Send(be::authentication_sasl_continue(&reply)));
+                        self.state = State::AwaitSaslFinal {
+                            user,
+                            identity,
+                            scram,
+                            database,
+                            params,
+                        };
+                    }
+                    Err(e) => steps.push(Step::Reject(scram_error(e, &user))),
+                }
+                Ok(true)
+            }
+            State::AwaitSaslFinal {
+                user,
+                identity,
+                mut scram,
+                database,
+                params,
+            } => {
+                let Some(frame) = split_frame(buf, MAX_HANDSHAKE_MESSAGE)? else {
+                    self.state = State::AwaitSaslFinal {
+                        user,
+                        identity,
+                        scram,
+                        database,
+                        params,
+                    };
+                    return Ok(false);
+                };
+                expect_password(frame.tag())?;
+                match (scram.client_final(frame.body()), identity) {
+                    (Ok(reply), Some(identity)) => {
+                        steps.push(Step::Send(be::authentication_sasl_final(&reply)));
+                        steps.push(Step::Send(be::authentication_ok()));
+                        steps.push(Step::Authenticated(Box::new(Agent {
+                            identity,
+                            database,
+                            params,
+                        })));
+                    }
+                    // A decoy verifier cannot succeed; if it somehow did, still refuse.
+                    (Ok(_), None) => steps.push(Step::Reject(scram_error(ScramError::Failed, &user))),
+                    (Err(e), _) => steps.push(Step::Reject(scram_error(e, &user))),
+                }
+                Ok(false)
+            }
+            State::Done => Ok(false),
+        }
+    }
+
+    fn startup(&mut self, packet: StartupPacket, buf: &BytesMut, steps: &mut Vec<Step>) {
+        match packet {
+            StartupPacket::SslRequest => {
+                if self.tls != TlsOffer::None && !self.encrypted {
+                    // Bytes after SSLRequest but before the TLS handshake would be
+                    // plaintext smuggled into the encrypted session (CVE-2021-23214).
+                    if !buf.is_empty() {
+                        steps.push(Step::Reject(error_response(
+                            Severity::Fatal,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "received unencrypted data after SSL request",
+                            None,
+                            None,
+                        )));
+                        return;
+                    }
+                    steps.push(Step::Send(Bytes::from_static(b"S")));
+                    steps.push(Step::StartTls);
+                } else {
+                    steps.push(Step::Send(Bytes::from_static(b"N")));
+                }
+                self.state = State::AwaitStartup;
+            }
+            StartupPacket::GssEncRequest => {
+                steps.push(Step::Send(Bytes::from_static(b"N")));
+                self.state = State::AwaitStartup;
+            }
+            StartupPacket::Cancel { pid, secret } => steps.push(Step::Cancel { pid, secret }),
+            StartupPacket::Startup { params } => {
+                if self.tls == TlsOffer::Required && !self.encrypted {
+                    steps.push(Step::Reject(error_response(
+                        Severity::Fatal,
+                        sqlstate::INVALID_AUTHORIZATION,
+                        "this gateway requires TLS",
+                        None,
+                        Some("Connect with sslmode=require (or stronger)."),
+                    )));
+                    return;
+                }
+                let mut user = None;
+                let mut database = None;
+                let mut rest = Vec::new();
+                for (k, v) in params {
+                    match k.as_str() {
+                        "user" => user = Some(v),
+                        "database" => database = Some(v),
+                        "replication" => {
+                            steps.push(Step::Reject(error_response(
+                                Severity::Fatal,
+                                sqlstate::FEATURE_NOT_SUPPORTED,
+                                "replication connections are not supported through the gateway",
+                                None,
+                                None,
+                            )));
+                            return;
+                        }
+                        // Protocol extensions (_pq_.*) are not negotiated by the gateway.
+                        _ if k.starts_with("_pq_.") => {}
+                        _ => rest.push((k, v)),
+                    }
+                }
+                let Some(user) = user.filter(|u| !u.is_empty()) else {
+                    steps.push(Step::Reject(error_response(
+                        Severity::Fatal,
+                        sqlstate::INVALID_AUTHORIZATION,
+                        "no user name specified in the start-up packet",
+                        None,
+                        Some("Connect with user=<your agent identity>."),
+                    )));
+                    return;
+                };
+                let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+                let (identity, verifier) = self.identities.verifier_for(&user);
+                steps.push(Step::Send(be::authentication_sasl(&[scram::MECHANISM])));
+                self.state = State::AwaitSaslInitial {
+                    user,
+                    identity,
+                    scram: ScramServer::new(verifier),
+                    database,
+                    params: rest,
+                };
+            }
+        }
+    }
+}
+
+fn expect_password(tag: u8) -> Result<(), ProtocolError> {
+    if tag == fe::PASSWORD {
+        Ok(())
+    } else {
+        Err(ProtocolError::Unexpected {
+            tag,
+            state: "expected a SASL response during authentication",
+        })
+    }
+}
+
+fn malformed(what: &'static str) -> ProtocolError {
+    ProtocolError::Malformed {
+        tag: fe::PASSWORD,
+        what,
+    }
+}
+
+fn scram_error(e: ScramError, user: &str) -> Bytes {
+    match e {
+        ScramError::Failed => error_response(
+            Severity::Fatal,
+            sqlstate::INVALID_PASSWORD,
+            &format!("password authentication failed for user \"{user}\""),
+            None,
+            None,
+        ),
+        other => error_response(
+            Severity::Fatal,
+            sqlstate::PROTOCOL_VIOLATION,
+            &other.to_string(),
+            None,
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Verifier;
+    use bytes::BufMut;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::frontend;
+
+    fn store() -> Arc<IdentityStore> {
+        Arc::new(IdentityStore::new([Identity {
+            name: "agent".into(),
+            roles: vec![],
+            verifier: Verifier::generate("secret", 16),
+        }]))
+    }
+
+    fn startup(user: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        frontend::startup_message([("user", user), ("database", "bank")], &mut b).unwrap();
+        b
+    }
+
+    /// Runs a whole start-up, cutting the client's bytes at `cut` each time.
+    fn login(user: &str, secret: &str, cut: usize) -> Vec<Step> {
+        let mut hs = ClientHandshake::new(store(), TlsOffer::None);
+        let mut all = Vec::new();
+        let feed = |hs: &mut ClientHandshake, bytes: &[u8], all: &mut Vec<Step>| {
+            let mut buf = BytesMut::new();
+            let cut = cut.min(bytes.len());
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                buf.extend_from_slice(part);
+                let mut steps = Vec::new();
+                hs.on_bytes(&mut buf, &mut steps);
+                all.extend(steps);
+            }
+        };
+        feed(&mut hs, &startup(user), &mut all);
+        let mut client = ScramSha256::new(secret.as_bytes(), ChannelBinding::unsupported());
+        let mut b = BytesMut::new();
+        frontend::sasl_initial_response(scram::MECHANISM, client.message(), &mut b).unwrap();
+        feed(&mut hs, &b, &mut all);
+        let Some(Step::Send(cont)) = all.last() else {
+            return all;
+        };
+        client.update(&cont[9..]).unwrap();
+        let mut b = BytesMut::new();
+        frontend::sasl_response(client.message(), &mut b).unwrap();
+        feed(&mut hs, &b, &mut all);
+        all
+    }
+
+    #[test]
+    fn right_secret_authenticates_at_every_cut() {
+        for cut in 0..40 {
+            let steps = login("agent", "secret", cut);
+            assert!(
+                matches!(steps.last(), Some(Step::Authenticated(a)) if a.database == "bank"),
+                "cut {cut}: {steps:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_secret_and_unknown_user_fail_alike() {
+        for (user, secret) in [("agent", "nope"), ("nobody", "secret")] {
+            let steps = login(user, secret, 3);
+            let Some(Step::Reject(e)) = steps.last() else {
+                panic!("{steps:?}")
+            };
+            let (code, msg) = be::error_summary(&e[5..]);
+            assert_eq!(code, "28P01");
+            assert_eq!(msg, format!("password authentication failed for user \"{user}\""));
+        }
+    }
+
+    #[test]
+    fn garbage_before_startup_is_a_protocol_violation() {
+        let mut hs = ClientHandshake::new(store(), TlsOffer::None);
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]), &mut steps);
+        let Some(Step::Reject(e)) = steps.last() else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(be::error_summary(&e[5..]).0, "08P01");
+    }
+
+    #[test]
+    fn ssl_request_is_answered() {
+        let mut hs = ClientHandshake::new(store(), TlsOffer::Optional);
+        let mut steps = Vec::new();
+        let mut b = BytesMut::new();
+        b.put_slice(&fe::ssl_request());
+        hs.on_bytes(&mut b, &mut steps);
+        assert!(matches!(&steps[..], [Step::Send(s), Step::StartTls] if &s[..] == b"S"));
+        let mut hs = ClientHandshake::new(store(), TlsOffer::None);
+        let mut steps = Vec::new();
+        let mut b = BytesMut::from(&fe::ssl_request()[..]);
+        b.extend_from_slice(&startup("agent"));
+        hs.on_bytes(&mut b, &mut steps);
+        assert!(matches!(&steps[..], [Step::Send(s), Step::Send(_)] if &s[..] == b"N"));
+    }
+}

@@ -1,0 +1,793 @@
+//! The relay core of an established session.
+//!
+//! It is fed the bytes each side sent and queues the bytes to deliver to the other.
+//! Frames nobody needs to look at are forwarded as zero-copy runs: consecutive frames
+//! become one `Bytes` cut from the receive buffer, and a pass-through frame larger than
+//! the buffer (a 1 GB `DataRow` value, a long `CopyData`) is forwarded piece by piece as it
+//! arrives, so memory stays bounded by the read buffer whatever the result size.
+//!
+//! The core keeps an ordered queue of what the server still owes the client ([`Expect`]).
+//! That is how it knows which statement a `RowDescription` belongs to, which portal's
+//! rows are streaming, and where in the response stream a refusal must go: a refused
+//! statement becomes a synthetic `ErrorResponse` queued at its place, the client's
+//! following messages are skipped up to `Sync`, and the session carries on.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
+use super::tracker::Tracker;
+use crate::protocol::backend::{self as be, Severity, error_response, ready_for_query};
+use crate::protocol::frame::{Frame, peek_header, split_frame};
+use crate::protocol::frontend as fe;
+use crate::protocol::{ProtocolError, sqlstate};
+
+/// Limits of one session.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    /// Largest message the gateway will hold whole (statements, `Bind`s, rows under a
+    /// masking rule). Pass-through frames stream and are not held.
+    pub max_message: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_message: 64 << 20,
+        }
+    }
+}
+
+/// Why a session ends.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("client protocol violation: {0}")]
+    Client(ProtocolError),
+    #[error("server protocol violation: {0}")]
+    Server(ProtocolError),
+    #[error("the database server closed the connection")]
+    ServerGone,
+}
+
+/// What the server still owes the client, in order.
+#[derive(Debug)]
+enum Expect {
+    Parse,
+    Bind,
+    Close,
+    DescribeStatement(Bytes),
+    DescribePortal { name: Bytes, injected: bool },
+    Execute { portal: Bytes },
+    Sync,
+    /// A simple query or function call: everything up to `ReadyForQuery`.
+    Query { sql: Bytes },
+    /// Gateway-made output that goes to the client once everything before it has.
+    Synthetic { frame: Bytes, then_ready: bool },
+}
+
+/// How rows of the current result are handled.
+enum Rows {
+    /// Not decided yet for this result.
+    Unknown,
+    Pass,
+    Stage(Box<dyn RowStage>),
+    /// The result was refused mid-stream: drop server output up to `ReadyForQuery`.
+    Discard,
+}
+
+pub struct Relay<H: Hooks> {
+    limits: RelayLimits,
+    hooks: H,
+    tracker: Tracker,
+    expect: VecDeque<Expect>,
+    to_client: VecDeque<Bytes>,
+    to_client_bytes: usize,
+    to_server: VecDeque<Bytes>,
+    to_server_bytes: usize,
+    /// Bytes still to forward of a pass-through frame cut across reads.
+    client_pass: usize,
+    server_pass: usize,
+    /// After a refusal in the extended protocol: drop client messages up to `Sync`.
+    skip_to_sync: bool,
+    rows: Rows,
+    txn_status: u8,
+    terminated: bool,
+}
+
+impl<H: Hooks> Relay<H> {
+    pub fn new(limits: RelayLimits, hooks: H) -> Self {
+        Self {
+            limits,
+            hooks,
+            tracker: Tracker::default(),
+            expect: VecDeque::new(),
+            to_client: VecDeque::new(),
+            to_client_bytes: 0,
+            to_server: VecDeque::new(),
+            to_server_bytes: 0,
+            client_pass: 0,
+            server_pass: 0,
+            skip_to_sync: false,
+            rows: Rows::Unknown,
+            txn_status: b'I',
+            terminated: false,
+        }
+    }
+
+    pub fn hooks(&self) -> &H {
+        &self.hooks
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Bytes queued for the client and not yet taken by the driver.
+    pub fn pending_to_client(&self) -> usize {
+        self.to_client_bytes
+    }
+
+    pub fn pending_to_server(&self) -> usize {
+        self.to_server_bytes
+    }
+
+    pub fn pop_to_client(&mut self) -> Option<Bytes> {
+        let b = self.to_client.pop_front()?;
+        self.to_client_bytes -= b.len();
+        Some(b)
+    }
+
+    pub fn pop_to_server(&mut self) -> Option<Bytes> {
+        let b = self.to_server.pop_front()?;
+        self.to_server_bytes -= b.len();
+        Some(b)
+    }
+
+    /// The client sent `Terminate`: once the queues drain, the session is over.
+    pub fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+
+    /// Whether the server owes the client nothing (between statements).
+    pub fn is_idle(&self) -> bool {
+        self.expect.is_empty() && self.server_pass == 0
+    }
+
+    fn send_client(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.to_client_bytes += b.len();
+            self.to_client.push_back(b);
+        }
+    }
+
+    fn send_server(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.to_server_bytes += b.len();
+            self.to_server.push_back(b);
+        }
+    }
+
+    // ---------------------------------------------------------------- client → server
+
+    /// Consumes what the client sent. On error the session must end: a fatal
+    /// `ErrorResponse` has been queued for the client.
+    pub fn on_client_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
+        let r = self.client_bytes(buf);
+        if let Err(RelayError::Client(e)) = &r {
+            let code = match e {
+                ProtocolError::TooLarge { .. } => sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                _ => sqlstate::PROTOCOL_VIOLATION,
+            };
+            self.send_client(error_response(Severity::Fatal, code, &e.to_string(), None, None));
+        }
+        r
+    }
+
+    fn client_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
+        let mut run = 0usize;
+        loop {
+            if self.client_pass > 0 {
+                let n = self.client_pass.min(buf.len() - run);
+                run += n;
+                self.client_pass -= n;
+                if self.client_pass > 0 {
+                    break;
+                }
+            }
+            let Some(h) = peek_header(&buf[run..]).map_err(RelayError::Client)? else {
+                break;
+            };
+            // COPY FROM STDIN data is streamed through, however large, unless skipping.
+            if h.tag == fe::COPY_DATA && !self.skip_to_sync {
+                let avail = buf.len() - run;
+                if avail >= h.frame_len {
+                    run += h.frame_len;
+                } else {
+                    self.client_pass = h.frame_len - avail;
+                    run = buf.len();
+                    break;
+                }
+                continue;
+            }
+            if h.frame_len > self.limits.max_message {
+                return Err(RelayError::Client(ProtocolError::TooLarge {
+                    len: h.frame_len,
+                    max: self.limits.max_message,
+                }));
+            }
+            if buf.len() - run < h.frame_len {
+                break;
+            }
+            if run > 0 {
+                let b = buf.split_to(run).freeze();
+                self.send_server(b);
+                run = 0;
+            }
+            let frame = split_frame(buf, self.limits.max_message)
+                .map_err(RelayError::Client)?
+                .expect("whole frame checked above");
+            self.client_frame(frame)?;
+        }
+        if run > 0 {
+            let b = buf.split_to(run).freeze();
+            self.send_server(b);
+        }
+        Ok(())
+    }
+
+    fn client_frame(&mut self, frame: Frame) -> Result<(), RelayError> {
+        let tag = frame.tag();
+        if self.skip_to_sync && tag != fe::SYNC && tag != fe::TERMINATE {
+            return Ok(());
+        }
+        let err = RelayError::Client;
+        match tag {
+            fe::QUERY => {
+                let sql = fe::parse_query(frame.body()).map_err(err)?;
+                self.tracker.simple_query();
+                match self.hooks.statement(sql, Via::SimpleQuery) {
+                    Verdict::Allow => {
+                        let sql = frame.as_bytes().slice_ref(sql);
+                        self.expect.push_back(Expect::Query { sql });
+                        self.send_server(frame.into_bytes());
+                    }
+                    Verdict::Deny(r) => self.refuse(r, true),
+                }
+            }
+            fe::PARSE => {
+                let p = fe::parse_parse(frame.body()).map_err(err)?;
+                match self.hooks.statement(p.sql, Via::Parse) {
+                    Verdict::Allow => {
+                        let bytes = frame.as_bytes();
+                        self.tracker
+                            .parse(bytes.slice_ref(p.name), bytes.slice_ref(p.sql), p.param_types);
+                        self.expect.push_back(Expect::Parse);
+                        self.send_server(frame.into_bytes());
+                    }
+                    Verdict::Deny(r) => {
+                        self.refuse(r, false);
+                        self.skip_to_sync = true;
+                    }
+                }
+            }
+            fe::BIND => {
+                let b = fe::parse_bind(frame.body()).map_err(err)?;
+                let bytes = frame.as_bytes();
+                self.tracker.bind(
+                    bytes.slice_ref(b.portal),
+                    bytes.slice_ref(b.statement),
+                    bytes.clone(),
+                    b.result_formats,
+                );
+                self.expect.push_back(Expect::Bind);
+                self.send_server(frame.into_bytes());
+            }
+            fe::DESCRIBE => {
+                let t = fe::parse_target(tag, frame.body()).map_err(err)?;
+                let bytes = frame.as_bytes();
+                self.expect.push_back(match t {
+                    fe::Target::Statement(n) => Expect::DescribeStatement(bytes.slice_ref(n)),
+                    fe::Target::Portal(n) => Expect::DescribePortal {
+                        name: bytes.slice_ref(n),
+                        injected: false,
+                    },
+                });
+                self.send_server(frame.into_bytes());
+            }
+            fe::EXECUTE => {
+                let (portal, _) = fe::parse_execute(frame.body()).map_err(err)?;
+                let portal = frame.as_bytes().slice_ref(portal);
+                // The client never asked what this portal returns; the gateway must know,
+                // so it asks on its behalf and keeps the answer to itself.
+                if self.tracker.portal_needs_describe(&portal) {
+                    self.send_server(fe::describe_portal(&portal));
+                    self.expect.push_back(Expect::DescribePortal {
+                        name: portal.clone(),
+                        injected: true,
+                    });
+                }
+                self.expect.push_back(Expect::Execute { portal });
+                self.send_server(frame.into_bytes());
+            }
+            fe::CLOSE => {
+                match fe::parse_target(tag, frame.body()).map_err(err)? {
+                    fe::Target::Statement(n) => self.tracker.close_statement(n),
+                    fe::Target::Portal(n) => self.tracker.close_portal(n),
+                }
+                self.expect.push_back(Expect::Close);
+                self.send_server(frame.into_bytes());
+            }
+            fe::SYNC => {
+                self.skip_to_sync = false;
+                self.expect.push_back(Expect::Sync);
+                self.send_server(frame.into_bytes());
+            }
+            fe::FUNCTION_CALL => {
+                self.expect.push_back(Expect::Query { sql: Bytes::new() });
+                self.send_server(frame.into_bytes());
+            }
+            fe::FLUSH | fe::COPY_DONE | fe::COPY_FAIL => self.send_server(frame.into_bytes()),
+            fe::TERMINATE => {
+                self.terminated = true;
+                self.send_server(frame.into_bytes());
+            }
+            other => {
+                return Err(RelayError::Client(ProtocolError::Unexpected {
+                    tag: other,
+                    state: "not a frontend message of an established session",
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a refusal at its place in the response stream.
+    fn refuse(&mut self, r: Refusal, then_ready: bool) {
+        self.hooks.completed(Outcome::Refused);
+        self.expect.push_back(Expect::Synthetic {
+            frame: r.to_error_response(),
+            then_ready,
+        });
+        self.drain_synthetic();
+    }
+
+    fn drain_synthetic(&mut self) {
+        while let Some(Expect::Synthetic { .. }) = self.expect.front() {
+            let Some(Expect::Synthetic { frame, then_ready }) = self.expect.pop_front() else {
+                unreachable!()
+            };
+            self.send_client(frame);
+            if then_ready {
+                self.send_client(ready_for_query(self.txn_status));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- server → client
+
+    /// Consumes what the server sent.
+    pub fn on_server_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
+        let mut run = 0usize;
+        loop {
+            if self.server_pass > 0 {
+                let n = self.server_pass.min(buf.len() - run);
+                run += n;
+                self.server_pass -= n;
+                if self.server_pass > 0 {
+                    break;
+                }
+            }
+            let Some(h) = peek_header(&buf[run..]).map_err(RelayError::Server)? else {
+                break;
+            };
+            if self.passes_through(h.tag) {
+                let avail = buf.len() - run;
+                if avail >= h.frame_len {
+                    run += h.frame_len;
+                } else {
+                    self.server_pass = h.frame_len - avail;
+                    run = buf.len();
+                    break;
+                }
+                continue;
+            }
+            if h.frame_len > self.limits.max_message {
+                return Err(RelayError::Server(ProtocolError::TooLarge {
+                    len: h.frame_len,
+                    max: self.limits.max_message,
+                }));
+            }
+            if buf.len() - run < h.frame_len {
+                break;
+            }
+            if run > 0 {
+                let b = buf.split_to(run).freeze();
+                self.send_client(b);
+                run = 0;
+            }
+            let frame = split_frame(buf, self.limits.max_message)
+                .map_err(RelayError::Server)?
+                .expect("whole frame checked above");
+            self.server_frame(frame)?;
+        }
+        if run > 0 {
+            let b = buf.split_to(run).freeze();
+            self.send_client(b);
+        }
+        Ok(())
+    }
+
+    /// The hot-path test: may this frame go through unseen?
+    #[inline]
+    fn passes_through(&mut self, tag: u8) -> bool {
+        match tag {
+            be::DATA_ROW => {
+                if let Rows::Unknown = self.rows {
+                    self.rows = self.rows_for_execute();
+                }
+                matches!(self.rows, Rows::Pass)
+            }
+            be::COPY_DATA => matches!(self.rows, Rows::Pass | Rows::Unknown),
+            _ => false,
+        }
+    }
+
+    /// Rows arriving with no `RowDescription` just before them belong to an `Execute`:
+    /// the portal's description (asked for by the client or injected) says what they are.
+    fn rows_for_execute(&mut self) -> Rows {
+        let Some(Expect::Execute { portal }) = self.expect.front() else {
+            return Rows::Pass;
+        };
+        let Some(p) = self.tracker.portal(portal) else {
+            return Rows::Pass;
+        };
+        let Some(Some(desc)) = p.columns.clone() else {
+            return Rows::Pass;
+        };
+        let formats = p.result_formats.clone();
+        self.start_result(&desc, &formats)
+    }
+
+    fn start_result(&mut self, desc: &Bytes, formats: &[i16]) -> Rows {
+        match self.hooks.result(desc, formats) {
+            Ok(None) => Rows::Pass,
+            Ok(Some(stage)) => Rows::Stage(stage),
+            Err(r) => {
+                self.fail_result(r);
+                Rows::Discard
+            }
+        }
+    }
+
+    /// Refuses the rest of a result that has started: the client gets an error and the
+    /// server's output is dropped up to its `ReadyForQuery`.
+    fn fail_result(&mut self, r: Refusal) {
+        self.hooks.completed(Outcome::Refused);
+        self.send_client(r.to_error_response());
+        self.rows = Rows::Discard;
+    }
+
+    fn server_frame(&mut self, frame: Frame) -> Result<(), RelayError> {
+        let tag = frame.tag();
+        if let Rows::Discard = self.rows {
+            if tag != be::READY_FOR_QUERY {
+                return Ok(());
+            }
+            // Whatever the server still owed for this batch is void for the client.
+            while let Some(e) = self.expect.front() {
+                if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                    break;
+                }
+                self.expect.pop_front();
+            }
+        }
+        match tag {
+            be::DATA_ROW | be::COPY_DATA => match &mut self.rows {
+                Rows::Stage(stage) => match stage.data_row(frame.into_bytes()) {
+                    Ok(out) => self.send_client(out),
+                    Err(r) => self.fail_result(r),
+                },
+                _ => self.send_client(frame.into_bytes()),
+            },
+            be::PARSE_COMPLETE | be::BIND_COMPLETE | be::CLOSE_COMPLETE => {
+                self.expect.pop_front();
+                self.send_client(frame.into_bytes());
+            }
+            be::PARAMETER_DESCRIPTION => self.send_client(frame.into_bytes()),
+            be::ROW_DESCRIPTION | be::NO_DATA => {
+                let desc = (tag == be::ROW_DESCRIPTION).then(|| frame.as_bytes().clone());
+                match self.expect.front() {
+                    Some(Expect::DescribeStatement(n)) => {
+                        let n = n.clone();
+                        self.tracker.describe_statement(&n, desc);
+                        self.expect.pop_front();
+                        self.send_client(frame.into_bytes());
+                    }
+                    Some(Expect::DescribePortal { name, injected }) => {
+                        let (name, injected) = (name.clone(), *injected);
+                        self.tracker.describe_portal(&name, desc);
+                        self.expect.pop_front();
+                        if !injected {
+                            self.send_client(frame.into_bytes());
+                        }
+                    }
+                    _ => {
+                        if let Some(desc) = desc {
+                            self.rows = self.start_result(&desc, &[]);
+                        }
+                        if !matches!(self.rows, Rows::Discard) {
+                            self.send_client(frame.into_bytes());
+                        }
+                    }
+                }
+            }
+            be::COPY_OUT_RESPONSE => {
+                let sql = match self.expect.front() {
+                    Some(Expect::Query { sql }) => sql.clone(),
+                    Some(Expect::Execute { portal }) => self
+                        .tracker
+                        .portal(portal)
+                        .map(|p| p.sql.clone())
+                        .unwrap_or_default(),
+                    _ => Bytes::new(),
+                };
+                self.rows = match self.hooks.copy_out(frame.as_bytes(), &sql) {
+                    Ok(None) => Rows::Pass,
+                    Ok(Some(stage)) => Rows::Stage(stage),
+                    Err(r) => {
+                        self.fail_result(r);
+                        return Ok(());
+                    }
+                };
+                self.send_client(frame.into_bytes());
+            }
+            be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
+                if tag == be::COMMAND_COMPLETE {
+                    let body = frame.body();
+                    let tag_text = body.strip_suffix(&[0]).unwrap_or(body);
+                    self.hooks.completed(Outcome::Complete {
+                        command_tag: tag_text,
+                    });
+                }
+                self.rows = Rows::Unknown;
+                if let Some(Expect::Execute { .. }) = self.expect.front() {
+                    self.expect.pop_front();
+                }
+                self.send_client(frame.into_bytes());
+            }
+            be::ERROR_RESPONSE => {
+                let (code, _) = be::error_summary(frame.body());
+                self.hooks.completed(Outcome::Error { sqlstate: &code });
+                self.rows = Rows::Unknown;
+                // In the extended protocol the server now skips to Sync: so does the
+                // queue, and refusals queued in that stretch are void.
+                if !matches!(self.expect.front(), Some(Expect::Query { .. })) {
+                    while let Some(e) = self.expect.front() {
+                        if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                            break;
+                        }
+                        self.expect.pop_front();
+                    }
+                }
+                self.send_client(frame.into_bytes());
+            }
+            be::READY_FOR_QUERY => {
+                self.txn_status = be::ready_status(frame.body()).map_err(RelayError::Server)?;
+                self.rows = Rows::Unknown;
+                while let Some(e) = self.expect.pop_front() {
+                    if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                        break;
+                    }
+                }
+                if self.txn_status == b'I' {
+                    self.tracker.end_transaction();
+                }
+                self.send_client(frame.into_bytes());
+            }
+            // The upstream's cancel key must never reach the agent.
+            be::BACKEND_KEY_DATA => {}
+            be::AUTHENTICATION | be::NEGOTIATE_PROTOCOL_VERSION => {
+                return Err(RelayError::Server(ProtocolError::Unexpected {
+                    tag,
+                    state: "start-up message in an established session",
+                }));
+            }
+            // Notices, notifications, parameter changes, COPY in/both responses,
+            // function results: forwarded as they are.
+            _ => self.send_client(frame.into_bytes()),
+        }
+        self.drain_synthetic();
+        Ok(())
+    }
+
+    /// The server's connection ended. Queues an error for the client if a frame was cut
+    /// or the server owed it an answer. Returns whether the client can still parse what
+    /// it received (false when the server died inside a frame already partly forwarded).
+    pub fn on_server_eof(&mut self) -> bool {
+        if self.server_pass > 0 {
+            return false;
+        }
+        if !self.terminated {
+            self.send_client(error_response(
+                Severity::Fatal,
+                sqlstate::CONNECTION_FAILURE,
+                "the database server closed the connection unexpectedly",
+                Some("The gateway lost its connection to PostgreSQL; any statement in progress did not complete."),
+                Some("Reconnect to the gateway and retry."),
+            ));
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::build;
+    use bytes::BufMut;
+
+    fn msg(tag: u8, body: &[u8]) -> Bytes {
+        build(tag, |b| b.extend_from_slice(body))
+    }
+
+    fn drain_client<H: Hooks>(r: &mut Relay<H>) -> Vec<u8> {
+        let mut v = Vec::new();
+        while let Some(b) = r.pop_to_client() {
+            v.extend_from_slice(&b);
+        }
+        v
+    }
+
+    fn drain_server<H: Hooks>(r: &mut Relay<H>) -> Vec<u8> {
+        let mut v = Vec::new();
+        while let Some(b) = r.pop_to_server() {
+            v.extend_from_slice(&b);
+        }
+        v
+    }
+
+    fn tags(mut bytes: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        while bytes.len() >= 5 {
+            let len = i32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize + 1;
+            t.push(bytes[0]);
+            bytes = &bytes[len..];
+        }
+        t
+    }
+
+    fn row(vals: &[&[u8]]) -> Bytes {
+        build(be::DATA_ROW, |b| {
+            b.put_i16(vals.len() as i16);
+            for v in vals {
+                b.put_i32(v.len() as i32);
+                b.extend_from_slice(v);
+            }
+        })
+    }
+
+    fn server_result(rows: usize) -> Vec<u8> {
+        let mut s = Vec::new();
+        s.extend_from_slice(&msg(be::ROW_DESCRIPTION, b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"));
+        for i in 0..rows {
+            s.extend_from_slice(&row(&[format!("v{i}").as_bytes()]));
+        }
+        s.extend_from_slice(&msg(be::COMMAND_COMPLETE, b"SELECT 3\0"));
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        s
+    }
+
+    #[test]
+    fn server_stream_is_forwarded_unchanged_at_every_cut() {
+        let stream = server_result(3);
+        for cut in 0..=stream.len() {
+            let mut r = Relay::new(RelayLimits::default(), super::super::hooks::PassThrough);
+            let mut c = BytesMut::from(&msg(fe::QUERY, b"select\0")[..]);
+            r.on_client_bytes(&mut c).unwrap();
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                buf.extend_from_slice(part);
+                r.on_server_bytes(&mut buf).unwrap();
+                out.extend(drain_client(&mut r));
+            }
+            assert_eq!(out, stream, "cut at {cut}");
+            assert!(r.is_idle());
+        }
+    }
+
+    #[test]
+    fn a_huge_pass_through_row_streams_without_being_held() {
+        let mut r = Relay::new(
+            RelayLimits { max_message: 1024 },
+            super::super::hooks::PassThrough,
+        );
+        r.on_client_bytes(&mut BytesMut::from(&msg(fe::QUERY, b"q\0")[..]))
+            .unwrap();
+        let big = row(&[&vec![b'x'; 100_000]]);
+        let mut total = 0;
+        for chunk in big.chunks(4096) {
+            let mut buf = BytesMut::from(chunk);
+            r.on_server_bytes(&mut buf).unwrap();
+            assert!(buf.is_empty(), "nothing may stay buffered");
+            total += drain_client(&mut r).len();
+        }
+        assert_eq!(total, big.len());
+    }
+
+    struct DenyDrop;
+    impl Hooks for DenyDrop {
+        fn statement(&mut self, sql: &[u8], _via: Via) -> Verdict {
+            if sql.starts_with(b"drop") {
+                Verdict::Deny(Refusal::new(sqlstate::INSUFFICIENT_PRIVILEGE, "no drops"))
+            } else {
+                Verdict::Allow
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_simple_query_answers_in_order_and_the_session_lives() {
+        let mut r = Relay::new(RelayLimits::default(), DenyDrop);
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::QUERY, b"select 1\0"));
+        c.extend_from_slice(&msg(fe::QUERY, b"drop table t\0"));
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"Q");
+        // Nothing for the client until the first query is answered.
+        assert!(drain_client(&mut r).is_empty());
+        let mut s = BytesMut::from(&server_result(1)[..]);
+        r.on_server_bytes(&mut s).unwrap();
+        assert_eq!(tags(&drain_client(&mut r)), b"TDCZEZ");
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn a_refused_parse_skips_to_sync() {
+        let mut r = Relay::new(RelayLimits::default(), DenyDrop);
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::PARSE, b"\0drop t\0\0\0"));
+        c.extend_from_slice(&msg(fe::BIND, b"\0\0\0\0\0\0\0\0"));
+        c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
+        c.extend_from_slice(&fe::sync());
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"S");
+        assert_eq!(tags(&drain_client(&mut r)), b"E");
+        r.on_server_bytes(&mut BytesMut::from(&msg(be::READY_FOR_QUERY, b"I")[..]))
+            .unwrap();
+        assert_eq!(tags(&drain_client(&mut r)), b"Z");
+    }
+
+    #[test]
+    fn execute_without_describe_gets_an_injected_describe_that_the_client_never_sees() {
+        let mut r = Relay::new(RelayLimits::default(), super::super::hooks::PassThrough);
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::PARSE, b"s1\0select 1\0\0\0"));
+        c.extend_from_slice(&msg(fe::BIND, b"\0s1\0\0\0\0\0\0\0"));
+        c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
+        c.extend_from_slice(&fe::sync());
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"PBDES");
+        let mut s = BytesMut::new();
+        s.extend_from_slice(&msg(be::PARSE_COMPLETE, b""));
+        s.extend_from_slice(&msg(be::BIND_COMPLETE, b""));
+        s.extend_from_slice(&msg(be::ROW_DESCRIPTION, b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"));
+        s.extend_from_slice(&row(&[b"1"]));
+        s.extend_from_slice(&msg(be::COMMAND_COMPLETE, b"SELECT 1\0"));
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        r.on_server_bytes(&mut s).unwrap();
+        assert_eq!(tags(&drain_client(&mut r)), b"12DCZ");
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn garbage_from_the_client_is_a_fatal_protocol_error() {
+        let mut r = Relay::new(RelayLimits::default(), super::super::hooks::PassThrough);
+        let e = r.on_client_bytes(&mut BytesMut::from(&b"\x01\0\0\0\x05x"[..]));
+        assert!(matches!(e, Err(RelayError::Client(_))));
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"E");
+        assert!(String::from_utf8_lossy(&out).contains("08P01"));
+    }
+}
