@@ -363,7 +363,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 const fn lens(lo: u32, hi: u32) -> u32 {

@@ -69,6 +69,9 @@ pub(crate) struct Rule {
     selector: Selector,
     /// `None`: the whole value is masked; `Some`: only what the scanner finds.
     pub(crate) scan: Option<Scanner>,
+    /// The scan without e-mail, to re-check output: a format-preserving e-mail still
+    /// looks like one by design, the checksummed kinds must not.
+    rescan: Scanner,
     pub(crate) strategy: Strategy,
     exempt_roles: Vec<String>,
     exempt_identities: Vec<String>,
@@ -124,12 +127,10 @@ impl Policy {
             })?),
             (None, None) => None,
         };
-        if let Some(k) = &key {
-            if k.len() < MIN_KEY_BYTES {
-                return Err(MaskError::InvalidConfig(format!(
-                    "hash key must be at least {MIN_KEY_BYTES} bytes"
-                )));
-            }
+        if key.as_ref().is_some_and(|k| k.len() < MIN_KEY_BYTES) {
+            return Err(MaskError::InvalidConfig(format!(
+                "hash key must be at least {MIN_KEY_BYTES} bytes"
+            )));
         }
         // Without a key, format-preserving output is still unlinkable to the input, just
         // not stable across restarts; `hash` exists to be stable, so it needs a key.
@@ -252,15 +253,13 @@ impl Policy {
                     scan.get_or_insert(i);
                 }
             }
-            if whole.is_none() {
-                if let Some(i) = unresolved {
-                    return Err(MaskError::Unresolvable {
-                        rule: inner.rules[i].name.to_string(),
-                        column: col.name_lossy(),
-                        table_oid: col.table_oid,
-                        attnum: col.attnum,
-                    });
-                }
+            if let (None, Some(i)) = (whole, unresolved) {
+                return Err(MaskError::Unresolvable {
+                    rule: inner.rules[i].name.to_string(),
+                    column: col.name_lossy(),
+                    table_oid: col.table_oid,
+                    attnum: col.attnum,
+                });
             }
             let Some(i) = whole.or(scan) else {
                 plans.push(None);
@@ -429,10 +428,19 @@ fn compile_rule(
             rc.hints.iter().copied().collect(),
         )
     });
+    let rescan = Scanner::new(
+        rc.detectors
+            .iter()
+            .copied()
+            .filter(|k| *k != DetectorKind::Email)
+            .collect(),
+        rc.hints.iter().copied().collect(),
+    );
     Ok(Rule {
         name: name.into(),
         selector,
         scan,
+        rescan,
         strategy,
         exempt_roles: rc.exempt_roles.clone(),
         exempt_identities: rc.exempt_identities.clone(),
@@ -724,27 +732,59 @@ impl RowPlan {
                     return Ok(Outcome::Null);
                 }
                 scratch.out.extend_from_slice(prefix);
-                let mut json = JsonCursor::default();
-                let mut last = 0;
-                for f in &scratch.findings {
-                    scratch.out.extend_from_slice(&text[last..f.start]);
-                    let quote = cp.json && !json.in_string_at(text, f.start);
-                    if quote {
-                        scratch.out.push(b'"');
-                    }
-                    rule.strategy
-                        .write(&text[f.start..f.end], &mut scratch.out)
+                rewrite(rule, cp.json, text, &scratch.findings, &mut scratch.out)
+                    .map_err(|_| unspoilable())?;
+                // Replacements can meet their neighbours ("6 " before a masked card may
+                // form a new valid window): re-check what is sent until nothing is found.
+                if matches!(rule.strategy, Strategy::FormatPreserving(..)) {
+                    super::strategy::fix_findings(&mut scratch.out[prefix.len()..], &rule.rescan)
                         .map_err(|_| unspoilable())?;
-                    if quote {
-                        scratch.out.push(b'"');
-                    }
-                    last = f.end;
+                    return Ok(Outcome::Replaced);
                 }
-                scratch.out.extend_from_slice(&text[last..]);
-                Ok(Outcome::Replaced)
+                for _ in 0..4 {
+                    rule.rescan
+                        .scan(&scratch.out[prefix.len()..], &mut scratch.findings);
+                    if scratch.findings.is_empty() {
+                        return Ok(Outcome::Replaced);
+                    }
+                    std::mem::swap(&mut scratch.tmp, &mut scratch.out);
+                    scratch.out.clear();
+                    scratch.out.extend_from_slice(prefix);
+                    let text = &scratch.tmp[prefix.len()..];
+                    rewrite(rule, cp.json, text, &scratch.findings, &mut scratch.out)
+                        .map_err(|_| unspoilable())?;
+                }
+                Err(unspoilable())
             }
         }
     }
+}
+
+/// Copies `text` to `out` with each finding replaced by the rule's strategy; in JSON,
+/// a finding outside a string (a bare number) becomes a string.
+fn rewrite(
+    rule: &Rule,
+    json: bool,
+    text: &[u8],
+    findings: &[Finding],
+    out: &mut Vec<u8>,
+) -> Result<(), super::strategy::Unspoilable> {
+    let mut cursor = JsonCursor::default();
+    let mut last = 0;
+    for f in findings {
+        out.extend_from_slice(&text[last..f.start]);
+        let quote = json && !cursor.in_string_at(text, f.start);
+        if quote {
+            out.push(b'"');
+        }
+        rule.strategy.write(&text[f.start..f.end], out)?;
+        if quote {
+            out.push(b'"');
+        }
+        last = f.end;
+    }
+    out.extend_from_slice(&text[last..]);
+    Ok(())
 }
 
 /// Writes `s` as a JSON string literal.

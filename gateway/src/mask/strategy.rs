@@ -14,7 +14,7 @@ use bytes::BufMut;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::config::StrategyKind;
+use super::config::{DetectorKind, StrategyKind};
 use super::detect::{self, Scanner};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -228,31 +228,52 @@ fn substitute<S: Sink>(value: &[u8], k0: u64, k1: u64, out: &mut S) {
 /// so the shape stays.
 fn spoil(out: &mut [u8]) -> Result<(), Unspoilable> {
     let digit_count = out.iter().filter(|b| b.is_ascii_digit()).count();
-    if digit_count == 9 {
-        if let Some(first) = out.iter_mut().find(|b| b.is_ascii_digit()) {
-            *first = b'9';
-        }
+    if digit_count == 9
+        && let Some(first) = out.iter_mut().find(|b| b.is_ascii_digit())
+    {
+        *first = b'9';
     }
-    let strict = Scanner::strict();
+    fix(out, &Scanner::strict(), true)
+}
+
+/// Changes digits of `out` until `scanner` finds nothing checksummed in it (e-mail
+/// findings are ignored: they have no checksum to break). Used on scanned text after
+/// format-preserving replacement, where a replaced number can meet its neighbours.
+pub(crate) fn fix_findings(out: &mut [u8], scanner: &Scanner) -> Result<(), Unspoilable> {
+    fix(out, scanner, false)
+}
+
+fn fix(out: &mut [u8], scanner: &Scanner, whole_value: bool) -> Result<(), Unspoilable> {
     let mut findings = Vec::new();
     for _ in 0..64 {
-        let digits: Vec<u8> = out.iter().copied().filter(u8::is_ascii_digit).collect();
-        let whole = ((13..=19).contains(&digits.len()) && detect::luhn_valid(&digits))
-            || (digits.len() == 9
-                && (detect::aba_checksum_ok(&digits) || detect::ssn_valid(&digits)))
-            || compact_iban_valid(out);
-        let target = if whole {
-            Some(out.len())
+        let whole = whole_value && {
+            let digits: Vec<u8> = out.iter().copied().filter(u8::is_ascii_digit).collect();
+            ((13..=19).contains(&digits.len()) && detect::luhn_valid(&digits))
+                || (digits.len() == 9
+                    && (detect::aba_checksum_ok(&digits) || detect::ssn_valid(&digits)))
+                || compact_iban_valid(out)
+        };
+        let (start, end, kind) = if whole {
+            (0, out.len(), None)
         } else {
-            strict.scan(out, &mut findings);
-            findings.first().map(|f| f.end)
+            scanner.scan(out, &mut findings);
+            match findings.iter().find(|f| f.kind != DetectorKind::Email) {
+                Some(f) => (f.start, f.end, Some(f.kind)),
+                None => return Ok(()),
+            }
         };
-        let Some(end) = target else {
-            return Ok(());
-        };
-        // Bump the last digit before `end`; any single-digit change breaks Luhn and
-        // mod-97 for that value, and another round re-checks everything.
-        match out[..end].iter_mut().rev().find(|b| b.is_ascii_digit()) {
+        let span = &mut out[start..end];
+        if kind == Some(DetectorKind::Ssn) {
+            // Area 9xx is never issued; a serial or group change would not help.
+            match span.iter_mut().find(|b| b.is_ascii_digit()) {
+                Some(d) => *d = b'9',
+                None => return Err(Unspoilable),
+            }
+            continue;
+        }
+        // Bump the last digit: any single-digit change breaks Luhn, the ABA checksum
+        // and mod-97 for that value; the next round re-checks everything.
+        match span.iter_mut().rev().find(|b| b.is_ascii_digit()) {
             Some(d) => *d = if *d == b'9' { b'0' } else { *d + 1 },
             None => return Err(Unspoilable),
         }
