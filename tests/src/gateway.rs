@@ -87,6 +87,8 @@ impl Identity {
 /// How to run the gateway. [`GatewayOptions::new`] fills the upstream from a cluster.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
+    /// The binary to run; `None` uses [`binary`].
+    pub binary: Option<PathBuf>,
     pub engine: Engine,
     pub upstream_host: String,
     pub upstream_port: u16,
@@ -112,6 +114,7 @@ pub struct GatewayOptions {
 impl GatewayOptions {
     pub fn new(cluster: &PgCluster, db: &str) -> GatewayOptions {
         GatewayOptions {
+            binary: None,
             engine: Engine::Auto,
             upstream_host: cluster.host.clone(),
             upstream_port: cluster.port,
@@ -221,7 +224,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(opts: GatewayOptions) -> Result<Gateway, GatewayError> {
-        let bin = binary()?;
+        let bin = match &opts.binary {
+            Some(b) => b.clone(),
+            None => binary()?,
+        };
         let dir = tempfile::Builder::new()
             .prefix("portcullis-gw-")
             .tempdir()
@@ -331,9 +337,14 @@ impl Gateway {
         )
     }
 
+    /// Where the gateway's stdout and stderr go.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.log")
+    }
+
     /// Everything the gateway printed so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {

@@ -1,8 +1,111 @@
-//! `cargo xtask quickstart` (placeholder, being written).
+//! `cargo xtask quickstart`: a throwaway PostgreSQL with the sample financial dataset in
+//! database `bank`, a release-built gateway in front, and a URI to paste. Runs until Ctrl-C,
+//! then stops both and removes their directories, leaving nothing behind.
+
+use std::process::Command;
+
+use anyhow::Context;
+use portcullis_tests::{Engine, Gateway, GatewayOptions, PgCluster, PgOptions, load_financial};
+
+const DB: &str = "bank";
+const SEED: u64 = 42;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Accounts to generate (transactions get a quarter of that).
+    #[arg(long, default_value_t = 100_000)]
+    rows: u64,
+    /// Port the gateway listens on (0: any free port).
+    #[arg(long, default_value_t = 6432)]
+    port: u16,
+    /// I/O engine: auto, uring or epoll.
+    #[arg(long, default_value = "auto")]
+    io_engine: String,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`cargo xtask quickstart` is not written yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let engine = match args.io_engine.as_str() {
+        "auto" => Engine::Auto,
+        "uring" => Engine::Uring,
+        "epoll" => Engine::Epoll,
+        other => anyhow::bail!("--io-engine must be auto, uring or epoll, not {other:?}"),
+    };
+    crate::setup::ensure(false)?;
+    // An installed or prebuilt gateway can be used as is; otherwise build this checkout's.
+    let bin = match std::env::var_os("PORTCULLIS_BIN") {
+        Some(b) => std::path::PathBuf::from(b),
+        None => {
+            let root = portcullis_tests::gateway::workspace_root();
+            println!("quickstart: building the gateway (release)");
+            crate::setup::sh(Command::new("cargo").current_dir(&root).args([
+                "build",
+                "--release",
+                "--package",
+                "portcullis",
+                "--bin",
+                "portcullis",
+            ]))?;
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| root.join("target"))
+                .join("release/portcullis")
+        }
+    };
+
+    println!("quickstart: starting PostgreSQL 15");
+    let pg = PgCluster::start(PgOptions::default()).context("starting PostgreSQL")?;
+    println!("quickstart: loading {} accounts into `{DB}`", args.rows);
+    load_financial(&pg, DB, args.rows, SEED).context("loading the financial dataset")?;
+
+    let mut opts = GatewayOptions::new(&pg, DB).engine(engine);
+    opts.binary = Some(bin);
+    opts.port = args.port;
+    let gw = Gateway::start(opts).context("starting the gateway")?;
+
+    let uri = gw.agent_uri();
+    println!();
+    println!(
+        "Portcullis is up ({} engine), in front of PostgreSQL on port {}.",
+        engine, pg.port
+    );
+    println!();
+    println!("  URI:    {uri}");
+    println!(
+        "  psql:   psql '{uri}' -c 'SELECT id, full_name, ssn, card_number FROM accounts LIMIT 5'"
+    );
+    println!("  config: {}", gw.config_path().display());
+    println!("  log:    {}", gw.log_path().display());
+    println!(
+        "  direct: psql '{}'   (bypasses the gateway)",
+        pg.superuser_uri(DB)
+    );
+    println!();
+    println!(
+        "Identities: agent / agent-secret, auditor / auditor-secret. Ctrl-C stops everything."
+    );
+
+    let sig = wait_for_signal();
+    println!("\nquickstart: got signal {sig}, stopping the gateway and PostgreSQL");
+    drop(gw);
+    drop(pg);
+    println!("quickstart: stopped; temporary directories removed");
+    Ok(())
+}
+
+/// Blocks until SIGINT, SIGTERM or SIGHUP. The signals are blocked and taken with
+/// `sigwait` instead of a handler, so shutdown runs as ordinary code with destructors.
+/// They are blocked only now, after the children started: a blocked mask is inherited.
+fn wait_for_signal() -> i32 {
+    // SAFETY: plain libc signal-set calls on a local, zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
 }
