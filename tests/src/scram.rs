@@ -53,6 +53,18 @@ mod tests {
         assert_eq!(STANDARD.decode(server).unwrap().len(), 32);
     }
 
+    /// Computed independently with Python's hashlib/hmac; also the verifier in
+    /// deploy/quickstart.toml.
+    #[test]
+    fn matches_an_independent_implementation() {
+        assert_eq!(
+            verifier_with("agent-secret", b"portcullis-demo1", 4096),
+            "SCRAM-SHA-256$4096:cG9ydGN1bGxpcy1kZW1vMQ==$\
+             k0AtXuh8GLOH5LpT4moc8T3t4LGcmTnARd4e3NGC1f0=:\
+             y5KdJK+TFnaYjW5ShMXxk+LrIAtpSnUd5YHdxEka1gM="
+        );
+    }
+
     #[test]
     fn deterministic_for_a_salt() {
         assert_eq!(
