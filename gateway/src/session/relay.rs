@@ -175,11 +175,13 @@ impl<H: Hooks> Relay<H> {
     pub fn on_client_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
         let r = self.client_bytes(buf);
         if let Err(RelayError::Client(e)) = &r {
-            let code = match e {
-                ProtocolError::TooLarge { .. } => sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                _ => sqlstate::PROTOCOL_VIOLATION,
-            };
-            self.send_client(error_response(Severity::Fatal, code, &e.to_string(), None, None));
+            self.send_client(error_response(
+                Severity::Fatal,
+                sqlstate::PROTOCOL_VIOLATION,
+                &e.to_string(),
+                None,
+                None,
+            ));
         }
         r
     }
