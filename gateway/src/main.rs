@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use portcullis::auth::{IdentityStore, Verifier, scram};
+use portcullis::auth::{Verifier, scram};
 use portcullis::config::{Config, IoEngine, LogFormat};
 use portcullis::engine::{self, Shared};
 use tracing::{error, info, warn};
@@ -167,13 +167,14 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
 /// SIGHUP: re-read the file and swap what can change without a restart.
 fn reload(shared: &Shared, path: &std::path::Path) {
     match Config::load(path) {
-        Ok(cfg) => {
-            let n = cfg.identities.len();
-            shared
-                .identities
-                .store(Arc::new(IdentityStore::new(cfg.identities())));
-            info!(identities = n, "configuration reloaded");
-        }
+        Ok(cfg) => match shared.reload(&cfg) {
+            Ok(()) => info!(
+                identities = cfg.identities.len(),
+                mask_rules = cfg.mask.rules.len(),
+                "configuration reloaded"
+            ),
+            Err(e) => error!("reload refused, keeping the running configuration: {e}"),
+        },
         Err(e) => error!("reload refused, keeping the running configuration: {e}"),
     }
 }

@@ -24,7 +24,9 @@ use crate::config::UpstreamTls;
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::{frontend as fe, sqlstate};
 use crate::session::handshake::{Agent, ClientHandshake, Step};
-use crate::session::hooks::{Hooks, PassThrough};
+use crate::mask::Subject;
+use crate::session::hooks::Hooks;
+use crate::session::stages::Stages;
 use crate::session::relay::Relay;
 use crate::session::upstream::{UpStep, UpstreamError, UpstreamHandshake, UpstreamSession};
 
@@ -115,7 +117,7 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
     span.record("identity", agent.identity.name.as_str());
     span.record("database", agent.database.as_str());
 
-    let (upstream, session, addr) = match connect_upstream::<C>(shared, &agent).await {
+    let (upstream, session, addr) = match connect_upstream::<C>(shared, &agent.database, &agent.params).await {
         Ok(up) => up,
         Err(e) => {
             let frame = match &e {
@@ -155,8 +157,13 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
     client.write_all(hello.freeze()).await.map_err(ConnError::ClientIo)?;
     info!("session established");
 
-    let relay = Relay::new(shared.limits, PassThrough);
-    relay_session(shared, &client, &upstream, relay, buf).await;
+    let stages = Stages::new(
+        shared.mask.clone(),
+        Subject::new(agent.identity.name.clone(), agent.identity.roles.clone()),
+        shared.catalog(&agent.database),
+    );
+    let relay = Relay::new(shared.limits, stages);
+    relay_session::<C, _>(shared, &agent.database, &client, &upstream, relay, buf).await;
     drop(guard);
     Ok(())
 }
@@ -245,7 +252,8 @@ impl From<ConnError> for UpstreamStartError {
 
 async fn connect_upstream<C: Connect>(
     shared: &Shared,
-    agent: &Agent,
+    database: &str,
+    params: &[(String, String)],
 ) -> Result<(MaybeTls<C::Stream>, UpstreamSession, SocketAddr), UpstreamStartError> {
     let up = &shared.upstream;
     let addr = tokio::net::lookup_host((up.host.as_str(), up.port))
@@ -261,7 +269,7 @@ async fn connect_upstream<C: Connect>(
 
     let mut hs = UpstreamHandshake::new(&up.user, &up.password, server.is_tls());
     server
-        .write_all(hs.startup_message(&agent.database, &agent.params))
+        .write_all(hs.startup_message(database, params))
         .await
         .map_err(ConnError::UpstreamIo)?;
     let mut buf = BytesMut::with_capacity(4096);
@@ -346,8 +354,20 @@ impl<H: Hooks> Flow<H> {
     }
 }
 
-async fn relay_session<H: Hooks, T: Transport>(
+async fn relay_session<C: Connect, H: Hooks>(
     shared: &Shared,
+    database: &str,
+    client: &MaybeTls<C::Stream>,
+    server: &MaybeTls<C::Stream>,
+    relay: Relay<H>,
+    client_buf: BytesMut,
+) {
+    relay_session_inner::<C, H, _>(shared, database, client, server, relay, client_buf).await
+}
+
+async fn relay_session_inner<C: Connect, H: Hooks, T: Transport>(
+    shared: &Shared,
+    database: &str,
     client: &T,
     server: &T,
     relay: Relay<H>,
@@ -414,7 +434,16 @@ async fn relay_session<H: Hooks, T: Transport>(
                     break;
                 }
             }
-            let res = flow.relay.borrow_mut().on_server_bytes(&mut buf);
+            let mut res = flow.relay.borrow_mut().on_server_bytes(&mut buf);
+            // Masking needs catalog rows first: fetch them on the side, then go on.
+            while res.is_ok() {
+                let Some(oids) = flow.relay.borrow_mut().take_catalog_request() else {
+                    break;
+                };
+                flow.wake_client_writer.notify_one();
+                let rows = fetch_catalog::<C>(shared, database, &oids).await;
+                res = flow.relay.borrow_mut().resume_with_catalog(&oids, rows, &mut buf);
+            }
             flow.wake_client_writer.notify_one();
             if let Err(e) = res {
                 error!("{e}");
@@ -514,4 +543,44 @@ fn next_chunk<H: Hooks>(relay: &RefCell<Relay<H>>, side: Side) -> Option<Bytes> 
         acc.extend_from_slice(&next);
     }
     Some(acc.freeze())
+}
+
+/// Runs the catalog query for `oids` over a connection of the gateway's own, so the
+/// session's connection (busy streaming a result) is never interleaved.
+async fn fetch_catalog<C: Connect>(shared: &Shared, database: &str, oids: &[u32]) -> Result<Vec<Bytes>, String> {
+    let sql = crate::mask::Catalog::new().start_fill(oids).sql();
+    let (conn, _, _) = connect_upstream::<C>(shared, database, &[])
+        .await
+        .map_err(|e| match e {
+            UpstreamStartError::Refused(f) => be::error_summary(&f[5..]).1,
+            UpstreamStartError::Other(e) => e.to_string(),
+        })?;
+    let mut query = BytesMut::new();
+    postgres_protocol::message::frontend::query(&sql, &mut query).map_err(|e| e.to_string())?;
+    conn.write_all(query.freeze()).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut rows = Vec::new();
+    let mut failure = None;
+    loop {
+        while let Some(frame) = crate::protocol::frame::split_frame(&mut buf, shared.limits.max_message).map_err(|e| e.to_string())? {
+            match frame.tag() {
+                be::DATA_ROW => rows.push(frame.into_bytes()),
+                be::ERROR_RESPONSE => failure = Some(be::error_summary(frame.body()).1),
+                be::READY_FOR_QUERY => {
+                    let _ = conn.write_all(fe::terminate()).await;
+                    conn.shutdown();
+                    return match failure {
+                        Some(f) => Err(f),
+                        None => Ok(rows),
+                    };
+                }
+                _ => {}
+            }
+        }
+        let (res, b) = conn.read(buf, 8192).await;
+        buf = b;
+        if res.map_err(|e| e.to_string())? == 0 {
+            return Err("the database closed the catalog connection".into());
+        }
+    }
 }

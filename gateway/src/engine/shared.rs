@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use super::Lifecycle;
 use super::cancel::CancelRegistry;
 use crate::auth::IdentityStore;
 use crate::config::{Config, UpstreamTls};
+use crate::mask::{Catalog, Policy};
 use crate::session::handshake::TlsOffer;
 use crate::session::relay::RelayLimits;
 
@@ -20,6 +24,8 @@ pub enum SharedError {
     Tls { key: &'static str, problem: String },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Mask(#[from] crate::mask::MaskError),
 }
 
 /// How the gateway reaches the real server.
@@ -45,6 +51,10 @@ pub struct Shared {
     pub handshake_timeout: Duration,
     pub cancels: CancelRegistry,
     pub lifecycle: Arc<Lifecycle>,
+    /// The masking policy; swapped whole on reload.
+    pub mask: Arc<ArcSwap<Policy>>,
+    /// Table OID → names, one cache per upstream database, shared by its sessions.
+    catalogs: Mutex<HashMap<String, Arc<Mutex<Catalog>>>>,
 }
 
 impl Shared {
@@ -86,7 +96,24 @@ impl Shared {
             handshake_timeout: Duration::from_secs(cfg.server.handshake_timeout_secs),
             cancels: CancelRegistry::default(),
             lifecycle: Arc::new(Lifecycle::default()),
+            mask: Arc::new(ArcSwap::from_pointee(Policy::compile(&cfg.mask)?)),
+            catalogs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The catalog cache of one upstream database.
+    pub fn catalog(&self, database: &str) -> Arc<Mutex<Catalog>> {
+        let mut all = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(database.to_owned()).or_default().clone()
+    }
+
+    /// Applies what a reload may change: identities and masking rules. Sessions pick up
+    /// new rules at their next result.
+    pub fn reload(&self, cfg: &Config) -> Result<(), SharedError> {
+        let policy = Policy::compile(&cfg.mask)?;
+        self.identities.store(Arc::new(IdentityStore::new(cfg.identities())));
+        self.mask.store(Arc::new(policy));
+        Ok(())
     }
 }
 

@@ -76,6 +76,18 @@ pub trait Hooks {
         Verdict::Allow
     }
 
+    /// The server described a result (`RowDescription` of a query, a portal or a
+    /// statement). Returns the table OIDs the hooks must know about before they can
+    /// decide on this result; the relay then stalls the server stream at this frame
+    /// until the driver has fetched them and calls [`Hooks::catalog_filled`].
+    fn catalog_needed(&mut self, _row_description: &Bytes) -> Option<Vec<u32>> {
+        None
+    }
+
+    /// The driver ran the catalog query for `oids`: `rows` are its `DataRow` frames,
+    /// or `Err` with why it could not.
+    fn catalog_filled(&mut self, _oids: &[u32], _rows: Result<Vec<Bytes>, String>) {}
+
     /// A result set is starting. `row_description` is the whole frame; `formats` the
     /// result formats the client asked for in `Bind` (empty for a simple query, where
     /// the description's own format codes are right). Returning a stage makes the relay

@@ -9,11 +9,13 @@
 //!   statement in order without breaking the session.
 //! - [`tracker`]: prepared statements and portals, by name.
 //! - [`hooks`]: where policy, masking and audit plug into the relay.
+//! - [`stages`]: the gateway's stages behind those hooks (masking).
 //!
 //! Nothing here touches a socket; the engines in [`crate::engine`] move the bytes.
 
 pub mod handshake;
 pub mod hooks;
 pub mod relay;
+pub mod stages;
 pub mod tracker;
 pub mod upstream;

@@ -93,6 +93,10 @@ pub struct Relay<H: Hooks> {
     rows: Rows,
     txn_status: u8,
     terminated: bool,
+    /// A `RowDescription` the hooks cannot judge until the driver fetches catalog rows:
+    /// server processing waits here.
+    stalled: Option<Frame>,
+    catalog_request: Option<Vec<u32>>,
 }
 
 impl<H: Hooks> Relay<H> {
@@ -112,6 +116,8 @@ impl<H: Hooks> Relay<H> {
             rows: Rows::Unknown,
             txn_status: b'I',
             terminated: false,
+            stalled: None,
+            catalog_request: None,
         }
     }
 
@@ -152,6 +158,27 @@ impl<H: Hooks> Relay<H> {
     /// Whether the server owes the client nothing (between statements).
     pub fn is_idle(&self) -> bool {
         self.expect.is_empty() && self.server_pass == 0
+    }
+
+    /// Table OIDs the driver must fetch (with the gateway's own connection) before the
+    /// server stream can go on; see [`Hooks::catalog_needed`].
+    pub fn take_catalog_request(&mut self) -> Option<Vec<u32>> {
+        self.catalog_request.take()
+    }
+
+    /// Hands the fetched catalog rows to the hooks and resumes the server stream with
+    /// the stalled frame, then whatever is in `buf`.
+    pub fn resume_with_catalog(
+        &mut self,
+        oids: &[u32],
+        rows: Result<Vec<Bytes>, String>,
+        buf: &mut BytesMut,
+    ) -> Result<(), RelayError> {
+        self.hooks.catalog_filled(oids, rows);
+        if let Some(frame) = self.stalled.take() {
+            self.server_frame(frame, true)?;
+        }
+        self.on_server_bytes(buf)
     }
 
     fn send_client(&mut self, b: Bytes) {
@@ -372,6 +399,9 @@ impl<H: Hooks> Relay<H> {
     pub fn on_server_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
         let mut run = 0usize;
         loop {
+            if self.stalled.is_some() {
+                break;
+            }
             if self.server_pass > 0 {
                 let n = self.server_pass.min(buf.len() - run);
                 run += n;
@@ -411,7 +441,7 @@ impl<H: Hooks> Relay<H> {
             let frame = split_frame(buf, self.limits.max_message)
                 .map_err(RelayError::Server)?
                 .expect("whole frame checked above");
-            self.server_frame(frame)?;
+            self.server_frame(frame, false)?;
         }
         if run > 0 {
             let b = buf.split_to(run).freeze();
@@ -470,8 +500,15 @@ impl<H: Hooks> Relay<H> {
         self.rows = Rows::Discard;
     }
 
-    fn server_frame(&mut self, frame: Frame) -> Result<(), RelayError> {
+    fn server_frame(&mut self, frame: Frame, catalog_ready: bool) -> Result<(), RelayError> {
         let tag = frame.tag();
+        if tag == be::ROW_DESCRIPTION && !catalog_ready && !matches!(self.rows, Rows::Discard) {
+            if let Some(oids) = self.hooks.catalog_needed(frame.as_bytes()) {
+                self.stalled = Some(frame);
+                self.catalog_request = Some(oids);
+                return Ok(());
+            }
+        }
         if let Rows::Discard = self.rows {
             if tag != be::READY_FOR_QUERY {
                 return Ok(());
