@@ -84,6 +84,10 @@ fn latency_workloads(r: &Report) -> Vec<String> {
         .collect()
 }
 
+/// The throughput axis stops here: one outlier (pgbouncer reusing server sessions on
+/// connect) would squash every other bar, so longer bars carry their value as a label.
+const CAP: f64 = 2.0;
+
 const PCT_NAMES: [&str; 5] = ["p50", "p90", "p99", "p99.9", "max"];
 
 fn latency_on<DB: DrawingBackend>(
@@ -188,6 +192,7 @@ fn throughput_on<DB: DrawingBackend>(
                 .filter_map(|t| relative(r, &w.id, w.primary, &t.name))
         })
         .fold(1.2f64, f64::max)
+        .min(CAP)
         * 1.1;
     let ids: Vec<String> = r.workloads.iter().map(|w| w.id.clone()).collect();
     let mut chart = ChartBuilder::on(root)
@@ -226,9 +231,28 @@ fn throughput_on<DB: DrawingBackend>(
                 let band = (n - 1 - i) as f64;
                 let y0 = band + 0.1 + 0.8 * j as f64 / k;
                 let y1 = band + 0.1 + 0.8 * (j + 1) as f64 / k;
-                Some(Rectangle::new([(0.0, y0), (v, y1)], color.filled()))
+                Some(Rectangle::new(
+                    [(0.0, y0), (v.min(CAP), y1)],
+                    color.filled(),
+                ))
             })
             .collect();
+        let clipped: Vec<Text<'_, (f64, f64), String>> = r
+            .workloads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let v = relative(r, &w.id, w.primary, &t.name).filter(|v| *v > CAP)?;
+                let band = (n - 1 - i) as f64;
+                let y = band + 0.1 + 0.8 * (j as f64 + 0.9) / k;
+                Some(Text::new(
+                    format!("{v:.1}x"),
+                    (CAP * 1.01, y),
+                    ("sans-serif", 11).into_font(),
+                ))
+            })
+            .collect();
+        chart.draw_series(clipped)?;
         chart
             .draw_series(bars)?
             .label(t.name.as_str())

@@ -17,6 +17,9 @@ use crate::target::{ConnInfo, Kind, Target, Unavailable};
 
 pub const DB: &str = "bench";
 
+/// A masking section to append, or why there is none.
+type MaskSpec = Result<String, String>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManagedError {
     #[error(transparent)]
@@ -137,7 +140,7 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
         .mask_policy
         .as_ref()
         .map(|p| (p, std::fs::read_to_string(p)));
-    let specs: [(&str, Engine, Option<Result<String, String>>); 3] = [
+    let specs: [(&str, Engine, Option<MaskSpec>); 3] = [
         ("gateway-epoll", Engine::Epoll, None),
         ("gateway-uring", Engine::Uring, None),
         (

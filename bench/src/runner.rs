@@ -164,7 +164,7 @@ impl Runner {
                     *connect,
                     // A fork and an authentication per transaction: far fewer fit in a slice.
                     if *connect {
-                        (self.timing.pgbench_tx / 20).max(10)
+                        (self.timing.pgbench_tx / 80).max(10)
                     } else {
                         self.timing.pgbench_tx
                     },

@@ -347,7 +347,7 @@ impl Conn {
                 counts.rows += 1;
                 counts.row_bytes += 1 + len as u64;
                 let avail = self.end - self.start;
-                if avail >= 1 + len {
+                if avail > len {
                     self.start += 1 + len;
                 } else {
                     self.start = self.end;
