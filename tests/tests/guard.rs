@@ -1,0 +1,739 @@
+//! End-to-end: the eBPF guard on a database host. Each test builds three hosts from network
+//! namespaces joined by a bridge (itself in a fourth namespace, so nothing touches the
+//! machine's own network):
+//!
+//! ```text
+//!   db    10.210.N.1  fd00:210:N::1   PostgreSQL on its veth address and loopback + the guard
+//!   gw    10.210.N.2  fd00:210:N::2   the portcullis gateway (allowlisted)
+//!   agent 10.210.N.3  fd00:210:N::3   someone trying to go around it
+//! ```
+//!
+//! Scenarios 1-4 run once with XDP and once with TC (scenario 7). Everything is torn down by
+//! `Drop` guards even when an assertion fails: namespaces, bpffs pins, cgroups, processes.
+//! Needs root, bpffs (mounted if missing), cgroup v2, and `portcullis-guard` + `portcullis`
+//! built (`cargo build -p portcullis-guard -p portcullis`).
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use portcullis_tests::{
+    GatewayOptions, PgCluster, PgOptions,
+    gateway::{binary as gateway_binary, workspace_root},
+};
+
+// --- topology -------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Host {
+    Db,
+    Gw,
+    Agent,
+}
+
+impl Host {
+    fn short(self) -> &'static str {
+        match self {
+            Host::Db => "db",
+            Host::Gw => "gw",
+            Host::Agent => "ag",
+        }
+    }
+
+    fn octet(self) -> u8 {
+        match self {
+            Host::Db => 1,
+            Host::Gw => 2,
+            Host::Agent => 3,
+        }
+    }
+}
+
+/// Three hosts on one bridged segment. `n` picks the subnet and the names, so tests running
+/// in parallel never share anything.
+struct Lan {
+    n: u8,
+}
+
+impl Lan {
+    fn new(n: u8) -> Lan {
+        let lan = Lan { n };
+        // A crashed earlier run may have left these behind.
+        lan.remove();
+        sh(Command::new("ip").args(["netns", "add", &lan.bridge()]));
+        sh(Command::new("ip").args(["-n", &lan.bridge(), "link", "add", "br0", "type", "bridge"]));
+        sh(Command::new("ip").args(["-n", &lan.bridge(), "link", "set", "br0", "up"]));
+        for h in [Host::Db, Host::Gw, Host::Agent] {
+            let ns = lan.ns(h);
+            let ifname = lan.iface(h);
+            let peer = format!("{ifname}p");
+            sh(Command::new("ip").args(["netns", "add", &ns]));
+            sh(Command::new("ip").args([
+                "link", "add", &ifname, "type", "veth", "peer", "name", &peer,
+            ]));
+            sh(Command::new("ip").args(["link", "set", &ifname, "netns", &ns]));
+            sh(Command::new("ip").args(["link", "set", &peer, "netns", &lan.bridge()]));
+            sh(Command::new("ip").args([
+                "-n",
+                &lan.bridge(),
+                "link",
+                "set",
+                &peer,
+                "master",
+                "br0",
+            ]));
+            sh(Command::new("ip").args(["-n", &lan.bridge(), "link", "set", &peer, "up"]));
+            let v4 = format!("{}/24", lan.v4(h));
+            let v6 = format!("{}/64", lan.v6(h));
+            sh(Command::new("ip").args(["-n", &ns, "addr", "add", &v4, "dev", &ifname]));
+            // nodad: the address is usable at once instead of after duplicate detection.
+            sh(Command::new("ip").args(["-n", &ns, "addr", "add", &v6, "dev", &ifname, "nodad"]));
+            sh(Command::new("ip").args(["-n", &ns, "link", "set", &ifname, "up"]));
+            sh(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
+        }
+        lan
+    }
+
+    fn bridge(&self) -> String {
+        format!("pcg{}br", self.n)
+    }
+
+    fn ns(&self, h: Host) -> String {
+        format!("pcg{}{}", self.n, h.short())
+    }
+
+    fn iface(&self, h: Host) -> String {
+        format!("pcg{}{}", self.n, h.short())
+    }
+
+    fn v4(&self, h: Host) -> Ipv4Addr {
+        Ipv4Addr::new(10, 210, self.n, h.octet())
+    }
+
+    fn v6(&self, h: Host) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd00,
+            0x210,
+            u16::from(self.n),
+            0,
+            0,
+            0,
+            0,
+            u16::from(h.octet()),
+        )
+    }
+
+    /// `program` run inside `h`'s network namespace only: unlike `ip netns exec`, nsenter
+    /// leaves /sys (and so bpffs and cgroupfs) as the host has them.
+    fn cmd(&self, h: Host, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns(h)))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    /// Whether a TCP connection from `from` to `addr:port` is established within 3 s.
+    fn can_connect(&self, from: Host, addr: IpAddr, port: u16) -> bool {
+        self.connect_from_cgroup(from, None, addr, port)
+    }
+
+    /// As [`Self::can_connect`], from a shell placed in `cgroup` first.
+    fn connect_from_cgroup(
+        &self,
+        from: Host,
+        cgroup: Option<&Path>,
+        addr: IpAddr,
+        port: u16,
+    ) -> bool {
+        let join = cgroup
+            .map(|c| format!("echo $$ > {}/cgroup.procs && ", c.display()))
+            .unwrap_or_default();
+        let script = format!("{join}exec 3<>/dev/tcp/{addr}/{port}");
+        self.cmd(from, "timeout")
+            .args(["3", "bash", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run bash")
+            .success()
+    }
+
+    fn remove(&self) {
+        for ns in [
+            self.ns(Host::Db),
+            self.ns(Host::Gw),
+            self.ns(Host::Agent),
+            self.bridge(),
+        ] {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth ends inside it, and with them their peers.
+        self.remove();
+    }
+}
+
+fn sh(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// --- the database ---------------------------------------------------------------------------
+
+fn start_db(lan: &Lan) -> PgCluster {
+    PgCluster::start(PgOptions {
+        listen_addresses: format!("{},{},127.0.0.1", lan.v4(Host::Db), lan.v6(Host::Db)),
+        netns: Some(lan.ns(Host::Db)),
+        ..Default::default()
+    })
+    .expect("start PostgreSQL in the db namespace")
+}
+
+// --- the guard ------------------------------------------------------------------------------
+
+fn guard_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PORTCULLIS_GUARD_BIN") {
+        return p.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join("portcullis-guard"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "portcullis-guard is not built under {}: run `cargo build -p portcullis-guard` \
+                 (or set PORTCULLIS_GUARD_BIN)",
+                target.display()
+            )
+        })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Xdp,
+    Tc,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Xdp => "xdp",
+            Mode::Tc => "tc",
+        }
+    }
+}
+
+/// A `portcullis-guard run` on the db host, its pins, and its event log. Dropping it kills
+/// the process and detaches, so no program outlives the test.
+struct Guard {
+    child: Option<Child>,
+    pin_dir: PathBuf,
+    dir: tempfile::TempDir,
+    runs: u32,
+}
+
+impl Guard {
+    fn pin_dir(n: u8) -> PathBuf {
+        PathBuf::from(format!(
+            "/sys/fs/bpf/portcullis-e2e-{}-{n}",
+            std::process::id()
+        ))
+    }
+
+    fn start(lan: &Lan, db: &PgCluster, mode: Mode, extra: &[String]) -> Guard {
+        let mut g = Guard {
+            child: None,
+            pin_dir: Self::pin_dir(lan.n),
+            dir: tempfile::tempdir().unwrap(),
+            runs: 0,
+        };
+        g.run(lan, db, mode, extra);
+        g
+    }
+
+    /// Starts `run` (again) with the standard arguments and waits for it to report.
+    fn run(&mut self, lan: &Lan, db: &PgCluster, mode: Mode, extra: &[String]) {
+        self.runs += 1;
+        let log = self.log_path();
+        let out = fs::File::create(&log).unwrap();
+        let err = fs::File::create(log.with_extension("err")).unwrap();
+        let mut cmd = lan.cmd(Host::Db, guard_binary());
+        cmd.arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(["run", "--mount-bpffs", "--mode", mode.as_str()])
+            .args(["--interface", &lan.iface(Host::Db)])
+            .args(["--port", &db.port.to_string()])
+            .args(["--allow", &format!("{}/32", lan.v4(Host::Gw))])
+            .args(["--allow", &format!("{}/128", lan.v6(Host::Gw))])
+            .args(extra)
+            .stdout(out)
+            .stderr(err);
+        let mut child = cmd.spawn().expect("spawn portcullis-guard");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().contains("guard_started") {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "portcullis-guard run exited with {status}:\n{}\n{}",
+                    self.log(),
+                    fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "portcullis-guard did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("run{}.log", self.runs))
+    }
+
+    /// Everything the current `run` printed on stdout: the start line, then events.
+    fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(guard_binary())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(args)
+            .output()
+            .expect("run portcullis-guard")
+    }
+
+    fn status(&self) -> String {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Asserts that the counters and at least one event name `addr`.
+    fn assert_recorded(&self, addr: IpAddr, port: u16) {
+        let status = self.status();
+        assert!(
+            status.contains(&format!("\"source\": \"{addr}\"")),
+            "status names no drop from {addr}:\n{status}"
+        );
+        let want = format!("\"address\":\"{addr}\",\"dport\":{port}");
+        wait_until(&format!("a bypass event for {addr}"), 10, || {
+            self.log().contains(&want)
+        });
+        let line = self
+            .log()
+            .lines()
+            .find(|l| l.contains(&want))
+            .unwrap()
+            .to_owned();
+        assert!(line.contains("\"event\":\"bypass\""), "{line}");
+        assert!(line.contains("\"reason\":\"syn\""), "{line}");
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill();
+        if self.pin_dir.exists() {
+            let _ = self.cli(&["detach"]);
+            let _ = fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+// --- the gateway, in its own namespace -------------------------------------------------------
+
+struct NsGateway {
+    child: Child,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl NsGateway {
+    fn start(lan: &Lan, db: &PgCluster) -> NsGateway {
+        let mut opts = GatewayOptions::new(db, "postgres");
+        opts.upstream_host = lan.v4(Host::Db).to_string();
+        opts.listen_host = lan.v4(Host::Gw).to_string();
+        let addr = SocketAddr::new(IpAddr::V4(lan.v4(Host::Gw)), 6432);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("portcullis.toml");
+        fs::write(&config, opts.to_toml(addr)).unwrap();
+        let log = fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let bin =
+            gateway_binary().expect("the portcullis gateway binary (cargo build -p portcullis)");
+        let child = lan
+            .cmd(Host::Gw, bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn portcullis");
+        let mut gw = NsGateway { child, dir, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !lan.can_connect(Host::Gw, addr.ip(), addr.port()) {
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!("gateway exited with {status}:\n{}", gw.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway never listened:\n{}",
+                gw.log()
+            );
+        }
+        gw
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NsGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn psql_via_gateway(lan: &Lan, gw: &NsGateway, sql: &str) -> Output {
+    let conninfo = format!(
+        "host={} port={} user=agent password=agent-secret dbname=postgres sslmode=disable connect_timeout=10",
+        gw.addr.ip(),
+        gw.addr.port()
+    );
+    lan.cmd(Host::Agent, "psql")
+        .args(["-X", "-At", "-d", &conninfo, "-c", sql])
+        .output()
+        .expect("run psql")
+}
+
+// --- cgroups for local mode ----------------------------------------------------------------
+
+/// A cgroup v2 subtree for one test, removed on drop.
+struct TestCgroup {
+    root: PathBuf,
+}
+
+impl TestCgroup {
+    fn new(n: u8) -> TestCgroup {
+        let mount = portcullis_guard_cgroup2_root();
+        let root = mount.join(format!("portcullis-e2e-{}-{n}", std::process::id()));
+        for sub in ["", "allowed", "other"] {
+            fs::create_dir_all(root.join(sub)).expect("create test cgroup");
+        }
+        TestCgroup { root }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Children first; a cgroup with processes cannot go, but ours only held short shells.
+        for sub in ["allowed", "other", ""] {
+            let _ = fs::remove_dir(self.root.join(sub));
+        }
+    }
+}
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` or, on hybrid hosts, `.../unified`).
+fn portcullis_guard_cgroup2_root() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4))?
+        })
+        .map(PathBuf::from)
+        .expect("a cgroup v2 mount (local mode needs one)")
+}
+
+// --- scenarios ------------------------------------------------------------------------------
+
+/// 1. The agent dialling the database directly times out, and the guard names it.
+fn direct_agent_is_dropped_and_recorded(n: u8, mode: Mode) {
+    let lan = Lan::new(n);
+    let db = start_db(&lan);
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    assert!(
+        lan.can_connect(Host::Agent, dbaddr, db.port),
+        "without the guard the agent reaches the database (topology sanity)"
+    );
+    let guard = Guard::start(&lan, &db, mode, &[]);
+    assert!(
+        !lan.can_connect(Host::Agent, dbaddr, db.port),
+        "the agent reached the database directly with the guard attached ({mode:?})"
+    );
+    assert!(
+        lan.can_connect(Host::Gw, dbaddr, db.port),
+        "the allowlisted gateway host must still reach the database"
+    );
+    guard.assert_recorded(IpAddr::V4(lan.v4(Host::Agent)), db.port);
+}
+
+/// 2. The same agent through the gateway runs queries normally.
+fn agent_through_gateway_runs_queries(n: u8, mode: Mode) {
+    let lan = Lan::new(n);
+    let db = start_db(&lan);
+    let _guard = Guard::start(&lan, &db, mode, &[]);
+    let gw = NsGateway::start(&lan, &db);
+    let out = psql_via_gateway(
+        &lan,
+        &gw,
+        "SELECT count(*), sum(i) FROM generate_series(1, 10000) i",
+    );
+    assert!(
+        out.status.success(),
+        "query through the gateway failed ({mode:?}): {}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "10000|50005000"
+    );
+    assert!(
+        !lan.can_connect(Host::Agent, IpAddr::V4(lan.v4(Host::Db)), db.port),
+        "direct access must stay closed while the gateway path works"
+    );
+}
+
+/// 3. IPv6 from the agent is dropped too.
+fn ipv6_agent_is_dropped(n: u8, mode: Mode) {
+    let lan = Lan::new(n);
+    let db = start_db(&lan);
+    let dbaddr = IpAddr::V6(lan.v6(Host::Db));
+    assert!(
+        lan.can_connect(Host::Agent, dbaddr, db.port),
+        "without the guard the agent reaches the database over IPv6 (topology sanity)"
+    );
+    let guard = Guard::start(&lan, &db, mode, &[]);
+    assert!(
+        !lan.can_connect(Host::Agent, dbaddr, db.port),
+        "the agent reached the database over IPv6 ({mode:?})"
+    );
+    assert!(
+        lan.can_connect(Host::Gw, dbaddr, db.port),
+        "the allowlisted gateway reaches it over IPv6"
+    );
+    guard.assert_recorded(IpAddr::V6(lan.v6(Host::Agent)), db.port);
+}
+
+/// 4. `allow add` lets the agent in and `allow remove` shuts it out, on the running guard.
+fn allow_add_remove_without_restart(n: u8, mode: Mode) {
+    let lan = Lan::new(n);
+    let db = start_db(&lan);
+    let mut guard = Guard::start(&lan, &db, mode, &[]);
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let agent = format!("{}/32", lan.v4(Host::Agent));
+    assert!(!lan.can_connect(Host::Agent, dbaddr, db.port));
+    let pid = guard.child.as_ref().unwrap().id();
+
+    let out = guard.cli(&["allow", "add", &agent]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lan.can_connect(Host::Agent, dbaddr, db.port),
+        "allow add did not let the agent in ({mode:?})"
+    );
+    assert!(guard.status().contains(&format!("\"{agent}\"")));
+
+    let out = guard.cli(&["allow", "remove", &agent]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !lan.can_connect(Host::Agent, dbaddr, db.port),
+        "allow remove did not shut the agent out ({mode:?})"
+    );
+    let out = guard.cli(&["allow", "remove", &agent]);
+    assert!(
+        !out.status.success(),
+        "removing an absent entry must say so"
+    );
+
+    let child = guard.child.as_mut().unwrap();
+    assert_eq!(child.id(), pid);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the guard restarted or died"
+    );
+}
+
+macro_rules! per_mode {
+    ($($name:ident: $xdp_n:expr, $tc_n:expr;)+) => {
+        $(
+            mod $name {
+                #[test]
+                fn xdp() {
+                    super::$name($xdp_n, super::Mode::Xdp)
+                }
+                #[test]
+                fn tc() {
+                    super::$name($tc_n, super::Mode::Tc)
+                }
+            }
+        )+
+    };
+}
+
+// 7. XDP and TC both pass 1-4.
+per_mode! {
+    direct_agent_is_dropped_and_recorded: 1, 5;
+    agent_through_gateway_runs_queries: 2, 6;
+    ipv6_agent_is_dropped: 3, 7;
+    allow_add_remove_without_restart: 4, 8;
+}
+
+/// 5. Killing the guard leaves enforcement in place; a new run adopts it instead of attaching
+/// twice; detach removes it and the agent gets through again.
+#[test]
+fn enforcement_survives_the_loader_and_detach_removes_it() {
+    let lan = Lan::new(9);
+    let db = start_db(&lan);
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let mut guard = Guard::start(&lan, &db, Mode::Xdp, &[]);
+    assert!(
+        guard.log().contains("\"attached\":[{\"interface\""),
+        "{}",
+        guard.log()
+    );
+
+    guard.kill();
+    assert!(
+        !lan.can_connect(Host::Agent, dbaddr, db.port),
+        "enforcement went away with the loader"
+    );
+
+    guard.run(&lan, &db, Mode::Xdp, &[]);
+    let started = guard.log();
+    assert!(
+        started.contains("\"adopted\":[{\"interface\"") && started.contains("\"attached\":[]"),
+        "the new run attached again instead of adopting: {started}"
+    );
+    let status = guard.status();
+    assert_eq!(status.matches("\"kind\": \"xdp\"").count(), 1, "{status}");
+    assert!(!lan.can_connect(Host::Agent, dbaddr, db.port));
+    // The pinned ring buffer survived too: the new run still has the map the old one filled.
+    guard.assert_recorded(IpAddr::V4(lan.v4(Host::Agent)), db.port);
+
+    let out = guard.cli(&["detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lan.can_connect(Host::Agent, dbaddr, db.port),
+        "the agent is still blocked after detach"
+    );
+    let child = guard.child.as_mut().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "run did not exit after detach");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        guard.log().contains("\"why\":\"detached\""),
+        "{}",
+        guard.log()
+    );
+    assert!(!guard.pin_dir.exists(), "detach left pins behind");
+}
+
+/// 6. Local mode: on the db host, a process outside the allowed cgroup cannot connect to
+/// 127.0.0.1 (nor to the host's own address); one inside can.
+#[test]
+fn local_mode_refuses_connects_outside_allowed_cgroups() {
+    let lan = Lan::new(10);
+    let db = start_db(&lan);
+    let cg = TestCgroup::new(10);
+    let allowed = cg.root.join("allowed");
+    let other = cg.root.join("other");
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let own = IpAddr::V4(lan.v4(Host::Db));
+    assert!(lan.connect_from_cgroup(Host::Db, Some(&other), lo, db.port));
+
+    // Without the flag local mode stays off.
+    let guard = Guard::start(&lan, &db, Mode::Xdp, &[]);
+    assert!(
+        lan.connect_from_cgroup(Host::Db, Some(&other), lo, db.port),
+        "local mode must be off by default"
+    );
+    drop(guard);
+
+    // The hooks go on the test's cgroup subtree rather than the root, so the test cannot
+    // disturb anything else on this machine; in production the default is the root.
+    let guard = Guard::start(
+        &lan,
+        &db,
+        Mode::Xdp,
+        &[
+            "--local".into(),
+            "--local-cgroup".into(),
+            cg.root.display().to_string(),
+            "--local-allow-cgroup".into(),
+            allowed.display().to_string(),
+        ],
+    );
+    assert!(
+        !lan.connect_from_cgroup(Host::Db, Some(&other), lo, db.port),
+        "a process outside the allowed cgroup connected to 127.0.0.1"
+    );
+    assert!(
+        !lan.connect_from_cgroup(Host::Db, Some(&other), own, db.port),
+        "a process outside the allowed cgroup connected to the host's own address"
+    );
+    assert!(
+        lan.connect_from_cgroup(Host::Db, Some(&allowed), lo, db.port),
+        "a process in the allowed cgroup was refused"
+    );
+    wait_until("a local_connect_refused event", 10, || {
+        guard.log().contains("\"event\":\"local_connect_refused\"")
+    });
+    let status = guard.status();
+    assert!(status.contains("\"local_denied\": 2"), "{status}");
+    assert!(status.contains("\"local_allowed\": 1"), "{status}");
+}
