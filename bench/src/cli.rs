@@ -100,9 +100,10 @@ pub struct Args {
     /// The pgbouncer binary for the managed set-up.
     #[arg(long, default_value = "/usr/sbin/pgbouncer")]
     pub pgbouncer_bin: PathBuf,
-    /// The masking policy for the masked gateway target (its `[mask…]` tables are used).
-    #[arg(long, default_value = "deploy/quickstart.toml")]
-    pub mask_policy: PathBuf,
+    /// A gateway config whose `[mask…]` tables replace the quickstart's masking policy for
+    /// the masked target.
+    #[arg(long)]
+    pub mask_policy: Option<PathBuf>,
     /// Do not start the gateway (managed set-up): direct and pgbouncer only.
     #[arg(long)]
     pub no_gateway: bool,
@@ -172,7 +173,7 @@ pub fn run(args: &Args) -> Result<Outcome, BenchError> {
                     seed: args.seed,
                     pgbench_scale: if quick { 1 } else { 10 },
                     pgbouncer_bin: args.pgbouncer_bin.clone(),
-                    mask_policy: Some(args.mask_policy.clone()),
+                    mask_policy: args.mask_policy.clone(),
                     gateway: !args.no_gateway,
                 },
                 &say,

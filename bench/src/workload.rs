@@ -37,9 +37,11 @@ impl Group {
         }
     }
 
-    /// Masking targets only see the large results (workload 6 of the issue).
+    /// Masking targets only see the large query results (workload 6 of the issue): the
+    /// gateway refuses COPY out of masked tables by design, since COPY output cannot be
+    /// mapped to source columns.
     pub fn runs_masked(self) -> bool {
-        matches!(self, Group::Narrow | Group::Wide | Group::Copy)
+        matches!(self, Group::Narrow | Group::Wide)
     }
 }
 

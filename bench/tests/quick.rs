@@ -13,15 +13,12 @@ use clap::Parser;
 #[test]
 fn quick_mode_end_to_end() {
     let out = tempfile::tempdir().expect("temp dir");
-    let mask_policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/quickstart.toml");
     let args = Args::parse_from([
         "portcullis-bench",
         "--quick",
         "--no-progress",
         "--out",
         out.path().to_str().unwrap(),
-        "--mask-policy",
-        mask_policy.to_str().unwrap(),
     ]);
     let outcome = cli::run(&args).expect("quick run");
 
@@ -60,7 +57,7 @@ fn quick_mode_end_to_end() {
 
     for w in &r.workloads {
         for t in &r.targets {
-            let applies = !t.masked || matches!(w.group, Group::Narrow | Group::Wide | Group::Copy);
+            let applies = !t.masked || w.group.runs_masked();
             let m = r.result(&w.id, &t.name);
             if !applies {
                 assert!(m.is_none(), "{} ran against masked {}", w.id, t.name);
