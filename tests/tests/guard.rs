@@ -627,8 +627,8 @@ per_mode! {
     allow_add_remove_without_restart: 4, 8;
 }
 
-/// 5. Killing the guard leaves enforcement in place; a new run adopts it instead of attaching
-/// twice; detach removes it and the agent gets through again.
+/// Scenario 5: killing the guard leaves enforcement in place; a new run adopts it instead of
+/// attaching twice; detach removes it and the agent gets through again.
 #[test]
 fn enforcement_survives_the_loader_and_detach_removes_it() {
     let lan = Lan::new(9);
@@ -683,8 +683,8 @@ fn enforcement_survives_the_loader_and_detach_removes_it() {
     assert!(!guard.pin_dir.exists(), "detach left pins behind");
 }
 
-/// 6. Local mode: on the db host, a process outside the allowed cgroup cannot connect to
-/// 127.0.0.1 (nor to the host's own address); one inside can.
+/// Scenario 6, local mode: on the db host, a process outside the allowed cgroup cannot connect
+/// to 127.0.0.1 (nor to the host's own address); one inside can.
 #[test]
 fn local_mode_refuses_connects_outside_allowed_cgroups() {
     let lan = Lan::new(10);

@@ -12,7 +12,7 @@ mod parse;
 
 use aya_ebpf::{
     Global,
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_UNSPEC, xdp_action},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
         bpf_ktime_get_boot_ns,
@@ -56,6 +56,9 @@ static EVENT_BURST: Global<u64> = Global::new(DEFAULT_EVENT_BURST);
 /// accepts fits.
 const TC_PULL_LEN: u32 = 576;
 
+/// TC_ACT_SHOT; the bindings type it differently per target arch, so spelled out here.
+const TC_ACT_SHOT: i32 = 2;
+
 const SOCK_STREAM: u32 = 1;
 const CONNECT_ALLOW: i32 = 1;
 const CONNECT_REFUSE: i32 = 0;
@@ -86,7 +89,7 @@ pub fn guard_tc(ctx: TcContext) -> i32 {
         }
     }
     match packet {
-        Some(packet) if refuse(&packet, hook::TC) => TC_ACT_SHOT as i32,
+        Some(packet) if refuse(&packet, hook::TC) => TC_ACT_SHOT,
         // UNSPEC is tcx's "next": later programs on the interface still see the packet.
         _ => TC_ACT_UNSPEC,
     }

@@ -47,32 +47,36 @@ pub enum LoaderError {
         "this portcullis-guard was built with AYA_BUILD_SKIP=1 and holds no eBPF object; rebuild it with the BPF toolchain (`cargo xtask setup`)"
     )]
     NoObject,
+    // aya's errors are large; boxed so every Result here stays small.
     #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error(
         "XDP does not attach to {interface} (native: {native}; generic: {generic}); use TC mode instead (`--mode tc`, or mode = \"tc\")"
     )]
     XdpUnsupported {
         interface: String,
-        native: ProgramError,
-        generic: ProgramError,
+        native: Box<ProgramError>,
+        generic: Box<ProgramError>,
     },
     #[error(
         "TC attach on {interface} did not give a tcx link (kernel 6.6 or later is needed to pin it): {source}"
     )]
     TcxUnsupported {
         interface: String,
-        source: LinkError,
+        source: Box<LinkError>,
     },
     #[error("link {what}: {source}")]
-    Link { what: String, source: LinkError },
+    Link {
+        what: String,
+        source: Box<LinkError>,
+    },
     #[error("pinning {what}: {source}")]
-    Pin { what: String, source: PinError },
+    Pin { what: String, source: Box<PinError> },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -101,7 +105,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoaderError + '_ {
 }
 
 fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> LoaderError {
-    move |source| LoaderError::Program { name, source }
+    move |source| LoaderError::Program {
+        name,
+        source: Box::new(source),
+    }
 }
 
 /// Runs every check `run` needs, without touching the kernel.
@@ -131,7 +138,8 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
         .default_map_pin_directory(&maps_dir)
         .override_global(globals::EVENT_RATE, &cfg.event_rate, true)
         .override_global(globals::EVENT_BURST, &cfg.event_burst, true)
-        .load(OBJECT)?;
+        .load(OBJECT)
+        .map_err(|e| LoaderError::Load(Box::new(e)))?;
 
     // Maps first: a program attached below must see the configured state from its first packet.
     let state = State::open(&pins)?;
@@ -192,8 +200,8 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
                             Err(generic) => {
                                 return Err(LoaderError::XdpUnsupported {
                                     interface: iface.clone(),
-                                    native,
-                                    generic,
+                                    native: Box::new(native),
+                                    generic: Box::new(generic),
                                 });
                             }
                         },
@@ -203,7 +211,7 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
                     repin_program(&pins, progs::XDP, |p| prog.pin(p))?;
                     FdLink::try_from(link).map_err(|source| LoaderError::Link {
                         what: format!("xdp@{iface}"),
-                        source,
+                        source: Box::new(source),
                     })?
                 }
                 Mode::Tc => {
@@ -220,7 +228,7 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
                     repin_program(&pins, progs::TC, |p| prog.pin(p))?;
                     FdLink::try_from(link).map_err(|source| LoaderError::TcxUnsupported {
                         interface: iface.clone(),
-                        source,
+                        source: Box::new(source),
                     })?
                 }
             };
@@ -265,7 +273,7 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
         repin_program(&pins, name, |p| prog.pin(p))?;
         let link = FdLink::try_from(link).map_err(|source| LoaderError::Link {
             what: att.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         pin_link(&pins, &att, link)?;
         report.attached.push(att);
@@ -296,7 +304,7 @@ fn pin_link(pins: &Pins, att: &Attachment, link: FdLink) -> Result<(), LoaderErr
         .map(drop)
         .map_err(|source| LoaderError::Pin {
             what: att.to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -311,7 +319,7 @@ fn repin_program(
     }
     pin(&path).map_err(|source| LoaderError::Pin {
         what: name.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
