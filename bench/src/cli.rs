@@ -13,7 +13,7 @@ use crate::runner::Runner;
 use crate::target::{ConnInfo, Kind, Target, TargetError, Unavailable};
 use crate::wire;
 use crate::workload::{self, PlanOptions, Timing};
-use crate::{charts, compare, table};
+use crate::{charts, compare, goals, table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -119,6 +119,9 @@ pub struct Args {
     pub compare: Option<PathBuf>,
     #[arg(long)]
     pub no_charts: bool,
+    /// Run nothing: print the tables and draw the charts of an earlier bench.json.
+    #[arg(long)]
+    pub render: Option<PathBuf>,
     #[arg(long)]
     pub no_progress: bool,
 }
@@ -130,7 +133,49 @@ pub struct Outcome {
     pub charts: Vec<PathBuf>,
 }
 
+fn load(path: &PathBuf) -> Result<Report, BenchError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BenchError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| BenchError::Json {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Tables, goals, the comparison and charts of a finished report.
+fn present(args: &Args, report: &Report) -> Result<Vec<PathBuf>, BenchError> {
+    std::fs::create_dir_all(&args.out).map_err(|source| BenchError::Io {
+        path: args.out.clone(),
+        source,
+    })?;
+    let charts = if args.no_charts {
+        Vec::new()
+    } else {
+        charts::write_all(report, &args.out)?
+    };
+    println!("{}", table::tables(report));
+    println!("{}", goals::table(report));
+    if let Some(old) = &args.compare {
+        println!("{}", compare::compare(&load(old)?, report));
+    }
+    for c in &charts {
+        println!("chart: {}", c.display());
+    }
+    Ok(charts)
+}
+
 pub fn run(args: &Args) -> Result<Outcome, BenchError> {
+    if let Some(path) = &args.render {
+        let report = load(path)?;
+        let charts = present(args, &report)?;
+        return Ok(Outcome {
+            report,
+            json: path.clone(),
+            charts,
+        });
+    }
     let quick = args.quick;
     let mut timing = if quick {
         Timing::quick()
@@ -265,29 +310,8 @@ pub fn run(args: &Args) -> Result<Outcome, BenchError> {
         path: json.clone(),
         source,
     })?;
-    let charts = if args.no_charts {
-        Vec::new()
-    } else {
-        charts::write_all(&report, &args.out)?
-    };
-
-    println!("{}", table::tables(&report));
-    if let Some(old) = &args.compare {
-        let text = std::fs::read_to_string(old).map_err(|source| BenchError::Io {
-            path: old.clone(),
-            source,
-        })?;
-        let old_report: Report =
-            serde_json::from_str(&text).map_err(|source| BenchError::Json {
-                path: old.clone(),
-                source,
-            })?;
-        println!("{}", compare::compare(&old_report, &report));
-    }
     println!("json: {}", json.display());
-    for c in &charts {
-        println!("chart: {}", c.display());
-    }
+    let charts = present(args, &report)?;
     Ok(Outcome {
         report,
         json,

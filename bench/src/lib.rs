@@ -10,6 +10,7 @@
 pub mod charts;
 pub mod cli;
 pub mod compare;
+pub mod goals;
 pub mod managed;
 pub mod pgbench;
 pub mod procstat;
