@@ -7,7 +7,7 @@
 //! caller's reusable findings vector, and no regular expression runs on values.
 //!
 //! Detection is deliberately strict so ordinary numbers survive:
-//! - card: 13-19 digits (single spaces or dashes between groups allowed), a known IIN
+//! - card: 13-19 digits (single spaces or dashes between groups of 3 or more, the last may be shorter), a known IIN
 //!   range with a length that range issues, and the Luhn check;
 //! - SSN: `AAA-GG-SSSS` with area not 000/666/900-999, group not 00, serial not 0000;
 //!   a bare 9-digit number only when the rule hints `ssn`;
@@ -89,8 +89,8 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Most digit groups a run may have before the rest is ignored for evaluation.
-const MAX_GROUPS: usize = 24;
+/// Digit groups evaluated at once; longer runs are evaluated in overlapping windows.
+const MAX_GROUPS: usize = 32;
 
 /// A configured detector pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,32 +196,41 @@ impl Scanner {
         let mut seps = [0u8; MAX_GROUPS];
         let mut k = 0;
         let mut i = start;
-        loop {
+        let truncated = loop {
             let gs = i;
             while i < n && text[i].is_ascii_digit() {
                 i += 1;
             }
-            if k < MAX_GROUPS {
-                groups[k] = (gs, i);
-                k += 1;
+            groups[k] = (gs, i);
+            k += 1;
+            let more =
+                i + 1 < n && (text[i] == b' ' || text[i] == b'-') && text[i + 1].is_ascii_digit();
+            if !more {
+                break false;
             }
-            if i + 1 < n && (text[i] == b' ' || text[i] == b'-') && text[i + 1].is_ascii_digit() {
-                if k <= MAX_GROUPS && k > 0 {
-                    seps[k - 1] = text[i];
-                }
-                i += 1;
-                continue;
+            if k == MAX_GROUPS {
+                break true;
             }
-            break;
-        }
+            seps[k - 1] = text[i];
+            i += 1;
+        };
         let mut end = i;
-        if end < n && text[end].is_ascii_alphabetic() {
+        if !truncated && end < n && text[end].is_ascii_alphabetic() {
             // The last group is glued to a word ("12ab"): it is not a number on its own.
             k -= 1;
             end = skip_alnum(text, end);
         }
+        let before = out.len();
         if k > 0 {
             self.evaluate(text, &groups[..k], &seps[..k], out);
+        }
+        if truncated {
+            // A very long run is evaluated in windows. A finding has at most 19 digits,
+            // so it spans at most 19 groups: resume at the 19th group from the end (or
+            // after the last finding) so no window is missed and none is found twice.
+            let overlap = groups[MAX_GROUPS - 19].0;
+            let last = out[before..].iter().map(|f| f.end).max().unwrap_or(0);
+            return overlap.max(last);
         }
         end
     }
@@ -301,7 +310,11 @@ impl Scanner {
                 let mut count = 0;
                 let mut best = None;
                 for b in a..k {
-                    if used[b] || count + len(b) > 19 {
+                    // Cards are printed in groups of 3 or more (4-4-4-4, 4-6-5, ...)
+                    // with perhaps a short last group: "4 5 6 7 ..." is a list of
+                    // small numbers, not a card.
+                    let short = k > 1 && len(b) < 3;
+                    if used[b] || count + len(b) > 19 || (short && b == a) {
                         break;
                     }
                     digits[count..count + len(b)].copy_from_slice(&text[groups[b].0..groups[b].1]);
@@ -311,6 +324,9 @@ impl Scanner {
                         && (!check_iin || iin_known(&digits[..count]))
                     {
                         best = Some(b);
+                    }
+                    if short {
+                        break;
                     }
                 }
                 match best {
@@ -712,6 +728,31 @@ mod tests {
         assert!(find(&s, "ID4111111111111111").is_empty());
         assert!(find(&s, "41111111111111110").is_empty());
         assert!(find(&s, "4111111111111111abc").is_empty());
+    }
+
+    #[test]
+    fn long_runs_are_scanned_to_the_end() {
+        let s = all();
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!("{} ", i % 10));
+        }
+        assert!(
+            find(&s, &text).is_empty(),
+            "single digits do not form cards"
+        );
+        assert_eq!(
+            find(&s, "4111 1111 1111 9"),
+            [("4111 1111 1111 9".into(), DetectorKind::Card)]
+        );
+        text.push_str("4111 1111 1111 1111 9");
+        let found = find(&s, &text);
+        assert_eq!(found, [("4111 1111 1111 1111".into(), DetectorKind::Card)]);
+        let dashes = format!("{}123-45-6789", "1-".repeat(200));
+        assert_eq!(
+            find(&s, &dashes),
+            [("123-45-6789".into(), DetectorKind::Ssn)]
+        );
     }
 
     #[test]
