@@ -94,3 +94,25 @@ pub fn check_interface(name: &str) -> Result<u32, PreflightError> {
         index => Ok(index),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_is_not_bpffs_and_the_error_says_how_to_mount() {
+        let err = check_bpffs(Path::new("/tmp/portcullis"), false).unwrap_err();
+        assert!(matches!(err, PreflightError::BpffsNotMounted { .. }));
+        assert!(err.to_string().contains("mount -t bpf bpf /tmp"), "{err}");
+    }
+
+    #[test]
+    fn missing_interface_is_named() {
+        let err = check_interface("pc-no-such-if").unwrap_err();
+        assert!(
+            err.to_string().contains("`pc-no-such-if` does not exist"),
+            "{err}"
+        );
+        assert!(check_interface("lo").is_ok());
+    }
+}
