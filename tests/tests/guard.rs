@@ -418,6 +418,7 @@ impl NsGateway {
                 "gateway never listened:\n{}",
                 gw.log()
             );
+            std::thread::sleep(Duration::from_millis(50));
         }
         gw
     }
