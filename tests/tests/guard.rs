@@ -267,19 +267,19 @@ impl Guard {
         ))
     }
 
-    fn start(lan: &Lan, db: &PgCluster, mode: Mode, extra: &[String]) -> Guard {
+    fn start(lan: &Lan, port: u16, mode: Mode, extra: &[String]) -> Guard {
         let mut g = Guard {
             child: None,
             pin_dir: Self::pin_dir(lan.n),
             dir: tempfile::tempdir().unwrap(),
             runs: 0,
         };
-        g.run(lan, db, mode, extra);
+        g.run(lan, port, mode, extra);
         g
     }
 
     /// Starts `run` (again) with the standard arguments and waits for it to report.
-    fn run(&mut self, lan: &Lan, db: &PgCluster, mode: Mode, extra: &[String]) {
+    fn run(&mut self, lan: &Lan, port: u16, mode: Mode, extra: &[String]) {
         self.runs += 1;
         let log = self.log_path();
         let out = fs::File::create(&log).unwrap();
@@ -289,7 +289,7 @@ impl Guard {
             .arg(&self.pin_dir)
             .args(["run", "--mount-bpffs", "--mode", mode.as_str()])
             .args(["--interface", &lan.iface(Host::Db)])
-            .args(["--port", &db.port.to_string()])
+            .args(["--port", &port.to_string()])
             .args(["--allow", &format!("{}/32", lan.v4(Host::Gw))])
             .args(["--allow", &format!("{}/128", lan.v6(Host::Gw))])
             .args(extra)
@@ -497,7 +497,7 @@ fn direct_agent_is_dropped_and_recorded(n: u8, mode: Mode) {
         lan.can_connect(Host::Agent, dbaddr, db.port),
         "without the guard the agent reaches the database (topology sanity)"
     );
-    let guard = Guard::start(&lan, &db, mode, &[]);
+    let guard = Guard::start(&lan, db.port, mode, &[]);
     assert!(
         !lan.can_connect(Host::Agent, dbaddr, db.port),
         "the agent reached the database directly with the guard attached ({mode:?})"
@@ -513,7 +513,7 @@ fn direct_agent_is_dropped_and_recorded(n: u8, mode: Mode) {
 fn agent_through_gateway_runs_queries(n: u8, mode: Mode) {
     let lan = Lan::new(n);
     let db = start_db(&lan);
-    let _guard = Guard::start(&lan, &db, mode, &[]);
+    let _guard = Guard::start(&lan, db.port, mode, &[]);
     let gw = NsGateway::start(&lan, &db);
     let out = psql_via_gateway(
         &lan,
@@ -545,7 +545,7 @@ fn ipv6_agent_is_dropped(n: u8, mode: Mode) {
         lan.can_connect(Host::Agent, dbaddr, db.port),
         "without the guard the agent reaches the database over IPv6 (topology sanity)"
     );
-    let guard = Guard::start(&lan, &db, mode, &[]);
+    let guard = Guard::start(&lan, db.port, mode, &[]);
     assert!(
         !lan.can_connect(Host::Agent, dbaddr, db.port),
         "the agent reached the database over IPv6 ({mode:?})"
@@ -561,7 +561,7 @@ fn ipv6_agent_is_dropped(n: u8, mode: Mode) {
 fn allow_add_remove_without_restart(n: u8, mode: Mode) {
     let lan = Lan::new(n);
     let db = start_db(&lan);
-    let mut guard = Guard::start(&lan, &db, mode, &[]);
+    let mut guard = Guard::start(&lan, db.port, mode, &[]);
     let dbaddr = IpAddr::V4(lan.v4(Host::Db));
     let agent = format!("{}/32", lan.v4(Host::Agent));
     assert!(!lan.can_connect(Host::Agent, dbaddr, db.port));
@@ -635,7 +635,7 @@ fn enforcement_survives_the_loader_and_detach_removes_it() {
     let lan = Lan::new(9);
     let db = start_db(&lan);
     let dbaddr = IpAddr::V4(lan.v4(Host::Db));
-    let mut guard = Guard::start(&lan, &db, Mode::Xdp, &[]);
+    let mut guard = Guard::start(&lan, db.port, Mode::Xdp, &[]);
     assert!(
         guard.log().contains("\"attached\":[{\"interface\""),
         "{}",
@@ -648,7 +648,7 @@ fn enforcement_survives_the_loader_and_detach_removes_it() {
         "enforcement went away with the loader"
     );
 
-    guard.run(&lan, &db, Mode::Xdp, &[]);
+    guard.run(&lan, db.port, Mode::Xdp, &[]);
     let started = guard.log();
     assert!(
         started.contains("\"adopted\":[{\"interface\"") && started.contains("\"attached\":[]"),
@@ -698,7 +698,7 @@ fn local_mode_refuses_connects_outside_allowed_cgroups() {
     assert!(lan.connect_from_cgroup(Host::Db, Some(&other), lo, db.port));
 
     // Without the flag local mode stays off.
-    let guard = Guard::start(&lan, &db, Mode::Xdp, &[]);
+    let guard = Guard::start(&lan, db.port, Mode::Xdp, &[]);
     assert!(
         lan.connect_from_cgroup(Host::Db, Some(&other), lo, db.port),
         "local mode must be off by default"
@@ -709,7 +709,7 @@ fn local_mode_refuses_connects_outside_allowed_cgroups() {
     // disturb anything else on this machine; in production the default is the root.
     let guard = Guard::start(
         &lan,
-        &db,
+        db.port,
         Mode::Xdp,
         &[
             "--local".into(),
@@ -737,4 +737,46 @@ fn local_mode_refuses_connects_outside_allowed_cgroups() {
     let status = guard.status();
     assert!(status.contains("\"local_denied\": 2"), "{status}");
     assert!(status.contains("\"local_allowed\": 1"), "{status}");
+}
+
+/// When XDP cannot attach (here: the interface already has an XDP program, in another pin
+/// directory) the error says to use TC, and TC mode then attaches beside it.
+#[test]
+fn xdp_conflict_points_to_tc_mode() {
+    let lan = Lan::new(11);
+    let _first = Guard::start(&lan, 5432, Mode::Xdp, &[]);
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/portcullis-e2e-{}-11b",
+        std::process::id()
+    ));
+    let second = |mode: &str| {
+        lan.cmd(Host::Db, guard_binary())
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(["run", "--no-follow", "--mode", mode])
+            .args(["--interface", &lan.iface(Host::Db)])
+            .output()
+            .expect("run portcullis-guard")
+    };
+    let out = second("xdp");
+    let _ = Command::new(guard_binary())
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("detach")
+        .output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second XDP attach succeeded");
+    assert!(stderr.contains("use TC mode instead"), "{stderr}");
+    let out = second("tc");
+    let _ = Command::new(guard_binary())
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("detach")
+        .output();
+    let _ = fs::remove_dir_all(&pin_dir);
+    assert!(
+        out.status.success(),
+        "TC mode did not attach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

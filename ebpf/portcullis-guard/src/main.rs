@@ -101,6 +101,8 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run(args) => run(cli.pin_dir, args),
         Cmd::Status { json } => {
+            // bpffs pins are root-only: say so rather than fail on the first map.
+            preflight::check_root()?;
             let status = State::open(&pins(&cli.pin_dir))?.status()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
