@@ -132,7 +132,15 @@ pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
     )
     .await
     .unwrap_or_else(|_| panic!("connect timed out: {conninfo}"))
-    .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
+    .unwrap_or_else(|e| match e.as_db_error() {
+        Some(db) => panic!(
+            "connect {conninfo}: {} {}: {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        ),
+        None => panic!("connect {conninfo}: {e:?}"),
+    });
     tokio::spawn(async move {
         let _ = conn.await;
     });
