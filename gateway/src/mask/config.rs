@@ -97,6 +97,27 @@ pub struct RuleConfig {
     pub exempt_identities: Vec<String>,
 }
 
+impl RuleConfig {
+    /// A rule with this strategy and nothing else set, for building configs in code.
+    pub fn new(strategy: StrategyKind) -> Self {
+        RuleConfig {
+            name: None,
+            column: None,
+            column_name: None,
+            column_regex: None,
+            detectors: Vec::new(),
+            hints: Vec::new(),
+            strategy,
+            keep_last: None,
+            keep_first: None,
+            mask_char: None,
+            text: None,
+            exempt_roles: Vec::new(),
+            exempt_identities: Vec::new(),
+        }
+    }
+}
+
 /// How a value (or each finding inside it) is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -8,7 +8,6 @@
 //! nine-digit value starts with 9, an SSN area that is never issued.
 
 use std::hash::Hasher;
-use std::ops::DerefMut;
 
 use bytes::BufMut;
 use hmac::{Hmac, Mac};
@@ -20,8 +19,8 @@ use super::detect::{self, Scanner};
 type HmacSha256 = Hmac<Sha256>;
 
 /// Where strategies write: `Vec<u8>` or `BytesMut`, appended to and patched in place.
-pub trait Sink: BufMut + DerefMut<Target = [u8]> {}
-impl<T: BufMut + DerefMut<Target = [u8]>> Sink for T {}
+pub trait Sink: BufMut + std::ops::DerefMut<Target = [u8]> {}
+impl<T: BufMut + std::ops::DerefMut<Target = [u8]>> Sink for T {}
 
 /// Letters used for hash tokens: a token has no digits, so it can never form part of a
 /// card or account number that a later scan (or a human) would take for real.
@@ -137,14 +136,27 @@ fn significant(b: u8) -> bool {
 }
 
 fn partial<S: Sink>(value: &[u8], keep_first: usize, keep_last: usize, mask: u8, out: &mut S) {
-    let total = chars(value).filter(|c| significant(c[0])).count();
-    // Keeping everything of a short value would reveal it: mask all of it instead.
-    let (kf, kl) = if keep_first + keep_last >= total {
-        (0, 0)
-    } else {
-        (keep_first, keep_last)
-    };
     let start = out.len();
+    if value.is_ascii() {
+        // The common case: copy once, then mask in place.
+        let total = value.iter().filter(|b| b.is_ascii_alphanumeric()).count();
+        let (kf, kl) = kept(keep_first, keep_last, total);
+        out.put_slice(value);
+        let mut idx = 0;
+        for b in out[start..]
+            .iter_mut()
+            .filter(|b| b.is_ascii_alphanumeric())
+        {
+            if idx >= kf && idx < total - kl {
+                *b = mask;
+            }
+            idx += 1;
+        }
+        recheck(&mut out[start..], kf + kl, mask);
+        return;
+    }
+    let total = chars(value).filter(|c| significant(c[0])).count();
+    let (kf, kl) = kept(keep_first, keep_last, total);
     let mut idx = 0;
     for c in chars(value) {
         if significant(c[0]) {
@@ -158,14 +170,26 @@ fn partial<S: Sink>(value: &[u8], keep_first: usize, keep_last: usize, mask: u8,
             out.put_slice(c);
         }
     }
-    if (kf, kl) != (0, 0) && Scanner::strict().finds_any(&out[start..]) {
-        // What was kept still reads as a real value (a long free-text cell): mask all.
-        let n = out.len() - start;
-        out.deref_mut()[start..start + n]
-            .iter_mut()
+    recheck(&mut out[start..], kf + kl, mask);
+}
+
+/// Keeping everything of a short value would reveal it: then mask all of it.
+fn kept(keep_first: usize, keep_last: usize, total: usize) -> (usize, usize) {
+    if keep_first + keep_last >= total {
+        (0, 0)
+    } else {
+        (keep_first, keep_last)
+    }
+}
+
+/// If the kept characters still read as a real value (a long free-text cell), mask all.
+/// Nine kept characters are the fewest that can (an SSN or routing number).
+fn recheck(out: &mut [u8], kept: usize, mask: u8) {
+    if kept >= 9 && Scanner::strict().finds_any(out) {
+        // Multi-byte characters become runs of mask bytes; still valid text.
+        out.iter_mut()
             .filter(|b| significant(**b))
             .for_each(|b| *b = mask);
-        // Multi-byte characters kept above are now runs of mask bytes; fine for text.
     }
 }
 
@@ -247,10 +271,19 @@ fn fix(out: &mut [u8], scanner: &Scanner, whole_value: bool) -> Result<(), Unspo
     let mut findings = Vec::new();
     for _ in 0..64 {
         let whole = whole_value && {
-            let digits: Vec<u8> = out.iter().copied().filter(u8::is_ascii_digit).collect();
-            ((13..=19).contains(&digits.len()) && detect::luhn_valid(&digits))
-                || (digits.len() == 9
-                    && (detect::aba_checksum_ok(&digits) || detect::ssn_valid(&digits)))
+            // Only counts of 9 and 13-19 matter, so a small stack buffer is enough.
+            let mut buf = [0u8; 20];
+            let mut n = 0;
+            for &b in out.iter().filter(|b| b.is_ascii_digit()) {
+                if n == buf.len() {
+                    break;
+                }
+                buf[n] = b;
+                n += 1;
+            }
+            let digits = &buf[..n];
+            ((13..=19).contains(&n) && detect::luhn_valid(digits))
+                || (n == 9 && (detect::aba_checksum_ok(digits) || detect::ssn_valid(digits)))
                 || compact_iban_valid(out)
         };
         let (start, end, kind) = if whole {
