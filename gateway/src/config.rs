@@ -252,7 +252,10 @@ impl Config {
         }
         if let Some(ca) = &self.upstream.ca {
             if !ca.exists() {
-                return Err(invalid("upstream.ca", format!("{} does not exist", ca.display())));
+                return Err(invalid(
+                    "upstream.ca",
+                    format!("{} does not exist", ca.display()),
+                ));
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

@@ -16,7 +16,11 @@ use tracing::{error, info, warn};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "PostgreSQL gateway for AI agents")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "PostgreSQL gateway for AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -146,7 +150,10 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
 
-    info!(sessions = shared.lifecycle.sessions(), "stopping: no new connections");
+    info!(
+        sessions = shared.lifecycle.sessions(),
+        "stopping: no new connections"
+    );
     shared.lifecycle.stop();
     let deadline = Instant::now() + Duration::from_secs(cfg.server.shutdown_grace_secs);
     while shared.lifecycle.sessions() > 0 && Instant::now() < deadline {
@@ -154,7 +161,10 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     }
     let left = shared.lifecycle.sessions();
     if left > 0 {
-        warn!(sessions = left, "grace period over, closing remaining sessions");
+        warn!(
+            sessions = left,
+            "grace period over, closing remaining sessions"
+        );
         std::process::exit(0);
     }
     for h in handles {

@@ -13,7 +13,12 @@ use portcullis::session::upstream::UpstreamHandshake;
 use proptest::prelude::*;
 
 fn relay() -> Relay<PassThrough> {
-    Relay::new(RelayLimits { max_message: 1 << 16 }, PassThrough)
+    Relay::new(
+        RelayLimits {
+            max_message: 1 << 16,
+        },
+        PassThrough,
+    )
 }
 
 /// Feeds `data` in reads of the given sizes (cycled).
@@ -35,7 +40,11 @@ fn feed(data: &[u8], sizes: &[usize], mut f: impl FnMut(&mut BytesMut) -> bool) 
 fn backend_message() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         // DataRow with 1-3 columns, some NULL
-        prop::collection::vec(prop::option::of(prop::collection::vec(any::<u8>(), 0..300)), 1..4).prop_map(|cols| {
+        prop::collection::vec(
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..300)),
+            1..4
+        )
+        .prop_map(|cols| {
             build(b'D', |b| {
                 b.put_i16(cols.len() as i16);
                 for c in &cols {
@@ -89,7 +98,7 @@ proptest! {
         let mut hs = ClientHandshake::new(store, TlsOffer::Optional);
         let mut steps = Vec::new();
         hs.on_bytes(&mut BytesMut::from(&data[..]), &mut steps);
-        let mut up = UpstreamHandshake::new("u", "p", false);
+        let mut up = UpstreamHandshake::new("u", "p", false, Default::default());
         let mut steps = Vec::new();
         let _ = up.on_bytes(&mut BytesMut::from(&data[..]), &mut steps);
     }

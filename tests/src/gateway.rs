@@ -108,6 +108,9 @@ pub struct GatewayOptions {
     /// `(cert, key)` PEM paths for `[server.tls]`.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub tls_required: bool,
+    /// Lines of the `[upstream]` section about TLS (`tls = …`, `ca = …`,
+    /// `tls_server_name = …`); plaintext by default.
+    pub upstream_tls: Vec<String>,
     pub startup_timeout: Duration,
 }
 
@@ -132,6 +135,7 @@ impl GatewayOptions {
             extra_toml: String::new(),
             tls: None,
             tls_required: false,
+            upstream_tls: vec!["tls = \"disable\"".into()],
             startup_timeout: Duration::from_secs(30),
         }
     }
@@ -167,11 +171,12 @@ impl GatewayOptions {
         }
         let _ = writeln!(
             t,
-            "\n[upstream]\nhost = {}\nport = {}\nuser = {}\npassword = {}\ntls = \"disable\"",
+            "\n[upstream]\nhost = {}\nport = {}\nuser = {}\npassword = {}\n{}",
             q(&self.upstream_host),
             self.upstream_port,
             q(&self.upstream_user),
-            q(&self.upstream_password)
+            q(&self.upstream_password),
+            self.upstream_tls.join("\n")
         );
         for id in &self.identities {
             let roles: Vec<String> = id.roles.iter().map(|r| q(r)).collect();

@@ -9,12 +9,14 @@ pub mod dataset;
 pub mod gateway;
 pub mod net;
 pub mod pg;
+pub mod policy;
 pub mod scram;
 
 pub use dataset::{aba_valid, iban_valid, load_financial, luhn_valid, ssn_valid};
 pub use gateway::{Engine, Gateway, GatewayOptions, Identity};
 pub use net::{NetNs, free_port};
 pub use pg::{PgCluster, PgOptions};
+pub use policy::QUICKSTART_MASK_POLICY;
 
 /// Generates one `#[test]` per I/O engine from a function taking an [`Engine`], so every
 /// data-path scenario runs on both io_uring and epoll under its own name

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let mut steps = Vec::new();
     hs.on_bytes(&mut BytesMut::from(data), &mut steps);
 
-    let mut up = UpstreamHandshake::new("u", "p", false);
+    let mut up = UpstreamHandshake::new("u", "p", false, Default::default());
     let mut steps = Vec::new();
     let _ = up.on_bytes(&mut BytesMut::from(data), &mut steps);
 });

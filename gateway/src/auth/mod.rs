@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rand::RngCore;
 
-pub use scram::{ScramError, ScramServer, Verifier};
+pub use scram::{SaltedCache, ScramClient, ScramError, ScramServer, Verifier};
 
 /// A configured agent identity.
 #[derive(Debug, Clone)]

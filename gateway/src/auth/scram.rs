@@ -18,7 +18,9 @@ pub const DEFAULT_ITERATIONS: u32 = 4096;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScramError {
-    #[error("not a SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as printed by `portcullis hash-secret`)")]
+    #[error(
+        "not a SCRAM-SHA-256 verifier (expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, as printed by `portcullis hash-secret`)"
+    )]
     BadVerifier,
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
@@ -241,6 +243,135 @@ impl ScramServer {
     }
 }
 
+/// Salted passwords already derived, by (salt, iterations). The server's salt for a role
+/// does not change between logins, so the gateway pays PBKDF2 once per upstream
+/// credential instead of once per session.
+#[derive(Debug, Default)]
+pub struct SaltedCache {
+    /// (digest of the password, salt, iterations) → salted password.
+    entries: std::sync::Mutex<Vec<([u8; 32], Vec<u8>, u32, [u8; 32])>>,
+}
+
+impl SaltedCache {
+    fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+        let who: [u8; 32] = Sha256::digest(password).into();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, _, k)) = entries
+            .iter()
+            .find(|(w, s, i, _)| *w == who && s == salt && *i == iterations)
+        {
+            return *k;
+        }
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut salted);
+        // A handful of upstream roles at most; a bound keeps a hostile server from
+        // growing it by changing salts.
+        if entries.len() >= 16 {
+            entries.remove(0);
+        }
+        entries.push((who, salt.to_vec(), iterations, salted));
+        salted
+    }
+}
+
+/// One client-side exchange, for the gateway's login to the real server.
+#[derive(Debug)]
+pub struct ScramClient {
+    password: Vec<u8>,
+    nonce: String,
+    state: ClientState,
+}
+
+#[derive(Debug)]
+enum ClientState {
+    Initial,
+    SentFinal { server_signature: [u8; 32] },
+    Done,
+}
+
+impl ScramClient {
+    pub fn new(password: &str) -> Self {
+        let mut raw = [0u8; 18];
+        rand::thread_rng().fill_bytes(&mut raw);
+        Self {
+            password: password.as_bytes().to_vec(),
+            nonce: B64.encode(raw),
+            state: ClientState::Initial,
+        }
+    }
+
+    /// `client-first-message`. PostgreSQL ignores the SCRAM user name (it has the
+    /// start-up packet's), so it is left empty.
+    pub fn client_first(&self) -> Vec<u8> {
+        format!("n,,{}", self.first_bare()).into_bytes()
+    }
+
+    fn first_bare(&self) -> String {
+        format!("n=,r={}", self.nonce)
+    }
+
+    /// Takes `server-first-message`, returns `client-final-message`.
+    pub fn server_first(&mut self, msg: &[u8], cache: &SaltedCache) -> Result<Vec<u8>, ScramError> {
+        if !matches!(self.state, ClientState::Initial) {
+            return Err(ScramError::Malformed("unexpected server-first-message"));
+        }
+        let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in msg.split(',') {
+            if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            } else if let Some(v) = attr.strip_prefix("s=") {
+                salt = B64.decode(v).ok();
+            } else if let Some(v) = attr.strip_prefix("i=") {
+                iterations = v.parse::<u32>().ok();
+            }
+        }
+        let nonce = nonce
+            .filter(|n| n.starts_with(&self.nonce) && n.len() > self.nonce.len())
+            .ok_or(ScramError::Malformed("server nonce"))?;
+        let salt = salt.ok_or(ScramError::Malformed("salt"))?;
+        let iterations = iterations
+            .filter(|i| (1..=10_000_000).contains(i))
+            .ok_or(ScramError::Malformed("iteration count"))?;
+        let salted = cache.salted(&self.password, &salt, iterations);
+        let client_key = hmac(&salted, b"Client Key");
+        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{msg},{without_proof}", self.first_bare());
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let mut proof = [0u8; 32];
+        for i in 0..32 {
+            proof[i] = client_key[i] ^ signature[i];
+        }
+        let server_key = hmac(&salted, b"Server Key");
+        self.state = ClientState::SentFinal {
+            server_signature: hmac(&server_key, auth_message.as_bytes()),
+        };
+        Ok(format!("{without_proof},p={}", B64.encode(proof)).into_bytes())
+    }
+
+    /// Checks `server-final-message`: proof that the server knows the credential too.
+    pub fn server_final(&mut self, msg: &[u8]) -> Result<(), ScramError> {
+        let ClientState::SentFinal { server_signature } =
+            std::mem::replace(&mut self.state, ClientState::Done)
+        else {
+            return Err(ScramError::Malformed("unexpected server-final-message"));
+        };
+        let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let v = msg
+            .split(',')
+            .find_map(|a| a.strip_prefix("v="))
+            .and_then(|v| B64.decode(v).ok())
+            .and_then(|v| <[u8; 32]>::try_from(v).ok())
+            .ok_or(ScramError::Failed)?;
+        if constant_time_eq(&v, &server_signature) {
+            Ok(())
+        } else {
+            Err(ScramError::Failed)
+        }
+    }
+}
+
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -263,6 +394,26 @@ mod tests {
     fn a_real_client_authenticates_and_a_wrong_secret_fails() {
         exchange("s3cret", "s3cret").unwrap();
         assert_eq!(exchange("s3cret", "wrong"), Err(ScramError::Failed));
+    }
+
+    #[test]
+    fn our_client_and_our_server_agree_and_the_cache_is_used() {
+        let cache = SaltedCache::default();
+        let verifier = Verifier::generate("pw", 64);
+        for attempt in 0..2 {
+            let mut server = ScramServer::new(verifier.clone());
+            let mut client = ScramClient::new("pw");
+            let first = server.client_first(&client.client_first()).unwrap();
+            let fin = client.server_first(&first, &cache).unwrap();
+            let last = server.client_final(&fin).unwrap();
+            client.server_final(&last).unwrap();
+            assert_eq!(cache.entries.lock().unwrap().len(), 1, "attempt {attempt}");
+        }
+        let mut server = ScramServer::new(verifier);
+        let mut client = ScramClient::new("other");
+        let first = server.client_first(&client.client_first()).unwrap();
+        let fin = client.server_first(&first, &cache).unwrap();
+        assert_eq!(server.client_final(&fin), Err(ScramError::Failed));
     }
 
     #[test]

@@ -83,8 +83,15 @@ mod tests {
         };
         let k = r.register(t);
         assert_eq!(r.lookup(k.0, k.1), Some(t));
-        assert_eq!(r.lookup(42, 7), None, "the upstream key itself is not a valid key");
-        drop(CancelGuard { registry: &r, key: k });
+        assert_eq!(
+            r.lookup(42, 7),
+            None,
+            "the upstream key itself is not a valid key"
+        );
+        drop(CancelGuard {
+            registry: &r,
+            key: k,
+        });
         assert!(r.is_empty());
     }
 }

@@ -21,13 +21,13 @@ use super::Shared;
 use super::cancel::{CancelGuard, CancelTarget};
 use super::transport::{MaybeTls, TlsTransport, Transport};
 use crate::config::UpstreamTls;
+use crate::mask::Subject;
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::{frontend as fe, sqlstate};
 use crate::session::handshake::{Agent, ClientHandshake, Step};
-use crate::mask::Subject;
 use crate::session::hooks::Hooks;
-use crate::session::stages::Stages;
 use crate::session::relay::Relay;
+use crate::session::stages::Stages;
 use crate::session::upstream::{UpStep, UpstreamError, UpstreamHandshake, UpstreamSession};
 
 /// Bytes queued towards one side before its reader pauses the other side.
@@ -69,7 +69,9 @@ pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: Soc
             Ok(()) => debug!("connection closed"),
             Err(ConnError::ClientGone) => debug!("client left during start-up"),
             Err(e @ (ConnError::Rejected(_) | ConnError::Timeout)) => info!("{e}"),
-            Err(e @ (ConnError::ClientIo(_) | ConnError::UpstreamIo(_))) => info!("session ended: {e}"),
+            Err(e @ (ConnError::ClientIo(_) | ConnError::UpstreamIo(_))) => {
+                info!("session ended: {e}")
+            }
             Err(e) => error!("session failed: {e}"),
         }
     }
@@ -83,12 +85,20 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
     let mut hs = ClientHandshake::new(shared.identities.load_full(), shared.tls_offer);
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
     let agent = loop {
-        match tokio::time::timeout_at(deadline, client_startup::<C>(shared, &client, &mut hs, &mut buf)).await {
+        match tokio::time::timeout_at(
+            deadline,
+            client_startup::<C>(shared, &client, &mut hs, &mut buf),
+        )
+        .await
+        {
             Ok(Ok(Startup::Agent(agent))) => break agent,
             Ok(Ok(Startup::CancelDone)) => return Ok(()),
             Ok(Ok(Startup::StartTls)) => {
-                let (MaybeTls::Plain(plain), Some(cfg)) = (client, shared.server_tls.clone()) else {
-                    return Err(ConnError::Rejected("TLS requested twice or not configured".into()));
+                let (MaybeTls::Plain(plain), Some(cfg)) = (client, shared.server_tls.clone())
+                else {
+                    return Err(ConnError::Rejected(
+                        "TLS requested twice or not configured".into(),
+                    ));
                 };
                 let tls = TlsTransport::server(plain, cfg).map_err(ConnError::ClientIo)?;
                 tokio::time::timeout_at(deadline, tls.handshake())
@@ -117,7 +127,13 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
     span.record("identity", agent.identity.name.as_str());
     span.record("database", agent.database.as_str());
 
-    let (upstream, session, addr) = match connect_upstream::<C>(shared, &agent.database, &agent.params).await {
+    let (upstream, session, addr) = match connect_upstream::<C>(
+        shared,
+        &agent.database,
+        &agent.params,
+    )
+    .await
+    {
         Ok(up) => up,
         Err(e) => {
             let frame = match &e {
@@ -127,7 +143,9 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
                     sqlstate::CONNECTION_FAILURE,
                     "the gateway could not open a session on the database",
                     None,
-                    Some("An operator should check the gateway's [upstream] settings; the gateway's log has the details."),
+                    Some(
+                        "An operator should check the gateway's [upstream] settings; the gateway's log has the details.",
+                    ),
                 ),
             };
             let _ = client.write_all(frame).await;
@@ -154,7 +172,10 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
     }
     hello.extend_from_slice(&be::backend_key_data(pid, secret));
     hello.extend_from_slice(&be::ready_for_query(b'I'));
-    client.write_all(hello.freeze()).await.map_err(ConnError::ClientIo)?;
+    client
+        .write_all(hello.freeze())
+        .await
+        .map_err(ConnError::ClientIo)?;
     info!("session established");
 
     let stages = Stages::new(
@@ -217,7 +238,10 @@ async fn cancel<C: Connect>(shared: &Shared, pid: i32, secret: i32) {
     };
     match C::connect(target.upstream).await {
         Ok(s) => {
-            if let Err(e) = s.write_all(fe::cancel_request(target.pid, target.secret)).await {
+            if let Err(e) = s
+                .write_all(fe::cancel_request(target.pid, target.secret))
+                .await
+            {
                 warn!("forwarding cancel request failed: {e}");
             } else {
                 info!("cancel request forwarded");
@@ -238,7 +262,9 @@ enum UpstreamStartError {
 impl From<UpstreamStartError> for ConnError {
     fn from(e: UpstreamStartError) -> Self {
         match e {
-            UpstreamStartError::Refused(_) => ConnError::Rejected("the database refused the session".into()),
+            UpstreamStartError::Refused(_) => {
+                ConnError::Rejected("the database refused the session".into())
+            }
             UpstreamStartError::Other(e) => e,
         }
     }
@@ -260,14 +286,26 @@ async fn connect_upstream<C: Connect>(
         .await
         .map_err(ConnError::UpstreamIo)?
         .next()
-        .ok_or_else(|| ConnError::UpstreamIo(io::Error::other(format!("{} does not resolve", up.host))))?;
+        .ok_or_else(|| {
+            ConnError::UpstreamIo(io::Error::other(format!("{} does not resolve", up.host)))
+        })?;
     let stream = tokio::time::timeout(up.connect_timeout, C::connect(addr))
         .await
-        .map_err(|_| ConnError::UpstreamIo(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out"))))?
+        .map_err(|_| {
+            ConnError::UpstreamIo(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out"),
+            ))
+        })?
         .map_err(ConnError::UpstreamIo)?;
     let server = negotiate_upstream_tls(shared, stream).await?;
 
-    let mut hs = UpstreamHandshake::new(&up.user, &up.password, server.is_tls());
+    let mut hs = UpstreamHandshake::new(
+        &up.user,
+        &up.password,
+        server.is_tls(),
+        up.scram_cache.clone(),
+    );
     server
         .write_all(hs.startup_message(database, params))
         .await
@@ -286,7 +324,11 @@ async fn connect_upstream<C: Connect>(
         }
         match hs.on_bytes(&mut buf, &mut steps) {
             Ok(()) => {}
-            Err(UpstreamError::Refused { frame, sqlstate, message }) => {
+            Err(UpstreamError::Refused {
+                frame,
+                sqlstate,
+                message,
+            }) => {
                 info!(%sqlstate, "database refused the session: {message}");
                 return Err(UpstreamStartError::Refused(frame));
             }
@@ -304,27 +346,40 @@ async fn connect_upstream<C: Connect>(
     }
 }
 
-async fn negotiate_upstream_tls<S: Transport>(shared: &Shared, stream: S) -> Result<MaybeTls<S>, ConnError> {
+async fn negotiate_upstream_tls<S: Transport>(
+    shared: &Shared,
+    stream: S,
+) -> Result<MaybeTls<S>, ConnError> {
     let up = &shared.upstream;
     let Some(cfg) = up.tls_config.clone() else {
         return Ok(MaybeTls::Plain(stream));
     };
-    stream.write_all(fe::ssl_request()).await.map_err(ConnError::UpstreamIo)?;
+    stream
+        .write_all(fe::ssl_request())
+        .await
+        .map_err(ConnError::UpstreamIo)?;
     let (res, answer) = stream.read(BytesMut::with_capacity(8), 8).await;
     res.map_err(ConnError::UpstreamIo)?;
     match &answer[..] {
         b"S" => {
-            let name = rustls::pki_types::ServerName::try_from(up.server_name.clone())
-                .map_err(|e| ConnError::UpstreamTls(format!("invalid server name {}: {e}", up.server_name)))?;
-            let tls = TlsTransport::client(stream, cfg, name).map_err(|e| ConnError::UpstreamTls(e.to_string()))?;
-            tls.handshake().await.map_err(|e| ConnError::UpstreamTls(e.to_string()))?;
+            let name =
+                rustls::pki_types::ServerName::try_from(up.server_name.clone()).map_err(|e| {
+                    ConnError::UpstreamTls(format!("invalid server name {}: {e}", up.server_name))
+                })?;
+            let tls = TlsTransport::client(stream, cfg, name)
+                .map_err(|e| ConnError::UpstreamTls(e.to_string()))?;
+            tls.handshake()
+                .await
+                .map_err(|e| ConnError::UpstreamTls(e.to_string()))?;
             Ok(MaybeTls::Tls(tls))
         }
         b"N" if up.tls == UpstreamTls::Prefer => Ok(MaybeTls::Plain(stream)),
         b"N" => Err(ConnError::UpstreamTls(
             "the database does not accept TLS but upstream.tls requires it".into(),
         )),
-        _ => Err(ConnError::UpstreamTls("unexpected answer to SSLRequest".into())),
+        _ => Err(ConnError::UpstreamTls(
+            "unexpected answer to SSLRequest".into(),
+        )),
     }
 }
 
@@ -442,7 +497,10 @@ async fn relay_session_inner<C: Connect, H: Hooks, T: Transport>(
                 };
                 flow.wake_client_writer.notify_one();
                 let rows = fetch_catalog::<C>(shared, database, &oids).await;
-                res = flow.relay.borrow_mut().resume_with_catalog(&oids, rows, &mut buf);
+                res = flow
+                    .relay
+                    .borrow_mut()
+                    .resume_with_catalog(&oids, rows, &mut buf);
             }
             flow.wake_client_writer.notify_one();
             if let Err(e) = res {
@@ -547,7 +605,11 @@ fn next_chunk<H: Hooks>(relay: &RefCell<Relay<H>>, side: Side) -> Option<Bytes> 
 
 /// Runs the catalog query for `oids` over a connection of the gateway's own, so the
 /// session's connection (busy streaming a result) is never interleaved.
-async fn fetch_catalog<C: Connect>(shared: &Shared, database: &str, oids: &[u32]) -> Result<Vec<Bytes>, String> {
+async fn fetch_catalog<C: Connect>(
+    shared: &Shared,
+    database: &str,
+    oids: &[u32],
+) -> Result<Vec<Bytes>, String> {
     let sql = crate::mask::Catalog::new().start_fill(oids).sql();
     let (conn, _, _) = connect_upstream::<C>(shared, database, &[])
         .await
@@ -557,12 +619,17 @@ async fn fetch_catalog<C: Connect>(shared: &Shared, database: &str, oids: &[u32]
         })?;
     let mut query = BytesMut::new();
     postgres_protocol::message::frontend::query(&sql, &mut query).map_err(|e| e.to_string())?;
-    conn.write_all(query.freeze()).await.map_err(|e| e.to_string())?;
+    conn.write_all(query.freeze())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(8192);
     let mut rows = Vec::new();
     let mut failure = None;
     loop {
-        while let Some(frame) = crate::protocol::frame::split_frame(&mut buf, shared.limits.max_message).map_err(|e| e.to_string())? {
+        while let Some(frame) =
+            crate::protocol::frame::split_frame(&mut buf, shared.limits.max_message)
+                .map_err(|e| e.to_string())?
+        {
             match frame.tag() {
                 be::DATA_ROW => rows.push(frame.into_bytes()),
                 be::ERROR_RESPONSE => failure = Some(be::error_summary(frame.body()).1),

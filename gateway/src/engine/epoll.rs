@@ -63,7 +63,10 @@ impl Connect for Epoll {
 
 /// A worker thread's life: accept on its own listener until the gateway stops.
 pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start an epoll runtime: {e}");

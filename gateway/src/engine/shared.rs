@@ -39,6 +39,8 @@ pub struct Upstream {
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
     pub server_name: String,
     pub connect_timeout: Duration,
+    /// PBKDF2 results for the gateway's credential, reused across logins.
+    pub scram_cache: Arc<crate::auth::SaltedCache>,
 }
 
 pub struct Shared {
@@ -84,8 +86,12 @@ impl Shared {
                 password: cfg.upstream_password()?,
                 tls: up.tls,
                 tls_config,
-                server_name: up.tls_server_name.clone().unwrap_or_else(|| up.host.clone()),
+                server_name: up
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| up.host.clone()),
                 connect_timeout: Duration::from_millis(up.connect_timeout_ms),
+                scram_cache: Arc::default(),
             },
             server_tls,
             tls_offer,
@@ -111,7 +117,8 @@ impl Shared {
     /// new rules at their next result.
     pub fn reload(&self, cfg: &Config) -> Result<(), SharedError> {
         let policy = Policy::compile(&cfg.mask)?;
-        self.identities.store(Arc::new(IdentityStore::new(cfg.identities())));
+        self.identities
+            .store(Arc::new(IdentityStore::new(cfg.identities())));
         self.mask.store(Arc::new(policy));
         Ok(())
     }
@@ -121,7 +128,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, SharedError> {
+fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, SharedError> {
     let tls_err = |key: &'static str, problem: String| SharedError::Tls { key, problem };
     let certs = {
         let f = std::fs::File::open(cert)
@@ -141,7 +151,12 @@ fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::S
             .map_err(|e| tls_err("server.tls.key", format!("{}: {e}", key.display())))?;
         rustls_pemfile::private_key(&mut std::io::BufReader::new(f))
             .map_err(|e| tls_err("server.tls.key", format!("{}: {e}", key.display())))?
-            .ok_or_else(|| tls_err("server.tls.key", format!("{} holds no PEM private key", key.display())))?
+            .ok_or_else(|| {
+                tls_err(
+                    "server.tls.key",
+                    format!("{} holds no PEM private key", key.display()),
+                )
+            })?
     };
     rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -151,7 +166,10 @@ fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::S
         .map_err(|e| tls_err("server.tls.key", e.to_string()))
 }
 
-fn client_tls(mode: UpstreamTls, ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, SharedError> {
+fn client_tls(
+    mode: UpstreamTls,
+    ca: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, SharedError> {
     let tls_err = |problem: String| SharedError::Tls {
         key: "upstream.ca",
         problem,
@@ -163,7 +181,8 @@ fn client_tls(mode: UpstreamTls, ca: Option<&std::path::Path>) -> Result<rustls:
         let mut roots = rustls::RootCertStore::empty();
         match ca {
             Some(path) => {
-                let f = std::fs::File::open(path).map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+                let f = std::fs::File::open(path)
+                    .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
                 for c in rustls_pemfile::certs(&mut std::io::BufReader::new(f)) {
                     let c = c.map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
                     roots.add(c).map_err(|e| tls_err(e.to_string()))?;
@@ -208,7 +227,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -217,7 +241,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -247,7 +247,10 @@ mod tests {
     fn bind_parses_and_rejects_truncation() {
         let body = b"p1\0s1\0\0\x01\0\x01\0\x01\0\0\0\x02ab\0\x01\0\x01";
         let b = parse_bind(body).unwrap();
-        assert_eq!((b.portal, b.statement, b.param_count), (&b"p1"[..], &b"s1"[..], 1));
+        assert_eq!(
+            (b.portal, b.statement, b.param_count),
+            (&b"p1"[..], &b"s1"[..], 1)
+        );
         assert_eq!(b.result_formats, vec![1]);
         for cut in 0..body.len() {
             assert!(parse_bind(&body[..cut]).is_err(), "cut {cut}");

@@ -114,7 +114,9 @@ impl ClientHandshake {
             };
             let last_ends = matches!(
                 steps.last(),
-                Some(Step::StartTls | Step::Cancel { .. } | Step::Authenticated(_) | Step::Reject(_))
+                Some(
+                    Step::StartTls | Step::Cancel { .. } | Step::Authenticated(_) | Step::Reject(_)
+                )
             );
             if !more || last_ends || steps.len() == before && buf.is_empty() {
                 return;
@@ -211,7 +213,9 @@ impl ClientHandshake {
                         })));
                     }
                     // A decoy verifier cannot succeed; if it somehow did, still refuse.
-                    (Ok(_), None) => steps.push(Step::Reject(scram_error(ScramError::Failed, &user))),
+                    (Ok(_), None) => {
+                        steps.push(Step::Reject(scram_error(ScramError::Failed, &user)))
+                    }
                     (Err(e), _) => steps.push(Step::Reject(scram_error(e, &user))),
                 }
                 Ok(false)
@@ -291,7 +295,9 @@ impl ClientHandshake {
                     )));
                     return;
                 };
-                let database = database.filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+                let database = database
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| user.clone());
                 let (identity, verifier) = self.identities.verifier_for(&user);
                 steps.push(Step::Send(be::authentication_sasl(&[scram::MECHANISM])));
                 self.state = State::AwaitSaslInitial {
@@ -414,7 +420,10 @@ mod tests {
             };
             let (code, msg) = be::error_summary(&e[5..]);
             assert_eq!(code, "28P01");
-            assert_eq!(msg, format!("password authentication failed for user \"{user}\""));
+            assert_eq!(
+                msg,
+                format!("password authentication failed for user \"{user}\"")
+            );
         }
     }
 
@@ -422,7 +431,10 @@ mod tests {
     fn garbage_before_startup_is_a_protocol_violation() {
         let mut hs = ClientHandshake::new(store(), TlsOffer::None);
         let mut steps = Vec::new();
-        hs.on_bytes(&mut BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]), &mut steps);
+        hs.on_bytes(
+            &mut BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]),
+            &mut steps,
+        );
         let Some(Step::Reject(e)) = steps.last() else {
             panic!("{steps:?}")
         };

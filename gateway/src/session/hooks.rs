@@ -76,6 +76,13 @@ pub trait Hooks {
         Verdict::Allow
     }
 
+    /// Whether any stage needs to see rows. When true the relay makes sure it knows
+    /// every result's columns (asking the server itself if the client did not) and
+    /// refuses rows it cannot attribute; when false rows are never looked at.
+    fn wants_columns(&mut self) -> bool {
+        false
+    }
+
     /// The server described a result (`RowDescription` of a query, a portal or a
     /// statement). Returns the table OIDs the hooks must know about before they can
     /// decide on this result; the relay then stalls the server stream at this frame

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
-use super::tracker::Tracker;
+use super::tracker::{Described, Tracker};
 use crate::protocol::backend::{self as be, Severity, error_response, ready_for_query};
 use crate::protocol::frame::{Frame, peek_header, split_frame};
 use crate::protocol::frontend as fe;
@@ -56,14 +56,27 @@ enum Expect {
     Parse,
     Bind,
     Close,
-    DescribeStatement(Bytes),
-    DescribePortal { name: Bytes, injected: bool },
-    Execute { portal: Bytes },
+    DescribeStatement(Described),
+    /// `slot` is `None` when the portal was never bound (the server will say so).
+    DescribePortal {
+        slot: Option<Described>,
+        injected: bool,
+    },
+    Execute {
+        sql: Bytes,
+        slot: Option<Described>,
+        formats: Vec<i16>,
+    },
     Sync,
     /// A simple query or function call: everything up to `ReadyForQuery`.
-    Query { sql: Bytes },
+    Query {
+        sql: Bytes,
+    },
     /// Gateway-made output that goes to the client once everything before it has.
-    Synthetic { frame: Bytes, then_ready: bool },
+    Synthetic {
+        frame: Bytes,
+        then_ready: bool,
+    },
 }
 
 /// How rows of the current result are handled.
@@ -289,8 +302,11 @@ impl<H: Hooks> Relay<H> {
                 match self.hooks.statement(p.sql, Via::Parse) {
                     Verdict::Allow => {
                         let bytes = frame.as_bytes();
-                        self.tracker
-                            .parse(bytes.slice_ref(p.name), bytes.slice_ref(p.sql), p.param_types);
+                        self.tracker.parse(
+                            bytes.slice_ref(p.name),
+                            bytes.slice_ref(p.sql),
+                            p.param_types,
+                        );
                         self.expect.push_back(Expect::Parse);
                         self.send_server(frame.into_bytes());
                     }
@@ -314,29 +330,50 @@ impl<H: Hooks> Relay<H> {
             }
             fe::DESCRIBE => {
                 let t = fe::parse_target(tag, frame.body()).map_err(err)?;
-                let bytes = frame.as_bytes();
                 self.expect.push_back(match t {
-                    fe::Target::Statement(n) => Expect::DescribeStatement(bytes.slice_ref(n)),
+                    fe::Target::Statement(n) => Expect::DescribeStatement(
+                        self.tracker
+                            .statement(n)
+                            .map(|s| s.described.clone())
+                            .unwrap_or_default(),
+                    ),
                     fe::Target::Portal(n) => Expect::DescribePortal {
-                        name: bytes.slice_ref(n),
+                        slot: self.tracker.portal_mut(n).map(|p| {
+                            p.describe_sent = true;
+                            p.described.clone()
+                        }),
                         injected: false,
                     },
                 });
                 self.send_server(frame.into_bytes());
             }
             fe::EXECUTE => {
-                let (portal, _) = fe::parse_execute(frame.body()).map_err(err)?;
-                let portal = frame.as_bytes().slice_ref(portal);
-                // The client never asked what this portal returns; the gateway must know,
-                // so it asks on its behalf and keeps the answer to itself.
-                if self.tracker.portal_needs_describe(&portal) {
-                    self.send_server(fe::describe_portal(&portal));
+                let (name, _) = fe::parse_execute(frame.body()).map_err(err)?;
+                let wants_columns = self.hooks.wants_columns();
+                let (sql, slot, formats, inject) = match self.tracker.portal_mut(name) {
+                    Some(p) => {
+                        let inject = wants_columns && !p.describe_sent;
+                        p.describe_sent |= inject;
+                        (
+                            p.sql.clone(),
+                            Some(p.described.clone()),
+                            p.result_formats.clone(),
+                            inject,
+                        )
+                    }
+                    None => (Bytes::new(), None, Vec::new(), false),
+                };
+                // The client never asked what this portal returns and a stage needs to
+                // know, so the gateway asks on its behalf and keeps the answer to itself.
+                if inject {
+                    self.send_server(fe::describe_portal(name));
                     self.expect.push_back(Expect::DescribePortal {
-                        name: portal.clone(),
+                        slot: slot.clone(),
                         injected: true,
                     });
                 }
-                self.expect.push_back(Expect::Execute { portal });
+                self.expect
+                    .push_back(Expect::Execute { sql, slot, formats });
                 self.send_server(frame.into_bytes());
             }
             fe::CLOSE => {
@@ -468,17 +505,26 @@ impl<H: Hooks> Relay<H> {
     /// Rows arriving with no `RowDescription` just before them belong to an `Execute`:
     /// the portal's description (asked for by the client or injected) says what they are.
     fn rows_for_execute(&mut self) -> Rows {
-        let Some(Expect::Execute { portal }) = self.expect.front() else {
-            return Rows::Pass;
+        let described = match self.expect.front() {
+            Some(Expect::Execute { slot, formats, .. }) => slot
+                .as_ref()
+                .and_then(|s| s.borrow().clone())
+                .map(|d| (d, formats.clone())),
+            _ => None,
         };
-        let Some(p) = self.tracker.portal(portal) else {
-            return Rows::Pass;
-        };
-        let Some(Some(desc)) = p.columns.clone() else {
-            return Rows::Pass;
-        };
-        let formats = p.result_formats.clone();
-        self.start_result(&desc, &formats)
+        match described {
+            Some((Some(desc), formats)) => self.start_result(&desc, &formats),
+            // Rows the gateway cannot attribute to a description: fine when no stage
+            // looks at rows, refused when one would have to.
+            _ if self.hooks.wants_columns() => {
+                self.fail_result(Refusal::new(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    "portcullis refused this result: it cannot tell which columns these rows carry",
+                ));
+                Rows::Discard
+            }
+            _ => Rows::Pass,
+        }
     }
 
     fn start_result(&mut self, desc: &Bytes, formats: &[i16]) -> Rows {
@@ -537,15 +583,16 @@ impl<H: Hooks> Relay<H> {
             be::ROW_DESCRIPTION | be::NO_DATA => {
                 let desc = (tag == be::ROW_DESCRIPTION).then(|| frame.as_bytes().clone());
                 match self.expect.front() {
-                    Some(Expect::DescribeStatement(n)) => {
-                        let n = n.clone();
-                        self.tracker.describe_statement(&n, desc);
+                    Some(Expect::DescribeStatement(slot)) => {
+                        *slot.borrow_mut() = Some(desc);
                         self.expect.pop_front();
                         self.send_client(frame.into_bytes());
                     }
-                    Some(Expect::DescribePortal { name, injected }) => {
-                        let (name, injected) = (name.clone(), *injected);
-                        self.tracker.describe_portal(&name, desc);
+                    Some(Expect::DescribePortal { slot, injected }) => {
+                        let injected = *injected;
+                        if let Some(slot) = slot {
+                            *slot.borrow_mut() = Some(desc);
+                        }
                         self.expect.pop_front();
                         if !injected {
                             self.send_client(frame.into_bytes());
@@ -563,12 +610,7 @@ impl<H: Hooks> Relay<H> {
             }
             be::COPY_OUT_RESPONSE => {
                 let sql = match self.expect.front() {
-                    Some(Expect::Query { sql }) => sql.clone(),
-                    Some(Expect::Execute { portal }) => self
-                        .tracker
-                        .portal(portal)
-                        .map(|p| p.sql.clone())
-                        .unwrap_or_default(),
+                    Some(Expect::Query { sql }) | Some(Expect::Execute { sql, .. }) => sql.clone(),
                     _ => Bytes::new(),
                 };
                 self.rows = match self.hooks.copy_out(frame.as_bytes(), &sql) {
@@ -618,9 +660,6 @@ impl<H: Hooks> Relay<H> {
                     if matches!(e, Expect::Sync | Expect::Query { .. }) {
                         break;
                     }
-                }
-                if self.txn_status == b'I' {
-                    self.tracker.end_transaction();
                 }
                 self.send_client(frame.into_bytes());
             }
@@ -708,7 +747,10 @@ mod tests {
 
     fn server_result(rows: usize) -> Vec<u8> {
         let mut s = Vec::new();
-        s.extend_from_slice(&msg(be::ROW_DESCRIPTION, b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"));
+        s.extend_from_slice(&msg(
+            be::ROW_DESCRIPTION,
+            b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+        ));
         for i in 0..rows {
             s.extend_from_slice(&row(&[format!("v{i}").as_bytes()]));
         }
@@ -798,9 +840,84 @@ mod tests {
         assert_eq!(tags(&drain_client(&mut r)), b"Z");
     }
 
+    /// Wants columns and replaces every row it is handed by an empty one, so a test can
+    /// tell which rows went through a stage.
+    struct Masking;
+    struct Blank;
+    impl RowStage for Blank {
+        fn data_row(&mut self, _frame: Bytes) -> Result<Bytes, Refusal> {
+            Ok(build(be::DATA_ROW, |b| b.put_i16(0)))
+        }
+    }
+    impl Hooks for Masking {
+        fn wants_columns(&mut self) -> bool {
+            true
+        }
+        fn result(&mut self, _d: &Bytes, _f: &[i16]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
+            Ok(Some(Box::new(Blank)))
+        }
+    }
+
+    fn describe_reply() -> Bytes {
+        msg(
+            be::ROW_DESCRIPTION,
+            b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+        )
+    }
+
+    #[test]
+    fn pipelined_rebinds_of_the_unnamed_portal_are_all_staged() {
+        let mut r = Relay::new(RelayLimits::default(), Masking);
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::PARSE, b"s1\0select 1\0\0\0"));
+        c.extend_from_slice(&fe::sync());
+        for _ in 0..3 {
+            c.extend_from_slice(&msg(fe::BIND, b"\0s1\0\0\0\0\0\0\0"));
+            c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
+            c.extend_from_slice(&fe::sync());
+        }
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"PSBDESBDESBDES");
+        let mut s = BytesMut::new();
+        s.extend_from_slice(&msg(be::PARSE_COMPLETE, b""));
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        for _ in 0..3 {
+            s.extend_from_slice(&msg(be::BIND_COMPLETE, b""));
+            s.extend_from_slice(&describe_reply());
+            s.extend_from_slice(&row(&[b"secret"]));
+            s.extend_from_slice(&msg(be::COMMAND_COMPLETE, b"SELECT 1\0"));
+            s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        }
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"1Z2DCZ2DCZ2DCZ");
+        assert!(
+            !out.windows(6).any(|w| w == b"secret"),
+            "a row passed unstaged"
+        );
+    }
+
+    #[test]
+    fn rows_of_an_undescribed_portal_are_refused_when_a_stage_wants_them() {
+        let mut r = Relay::new(RelayLimits::default(), Masking);
+        let mut c = BytesMut::new();
+        // Execute of a portal the gateway never saw bound: it cannot know the columns.
+        c.extend_from_slice(&msg(fe::EXECUTE, b"ghost\0\0\0\0\0"));
+        c.extend_from_slice(&fe::sync());
+        r.on_client_bytes(&mut c).unwrap();
+        let mut s = BytesMut::new();
+        s.extend_from_slice(&row(&[b"secret"]));
+        s.extend_from_slice(&msg(be::COMMAND_COMPLETE, b"SELECT 1\0"));
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"EZ");
+        assert!(!out.windows(6).any(|w| w == b"secret"));
+    }
+
     #[test]
     fn execute_without_describe_gets_an_injected_describe_that_the_client_never_sees() {
-        let mut r = Relay::new(RelayLimits::default(), super::super::hooks::PassThrough);
+        let mut r = Relay::new(RelayLimits::default(), Masking);
         let mut c = BytesMut::new();
         c.extend_from_slice(&msg(fe::PARSE, b"s1\0select 1\0\0\0"));
         c.extend_from_slice(&msg(fe::BIND, b"\0s1\0\0\0\0\0\0\0"));
@@ -811,7 +928,10 @@ mod tests {
         let mut s = BytesMut::new();
         s.extend_from_slice(&msg(be::PARSE_COMPLETE, b""));
         s.extend_from_slice(&msg(be::BIND_COMPLETE, b""));
-        s.extend_from_slice(&msg(be::ROW_DESCRIPTION, b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0"));
+        s.extend_from_slice(&msg(
+            be::ROW_DESCRIPTION,
+            b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+        ));
         s.extend_from_slice(&row(&[b"1"]));
         s.extend_from_slice(&msg(be::COMMAND_COMPLETE, b"SELECT 1\0"));
         s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));

@@ -13,8 +13,8 @@ use tracing::debug;
 
 use super::hooks::{Hooks, Outcome, Refusal, RowStage};
 use crate::mask::{
-    Catalog, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan, Subject, apply_result_formats,
-    parse_row_description,
+    Catalog, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan, Subject,
+    apply_result_formats, parse_row_description,
 };
 use crate::protocol::sqlstate;
 
@@ -28,7 +28,11 @@ pub struct Stages {
 }
 
 impl Stages {
-    pub fn new(policy: Arc<ArcSwap<Policy>>, subject: Subject, catalog: Arc<Mutex<Catalog>>) -> Self {
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        subject: Subject,
+        catalog: Arc<Mutex<Catalog>>,
+    ) -> Self {
         Self {
             policy,
             subject,
@@ -54,6 +58,10 @@ impl Stages {
 }
 
 impl Hooks for Stages {
+    fn wants_columns(&mut self) -> bool {
+        !self.policy.load().is_exempt(&self.subject)
+    }
+
     fn catalog_needed(&mut self, row_description: &Bytes) -> Option<Vec<u32>> {
         let policy = self.policy.load();
         if policy.is_exempt(&self.subject) {
@@ -85,7 +93,11 @@ impl Hooks for Stages {
         }
     }
 
-    fn result(&mut self, row_description: &Bytes, formats: &[i16]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
+    fn result(
+        &mut self,
+        row_description: &Bytes,
+        formats: &[i16],
+    ) -> Result<Option<Box<dyn RowStage>>, Refusal> {
         let policy = self.policy.load();
         if policy.is_exempt(&self.subject) {
             return Ok(None);
@@ -107,7 +119,11 @@ impl Hooks for Stages {
         })))
     }
 
-    fn copy_out(&mut self, copy_out_response: &Bytes, sql: &[u8]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
+    fn copy_out(
+        &mut self,
+        copy_out_response: &Bytes,
+        sql: &[u8],
+    ) -> Result<Option<Box<dyn RowStage>>, Refusal> {
         let policy = self.policy.load();
         if policy.is_exempt(&self.subject) {
             return Ok(None);
@@ -120,7 +136,13 @@ impl Hooks for Stages {
         // Which relation columns a COPY carries is not described on the wire, so with
         // rules in force it is refused rather than guessed.
         let plan = policy
-            .plan_copy(&self.subject, None, &self.catalog(), copy_out_response, format)
+            .plan_copy(
+                &self.subject,
+                None,
+                &self.catalog(),
+                copy_out_response,
+                format,
+            )
             .map_err(|e| self.refusal(&e))?;
         if plan.is_passthrough() {
             return Ok(None);
@@ -157,9 +179,14 @@ struct MaskRows {
 
 impl RowStage for MaskRows {
     fn data_row(&mut self, frame: Bytes) -> Result<Bytes, Refusal> {
-        self.plan.mask_data_row(frame, &mut self.stats).map_err(|e| {
-            Refusal::new(sqlstate::INSUFFICIENT_PRIVILEGE, format!("portcullis refused this result: {e}"))
-        })
+        self.plan
+            .mask_data_row(frame, &mut self.stats)
+            .map_err(|e| {
+                Refusal::new(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("portcullis refused this result: {e}"),
+                )
+            })
     }
 }
 
@@ -178,8 +205,13 @@ struct MaskCopy {
 
 impl RowStage for MaskCopy {
     fn data_row(&mut self, frame: Bytes) -> Result<Bytes, Refusal> {
-        self.plan.mask_copy_data(frame, &mut self.stats).map_err(|e| {
-            Refusal::new(sqlstate::INSUFFICIENT_PRIVILEGE, format!("portcullis refused this COPY: {e}"))
-        })
+        self.plan
+            .mask_copy_data(frame, &mut self.stats)
+            .map_err(|e| {
+                Refusal::new(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("portcullis refused this COPY: {e}"),
+                )
+            })
     }
 }

@@ -1,19 +1,34 @@
 //! Prepared statements and portals of one session, by name, with what later stages
 //! need: the SQL, declared parameter types, the `Bind` that made a portal and the
 //! result columns (`RowDescription`) once the server has described them.
+//!
+//! Names are reused all the time (the unnamed statement and portal above all, and a
+//! pipelining client binds the next portal before the server has answered for the last),
+//! so a description is not stored under a name: each `Parse` and `Bind` gets a fresh
+//! [`Described`] slot, and the relay's queue entries hold the slot of the binding they
+//! belong to. A late answer fills the right slot whatever the client did since.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use bytes::Bytes;
+
+/// Bound on tracked names: past it, stale entries go (a later `Execute` of a dropped
+/// portal is then treated as undescribed, which fails closed where it matters).
+const MAX_TRACKED: usize = 10_000;
+
+/// What the server said a statement or portal returns: `None` until it answers, then
+/// `Some(Some(RowDescription frame))` or `Some(None)` for `NoData`.
+pub type Described = Rc<RefCell<Option<Option<Bytes>>>>;
 
 /// A statement created by `Parse`.
 #[derive(Debug, Clone, Default)]
 pub struct Statement {
     pub sql: Bytes,
     pub param_types: Vec<u32>,
-    /// The server's `RowDescription` for it (formats not yet known), or `Some(None)` for
-    /// `NoData`; `None` until described.
-    pub columns: Option<Option<Bytes>>,
+    /// Formats in the server's description are not yet known (they come with `Bind`).
+    pub described: Described,
 }
 
 /// A portal created by `Bind`.
@@ -24,9 +39,9 @@ pub struct Portal {
     /// The whole `Bind` frame: parameters stay as received, no copy.
     pub bind: Bytes,
     pub result_formats: Vec<i16>,
-    /// The server's `RowDescription` for this portal (formats included), `Some(None)`
-    /// for `NoData`, `None` until described.
-    pub columns: Option<Option<Bytes>>,
+    pub described: Described,
+    /// A `Describe` for this binding is on its way (the client's or the gateway's).
+    pub describe_sent: bool,
 }
 
 #[derive(Debug, Default)]
@@ -37,17 +52,23 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn parse(&mut self, name: Bytes, sql: Bytes, param_types: Vec<u32>) {
+        if self.statements.len() >= MAX_TRACKED {
+            self.statements.clear();
+        }
         self.statements.insert(
             name,
             Statement {
                 sql,
                 param_types,
-                columns: None,
+                described: Described::default(),
             },
         );
     }
 
     pub fn bind(&mut self, portal: Bytes, statement: Bytes, bind: Bytes, result_formats: Vec<i16>) {
+        if self.portals.len() >= MAX_TRACKED {
+            self.portals.clear();
+        }
         let sql = self
             .statements
             .get(&statement)
@@ -60,7 +81,8 @@ impl Tracker {
                 sql,
                 bind,
                 result_formats,
-                columns: None,
+                described: Described::default(),
+                describe_sent: false,
             },
         );
     }
@@ -79,12 +101,6 @@ impl Tracker {
         self.portals.remove(name);
     }
 
-    /// Ends the transaction's portals (they do not outlive it, except holdable cursors,
-    /// which are not portals of the extended protocol).
-    pub fn end_transaction(&mut self) {
-        self.portals.clear();
-    }
-
     pub fn statement(&self, name: &[u8]) -> Option<&Statement> {
         self.statements.get(name)
     }
@@ -93,28 +109,15 @@ impl Tracker {
         self.portals.get(name)
     }
 
-    pub fn describe_statement(&mut self, name: &[u8], columns: Option<Bytes>) {
-        if let Some(s) = self.statements.get_mut(name) {
-            s.columns = Some(columns);
-        }
-    }
-
-    pub fn describe_portal(&mut self, name: &[u8], columns: Option<Bytes>) {
-        if let Some(p) = self.portals.get_mut(name) {
-            p.columns = Some(columns);
-        }
-    }
-
-    /// Whether executing this portal would return rows whose columns the gateway does
-    /// not know yet (so it must ask the server with a `Describe`).
-    pub fn portal_needs_describe(&self, name: &[u8]) -> bool {
-        match self.portals.get(name) {
-            Some(p) => p.columns.is_none(),
-            None => false,
-        }
+    pub fn portal_mut(&mut self, name: &[u8]) -> Option<&mut Portal> {
+        self.portals.get_mut(name)
     }
 
     pub fn statements_len(&self) -> usize {
         self.statements.len()
+    }
+
+    pub fn portals_len(&self) -> usize {
+        self.portals.len()
     }
 }

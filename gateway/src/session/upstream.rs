@@ -6,9 +6,13 @@
 //! the server's text, which would name the gateway's database user.
 
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
+
+use crate::auth::scram::MECHANISM as SCRAM_SHA_256;
+use crate::auth::{SaltedCache, ScramClient};
 
 use crate::protocol::backend as be;
 use crate::protocol::frame::split_frame;
@@ -29,7 +33,9 @@ pub enum UpstreamError {
     },
     #[error("the database asked for {0}, which the gateway does not support")]
     UnsupportedAuth(&'static str),
-    #[error("the database asked for a cleartext password over an unencrypted connection; refusing to send it")]
+    #[error(
+        "the database asked for a cleartext password over an unencrypted connection; refusing to send it"
+    )]
     CleartextWithoutTls,
     #[error("SCRAM exchange with the database failed: {0}")]
     Scram(String),
@@ -58,7 +64,7 @@ pub struct UpstreamSession {
 
 enum Auth {
     None,
-    Scram(Box<ScramSha256>),
+    Scram(Box<ScramClient>),
 }
 
 pub struct UpstreamHandshake {
@@ -68,11 +74,13 @@ pub struct UpstreamHandshake {
     auth: Auth,
     session: UpstreamSession,
     authenticated: bool,
+    cache: Arc<SaltedCache>,
 }
 
 impl UpstreamHandshake {
-    pub fn new(user: &str, password: &str, encrypted: bool) -> Self {
+    pub fn new(user: &str, password: &str, encrypted: bool, cache: Arc<SaltedCache>) -> Self {
         Self {
+            cache,
             user: user.to_owned(),
             password: password.to_owned(),
             encrypted,
@@ -92,7 +100,11 @@ impl UpstreamHandshake {
     }
 
     /// Consumes server bytes; appends what to send and, at the end, `Ready`.
-    pub fn on_bytes(&mut self, buf: &mut BytesMut, steps: &mut Vec<UpStep>) -> Result<(), UpstreamError> {
+    pub fn on_bytes(
+        &mut self,
+        buf: &mut BytesMut,
+        steps: &mut Vec<UpStep>,
+    ) -> Result<(), UpstreamError> {
         while let Some(frame) = split_frame(buf, MAX_STARTUP_MESSAGE)? {
             let body = frame.body();
             match frame.tag() {
@@ -152,13 +164,13 @@ impl UpstreamHandshake {
                     .map_err(|e| UpstreamError::Scram(e.to_string()))?;
             }
             5 => {
-                let salt: [u8; 4] = c
-                    .bytes(4)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or(ProtocolError::Malformed {
-                        tag: be::AUTHENTICATION,
-                        what: "md5 salt",
-                    })?;
+                let salt: [u8; 4] =
+                    c.bytes(4)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(ProtocolError::Malformed {
+                            tag: be::AUTHENTICATION,
+                            what: "md5 salt",
+                        })?;
                 let hash = md5_hash(self.user.as_bytes(), self.password.as_bytes(), salt);
                 frontend::password_message(hash.as_bytes(), &mut out)
                     .map_err(|e| UpstreamError::Scram(e.to_string()))?;
@@ -172,10 +184,12 @@ impl UpstreamHandshake {
                     offered |= m == SCRAM_SHA_256.as_bytes();
                 }
                 if !offered {
-                    return Err(UpstreamError::UnsupportedAuth("a SASL mechanism other than SCRAM-SHA-256"));
+                    return Err(UpstreamError::UnsupportedAuth(
+                        "a SASL mechanism other than SCRAM-SHA-256",
+                    ));
                 }
-                let scram = ScramSha256::new(self.password.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)
+                let scram = ScramClient::new(&self.password);
+                frontend::sasl_initial_response(SCRAM_SHA_256, &scram.client_first(), &mut out)
                     .map_err(|e| UpstreamError::Scram(e.to_string()))?;
                 self.auth = Auth::Scram(Box::new(scram));
             }
@@ -183,10 +197,10 @@ impl UpstreamHandshake {
                 let Auth::Scram(scram) = &mut self.auth else {
                     return Err(UpstreamError::Scram("SASLContinue before SASL".into()));
                 };
-                scram
-                    .update(c.remaining())
+                let reply = scram
+                    .server_first(c.remaining(), &self.cache)
                     .map_err(|e| UpstreamError::Scram(e.to_string()))?;
-                frontend::sasl_response(scram.message(), &mut out)
+                frontend::sasl_response(&reply, &mut out)
                     .map_err(|e| UpstreamError::Scram(e.to_string()))?;
             }
             12 => {
@@ -196,7 +210,7 @@ impl UpstreamHandshake {
                 // Verifies the server's signature: a server that does not know the
                 // gateway's secret cannot impersonate the database.
                 scram
-                    .finish(c.remaining())
+                    .server_final(c.remaining())
                     .map_err(|e| UpstreamError::Scram(e.to_string()))?;
                 return Ok(());
             }

@@ -1,0 +1,141 @@
+//! TLS on both legs, on both engines: agents reach the gateway over TLS (and are refused
+//! in plaintext when the config requires it), and the gateway reaches PostgreSQL over TLS
+//! with the server's certificate checked against a CA. Certificates come from `openssl`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{DB, Env, psql_at, run_timed, stderr, stdout};
+use portcullis_tests::{Engine, PgOptions, per_engine};
+
+/// A throwaway CA and a server certificate for `localhost` / 127.0.0.1.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let sh = format!(
+            "set -e; cd {d}
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=portcullis-test-ca 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext 2>/dev/null
+chmod 600 server.key
+chown postgres server.key server.pem ca.pem
+chmod 755 .",
+            d = d.display()
+        );
+        let out = Command::new("sh")
+            .args(["-c", &sh])
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn with_tls(uri: &str, params: &str) -> String {
+    format!("{uri}?{params}")
+}
+
+fn agents_over_tls(engine: Engine) {
+    let certs = Certs::new();
+    let (cert, key) = (certs.path("server.pem"), certs.path("server.key"));
+    let env = Env::start_with(engine, PgOptions::default(), |mut o| {
+        o.tls = Some((cert, key));
+        o.tls_required = true;
+        o
+    });
+    let ca = certs.path("ca.pem");
+    // verify-full: the client checks the gateway's certificate and name.
+    let uri = env.uri().replace("@127.0.0.1:", "@localhost:");
+    let uri = with_tls(
+        &uri,
+        &format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+    );
+    let out = env.ok(psql_at(&uri).args(["-At", "-c", "SELECT 'over tls'"]));
+    assert_eq!(stdout(&out).trim(), "over tls");
+    // Plaintext is refused with a reason.
+    let out = run_timed(psql_at(&with_tls(&env.uri(), "sslmode=disable")).args(["-c", "SELECT 1"]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("requires TLS"), "{}", stderr(&out));
+}
+
+fn upstream_over_verified_tls(engine: Engine) {
+    let certs = Certs::new();
+    let pg_opts = PgOptions {
+        extra_conf: vec![
+            "ssl = on".into(),
+            format!("ssl_cert_file = '{}'", certs.path("server.pem").display()),
+            format!("ssl_key_file = '{}'", certs.path("server.key").display()),
+        ],
+        ..PgOptions::default()
+    };
+    let ca = certs.path("ca.pem");
+    let env = Env::start_with(engine, pg_opts, |mut o| {
+        o.upstream_tls = vec![
+            "tls = \"verify-full\"".into(),
+            format!("ca = \"{}\"", ca.display()),
+            "tls_server_name = \"localhost\"".into(),
+        ];
+        o
+    });
+    // The server itself reports the gateway's connection as encrypted.
+    let out = env.query_gw("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+    assert_eq!(out.trim(), "t");
+    // A big result crosses the TLS leg intact.
+    let out = env.query_gw("SELECT count(*), sum(length(x)) FROM (SELECT repeat('y', 1000) AS x FROM generate_series(1, 20000)) s");
+    assert_eq!(out.trim(), "20000|20000000");
+}
+
+fn upstream_with_an_untrusted_certificate_is_refused(engine: Engine) {
+    let certs = Certs::new();
+    let other = Certs::new();
+    let pg_opts = PgOptions {
+        extra_conf: vec![
+            "ssl = on".into(),
+            format!("ssl_cert_file = '{}'", certs.path("server.pem").display()),
+            format!("ssl_key_file = '{}'", certs.path("server.key").display()),
+        ],
+        ..PgOptions::default()
+    };
+    let wrong_ca: &Path = &other.path("ca.pem");
+    let env = Env::start_with(engine, pg_opts, |mut o| {
+        o.upstream_tls = vec![
+            "tls = \"verify-full\"".into(),
+            format!("ca = \"{}\"", wrong_ca.display()),
+            "tls_server_name = \"localhost\"".into(),
+        ];
+        o
+    });
+    let out = run_timed(env.psql_gw().args(["-c", "SELECT 1"]));
+    assert!(
+        !out.status.success(),
+        "a server with an unknown CA was trusted"
+    );
+    assert!(
+        stderr(&out).contains("could not open a session"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = DB;
+}
+
+per_engine!(
+    agents_over_tls,
+    upstream_over_verified_tls,
+    upstream_with_an_untrusted_certificate_is_refused,
+);
