@@ -12,7 +12,10 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "Portcullis build, test, quickstart and bench orchestration")]
+#[command(
+    name = "xtask",
+    about = "Portcullis build, test, quickstart and bench orchestration"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
