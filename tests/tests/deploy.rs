@@ -18,3 +18,14 @@ fn quickstart_config_passes_check_config() {
     let out = check("deploy/quickstart.toml");
     assert!(out.status.success(), "{out:?}");
 }
+
+/// deploy/quickstart.toml documents what the quickstart runs, masking policy included.
+#[test]
+fn quickstart_config_carries_the_tested_mask_policy() {
+    let root = portcullis_tests::gateway::workspace_root();
+    let text = std::fs::read_to_string(root.join("deploy/quickstart.toml")).unwrap();
+    assert!(
+        text.contains(portcullis_tests::QUICKSTART_MASK_POLICY.trim()),
+        "deploy/quickstart.toml's [mask] section differs from tests/src/policy.rs"
+    );
+}

@@ -21,6 +21,9 @@ pub struct Args {
     /// I/O engine: auto, uring or epoll.
     #[arg(long, default_value = "auto")]
     io_engine: String,
+    /// Serve raw values to every identity (no `[mask]` policy).
+    #[arg(long)]
+    no_mask: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -58,6 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     load_financial(&pg, DB, args.rows, SEED).context("loading the financial dataset")?;
 
     let mut opts = GatewayOptions::new(&pg, DB).engine(engine);
+    if !args.no_mask {
+        opts = opts.extra_toml(portcullis_tests::QUICKSTART_MASK_POLICY);
+    }
     opts.binary = Some(bin);
     opts.port = args.port;
     let gw = Gateway::start(opts).context("starting the gateway")?;
@@ -83,6 +89,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "Identities: agent / agent-secret, auditor / auditor-secret. Ctrl-C stops everything."
     );
+    if !args.no_mask {
+        println!(
+            "The agent sees SSNs, card and routing numbers, IBANs and e-mails masked (policy: \
+             deploy/quickstart.toml); the auditor sees raw values."
+        );
+    }
 
     let sig = wait_for_signal();
     println!("\nquickstart: got signal {sig}, stopping the gateway and PostgreSQL");
