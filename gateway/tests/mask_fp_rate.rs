@@ -8,7 +8,7 @@
 use portcullis::mask::DetectorKind;
 use portcullis::mask::detect::{DetectorSet, Scanner, luhn_valid};
 
-const SAMPLES: usize = 200_000;
+const SAMPLES: usize = 60_000;
 
 struct Rng(u64);
 

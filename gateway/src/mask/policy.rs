@@ -174,7 +174,7 @@ impl Policy {
 
     /// Decides, for each column of a result set, which rule masks it.
     ///
-    /// Errors: [`MaskError::NeedCatalog`] when a `column` rule is active and some table
+    /// Errors: [`MaskError::NeedCatalog`] when a rule applies to `who` and some table
     /// OIDs are not cached yet (fetch them and call again); [`MaskError::Unresolvable`]
     /// when a `column` rule may cover a column whose source cannot be resolved;
     /// [`MaskError::UnsafeBinary`] when the chosen rule cannot rewrite a binary column.
@@ -197,10 +197,9 @@ impl Policy {
         let active: Vec<usize> = (0..inner.rules.len())
             .filter(|&i| !inner.rules[i].exempt_for(who))
             .collect();
-        let has_path = active
-            .iter()
-            .any(|&i| matches!(inner.rules[i].selector, Selector::Path(_)));
-        if has_path {
+        // Every selector needs the source: `column` rules match it, and name rules match
+        // the source column's name too, so `SELECT ssn AS x` cannot dodge them.
+        {
             let mut missing: Vec<u32> = columns
                 .iter()
                 .filter(|c| c.table_oid != 0 && !catalog.contains(c.table_oid))
@@ -955,11 +954,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn name_rules_need_no_catalog() {
+    fn name_rules_follow_aliases_through_the_catalog() {
         let p = policy("[[rule]]\ncolumn_name = \"ssn\"\nstrategy = \"null\"\n");
+        // A computed column needs no catalog.
         let plan = p
-            .plan(&who(), &[col("ssn", 99, 1, 25)], &Catalog::new())
+            .plan(&who(), &[col("ssn", 0, 0, 25)], &Catalog::new())
             .unwrap();
+        assert_eq!(plan.rule_for(0), Some("#1"));
+        // An aliased table column is resolved first, then matched by its source name.
+        let aliased = [col("x", 16384, 3, 25)];
+        let err = p.plan(&who(), &aliased, &Catalog::new()).unwrap_err();
+        assert_eq!(err.needed_oids(), Some(&[16384][..]));
+        let plan = p.plan(&who(), &aliased, &catalog()).unwrap();
         assert_eq!(plan.rule_for(0), Some("#1"));
     }
 
