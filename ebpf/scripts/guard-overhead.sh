@@ -121,7 +121,8 @@ for r in $(seq "$ROUNDS"); do
 done
 guard_on xdp
 bulk >/dev/null
-if in_ns ag bash -c "exec 3<>/dev/tcp/$DB/$PORT" 2>/dev/null; then
+# A dropped SYN would otherwise wait out the kernel's whole retry schedule (~2 min).
+if in_ns ag timeout 3 bash -c "exec 3<>/dev/tcp/$DB/$PORT" 2>/dev/null; then
   echo "guard check FAILED: the agent reached the database directly" >&2
   exit 1
 fi
