@@ -87,7 +87,8 @@ roles = ["agent"]
 [log]
 level = "warn"
 EOF
-in_ns gw "$GATEWAY" serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
+# Not through in_ns: $! must be the gateway itself (nsenter execs it) for cleanup to kill it.
+nsenter --net=/run/netns/"$(ns gw)" -- "$GATEWAY" serve --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
 GW_PID=$!
 for _ in $(seq 100); do in_ns ag bash -c "exec 3<>/dev/tcp/$GW/6432" 2>/dev/null && break; sleep 0.1; done
 
