@@ -1,11 +1,11 @@
 //! The life of one agent connection, written once for both engines.
 //!
 //! Start-up (TLS, authentication, the upstream login) runs as straight-line async code
-//! around the sans-IO handshakes. The established session then runs four futures in one
-//! task: a reader and a writer per socket, meeting in the relay core. Readers feed the
-//! core; writers drain its queues in order. A reader stops reading while its peer's queue
-//! is above the high-water mark, so back-pressure reaches both ends and memory per
-//! session stays bounded.
+//! around the sans-IO handshakes. The established session then runs two halves in one
+//! task, one reading each socket, meeting in the relay core. A half feeds what it read to
+//! the core and then writes what the core queued before it reads again, so no half ever
+//! holds more than one read's worth of output: back-pressure reaches both ends and
+//! memory per session is bounded by the read buffers.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Notify;
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::Shared;
@@ -30,7 +29,8 @@ use crate::session::relay::Relay;
 use crate::session::stages::Stages;
 use crate::session::upstream::{UpStep, UpstreamError, UpstreamHandshake, UpstreamSession};
 
-/// Bytes queued towards one side before its reader pauses the other side.
+/// Output queued towards a side that another half is already writing, above which the
+/// half that produced it waits before reading more.
 const HIGH_WATER: usize = 1 << 20;
 /// Small frames queued together are written with one system call up to this size.
 const COALESCE: usize = 64 * 1024;
@@ -383,29 +383,75 @@ async fn negotiate_upstream_tls<S: Transport>(
     }
 }
 
-/// Where the four futures of a session meet.
+/// Where the two halves of a session meet.
 struct Flow<H: Hooks> {
     relay: RefCell<Relay<H>>,
     client_done: Cell<bool>,
     server_done: Cell<bool>,
-    /// Wakes the writer of that side: data queued or the session is ending.
-    wake_client_writer: Notify,
-    wake_server_writer: Notify,
-    /// Wakes the reader that paused because the other side's queue was full.
-    client_queue_drained: Notify,
-    server_queue_drained: Notify,
+    /// A drain of that side's queue is under way (its writer owns the socket's writes).
+    writing_client: Cell<bool>,
+    writing_server: Cell<bool>,
+    /// Signalled by a drainer after each write, for parties waiting on its progress.
+    progress_client: tokio::sync::Notify,
+    progress_server: tokio::sync::Notify,
 }
 
 impl<H: Hooks> Flow<H> {
-    fn wake_all(&self) {
-        self.wake_client_writer.notify_one();
-        self.wake_server_writer.notify_one();
-        self.client_queue_drained.notify_one();
-        self.server_queue_drained.notify_one();
-    }
-
     fn ending(&self) -> bool {
         self.client_done.get() || self.server_done.get()
+    }
+
+    fn writing(&self, side: Side) -> &Cell<bool> {
+        match side {
+            Side::Client => &self.writing_client,
+            Side::Server => &self.writing_server,
+        }
+    }
+
+    /// Writes what the core queued for `side`, unless a drain of that side is already
+    /// under way (it will pick this up: it loops until the queue is empty). Whoever
+    /// produced output drains it, so a round trip costs no task hand-over, order holds
+    /// (one drainer per socket, taking chunks in queue order) and a reader that is
+    /// draining does not read more: that is the back-pressure.
+    async fn drain<T: Transport>(&self, side: Side, socket: &T) -> io::Result<()> {
+        let writing = self.writing(side);
+        let progress = match side {
+            Side::Client => &self.progress_client,
+            Side::Server => &self.progress_server,
+        };
+        if writing.replace(true) {
+            // Someone else is writing this side: wait until the queue is back under the
+            // mark so this half does not read (and queue) without bound meanwhile.
+            loop {
+                let notified = progress.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if !writing.get() || self.pending(side) < HIGH_WATER {
+                    return Ok(());
+                }
+                notified.await;
+            }
+        }
+        let mut result = Ok(());
+        while let Some(chunk) = next_chunk(&self.relay, side) {
+            let r = socket.write_all(chunk).await;
+            progress.notify_waiters();
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        writing.set(false);
+        progress.notify_waiters();
+        result
+    }
+
+    fn pending(&self, side: Side) -> usize {
+        let r = self.relay.borrow();
+        match side {
+            Side::Client => r.pending_to_client(),
+            Side::Server => r.pending_to_server(),
+        }
     }
 }
 
@@ -417,29 +463,18 @@ async fn relay_session<C: Connect, H: Hooks>(
     relay: Relay<H>,
     client_buf: BytesMut,
 ) {
-    relay_session_inner::<C, H, _>(shared, database, client, server, relay, client_buf).await
-}
-
-async fn relay_session_inner<C: Connect, H: Hooks, T: Transport>(
-    shared: &Shared,
-    database: &str,
-    client: &T,
-    server: &T,
-    relay: Relay<H>,
-    client_buf: BytesMut,
-) {
     let flow = Flow {
         relay: RefCell::new(relay),
         client_done: Cell::new(false),
         server_done: Cell::new(false),
-        wake_client_writer: Notify::new(),
-        wake_server_writer: Notify::new(),
-        client_queue_drained: Notify::new(),
-        server_queue_drained: Notify::new(),
+        writing_client: Cell::new(false),
+        writing_server: Cell::new(false),
+        progress_client: tokio::sync::Notify::new(),
+        progress_server: tokio::sync::Notify::new(),
     };
     let read_size = shared.read_buffer;
 
-    let client_reader = async {
+    let client_half = async {
         let mut buf = client_buf;
         // Bytes that arrived with the last start-up message belong to the session.
         let mut first = !buf.is_empty();
@@ -458,8 +493,14 @@ async fn relay_session_inner<C: Connect, H: Hooks, T: Transport>(
             }
             first = false;
             let res = flow.relay.borrow_mut().on_client_bytes(&mut buf);
-            flow.wake_server_writer.notify_one();
-            flow.wake_client_writer.notify_one();
+            if let Err(e) = flow.drain(Side::Server, server).await {
+                debug!("server write: {e}");
+                break;
+            }
+            if let Err(e) = flow.drain(Side::Client, client).await {
+                debug!("client write: {e}");
+                break;
+            }
             if let Err(e) = res {
                 warn!("{e}");
                 break;
@@ -467,15 +508,14 @@ async fn relay_session_inner<C: Connect, H: Hooks, T: Transport>(
             if flow.relay.borrow().is_terminated() || flow.server_done.get() {
                 break;
             }
-            while flow.relay.borrow().pending_to_server() > HIGH_WATER && !flow.ending() {
-                flow.server_queue_drained.notified().await;
-            }
         }
         flow.client_done.set(true);
-        flow.wake_all();
+        // Wakes the other half out of its read: the session is over.
+        let _ = flow.drain(Side::Server, server).await;
+        server.shutdown();
     };
 
-    let server_reader = async {
+    let server_half = async {
         let mut buf = BytesMut::with_capacity(read_size);
         let mut clean = true;
         loop {
@@ -495,21 +535,23 @@ async fn relay_session_inner<C: Connect, H: Hooks, T: Transport>(
                 let Some(oids) = flow.relay.borrow_mut().take_catalog_request() else {
                     break;
                 };
-                flow.wake_client_writer.notify_one();
+                if flow.drain(Side::Client, client).await.is_err() {
+                    break;
+                }
                 let rows = fetch_catalog::<C>(shared, database, &oids).await;
                 res = flow
                     .relay
                     .borrow_mut()
                     .resume_with_catalog(&oids, rows, &mut buf);
             }
-            flow.wake_client_writer.notify_one();
+            if let Err(e) = flow.drain(Side::Client, client).await {
+                debug!("client write: {e}");
+                break;
+            }
             if let Err(e) = res {
                 error!("{e}");
                 clean = false;
                 break;
-            }
-            while flow.relay.borrow().pending_to_client() > HIGH_WATER && !flow.ending() {
-                flow.client_queue_drained.notified().await;
             }
             if flow.client_done.get() {
                 break;
@@ -517,59 +559,20 @@ async fn relay_session_inner<C: Connect, H: Hooks, T: Transport>(
         }
         if !flow.client_done.get() {
             let parsable = flow.relay.borrow_mut().on_server_eof() && clean;
-            if !parsable {
-                // The agent holds half a frame; an error now would be read as its rest.
-                client.shutdown();
+            if parsable {
+                let _ = flow.drain(Side::Client, client).await;
             }
             if !flow.relay.borrow().is_terminated() {
                 warn!("the database closed the connection");
             }
         }
         flow.server_done.set(true);
-        flow.wake_all();
-    };
-
-    let client_writer = async {
-        loop {
-            let next = next_chunk(&flow.relay, Side::Client);
-            match next {
-                Some(b) => {
-                    if let Err(e) = client.write_all(b).await {
-                        debug!("client write: {e}");
-                        break;
-                    }
-                    flow.client_queue_drained.notify_one();
-                }
-                None if flow.ending() => break,
-                None => flow.wake_client_writer.notified().await,
-            }
-        }
+        // The agent's reader must stop too: nothing it sends can be answered.
         client.shutdown();
-        flow.client_done.set(true);
-        flow.wake_all();
     };
 
-    let server_writer = async {
-        loop {
-            let next = next_chunk(&flow.relay, Side::Server);
-            match next {
-                Some(b) => {
-                    if let Err(e) = server.write_all(b).await {
-                        debug!("server write: {e}");
-                        break;
-                    }
-                    flow.server_queue_drained.notify_one();
-                }
-                None if flow.ending() => break,
-                None => flow.wake_server_writer.notified().await,
-            }
-        }
-        server.shutdown();
-        flow.server_done.set(true);
-        flow.wake_all();
-    };
-
-    tokio::join!(client_reader, server_reader, client_writer, server_writer);
+    tokio::join!(client_half, server_half);
+    let _ = flow.ending();
 }
 
 #[derive(Clone, Copy)]
