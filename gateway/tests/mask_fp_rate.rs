@@ -121,7 +121,11 @@ fn false_positive_rates() {
     while text.len() < 1 << 20 {
         let len = 1 + (rng.next() % 20) as usize;
         text.extend(rng.digits(len));
-        text.push(if rng.next() % 4 == 0 { b'-' } else { b' ' });
+        text.push(if rng.next().is_multiple_of(4) {
+            b'-'
+        } else {
+            b' '
+        });
     }
     let mut found = Vec::new();
     plain.scan(&text, &mut found);

@@ -32,7 +32,7 @@ use super::config::{DetectorKind, MaskConfig, RuleConfig, StrategyKind};
 use super::copy::{CopyFormat, CopyPlan};
 use super::detect::{DetectorSet, Finding, Scanner};
 use super::pattern::{ColumnPath, Glob};
-use super::strategy::Strategy;
+use super::strategy::{Sink, Strategy};
 use super::wire::{ColumnDesc, data_row_start, read_field};
 
 /// Who is reading: the agent identity and its roles, for exemptions.
@@ -577,8 +577,22 @@ pub(crate) enum Outcome {
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     pub(crate) out: Vec<u8>,
+    work: Work,
+}
+
+/// Buffers that the masking of one value uses internally.
+#[derive(Debug, Default)]
+struct Work {
     findings: Vec<Finding>,
     tmp: Vec<u8>,
+}
+
+/// What to do with one value, decided before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Keep,
+    Null,
+    Write,
 }
 
 /// The masking decision for one result set: which columns are masked, by which rule.
@@ -624,8 +638,9 @@ impl RowPlan {
     /// Masks one whole `DataRow` frame (`'D'`, length, count, fields).
     ///
     /// Returns `frame` itself (no copy) when nothing changed, otherwise one new frame
-    /// built with a single pass (unchanged bytes are copied once, lengths rewritten where
-    /// they changed). Malformed frames and column-count mismatches are errors.
+    /// built in a single pass: unchanged bytes are copied once, masked values are written
+    /// straight into it and their lengths patched. Malformed frames and column-count
+    /// mismatches are errors.
     pub fn mask_data_row(&self, frame: Bytes, stats: &mut MaskStats) -> Result<Bytes, MaskError> {
         const WHAT: &str = "DataRow";
         if self.passthrough {
@@ -636,27 +651,31 @@ impl RowPlan {
         let mut pos = data_row_start(buf, self.columns.len())?;
         let mut out: Option<BytesMut> = None;
         let mut copied = 0;
-        let mut scratch = Scratch::default();
-        for (i, col) in self.columns.iter().enumerate() {
+        let mut work = Work::default();
+        for col in self.columns.iter() {
             let field_at = pos;
             let (range, next) = read_field(buf, pos, WHAT)?;
             pos = next;
-            let (Some(_), Some((s, e))) = (col, range) else {
+            let (Some(cp), Some((s, e))) = (col, range) else {
                 continue;
             };
-            let outcome = self.mask_value(i, &buf[s..e], &mut scratch, stats)?;
-            if outcome == Outcome::Keep {
+            let (prefix, text) = split_value(cp, &buf[s..e])?;
+            let decision = self.decide(cp, text, &mut work, stats);
+            if decision == Decision::Keep {
                 continue;
             }
             let o = out.get_or_insert_with(|| BytesMut::with_capacity(buf.len() + 64));
             o.extend_from_slice(&buf[copied..field_at]);
-            if outcome == Outcome::Null {
+            if decision == Decision::Null {
                 o.put_i32(-1);
             } else {
-                let len = i32::try_from(scratch.out.len())
+                let len_at = o.len();
+                o.put_i32(0);
+                o.extend_from_slice(prefix);
+                self.write(cp, text, &mut work, o)?;
+                let len = i32::try_from(o.len() - len_at - 4)
                     .map_err(|_| MaskError::malformed(WHAT, "masked value too large"))?;
-                o.put_i32(len);
-                o.extend_from_slice(&scratch.out);
+                o[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
             }
             copied = e;
         }
@@ -685,119 +704,143 @@ impl RowPlan {
         scratch: &mut Scratch,
         stats: &mut MaskStats,
     ) -> Result<Outcome, MaskError> {
-        let Some(Some(cp)) = self.columns.get(col).copied() else {
+        let Some(Some(cp)) = self.columns.get(col) else {
             return Ok(Outcome::Keep);
         };
+        let (prefix, text) = split_value(cp, value)?;
+        match self.decide(cp, text, &mut scratch.work, stats) {
+            Decision::Keep => Ok(Outcome::Keep),
+            Decision::Null => Ok(Outcome::Null),
+            Decision::Write => {
+                scratch.out.clear();
+                scratch.out.extend_from_slice(prefix);
+                self.write(cp, text, &mut scratch.work, &mut scratch.out)?;
+                Ok(Outcome::Replaced)
+            }
+        }
+    }
+
+    /// Decides what happens to a value; a scanning rule leaves its findings in `work`.
+    fn decide(
+        &self,
+        cp: &ColPlan,
+        text: &[u8],
+        work: &mut Work,
+        stats: &mut MaskStats,
+    ) -> Decision {
+        let rule = &self.policy.rules[cp.rule];
+        if let Some(scanner) = &rule.scan {
+            scanner.scan(text, &mut work.findings);
+            if work.findings.is_empty() {
+                return Decision::Keep;
+            }
+            stats.add_findings(&work.findings);
+        }
+        stats.add_rule(&rule.name);
+        if matches!(rule.strategy, Strategy::Null) {
+            Decision::Null
+        } else {
+            Decision::Write
+        }
+    }
+
+    /// Appends the masked form of `text` to `out` after [`RowPlan::decide`] said `Write`.
+    fn write<S: Sink>(
+        &self,
+        cp: &ColPlan,
+        text: &[u8],
+        work: &mut Work,
+        out: &mut S,
+    ) -> Result<(), MaskError> {
         let rule = &self.policy.rules[cp.rule];
         let unspoilable = || MaskError::Unspoilable {
             rule: rule.name.to_string(),
         };
-        let (prefix, text) = match cp.kind {
-            ValueKind::JsonbBinary => match value.split_first() {
-                Some((&1, rest)) => (&value[..1], rest),
-                _ => return Err(MaskError::malformed("jsonb value", "unknown jsonb version")),
-            },
-            _ => (&value[..0], value),
-        };
-        scratch.out.clear();
-        match &rule.scan {
-            None => {
-                stats.add_rule(&rule.name);
-                if matches!(rule.strategy, Strategy::Null) {
-                    return Ok(Outcome::Null);
-                }
-                scratch.out.extend_from_slice(prefix);
-                if cp.json {
-                    scratch.tmp.clear();
-                    rule.strategy
-                        .write(text, &mut scratch.tmp)
-                        .map_err(|_| unspoilable())?;
-                    json_string(&scratch.tmp, &mut scratch.out);
-                } else {
-                    rule.strategy
-                        .write(text, &mut scratch.out)
-                        .map_err(|_| unspoilable())?;
-                }
-                Ok(Outcome::Replaced)
-            }
-            Some(scanner) => {
-                scanner.scan(text, &mut scratch.findings);
-                if scratch.findings.is_empty() {
-                    return Ok(Outcome::Keep);
-                }
-                stats.add_rule(&rule.name);
-                stats.add_findings(&scratch.findings);
-                if matches!(rule.strategy, Strategy::Null) {
-                    return Ok(Outcome::Null);
-                }
-                scratch.out.extend_from_slice(prefix);
-                rewrite(rule, cp.json, text, &scratch.findings, &mut scratch.out)
+        let Some(_) = &rule.scan else {
+            if cp.json {
+                work.tmp.clear();
+                rule.strategy
+                    .write(text, &mut work.tmp)
                     .map_err(|_| unspoilable())?;
-                // Replacements can meet their neighbours ("6 " before a masked card may
-                // form a new valid window): re-check what is sent until nothing is found.
-                if matches!(rule.strategy, Strategy::FormatPreserving(..)) {
-                    super::strategy::fix_findings(&mut scratch.out[prefix.len()..], &rule.rescan)
-                        .map_err(|_| unspoilable())?;
-                    return Ok(Outcome::Replaced);
-                }
-                for _ in 0..4 {
-                    rule.rescan
-                        .scan(&scratch.out[prefix.len()..], &mut scratch.findings);
-                    if scratch.findings.is_empty() {
-                        return Ok(Outcome::Replaced);
-                    }
-                    std::mem::swap(&mut scratch.tmp, &mut scratch.out);
-                    scratch.out.clear();
-                    scratch.out.extend_from_slice(prefix);
-                    let text = &scratch.tmp[prefix.len()..];
-                    rewrite(rule, cp.json, text, &scratch.findings, &mut scratch.out)
-                        .map_err(|_| unspoilable())?;
-                }
-                Err(unspoilable())
+                json_string(&work.tmp, out);
+            } else {
+                rule.strategy.write(text, out).map_err(|_| unspoilable())?;
             }
+            return Ok(());
+        };
+        let start = out.len();
+        rewrite(rule, cp.json, text, &work.findings, out).map_err(|_| unspoilable())?;
+        // Replacements can meet their neighbours ("6 " before a masked card may form a
+        // new valid window): re-check what is sent until nothing is found.
+        if matches!(rule.strategy, Strategy::FormatPreserving(..)) {
+            return super::strategy::fix_findings(&mut out[start..], &rule.rescan)
+                .map_err(|_| unspoilable());
         }
+        for _ in 0..4 {
+            rule.rescan.scan(&out[start..], &mut work.findings);
+            if work.findings.is_empty() {
+                return Ok(());
+            }
+            work.tmp.clear();
+            work.tmp.extend_from_slice(&out[start..]);
+            out.truncate_to(start);
+            rewrite(rule, cp.json, &work.tmp, &work.findings, out).map_err(|_| unspoilable())?;
+        }
+        Err(unspoilable())
+    }
+}
+
+/// Splits a wire value into the bytes kept as they are (binary `jsonb`'s version byte)
+/// and the text to mask.
+fn split_value<'a>(cp: &ColPlan, value: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), MaskError> {
+    match cp.kind {
+        ValueKind::JsonbBinary => match value.split_first() {
+            Some((&1, rest)) => Ok((&value[..1], rest)),
+            _ => Err(MaskError::malformed("jsonb value", "unknown jsonb version")),
+        },
+        _ => Ok((&value[..0], value)),
     }
 }
 
 /// Copies `text` to `out` with each finding replaced by the rule's strategy; in JSON,
 /// a finding outside a string (a bare number) becomes a string.
-fn rewrite(
+fn rewrite<S: Sink>(
     rule: &Rule,
     json: bool,
     text: &[u8],
     findings: &[Finding],
-    out: &mut Vec<u8>,
+    out: &mut S,
 ) -> Result<(), super::strategy::Unspoilable> {
     let mut cursor = JsonCursor::default();
     let mut last = 0;
     for f in findings {
-        out.extend_from_slice(&text[last..f.start]);
+        out.put_slice(&text[last..f.start]);
         let quote = json && !cursor.in_string_at(text, f.start);
         if quote {
-            out.push(b'"');
+            out.put_u8(b'"');
         }
         rule.strategy.write(&text[f.start..f.end], out)?;
         if quote {
-            out.push(b'"');
+            out.put_u8(b'"');
         }
         last = f.end;
     }
-    out.extend_from_slice(&text[last..]);
+    out.put_slice(&text[last..]);
     Ok(())
 }
 
 /// Writes `s` as a JSON string literal.
-fn json_string(s: &[u8], out: &mut Vec<u8>) {
-    out.push(b'"');
+fn json_string<S: Sink>(s: &[u8], out: &mut S) {
+    out.put_u8(b'"');
     for &b in s {
         match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
-            _ => out.push(b),
+            b'"' => out.put_slice(b"\\\""),
+            b'\\' => out.put_slice(b"\\\\"),
+            0..=0x1f => out.put_slice(format!("\\u{b:04x}").as_bytes()),
+            _ => out.put_u8(b),
         }
     }
-    out.push(b'"');
+    out.put_u8(b'"');
 }
 
 /// Tracks whether a position in JSON text is inside a string, moving forward only.

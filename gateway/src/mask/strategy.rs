@@ -19,8 +19,22 @@ use super::detect::{self, Scanner};
 type HmacSha256 = Hmac<Sha256>;
 
 /// Where strategies write: `Vec<u8>` or `BytesMut`, appended to and patched in place.
-pub trait Sink: BufMut + std::ops::DerefMut<Target = [u8]> {}
-impl<T: BufMut + std::ops::DerefMut<Target = [u8]>> Sink for T {}
+pub trait Sink: BufMut + std::ops::DerefMut<Target = [u8]> {
+    /// Drops everything after the first `len` bytes.
+    fn truncate_to(&mut self, len: usize);
+}
+
+impl Sink for Vec<u8> {
+    fn truncate_to(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
+
+impl Sink for bytes::BytesMut {
+    fn truncate_to(&mut self, len: usize) {
+        self.truncate(len);
+    }
+}
 
 /// Letters used for hash tokens: a token has no digits, so it can never form part of a
 /// card or account number that a later scan (or a human) would take for real.
@@ -142,15 +156,14 @@ fn partial<S: Sink>(value: &[u8], keep_first: usize, keep_last: usize, mask: u8,
         let total = value.iter().filter(|b| b.is_ascii_alphanumeric()).count();
         let (kf, kl) = kept(keep_first, keep_last, total);
         out.put_slice(value);
-        let mut idx = 0;
-        for b in out[start..]
+        for (idx, b) in out[start..]
             .iter_mut()
             .filter(|b| b.is_ascii_alphanumeric())
+            .enumerate()
         {
             if idx >= kf && idx < total - kl {
                 *b = mask;
             }
-            idx += 1;
         }
         recheck(&mut out[start..], kf + kl, mask);
         return;
