@@ -33,7 +33,9 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 pub fn run(data: &[u8]) {
-    let Some((&mode, data)) = data.split_first() else { return };
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
     let _ = parse_row_description(&frame(b'T', data));
     let policy = policy();
     let who = Subject::new("fuzz", ["r"]);
@@ -44,7 +46,9 @@ pub fn run(data: &[u8]) {
             c
         })
         .collect();
-    let Ok(plan) = policy.plan(&who, &cols, &Catalog::new()) else { return };
+    let Ok(plan) = policy.plan(&who, &cols, &Catalog::new()) else {
+        return;
+    };
     let mut stats = MaskStats::new();
     // The input as a DataRow body, with a correct and with a lying length word.
     let _ = plan.mask_data_row(Bytes::from(frame(b'D', data)), &mut stats);
@@ -57,14 +61,26 @@ pub fn run(data: &[u8]) {
     for _ in 0..4 {
         response.extend_from_slice(&i16::from(binary).to_be_bytes());
     }
-    let format = if mode & 0x40 != 0 { CopyFormat::csv() } else { CopyFormat::text() };
-    let Ok(copy) = policy.plan_copy(&who, Some(&cols), &Catalog::new(), &frame(b'H', &response), format)
-    else {
+    let format = if mode & 0x40 != 0 {
+        CopyFormat::csv()
+    } else {
+        CopyFormat::text()
+    };
+    let Ok(copy) = policy.plan_copy(
+        &who,
+        Some(&cols),
+        &Catalog::new(),
+        &frame(b'H', &response),
+        format,
+    ) else {
         return;
     };
     let mut copy = copy.with_max_carry(4096);
     for chunk in data.chunks(1 + usize::from(mode & 0x0f)) {
-        if copy.mask_copy_data(Bytes::from(frame(b'd', chunk)), &mut stats).is_err() {
+        if copy
+            .mask_copy_data(Bytes::from(frame(b'd', chunk)), &mut stats)
+            .is_err()
+        {
             return;
         }
     }
