@@ -73,6 +73,13 @@ fn ensure_apt() -> anyhow::Result<()> {
     sh(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-q", "--no-install-recommends"])
+        // Keep the createcluster.conf written above instead of asking about it.
+        .args([
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+        ])
         .args(&missing))?;
     // pgbouncer's package enables a system service the bench starts its own copy of.
     let _ = Command::new("systemctl")
