@@ -146,3 +146,36 @@ fn dataset_big_1m_rows_load_under_a_minute() {
         "1000000"
     );
 }
+
+/// A cluster inside a network namespace, reached from the host over the veth pair: what
+/// the guard's tests build on. Needs root, which CI has; without it this fails loudly.
+#[test]
+fn cluster_in_network_namespace() {
+    let tag = format!("h{}", std::process::id() % 100_000);
+    let subnet = (std::process::id() % 200) as u8 + 20;
+    let ns = portcullis_tests::NetNs::create(&tag, subnet).expect("create netns (needs root)");
+    let pg = PgCluster::start(PgOptions {
+        listen_addresses: ns.ns_addr.to_string(),
+        netns: Some(ns.name.clone()),
+        ..PgOptions::default()
+    })
+    .unwrap();
+    assert_eq!(pg.host, ns.ns_addr.to_string());
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-At", "-d", &pg.direct_uri("postgres"), "-c"])
+        .arg("SELECT inet_server_addr()")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        ns.ns_addr.to_string()
+    );
+    drop(pg);
+    drop(ns);
+}
