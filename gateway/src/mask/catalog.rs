@@ -221,11 +221,11 @@ impl CatalogFill {
         let oid: u32 = std::str::from_utf8(oid)
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or(MaskError::malformed(WHAT, "bad table OID"))?;
+            .ok_or_else(|| MaskError::malformed(WHAT, "bad table OID"))?;
         let attnum: i16 = std::str::from_utf8(attnum)
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or(MaskError::malformed(WHAT, "bad attnum"))?;
+            .ok_or_else(|| MaskError::malformed(WHAT, "bad attnum"))?;
         if self.requested.binary_search(&oid).is_err() {
             return Err(MaskError::malformed(
                 WHAT,

@@ -82,7 +82,7 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn cstr(&mut self) -> Result<&'a [u8], MaskError> {
         let end = memchr::memchr(0, self.buf)
-            .ok_or(MaskError::malformed(self.what, "unterminated string"))?;
+            .ok_or_else(|| MaskError::malformed(self.what, "unterminated string"))?;
         let s = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(s)
@@ -219,7 +219,7 @@ pub(crate) fn read_field(
     let end = start
         .checked_add(len as usize)
         .filter(|&e| e <= buf.len())
-        .ok_or(MaskError::malformed(what, "field runs past the end"))?;
+        .ok_or_else(|| MaskError::malformed(what, "field runs past the end"))?;
     Ok((Some((start, end)), end))
 }
 
