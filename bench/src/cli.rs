@@ -2,6 +2,8 @@
 //! write the JSON and the charts, print the tables and, with `--compare`, what changed.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -254,11 +256,20 @@ pub fn run(args: &Args) -> Result<Outcome, BenchError> {
         targets.len(),
         timing.rounds
     ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    rt.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("bench: interrupted; finishing the report with what ran");
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
     let runner = Runner {
         timing,
         rows: dataset_rows,
         pgbench_bin: args.pgbench_bin.clone(),
         show_progress: !args.no_progress,
+        stop,
     };
     let results = runner.run(&rt, &wl, &targets);
 

@@ -78,3 +78,85 @@ pub fn compare(old: &Report, new: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Cpu, DatasetInfo, HostInfo, Latency, Measurement, WorkloadInfo};
+    use crate::workload::Group;
+
+    fn report(wall: f64, tps: f64) -> Report {
+        let m = |w: &str, wall_s: f64, tps: f64| Measurement {
+            workload: w.into(),
+            target: "direct".into(),
+            trials: 1,
+            error: None,
+            elapsed_s: 1.0,
+            queries: 1,
+            wall_s,
+            rows: 1,
+            reported_rows: 1,
+            payload_bytes: 10,
+            wire_bytes_received: 10,
+            wire_bytes_sent: 10,
+            mb_s: 0.0,
+            rows_s: 0.0,
+            tps,
+            latency_us: Latency::default(),
+            cpu_s: Cpu::default(),
+            cpu_s_per_gb: Cpu::default(),
+            cpu_us_per_tx: Cpu::default(),
+            proxy_peak_rss_kib: None,
+            ratio_to_direct: None,
+            ratio_to_pgbouncer: None,
+        };
+        Report {
+            schema: crate::report::SCHEMA.into(),
+            started_at: "t".into(),
+            mode: "quick".into(),
+            host: HostInfo {
+                cpus: 2,
+                kernel: String::new(),
+                hostname: String::new(),
+            },
+            dataset: DatasetInfo {
+                table: "accounts".into(),
+                rows: 1,
+                seed: None,
+                wide_bytes: 0,
+            },
+            targets: Vec::new(),
+            unavailable: Vec::new(),
+            workloads: vec![
+                WorkloadInfo {
+                    id: "narrow/x".into(),
+                    group: Group::Narrow,
+                    primary: Primary::WallSeconds,
+                    rounds: 1,
+                },
+                WorkloadInfo {
+                    id: "small/x".into(),
+                    group: Group::Small,
+                    primary: Primary::Tps,
+                    rounds: 1,
+                },
+            ],
+            results: vec![m("narrow/x", wall, 0.0), m("small/x", 0.0, tps)],
+        }
+    }
+
+    #[test]
+    fn faster_is_better_for_both_kinds_of_figure() {
+        let out = compare(&report(2.0, 100.0), &report(1.0, 200.0));
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("direct")).collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l.contains("+ 100.0%")), "{out}");
+        let same = compare(&report(1.0, 100.0), &report(1.01, 100.0));
+        assert!(
+            same.lines()
+                .filter(|l| l.contains("direct"))
+                .all(|l| l.contains('~')),
+            "{same}"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 //! into [`Measurement`]s.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -92,6 +93,9 @@ pub struct Runner {
     pub rows: u64,
     pub pgbench_bin: String,
     pub show_progress: bool,
+    /// Set on Ctrl-C: the remaining trials are skipped, so the report covers what ran and the
+    /// managed processes are torn down instead of left behind.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Runner {
@@ -128,6 +132,9 @@ impl Runner {
                     let i = (k + round as usize) % active.len();
                     let t = active[i];
                     bar.set_message(format!("{} @ {}", w.id, t.name));
+                    if self.stop.load(Ordering::Relaxed) {
+                        errors[i].get_or_insert_with(|| "interrupted".into());
+                    }
                     if errors[i].is_none() {
                         match rt.block_on(self.trial(w, t)) {
                             Ok(tr) => trials[i].push(tr),
