@@ -97,9 +97,12 @@ impl PgCluster {
         } else {
             opts.port
         };
+        sweep_orphans();
         let dir = tempfile::Builder::new()
-            .prefix("portcullis-pg-")
+            .prefix(DIR_PREFIX)
             .tempdir()
+            .map_err(PgError::TempDir)?;
+        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
             .map_err(PgError::TempDir)?;
         // The server user must be able to reach its own directory.
         std::fs::create_dir(dir.path().join("sock")).map_err(PgError::TempDir)?;
@@ -376,6 +379,61 @@ impl Drop for PgCluster {
             let _ = self.kill();
         }
     }
+}
+
+const DIR_PREFIX: &str = "portcullis-pg-";
+/// Holds the pid of the process that made the cluster, for [`sweep_orphans`].
+const OWNER_FILE: &str = "owner.pid";
+
+/// Stops and deletes clusters whose creating process is gone. `Drop` never runs in a test
+/// killed by a timeout (nextest sends SIGKILL), so without this each such kill would leave
+/// a PostgreSQL running until the machine goes away. Returns how many it removed.
+pub fn sweep_orphans() -> usize {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let dir = e.path();
+        let is_ours = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
+        // Clusters without an owner file predate it or are still being created: leave them.
+        let Some(owner) = is_ours
+            .then(|| std::fs::read_to_string(dir.join(OWNER_FILE)).ok())
+            .flatten()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let data = dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let bin = std::env::var_os("PG_BINDIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_BINDIR))
+                .join("pg_ctl");
+            let mut c = if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin);
+                c
+            } else {
+                Command::new(bin)
+            };
+            let _ = c
+                .args(["stop", "-w", "-t", "30", "-m", "immediate", "-D"])
+                .arg(&data)
+                .output();
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 pub(crate) fn is_root() -> bool {

@@ -179,3 +179,17 @@ fn cluster_in_network_namespace() {
     drop(pg);
     drop(ns);
 }
+
+/// A cluster whose creator died without dropping it (a test killed by a timeout) is
+/// stopped and removed by the next cluster start.
+#[test]
+fn orphaned_clusters_are_swept() {
+    let pg = PgCluster::start(PgOptions::default()).unwrap();
+    let dir = pg.data_dir().parent().unwrap().to_path_buf();
+    // Pretend the creator is gone: a pid that cannot exist (above pid_max's ceiling).
+    std::fs::write(dir.join("owner.pid"), "4194305").unwrap();
+    std::mem::forget(pg);
+    // Another test's cluster start may sweep it first; either way it must be gone.
+    portcullis_tests::pg::sweep_orphans();
+    assert!(!dir.exists(), "orphaned cluster directory removed");
+}
