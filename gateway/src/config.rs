@@ -250,13 +250,13 @@ impl Config {
                 }
             }
         }
-        if let Some(ca) = &self.upstream.ca {
-            if !ca.exists() {
-                return Err(invalid(
-                    "upstream.ca",
-                    format!("{} does not exist", ca.display()),
-                ));
-            }
+        if let Some(ca) = &self.upstream.ca
+            && !ca.exists()
+        {
+            return Err(invalid(
+                "upstream.ca",
+                format!("{} does not exist", ca.display()),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;

@@ -248,9 +248,11 @@ impl ScramServer {
 /// credential instead of once per session.
 #[derive(Debug, Default)]
 pub struct SaltedCache {
-    /// (digest of the password, salt, iterations) → salted password.
-    entries: std::sync::Mutex<Vec<([u8; 32], Vec<u8>, u32, [u8; 32])>>,
+    entries: std::sync::Mutex<Vec<SaltedEntry>>,
 }
+
+/// (digest of the password, salt, iterations) → salted password.
+type SaltedEntry = ([u8; 32], Vec<u8>, u32, [u8; 32]);
 
 impl SaltedCache {
     fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {

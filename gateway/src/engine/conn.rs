@@ -105,7 +105,7 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
                     .await
                     .map_err(|_| ConnError::Timeout)?
                     .map_err(ConnError::ClientIo)?;
-                client = MaybeTls::Tls(tls);
+                client = MaybeTls::Tls(Box::new(tls));
                 hs.tls_established();
             }
             Ok(Err(e)) => return Err(e),
@@ -371,7 +371,7 @@ async fn negotiate_upstream_tls<S: Transport>(
             tls.handshake()
                 .await
                 .map_err(|e| ConnError::UpstreamTls(e.to_string()))?;
-            Ok(MaybeTls::Tls(tls))
+            Ok(MaybeTls::Tls(Box::new(tls)))
         }
         b"N" if up.tls == UpstreamTls::Prefer => Ok(MaybeTls::Plain(stream)),
         b"N" => Err(ConnError::UpstreamTls(

@@ -28,7 +28,8 @@ pub trait Transport {
 /// A transport that may have been upgraded to TLS.
 pub enum MaybeTls<T> {
     Plain(T),
-    Tls(TlsTransport<T>),
+    /// Boxed: a TLS session's state is large and plaintext sessions should not carry it.
+    Tls(Box<TlsTransport<T>>),
 }
 
 impl<T: Transport> MaybeTls<T> {
@@ -151,7 +152,7 @@ impl<T: Transport> TlsTransport<T> {
                 }
             }
             let consumed = buf.len() - slice.len();
-            let _ = bytes::Buf::advance(&mut buf, consumed);
+            bytes::Buf::advance(&mut buf, consumed);
             result
         };
         *self.cipher_in.borrow_mut() = buf;

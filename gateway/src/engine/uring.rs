@@ -50,10 +50,10 @@ impl Connect for Uring {
 /// Checks that this process may create an io_uring instance (kernels can disable it
 /// with `kernel.io_uring_disabled`, container seccomp profiles often block it).
 pub fn probe() -> Result<(), String> {
-    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        if v.trim() == "2" {
-            return Err("kernel.io_uring_disabled = 2".into());
-        }
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        && v.trim() == "2"
+    {
+        return Err("kernel.io_uring_disabled = 2".into());
     }
     io_uring::IoUring::new(8)
         .map(drop)

@@ -548,12 +548,14 @@ impl<H: Hooks> Relay<H> {
 
     fn server_frame(&mut self, frame: Frame, catalog_ready: bool) -> Result<(), RelayError> {
         let tag = frame.tag();
-        if tag == be::ROW_DESCRIPTION && !catalog_ready && !matches!(self.rows, Rows::Discard) {
-            if let Some(oids) = self.hooks.catalog_needed(frame.as_bytes()) {
-                self.stalled = Some(frame);
-                self.catalog_request = Some(oids);
-                return Ok(());
-            }
+        if tag == be::ROW_DESCRIPTION
+            && !catalog_ready
+            && !matches!(self.rows, Rows::Discard)
+            && let Some(oids) = self.hooks.catalog_needed(frame.as_bytes())
+        {
+            self.stalled = Some(frame);
+            self.catalog_request = Some(oids);
+            return Ok(());
         }
         if let Rows::Discard = self.rows {
             if tag != be::READY_FOR_QUERY {
