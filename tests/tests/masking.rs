@@ -176,8 +176,36 @@ fn every_result_path_is_masked(engine: Engine) {
         .expect("create view");
     let view = one("SELECT ssn FROM v WHERE id = 1");
     assert!(!ssn_valid(&view) && view != raw_ssn, "view: {view}");
-    // a masked column refused where it cannot be mapped: COPY, fail closed with the reason
-    let out = common::run_timed(psql_at(&env.uri()).args(["-c", "COPY accounts TO STDOUT"]));
+    // COPY of the table, text and CSV: masked like rows
+    for sql in [
+        "COPY accounts (id, ssn, card_number) TO STDOUT",
+        "COPY public.accounts (id, ssn, card_number) TO STDOUT WITH (FORMAT csv)",
+    ] {
+        let out = env.ok(psql_at(&env.uri()).args(["-c", sql]));
+        let text = stdout(&out);
+        let sep = if sql.contains("csv") { ',' } else { '\t' };
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() as u64, ROWS, "{sql}");
+        for l in lines {
+            let f: Vec<&str> = l.split(sep).collect();
+            assert!(!ssn_valid(f[1]), "{sql}: SSN {} survived", f[1]);
+            assert!(luhn_runs(f[2]).is_empty(), "{sql}: card {} survived", f[2]);
+        }
+    }
+    // binary COPY: the raw SSN bytes never appear
+    let out = env
+        .ok(psql_at(&env.uri()).args(["-c", "COPY accounts (ssn) TO STDOUT WITH (FORMAT binary)"]));
+    assert!(out.stdout.starts_with(b"PGCOPY\n\xff\r\n\0"));
+    assert!(
+        !out.stdout
+            .windows(raw_ssn.len())
+            .any(|w| w == raw_ssn.as_bytes()),
+        "binary COPY leaked an SSN"
+    );
+    // a COPY whose columns cannot be mapped is refused, with the reason
+    let out = common::run_timed(
+        psql_at(&env.uri()).args(["-c", "COPY (SELECT ssn FROM accounts) TO STDOUT"]),
+    );
     assert!(!out.status.success());
     assert!(
         common::stderr(&out).contains("refused"),

@@ -532,17 +532,17 @@ async fn relay_session<C: Connect, H: Hooks>(
             let mut res = flow.relay.borrow_mut().on_server_bytes(&mut buf);
             // Masking needs catalog rows first: fetch them on the side, then go on.
             while res.is_ok() {
-                let Some(oids) = flow.relay.borrow_mut().take_catalog_request() else {
+                let Some(sql) = flow.relay.borrow_mut().take_side_query() else {
                     break;
                 };
                 if flow.drain(Side::Client, client).await.is_err() {
                     break;
                 }
-                let rows = fetch_catalog::<C>(shared, database, &oids).await;
+                let rows = side_query::<C>(shared, database, &sql).await;
                 res = flow
                     .relay
                     .borrow_mut()
-                    .resume_with_catalog(&oids, rows, &mut buf);
+                    .resume_after_side_query(rows, &mut buf);
             }
             if let Err(e) = flow.drain(Side::Client, client).await {
                 debug!("client write: {e}");
@@ -606,14 +606,13 @@ fn next_chunk<H: Hooks>(relay: &RefCell<Relay<H>>, side: Side) -> Option<Bytes> 
     Some(acc.freeze())
 }
 
-/// Runs the catalog query for `oids` over a connection of the gateway's own, so the
-/// session's connection (busy streaming a result) is never interleaved.
-async fn fetch_catalog<C: Connect>(
+/// Runs a catalog query over a connection of the gateway's own, so the session's
+/// connection (busy streaming a result) is never interleaved.
+async fn side_query<C: Connect>(
     shared: &Shared,
     database: &str,
-    oids: &[u32],
+    sql: &str,
 ) -> Result<Vec<Bytes>, String> {
-    let sql = crate::mask::Catalog::new().start_fill(oids).sql();
     let (conn, _, _) = connect_upstream::<C>(shared, database, &[])
         .await
         .map_err(|e| match e {
@@ -621,7 +620,7 @@ async fn fetch_catalog<C: Connect>(
             UpstreamStartError::Other(e) => e.to_string(),
         })?;
     let mut query = BytesMut::new();
-    postgres_protocol::message::frontend::query(&sql, &mut query).map_err(|e| e.to_string())?;
+    postgres_protocol::message::frontend::query(sql, &mut query).map_err(|e| e.to_string())?;
     conn.write_all(query.freeze())
         .await
         .map_err(|e| e.to_string())?;

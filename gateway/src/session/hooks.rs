@@ -84,16 +84,17 @@ pub trait Hooks {
     }
 
     /// The server described a result (`RowDescription` of a query, a portal or a
-    /// statement). Returns the table OIDs the hooks must know about before they can
-    /// decide on this result; the relay then stalls the server stream at this frame
-    /// until the driver has fetched them and calls [`Hooks::catalog_filled`].
-    fn catalog_needed(&mut self, _row_description: &Bytes) -> Option<Vec<u32>> {
+    /// statement) or started a `COPY` out (`CopyOutResponse`; `sql` is the statement).
+    /// Returns a catalog query the hooks need answered before they can decide on it; the
+    /// relay then stalls the server stream at this frame until the driver has run the
+    /// query on a connection of its own and called [`Hooks::side_query_done`].
+    fn side_query(&mut self, _frame: &Bytes, _sql: &[u8]) -> Option<String> {
         None
     }
 
-    /// The driver ran the catalog query for `oids`: `rows` are its `DataRow` frames,
-    /// or `Err` with why it could not.
-    fn catalog_filled(&mut self, _oids: &[u32], _rows: Result<Vec<Bytes>, String>) {}
+    /// The driver ran the side query: `rows` are its `DataRow` frames, or `Err` with why
+    /// it could not.
+    fn side_query_done(&mut self, _rows: Result<Vec<Bytes>, String>) {}
 
     /// A result set is starting. `row_description` is the whole frame; `formats` the
     /// result formats the client asked for in `Bind` (empty for a simple query, where

@@ -7,12 +7,14 @@
 //! - [`relay`]: the relay core for an established session: it forwards frames as
 //!   zero-copy runs, tracks statements, portals and result columns, and can refuse one
 //!   statement in order without breaking the session.
+//! - [`copy_target`]: which relation a `COPY … TO STDOUT` reads.
 //! - [`tracker`]: prepared statements and portals, by name.
 //! - [`hooks`]: where policy, masking and audit plug into the relay.
 //! - [`stages`]: the gateway's stages behind those hooks (masking).
 //!
 //! Nothing here touches a socket; the engines in [`crate::engine`] move the bytes.
 
+pub mod copy_target;
 pub mod handshake;
 pub mod hooks;
 pub mod relay;

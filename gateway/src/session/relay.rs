@@ -109,7 +109,7 @@ pub struct Relay<H: Hooks> {
     /// A `RowDescription` the hooks cannot judge until the driver fetches catalog rows:
     /// server processing waits here.
     stalled: Option<Frame>,
-    catalog_request: Option<Vec<u32>>,
+    side_query: Option<String>,
 }
 
 impl<H: Hooks> Relay<H> {
@@ -130,7 +130,7 @@ impl<H: Hooks> Relay<H> {
             txn_status: b'I',
             terminated: false,
             stalled: None,
-            catalog_request: None,
+            side_query: None,
         }
     }
 
@@ -173,25 +173,32 @@ impl<H: Hooks> Relay<H> {
         self.expect.is_empty() && self.server_pass == 0
     }
 
-    /// Table OIDs the driver must fetch (with the gateway's own connection) before the
-    /// server stream can go on; see [`Hooks::catalog_needed`].
-    pub fn take_catalog_request(&mut self) -> Option<Vec<u32>> {
-        self.catalog_request.take()
+    /// A catalog query the driver must run (on the gateway's own connection) before the
+    /// server stream can go on; see [`Hooks::side_query`].
+    pub fn take_side_query(&mut self) -> Option<String> {
+        self.side_query.take()
     }
 
-    /// Hands the fetched catalog rows to the hooks and resumes the server stream with
-    /// the stalled frame, then whatever is in `buf`.
-    pub fn resume_with_catalog(
+    /// Hands the side query's rows to the hooks and resumes the server stream with the
+    /// stalled frame, then whatever is in `buf`.
+    pub fn resume_after_side_query(
         &mut self,
-        oids: &[u32],
         rows: Result<Vec<Bytes>, String>,
         buf: &mut BytesMut,
     ) -> Result<(), RelayError> {
-        self.hooks.catalog_filled(oids, rows);
+        self.hooks.side_query_done(rows);
         if let Some(frame) = self.stalled.take() {
             self.server_frame(frame, true)?;
         }
         self.on_server_bytes(buf)
+    }
+
+    /// The SQL of the statement whose results are streaming now.
+    fn current_sql(&self) -> Bytes {
+        match self.expect.front() {
+            Some(Expect::Query { sql }) | Some(Expect::Execute { sql, .. }) => sql.clone(),
+            _ => Bytes::new(),
+        }
     }
 
     fn send_client(&mut self, b: Bytes) {
@@ -548,13 +555,13 @@ impl<H: Hooks> Relay<H> {
 
     fn server_frame(&mut self, frame: Frame, catalog_ready: bool) -> Result<(), RelayError> {
         let tag = frame.tag();
-        if tag == be::ROW_DESCRIPTION
+        if (tag == be::ROW_DESCRIPTION || tag == be::COPY_OUT_RESPONSE)
             && !catalog_ready
             && !matches!(self.rows, Rows::Discard)
-            && let Some(oids) = self.hooks.catalog_needed(frame.as_bytes())
+            && let Some(sql) = self.hooks.side_query(frame.as_bytes(), &self.current_sql())
         {
             self.stalled = Some(frame);
-            self.catalog_request = Some(oids);
+            self.side_query = Some(sql);
             return Ok(());
         }
         if let Rows::Discard = self.rows {
@@ -611,10 +618,7 @@ impl<H: Hooks> Relay<H> {
                 }
             }
             be::COPY_OUT_RESPONSE => {
-                let sql = match self.expect.front() {
-                    Some(Expect::Query { sql }) | Some(Expect::Execute { sql, .. }) => sql.clone(),
-                    _ => Bytes::new(),
-                };
+                let sql = self.current_sql();
                 self.rows = match self.hooks.copy_out(frame.as_bytes(), &sql) {
                     Ok(None) => Rows::Pass,
                     Ok(Some(stage)) => Rows::Stage(stage),

@@ -11,10 +11,12 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tracing::debug;
 
+use super::copy_target;
 use super::hooks::{Hooks, Outcome, Refusal, RowStage};
+use crate::mask::wire::{data_row_start, read_field};
 use crate::mask::{
-    Catalog, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan, Subject,
-    apply_result_formats, parse_row_description,
+    Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan,
+    Subject, apply_result_formats, parse_row_description,
 };
 use crate::protocol::sqlstate;
 
@@ -25,6 +27,15 @@ pub struct Stages {
     catalog: Arc<Mutex<Catalog>>,
     /// Why the last catalog fetch failed, to explain a refusal.
     catalog_error: Option<String>,
+    /// The side query under way, and what its rows are for.
+    pending: Option<Pending>,
+    /// Columns of the `COPY` about to start, resolved by a side query.
+    copy_columns: Option<Vec<ColumnDesc>>,
+}
+
+enum Pending {
+    Catalog(CatalogFill),
+    CopyColumns(Option<Vec<String>>),
 }
 
 impl Stages {
@@ -38,6 +49,8 @@ impl Stages {
             subject,
             catalog,
             catalog_error: None,
+            pending: None,
+            copy_columns: None,
         }
     }
 
@@ -50,7 +63,7 @@ impl Stages {
             sqlstate::INSUFFICIENT_PRIVILEGE,
             format!("portcullis refused this result: {e}"),
         );
-        if let (MaskError::NeedCatalog { .. }, Some(why)) = (e, &self.catalog_error) {
+        if let Some(why) = &self.catalog_error {
             r = r.with_detail(format!("the catalog lookup failed: {why}"));
         }
         r.with_hint("Masking rules apply to this result and the gateway could not apply them safely; ask an operator or select other columns.")
@@ -62,35 +75,47 @@ impl Hooks for Stages {
         !self.policy.load().is_exempt(&self.subject)
     }
 
-    fn catalog_needed(&mut self, row_description: &Bytes) -> Option<Vec<u32>> {
+    fn side_query(&mut self, frame: &Bytes, sql: &[u8]) -> Option<String> {
         let policy = self.policy.load();
         if policy.is_exempt(&self.subject) {
             return None;
         }
-        let columns = parse_row_description(row_description).ok()?;
-        match policy.plan(&self.subject, &columns, &self.catalog()) {
-            Err(MaskError::NeedCatalog { oids }) => Some(oids),
-            _ => None,
+        if frame.first() == Some(&crate::protocol::backend::COPY_OUT_RESPONSE) {
+            self.copy_columns = None;
+            let target = copy_target::parse(sql)?;
+            let query = target.columns_sql();
+            self.pending = Some(Pending::CopyColumns(target.columns));
+            return Some(query);
         }
+        let columns = parse_row_description(frame).ok()?;
+        let needed = match policy.plan(&self.subject, &columns, &self.catalog()) {
+            Err(MaskError::NeedCatalog { oids }) => oids,
+            _ => return None,
+        };
+        let fill = self.catalog().start_fill(&needed);
+        let query = fill.sql();
+        self.pending = Some(Pending::Catalog(fill));
+        Some(query)
     }
 
-    fn catalog_filled(&mut self, oids: &[u32], rows: Result<Vec<Bytes>, String>) {
-        match rows {
-            Ok(rows) => {
-                let catalog = self.catalog.clone();
-                let mut catalog = catalog.lock().unwrap_or_else(|p| p.into_inner());
-                let mut fill = catalog.start_fill(oids);
-                self.catalog_error = rows
-                    .iter()
-                    .try_for_each(|r| fill.ingest_data_row(r))
-                    .err()
-                    .map(|e| e.to_string());
-                if self.catalog_error.is_none() {
-                    catalog.complete(fill);
-                }
+    fn side_query_done(&mut self, rows: Result<Vec<Bytes>, String>) {
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.catalog_error = Some(e);
+                self.pending = None;
+                return;
             }
-            Err(e) => self.catalog_error = Some(e),
-        }
+        };
+        let outcome = match self.pending.take() {
+            Some(Pending::Catalog(mut fill)) => rows
+                .iter()
+                .try_for_each(|r| fill.ingest_data_row(r))
+                .map(|()| self.catalog().complete(fill)),
+            Some(Pending::CopyColumns(wanted)) => self.copy_columns_from(&rows, wanted),
+            None => Ok(()),
+        };
+        self.catalog_error = outcome.err().map(|e| e.to_string());
     }
 
     fn result(
@@ -133,12 +158,13 @@ impl Hooks for Stages {
         } else {
             CopyFormat::text()
         };
-        // Which relation columns a COPY carries is not described on the wire, so with
-        // rules in force it is refused rather than guessed.
+        // COPY data is not described on the wire: the columns come from the side query
+        // on the statement's relation; without them (`COPY (query)`) it is refused.
+        let columns = self.copy_columns.take();
         let plan = policy
             .plan_copy(
                 &self.subject,
-                None,
+                columns.as_deref(),
                 &self.catalog(),
                 copy_out_response,
                 format,
@@ -163,6 +189,66 @@ impl Hooks for Stages {
                 self.catalog().invalidate();
             }
         }
+    }
+}
+
+impl Stages {
+    /// Builds the copied columns from the side query's rows (table OID, schema, table,
+    /// attnum, name, type OID), in the statement's column order, and caches the names.
+    fn copy_columns_from(
+        &mut self,
+        rows: &[Bytes],
+        wanted: Option<Vec<String>>,
+    ) -> Result<(), MaskError> {
+        let mut all = Vec::with_capacity(rows.len());
+        let mut oids = Vec::new();
+        let mut catalog_rows = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut pos = data_row_start(row, 6)?;
+            let mut fields: [Option<&[u8]>; 6] = [None; 6];
+            for f in fields.iter_mut() {
+                let (range, next) = read_field(row, pos, "catalog row")?;
+                *f = range.map(|(s, e)| &row[s..e]);
+                pos = next;
+            }
+            let num = |b: Option<&[u8]>| -> Result<i64, MaskError> {
+                std::str::from_utf8(b.unwrap_or_default())
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(MaskError::malformed("catalog row", "not a number"))
+            };
+            let table_oid = num(fields[0])? as u32;
+            let name = String::from_utf8_lossy(fields[4].unwrap_or_default()).into_owned();
+            all.push(ColumnDesc {
+                table_oid,
+                attnum: num(fields[3])? as i16,
+                type_oid: num(fields[5])? as u32,
+                ..ColumnDesc::computed(&name, 0)
+            });
+            if !oids.contains(&table_oid) {
+                oids.push(table_oid);
+            }
+            catalog_rows.push(fields);
+        }
+        let mut fill = self.catalog().start_fill(&oids);
+        for f in &catalog_rows {
+            fill.ingest_row(&f[..5])?;
+        }
+        self.catalog().complete(fill);
+        let columns = match wanted {
+            None => all,
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    all.iter()
+                        .find(|c| c.name == n.as_bytes())
+                        .cloned()
+                        .ok_or(MaskError::CopyColumnsUnknown)
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        self.copy_columns = Some(columns);
+        Ok(())
     }
 }
 
