@@ -50,6 +50,13 @@ pub enum RelayError {
     ServerGone,
 }
 
+/// Which side bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Client,
+    Server,
+}
+
 /// What the server still owes the client, in order.
 #[derive(Debug)]
 enum Expect {
@@ -234,33 +241,54 @@ impl<H: Hooks> Relay<H> {
     }
 
     fn client_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
+        self.scan(Origin::Client, buf)
+    }
+
+    /// Walks the frames at the front of `buf` as they arrive from one side. Frames that
+    /// pass through unseen accumulate into one run, cut off as a single `Bytes` only when
+    /// a frame must be handled or the buffer ends; a pass-through frame longer than what
+    /// has arrived is forwarded in pieces. Everything else is handled whole.
+    fn scan(&mut self, from: Origin, buf: &mut BytesMut) -> Result<(), RelayError> {
+        let wrap = |e| match from {
+            Origin::Client => RelayError::Client(e),
+            Origin::Server => RelayError::Server(e),
+        };
         let mut run = 0usize;
         loop {
-            if self.client_pass > 0 {
-                let n = self.client_pass.min(buf.len() - run);
+            if from == Origin::Server && self.stalled.is_some() {
+                break;
+            }
+            let pass = match from {
+                Origin::Client => &mut self.client_pass,
+                Origin::Server => &mut self.server_pass,
+            };
+            if *pass > 0 {
+                let n = (*pass).min(buf.len() - run);
                 run += n;
-                self.client_pass -= n;
-                if self.client_pass > 0 {
+                *pass -= n;
+                if *pass > 0 {
                     break;
                 }
             }
-            let Some(h) = peek_header(&buf[run..]).map_err(RelayError::Client)? else {
+            let Some(h) = peek_header(&buf[run..]).map_err(wrap)? else {
                 break;
             };
-            // COPY FROM STDIN data is streamed through, however large, unless skipping.
-            if h.tag == fe::COPY_DATA && !self.skip_to_sync {
+            if self.passes_through(from, h.tag) {
                 let avail = buf.len() - run;
                 if avail >= h.frame_len {
                     run += h.frame_len;
-                } else {
-                    self.client_pass = h.frame_len - avail;
-                    run = buf.len();
-                    break;
+                    continue;
                 }
-                continue;
+                let rest = h.frame_len - avail;
+                match from {
+                    Origin::Client => self.client_pass = rest,
+                    Origin::Server => self.server_pass = rest,
+                }
+                run = buf.len();
+                break;
             }
             if h.frame_len > self.limits.max_message {
-                return Err(RelayError::Client(ProtocolError::TooLarge {
+                return Err(wrap(ProtocolError::TooLarge {
                     len: h.frame_len,
                     max: self.limits.max_message,
                 }));
@@ -269,20 +297,29 @@ impl<H: Hooks> Relay<H> {
                 break;
             }
             if run > 0 {
-                let b = buf.split_to(run).freeze();
-                self.send_server(b);
+                self.forward(from, buf.split_to(run).freeze());
                 run = 0;
             }
             let frame = split_frame(buf, self.limits.max_message)
-                .map_err(RelayError::Client)?
+                .map_err(wrap)?
                 .expect("whole frame checked above");
-            self.client_frame(frame)?;
+            match from {
+                Origin::Client => self.client_frame(frame)?,
+                Origin::Server => self.server_frame(frame, false)?,
+            }
         }
         if run > 0 {
-            let b = buf.split_to(run).freeze();
-            self.send_server(b);
+            self.forward(from, buf.split_to(run).freeze());
         }
         Ok(())
+    }
+
+    /// Queues bytes received from one side for the other.
+    fn forward(&mut self, from: Origin, b: Bytes) {
+        match from {
+            Origin::Client => self.send_server(b),
+            Origin::Server => self.send_client(b),
+        }
     }
 
     fn client_frame(&mut self, frame: Frame) -> Result<(), RelayError> {
@@ -441,62 +478,16 @@ impl<H: Hooks> Relay<H> {
 
     /// Consumes what the server sent.
     pub fn on_server_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
-        let mut run = 0usize;
-        loop {
-            if self.stalled.is_some() {
-                break;
-            }
-            if self.server_pass > 0 {
-                let n = self.server_pass.min(buf.len() - run);
-                run += n;
-                self.server_pass -= n;
-                if self.server_pass > 0 {
-                    break;
-                }
-            }
-            let Some(h) = peek_header(&buf[run..]).map_err(RelayError::Server)? else {
-                break;
-            };
-            if self.passes_through(h.tag) {
-                let avail = buf.len() - run;
-                if avail >= h.frame_len {
-                    run += h.frame_len;
-                } else {
-                    self.server_pass = h.frame_len - avail;
-                    run = buf.len();
-                    break;
-                }
-                continue;
-            }
-            if h.frame_len > self.limits.max_message {
-                return Err(RelayError::Server(ProtocolError::TooLarge {
-                    len: h.frame_len,
-                    max: self.limits.max_message,
-                }));
-            }
-            if buf.len() - run < h.frame_len {
-                break;
-            }
-            if run > 0 {
-                let b = buf.split_to(run).freeze();
-                self.send_client(b);
-                run = 0;
-            }
-            let frame = split_frame(buf, self.limits.max_message)
-                .map_err(RelayError::Server)?
-                .expect("whole frame checked above");
-            self.server_frame(frame, false)?;
-        }
-        if run > 0 {
-            let b = buf.split_to(run).freeze();
-            self.send_client(b);
-        }
-        Ok(())
+        self.scan(Origin::Server, buf)
     }
 
     /// The hot-path test: may this frame go through unseen?
     #[inline]
-    fn passes_through(&mut self, tag: u8) -> bool {
+    fn passes_through(&mut self, from: Origin, tag: u8) -> bool {
+        if from == Origin::Client {
+            // COPY FROM STDIN data streams through, however large, unless skipping.
+            return tag == fe::COPY_DATA && !self.skip_to_sync;
+        }
         match tag {
             be::DATA_ROW => {
                 if let Rows::Unknown = self.rows {
