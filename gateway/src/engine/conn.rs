@@ -397,10 +397,6 @@ struct Flow<H: Hooks> {
 }
 
 impl<H: Hooks> Flow<H> {
-    fn ending(&self) -> bool {
-        self.client_done.get() || self.server_done.get()
-    }
-
     fn writing(&self, side: Side) -> &Cell<bool> {
         match side {
             Side::Client => &self.writing_client,
@@ -572,7 +568,6 @@ async fn relay_session<C: Connect, H: Hooks>(
     };
 
     tokio::join!(client_half, server_half);
-    let _ = flow.ending();
 }
 
 #[derive(Clone, Copy)]

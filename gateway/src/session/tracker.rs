@@ -112,12 +112,4 @@ impl Tracker {
     pub fn portal_mut(&mut self, name: &[u8]) -> Option<&mut Portal> {
         self.portals.get_mut(name)
     }
-
-    pub fn statements_len(&self) -> usize {
-        self.statements.len()
-    }
-
-    pub fn portals_len(&self) -> usize {
-        self.portals.len()
-    }
 }
