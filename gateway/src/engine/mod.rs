@@ -77,6 +77,11 @@ pub fn bind_listeners(
     addr: SocketAddr,
     workers: usize,
 ) -> Result<Vec<std::net::TcpListener>, EngineError> {
+    // SO_REUSEPORT would let a second gateway (same user) silently share the port with
+    // a running one, splitting sessions between them: claim the port alone first.
+    if addr.port() != 0 {
+        probe_exclusive(addr).map_err(|source| EngineError::Listen { addr, source })?;
+    }
     let mut out = Vec::with_capacity(workers);
     let mut addr = addr;
     for _ in 0..workers.max(1) {
@@ -87,6 +92,13 @@ pub fn bind_listeners(
         out.push(l);
     }
     Ok(out)
+}
+
+fn probe_exclusive(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())
 }
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
