@@ -43,23 +43,22 @@ pub struct Agent {
     pub params: Vec<(String, String)>,
 }
 
+/// What start-up has learnt while SASL runs.
+#[derive(Debug)]
+struct Login {
+    user: String,
+    /// `None` for an unknown name: the exchange runs against a decoy and fails.
+    identity: Option<Arc<Identity>>,
+    scram: ScramServer,
+    database: String,
+    params: Vec<(String, String)>,
+}
+
 #[derive(Debug)]
 enum State {
     AwaitStartup,
-    AwaitSaslInitial {
-        user: String,
-        identity: Option<Arc<Identity>>,
-        scram: ScramServer,
-        database: String,
-        params: Vec<(String, String)>,
-    },
-    AwaitSaslFinal {
-        user: String,
-        identity: Option<Arc<Identity>>,
-        scram: ScramServer,
-        database: String,
-        params: Vec<(String, String)>,
-    },
+    AwaitSaslInitial(Login),
+    AwaitSaslFinal(Login),
     Done,
 }
 
@@ -134,21 +133,9 @@ impl ClientHandshake {
                 self.startup(StartupPacket::parse(&packet)?, buf, steps);
                 Ok(true)
             }
-            State::AwaitSaslInitial {
-                user,
-                identity,
-                mut scram,
-                database,
-                params,
-            } => {
+            State::AwaitSaslInitial(mut login) => {
                 let Some(frame) = split_frame(buf, MAX_HANDSHAKE_MESSAGE)? else {
-                    self.state = State::AwaitSaslInitial {
-                        user,
-                        identity,
-                        scram,
-                        database,
-                        params,
-                    };
+                    self.state = State::AwaitSaslInitial(login);
                     return Ok(false);
                 };
                 expect_password(frame.tag())?;
@@ -169,54 +156,43 @@ impl ClientHandshake {
                 if usize::try_from(len).ok() != Some(data.len()) {
                     return Err(malformed("SASL data length"));
                 }
-                match scram.client_first(data) {
+                match login.scram.client_first(data) {
                     Ok(reply) => {
                         steps.push(Step::Send(be::authentication_sasl_continue(&reply)));
-                        self.state = State::AwaitSaslFinal {
-                            user,
-                            identity,
-                            scram,
-                            database,
-                            params,
-                        };
+                        self.state = State::AwaitSaslFinal(login);
                     }
-                    Err(e) => steps.push(Step::Reject(scram_error(e, &user))),
+                    Err(e) => steps.push(Step::Reject(scram_error(e, &login.user))),
                 }
                 Ok(true)
             }
-            State::AwaitSaslFinal {
-                user,
-                identity,
-                mut scram,
-                database,
-                params,
-            } => {
+            State::AwaitSaslFinal(mut login) => {
                 let Some(frame) = split_frame(buf, MAX_HANDSHAKE_MESSAGE)? else {
-                    self.state = State::AwaitSaslFinal {
-                        user,
-                        identity,
-                        scram,
-                        database,
-                        params,
-                    };
+                    self.state = State::AwaitSaslFinal(login);
                     return Ok(false);
                 };
                 expect_password(frame.tag())?;
-                match (scram.client_final(frame.body()), identity) {
+                let Login {
+                    user,
+                    identity,
+                    scram,
+                    database,
+                    params,
+                } = &mut login;
+                match (scram.client_final(frame.body()), identity.take()) {
                     (Ok(reply), Some(identity)) => {
                         steps.push(Step::Send(be::authentication_sasl_final(&reply)));
                         steps.push(Step::Send(be::authentication_ok()));
                         steps.push(Step::Authenticated(Box::new(Agent {
                             identity,
-                            database,
-                            params,
+                            database: std::mem::take(database),
+                            params: std::mem::take(params),
                         })));
                     }
                     // A decoy verifier cannot succeed; if it somehow did, still refuse.
                     (Ok(_), None) => {
-                        steps.push(Step::Reject(scram_error(ScramError::Failed, &user)))
+                        steps.push(Step::Reject(scram_error(ScramError::Failed, user)))
                     }
-                    (Err(e), _) => steps.push(Step::Reject(scram_error(e, &user))),
+                    (Err(e), _) => steps.push(Step::Reject(scram_error(e, user))),
                 }
                 Ok(false)
             }
@@ -300,13 +276,13 @@ impl ClientHandshake {
                     .unwrap_or_else(|| user.clone());
                 let (identity, verifier) = self.identities.verifier_for(&user);
                 steps.push(Step::Send(be::authentication_sasl(&[scram::MECHANISM])));
-                self.state = State::AwaitSaslInitial {
+                self.state = State::AwaitSaslInitial(Login {
                     user,
                     identity,
                     scram: ScramServer::new(verifier),
                     database,
                     params: rest,
-                };
+                });
             }
         }
     }
