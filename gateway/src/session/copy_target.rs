@@ -12,6 +12,8 @@ pub struct CopyTarget {
     pub table: String,
     /// Columns in copy order, folded as PostgreSQL folds them; `None` = all columns.
     pub columns: Option<Vec<String>>,
+    /// `FORMAT csv` (or the older bare `CSV` option) after `TO`: the rows are CSV.
+    pub csv: bool,
 }
 
 impl CopyTarget {
@@ -71,10 +73,14 @@ pub fn parse(sql: &[u8]) -> Option<CopyTarget> {
     } else {
         None
     };
-    t.keyword("to").then_some(CopyTarget {
+    if !t.keyword("to") {
+        return None;
+    }
+    Some(CopyTarget {
         schema,
         table,
         columns,
+        csv: t.rest_has_csv(),
     })
 }
 
@@ -109,6 +115,45 @@ impl Tokens<'_> {
             }
             None => false,
         }
+    }
+
+    /// Whether the options after `TO` ask for CSV: the legacy bare `CSV` word, or
+    /// `FORMAT csv` / `FORMAT 'csv'`. Words are compared whole and quoted strings only as
+    /// the value of `FORMAT`, so neither a file named `csv_export` nor `NULL 'csv'` counts.
+    fn rest_has_csv(&self) -> bool {
+        let mut tokens = Vec::new();
+        let mut chars = self.s.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '\'' || c == '"' {
+                let start = i + 1;
+                let mut end = self.s.len();
+                for (j, d) in chars.by_ref() {
+                    if d == c {
+                        end = j;
+                        break;
+                    }
+                }
+                tokens.push((true, &self.s[start.min(end)..end]));
+            } else if c.is_alphanumeric() || c == '_' {
+                let mut end = self.s.len();
+                while let Some(&(j, d)) = chars.peek() {
+                    if !(d.is_alphanumeric() || d == '_') {
+                        end = j;
+                        break;
+                    }
+                    chars.next();
+                }
+                tokens.push((false, &self.s[i..end]));
+            }
+        }
+        let is_csv = |t: &str| t.eq_ignore_ascii_case("csv");
+        tokens.iter().enumerate().any(|(k, &(quoted, t))| {
+            let after_format = k > 0 && {
+                let (q, prev) = tokens[k - 1];
+                !q && prev.eq_ignore_ascii_case("format")
+            };
+            is_csv(t) && (!quoted || after_format)
+        })
     }
 
     /// An identifier: unquoted (folded to lower case) or double-quoted.
@@ -161,9 +206,24 @@ mod tests {
         assert_eq!(t.schema.as_deref(), Some("public"));
         assert_eq!(t.table, "Acc\"ts");
         assert_eq!(t.columns, Some(vec!["id".into(), "Ssn".into()]));
+        assert!(t.csv);
         assert!(
             t.columns_sql()
                 .contains("'\"public\".\"Acc\"\"ts\"'::pg_catalog.regclass")
+        );
+    }
+
+    #[test]
+    fn csv_is_an_option_word_not_a_substring() {
+        assert!(parse(b"COPY t TO STDOUT CSV HEADER").unwrap().csv);
+        assert!(parse(b"COPY t TO STDOUT (FORMAT 'csv')").unwrap().csv);
+        assert!(parse(b"COPY t TO STDOUT WITH (FORMAT csv)").unwrap().csv);
+        assert!(!parse(b"COPY csv_export TO STDOUT").unwrap().csv);
+        assert!(!parse(b"COPY \"csv\" TO STDOUT").unwrap().csv);
+        assert!(
+            !parse(b"COPY t TO STDOUT WITH (FORMAT text, NULL 'csv')")
+                .unwrap()
+                .csv
         );
     }
 

@@ -153,7 +153,7 @@ impl Hooks for Stages {
         if policy.is_exempt(&self.subject) {
             return Ok(None);
         }
-        let format = if contains_word(sql, b"csv") {
+        let format = if copy_target::parse(sql).is_some_and(|t| t.csv) {
             CopyFormat::csv()
         } else {
             CopyFormat::text()
@@ -250,12 +250,6 @@ impl Stages {
         self.copy_columns = Some(columns);
         Ok(())
     }
-}
-
-fn contains_word(haystack: &[u8], word: &[u8]) -> bool {
-    haystack
-        .windows(word.len())
-        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 struct MaskRows {
