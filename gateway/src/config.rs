@@ -19,9 +19,27 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        path: PathBuf,
+        /// toml's rendering, with the offending line quoted under a caret.
+        message: String,
+        /// The same on one line (`line L, column C: problem`), for answers that cannot
+        /// span lines: the admin socket's protocol is one line per answer.
+        brief: String,
+    },
     #[error("{key}: {problem}")]
     Invalid { key: String, problem: String },
+}
+
+impl ConfigError {
+    /// The error on a single line, for the admin socket; names the key just as
+    /// `Display` does.
+    pub fn one_line(&self) -> String {
+        match self {
+            ConfigError::Parse { path, brief, .. } => format!("{}: {brief}", path.display()),
+            other => other.to_string(),
+        }
+    }
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -70,6 +88,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub mask: crate::mask::MaskConfig,
+    /// No `[admin]` section, no admin socket: see `crate::admin` for why.
+    pub admin: Option<AdminConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +158,14 @@ pub struct IdentityConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Unix socket for `portcullis reload` and `portcullis status`, created mode 0600.
+    /// Read at start-up only: a reload does not move it.
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default)]
     pub format: LogFormat,
@@ -187,9 +215,10 @@ impl Config {
             source,
         })?;
         let cfg = Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
+            ConfigError::Parse { message, brief, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
+                brief,
             },
             other => other,
         })?;
@@ -200,6 +229,7 @@ impl Config {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.to_string(),
+            brief: brief_parse_error(text, &e),
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -260,6 +290,9 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
+        if let Some(admin) = &self.admin {
+            validate_admin_socket(&admin.socket)?;
+        }
         Ok(())
     }
 
@@ -305,6 +338,48 @@ impl Config {
     }
 }
 
+fn validate_admin_socket(path: &Path) -> Result<(), ConfigError> {
+    const KEY: &str = "admin.socket";
+    // sun_path holds 108 bytes including the terminating NUL.
+    const SUN_PATH_MAX: usize = 107;
+    if path.as_os_str().is_empty() {
+        return Err(invalid(KEY, "must not be empty"));
+    }
+    // The gateway and `portcullis reload` run from different working directories; only
+    // an absolute path means the same socket to both.
+    if !path.is_absolute() {
+        return Err(invalid(
+            KEY,
+            format!("{} is not an absolute path", path.display()),
+        ));
+    }
+    let len = path.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        return Err(invalid(
+            KEY,
+            format!(
+                "{} is {len} bytes long; a Unix socket path holds at most {SUN_PATH_MAX}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `line L, column C: problem` from toml's error, whose `Display` spans several lines.
+fn brief_parse_error(text: &str, e: &toml::de::Error) -> String {
+    let problem = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("line {line}, column {column}: {problem}")
+        }
+        None => problem,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +408,37 @@ mod tests {
         assert!(e.to_string().contains("server2"), "{e}");
         let e = Config::parse(&good().replace("password = \"x\"", "")).unwrap_err();
         assert!(e.to_string().starts_with("upstream.password:"), "{e}");
+    }
+
+    #[test]
+    fn admin_socket_is_optional_and_validated() {
+        assert!(Config::parse(&good()).unwrap().admin.is_none());
+        let with = |v: &str| Config::parse(&format!("{}[admin]\nsocket = {v}\n", good()));
+        let c = with("\"/run/portcullis/admin.sock\"").unwrap();
+        assert_eq!(
+            c.admin.unwrap().socket,
+            PathBuf::from("/run/portcullis/admin.sock")
+        );
+        for bad in [
+            "\"\"",
+            "\"admin.sock\"",
+            &format!("\"/{}\"", "x".repeat(120)),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().starts_with("admin.socket:"), "{bad}: {e}");
+        }
+        let e = Config::parse(&format!("{}[admin]\nsockt = \"/x\"\n", good())).unwrap_err();
+        assert!(e.to_string().contains("sockt"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_fit_on_one_line() {
+        let text = format!("{}[admin]\nsockt = \"/x\"\n", good());
+        let e = Config::parse(&text).unwrap_err();
+        let line = e.one_line();
+        assert!(!line.contains('\n'), "{line}");
+        let at = text.lines().position(|l| l.starts_with("sockt")).unwrap() + 1;
+        assert!(line.contains(&format!("line {at}, column 1:")), "{line}");
+        assert!(line.contains("unknown field `sockt`"), "{line}");
     }
 }
