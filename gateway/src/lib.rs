@@ -10,7 +10,9 @@
 //! - [`mask`]: column and value masking over `DataRow`s and `COPY` data.
 //! - [`engine`]: the two I/O drivers (io_uring and epoll) around the core.
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`admin`]: the admin socket (`portcullis reload`, `portcullis status`).
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod engine;

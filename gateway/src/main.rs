@@ -1,4 +1,4 @@
-//! The `portcullis` binary: `serve`, `hash-secret`, `check-config`.
+//! The `portcullis` binary: `serve`, `reload`, `status`, `hash-secret`, `check-config`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use portcullis::admin::{self, AdminSocket, Control, Trigger};
 use portcullis::auth::{Verifier, scram};
 use portcullis::config::{Config, IoEngine, LogFormat};
 use portcullis::engine::{self, Shared};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -45,6 +46,18 @@ enum Cmd {
         #[arg(long, value_enum, env = "PORTCULLIS_LOG_FORMAT")]
         log_format: Option<LogFormat>,
     },
+    /// Ask the running gateway to re-read its configuration file (as SIGHUP does) and
+    /// print its answer. Exits non-zero when the new file was refused; the gateway then
+    /// keeps the configuration it was running.
+    Reload {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Print what the running gateway is doing: engine, sessions, last reload.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Print the SCRAM-SHA-256 verifier of an agent secret, for an [[identity]] entry.
     /// Reads the secret from standard input when not given.
     HashSecret {
@@ -57,6 +70,18 @@ enum Cmd {
         #[arg(long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
     },
+}
+
+/// Which gateway `reload` and `status` talk to.
+#[derive(clap::Args)]
+#[group(required = true, multiple = true)]
+struct AdminTarget {
+    /// The gateway's configuration file; the admin socket is its `[admin] socket`.
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// The admin socket itself; wins over the one in --config.
+    #[arg(long, env = "PORTCULLIS_ADMIN_SOCKET")]
+    admin_socket: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +104,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", Verifier::generate(&secret, iterations));
             Ok(())
         }
+        Cmd::Reload { target } => ask(target, "reload"),
+        Cmd::Status { target } => ask(target, "status"),
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             Shared::from_config(&cfg)?;
@@ -115,11 +142,52 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Sends one admin command and relays the answer: stdout and exit 0 for `ok:`, stderr
+/// and exit 1 for `error:`.
+fn ask(target: AdminTarget, command: &str) -> anyhow::Result<()> {
+    let socket = match (target.admin_socket, target.config) {
+        (Some(socket), _) => socket,
+        (None, Some(config)) => admin::socket_from_config(&config)?,
+        (None, None) => bail!("give --config or --admin-socket"),
+    };
+    let answer = admin::request(&socket, command)?;
+    if answer.ok {
+        println!("{}", answer.line);
+        Ok(())
+    } else {
+        eprintln!("{}", answer.line);
+        std::process::exit(1)
+    }
+}
+
 fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let addr = cfg.listen_addr()?;
     let shared = Arc::new(Shared::from_config(&cfg)?);
     let choice = engine::choose(cfg.server.io_engine)?;
     let workers = engine::worker_count(cfg.server.workers);
+
+    // The control thread's runtime: signals and the admin socket, never the data path.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    // Before the workers: the admin socket's bind narrows the process-wide umask, and a
+    // SIGHUP that arrived before its handler was installed would kill the process. Before
+    // the listeners too, so a gateway that accepts connections also answers `reload`.
+    let (signals, admin) = {
+        let _rt = rt.enter();
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        );
+        let admin = match &cfg.admin {
+            Some(a) => Some(AdminSocket::bind(&a.socket)?),
+            None => None,
+        };
+        (signals, admin)
+    };
     let listeners = engine::bind_listeners(addr, workers)?;
     let bound = listeners[0].local_addr()?;
     info!(
@@ -130,25 +198,42 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     );
     let handles = engine::start(&choice, shared.clone(), listeners)?;
     info!(listen = %bound, upstream = %format!("{}:{}", cfg.upstream.host, cfg.upstream.port), "portcullis is listening");
+    if let Some(a) = &admin {
+        info!(path = %a.path().display(), "admin socket ready");
+    }
+    let control = Arc::new(Control::new(
+        shared.clone(),
+        &cfg,
+        path,
+        choice.engine,
+        workers,
+        bound.to_string(),
+    ));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal runtime")?;
     rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        let (mut term, mut int, mut hup) = signals;
+        let admin_loop = async {
+            match &admin {
+                Some(a) => a.serve(control.clone()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(admin_loop);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => reload(&shared, &path),
+                _ = hup.recv() => {
+                    // The outcome is logged inside; a signal has nobody to answer.
+                    let _ = control.reload(Trigger::Signal);
+                }
+                never = &mut admin_loop => match never {},
             }
         }
-        anyhow::Ok(())
-    })?;
+    });
+    // Gone before the drain: a reload while sessions wind down would be for nothing,
+    // and the grace period may end in exit() which skips destructors.
+    drop(admin);
 
     info!(
         sessions = shared.lifecycle.sessions(),
@@ -172,19 +257,4 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-/// SIGHUP: re-read the file and swap what can change without a restart.
-fn reload(shared: &Shared, path: &std::path::Path) {
-    match Config::load(path) {
-        Ok(cfg) => match shared.reload(&cfg) {
-            Ok(()) => info!(
-                identities = cfg.identities.len(),
-                mask_rules = cfg.mask.rules.len(),
-                "configuration reloaded"
-            ),
-            Err(e) => error!("reload refused, keeping the running configuration: {e}"),
-        },
-        Err(e) => error!("reload refused, keeping the running configuration: {e}"),
-    }
 }
