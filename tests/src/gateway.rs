@@ -111,6 +111,9 @@ pub struct GatewayOptions {
     /// Lines of the `[upstream]` section about TLS (`tls = …`, `ca = …`,
     /// `tls_server_name = …`); plaintext by default.
     pub upstream_tls: Vec<String>,
+    /// `[admin] socket`; a relative path is taken inside the gateway's temporary
+    /// directory ([`Gateway::start`] resolves it). `None`: no admin socket.
+    pub admin_socket: Option<PathBuf>,
     pub startup_timeout: Duration,
 }
 
@@ -136,12 +139,19 @@ impl GatewayOptions {
             tls: None,
             tls_required: false,
             upstream_tls: vec!["tls = \"disable\"".into()],
+            admin_socket: None,
             startup_timeout: Duration::from_secs(30),
         }
     }
 
     pub fn engine(mut self, engine: Engine) -> Self {
         self.engine = engine;
+        self
+    }
+
+    /// An admin socket in the gateway's temporary directory ([`Gateway::admin_socket`]).
+    pub fn admin_socket(mut self) -> Self {
+        self.admin_socket = Some(PathBuf::from("admin.sock"));
         self
     }
 
@@ -193,6 +203,13 @@ impl GatewayOptions {
             "\n[log]\nformat = \"human\"\nlevel = {}",
             q(&self.log_level)
         );
+        if let Some(socket) = &self.admin_socket {
+            let _ = writeln!(
+                t,
+                "\n[admin]\nsocket = {}",
+                q(&socket.display().to_string())
+            );
+        }
         if !self.extra_toml.is_empty() {
             t.push('\n');
             t.push_str(&self.extra_toml);
@@ -228,7 +245,7 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn start(opts: GatewayOptions) -> Result<Gateway, GatewayError> {
+    pub fn start(mut opts: GatewayOptions) -> Result<Gateway, GatewayError> {
         let bin = match &opts.binary {
             Some(b) => b.clone(),
             None => binary()?,
@@ -247,6 +264,11 @@ impl Gateway {
             .parse()
             .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST));
         let addr = SocketAddr::new(ip, port);
+        if let Some(socket) = &opts.admin_socket
+            && socket.is_relative()
+        {
+            opts.admin_socket = Some(dir.path().join(socket));
+        }
         let config = dir.path().join("portcullis.toml");
         std::fs::write(&config, opts.to_toml(addr)).map_err(GatewayError::TempDir)?;
         let log =
@@ -287,7 +309,12 @@ impl Gateway {
                     log: self.log_tail(40),
                 });
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            // The gateway binds its admin socket before its port; checking both anyway
+            // keeps tests from racing a gateway that ever changes that order.
+            let admin_ready = self.admin_socket().is_none_or(Path::exists);
+            if admin_ready
+                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -316,6 +343,11 @@ impl Gateway {
     /// The config file it was started with (for tests that tweak and reload it).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("portcullis.toml")
+    }
+
+    /// The admin socket, when [`GatewayOptions::admin_socket`] asked for one.
+    pub fn admin_socket(&self) -> Option<&Path> {
+        self.opts.admin_socket.as_deref()
     }
 
     /// A libpq URI through the gateway; `sslmode` is left to the client's default so the
