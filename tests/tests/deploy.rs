@@ -29,3 +29,20 @@ fn quickstart_config_carries_the_tested_mask_policy() {
         "deploy/quickstart.toml's [mask] section differs from tests/src/policy.rs"
     );
 }
+
+/// `systemctl reload` goes through the admin socket: the unit's runtime directory must be
+/// where the example configuration puts the socket.
+#[test]
+fn systemd_reload_uses_the_example_admin_socket() {
+    let root = portcullis_tests::gateway::workspace_root();
+    let unit = std::fs::read_to_string(root.join("deploy/portcullis.service")).unwrap();
+    let example = std::fs::read_to_string(root.join("deploy/portcullis.example.toml")).unwrap();
+    assert!(
+        unit.contains(
+            "\nExecReload=/usr/local/bin/portcullis reload --config /etc/portcullis/portcullis.toml\n"
+        ),
+        "ExecReload does not use `portcullis reload`"
+    );
+    assert!(unit.contains("\nRuntimeDirectory=portcullis\n"));
+    assert!(example.contains("\n[admin]\nsocket = \"/run/portcullis/admin.sock\"\n"));
+}
