@@ -193,7 +193,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Op
             return Ok(Some(buf));
         }
         buf.extend_from_slice(got);
-        // Past the limit the command is refused anyway: stop reading, keep the proof.
+        // Past the limit the command is refused whatever follows: stop reading.
         if buf.len() > MAX_REQUEST {
             return Ok(Some(buf));
         }
