@@ -20,6 +20,10 @@ use portcullis::mask::{
     Catalog, ColumnDesc, CopyFormat, MaskConfig, MaskStats, Policy, RowPlan, Subject,
 };
 
+// The allocator the `portcullis` binary runs with, so allocation costs match.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const OID: u32 = 16384;
 const COLUMNS: [(&str, u32); 10] = [
     ("id", 20),
@@ -343,7 +347,7 @@ fn bench(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("mask_data_row");
     g.throughput(Throughput::Bytes(bytes));
     for (name, rules) in &cases {
-        let plan: RowPlan = policy(rules).plan(&who, &cols, &catalog).unwrap();
+        let mut plan: RowPlan = policy(rules).plan(&who, &cols, &catalog).unwrap();
         g.bench_function(*name, |b| {
             let mut stats = MaskStats::new();
             b.iter(|| {
@@ -353,6 +357,43 @@ fn bench(c: &mut Criterion<CpuTime>) {
                     } else {
                         black_box(plan.mask_data_row(f.clone(), &mut stats).unwrap());
                     }
+                }
+            })
+        });
+    }
+    g.finish();
+
+    // One strategy on one column, to see what each costs per value.
+    let mut g = c.benchmark_group("mask_one_column");
+    g.throughput(Throughput::Bytes(bytes));
+    for (name, column, how) in [
+        ("redact_ssn", "ssn", "strategy = \"redact\""),
+        (
+            "partial_card",
+            "card_number",
+            "strategy = \"partial\"\nkeep_last = 4",
+        ),
+        (
+            "format_preserving_ssn",
+            "ssn",
+            "strategy = \"format_preserving\"",
+        ),
+        (
+            "format_preserving_card",
+            "card_number",
+            "strategy = \"format_preserving\"",
+        ),
+        ("hash_email", "email", "strategy = \"hash\""),
+        ("null_ssn", "ssn", "strategy = \"null\""),
+    ] {
+        let rules =
+            format!("[[rule]]\nname = \"one\"\ncolumn = \"public.accounts.{column}\"\n{how}\n");
+        let mut plan: RowPlan = policy(&rules).plan(&who, &cols, &catalog).unwrap();
+        g.bench_function(name, |b| {
+            let mut stats = MaskStats::new();
+            b.iter(|| {
+                for f in &frames {
+                    black_box(plan.mask_data_row(f.clone(), &mut stats).unwrap());
                 }
             })
         });

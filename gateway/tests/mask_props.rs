@@ -399,7 +399,7 @@ fn check_row(input: &Row, output: &[Option<Vec<u8>>], binary: bool) {
     }
 }
 
-fn mask_rows(plan: &RowPlan, rows: &[Row], cuts: &[usize]) -> Vec<Vec<Option<Vec<u8>>>> {
+fn mask_rows(plan: &mut RowPlan, rows: &[Row], cuts: &[usize]) -> Vec<Vec<Option<Vec<u8>>>> {
     let stream: Vec<u8> = rows
         .iter()
         .flat_map(|r| data_row(&r.text_fields()))
@@ -634,8 +634,8 @@ proptest! {
                            cuts in prop::collection::vec(any::<usize>(), 0..16),
                            strategy in 0usize..4) {
         let p = policy(NOTES_STRATEGIES[strategy]);
-        let plan = p.plan(&subject(), &columns(false), &catalog()).unwrap();
-        let out = mask_rows(&plan, &rows, &cuts);
+        let mut plan = p.plan(&subject(), &columns(false), &catalog()).unwrap();
+        let out = mask_rows(&mut plan, &rows, &cuts);
         prop_assert_eq!(out.len(), rows.len());
         for (r, o) in rows.iter().zip(&out) {
             check_row(r, o, false);
@@ -681,8 +681,8 @@ proptest! {
     #[test]
     fn notes_null_strategy_nulls_only_values_with_findings(rows in prop::collection::vec(row(), 1..8)) {
         let p = policy("null");
-        let plan = p.plan(&subject(), &columns(false), &catalog()).unwrap();
-        let out = mask_rows(&plan, &rows, &[]);
+        let mut plan = p.plan(&subject(), &columns(false), &catalog()).unwrap();
+        let out = mask_rows(&mut plan, &rows, &[]);
         let all = Scanner::new(DetectorSet::all(), DetectorSet::EMPTY);
         for (r, o) in rows.iter().zip(&out) {
             prop_assert_eq!(o[4].is_none(), all.finds_any(r.notes.as_bytes()));
@@ -692,7 +692,7 @@ proptest! {
     #[test]
     fn arbitrary_data_rows_never_panic(body in prop::collection::vec(any::<u8>(), 0..96), fix_len in any::<bool>()) {
         let p = policy("redact");
-        let plan = p.plan(&subject(), &columns(false), &catalog()).unwrap();
+        let mut plan = p.plan(&subject(), &columns(false), &catalog()).unwrap();
         let mut frame = vec![b'D'];
         if fix_len {
             frame.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -728,7 +728,7 @@ fn exempt_role_sees_raw_rows() {
     )
     .unwrap();
     let p = Policy::compile(&cfg).unwrap();
-    let plan = p
+    let mut plan = p
         .plan(
             &Subject::new("alice", ["auditor"]),
             &columns(false),

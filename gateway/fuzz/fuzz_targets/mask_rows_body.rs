@@ -46,7 +46,7 @@ pub fn run(data: &[u8]) {
             c
         })
         .collect();
-    let Ok(plan) = policy.plan(&who, &cols, &Catalog::new()) else {
+    let Ok(mut plan) = policy.plan(&who, &cols, &Catalog::new()) else {
         return;
     };
     let mut stats = MaskStats::new();

@@ -186,11 +186,7 @@ impl Policy {
         catalog: &Catalog,
     ) -> Result<RowPlan, MaskError> {
         let inner = &self.inner;
-        let passthrough = || RowPlan {
-            policy: self.inner.clone(),
-            columns: vec![None; columns.len()].into(),
-            passthrough: true,
-        };
+        let passthrough = || RowPlan::new(self.inner.clone(), vec![None; columns.len()], true);
         if self.is_exempt(who) {
             return Ok(passthrough());
         }
@@ -267,11 +263,7 @@ impl Policy {
             plans.push(Some(col_plan(&inner.rules[i], i, col)?));
         }
         let passthrough = plans.iter().all(Option::is_none);
-        Ok(RowPlan {
-            policy: self.inner.clone(),
-            columns: plans.into(),
-            passthrough,
-        })
+        Ok(RowPlan::new(self.inner.clone(), plans, passthrough))
     }
 
     /// Plans a `COPY ... TO STDOUT` from its `CopyOutResponse` frame.
@@ -292,11 +284,9 @@ impl Policy {
     ) -> Result<CopyPlan, MaskError> {
         let (binary, count) = super::copy::parse_copy_out_response(copy_out_response)?;
         let plan = match columns {
-            None if self.is_exempt(who) => RowPlan {
-                policy: self.inner.clone(),
-                columns: vec![None; count].into(),
-                passthrough: true,
-            },
+            None if self.is_exempt(who) => {
+                RowPlan::new(self.inner.clone(), vec![None; count], true)
+            }
             None => return Err(MaskError::CopyColumnsUnknown),
             Some(cols) => {
                 if cols.len() != count {
@@ -510,15 +500,16 @@ impl MaskStats {
     }
 
     fn add_rule(&mut self, name: &Arc<str>) {
-        // A handful of rules: a linear scan by pointer beats hashing the name.
-        if let Some(e) = self
+        // A handful of rules: a linear scan by pointer beats hashing the name. Names are
+        // compared only when the pointer is new (stats kept across a reload).
+        let at = self
             .per_rule
-            .iter_mut()
-            .find(|(n, _)| Arc::ptr_eq(n, name) || n == name)
-        {
-            e.1 += 1;
-        } else {
-            self.per_rule.push((name.clone(), 1));
+            .iter()
+            .position(|(n, _)| Arc::ptr_eq(n, name))
+            .or_else(|| self.per_rule.iter().position(|(n, _)| n == name));
+        match at {
+            Some(i) => self.per_rule[i].1 += 1,
+            None => self.per_rule.push((name.clone(), 1)),
         }
     }
 
@@ -564,6 +555,25 @@ impl MaskStats {
     }
 }
 
+/// `rule=count` pairs, then `detector:kind=count` for scanning rules' findings: the
+/// form the audit log records.
+impl std::fmt::Display for MaskStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = "";
+        for (rule, n) in self.per_rule() {
+            write!(f, "{sep}{rule}={n}")?;
+            sep = " ";
+        }
+        for (kind, n) in DetectorKind::ALL.iter().zip(self.per_detector) {
+            if n > 0 {
+                write!(f, "{sep}detector:{}={n}", kind.as_str())?;
+                sep = " ";
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What happened to one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -581,7 +591,7 @@ pub(crate) struct Scratch {
 }
 
 /// Buffers that the masking of one value uses internally.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Work {
     findings: Vec<Finding>,
     tmp: Vec<u8>,
@@ -604,7 +614,16 @@ pub struct RowPlan {
     policy: Arc<Inner>,
     columns: Arc<[Option<ColPlan>]>,
     passthrough: bool,
+    work: Work,
+    /// Masked rows are written one after another into this buffer and split off as
+    /// `Bytes` sharing it, so a result costs one allocation per [`ARENA_BYTES`] of
+    /// masked rows instead of one per row. A chunk lives until the last row cut from it
+    /// has been sent, which the relay's output bound already limits.
+    arena: BytesMut,
 }
+
+/// Size of each chunk of [`RowPlan`]'s output arena.
+const ARENA_BYTES: usize = 64 * 1024;
 
 impl std::fmt::Debug for RowPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -618,6 +637,16 @@ impl std::fmt::Debug for RowPlan {
 }
 
 impl RowPlan {
+    fn new(policy: Arc<Inner>, columns: Vec<Option<ColPlan>>, passthrough: bool) -> Self {
+        RowPlan {
+            policy,
+            columns: columns.into(),
+            passthrough,
+            work: Work::default(),
+            arena: BytesMut::new(),
+        }
+    }
+
     /// Nothing to mask: forward `DataRow`s without calling [`RowPlan::mask_data_row`].
     pub fn is_passthrough(&self) -> bool {
         self.passthrough
@@ -641,7 +670,11 @@ impl RowPlan {
     /// built in a single pass: unchanged bytes are copied once, masked values are written
     /// straight into it and their lengths patched. Malformed frames and column-count
     /// mismatches are errors.
-    pub fn mask_data_row(&self, frame: Bytes, stats: &mut MaskStats) -> Result<Bytes, MaskError> {
+    pub fn mask_data_row(
+        &mut self,
+        frame: Bytes,
+        stats: &mut MaskStats,
+    ) -> Result<Bytes, MaskError> {
         const WHAT: &str = "DataRow";
         if self.passthrough {
             return Ok(frame);
@@ -649,50 +682,69 @@ impl RowPlan {
         stats.rows += 1;
         let buf = &frame[..];
         let mut pos = data_row_start(buf, self.columns.len())?;
-        let mut out: Option<BytesMut> = None;
+        // Where this row starts in the arena, once a value needs rewriting.
+        let mut row_at: Option<usize> = None;
         let mut copied = 0;
-        let mut work = Work::default();
-        for col in self.columns.iter() {
-            let field_at = pos;
-            let (range, next) = read_field(buf, pos, WHAT)?;
-            pos = next;
-            let (Some(cp), Some((s, e))) = (col, range) else {
-                continue;
-            };
-            let (prefix, text) = split_value(cp, &buf[s..e])?;
-            let decision = self.decide(cp, text, &mut work, stats);
-            if decision == Decision::Keep {
-                continue;
+        let result = (|| {
+            for col in self.columns.iter() {
+                let field_at = pos;
+                let (range, next) = read_field(buf, pos, WHAT)?;
+                pos = next;
+                let (Some(cp), Some((s, e))) = (col, range) else {
+                    continue;
+                };
+                let (prefix, text) = split_value(cp, &buf[s..e])?;
+                let decision = decide(&self.policy, cp, text, &mut self.work, stats);
+                if decision == Decision::Keep {
+                    continue;
+                }
+                let o = &mut self.arena;
+                if row_at.is_none() {
+                    if o.capacity() - o.len() < buf.len() + 64 {
+                        o.reserve(ARENA_BYTES.max(buf.len() + 64));
+                    }
+                    row_at = Some(o.len());
+                }
+                o.extend_from_slice(&buf[copied..field_at]);
+                if decision == Decision::Null {
+                    o.put_i32(-1);
+                } else {
+                    let len_at = o.len();
+                    o.put_i32(0);
+                    o.extend_from_slice(prefix);
+                    write(&self.policy, cp, text, &mut self.work, o)?;
+                    let len = i32::try_from(o.len() - len_at - 4)
+                        .map_err(|_| MaskError::malformed(WHAT, "masked value too large"))?;
+                    o[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+                copied = e;
             }
-            let o = out.get_or_insert_with(|| BytesMut::with_capacity(buf.len() + 64));
-            o.extend_from_slice(&buf[copied..field_at]);
-            if decision == Decision::Null {
-                o.put_i32(-1);
-            } else {
-                let len_at = o.len();
-                o.put_i32(0);
-                o.extend_from_slice(prefix);
-                self.write(cp, text, &mut work, o)?;
-                let len = i32::try_from(o.len() - len_at - 4)
-                    .map_err(|_| MaskError::malformed(WHAT, "masked value too large"))?;
-                o[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+            if pos != buf.len() {
+                return Err(MaskError::malformed(
+                    WHAT,
+                    "trailing bytes after the last field",
+                ));
             }
-            copied = e;
-        }
-        if pos != buf.len() {
-            return Err(MaskError::malformed(
-                WHAT,
-                "trailing bytes after the last field",
-            ));
-        }
-        let Some(mut o) = out else {
-            return Ok(frame);
+            Ok(())
+        })();
+        let Some(row_at) = row_at else {
+            return result.map(|()| frame);
         };
+        if let Err(e) = result {
+            self.arena.truncate(row_at);
+            return Err(e);
+        }
+        let o = &mut self.arena;
         o.extend_from_slice(&buf[copied..]);
-        let len = i32::try_from(o.len() - 1)
-            .map_err(|_| MaskError::malformed(WHAT, "masked row too large"))?;
-        o[1..5].copy_from_slice(&len.to_be_bytes());
-        Ok(o.freeze())
+        let Ok(len) = i32::try_from(o.len() - row_at - 1) else {
+            o.truncate(row_at);
+            return Err(MaskError::malformed(WHAT, "masked row too large"));
+        };
+        o[row_at + 1..row_at + 5].copy_from_slice(&len.to_be_bytes());
+        // Everything before `row_at` was split off with earlier rows: the arena now
+        // holds exactly this row.
+        debug_assert_eq!(row_at, 0);
+        Ok(o.split().freeze())
     }
 
     /// Masks the value of column `col` (raw wire bytes for the plan's format). The
@@ -708,86 +760,86 @@ impl RowPlan {
             return Ok(Outcome::Keep);
         };
         let (prefix, text) = split_value(cp, value)?;
-        match self.decide(cp, text, &mut scratch.work, stats) {
+        match decide(&self.policy, cp, text, &mut scratch.work, stats) {
             Decision::Keep => Ok(Outcome::Keep),
             Decision::Null => Ok(Outcome::Null),
             Decision::Write => {
                 scratch.out.clear();
                 scratch.out.extend_from_slice(prefix);
-                self.write(cp, text, &mut scratch.work, &mut scratch.out)?;
+                write(&self.policy, cp, text, &mut scratch.work, &mut scratch.out)?;
                 Ok(Outcome::Replaced)
             }
         }
     }
+}
 
-    /// Decides what happens to a value; a scanning rule leaves its findings in `work`.
-    fn decide(
-        &self,
-        cp: &ColPlan,
-        text: &[u8],
-        work: &mut Work,
-        stats: &mut MaskStats,
-    ) -> Decision {
-        let rule = &self.policy.rules[cp.rule];
-        if let Some(scanner) = &rule.scan {
-            scanner.scan(text, &mut work.findings);
-            if work.findings.is_empty() {
-                return Decision::Keep;
-            }
-            stats.add_findings(&work.findings);
+/// Decides what happens to a value; a scanning rule leaves its findings in `work`.
+fn decide(
+    policy: &Inner,
+    cp: &ColPlan,
+    text: &[u8],
+    work: &mut Work,
+    stats: &mut MaskStats,
+) -> Decision {
+    let rule = &policy.rules[cp.rule];
+    if let Some(scanner) = &rule.scan {
+        scanner.scan(text, &mut work.findings);
+        if work.findings.is_empty() {
+            return Decision::Keep;
         }
-        stats.add_rule(&rule.name);
-        if matches!(rule.strategy, Strategy::Null) {
-            Decision::Null
-        } else {
-            Decision::Write
-        }
+        stats.add_findings(&work.findings);
     }
+    stats.add_rule(&rule.name);
+    if matches!(rule.strategy, Strategy::Null) {
+        Decision::Null
+    } else {
+        Decision::Write
+    }
+}
 
-    /// Appends the masked form of `text` to `out` after [`RowPlan::decide`] said `Write`.
-    fn write<S: Sink>(
-        &self,
-        cp: &ColPlan,
-        text: &[u8],
-        work: &mut Work,
-        out: &mut S,
-    ) -> Result<(), MaskError> {
-        let rule = &self.policy.rules[cp.rule];
-        let unspoilable = || MaskError::Unspoilable {
-            rule: rule.name.to_string(),
-        };
-        let Some(_) = &rule.scan else {
-            if cp.json {
-                work.tmp.clear();
-                rule.strategy
-                    .write(text, &mut work.tmp)
-                    .map_err(|_| unspoilable())?;
-                json_string(&work.tmp, out);
-            } else {
-                rule.strategy.write(text, out).map_err(|_| unspoilable())?;
-            }
-            return Ok(());
-        };
-        let start = out.len();
-        rewrite(rule, cp.json, text, &work.findings, out).map_err(|_| unspoilable())?;
-        // Replacements can meet their neighbours ("6 " before a masked card may form a
-        // new valid window): re-check what is sent until nothing is found.
-        if matches!(rule.strategy, Strategy::FormatPreserving(..)) {
-            return super::strategy::fix_findings(&mut out[start..], &rule.rescan)
-                .map_err(|_| unspoilable());
-        }
-        for _ in 0..4 {
-            rule.rescan.scan(&out[start..], &mut work.findings);
-            if work.findings.is_empty() {
-                return Ok(());
-            }
+/// Appends the masked form of `text` to `out` after [`decide`] said `Write`.
+fn write<S: Sink>(
+    policy: &Inner,
+    cp: &ColPlan,
+    text: &[u8],
+    work: &mut Work,
+    out: &mut S,
+) -> Result<(), MaskError> {
+    let rule = &policy.rules[cp.rule];
+    let unspoilable = || MaskError::Unspoilable {
+        rule: rule.name.to_string(),
+    };
+    let Some(_) = &rule.scan else {
+        if cp.json {
             work.tmp.clear();
-            work.tmp.extend_from_slice(&out[start..]);
-            out.truncate_to(start);
-            rewrite(rule, cp.json, &work.tmp, &work.findings, out).map_err(|_| unspoilable())?;
+            rule.strategy
+                .write(text, &mut work.tmp)
+                .map_err(|_| unspoilable())?;
+            json_string(&work.tmp, out);
+        } else {
+            rule.strategy.write(text, out).map_err(|_| unspoilable())?;
         }
-        Err(unspoilable())
+        return Ok(());
+    };
+    let start = out.len();
+    rewrite(rule, cp.json, text, &work.findings, out).map_err(|_| unspoilable())?;
+    // Replacements can meet their neighbours ("6 " before a masked card may form a
+    // new valid window): re-check what is sent until nothing is found.
+    if matches!(rule.strategy, Strategy::FormatPreserving(..)) {
+        return super::strategy::fix_findings(&mut out[start..], &rule.rescan)
+            .map_err(|_| unspoilable());
     }
+    for _ in 0..4 {
+        rule.rescan.scan(&out[start..], &mut work.findings);
+        if work.findings.is_empty() {
+            return Ok(());
+        }
+        work.tmp.clear();
+        work.tmp.extend_from_slice(&out[start..]);
+        out.truncate_to(start);
+        rewrite(rule, cp.json, &work.tmp, &work.findings, out).map_err(|_| unspoilable())?;
+    }
+    Err(unspoilable())
 }
 
 /// Splits a wire value into the bytes kept as they are (binary `jsonb`'s version byte)
@@ -1070,7 +1122,7 @@ pub(crate) mod tests {
         text.format = 1;
         assert!(p.plan(&who(), &[text], &Catalog::new()).is_ok());
         let nulls = policy("[[rule]]\ncolumn_name = \"c\"\nstrategy = \"null\"\n");
-        let plan = nulls.plan(&who(), &[int8], &Catalog::new()).unwrap();
+        let mut plan = nulls.plan(&who(), &[int8], &Catalog::new()).unwrap();
         let row = data_row(&[Some(&7i64.to_be_bytes())]);
         let out = plan.mask_data_row(row, &mut MaskStats::new()).unwrap();
         assert_eq!(fields(&out), [None]);
@@ -1086,7 +1138,7 @@ pub(crate) mod tests {
             col("notes", 16384, 5, 25),
         ];
         let frame = row_description(&cols);
-        let plan = p
+        let mut plan = p
             .plan(&who(), &parse_row_description(&frame).unwrap(), &catalog())
             .unwrap();
         let row = data_row(&[
@@ -1122,7 +1174,7 @@ pub(crate) mod tests {
     #[test]
     fn rejects_malformed_rows_without_panicking() {
         let p = policy(RULES);
-        let plan = p
+        let mut plan = p
             .plan(&who(), &[col("ssn", 16384, 3, 25)], &catalog())
             .unwrap();
         let good = data_row(&[Some(b"123-45-6789")]);
@@ -1158,7 +1210,7 @@ pub(crate) mod tests {
         let mut jsonb = col("doc", 0, 0, JSONB);
         jsonb.format = 1;
         let cols = [col("doc", 0, 0, JSON), jsonb, col("whole", 0, 0, JSON)];
-        let plan = p.plan(&who(), &cols, &Catalog::new()).unwrap();
+        let mut plan = p.plan(&who(), &cols, &Catalog::new()).unwrap();
         let doc = br#"{"card": 4111111111111111, "note": "mail a@b.io"}"#;
         let mut bin = vec![1u8];
         bin.extend_from_slice(doc);

@@ -51,8 +51,8 @@ pub enum Strategy {
         keep_last: usize,
         mask: u8,
     },
-    /// A keyed MAC, cloned per value so the key schedule runs once.
-    Hash(Box<HmacSha256>),
+    /// HMAC-SHA256 under a derived key.
+    Hash(Box<TokenMac>),
     /// SipHash keys for the substitution stream.
     FormatPreserving(u64, u64),
     Null,
@@ -74,7 +74,10 @@ impl Strategy {
     /// keys for `format_preserving` are separated by a label so one never reveals the
     /// other.
     pub fn hash(key: &[u8]) -> Strategy {
-        Strategy::Hash(Box::new(keyed(key, b"portcullis/mask/hash/v1")))
+        Strategy::Hash(Box::new(TokenMac::new(&derive(
+            key,
+            b"portcullis/mask/hash/v1",
+        ))))
     }
 
     pub fn format_preserving(key: &[u8]) -> Strategy {
@@ -107,9 +110,7 @@ impl Strategy {
                 mask,
             } => partial(value, *keep_first, *keep_last, *mask, out),
             Strategy::Hash(mac) => {
-                let mut mac = (**mac).clone();
-                mac.update(value);
-                let digest = mac.finalize().into_bytes();
+                let digest = mac.tag(value);
                 for b in &digest[..TOKEN_BYTES] {
                     out.put_u8(TOKEN_ALPHABET[usize::from(b >> 4)]);
                     out.put_u8(TOKEN_ALPHABET[usize::from(b & 15)]);
@@ -127,12 +128,91 @@ impl Strategy {
 }
 
 fn keyed(key: &[u8], label: &[u8]) -> HmacSha256 {
-    // Derive a per-purpose key first so the configured key is used for one thing only.
+    HmacSha256::new_from_slice(&derive(key, label)).expect("HMAC takes keys of any length")
+}
+
+/// A per-purpose key, so the configured key is used for one thing only.
+fn derive(key: &[u8], label: &[u8]) -> [u8; 32] {
     let mut kdf = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     kdf.update(label);
-    let derived = kdf.finalize().into_bytes();
-    HmacSha256::new_from_slice(&derived).expect("HMAC takes keys of any length")
+    kdf.finalize().into_bytes().into()
 }
+
+/// HMAC-SHA256 (RFC 2104) with the key's inner and outer pad blocks compressed once.
+///
+/// A token is computed per masked value, and most values (names, e-mails, numbers) fit
+/// in one SHA-256 block with the padding: those take exactly two compressions, with no
+/// hasher state to clone or buffer to manage. Longer values go through the `hmac`
+/// crate; tests check both paths agree with it.
+#[derive(Clone)]
+pub struct TokenMac {
+    inner: [u32; 8],
+    outer: [u32; 8],
+    long: HmacSha256,
+}
+
+/// Values up to this length fit in one block with the 0x80 byte and the bit length.
+const ONE_BLOCK: usize = 64 - 1 - 8;
+
+impl TokenMac {
+    fn new(key: &[u8; 32]) -> Self {
+        let pad = |byte: u8| {
+            let mut block = [byte; 64];
+            block.iter_mut().zip(key).for_each(|(b, k)| *b ^= k);
+            let mut state = SHA256_IV;
+            sha2::compress256(&mut state, &[block.into()]);
+            state
+        };
+        TokenMac {
+            inner: pad(0x36),
+            outer: pad(0x5c),
+            long: HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length"),
+        }
+    }
+
+    fn tag(&self, value: &[u8]) -> [u8; 32] {
+        if value.len() > ONE_BLOCK {
+            let mut mac = self.long.clone();
+            mac.update(value);
+            return mac.finalize().into_bytes().into();
+        }
+        // Both messages follow a 64-byte pad block, hence the 64 in the bit lengths.
+        let inner = final_block(&self.inner, value);
+        let mut digest = [0u8; 32];
+        for (chunk, word) in digest.chunks_exact_mut(4).zip(inner) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        let outer = final_block(&self.outer, &digest);
+        for (chunk, word) in digest.chunks_exact_mut(4).zip(outer) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        digest
+    }
+}
+
+/// Runs the last SHA-256 block over `msg` (at most [`ONE_BLOCK`] bytes) that follows one
+/// already-compressed 64-byte block.
+fn final_block(state: &[u32; 8], msg: &[u8]) -> [u32; 8] {
+    let mut block = [0u8; 64];
+    block[..msg.len()].copy_from_slice(msg);
+    block[msg.len()] = 0x80;
+    let bits = ((64 + msg.len()) as u64) * 8;
+    block[56..].copy_from_slice(&bits.to_be_bytes());
+    let mut state = *state;
+    sha2::compress256(&mut state, &[block.into()]);
+    state
+}
+
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
 
 /// Length in bytes of the UTF-8 character starting with `b` (1 for stray bytes).
 fn char_len(b: u8) -> usize {
@@ -156,13 +236,14 @@ fn partial<S: Sink>(value: &[u8], keep_first: usize, keep_last: usize, mask: u8,
         let total = value.iter().filter(|b| b.is_ascii_alphanumeric()).count();
         let (kf, kl) = kept(keep_first, keep_last, total);
         out.put_slice(value);
-        for (idx, b) in out[start..]
-            .iter_mut()
-            .filter(|b| b.is_ascii_alphanumeric())
-            .enumerate()
-        {
-            if idx >= kf && idx < total - kl {
-                *b = mask;
+        let masked_until = total - kl;
+        let mut idx = 0;
+        for b in out[start..].iter_mut() {
+            if b.is_ascii_alphanumeric() {
+                if idx >= kf && idx < masked_until {
+                    *b = mask;
+                }
+                idx += 1;
             }
         }
         recheck(&mut out[start..], kf + kl, mask);
@@ -227,6 +308,49 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Uniform small numbers drawn from a keyed stream. Each draw multiplies the 64-bit
+/// fraction left by the range and keeps the high word, so one PRNG step yields about
+/// eight characters (each uses log2(range) of its 64 bits) without a division.
+struct Draws {
+    state: u64,
+    frac: u64,
+    left: u8,
+}
+
+impl Draws {
+    fn new(seed: u64) -> Self {
+        Draws {
+            state: seed,
+            frac: 0,
+            left: 0,
+        }
+    }
+
+    #[inline]
+    fn below(&mut self, range: u8) -> u8 {
+        if self.left == 0 {
+            self.frac = splitmix(&mut self.state);
+            self.left = 8;
+        }
+        self.left -= 1;
+        let wide = u128::from(self.frac) * u128::from(range);
+        self.frac = wide as u64;
+        (wide >> 64) as u8
+    }
+
+    /// The substitute for one ASCII byte: digits become digits, letters letters of the
+    /// same case, anything else stays.
+    #[inline]
+    fn replace(&mut self, b: u8) -> u8 {
+        match b {
+            b'0'..=b'9' => b'0' + self.below(10),
+            b'A'..=b'Z' => b'A' + self.below(26),
+            b'a'..=b'z' => b'a' + self.below(26),
+            _ => b,
+        }
+    }
+}
+
 /// Digits become digits, letters letters (a non-ASCII character becomes one ASCII
 /// letter), everything else stays. The stream is seeded by a keyed PRF of the whole
 /// value, so equal inputs mask equally under one key and the key is needed to link
@@ -235,7 +359,7 @@ fn substitute<S: Sink>(value: &[u8], k0: u64, k1: u64, out: &mut S) {
     #[allow(deprecated)] // SipHash-2-4 is exactly what is wanted: a fast keyed PRF.
     let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
     h.write(value);
-    let mut state = h.finish();
+    let mut draws = Draws::new(h.finish());
     // An IBAN keeps its country code, so the masked value still reads as one.
     let keep = if value.len() >= 4
         && value[..2].iter().all(u8::is_ascii_uppercase)
@@ -246,45 +370,21 @@ fn substitute<S: Sink>(value: &[u8], k0: u64, k1: u64, out: &mut S) {
         0
     };
     out.put_slice(&value[..keep]);
-    // 16 random bits per character, four characters per PRNG step.
-    let mut bits = 0u64;
-    let mut left = 0;
-    let mut next = move || {
-        if left == 0 {
-            bits = splitmix(&mut state);
-            left = 4;
-        }
-        let x = (bits & 0xffff) as u32;
-        bits >>= 16;
-        left -= 1;
-        x
-    };
     let rest = &value[keep..];
     if rest.is_ascii() {
         // The common case: copy once and rewrite letters and digits in place.
         let start = out.len();
         out.put_slice(rest);
         for b in out[start..].iter_mut() {
-            if b.is_ascii_digit() {
-                *b = b'0' + (next() % 10) as u8;
-            } else if b.is_ascii_uppercase() {
-                *b = b'A' + (next() % 26) as u8;
-            } else if b.is_ascii_lowercase() {
-                *b = b'a' + (next() % 26) as u8;
-            }
+            *b = draws.replace(*b);
         }
         return;
     }
     for c in chars(rest) {
-        let b = c[0];
-        if b.is_ascii_digit() {
-            out.put_u8(b'0' + (next() % 10) as u8);
-        } else if b.is_ascii_uppercase() {
-            out.put_u8(b'A' + (next() % 26) as u8);
-        } else if b.is_ascii_lowercase() || b >= 0x80 {
-            out.put_u8(b'a' + (next() % 26) as u8);
-        } else {
-            out.put_slice(c);
+        match c[0] {
+            b if b >= 0x80 => out.put_u8(b'a' + draws.below(26)),
+            b if c.len() == 1 => out.put_u8(draws.replace(b)),
+            _ => out.put_slice(c),
         }
     }
 }
@@ -292,6 +392,9 @@ fn substitute<S: Sink>(value: &[u8], k0: u64, k1: u64, out: &mut S) {
 /// Makes substituted output invalid as any checksummed identifier. Only digits change,
 /// so the shape stays.
 fn spoil(out: &mut [u8]) -> Result<(), Unspoilable> {
+    if spoil_plain_number(out) {
+        return Ok(());
+    }
     let digit_count = out.iter().filter(|b| b.is_ascii_digit()).count();
     if digit_count == 9
         && let Some(first) = out.iter_mut().find(|b| b.is_ascii_digit())
@@ -299,6 +402,46 @@ fn spoil(out: &mut [u8]) -> Result<(), Unspoilable> {
         *first = b'9';
     }
     fix(out, &Scanner::strict(), true)
+}
+
+/// The common shapes, settled without a scan: a value of digits only is one digit run,
+/// and the scanner judges a run only whole (a card is 13-19 digits, an SSN or routing
+/// number 9, an IBAN needs letters), so checking the whole value is enough. Nine digits
+/// with dashes or spaces (an SSN's 3-2-4) cannot hold anything else either. Returns
+/// false for every other shape, which then gets the full scan.
+fn spoil_plain_number(out: &mut [u8]) -> bool {
+    let mut digits = 0;
+    let mut separators = 0;
+    for &b in out.iter() {
+        if b.is_ascii_digit() {
+            digits += 1;
+        } else if b == b'-' || b == b' ' {
+            separators += 1;
+        } else {
+            return false;
+        }
+    }
+    if digits == 9 {
+        let mut d = nine_digits(out);
+        // Area 9xx is never issued, so the value cannot be an SSN; then break the ABA
+        // checksum (one step of the last digit always does, its weight being 1).
+        d[0] = b'9';
+        if detect::aba_checksum_ok(&d) {
+            d[8] = if d[8] == b'9' { b'0' } else { d[8] + 1 };
+        }
+        for (slot, &v) in out.iter_mut().filter(|b| b.is_ascii_digit()).zip(&d) {
+            *slot = v;
+        }
+        return true;
+    }
+    if separators > 0 {
+        return false;
+    }
+    // Any single-digit change breaks Luhn.
+    if (13..=19).contains(&digits) && detect::luhn_valid(out) {
+        bump_last_digit(out);
+    }
+    true
 }
 
 /// Changes digits of `out` until `scanner` finds nothing checksummed in it (e-mail
@@ -450,6 +593,20 @@ mod tests {
         };
         // The last 12 significant characters would keep the whole SSN.
         assert_eq!(run(&last12, "SSN: 123-45-6789"), "***: ***-**-****");
+    }
+
+    #[test]
+    fn token_mac_is_hmac_sha256() {
+        let key = derive(b"some configured key", b"label");
+        let mac = TokenMac::new(&key);
+        let value: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(37)).collect();
+        // Across the one-block boundary and into multi-block values.
+        for len in 0..value.len() {
+            let mut reference = HmacSha256::new_from_slice(&key).unwrap();
+            reference.update(&value[..len]);
+            let want: [u8; 32] = reference.finalize().into_bytes().into();
+            assert_eq!(mac.tag(&value[..len]), want, "length {len}");
+        }
     }
 
     #[test]
