@@ -29,6 +29,9 @@ pub struct TableInfo {
     pub table: String,
     /// Sorted by attnum (system columns have negative numbers).
     columns: Vec<(i16, String)>,
+    /// A view or materialized view: its columns are computed from other relations, so
+    /// a value's real source is not known from the name alone.
+    pub derived: bool,
 }
 
 impl TableInfo {
@@ -123,12 +126,25 @@ impl Catalog {
                 schema: schema.to_owned(),
                 table: table.to_owned(),
                 columns: Vec::new(),
+                derived: false,
             });
         }
         if let Entry::Known(t) = entry {
             t.schema = schema.to_owned();
             t.table = table.to_owned();
             t.insert(attnum, column.to_owned());
+        }
+    }
+
+    /// Whether this OID is known to be a view or materialized view.
+    pub fn is_derived(&self, table_oid: u32) -> bool {
+        matches!(self.tables.get(&table_oid), Some(Entry::Known(t)) if t.derived)
+    }
+
+    /// Marks a known table as a view (tests, or a gateway that learns kinds elsewhere).
+    pub fn set_derived(&mut self, table_oid: u32, derived: bool) {
+        if let Some(Entry::Known(t)) = self.tables.get_mut(&table_oid) {
+            t.derived = derived;
         }
     }
 
@@ -181,8 +197,8 @@ impl CatalogFill {
     }
 
     /// The query to run (simple Query protocol, text results). Columns: table OID,
-    /// schema, table, attnum, column name. System columns are included so `ctid` and
-    /// friends resolve; dropped columns are not. The OID list is formatted from integers,
+    /// schema, table, attnum, column name, relation kind. System columns are included so
+    /// `ctid` and friends resolve; dropped columns are not. The OID list is formatted from integers,
     /// so nothing from a client reaches this SQL.
     pub fn sql(&self) -> String {
         let list = self
@@ -192,7 +208,7 @@ impl CatalogFill {
             .collect::<Vec<_>>()
             .join(",");
         format!(
-            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
+            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, c.relkind \
              FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
@@ -200,16 +216,21 @@ impl CatalogFill {
         )
     }
 
-    /// Adds one result row given as text fields.
+    /// Adds one result row given as text fields: the five of [`CatalogFill::sql`] with
+    /// or without the relation kind after them.
     pub fn ingest_row(&mut self, fields: &[Option<&[u8]>]) -> Result<(), MaskError> {
         const WHAT: &str = "catalog row";
+        let (names, relkind) = match fields {
+            [names @ .., Some(kind)] if fields.len() == 6 => (names, Some(*kind)),
+            _ => (fields, None),
+        };
         let [
             Some(oid),
             Some(schema),
             Some(table),
             Some(attnum),
             Some(column),
-        ] = fields
+        ] = names
         else {
             return Err(MaskError::malformed(WHAT, "expected 5 non-null fields"));
         };
@@ -236,7 +257,10 @@ impl CatalogFill {
             schema: String::new(),
             table: String::new(),
             columns: Vec::new(),
+            derived: false,
         });
+        // 'v' view, 'm' materialized view.
+        t.derived = matches!(relkind, Some(b"v" | b"m"));
         t.schema = text(schema)?;
         t.table = text(table)?;
         t.insert(attnum, text(column)?);
@@ -246,9 +270,13 @@ impl CatalogFill {
     /// Adds one whole `DataRow` frame of the [`CatalogFill::sql`] result.
     pub fn ingest_data_row(&mut self, frame: &[u8]) -> Result<(), MaskError> {
         const WHAT: &str = "catalog DataRow";
-        let mut pos = data_row_start(frame, 5)?;
-        let mut fields: [Option<&[u8]>; 5] = [None; 5];
-        for f in &mut fields {
+        let count = match frame.get(5..7) {
+            Some(&[0, 6]) => 6,
+            _ => 5,
+        };
+        let mut pos = data_row_start(frame, count)?;
+        let mut fields: [Option<&[u8]>; 6] = [None; 6];
+        for f in &mut fields[..count] {
             let (range, next) = read_field(frame, pos, WHAT)?;
             *f = range.map(|(s, e)| &frame[s..e]);
             pos = next;
@@ -256,7 +284,7 @@ impl CatalogFill {
         if pos != frame.len() {
             return Err(MaskError::malformed(WHAT, "trailing bytes"));
         }
-        self.ingest_row(&fields)
+        self.ingest_row(&fields[..count])
     }
 }
 

@@ -8,6 +8,9 @@
 //! [mask]
 //! hash_key_env = "PORTCULLIS_MASK_KEY"
 //! exempt_roles = ["auditor"]
+//! # Computed columns (`ssn || ''`, `row_to_json(a)`) that no rule names:
+//! # "scan" (default) redacts what the detectors find, "refuse", or "pass".
+//! unattributed = "scan"
 //!
 //! [[mask.rule]]
 //! name = "ssn"
@@ -47,6 +50,26 @@ pub struct MaskConfig {
     /// column; within each kind the first matching rule wins.
     #[serde(rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// What happens to result columns no rule covers whose source is not a table column
+    /// (expressions such as `ssn || ''`, `row_to_json(a)`, function results, view
+    /// columns), while any rule applies to the reader.
+    pub unattributed: Unattributed,
+}
+
+/// `[mask] unattributed`: a value computed from a masked column loses its table OID,
+/// so neither column rules nor (after an alias) name rules can see where it came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unattributed {
+    /// Scan text-like values with every detector, taking bare numbers that validate as
+    /// an SSN, routing or card number for one (a computed value has no context to
+    /// judge by), and redact what is found. Numeric results pass.
+    #[default]
+    Scan,
+    /// Refuse results with such text-like columns: agents must select table columns.
+    Refuse,
+    /// Forward them unmasked (trusting name rules and the agents).
+    Pass,
 }
 
 /// One `[[mask.rule]]`: a selector (exactly one of `column`, `column_name`,

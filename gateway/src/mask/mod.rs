@@ -31,7 +31,7 @@ pub mod strategy;
 pub mod wire;
 
 pub use catalog::{Catalog, CatalogFill};
-pub use config::{DetectorKind, MaskConfig, RuleConfig, StrategyKind};
+pub use config::{DetectorKind, MaskConfig, RuleConfig, StrategyKind, Unattributed};
 pub use copy::{CopyFormat, CopyPlan};
 pub use policy::{MaskStats, Policy, RowPlan, Subject};
 pub use wire::{ColumnDesc, apply_result_formats, parse_row_description};
@@ -74,9 +74,19 @@ pub enum MaskError {
         type_oid: u32,
         strategy: &'static str,
     },
+    /// `[mask] unattributed = "refuse"` and the result has a computed text-like column
+    /// that no rule covers.
+    #[error(
+        "column {column:?} is computed or comes from a view, so the gateway cannot tell whether it carries a masked value ([mask] unattributed = \"refuse\"); select the table's columns instead"
+    )]
+    Unattributed { column: String },
     /// A `COPY` whose columns the gateway could not map while masking rules apply.
     #[error("COPY columns cannot be mapped to their sources while masking rules apply; refusing")]
     CopyColumnsUnknown,
+    /// A `COPY` statement whose layout the gateway cannot read with certainty (options it
+    /// does not understand, a non-UTF8 encoding, …) while masking rules apply.
+    #[error("COPY cannot be masked safely: {0}; refusing")]
+    CopyStatement(String),
     /// Bytes from the server that do not form the expected message.
     #[error("malformed {what}: {problem}")]
     Malformed {

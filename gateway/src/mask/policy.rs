@@ -28,7 +28,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::MaskError;
 use super::catalog::{Catalog, Lookup};
-use super::config::{DetectorKind, MaskConfig, RuleConfig, StrategyKind};
+use super::config::{DetectorKind, MaskConfig, RuleConfig, StrategyKind, Unattributed};
 use super::copy::{CopyFormat, CopyPlan};
 use super::detect::{DetectorSet, Finding, Scanner};
 use super::pattern::{ColumnPath, Glob};
@@ -62,6 +62,9 @@ enum Selector {
     Path(ColumnPath),
     Name(Glob),
     Regex(regex::bytes::Regex),
+    /// The built-in rule for computed columns: chosen by [`Policy::plan`], never by
+    /// matching.
+    Unattributed,
 }
 
 pub(crate) struct Rule {
@@ -78,10 +81,18 @@ pub(crate) struct Rule {
 }
 
 pub(crate) struct Inner {
+    /// The configured rules, then the built-in `unattributed` scanning rule when
+    /// `[mask] unattributed = "scan"`.
     pub(crate) rules: Vec<Rule>,
+    /// How many of `rules` came from the config.
+    configured: usize,
+    unattributed: Unattributed,
     exempt_roles: Vec<String>,
     exempt_identities: Vec<String>,
 }
+
+/// Name of the built-in rule that scans computed columns (in errors and audit counts).
+pub const UNATTRIBUTED_RULE: &str = "unattributed";
 
 /// A validated, compiled `[mask]` config. Cheap to clone.
 #[derive(Clone)]
@@ -151,25 +162,41 @@ impl Policy {
             }
             rules.push(compile_rule(&name, rc, key.as_deref(), &fpe_key)?);
         }
+        let configured = rules.len();
+        if configured > 0 && cfg.unattributed == Unattributed::Scan {
+            if rules.iter().any(|r| &*r.name == UNATTRIBUTED_RULE) {
+                return Err(invalid(
+                    UNATTRIBUTED_RULE,
+                    "the name is taken by the built-in rule for computed columns",
+                ));
+            }
+            rules.push(unattributed_rule());
+        }
         Ok(Policy {
             inner: Arc::new(Inner {
                 rules,
+                configured,
+                unattributed: cfg.unattributed,
                 exempt_roles: cfg.exempt_roles.clone(),
                 exempt_identities: cfg.exempt_identities.clone(),
             }),
         })
     }
 
-    /// Rule names in config order.
+    /// Names of the configured rules, in config order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.inner.rules.iter().map(|r| &*r.name)
+        self.configured().iter().map(|r| &*r.name)
+    }
+
+    fn configured(&self) -> &[Rule] {
+        &self.inner.rules[..self.inner.configured]
     }
 
     /// True when no rule can apply to this subject: every result passes through and no
     /// catalog is needed.
     pub fn is_exempt(&self, who: &Subject) -> bool {
         who.in_lists(&self.inner.exempt_identities, &self.inner.exempt_roles)
-            || self.inner.rules.iter().all(|r| r.exempt_for(who))
+            || self.configured().iter().all(|r| r.exempt_for(who))
     }
 
     /// Decides, for each column of a result set, which rule masks it.
@@ -190,7 +217,7 @@ impl Policy {
         if self.is_exempt(who) {
             return Ok(passthrough());
         }
-        let active: Vec<usize> = (0..inner.rules.len())
+        let active: Vec<usize> = (0..inner.configured)
             .filter(|&i| !inner.rules[i].exempt_for(who))
             .collect();
         // Every selector needs the source: `column` rules match it, and name rules match
@@ -239,6 +266,7 @@ impl Policy {
                     Selector::Regex(r) => {
                         r.is_match(&col.name) || source_column.is_some_and(|c| r.is_match(c))
                     }
+                    Selector::Unattributed => false,
                 };
                 if hit {
                     if rule.scan.is_none() {
@@ -257,7 +285,21 @@ impl Policy {
                 });
             }
             let Some(i) = whole.or(scan) else {
-                plans.push(None);
+                let computed = col.table_oid == 0 || catalog.is_derived(col.table_oid);
+                let plan = match inner.unattributed {
+                    _ if !computed || !may_carry_text(col.type_oid) => None,
+                    Unattributed::Pass => None,
+                    Unattributed::Refuse => {
+                        return Err(MaskError::Unattributed {
+                            column: col.name_lossy(),
+                        });
+                    }
+                    Unattributed::Scan => {
+                        let i = inner.configured;
+                        Some(col_plan(&inner.rules[i], i, col)?)
+                    }
+                };
+                plans.push(plan);
                 continue;
             };
             plans.push(Some(col_plan(&inner.rules[i], i, col)?));
@@ -434,6 +476,41 @@ fn compile_rule(
         exempt_roles: rc.exempt_roles.clone(),
         exempt_identities: rc.exempt_identities.clone(),
     })
+}
+
+/// The built-in scanning rule for computed columns. Every detector, and every hint: a
+/// computed value has no surrounding words to judge by, so a bare number that validates
+/// as an SSN, routing or card number is taken for one. A false positive costs a redacted
+/// computed value; a false negative leaks.
+fn unattributed_rule() -> Rule {
+    let all = DetectorSet::all();
+    let checksummed: DetectorSet = DetectorKind::ALL
+        .into_iter()
+        .filter(|k| *k != DetectorKind::Email)
+        .collect();
+    Rule {
+        name: UNATTRIBUTED_RULE.into(),
+        selector: Selector::Unattributed,
+        scan: Some(Scanner::new(all, all)),
+        rescan: Scanner::new(checksummed, all),
+        strategy: Strategy::Redact(DEFAULT_REDACTION.as_bytes().into()),
+        exempt_roles: Vec::new(),
+        exempt_identities: Vec::new(),
+    }
+}
+
+/// Types whose values can hold a copied string: text-like ones, JSON, XML, records,
+/// arrays of those, and user-defined types (composites, enums, domains: OIDs from
+/// 16384). Numbers, dates and the like are left alone: they cannot hold separators or
+/// letters, and redacting them would break the client's parsing.
+fn may_carry_text(type_oid: u32) -> bool {
+    const OTHERS: [u32; 10] = [
+        JSONB, 142,  // xml
+        2249, // record
+        1009, 1015, 1014, 1003, 199, 3807,
+        2287, // text[], varchar[], bpchar[], name[], json[], jsonb[], record[]
+    ];
+    TEXT_LIKE.contains(&type_oid) || OTHERS.contains(&type_oid) || type_oid >= 16384
 }
 
 /// How a column's bytes relate to text.
@@ -1073,8 +1150,10 @@ pub(crate) mod tests {
             .plan(&auditor, &[col("ssn", 16384, 3, 25)], &Catalog::new())
             .unwrap();
         assert!(plan.is_passthrough());
+        // Computed columns here test the rules themselves, not the built-in scan.
         let per_rule = policy(
-            "[[rule]]\ncolumn_name = \"ssn\"\nstrategy = \"null\"\nexempt_identities = [\"agent-7\"]\n\
+            "unattributed = \"pass\"\n\
+             [[rule]]\ncolumn_name = \"ssn\"\nstrategy = \"null\"\nexempt_identities = [\"agent-7\"]\n\
              [[rule]]\ncolumn_name = \"email\"\nstrategy = \"null\"\n",
         );
         let plan = per_rule
@@ -1085,6 +1164,105 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!((plan.rule_for(0), plan.rule_for(1)), (None, Some("#2")));
+    }
+
+    fn mask_one(plan: &mut RowPlan, values: &[&[u8]]) -> Vec<Option<Vec<u8>>> {
+        let row = data_row(&values.iter().map(|v| Some(*v)).collect::<Vec<_>>());
+        fields(&plan.mask_data_row(row, &mut MaskStats::new()).unwrap())
+    }
+
+    #[test]
+    fn computed_text_columns_are_scanned_by_default() {
+        let p = policy(RULES);
+        let cols = [
+            col("x", 0, 0, 25),     // ssn || ''
+            col("j", 0, 0, JSON),   // row_to_json(a)
+            col("count", 0, 0, 20), // count(*)
+            col("full_name", 16384, 2, 25),
+        ];
+        let mut plan = p.plan(&who(), &cols, &catalog()).unwrap();
+        assert_eq!(plan.rule_for(0), Some(UNATTRIBUTED_RULE));
+        assert_eq!(plan.rule_for(1), Some(UNATTRIBUTED_RULE));
+        assert_eq!(plan.rule_for(2), None, "numbers pass");
+        assert_eq!(plan.rule_for(3), None, "table columns no rule names pass");
+        let out = mask_one(
+            &mut plan,
+            &[
+                b"485-58-2913",
+                br#"{"ssn":"485582913","card":4111111111111111,"note":"fine"}"#,
+                b"485582913",
+                b"Ada",
+            ],
+        );
+        assert_eq!(out[0].as_deref(), Some(&b"[REDACTED]"[..]));
+        assert_eq!(
+            out[1].as_deref(),
+            Some(&br#"{"ssn":"[REDACTED]","card":"[REDACTED]","note":"fine"}"#[..]),
+            "bare numbers count in computed values, and the JSON stays valid"
+        );
+        assert_eq!(out[2].as_deref(), Some(&b"485582913"[..]));
+        // Nothing sensitive: the row is forwarded as it came.
+        let clean = data_row(&[Some(b"hello"), Some(b"{}"), Some(b"1"), Some(b"Ada")]);
+        let same = plan
+            .mask_data_row(clean.clone(), &mut MaskStats::new())
+            .unwrap();
+        assert_eq!(same.as_ptr(), clean.as_ptr());
+    }
+
+    #[test]
+    fn view_columns_count_as_computed() {
+        let p = policy(RULES);
+        let mut cat = catalog();
+        cat.insert_column(30000, "public", "v_customers", 1, "tax_id");
+        let cols = [col("tax_id", 30000, 1, 25)];
+        assert_eq!(p.plan(&who(), &cols, &cat).unwrap().rule_for(0), None);
+        cat.set_derived(30000, true);
+        let plan = p.plan(&who(), &cols, &cat).unwrap();
+        assert_eq!(plan.rule_for(0), Some(UNATTRIBUTED_RULE));
+    }
+
+    #[test]
+    fn unattributed_refuse_and_pass() {
+        let refuse = policy(&format!("unattributed = \"refuse\"\n{RULES}"));
+        let err = refuse
+            .plan(&who(), &[col("x", 0, 0, 25)], &catalog())
+            .unwrap_err();
+        assert!(
+            matches!(err, MaskError::Unattributed { ref column } if column == "x"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("unattributed = \"refuse\""));
+        // Numbers are not refused, nor is anything for an exempt reader.
+        assert!(
+            refuse
+                .plan(&who(), &[col("n", 0, 0, 20)], &catalog())
+                .is_ok()
+        );
+        let auditor = Subject::new("a", ["auditor"]);
+        assert!(
+            refuse
+                .plan(&auditor, &[col("x", 0, 0, 25)], &catalog())
+                .is_ok()
+        );
+        let pass = policy(&format!("unattributed = \"pass\"\n{RULES}"));
+        let plan = pass
+            .plan(&who(), &[col("x", 0, 0, 25)], &catalog())
+            .unwrap();
+        assert!(plan.is_passthrough());
+    }
+
+    #[test]
+    fn no_rules_means_no_built_in_scan() {
+        let p = policy("");
+        assert!(p.is_exempt(&who()));
+        let plan = p
+            .plan(&who(), &[col("x", 0, 0, 25)], &Catalog::new())
+            .unwrap();
+        assert!(plan.is_passthrough());
+        assert_eq!(policy(RULES).rule_names().count(), 3);
+        let taken = "[[rule]]\nname = \"unattributed\"\ncolumn_name = \"x\"\nstrategy = \"null\"\n";
+        let cfg: MaskConfig = toml::from_str(taken).unwrap();
+        assert!(Policy::compile(&cfg).is_err());
     }
 
     #[test]
