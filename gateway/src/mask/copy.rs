@@ -8,11 +8,14 @@
 //! closed. A message made only of complete, unchanged rows is returned as the very same
 //! `Bytes`.
 //!
-//! Text format: fields split on the delimiter, `\N` (or the configured null string) is
-//! NULL, and backslash escapes are decoded before masking and re-applied after. CSV:
-//! quoted fields may hold delimiters, quotes (doubled, or after the escape character) and
-//! raw newlines; an unquoted null string is NULL. Binary: the `PGCOPY` header passes
-//! through, tuples are length-prefixed fields, the `-1` trailer ends the data.
+//! The layout comes from the statement's options ([`CopyFormat`]: delimiter, NULL string,
+//! header line, quote, escape, forced quoting). Text format: fields split on the
+//! delimiter, the null string (`\N` by default) is NULL, and backslash escapes (an escaped
+//! delimiter among them) are decoded before masking and re-applied after. CSV: quoted
+//! fields may hold delimiters, quotes (doubled, or after the escape character) and raw
+//! newlines; an unquoted null string is NULL. A header line passes through unmasked once
+//! it is checked to name the copied columns. Binary: the `PGCOPY` header passes through,
+//! tuples are length-prefixed fields, the `-1` trailer ends the data.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -21,36 +24,54 @@ use super::policy::{MaskStats, Outcome, RowPlan, Scratch};
 use super::wire::{Reader, message_body};
 
 /// How text-format `COPY` data is written, from the statement's options.
+///
+/// `header` holds the names of the copied columns when the statement asked for a header
+/// line (`HEADER`): the first row must name them, and passes through unmasked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyFormat {
     Text {
         delimiter: u8,
         null: Vec<u8>,
+        header: Option<Vec<Vec<u8>>>,
     },
     Csv {
         delimiter: u8,
         quote: u8,
         escape: u8,
         null: Vec<u8>,
+        header: Option<Vec<Vec<u8>>>,
+        /// `FORCE_QUOTE`, per column in copy order (empty: none). Masked values of these
+        /// columns are quoted as the server quotes the rest.
+        force_quote: Vec<bool>,
     },
 }
 
 impl CopyFormat {
-    /// `FORMAT text` defaults: tab, `\N`.
+    /// `FORMAT text` defaults: tab, `\N`, no header.
     pub fn text() -> Self {
         CopyFormat::Text {
             delimiter: b'\t',
             null: b"\\N".to_vec(),
+            header: None,
         }
     }
 
-    /// `FORMAT csv` defaults: comma, `"` for quote and escape, empty string for NULL.
+    /// `FORMAT csv` defaults: comma, `"` for quote and escape, empty string for NULL, no
+    /// header, no forced quoting.
     pub fn csv() -> Self {
         CopyFormat::Csv {
             delimiter: b',',
             quote: b'"',
             escape: b'"',
             null: Vec::new(),
+            header: None,
+            force_quote: Vec::new(),
+        }
+    }
+
+    fn header(&self) -> Option<&[Vec<u8>]> {
+        match self {
+            CopyFormat::Text { header, .. } | CopyFormat::Csv { header, .. } => header.as_deref(),
         }
     }
 }
@@ -99,6 +120,7 @@ pub struct CopyPlan {
     carry: BytesMut,
     resume: Resume,
     max_carry: usize,
+    /// The stream's header (the binary signature, or the text/CSV header line) is behind.
     header_done: bool,
     trailer_seen: bool,
     scratch: Scratch,
@@ -107,6 +129,7 @@ pub struct CopyPlan {
 
 impl CopyPlan {
     pub(crate) fn new(plan: RowPlan, binary: bool, format: CopyFormat) -> Self {
+        let header_done = !binary && format.header().is_none();
         CopyPlan {
             plan,
             binary,
@@ -114,7 +137,7 @@ impl CopyPlan {
             carry: BytesMut::new(),
             resume: Resume::default(),
             max_carry: DEFAULT_MAX_CARRY,
-            header_done: false,
+            header_done,
             trailer_seen: false,
             scratch: Scratch::default(),
             decoded: Vec::new(),
@@ -300,6 +323,11 @@ impl CopyPlan {
         stats: &mut MaskStats,
     ) -> Result<bool, MaskError> {
         let line = &row[..row.len() - 1];
+        if !self.header_done {
+            self.check_header(line)?;
+            self.header_done = true;
+            return Ok(false);
+        }
         let ncols = self.plan.column_count();
         let mut changed = false;
         let mut col = 0;
@@ -333,6 +361,37 @@ impl CopyPlan {
         }
         out.put_u8(b'\n');
         Ok(changed)
+    }
+
+    /// The header line must name the copied columns in order. Checking, rather than
+    /// skipping the first row blindly, means a misread `HEADER` can only refuse the
+    /// stream, never let a data row through unmasked.
+    fn check_header(&mut self, line: &[u8]) -> Result<(), MaskError> {
+        let mismatch = MaskError::malformed("COPY header", "does not name the copied columns");
+        let expected = self.format.header().ok_or(mismatch.clone())?;
+        let mut names = expected.iter();
+        let mut start = 0;
+        loop {
+            let (end, next) = self.field_end(line, start);
+            self.decoded.clear();
+            match &self.format {
+                CopyFormat::Text { .. } => text_decode(&line[start..end], &mut self.decoded),
+                CopyFormat::Csv { quote, escape, .. } => {
+                    csv_decode(&line[start..end], *quote, *escape, &mut self.decoded)
+                }
+            }
+            if names.next() != Some(&self.decoded) {
+                return Err(mismatch);
+            }
+            match next {
+                Some(n) => start = n,
+                None => break,
+            }
+        }
+        match names.next() {
+            None => Ok(()),
+            Some(_) => Err(mismatch),
+        }
     }
 
     fn delimiter(&self) -> u8 {
@@ -431,7 +490,20 @@ impl CopyPlan {
                     quote,
                     escape,
                     null,
-                } => csv_encode(&self.scratch.out, *delimiter, *quote, *escape, null, out),
+                    force_quote,
+                    ..
+                } => {
+                    let value = &self.scratch.out[..];
+                    let quoted = force_quote.get(col).copied().unwrap_or(false)
+                        || csv_needs_quotes(
+                            value,
+                            *delimiter,
+                            *quote,
+                            null,
+                            self.plan.column_count() == 1,
+                        );
+                    csv_encode(value, *quote, *escape, quoted, out)
+                }
             },
         }
         Ok(true)
@@ -596,13 +668,19 @@ fn text_decode(raw: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Escapes a value as the server's text format does, so a masked field reads back the
+/// same way as its neighbours (control characters by name, backslash and the delimiter
+/// behind a backslash).
 fn text_encode(value: &[u8], delimiter: u8, out: &mut BytesMut) {
     for &b in value {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
+            8 => out.extend_from_slice(b"\\b"),
+            12 => out.extend_from_slice(b"\\f"),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
+            11 => out.extend_from_slice(b"\\v"),
             b if b == delimiter => {
                 out.put_u8(b'\\');
                 out.put_u8(b);
@@ -641,13 +719,19 @@ fn csv_decode(raw: &[u8], quote: u8, escape: u8, out: &mut Vec<u8>) {
     }
 }
 
-fn csv_encode(value: &[u8], delimiter: u8, quote: u8, escape: u8, null: &[u8], out: &mut BytesMut) {
-    let needs_quotes = value.is_empty()
-        || value == null
+/// When the server quotes a CSV value: it equals the null string (so it is not read as
+/// NULL), holds the delimiter, the quote or a line break, or is `\.` alone on a line
+/// (the end-of-data marker).
+fn csv_needs_quotes(value: &[u8], delimiter: u8, quote: u8, null: &[u8], single: bool) -> bool {
+    value == null
+        || (single && value == b"\\.")
         || value
             .iter()
-            .any(|&b| b == delimiter || b == quote || b == escape || b == b'\n' || b == b'\r');
-    if !needs_quotes {
+            .any(|&b| b == delimiter || b == quote || b == b'\n' || b == b'\r')
+}
+
+fn csv_encode(value: &[u8], quote: u8, escape: u8, quoted: bool, out: &mut BytesMut) {
+    if !quoted {
         out.extend_from_slice(value);
         return;
     }
@@ -714,7 +798,17 @@ mod tests {
         input: &[u8],
         chunk: usize,
     ) -> Result<Vec<u8>, MaskError> {
-        let p = policy(RULES);
+        run_rules(RULES, format, binary, input, chunk)
+    }
+
+    fn run_rules(
+        rules: &str,
+        format: CopyFormat,
+        binary: bool,
+        input: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<u8>, MaskError> {
+        let p = policy(rules);
         let mut plan = p.plan_copy(
             &Subject::new("a", ["r"]),
             Some(&cols()),
@@ -756,6 +850,166 @@ mod tests {
                 "chunk {chunk}"
             );
         }
+    }
+
+    /// Same output whatever the `CopyData` boundaries.
+    fn every_split(rules: &str, format: &CopyFormat, input: &[u8]) -> Result<Vec<u8>, MaskError> {
+        let whole = run_rules(rules, format.clone(), false, input, input.len());
+        for chunk in 1..input.len() {
+            assert_eq!(
+                run_rules(rules, format.clone(), false, input, chunk),
+                whole,
+                "chunk {chunk}"
+            );
+        }
+        whole
+    }
+
+    fn header() -> Option<Vec<Vec<u8>>> {
+        Some(vec![b"id".to_vec(), b"ssn".to_vec(), b"notes".to_vec()])
+    }
+
+    #[test]
+    fn text_custom_delimiter_null_and_header() {
+        let format = CopyFormat::Text {
+            delimiter: b'|',
+            null: b"n/a".to_vec(),
+            header: header(),
+        };
+        // The delimiter inside a value comes escaped: `\|` splits nothing, and a masked
+        // value holding one is escaped again.
+        let input = b"id|ssn|notes\n1|123-45-6789|mail a@b.io x\\|y\n2|n/a|a\\|b\n3|98\\|7-65-4321|tab\\there\n";
+        assert_eq!(
+            every_split(RULES, &format, input).unwrap(),
+            b"id|ssn|notes\n1|***-**-6789|mail [E] x\\|y\n2|n/a|a\\|b\n3|**\\|*-**-4321|tab\\there\n"
+        );
+        // Read with the default tab the same rows are one field each: refused, not passed.
+        assert!(run(CopyFormat::text(), false, &input[13..], 64).is_err());
+    }
+
+    #[test]
+    fn csv_custom_quote_escape_null_and_header() {
+        let format = CopyFormat::Csv {
+            delimiter: b';',
+            quote: b'\'',
+            escape: b'\\',
+            null: b"n/a".to_vec(),
+            header: header(),
+            force_quote: Vec::new(),
+        };
+        // Row 3's quoted 'n/a' is a string, not NULL: it is masked like any value.
+        let input =
+            b"id;ssn;notes\n1;'123;45-6789';'x;y a@b.io \\'q\\' \\\\'\n2;n/a;\n3;'n/a';'n/a'\n";
+        assert_eq!(
+            every_split(RULES, &format, input).unwrap(),
+            b"id;ssn;notes\n1;'***;**-6789';'x;y [E] \\'q\\' \\\\'\n2;n/a;\n3;*/*;'n/a'\n"
+        );
+    }
+
+    #[test]
+    fn csv_header_with_quoted_names_and_forced_quotes() {
+        let cols = [
+            ColumnDesc::computed("id", 23),
+            ColumnDesc::computed("ssn", 25),
+            ColumnDesc::computed("a,\"b", 25),
+        ];
+        let rules = "[[rule]]\nname = \"ssn\"\ncolumn_name = \"ssn\"\nstrategy = \"redact\"\ntext = \"ssn\"\n";
+        let format = CopyFormat::Csv {
+            delimiter: b',',
+            quote: b'"',
+            escape: b'"',
+            null: Vec::new(),
+            header: Some(cols.iter().map(|c| c.name.clone()).collect()),
+            force_quote: vec![true, true, false],
+        };
+        let p = policy(rules);
+        let mut plan = p
+            .plan_copy(
+                &Subject::default(),
+                Some(&cols),
+                &Catalog::new(),
+                &copy_out_response(false, 3),
+                format,
+            )
+            .unwrap();
+        let out = plan
+            .mask_copy_data(
+                copy_data(b"id,ssn,\"a,\"\"b\"\n\"1\",\"123-45-6789\",x\n\"2\",,\n"),
+                &mut MaskStats::new(),
+            )
+            .unwrap();
+        // The header is not masked although a rule covers "ssn"; forced columns stay
+        // quoted after masking; NULL is never quoted.
+        assert_eq!(
+            payloads(&[out]),
+            b"id,ssn,\"a,\"\"b\"\n\"1\",\"ssn\",x\n\"2\",,\n"
+        );
+    }
+
+    #[test]
+    fn a_header_that_does_not_name_the_columns_is_refused() {
+        for (format, input) in [
+            (
+                CopyFormat::Text {
+                    delimiter: b'\t',
+                    null: b"\\N".to_vec(),
+                    header: header(),
+                },
+                &b"1\t123-45-6789\tx\n"[..],
+            ),
+            (
+                CopyFormat::Text {
+                    delimiter: b'\t',
+                    null: b"\\N".to_vec(),
+                    header: header(),
+                },
+                b"id\tssn\n",
+            ),
+            (
+                CopyFormat::Csv {
+                    delimiter: b',',
+                    quote: b'"',
+                    escape: b'"',
+                    null: Vec::new(),
+                    header: header(),
+                    force_quote: Vec::new(),
+                },
+                b"id,ssn,notes,x\n",
+            ),
+        ] {
+            assert!(
+                run(format, false, input, 64).is_err(),
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn null_strategy_writes_the_null_string() {
+        let rules = "[[rule]]\nname = \"ssn\"\ncolumn_name = \"ssn\"\nstrategy = \"null\"\n";
+        let input = b"1\t123-45-6789\tx\n2\t\\N\ty\n";
+        assert_eq!(
+            every_split(rules, &CopyFormat::text(), input).unwrap(),
+            b"1\t\\N\tx\n2\t\\N\ty\n"
+        );
+        let input = b"1,123-45-6789,x\n2,\"\",y\n";
+        assert_eq!(
+            every_split(rules, &CopyFormat::csv(), input).unwrap(),
+            b"1,,x\n2,,y\n"
+        );
+        let format = CopyFormat::Csv {
+            delimiter: b'|',
+            quote: b'"',
+            escape: b'"',
+            null: b"n/a".to_vec(),
+            header: None,
+            force_quote: Vec::new(),
+        };
+        assert_eq!(
+            every_split(rules, &format, b"1|123-45-6789|x\n").unwrap(),
+            b"1|n/a|x\n"
+        );
     }
 
     #[test]
@@ -884,11 +1138,17 @@ mod tests {
         let mut e = BytesMut::new();
         text_encode(b"a\tb\\c\nd", b'\t', &mut e);
         assert_eq!(&e[..], b"a\\tb\\\\c\\nd");
+        let mut e = BytesMut::new();
+        text_encode(b"a|b\x08\x0b\x0c\t", b'|', &mut e);
+        assert_eq!(&e[..], b"a\\|b\\b\\v\\f\\t");
+        let mut d = Vec::new();
+        text_decode(&e, &mut d);
+        assert_eq!(d, b"a|b\x08\x0b\x0c\t");
         let mut c = Vec::new();
         csv_decode(b"\"a\"\"b,c\"", b'"', b'"', &mut c);
         assert_eq!(c, b"a\"b,c");
         let mut ce = BytesMut::new();
-        csv_encode(b"a\"b,c", b',', b'"', b'"', b"", &mut ce);
+        csv_encode(b"a\"b,c", b'"', b'"', true, &mut ce);
         assert_eq!(&ce[..], b"\"a\"\"b,c\"");
     }
 }
