@@ -7,7 +7,8 @@
 //! - [`relay`]: the relay core for an established session: it forwards frames as
 //!   zero-copy runs, tracks statements, portals and result columns, and can refuse one
 //!   statement in order without breaking the session.
-//! - [`copy_target`]: which relation a `COPY … TO STDOUT` reads.
+//! - [`copy_target`]: which relation a `COPY … TO STDOUT` reads and how its rows are
+//!   laid out (the statement's format options).
 //! - [`tracker`]: prepared statements and portals, by name.
 //! - [`hooks`]: where policy, masking and audit plug into the relay.
 //! - [`stages`]: the gateway's stages behind those hooks (masking).

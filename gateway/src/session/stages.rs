@@ -153,14 +153,18 @@ impl Hooks for Stages {
         if policy.is_exempt(&self.subject) {
             return Ok(None);
         }
-        let format = if copy_target::parse(sql).is_some_and(|t| t.csv) {
-            CopyFormat::csv()
-        } else {
-            CopyFormat::text()
-        };
         // COPY data is not described on the wire: the columns come from the side query
-        // on the statement's relation; without them (`COPY (query)`) it is refused.
+        // on the statement's relation, the layout from its options. A statement not read
+        // with certainty (`COPY (query)`, unknown options) is refused.
         let columns = self.copy_columns.take();
+        let target = copy_target::parse_statement(sql).map_err(|e| self.refusal(&e.into()))?;
+        let format = match &columns {
+            Some(cols) => target
+                .format(cols, copy_out_response)
+                .map_err(|e| self.refusal(&e.into()))?,
+            // plan_copy refuses unknown columns below.
+            None => CopyFormat::text(),
+        };
         let plan = policy
             .plan_copy(
                 &self.subject,
@@ -173,6 +177,9 @@ impl Hooks for Stages {
         if plan.is_passthrough() {
             return Ok(None);
         }
+        target
+            .check_encoding()
+            .map_err(|e| self.refusal(&e.into()))?;
         Ok(Some(Box::new(MaskCopy {
             plan,
             stats: MaskStats::new(),
