@@ -87,10 +87,6 @@ pub enum MaskError {
     /// does not understand, a non-UTF8 encoding, …) while masking rules apply.
     #[error("COPY cannot be masked safely: {0}; refusing")]
     CopyStatement(String),
-    /// A `COPY` statement whose layout the gateway cannot read with certainty (options it
-    /// does not understand, a non-UTF8 encoding, …) while masking rules apply.
-    #[error("COPY cannot be masked safely: {0}; refusing")]
-    CopyStatement(String),
     /// Bytes from the server that do not form the expected message.
     #[error("malformed {what}: {problem}")]
     Malformed {
