@@ -289,10 +289,273 @@ fn libc_sighup() -> i32 {
     1
 }
 
+/// How one COPY output is laid out, to split it as `COPY FROM` would.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    csv: bool,
+    delimiter: u8,
+    quote: u8,
+    escape: u8,
+    null: &'static str,
+    header: bool,
+}
+
+const fn text_layout(delimiter: u8, null: &'static str, header: bool) -> Layout {
+    Layout {
+        csv: false,
+        delimiter,
+        quote: b'"',
+        escape: b'"',
+        null,
+        header,
+    }
+}
+
+const fn csv_layout(delimiter: u8, quote: u8, escape: u8, null: &'static str) -> Layout {
+    Layout {
+        csv: true,
+        delimiter,
+        quote,
+        escape,
+        null,
+        header: true,
+    }
+}
+
+/// Rows of raw fields (quotes and backslash escapes kept) of a whole COPY output.
+fn copy_rows(out: &[u8], l: Layout) -> Vec<Vec<Vec<u8>>> {
+    let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), Vec::new());
+    let mut in_quote = false;
+    let mut i = 0;
+    while i < out.len() {
+        let c = out[i];
+        let escaped = if l.csv {
+            in_quote && c == l.escape && l.escape != l.quote
+        } else {
+            c == b'\\'
+        };
+        if escaped && i + 1 < out.len() {
+            field.extend_from_slice(&out[i..i + 2]);
+            i += 2;
+            continue;
+        }
+        if l.csv && (in_quote || c == l.quote) {
+            in_quote = !in_quote || c != l.quote;
+            field.push(c);
+        } else if c == l.delimiter {
+            row.push(std::mem::take(&mut field));
+        } else if c == b'\n' {
+            row.push(std::mem::take(&mut field));
+            rows.push(std::mem::take(&mut row));
+        } else {
+            field.push(c);
+        }
+        i += 1;
+    }
+    assert!(
+        row.is_empty() && field.is_empty(),
+        "COPY output ends inside a row"
+    );
+    rows
+}
+
+/// The value of a raw field, quotes and escapes removed; `None` for the null string.
+fn copy_value(raw: &[u8], l: Layout) -> Option<String> {
+    if raw == l.null.as_bytes() {
+        return None;
+    }
+    let mut v = Vec::new();
+    let mut in_quote = false;
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        let next = raw.get(i + 1).copied();
+        if !l.csv && c == b'\\' {
+            v.push(match next {
+                Some(b'n') => b'\n',
+                Some(b't') => b'\t',
+                Some(b'r') => b'\r',
+                Some(other) => other,
+                None => b'\\',
+            });
+            i += 2;
+            continue;
+        }
+        if l.csv && in_quote && c == l.escape && (next == Some(l.quote) || next == Some(l.escape)) {
+            v.extend(next);
+            i += 2;
+            continue;
+        }
+        if l.csv && c == l.quote {
+            in_quote = !in_quote;
+        } else {
+            v.push(c);
+        }
+        i += 1;
+    }
+    Some(String::from_utf8(v).expect("UTF-8 field"))
+}
+
+/// COPY output through the gateway as the agent, and straight from PostgreSQL.
+fn copy_both(env: &Env, sql: &str) -> (Vec<u8>, Vec<u8>) {
+    let masked = env.ok(psql_at(&env.uri()).args(["-c", sql])).stdout;
+    let raw = env.ok(env.psql_direct().args(["-c", sql])).stdout;
+    (masked, raw)
+}
+
+fn copy_honours_format_options(engine: Engine) {
+    let env = env(engine);
+    // NULLs in the masked column, and a name holding every delimiter, quote and escape
+    // used below.
+    env.pg
+        .psql(
+            DB,
+            "ALTER TABLE accounts ALTER ssn DROP NOT NULL; \
+             UPDATE accounts SET ssn = NULL WHERE id % 7 = 0; \
+             UPDATE accounts SET full_name = E'O''Brien | Jr; \"x\" \\\\ y, n/a' WHERE id = 2",
+        )
+        .expect("prepare rows");
+    let cols = "id, full_name, ssn, card_number, balance";
+    let cases = [
+        // Text with a delimiter that occurs in names and card numbers: the server escapes
+        // it, and `\ ` must not split a field.
+        (
+            format!("COPY accounts ({cols}) TO STDOUT WITH (DELIMITER ' ')"),
+            text_layout(b' ', "\\N", false),
+        ),
+        (
+            format!("COPY accounts ({cols}) TO STDOUT WITH (DELIMITER ';', NULL 'n/a')"),
+            text_layout(b';', "n/a", false),
+        ),
+        (
+            format!("COPY accounts ({cols}) TO STDOUT WITH DELIMITER '|' HEADER"),
+            text_layout(b'|', "\\N", true),
+        ),
+        (
+            format!(
+                "COPY public.accounts ({cols}) TO STDOUT WITH (FORMAT csv, DELIMITER '|', QUOTE '''', HEADER)"
+            ),
+            csv_layout(b'|', b'\'', b'\'', ""),
+        ),
+        (
+            format!(
+                "COPY accounts ({cols}) TO STDOUT WITH CSV HEADER DELIMITER AS '|' QUOTE AS '\"' NULL AS ''"
+            ),
+            csv_layout(b'|', b'"', b'"', ""),
+        ),
+        (
+            format!(
+                "COPY accounts ({cols}) TO STDOUT WITH (FORMAT csv, DELIMITER ';', QUOTE '''', ESCAPE '\\', NULL 'n/a', HEADER true, FORCE_QUOTE (ssn, full_name))"
+            ),
+            csv_layout(b';', b'\'', b'\\', "n/a"),
+        ),
+    ];
+    for (sql, layout) in cases {
+        let (masked, raw) = copy_both(&env, &sql);
+        let (m, r) = (copy_rows(&masked, layout), copy_rows(&raw, layout));
+        let skip = usize::from(layout.header);
+        assert_eq!(m.len() as u64, ROWS + skip as u64, "{sql}");
+        assert_eq!(m.len(), r.len(), "{sql}");
+        if layout.header {
+            let line = |out: &[u8]| out.split(|&b| b == b'\n').next().unwrap().to_vec();
+            assert_eq!(line(&masked), line(&raw), "{sql}: header line");
+            assert_eq!(copy_value(&m[0][2], layout).as_deref(), Some("ssn"));
+        }
+        let mut nulls = 0;
+        for (mr, rr) in m[skip..].iter().zip(&r[skip..]) {
+            assert_eq!(mr.len(), 5, "{sql}: {mr:?}");
+            for c in [0, 1, 4] {
+                assert_eq!(mr[c], rr[c], "{sql}: unmasked column {c} differs");
+            }
+            match copy_value(&rr[2], layout) {
+                None => {
+                    assert_eq!(mr[2], rr[2], "{sql}: NULL SSN");
+                    nulls += 1;
+                }
+                Some(raw_ssn) => {
+                    let ssn = copy_value(&mr[2], layout).expect("masked SSN is not NULL");
+                    assert!(
+                        ssn != raw_ssn && !ssn_valid(&ssn),
+                        "{sql}: SSN {raw_ssn} came out as {ssn}"
+                    );
+                }
+            }
+            let card = copy_value(&mr[3], layout).unwrap();
+            assert!(
+                card != copy_value(&rr[3], layout).unwrap() && luhn_runs(&card).is_empty(),
+                "{sql}: card {card} survived"
+            );
+        }
+        assert_eq!(nulls, ROWS / 7, "{sql}");
+        // The name with every special character went through byte for byte.
+        let o_brien = m[skip..]
+            .iter()
+            .find(|row| copy_value(&row[0], layout).as_deref() == Some("2"))
+            .and_then(|row| copy_value(&row[1], layout));
+        assert_eq!(
+            o_brien.as_deref(),
+            Some("O'Brien | Jr; \"x\" \\ y, n/a"),
+            "{sql}"
+        );
+    }
+}
+
+fn copy_statements_not_read_for_sure_are_refused(engine: Engine) {
+    let env = env(engine);
+    let refused = |sql: &str, why: &str| {
+        let out = common::run_timed(psql_at(&env.uri()).args(["-c", sql]));
+        let err = common::stderr(&out);
+        assert!(
+            !out.status.success() && err.contains("refused") && err.contains(why),
+            "{sql}: {err}"
+        );
+        assert!(
+            !stdout(&out).contains('-'),
+            "{sql} sent SSNs before refusing: {}",
+            stdout(&out)
+        );
+    };
+    // Both COPYs arrive with the same query text: the second one's rows would be split
+    // with the first one's columns.
+    refused(
+        "COPY portcullis_dataset TO STDOUT; COPY accounts (ssn, id) TO STDOUT",
+        "end of the statement",
+    );
+    refused(
+        "COPY accounts (ssn) TO STDOUT WITH (ENCODING 'SJIS')",
+        "ENCODING",
+    );
+    refused(
+        "COPY accounts (ssn) TO STDOUT WITH (NULL '\\N')",
+        "standard_conforming_strings",
+    );
+    refused(
+        "COPY accounts (ssn) TO STDOUT WITH (FORMAT csv, DELIMITER 1)",
+        "DELIMITER",
+    );
+    // The encoding matters only where something is masked; the auditor is exempt.
+    let out = env.ok(psql_at(&env.uri()).args([
+        "-c",
+        "COPY portcullis_dataset TO STDOUT WITH (ENCODING 'LATIN1')",
+    ]));
+    assert_eq!(stdout(&out), format!("{ROWS}\t7\n"));
+    let auditor = env.gw.uri("auditor", "auditor-secret", DB);
+    let sql = "COPY accounts (ssn) TO STDOUT WITH (ENCODING 'SJIS')";
+    let audited = env.ok(psql_at(&auditor).args(["-c", sql])).stdout;
+    assert_eq!(audited, env.ok(env.psql_direct().args(["-c", sql])).stdout);
+    // Nothing of the refusals lingers in the session.
+    assert_eq!(
+        psql_rows(&env, &env.uri(), "SELECT count(*) FROM accounts")[0][0],
+        ROWS.to_string()
+    );
+}
+
 per_engine!(
     agent_sees_no_valid_identifiers,
     auditor_sees_raw_values,
     every_result_path_is_masked,
     tokio_postgres_binary_and_prepared,
     reload_changes_rules_without_restart,
+    copy_honours_format_options,
+    copy_statements_not_read_for_sure_are_refused,
 );
