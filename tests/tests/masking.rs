@@ -550,6 +550,139 @@ fn copy_statements_not_read_for_sure_are_refused(engine: Engine) {
     );
 }
 
+/// The `null` strategy on a text column and on a numeric one.
+const NULL_RULES: &str = r#"
+[[mask.rule]]
+name = "no-names"
+column = "public.accounts.full_name"
+strategy = "null"
+
+[[mask.rule]]
+name = "no-balances"
+column = "public.accounts.balance"
+strategy = "null"
+"#;
+
+/// Any column's raw wire value, whatever its type: `None` is SQL NULL.
+struct Wire(Option<Vec<u8>>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Wire {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Wire(Some(raw.to_vec())))
+    }
+
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Wire(None))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+fn null_strategy_end_to_end(engine: Engine) {
+    let env = Env::start_with(engine, PgOptions::default(), |o| {
+        o.extra_toml(&format!("{QUICKSTART_MASK_POLICY}\n{NULL_RULES}"))
+    });
+    load_financial(&env.pg, DB, ROWS, 7).expect("load the financial dataset");
+    // Simple query (psql): the masked columns are NULL, the others as stored (iban has
+    // its own rule).
+    let sql = "SELECT id, full_name, balance, opened_at, iban FROM accounts ORDER BY id LIMIT 200";
+    let rows = |uri: &str| -> Vec<Vec<String>> {
+        let out = env.ok(psql_at(uri).args(["-At", "-F", "\t", "-P", "null=<NULL>", "-c", sql]));
+        stdout(&out)
+            .lines()
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect()
+    };
+    let masked = rows(&env.uri());
+    let raw = rows(&env.pg.direct_uri(DB));
+    assert_eq!(masked.len(), 200);
+    for (m, r) in masked.iter().zip(&raw) {
+        assert_eq!((&m[1][..], &m[2][..]), ("<NULL>", "<NULL>"), "{m:?}");
+        assert_ne!(r[1], "<NULL>");
+        assert_eq!((&m[0], &m[3]), (&r[0], &r[3]));
+        assert_ne!(m[4], r[4]);
+    }
+    // Extended protocol with binary results (tokio-postgres): SQL NULL, not an empty or
+    // placeholder value, for text and numeric alike; the other columns byte-identical.
+    rt().block_on(async {
+        let gw = common::connect(&env.conninfo()).await;
+        let direct = common::connect(&env.pg.direct_uri(DB)).await;
+        let q = "SELECT id, full_name, balance, opened_at FROM accounts WHERE id = $1";
+        let (gs, ds) = (
+            gw.prepare(q).await.unwrap(),
+            direct.prepare(q).await.unwrap(),
+        );
+        for id in [1i64, 2, 99, 1234] {
+            let g = gw.query_one(&gs, &[&id]).await.unwrap();
+            let d = direct.query_one(&ds, &[&id]).await.unwrap();
+            assert_eq!(g.get::<_, i64>(0), id);
+            assert_eq!(g.get::<_, Option<String>>(1), None);
+            assert!(d.get::<_, Option<String>>(1).is_some());
+            assert!(g.get::<_, Wire>(2).0.is_none(), "balance is not NULL");
+            assert!(d.get::<_, Wire>(2).0.is_some());
+            assert_eq!(g.get::<_, Wire>(3).0, d.get::<_, Wire>(3).0);
+        }
+        // Text results through the simple-query API.
+        let messages = gw
+            .simple_query("SELECT full_name, balance, id FROM accounts WHERE id = 3")
+            .await
+            .unwrap();
+        let row = messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            (row.get(0), row.get(1), row.get(2)),
+            (None, None, Some("3"))
+        );
+    });
+    // COPY: `\N` in text, an empty unquoted field in CSV (or the NULL string, never
+    // quoted), -1 in binary.
+    let copy = |sql: &str| {
+        let (m, r) = copy_both(&env, sql);
+        (String::from_utf8(m).unwrap(), String::from_utf8(r).unwrap())
+    };
+    let (m, r) = copy("COPY accounts (id, full_name, balance) TO STDOUT");
+    assert_eq!(m.lines().count() as u64, ROWS);
+    for (ml, rl) in m.lines().zip(r.lines()) {
+        let id = rl.split('\t').next().unwrap();
+        assert_eq!(ml, format!("{id}\t\\N\t\\N"));
+    }
+    let (m, r) = copy("COPY accounts (full_name, id, balance) TO STDOUT WITH (FORMAT csv)");
+    assert_eq!(m.lines().count() as u64, ROWS);
+    for (ml, rl) in m.lines().zip(r.lines()) {
+        let id = rl.rsplit(',').nth(1).unwrap();
+        assert_eq!(ml, format!(",{id},"));
+    }
+    let (m, _) = copy(
+        "COPY accounts (id, full_name) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *, NULL 'NULL')",
+    );
+    assert!(m.lines().all(|l| l.ends_with("\",NULL")), "{m}");
+    let out = env
+        .ok(psql_at(&env.uri()).args([
+            "-c",
+            "COPY accounts (id, full_name) TO STDOUT (FORMAT binary)",
+        ]))
+        .stdout;
+    // Signature, flags, extension; per tuple 2 fields, an 8-byte id, a NULL name; trailer.
+    let tuples = &out[19..out.len() - 2];
+    assert_eq!(tuples.len() as u64, ROWS * 18);
+    for t in tuples.chunks(18) {
+        assert_eq!(&t[..6], b"\x00\x02\x00\x00\x00\x08");
+        assert_eq!(&t[14..], b"\xff\xff\xff\xff");
+    }
+}
+
 per_engine!(
     agent_sees_no_valid_identifiers,
     auditor_sees_raw_values,
@@ -558,4 +691,5 @@ per_engine!(
     reload_changes_rules_without_restart,
     copy_honours_format_options,
     copy_statements_not_read_for_sure_are_refused,
+    null_strategy_end_to_end,
 );
