@@ -69,6 +69,9 @@ pub struct Finding {
 const C_DIGIT: u8 = 1;
 const C_AT: u8 = 2;
 const C_UPPER: u8 = 4;
+/// Lowercase letters start an IBAN only for scanners hinted to expect IBANs: in free
+/// text they would send every word through the IBAN check.
+const C_LOWER: u8 = 8;
 
 static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -81,6 +84,8 @@ static CLASS: [u8; 256] = {
             C_AT
         } else if b.is_ascii_uppercase() {
             C_UPPER
+        } else if b.is_ascii_lowercase() {
+            C_LOWER
         } else {
             0
         };
@@ -116,6 +121,9 @@ impl Scanner {
         }
         if detectors.contains(DetectorKind::Iban) {
             class_mask |= C_UPPER;
+            if hints.contains(DetectorKind::Iban) {
+                class_mask |= C_LOWER;
+            }
         }
         Scanner {
             detectors,
@@ -166,7 +174,8 @@ impl Scanner {
                     None => i += 1,
                 }
             } else {
-                match word_start.then(|| iban_at(text, i)).flatten() {
+                let any_case = self.class_mask & C_LOWER != 0;
+                match word_start.then(|| iban_at(text, i, any_case)).flatten() {
                     Some(e) => {
                         out.push(Finding {
                             start: i,
@@ -600,24 +609,29 @@ pub fn iban_valid(compact: &[u8]) -> bool {
         && iban_mod97(compact) == Some(1)
 }
 
-/// An IBAN starting at `i` (compact, or printed in groups of four): its end.
-fn iban_at(text: &[u8], i: usize) -> Option<usize> {
+/// An IBAN starting at `i` (compact, or printed in groups of four): its end. With
+/// `any_case`, lowercase letters count as their uppercase (`lower(iban)`).
+fn iban_at(text: &[u8], i: usize, any_case: bool) -> Option<usize> {
     let n = text.len();
+    let letter = |c: u8| c.is_ascii_uppercase() || (any_case && c.is_ascii_lowercase());
     if i + 4 > n
-        || !text[i + 1].is_ascii_uppercase()
+        || !letter(text[i + 1])
         || !text[i + 2].is_ascii_digit()
         || !text[i + 3].is_ascii_digit()
     {
         return None;
     }
-    let want = iban_length([text[i], text[i + 1]])?;
-    let body = |c: u8| c.is_ascii_digit() || c.is_ascii_uppercase();
+    let want = iban_length([
+        text[i].to_ascii_uppercase(),
+        text[i + 1].to_ascii_uppercase(),
+    ])?;
+    let body = |c: u8| c.is_ascii_digit() || letter(c);
     let mut buf = [0u8; 34];
     let (mut count, mut j) = (0, i);
     while count < want && j < n {
         let c = text[j];
         if body(c) {
-            buf[count] = c;
+            buf[count] = c.to_ascii_uppercase();
             count += 1;
             j += 1;
         } else if c == b' ' && count % 4 == 0 && j + 1 < n && body(text[j + 1]) {
@@ -837,6 +851,14 @@ mod tests {
         );
         assert!(find(&s, "DE89370400440532013001").is_empty());
         assert!(find(&s, "XDE89370400440532013000").is_empty());
+        // Lowercase only where the column is known to hold IBANs.
+        assert!(find(&s, "gb82west12345698765432").is_empty());
+        let hinted = Scanner::new(DetectorSet::all(), DetectorSet::all());
+        assert_eq!(
+            find(&hinted, "was gb82west12345698765432."),
+            [("gb82west12345698765432".into(), DetectorKind::Iban)]
+        );
+        assert!(find(&hinted, "was gb82west12345698765431.").is_empty());
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! result column comes from and the catalog cache does not, it asks the relay to stall
 //! and the driver fetches the rows over the gateway's own connection.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tracing::debug;
+use tracing::info;
 
 use super::copy_target;
 use super::hooks::{Hooks, Outcome, Refusal, RowStage};
@@ -31,6 +33,9 @@ pub struct Stages {
     pending: Option<Pending>,
     /// Columns of the `COPY` about to start, resolved by a side query.
     copy_columns: Option<Vec<ColumnDesc>>,
+    /// Values masked since the last statement completed, shared with the row stages
+    /// of its results and reported when it completes.
+    statement_stats: Rc<RefCell<MaskStats>>,
 }
 
 enum Pending {
@@ -51,6 +56,7 @@ impl Stages {
             catalog_error: None,
             pending: None,
             copy_columns: None,
+            statement_stats: Rc::default(),
         }
     }
 
@@ -140,7 +146,7 @@ impl Hooks for Stages {
         }
         Ok(Some(Box::new(MaskRows {
             plan,
-            stats: MaskStats::new(),
+            stats: self.statement_stats.clone(),
         })))
     }
 
@@ -182,11 +188,32 @@ impl Hooks for Stages {
             .map_err(|e| self.refusal(&e.into()))?;
         Ok(Some(Box::new(MaskCopy {
             plan,
-            stats: MaskStats::new(),
+            stats: self.statement_stats.clone(),
         })))
     }
 
     fn completed(&mut self, outcome: Outcome<'_>) {
+        let stats = self.statement_stats.borrow_mut().take();
+        if stats.total() > 0 {
+            // Until the audit sink lands, per-statement masking counts go to the log
+            // under their own target, with the session span naming who asked.
+            let (status, tag) = match outcome {
+                Outcome::Complete { command_tag } => {
+                    ("complete", String::from_utf8_lossy(command_tag))
+                }
+                Outcome::Error { sqlstate } => ("error", sqlstate.into()),
+                Outcome::Refused => ("refused", "".into()),
+            };
+            info!(
+                target: "portcullis::audit",
+                status,
+                tag = %tag,
+                rows = stats.rows,
+                masked = stats.total(),
+                per_rule = %stats,
+                "statement masked"
+            );
+        }
         if let Outcome::Complete { command_tag } = outcome {
             // Names and column numbers may have changed: forget what the cache knows.
             if [&b"ALTER"[..], b"DROP", b"CREATE", b"COMMENT"]
@@ -261,13 +288,13 @@ impl Stages {
 
 struct MaskRows {
     plan: RowPlan,
-    stats: MaskStats,
+    stats: Rc<RefCell<MaskStats>>,
 }
 
 impl RowStage for MaskRows {
     fn data_row(&mut self, frame: Bytes) -> Result<Bytes, Refusal> {
         self.plan
-            .mask_data_row(frame, &mut self.stats)
+            .mask_data_row(frame, &mut self.stats.borrow_mut())
             .map_err(|e| {
                 Refusal::new(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -277,23 +304,15 @@ impl RowStage for MaskRows {
     }
 }
 
-impl Drop for MaskRows {
-    fn drop(&mut self) {
-        if self.stats.total() > 0 {
-            debug!(masked = self.stats.total(), "result masked");
-        }
-    }
-}
-
 struct MaskCopy {
     plan: CopyPlan,
-    stats: MaskStats,
+    stats: Rc<RefCell<MaskStats>>,
 }
 
 impl RowStage for MaskCopy {
     fn data_row(&mut self, frame: Bytes) -> Result<Bytes, Refusal> {
         self.plan
-            .mask_copy_data(frame, &mut self.stats)
+            .mask_copy_data(frame, &mut self.stats.borrow_mut())
             .map_err(|e| {
                 Refusal::new(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
