@@ -110,9 +110,10 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             Shared::from_config(&cfg)?;
             println!(
-                "{}: ok ({} identities)",
+                "{}: ok ({} identities, {} masking rules)",
                 config.display(),
-                cfg.identities.len()
+                cfg.identities.len(),
+                cfg.mask.rules.len()
             );
             Ok(())
         }

@@ -8,6 +8,9 @@ pub const QUICKSTART_MASK_POLICY: &str = r#"
 # Demo key: a deployment sets hash_key_env and keeps the key out of the file.
 hash_key = "portcullis-demo-key-change-me-0001"
 exempt_roles = ["auditor"]
+# Computed columns no rule names (`ssn || ''`, row_to_json(a)) are scanned by every
+# detector and what is found is redacted ("refuse" and "pass" are the alternatives).
+unattributed = "scan"
 
 [[mask.rule]]
 name = "ssn"
