@@ -60,11 +60,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("quickstart: loading {} accounts into `{DB}`", args.rows);
     load_financial(&pg, DB, args.rows, SEED).context("loading the financial dataset")?;
 
-    let mut opts = GatewayOptions::new(&pg, DB).engine(engine);
+    let mut opts = GatewayOptions::new(&pg, DB).engine(engine).admin_socket();
     if !args.no_mask {
         opts = opts.extra_toml(portcullis_tests::QUICKSTART_MASK_POLICY);
     }
-    opts.binary = Some(bin);
+    opts.binary = Some(bin.clone());
     opts.port = args.port;
     let gw = Gateway::start(opts).context("starting the gateway")?;
 
@@ -81,6 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  config: {}", gw.config_path().display());
     println!("  log:    {}", gw.log_path().display());
+    if let Some(sock) = gw.admin_socket() {
+        println!(
+            "  reload: edit the config, then: {} reload --admin-socket {}",
+            bin.display(),
+            sock.display()
+        );
+    }
     println!(
         "  direct: psql '{}'   (bypasses the gateway)",
         pg.superuser_uri(DB)
