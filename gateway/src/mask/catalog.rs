@@ -15,9 +15,12 @@
 //! OIDs the query did not return (dropped tables) are remembered as missing, so the
 //! retry resolves instead of asking again; a rule that may apply to such a column then
 //! fails closed. Call [`Catalog::invalidate`] after DDL (`ALTER`, `DROP`, `CREATE` command
-//! tags) or on a timer, since another session can rename columns at any time.
+//! tags) seen through the gateway. DDL that does not pass through it (a migration run
+//! directly) cannot be seen, so entries also expire after [`Catalog::ttl`] and are fetched
+//! again: a rename is noticed within that time.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::MaskError;
 use super::wire::{data_row_start, read_field};
@@ -73,14 +76,46 @@ pub enum Lookup<'a> {
 
 /// The table-name cache. Cheap to clone per session if wanted; one per upstream
 /// database is the intended use.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalog {
-    tables: HashMap<u32, Entry>,
+    tables: HashMap<u32, (Entry, Instant)>,
+    ttl: Duration,
+}
+
+/// How long a fetched table's names are trusted without seeing DDL.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            tables: HashMap::new(),
+            ttl: DEFAULT_TTL,
+        }
+    }
 }
 
 impl Catalog {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A catalog whose entries expire after `ttl`.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Catalog {
+            tables: HashMap::new(),
+            ttl,
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn entry(&self, table_oid: u32) -> Option<&Entry> {
+        self.tables
+            .get(&table_oid)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(e, _)| e)
     }
 
     pub fn len(&self) -> usize {
@@ -91,13 +126,13 @@ impl Catalog {
         self.tables.is_empty()
     }
 
-    /// Whether this OID has been fetched (found or not).
+    /// Whether this OID has been fetched (found or not) and has not expired.
     pub fn contains(&self, table_oid: u32) -> bool {
-        self.tables.contains_key(&table_oid)
+        self.entry(table_oid).is_some()
     }
 
     pub fn lookup(&self, table_oid: u32, attnum: i16) -> Lookup<'_> {
-        match self.tables.get(&table_oid) {
+        match self.entry(table_oid) {
             None => Lookup::Unknown,
             Some(Entry::Missing) => Lookup::Unresolvable,
             Some(Entry::Known(t)) => match t.column(attnum) {
@@ -120,7 +155,11 @@ impl Catalog {
         attnum: i16,
         column: &str,
     ) {
-        let entry = self.tables.entry(table_oid).or_insert(Entry::Missing);
+        let (entry, at) = self
+            .tables
+            .entry(table_oid)
+            .or_insert((Entry::Missing, Instant::now()));
+        *at = Instant::now();
         if let Entry::Missing = entry {
             *entry = Entry::Known(TableInfo {
                 schema: schema.to_owned(),
@@ -138,12 +177,12 @@ impl Catalog {
 
     /// Whether this OID is known to be a view or materialized view.
     pub fn is_derived(&self, table_oid: u32) -> bool {
-        matches!(self.tables.get(&table_oid), Some(Entry::Known(t)) if t.derived)
+        matches!(self.entry(table_oid), Some(Entry::Known(t)) if t.derived)
     }
 
     /// Marks a known table as a view (tests, or a gateway that learns kinds elsewhere).
     pub fn set_derived(&mut self, table_oid: u32, derived: bool) {
-        if let Some(Entry::Known(t)) = self.tables.get_mut(&table_oid) {
+        if let Some((Entry::Known(t), _)) = self.tables.get_mut(&table_oid) {
             t.derived = derived;
         }
     }
@@ -176,9 +215,10 @@ impl Catalog {
             requested,
             mut tables,
         } = fill;
+        let now = Instant::now();
         for oid in requested {
             let entry = tables.remove(&oid).map_or(Entry::Missing, Entry::Known);
-            self.tables.insert(oid, entry);
+            self.tables.insert(oid, (entry, now));
         }
     }
 }
@@ -341,6 +381,25 @@ mod tests {
         assert_eq!(cat.lookup(16390, 1), Lookup::Unknown);
         cat.invalidate();
         assert!(cat.is_empty());
+    }
+
+    #[test]
+    fn entries_expire_so_unseen_ddl_is_noticed() {
+        // Relation kind in the sixth column: a view's columns count as computed.
+        let row = data_row(&[b"16384", b"public", b"v", b"1", b"x", b"v"]);
+        let mut fresh = Catalog::new();
+        let mut fill = fresh.start_fill(&[16384]);
+        fill.ingest_data_row(&row).unwrap();
+        fresh.complete(fill);
+        assert!(fresh.contains(16384) && fresh.is_derived(16384));
+
+        let mut stale = Catalog::with_ttl(Duration::ZERO);
+        let mut fill = stale.start_fill(&[16384]);
+        fill.ingest_data_row(&row).unwrap();
+        stale.complete(fill);
+        assert!(!stale.contains(16384), "expired: the plan asks again");
+        assert_eq!(stale.lookup(16384, 1), Lookup::Unknown);
+        assert!(!stale.is_derived(16384));
     }
 
     #[test]
