@@ -125,6 +125,20 @@ impl ReloadError {
 pub struct Reloaded {
     pub identities: usize,
     pub mask_rules: usize,
+    /// Sections that differ from the file the gateway started with but only apply at
+    /// start-up: the operator must restart for them, and is told so.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// The sections a reload cannot apply, each as a comparable fingerprint (their `Debug`
+/// form: never logged, since `[upstream]` may hold a password).
+fn restart_only(cfg: &Config) -> [(&'static str, String); 4] {
+    [
+        ("[server]", format!("{:?}", cfg.server)),
+        ("[upstream]", format!("{:?}", cfg.upstream)),
+        ("[log]", format!("{:?}", cfg.log)),
+        ("[admin]", format!("{:?}", cfg.admin)),
+    ]
 }
 
 /// Who asked for a reload, for the log and `status`.
@@ -250,6 +264,9 @@ pub struct Control {
     workers: usize,
     listen: String,
     started: Instant,
+    /// The start-up file's restart-only sections, as read from the file (flags and
+    /// environment overrides are not differences the operator made in it).
+    boot: Option<[(&'static str, String); 4]>,
     /// Held for the whole reload, so two at once apply in order and `status` never
     /// reports one that another has already replaced.
     state: Mutex<State>,
@@ -267,15 +284,17 @@ impl Control {
     ) -> Self {
         Control {
             shared,
-            config,
             engine,
             workers,
             listen,
             started: Instant::now(),
+            boot: Config::load(&config).ok().map(|c| restart_only(&c)),
+            config,
             state: Mutex::new(State {
                 active: Reloaded {
                     identities: cfg.identities.len(),
                     mask_rules: cfg.mask.rules.len(),
+                    needs_restart: Vec::new(),
                 },
                 last: None,
             }),
@@ -291,9 +310,19 @@ impl Control {
             .map_err(ReloadError::from)
             .and_then(|cfg| {
                 self.shared.reload(&cfg)?;
+                let needs_restart = match &self.boot {
+                    Some(boot) => boot
+                        .iter()
+                        .zip(restart_only(&cfg))
+                        .filter(|(a, b)| a.1 != b.1)
+                        .map(|(a, _)| a.0)
+                        .collect(),
+                    None => Vec::new(),
+                };
                 Ok(Reloaded {
                     identities: cfg.identities.len(),
                     mask_rules: cfg.mask.rules.len(),
+                    needs_restart,
                 })
             });
         match &result {
@@ -304,6 +333,12 @@ impl Control {
                     by = trigger.as_str(),
                     "configuration reloaded"
                 );
+                if !r.needs_restart.is_empty() {
+                    warn!(
+                        sections = %r.needs_restart.join(", "),
+                        "these sections changed in the file and apply only at a restart"
+                    );
+                }
                 state.active = r.clone();
             }
             Err(e) => error!(
@@ -324,7 +359,16 @@ impl Control {
         match command {
             Command::Reload => answer(
                 self.reload(Trigger::Admin)
-                    .map(|r| format!("reloaded {r} from {}", self.config.display()))
+                    .map(|r| {
+                        let mut line = format!("reloaded {r} from {}", self.config.display());
+                        if !r.needs_restart.is_empty() {
+                            line += &format!(
+                                "; changed but applied only at a restart: {}",
+                                r.needs_restart.join(", ")
+                            );
+                        }
+                        line
+                    })
                     .map_err(|e| {
                         format!(
                             "reload refused, the running configuration is kept: {}",
@@ -626,11 +670,14 @@ mod tests {
 
     #[test]
     fn reload_summary_counts() {
-        let r = Reloaded {
+        let mut r = Reloaded {
             identities: 1,
             mask_rules: 2,
+            needs_restart: Vec::new(),
         };
         assert_eq!(r.to_string(), "1 identity, 2 masking rules");
+        r.mask_rules = 1;
+        assert_eq!(r.to_string(), "1 identity, 1 masking rule");
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -752,6 +799,17 @@ mod tests {
                 assert!(
                     a.line
                         .starts_with("ok: reloaded 1 identity, 0 masking rules from "),
+                    "{a:?}"
+                );
+                assert!(!a.line.contains("restart"), "{a:?}");
+
+                // A section read only at start-up changed: applied later, and said so.
+                std::fs::write(&config, config_text("").replace(":0\"", ":1\"")).unwrap();
+                let a = ask("reload").await.unwrap();
+                assert!(
+                    a.ok && a
+                        .line
+                        .ends_with("; changed but applied only at a restart: [server]"),
                     "{a:?}"
                 );
 
