@@ -178,11 +178,14 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
         .map_err(ConnError::ClientIo)?;
     info!("session established");
 
-    let stages = Stages::new(
+    let mut stages = Stages::new(
         shared.mask.clone(),
         Subject::new(agent.identity.name.clone(), agent.identity.roles.clone()),
         shared.catalog(&agent.database),
     );
+    for f in &session.parameter_status {
+        stages.parameter_status(f);
+    }
     let relay = Relay::new(shared.limits, stages);
     relay_session::<C, _>(shared, &agent.database, &client, &upstream, relay, buf).await;
     drop(guard);

@@ -118,6 +118,17 @@ pub fn parameter_status(name: &str, value: &str) -> Bytes {
     })
 }
 
+/// Name and value of a whole `ParameterStatus` frame; `None` if it is not one.
+pub fn parameter(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    let body = match frame {
+        [PARAMETER_STATUS, _, _, _, _, body @ ..] => body,
+        _ => return None,
+    };
+    let body = body.strip_suffix(&[0])?;
+    let nul = body.iter().position(|&b| b == 0)?;
+    Some((&body[..nul], &body[nul + 1..]))
+}
+
 /// The transaction status byte of a `ReadyForQuery` body.
 pub fn ready_status(body: &[u8]) -> Result<u8, ProtocolError> {
     match body {
@@ -169,6 +180,16 @@ pub fn error_summary(body: &[u8]) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_status_reads_back() {
+        let f = parameter_status("client_encoding", "UTF8");
+        assert_eq!(parameter(&f), Some((&b"client_encoding"[..], &b"UTF8"[..])));
+        for cut in 0..f.len() {
+            assert!(parameter(&f[..cut]).is_none() || cut == f.len());
+        }
+        assert_eq!(parameter(b"S\0\0\0\x06x\0"), None, "no value");
+    }
 
     #[test]
     fn error_roundtrip() {

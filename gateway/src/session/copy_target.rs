@@ -252,7 +252,22 @@ pub fn parse(sql: &[u8]) -> Option<CopyTarget> {
 
 /// Parses `COPY [schema.]table [(col, …)] TO STDOUT [options]`, saying why not.
 pub fn parse_statement(sql: &[u8]) -> Result<CopyTarget, CopyStatementError> {
+    parse_statement_as(sql, None)
+}
+
+/// [`parse_statement`] for a session whose `standard_conforming_strings` is known
+/// (`Some(on)`, from the server's `ParameterStatus`): the statement is read the one way
+/// the server read it. With `None` it is read both ways and must agree.
+pub fn parse_statement_as(
+    sql: &[u8],
+    standard_conforming_strings: Option<bool>,
+) -> Result<CopyTarget, CopyStatementError> {
     let sql = std::str::from_utf8(sql).map_err(|_| CopyStatementError::NotUtf8)?;
+    match standard_conforming_strings {
+        Some(true) => return lex(sql, Backslash::Literal).and_then(parse_tokens),
+        Some(false) => return lex(sql, Backslash::Escape).and_then(parse_tokens),
+        None => {}
+    }
     let standard = lex(sql, Backslash::Literal).and_then(parse_tokens);
     if !sql.contains('\\') {
         return standard;

@@ -120,6 +120,11 @@ pub trait Hooks {
 
     /// The server finished a statement (`CommandComplete` frame) or failed it.
     fn completed(&mut self, _outcome: Outcome<'_>) {}
+
+    /// The server reported a run-time parameter (`ParameterStatus` frame): at start-up,
+    /// and whenever the session changes one that clients are told about
+    /// (`client_encoding`, `standard_conforming_strings`, ...).
+    fn parameter_status(&mut self, _frame: &Bytes) {}
 }
 
 /// How a statement ended, for audit.

@@ -660,6 +660,10 @@ impl<H: Hooks> Relay<H> {
                 }
                 self.send_client(frame.into_bytes());
             }
+            be::PARAMETER_STATUS => {
+                self.hooks.parameter_status(frame.as_bytes());
+                self.send_client(frame.into_bytes());
+            }
             // The upstream's cancel key must never reach the agent.
             be::BACKEND_KEY_DATA => {}
             be::AUTHENTICATION | be::NEGOTIATE_PROTOCOL_VERSION => {

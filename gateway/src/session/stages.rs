@@ -36,7 +36,25 @@ pub struct Stages {
     /// Values masked since the last statement completed, shared with the row stages
     /// of its results and reported when it completes.
     statement_stats: Rc<RefCell<MaskStats>>,
+    /// The session's `standard_conforming_strings`, once the server has said.
+    standard_conforming_strings: Option<bool>,
+    /// The session's `client_encoding` when it is one masking cannot work in.
+    unsafe_encoding: Option<String>,
 }
+
+/// PostgreSQL's client-only encodings: a byte below 0x80 can be the second half of a
+/// character (`\` and `|` included), so the masker's reading of ASCII digits, letters,
+/// delimiters and escapes would be wrong. Every other encoding PostgreSQL offers keeps
+/// ASCII bytes ASCII.
+const UNSAFE_ENCODINGS: [&str; 7] = [
+    "SJIS",
+    "SHIFT_JIS_2004",
+    "BIG5",
+    "GBK",
+    "UHC",
+    "GB18030",
+    "JOHAB",
+];
 
 enum Pending {
     Catalog(CatalogFill),
@@ -57,6 +75,22 @@ impl Stages {
             pending: None,
             copy_columns: None,
             statement_stats: Rc::default(),
+            standard_conforming_strings: None,
+            unsafe_encoding: None,
+        }
+    }
+
+    /// Masking is refused in an encoding where ASCII bytes are not always characters.
+    fn check_encoding(&self) -> Result<(), Refusal> {
+        match &self.unsafe_encoding {
+            None => Ok(()),
+            Some(enc) => Err(Refusal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "portcullis refused this result: masking rules apply to it and client_encoding is {enc}, in which the gateway cannot read values safely"
+                ),
+            )
+            .with_hint("SET client_encoding = 'UTF8' (the client library converts), then run it again.")),
         }
     }
 
@@ -88,7 +122,8 @@ impl Hooks for Stages {
         }
         if frame.first() == Some(&crate::protocol::backend::COPY_OUT_RESPONSE) {
             self.copy_columns = None;
-            let target = copy_target::parse(sql)?;
+            let target =
+                copy_target::parse_statement_as(sql, self.standard_conforming_strings).ok()?;
             let query = target.columns_sql();
             self.pending = Some(Pending::CopyColumns(target.columns));
             return Some(query);
@@ -144,6 +179,7 @@ impl Hooks for Stages {
         if plan.is_passthrough() {
             return Ok(None);
         }
+        self.check_encoding()?;
         Ok(Some(Box::new(MaskRows {
             plan,
             stats: self.statement_stats.clone(),
@@ -163,7 +199,8 @@ impl Hooks for Stages {
         // on the statement's relation, the layout from its options. A statement not read
         // with certainty (`COPY (query)`, unknown options) is refused.
         let columns = self.copy_columns.take();
-        let target = copy_target::parse_statement(sql).map_err(|e| self.refusal(&e.into()))?;
+        let target = copy_target::parse_statement_as(sql, self.standard_conforming_strings)
+            .map_err(|e| self.refusal(&e.into()))?;
         let format = match &columns {
             Some(cols) => target
                 .format(cols, copy_out_response)
@@ -186,10 +223,31 @@ impl Hooks for Stages {
         target
             .check_encoding()
             .map_err(|e| self.refusal(&e.into()))?;
+        self.check_encoding()?;
         Ok(Some(Box::new(MaskCopy {
             plan,
             stats: self.statement_stats.clone(),
         })))
+    }
+
+    fn parameter_status(&mut self, frame: &Bytes) {
+        let Some((name, value)) = crate::protocol::backend::parameter(frame) else {
+            return;
+        };
+        match name {
+            b"standard_conforming_strings" => {
+                self.standard_conforming_strings = match value {
+                    b"on" => Some(true),
+                    b"off" => Some(false),
+                    _ => None,
+                };
+            }
+            b"client_encoding" => {
+                let enc = String::from_utf8_lossy(value).to_ascii_uppercase();
+                self.unsafe_encoding = UNSAFE_ENCODINGS.contains(&enc.as_str()).then_some(enc);
+            }
+            _ => {}
+        }
     }
 
     fn completed(&mut self, outcome: Outcome<'_>) {
