@@ -134,7 +134,11 @@ fn binary_drivers_get_masked_text_and_a_clear_refusal(engine: Engine) {
             .expect_err("a binary text[] of SSNs must not pass");
         let db = err.as_db_error().expect("a server-style error");
         assert_eq!(db.code().code(), "42501");
-        assert!(db.message().contains("unattributed"), "{}", db.message());
+        assert!(
+            db.message().contains("unattributed") && db.message().contains("cast it to text"),
+            "{}",
+            db.message()
+        );
         // The session goes on.
         let n: i64 = client
             .query_one("SELECT count(*) FROM accounts", &[])

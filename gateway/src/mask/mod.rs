@@ -80,6 +80,11 @@ pub enum MaskError {
         "column {column:?} is computed or comes from a view, so the gateway cannot tell whether it carries a masked value ([mask] unattributed = \"refuse\"); select the table's columns instead"
     )]
     Unattributed { column: String },
+    /// The built-in scan of computed columns met a binary value it cannot read.
+    #[error(
+        "mask rule unattributed: column {column:?} is computed or comes from a view, so the gateway scans it for sensitive values, but its binary type (OID {type_oid}) cannot be read; request text results or cast it to text"
+    )]
+    UnattributedBinary { column: String, type_oid: u32 },
     /// A `COPY` whose columns the gateway could not map while masking rules apply.
     #[error("COPY columns cannot be mapped to their sources while masking rules apply; refusing")]
     CopyColumnsUnknown,

@@ -544,6 +544,12 @@ fn col_plan(rule: &Rule, idx: usize, col: &ColumnDesc) -> Result<ColPlan, MaskEr
         ValueKind::Opaque
     };
     // Opaque bytes can only be dropped, and a scan cannot read them.
+    if kind == ValueKind::Opaque && matches!(rule.selector, Selector::Unattributed) {
+        return Err(MaskError::UnattributedBinary {
+            column: col.name_lossy(),
+            type_oid: col.type_oid,
+        });
+    }
     if kind == ValueKind::Opaque
         && (rule.strategy.kind() != StrategyKind::Null || rule.scan.is_some())
     {
