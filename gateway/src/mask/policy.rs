@@ -765,8 +765,9 @@ impl RowPlan {
         stats.rows += 1;
         let buf = &frame[..];
         let mut pos = data_row_start(buf, self.columns.len())?;
-        // Where this row starts in the arena, once a value needs rewriting.
-        let mut row_at: Option<usize> = None;
+        // The arena is empty between rows (each masked row is split off whole, or
+        // cleared on error); it gets this row once a value needs rewriting.
+        let mut rewriting = false;
         let mut copied = 0;
         let result = (|| {
             for col in self.columns.iter() {
@@ -782,11 +783,11 @@ impl RowPlan {
                     continue;
                 }
                 let o = &mut self.arena;
-                if row_at.is_none() {
-                    if o.capacity() - o.len() < buf.len() + 64 {
+                if !rewriting {
+                    if o.capacity() < buf.len() + 64 {
                         o.reserve(ARENA_BYTES.max(buf.len() + 64));
                     }
-                    row_at = Some(o.len());
+                    rewriting = true;
                 }
                 o.extend_from_slice(&buf[copied..field_at]);
                 if decision == Decision::Null {
@@ -810,23 +811,20 @@ impl RowPlan {
             }
             Ok(())
         })();
-        let Some(row_at) = row_at else {
+        if !rewriting {
             return result.map(|()| frame);
-        };
-        if let Err(e) = result {
-            self.arena.truncate(row_at);
-            return Err(e);
         }
         let o = &mut self.arena;
+        if let Err(e) = result {
+            o.clear();
+            return Err(e);
+        }
         o.extend_from_slice(&buf[copied..]);
-        let Ok(len) = i32::try_from(o.len() - row_at - 1) else {
-            o.truncate(row_at);
+        let Ok(len) = i32::try_from(o.len() - 1) else {
+            o.clear();
             return Err(MaskError::malformed(WHAT, "masked row too large"));
         };
-        o[row_at + 1..row_at + 5].copy_from_slice(&len.to_be_bytes());
-        // Everything before `row_at` was split off with earlier rows: the arena now
-        // holds exactly this row.
-        debug_assert_eq!(row_at, 0);
+        o[1..5].copy_from_slice(&len.to_be_bytes());
         Ok(o.split().freeze())
     }
 
@@ -1385,6 +1383,37 @@ pub(crate) mod tests {
         assert!(
             plan.mask_data_row(neg.into(), &mut MaskStats::new())
                 .is_err()
+        );
+        // A row that fails after its first value was rewritten leaves nothing behind in
+        // the output buffer: the next row comes out whole and alone.
+        let two = p
+            .plan(
+                &who(),
+                &[col("ssn", 16384, 3, 25), col("ssn2", 16384, 3, 25)],
+                &catalog(),
+            )
+            .unwrap();
+        let mut plan2 = two;
+        let mut broken = data_row(&[Some(b"123-45-6789"), Some(b"123-45-6789")]).to_vec();
+        broken.truncate(broken.len() - 3);
+        let len = (broken.len() - 1) as i32;
+        broken[1..5].copy_from_slice(&len.to_be_bytes());
+        assert!(
+            plan2
+                .mask_data_row(broken.into(), &mut MaskStats::new())
+                .is_err()
+        );
+        let ok = plan2
+            .mask_data_row(
+                data_row(&[Some(b"123-45-6789"), Some(b"123-45-6789")]),
+                &mut MaskStats::new(),
+            )
+            .unwrap();
+        let f = fields(&ok);
+        assert_eq!(f.len(), 2);
+        assert!(
+            f.iter()
+                .all(|v| v.as_deref().is_some_and(|v| v.len() == 11 && v[0] == b'9'))
         );
     }
 
