@@ -14,19 +14,7 @@ use portcullis_tests::{
 const ROWS: u64 = 3000;
 
 fn env(engine: Engine) -> Env {
-    let env = Env::start_with(engine, PgOptions::default(), |o| {
-        o.extra_toml(QUICKSTART_MASK_POLICY)
-    });
-    load_financial(&env.pg, DB, ROWS, 7).expect("load the financial dataset");
-    env
-}
-
-fn psql_rows(env: &Env, uri: &str, sql: &str) -> Vec<Vec<String>> {
-    let out = env.ok(psql_at(uri).args(["-At", "-F", "\t", "-c", sql]));
-    stdout(&out)
-        .lines()
-        .map(|l| l.split('\t').map(str::to_owned).collect())
-        .collect()
+    Env::with_dataset(engine, QUICKSTART_MASK_POLICY, ROWS, 7)
 }
 
 fn digits(s: &str) -> String {
@@ -66,14 +54,12 @@ fn luhn_runs(text: &str) -> Vec<String> {
 
 fn agent_sees_no_valid_identifiers(engine: Engine) {
     let env = env(engine);
-    let rows = psql_rows(
-        &env,
+    let rows = env.rows(
         &env.uri(),
         "SELECT ssn, card_number, routing_number, iban, email, notes FROM accounts ORDER BY id",
     );
     assert_eq!(rows.len() as u64, ROWS);
-    let raw = psql_rows(
-        &env,
+    let raw = env.rows(
         &env.pg.direct_uri(DB),
         "SELECT ssn, card_number, routing_number, iban, email, notes FROM accounts ORDER BY id",
     );
@@ -99,21 +85,12 @@ fn agent_sees_no_valid_identifiers(engine: Engine) {
         assert!(!notes.contains('@'), "an e-mail survived in {notes:?}");
     }
     // Deterministic per key: joins and group-bys on the masked value still work.
-    let groups = psql_rows(
-        &env,
-        &env.uri(),
-        "SELECT count(DISTINCT iban) FROM accounts",
-    );
-    let again = psql_rows(
-        &env,
-        &env.uri(),
-        "SELECT iban FROM accounts ORDER BY id LIMIT 1",
-    );
+    let groups = env.rows(&env.uri(), "SELECT count(DISTINCT iban) FROM accounts");
+    let again = env.rows(&env.uri(), "SELECT iban FROM accounts ORDER BY id LIMIT 1");
     assert_eq!(again[0][0], rows[0][3]);
     assert_eq!(
         groups[0][0],
-        psql_rows(
-            &env,
+        env.rows(
             &env.pg.direct_uri(DB),
             "SELECT count(DISTINCT iban) FROM accounts"
         )[0][0]
@@ -123,22 +100,21 @@ fn agent_sees_no_valid_identifiers(engine: Engine) {
 fn auditor_sees_raw_values(engine: Engine) {
     let env = env(engine);
     let sql = "SELECT * FROM accounts ORDER BY id LIMIT 500";
-    let audited = psql_rows(&env, &env.gw.uri("auditor", "auditor-secret", DB), sql);
-    let raw = psql_rows(&env, &env.pg.direct_uri(DB), sql);
+    let audited = env.rows(&env.gw.uri("auditor", "auditor-secret", DB), sql);
+    let raw = env.rows(&env.pg.direct_uri(DB), sql);
     assert_eq!(audited, raw);
 }
 
 fn every_result_path_is_masked(engine: Engine) {
     let env = env(engine);
     let one = |sql: &str| -> String {
-        let rows = psql_rows(&env, &env.uri(), sql);
+        let rows = env.rows(&env.uri(), sql);
         rows.last()
             .and_then(|r| r.first())
             .cloned()
             .unwrap_or_default()
     };
-    let raw_ssn = psql_rows(
-        &env,
+    let raw_ssn = env.rows(
         &env.pg.direct_uri(DB),
         "SELECT ssn FROM accounts WHERE id = 1",
     )[0][0]
@@ -252,12 +228,7 @@ fn tokio_postgres_binary_and_prepared(engine: Engine) {
 
 fn reload_changes_rules_without_restart(engine: Engine) {
     let env = env(engine);
-    let before = psql_rows(
-        &env,
-        &env.uri(),
-        "SELECT full_name FROM accounts WHERE id = 1",
-    )[0][0]
-        .clone();
+    let before = env.rows(&env.uri(), "SELECT full_name FROM accounts WHERE id = 1")[0][0].clone();
     assert_ne!(before, "[MASKED]");
     let path = env.gw.config_path();
     let mut cfg = std::fs::read_to_string(&path).unwrap();
@@ -266,12 +237,7 @@ fn reload_changes_rules_without_restart(engine: Engine) {
     env.gw.signal(libc_sighup());
     let mut after = String::new();
     for _ in 0..50 {
-        after = psql_rows(
-            &env,
-            &env.uri(),
-            "SELECT full_name FROM accounts WHERE id = 1",
-        )[0][0]
-            .clone();
+        after = env.rows(&env.uri(), "SELECT full_name FROM accounts WHERE id = 1")[0][0].clone();
         if after == "[MASKED]" {
             break;
         }
@@ -541,7 +507,7 @@ fn copy_statements_not_read_for_sure_are_refused(engine: Engine) {
     assert_eq!(audited, env.ok(env.psql_direct().args(["-c", sql])).stdout);
     // Nothing of the refusals lingers in the session.
     assert_eq!(
-        psql_rows(&env, &env.uri(), "SELECT count(*) FROM accounts")[0][0],
+        env.rows(&env.uri(), "SELECT count(*) FROM accounts")[0][0],
         ROWS.to_string()
     );
 }

@@ -6,31 +6,19 @@
 
 mod common;
 
-use common::{DB, Env, psql_at, rt, stdout};
-use portcullis_tests::{Engine, PgOptions, QUICKSTART_MASK_POLICY, load_financial, per_engine};
+use common::{DB, Env, rt, stdout};
+use portcullis_tests::{Engine, QUICKSTART_MASK_POLICY, per_engine};
 
 const ROWS: u64 = 500;
 
 fn env_with(engine: Engine, policy: &str) -> Env {
-    let policy = policy.to_owned();
-    let env = Env::start_with(engine, PgOptions::default(), move |o| o.extra_toml(&policy));
-    load_financial(&env.pg, DB, ROWS, 11).expect("load the financial dataset");
-    env
-}
-
-fn rows(env: &Env, uri: &str, sql: &str) -> Vec<Vec<String>> {
-    let out = env.ok(psql_at(uri).args(["-At", "-F", "\t", "-c", sql]));
-    stdout(&out)
-        .lines()
-        .map(|l| l.split('\t').map(str::to_owned).collect())
-        .collect()
+    Env::with_dataset(engine, policy, ROWS, 11)
 }
 
 /// The raw sensitive values of every account, in id order, in every spelling the
 /// queries below could produce: as stored, digits only, and lowercase.
 fn raw_spellings(env: &Env) -> Vec<Vec<String>> {
-    rows(
-        env,
+    env.rows(
         &env.pg.direct_uri(DB),
         "SELECT ssn, card_number, routing_number, iban FROM accounts ORDER BY id",
     )
@@ -50,8 +38,7 @@ fn raw_spellings(env: &Env) -> Vec<Vec<String>> {
 fn computed_values_never_carry_raw_values(engine: Engine) {
     let env = env_with(engine, QUICKSTART_MASK_POLICY);
     let raw = raw_spellings(&env);
-    let masked = rows(
-        &env,
+    let masked = env.rows(
         &env.uri(),
         "SELECT ssn || '', replace(ssn, '-', ''), card_number || ' ', routing_number || '', \
                 lower(iban), row_to_json(a)::text, concat_ws('/', a.id, a.ssn, a.iban) \
@@ -73,13 +60,11 @@ fn computed_values_never_carry_raw_values(engine: Engine) {
         assert!(row[5].starts_with("{\"id\":") && row[5].contains("\"full_name\":"));
     }
     // Numbers computed over the data are not touched.
-    let direct = rows(
-        &env,
+    let direct = env.rows(
         &env.pg.direct_uri(DB),
         "SELECT count(*), sum(balance), max(opened_at) FROM accounts",
     );
-    let gw = rows(
-        &env,
+    let gw = env.rows(
         &env.uri(),
         "SELECT count(*), sum(balance), max(opened_at) FROM accounts",
     );
@@ -93,13 +78,11 @@ fn view_columns_under_new_names_are_scanned(engine: Engine) {
         "CREATE VIEW customer_tax AS SELECT id, full_name, ssn AS tax_id, iban AS payout FROM accounts",
     ]));
     let raw = raw_spellings(&env);
-    let masked = rows(
-        &env,
+    let masked = env.rows(
         &env.uri(),
         "SELECT tax_id, payout, full_name FROM customer_tax ORDER BY id",
     );
-    let names = rows(
-        &env,
+    let names = env.rows(
         &env.pg.direct_uri(DB),
         "SELECT full_name FROM accounts ORDER BY id",
     );
@@ -151,7 +134,7 @@ fn binary_drivers_get_masked_text_and_a_clear_refusal(engine: Engine) {
 
 fn refuse_mode_refuses_computed_text(engine: Engine) {
     let policy =
-        QUICKSTART_MASK_POLICY.replacen("[mask]\n", "[mask]\nunattributed = \"refuse\"\n", 1);
+        QUICKSTART_MASK_POLICY.replacen("unattributed = \"scan\"", "unattributed = \"refuse\"", 1);
     assert_ne!(policy, QUICKSTART_MASK_POLICY);
     let env = env_with(engine, &policy);
     let out = common::run_timed(env.psql_gw().args([

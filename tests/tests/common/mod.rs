@@ -38,6 +38,15 @@ impl Env {
         Env { gw, pg }
     }
 
+    /// A gateway with `toml` added to its config, in front of a cluster holding the
+    /// financial dataset (`rows` accounts from `seed`).
+    pub fn with_dataset(engine: Engine, toml: &str, rows: u64, seed: u64) -> Env {
+        let env = Env::start_with(engine, PgOptions::default(), |o| o.extra_toml(toml));
+        portcullis_tests::load_financial(&env.pg, DB, rows, seed)
+            .expect("load the financial dataset");
+        env
+    }
+
     /// The agent's URI through the gateway.
     pub fn uri(&self) -> String {
         self.gw.agent_uri()
@@ -66,6 +75,16 @@ impl Env {
             );
         }
         out
+    }
+
+    /// The rows of one query through `uri`, as psql prints them unaligned: a line a
+    /// row, fields split at tabs.
+    pub fn rows(&self, uri: &str, sql: &str) -> Vec<Vec<String>> {
+        let out = self.ok(psql_at(uri).args(["-At", "-F", "\t", "-c", sql]));
+        stdout(&out)
+            .lines()
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect()
     }
 
     /// One query through the gateway, unaligned tuples-only output.
