@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::net::{NetError, free_port};
 use crate::pg::PgCluster;
@@ -17,7 +18,7 @@ use crate::scram;
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(
-        "no portcullis binary: set PORTCULLIS_BIN or build it (`cargo build -p portcullis`); looked in {0}"
+        "no portcullis binary: set PORTCULLIS_BIN or build it (`cargo build -p portcullis`): {0}"
     )]
     NoBinary(String),
     #[error("temporary directory: {0}")]
@@ -433,25 +434,40 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `portcullis` binary to run: `PORTCULLIS_BIN`, else the newest build in the target dir.
+/// The `portcullis` binary to run: `PORTCULLIS_BIN` (what `cargo xtask test`, the
+/// quickstart and the bench set), else this checkout's debug build, brought up to date
+/// once per test process. Running the e2e tests alone (`cargo nextest run -p
+/// portcullis-tests`) does not rebuild the gateway binary, and an older or a release
+/// build left by a bench would otherwise be tested in place of the code at hand.
 pub fn binary() -> Result<PathBuf, GatewayError> {
     if let Some(p) = std::env::var_os("PORTCULLIS_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let candidates = [
-        target.join("release/portcullis"),
-        target.join("debug/portcullis"),
-    ];
-    candidates
-        .iter()
-        .filter_map(|p| {
-            let m = std::fs::metadata(p).ok()?.modified().ok()?;
-            Some((m, p.clone()))
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(&root)
+                .args([
+                    "build",
+                    "--quiet",
+                    "--package",
+                    "portcullis",
+                    "--bin",
+                    "portcullis",
+                ])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("cargo build of the gateway failed ({status})"));
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            Ok(target.join("debug/portcullis"))
         })
-        .max_by_key(|(m, _): &(SystemTime, PathBuf)| *m)
-        .map(|(_, p)| p)
-        .ok_or_else(|| GatewayError::NoBinary(target.display().to_string()))
+        .clone()
+        .map_err(GatewayError::NoBinary)
 }

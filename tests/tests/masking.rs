@@ -568,6 +568,50 @@ fn session_settings_are_followed(engine: Engine) {
     assert!(!ssn_valid(last.trim()), "masked again in UTF8: {o}");
 }
 
+/// COPY names its table without a schema: which table that is depends on the agent's
+/// search_path, which the gateway's own catalog connection does not share. A name that
+/// exists in two schemas is refused rather than masked with the wrong table's columns.
+fn copy_of_an_ambiguous_table_name_is_refused(engine: Engine) {
+    let env = env(engine);
+    // Same name and column count, other layout: read with public.accounts' columns, the
+    // SSN in the second column would pass as `full_name`, which no rule masks.
+    env.ok(env.psql_direct().args([
+        "-c",
+        "CREATE SCHEMA shadow",
+        "-c",
+        "CREATE TABLE shadow.accounts (id int, tax_id text, c3 text, c4 text, c5 text, \
+         c6 text, c7 text, c8 text, c9 text, c10 text)",
+        "-c",
+        "INSERT INTO shadow.accounts VALUES (1, '219-09-9999', '', '', '', '', '', '', '', '')",
+    ]));
+    let out = common::run_timed(psql_at(&env.uri()).args([
+        "-c",
+        "SET search_path = shadow, public",
+        "-c",
+        "COPY accounts TO STDOUT",
+    ]));
+    let (o, e) = (stdout(&out), common::stderr(&out));
+    assert!(
+        e.contains("several schemas") && e.contains("qualify"),
+        "{e}"
+    );
+    assert!(!o.contains("219-09-9999"), "{o}");
+    // Qualified, it is read exactly.
+    let out = env.ok(psql_at(&env.uri()).args([
+        "-c",
+        "SET search_path = shadow, public",
+        "-c",
+        "COPY public.accounts (id, ssn) TO STDOUT",
+    ]));
+    let text = stdout(&out);
+    let rows: Vec<&str> = text.lines().filter(|l| *l != "SET").collect();
+    assert_eq!(rows.len() as u64, ROWS);
+    assert!(
+        rows.iter()
+            .all(|l| !ssn_valid(l.split('\t').nth(1).unwrap_or_default()))
+    );
+}
+
 /// The `null` strategy on a text column and on a numeric one.
 const NULL_RULES: &str = r#"
 [[mask.rule]]
@@ -711,4 +755,5 @@ per_engine!(
     copy_statements_not_read_for_sure_are_refused,
     null_strategy_end_to_end,
     session_settings_are_followed,
+    copy_of_an_ambiguous_table_name_is_refused,
 );

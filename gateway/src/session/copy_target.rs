@@ -131,14 +131,26 @@ impl From<CopyStatementError> for MaskError {
 
 impl CopyTarget {
     /// SQL listing the relation's columns in order: table OID, schema, table, attnum,
-    /// column name, type OID. Names go in as a quoted `regclass` literal, never as SQL.
+    /// column name, type OID. Names go in as quoted literals, never as SQL.
+    ///
+    /// An unqualified name is looked up in every schema, not through a search_path: the
+    /// query runs on the gateway's own connection, and the agent's session may have set
+    /// another path (pg_dump sets an empty one). More than one match is then ambiguous
+    /// and refused by the caller, so the columns can never come from the wrong table.
     pub fn columns_sql(&self) -> String {
-        let mut rel = String::new();
-        if let Some(s) = &self.schema {
-            rel.push_str(&quote_ident(s));
-            rel.push('.');
-        }
-        rel.push_str(&quote_ident(&self.table));
+        let Some(schema) = &self.schema else {
+            return format!(
+                "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid \
+                 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = {} AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+                 AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY c.oid, a.attnum",
+                quote_literal(&self.table)
+            );
+        };
+        let rel = format!("{}.{}", quote_ident(schema), quote_ident(&self.table));
         format!(
             "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, a.atttypid \
              FROM pg_catalog.pg_attribute a \
@@ -241,8 +253,16 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// A string literal that reads the same whatever `standard_conforming_strings` is (as
+/// PostgreSQL's own `quote_literal` writes it): a backslash would otherwise let a table
+/// named `x\` end the literal early on a server that has it off.
 fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    let body = s.replace('\'', "''");
+    if s.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
 }
 
 /// Parses `COPY [schema.]table [(col, …)] TO STDOUT [options]`; `None` for anything else.
@@ -1339,8 +1359,21 @@ mod tests {
         let t = parse(b"COPY \"x'); DROP TABLE y; --\" TO STDOUT").unwrap();
         let sql = t.columns_sql();
         assert!(
-            sql.contains("'\"x''); DROP TABLE y; --\"'::pg_catalog.regclass"),
+            sql.contains("c.relname = 'x''); DROP TABLE y; --' AND"),
             "{sql}"
+        );
+        let t = parse(b"COPY s.\"x'); DROP TABLE y; --\" TO STDOUT").unwrap();
+        let sql = t.columns_sql();
+        assert!(
+            sql.contains("'\"s\".\"x''); DROP TABLE y; --\"'::pg_catalog.regclass"),
+            "{sql}"
+        );
+        // A trailing backslash cannot swallow the closing quote on any server setting.
+        let t = parse(b"COPY \"x\\\" TO STDOUT").unwrap();
+        assert!(
+            t.columns_sql().contains("c.relname = E'x\\\\' AND"),
+            "{}",
+            t.columns_sql()
         );
     }
 

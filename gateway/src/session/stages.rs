@@ -322,6 +322,19 @@ impl Stages {
             }
             catalog_rows.push(fields);
         }
+        if oids.len() > 1 {
+            let mut schemas: Vec<String> = catalog_rows
+                .iter()
+                .map(|f| String::from_utf8_lossy(f[1].unwrap_or_default()).into_owned())
+                .collect();
+            schemas.dedup();
+            let table = catalog_rows[0][2].unwrap_or_default();
+            return Err(MaskError::CopyStatement(format!(
+                "table {:?} exists in several schemas ({}), and which one the session's search_path picks is not known to the gateway; qualify it with its schema",
+                String::from_utf8_lossy(table),
+                schemas.join(", ")
+            )));
+        }
         let mut fill = self.catalog().start_fill(&oids);
         for f in &catalog_rows {
             fill.ingest_row(&f[..5])?;
