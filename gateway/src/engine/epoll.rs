@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::Interest;
 use tracing::{error, warn};
 
 use super::Shared;
@@ -20,7 +21,27 @@ impl Transport for EpollStream {
     async fn read(&self, mut buf: BytesMut, min_room: usize) -> (io::Result<usize>, BytesMut) {
         buf.reserve(min_room);
         loop {
-            match self.0.try_read_buf(&mut buf) {
+            // A read that fills less than the room it was given has emptied the socket
+            // (epoll is edge-triggered: what arrives later is a new event), so the
+            // readiness is cleared there and then, as tokio's own `poll_read` does.
+            // Otherwise the next read would be a `recv` that only says WouldBlock: one
+            // wasted system call per message. `try_io` clears readiness when its closure
+            // says WouldBlock, so the closure says so after a short read and hands the
+            // count over on the side.
+            let mut short = None;
+            let res = self.0.try_io(Interest::READABLE, || {
+                let room = buf.capacity() - buf.len();
+                let n = self.0.try_read_buf(&mut buf)?;
+                if n > 0 && n < room {
+                    short = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            if let Some(n) = short {
+                return (Ok(n), buf);
+            }
+            match res {
                 Ok(n) => return (Ok(n), buf),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Err(e) = self.0.readable().await {
