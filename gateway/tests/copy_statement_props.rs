@@ -5,8 +5,8 @@
 //! masked column replaced and every other byte as the server sent it, however the stream
 //! is cut into messages.
 
-use bytes::Bytes;
 use portcullis::mask::{Catalog, ColumnDesc, MaskConfig, MaskStats, Policy, Subject};
+use portcullis::protocol::backend::{copy_data, copy_out_response};
 use portcullis::session::copy_target::{
     CopyOptions, CopyStatementError, ForceQuote, Format, parse_statement,
 };
@@ -29,25 +29,6 @@ const NAMES: [&str; 3] = ["id", "ssn", "No|tes;\"x\""];
 
 fn columns() -> Vec<ColumnDesc> {
     NAMES.iter().map(|n| ColumnDesc::computed(n, 25)).collect()
-}
-
-fn copy_out_response(n: i16) -> Vec<u8> {
-    let mut body = vec![0u8];
-    body.extend_from_slice(&n.to_be_bytes());
-    for _ in 0..n {
-        body.extend_from_slice(&0i16.to_be_bytes());
-    }
-    let mut f = vec![b'H'];
-    f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    f.extend_from_slice(&body);
-    f
-}
-
-fn copy_data(payload: &[u8]) -> Bytes {
-    let mut f = vec![b'd'];
-    f.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
-    f.extend_from_slice(payload);
-    f.into()
 }
 
 /// Options that PostgreSQL accepts and the masker can split.
@@ -464,7 +445,7 @@ proptest! {
         let rows: Vec<[Option<String>; 3]> = rows.into_iter().map(|(a, b, c)| [a, b, c]).collect();
         let sql = render(&o, false, 0);
         let target = parse_statement(sql.as_bytes()).unwrap();
-        let response = copy_out_response(3);
+        let response = copy_out_response(false, 3);
         let format = target.format(&columns(), &response).unwrap();
         let mut plan = policy()
             .plan_copy(&Subject::new("agent", ["agents"]), Some(&columns()), &Catalog::new(), &response, format)

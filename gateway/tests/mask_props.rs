@@ -8,6 +8,7 @@ use portcullis::mask::detect::{self, DetectorSet, Scanner};
 use portcullis::mask::{
     Catalog, ColumnDesc, CopyFormat, DetectorKind, MaskConfig, MaskStats, Policy, RowPlan, Subject,
 };
+use portcullis::protocol::backend::{copy_data, copy_out_response};
 use proptest::prelude::*;
 
 const OID: u32 = 16384;
@@ -603,25 +604,6 @@ fn decode_copy(data: &[u8], kind: u8) -> Vec<Vec<Option<Vec<u8>>>> {
         }
     }
     rows
-}
-
-fn copy_out_response(binary: bool, n: i16) -> Vec<u8> {
-    let mut body = vec![u8::from(binary)];
-    body.extend_from_slice(&n.to_be_bytes());
-    for _ in 0..n {
-        body.extend_from_slice(&i16::from(binary).to_be_bytes());
-    }
-    let mut f = vec![b'H'];
-    f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    f.extend_from_slice(&body);
-    f
-}
-
-fn copy_data(payload: &[u8]) -> Bytes {
-    let mut f = vec![b'd'];
-    f.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
-    f.extend_from_slice(payload);
-    f.into()
 }
 
 const NOTES_STRATEGIES: [&str; 5] = ["redact", "format_preserving", "hash", "partial", "null"];

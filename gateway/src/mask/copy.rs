@@ -750,25 +750,7 @@ mod tests {
     use super::*;
     use crate::mask::policy::tests::policy;
     use crate::mask::{Catalog, ColumnDesc, Subject};
-
-    fn copy_out_response(binary: bool, n: i16) -> Vec<u8> {
-        let mut body = vec![u8::from(binary)];
-        body.extend_from_slice(&n.to_be_bytes());
-        for _ in 0..n {
-            body.extend_from_slice(&i16::from(binary).to_be_bytes());
-        }
-        let mut f = vec![b'H'];
-        f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        f.extend_from_slice(&body);
-        f
-    }
-
-    fn copy_data(payload: &[u8]) -> Bytes {
-        let mut f = vec![b'd'];
-        f.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
-        f.extend_from_slice(payload);
-        f.into()
-    }
+    use crate::protocol::backend::{copy_data, copy_out_response};
 
     fn payloads(frames: &[Bytes]) -> Vec<u8> {
         let mut all = Vec::new();

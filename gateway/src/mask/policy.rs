@@ -1020,20 +1020,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn data_row(fields: &[Option<&[u8]>]) -> Bytes {
-        let mut body = (fields.len() as i16).to_be_bytes().to_vec();
-        for f in fields {
-            match f {
-                Some(v) => {
-                    body.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    body.extend_from_slice(v);
-                }
-                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
-        }
-        let mut frame = vec![b'D'];
-        frame.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        frame.extend_from_slice(&body);
-        frame.into()
+        crate::protocol::backend::data_row(fields)
     }
 
     pub(crate) fn fields(frame: &[u8]) -> Vec<Option<Vec<u8>>> {

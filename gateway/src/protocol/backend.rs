@@ -118,6 +118,39 @@ pub fn parameter_status(name: &str, value: &str) -> Bytes {
     })
 }
 
+/// `CopyOutResponse` for `columns` columns, all text or all binary (as the server sends
+/// it: a binary COPY marks every column binary).
+pub fn copy_out_response(binary: bool, columns: i16) -> Bytes {
+    build(COPY_OUT_RESPONSE, |b| {
+        b.put_u8(u8::from(binary));
+        b.put_i16(columns);
+        for _ in 0..columns {
+            b.put_i16(i16::from(binary));
+        }
+    })
+}
+
+/// `CopyData` carrying `payload`.
+pub fn copy_data(payload: &[u8]) -> Bytes {
+    build(COPY_DATA, |b| b.put_slice(payload))
+}
+
+/// `DataRow` of `fields`, `None` being SQL NULL.
+pub fn data_row(fields: &[Option<&[u8]>]) -> Bytes {
+    build(DATA_ROW, |b| {
+        b.put_i16(fields.len() as i16);
+        for f in fields {
+            match f {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    })
+}
+
 /// Name and value of a whole `ParameterStatus` frame; `None` if it is not one.
 pub fn parameter(frame: &[u8]) -> Option<(&[u8], &[u8])> {
     let body = match frame {

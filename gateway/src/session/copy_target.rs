@@ -1026,6 +1026,7 @@ fn parse_tokens(toks: Vec<Tok>) -> Result<CopyTarget, CopyStatementError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::backend::copy_out_response;
 
     fn opts(sql: &str) -> CopyOptions {
         parse_statement(sql.as_bytes())
@@ -1377,18 +1378,6 @@ mod tests {
         );
     }
 
-    fn response(binary: bool, n: i16) -> Vec<u8> {
-        let mut body = vec![u8::from(binary)];
-        body.extend_from_slice(&n.to_be_bytes());
-        for _ in 0..n {
-            body.extend_from_slice(&i16::from(binary).to_be_bytes());
-        }
-        let mut f = vec![b'H'];
-        f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        f.extend_from_slice(&body);
-        f
-    }
-
     #[test]
     fn format_carries_the_options_to_the_masker() {
         let cols = [
@@ -1401,7 +1390,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            t.format(&cols, &response(false, 3)).unwrap(),
+            t.format(&cols, &copy_out_response(false, 3)).unwrap(),
             CopyFormat::Csv {
                 delimiter: b'|',
                 quote: b'\'',
@@ -1412,7 +1401,7 @@ mod tests {
             }
         );
         assert_eq!(
-            t.format(&cols, &response(true, 3)),
+            t.format(&cols, &copy_out_response(true, 3)),
             Err(CopyStatementError::FormatMismatch {
                 server: "binary",
                 statement: "csv"
@@ -1420,12 +1409,12 @@ mod tests {
         );
         let t = parse_statement(b"COPY t TO STDOUT (FORMAT csv, FORCE_QUOTE (ssn))").unwrap();
         assert_eq!(
-            t.format(&cols, &response(false, 3)),
+            t.format(&cols, &copy_out_response(false, 3)),
             Err(CopyStatementError::ForceQuoteColumn("ssn".into()))
         );
         let t = parse_statement(b"COPY t TO STDOUT WITH DELIMITER '|' NULL ''").unwrap();
         assert_eq!(
-            t.format(&cols, &response(false, 3)).unwrap(),
+            t.format(&cols, &copy_out_response(false, 3)).unwrap(),
             CopyFormat::Text {
                 delimiter: b'|',
                 null: Vec::new(),
@@ -1433,8 +1422,8 @@ mod tests {
             }
         );
         let t = parse_statement(b"COPY t TO STDOUT (FORMAT binary)").unwrap();
-        assert!(t.format(&cols, &response(false, 3)).is_err());
-        assert!(t.format(&cols, &response(true, 3)).is_ok());
+        assert!(t.format(&cols, &copy_out_response(false, 3)).is_err());
+        assert!(t.format(&cols, &copy_out_response(true, 3)).is_ok());
     }
 
     #[test]
