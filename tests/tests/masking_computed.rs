@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{DB, Env, rt, stdout};
+use common::{DB, Env, psql_at, rt, stdout};
 use portcullis_tests::{Engine, QUICKSTART_MASK_POLICY, per_engine};
 
 const ROWS: u64 = 500;
@@ -156,6 +156,55 @@ fn refuse_mode_refuses_computed_text(engine: Engine) {
     );
 }
 
+/// Errors, notices and notifications quote values too: a failed cast, a unique
+/// violation's key, `RAISE NOTICE`, `pg_notify`. The agent reads them redacted; the
+/// auditor reads them as the server wrote them.
+fn server_messages_do_not_carry_raw_values(engine: Engine) {
+    let env = env_with(engine, QUICKSTART_MASK_POLICY);
+    let raw = raw_spellings(&env);
+    let first = &raw[0];
+    let script = [
+        "SELECT ssn::int FROM accounts ORDER BY id LIMIT 1",
+        "SELECT card_number::int FROM accounts ORDER BY id LIMIT 1",
+        "CREATE TEMP TABLE seen (ssn text PRIMARY KEY)",
+        "INSERT INTO seen SELECT ssn FROM accounts ORDER BY id LIMIT 1",
+        "INSERT INTO seen SELECT ssn FROM accounts ORDER BY id LIMIT 1",
+        "DO $$ BEGIN RAISE NOTICE 'iban %', (SELECT iban FROM accounts ORDER BY id LIMIT 1); END $$",
+        "LISTEN leak",
+        "SELECT pg_notify('leak', ssn) FROM accounts ORDER BY id LIMIT 1",
+    ];
+    let run = |uri: &str| {
+        let mut c = psql_at(uri);
+        for sql in script {
+            c.args(["-c", sql]);
+        }
+        let out = common::run_timed(&mut c);
+        format!("{}{}", stdout(&out), common::stderr(&out))
+    };
+    let agent = run(&env.uri());
+    // What the server said is all there, only the values are gone.
+    for want in [
+        "invalid input syntax for type integer",
+        "duplicate key value violates unique constraint",
+        "NOTICE:  iban [REDACTED]",
+        "Asynchronous notification \"leak\" with payload \"[REDACTED]\"",
+    ] {
+        assert!(agent.contains(want), "{want:?} missing from:\n{agent}");
+    }
+    for secret in first {
+        assert!(
+            !agent.to_lowercase().contains(secret.as_str()),
+            "raw value {secret:?} reached the agent:\n{agent}"
+        );
+    }
+    let auditor = run(&env.gw.uri("auditor", "auditor-secret", common::DB));
+    let raw_ssn = &first[2];
+    assert!(
+        auditor.contains(raw_ssn.as_str()),
+        "the auditor is exempt:\n{auditor}"
+    );
+}
+
 fn masked_statements_are_counted_in_the_log(engine: Engine) {
     let env = env_with(engine, QUICKSTART_MASK_POLICY);
     env.query_gw("SELECT id, ssn, card_number FROM accounts ORDER BY id LIMIT 40");
@@ -185,4 +234,5 @@ per_engine!(
     binary_drivers_get_masked_text_and_a_clear_refusal,
     refuse_mode_refuses_computed_text,
     masked_statements_are_counted_in_the_log,
+    server_messages_do_not_carry_raw_values,
 );

@@ -199,6 +199,33 @@ impl Policy {
             || self.configured().iter().all(|r| r.exempt_for(who))
     }
 
+    /// Redacts what the detectors find in server text that is not a result column: the
+    /// fields of errors and notices (`invalid input syntax for type integer:
+    /// "123-45-6789"`, a unique violation's `Key (ssn)=(…)`), notification payloads.
+    /// Such text cannot be attributed to a column, so it gets the built-in scan of
+    /// `[mask] unattributed` (every detector, bare numbers included) unless that is
+    /// `pass` or no rule applies to `who`. Returns the new text when anything was found.
+    pub fn redact_message_text(&self, who: &Subject, text: &[u8]) -> Option<Vec<u8>> {
+        if self.inner.unattributed == Unattributed::Pass || self.is_exempt(who) {
+            return None;
+        }
+        let scanner = Scanner::new(DetectorSet::all(), DetectorSet::all());
+        let mut findings = Vec::new();
+        scanner.scan(text, &mut findings);
+        if findings.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(text.len());
+        let mut last = 0;
+        for f in &findings {
+            out.extend_from_slice(&text[last..f.start]);
+            out.extend_from_slice(DEFAULT_REDACTION.as_bytes());
+            last = f.end;
+        }
+        out.extend_from_slice(&text[last..]);
+        Some(out)
+    }
+
     /// Decides, for each column of a result set, which rule masks it.
     ///
     /// Errors: [`MaskError::NeedCatalog`] when a rule applies to `who` and some table
@@ -1201,6 +1228,29 @@ pub(crate) mod tests {
             .mask_data_row(clean.clone(), &mut MaskStats::new())
             .unwrap();
         assert_eq!(same.as_ptr(), clean.as_ptr());
+    }
+
+    #[test]
+    fn message_text_is_scanned_unless_exempt_or_pass() {
+        let p = policy(RULES);
+        let msg = br#"invalid input syntax for type integer: "485-58-2913""#;
+        assert_eq!(
+            p.redact_message_text(&who(), msg).as_deref(),
+            Some(&br#"invalid input syntax for type integer: "[REDACTED]""#[..])
+        );
+        let key = b"Key (card)=(4111111111111111) already exists.";
+        assert_eq!(
+            p.redact_message_text(&who(), key).as_deref(),
+            Some(&b"Key (card)=([REDACTED]) already exists."[..])
+        );
+        assert_eq!(
+            p.redact_message_text(&who(), b"relation \"x\" does not exist"),
+            None
+        );
+        let auditor = Subject::new("a", ["auditor"]);
+        assert_eq!(p.redact_message_text(&auditor, msg), None);
+        let pass = policy(&format!("unattributed = \"pass\"\n{RULES}"));
+        assert_eq!(pass.redact_message_text(&who(), msg), None);
     }
 
     #[test]

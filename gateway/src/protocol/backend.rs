@@ -151,6 +151,34 @@ pub fn data_row(fields: &[Option<&[u8]>]) -> Bytes {
     })
 }
 
+/// An `ErrorResponse` or `NoticeResponse` (`tag`) with these fields.
+pub fn fields_message(tag: u8, fields: &[(u8, &[u8])]) -> Bytes {
+    build(tag, |b| {
+        for (code, value) in fields {
+            b.put_u8(*code);
+            put_cstr(b, value);
+        }
+        b.put_u8(0);
+    })
+}
+
+/// `(process id, channel, payload)` of a `NotificationResponse` body.
+pub fn notification_parts(body: &[u8]) -> Option<(i32, &[u8], &[u8])> {
+    let mut c = Cursor::new(body);
+    let pid = c.i32()?;
+    let channel = c.cstr()?;
+    let payload = c.cstr()?;
+    Some((pid, channel, payload))
+}
+
+pub fn notification_response(pid: i32, channel: &[u8], payload: &[u8]) -> Bytes {
+    build(NOTIFICATION_RESPONSE, |b| {
+        b.put_i32(pid);
+        put_cstr(b, channel);
+        put_cstr(b, payload);
+    })
+}
+
 /// Name and value of a whole `ParameterStatus` frame; `None` if it is not one.
 pub fn parameter(frame: &[u8]) -> Option<(&[u8], &[u8])> {
     let body = match frame {
@@ -213,6 +241,23 @@ pub fn error_summary(body: &[u8]) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_and_notifications_read_back() {
+        let f = fields_message(ERROR_RESPONSE, &[(b'C', b"22P02"), (b'M', b"bad")]);
+        assert_eq!(
+            error_fields(&f[5..]).unwrap(),
+            [(b'C', &b"22P02"[..]), (b'M', &b"bad"[..])]
+        );
+        let n = notification_response(42, b"chan", b"payload");
+        assert_eq!(
+            notification_parts(&n[5..]),
+            Some((42, &b"chan"[..], &b"payload"[..]))
+        );
+        for cut in 0..n.len() - 5 {
+            assert!(notification_parts(&n[5..5 + cut]).is_none());
+        }
+    }
 
     #[test]
     fn parameter_status_reads_back() {

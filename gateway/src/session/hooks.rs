@@ -121,6 +121,14 @@ pub trait Hooks {
     /// The server finished a statement (`CommandComplete` frame) or failed it.
     fn completed(&mut self, _outcome: Outcome<'_>) {}
 
+    /// An error, notice or notification from the server (whole frame), before it goes
+    /// to the client: returns the frame to send instead (the same `Bytes` when nothing
+    /// changed). Their text can quote values (`invalid input syntax for type integer:
+    /// "123-45-6789"`).
+    fn server_message(&mut self, frame: Bytes) -> Bytes {
+        frame
+    }
+
     /// The server reported a run-time parameter (`ParameterStatus` frame): at start-up,
     /// and whenever the session changes one that clients are told about
     /// (`client_encoding`, `standard_conforming_strings`, ...).

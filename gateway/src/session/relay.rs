@@ -648,7 +648,12 @@ impl<H: Hooks> Relay<H> {
                         self.expect.pop_front();
                     }
                 }
-                self.send_client(frame.into_bytes());
+                let frame = self.hooks.server_message(frame.into_bytes());
+                self.send_client(frame);
+            }
+            be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {
+                let frame = self.hooks.server_message(frame.into_bytes());
+                self.send_client(frame);
             }
             be::READY_FOR_QUERY => {
                 self.txn_status = be::ready_status(frame.body()).map_err(RelayError::Server)?;

@@ -20,6 +20,7 @@ use crate::mask::{
     Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan,
     Subject, apply_result_formats, parse_row_description,
 };
+use crate::protocol::backend as be;
 use crate::protocol::sqlstate;
 
 /// Per-session stages.
@@ -228,6 +229,49 @@ impl Hooks for Stages {
             plan,
             stats: self.statement_stats.clone(),
         })))
+    }
+
+    fn server_message(&mut self, frame: Bytes) -> Bytes {
+        let policy = self.policy.load();
+        let redact = |text: &[u8]| policy.redact_message_text(&self.subject, text);
+        let (Some(&tag), Some(body)) = (frame.first(), frame.get(5..)) else {
+            return frame;
+        };
+        match tag {
+            be::ERROR_RESPONSE | be::NOTICE_RESPONSE => {
+                let Ok(fields) = be::error_fields(body) else {
+                    return frame;
+                };
+                // The SQLSTATE is a code, never data.
+                let redacted: Vec<Option<Vec<u8>>> = fields
+                    .iter()
+                    .map(|(code, v)| (*code != b'C').then(|| redact(v)).flatten())
+                    .collect();
+                if redacted.iter().all(Option::is_none) {
+                    return frame;
+                }
+                let merged: Vec<(u8, &[u8])> = fields
+                    .iter()
+                    .zip(&redacted)
+                    .map(|((code, v), r)| (*code, r.as_deref().unwrap_or(v)))
+                    .collect();
+                be::fields_message(tag, &merged)
+            }
+            be::NOTIFICATION_RESPONSE => {
+                let Some((pid, channel, payload)) = be::notification_parts(body) else {
+                    return frame;
+                };
+                match (redact(channel), redact(payload)) {
+                    (None, None) => frame,
+                    (c, p) => be::notification_response(
+                        pid,
+                        c.as_deref().unwrap_or(channel),
+                        p.as_deref().unwrap_or(payload),
+                    ),
+                }
+            }
+            _ => frame,
+        }
     }
 
     fn parameter_status(&mut self, frame: &Bytes) {
