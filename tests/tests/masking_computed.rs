@@ -59,6 +59,14 @@ fn computed_values_never_carry_raw_values(engine: Engine) {
         // JSON stays JSON, and what is not sensitive is still there.
         assert!(row[5].starts_with("{\"id\":") && row[5].contains("\"full_name\":"));
     }
+    // A whole row would carry every column: refused, saying what to do instead.
+    let out =
+        common::run_timed(psql_at(&env.uri()).args(["-c", "SELECT a FROM accounts a LIMIT 1"]));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("whole table row") && err.contains("select the columns"),
+        "{err}"
+    );
     // Numbers computed over the data are not touched.
     let direct = env.rows(
         &env.pg.direct_uri(DB),

@@ -63,6 +63,11 @@ pub enum MaskError {
         table_oid: u32,
         attnum: i16,
     },
+    /// A whole-row value (`SELECT a FROM accounts a`) of a table a rule covers.
+    #[error(
+        "mask rule {rule}: column {column:?} is a whole table row, which would carry the masked columns unmasked; select the columns instead"
+    )]
+    WholeRow { rule: String, column: String },
     /// The rule applies to a column whose wire format cannot be rewritten with this
     /// strategy (e.g. a binary `int8` under `redact`).
     #[error(

@@ -304,6 +304,14 @@ impl Policy {
                 }
             }
             if let (None, Some(i)) = (whole, unresolved) {
+                // Attribute 0 is the whole row (`SELECT a FROM accounts a`): every
+                // column in one value, masked columns included.
+                if col.attnum == 0 {
+                    return Err(MaskError::WholeRow {
+                        rule: inner.rules[i].name.to_string(),
+                        column: col.name_lossy(),
+                    });
+                }
                 return Err(MaskError::Unresolvable {
                     rule: inner.rules[i].name.to_string(),
                     column: col.name_lossy(),
@@ -1251,6 +1259,18 @@ pub(crate) mod tests {
         assert_eq!(p.redact_message_text(&auditor, msg), None);
         let pass = policy(&format!("unattributed = \"pass\"\n{RULES}"));
         assert_eq!(pass.redact_message_text(&who(), msg), None);
+    }
+
+    #[test]
+    fn a_whole_row_is_refused_by_name() {
+        let p = policy(RULES);
+        let err = p
+            .plan(&who(), &[col("a", 16384, 0, 16384)], &catalog())
+            .unwrap_err();
+        assert!(
+            matches!(err, MaskError::WholeRow { ref rule, ref column } if rule == "ssn" && column == "a"),
+            "{err}"
+        );
     }
 
     #[test]
