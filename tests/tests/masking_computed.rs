@@ -205,6 +205,15 @@ fn server_messages_do_not_carry_raw_values(engine: Engine) {
             "raw value {secret:?} reached the agent:\n{agent}"
         );
     }
+    // The redactions count for the statement that failed, in its audit line.
+    let log = env.gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("statement masked")
+            && l.contains("status=\"error\"")
+            && l.contains("tag=22P02")
+            && l.contains("per_rule=unattributed=1")),
+        "{log}"
+    );
     let auditor = run(&env.gw.uri("auditor", "auditor-secret", common::DB));
     let raw_ssn = &first[2];
     assert!(

@@ -237,9 +237,9 @@ impl CatalogFill {
     }
 
     /// The query to run (simple Query protocol, text results). Columns: table OID,
-    /// schema, table, attnum, column name, relation kind. System columns are included so
-    /// `ctid` and friends resolve; dropped columns are not. The OID list is formatted from integers,
-    /// so nothing from a client reaches this SQL.
+    /// schema, table, attnum, column name, relation kind. System columns are included
+    /// so `ctid` and friends resolve; dropped columns are not. The OID list is formatted
+    /// from integers, so nothing from a client reaches this SQL.
     pub fn sql(&self) -> String {
         let list = self
             .requested

@@ -81,8 +81,9 @@ pub(crate) struct Rule {
 }
 
 pub(crate) struct Inner {
-    /// The configured rules, then the built-in `unattributed` scanning rule when
-    /// `[mask] unattributed = "scan"`.
+    /// The configured rules, then (when there are any) the built-in scanning rule for
+    /// what cannot be attributed to a column: computed columns under
+    /// `[mask] unattributed = "scan"`, server messages unless it is `pass`.
     pub(crate) rules: Vec<Rule>,
     /// How many of `rules` came from the config.
     configured: usize,
@@ -163,7 +164,7 @@ impl Policy {
             rules.push(compile_rule(&name, rc, key.as_deref(), &fpe_key)?);
         }
         let configured = rules.len();
-        if configured > 0 && cfg.unattributed == Unattributed::Scan {
+        if configured > 0 {
             if rules.iter().any(|r| &*r.name == UNATTRIBUTED_RULE) {
                 return Err(invalid(
                     UNATTRIBUTED_RULE,
@@ -205,25 +206,32 @@ impl Policy {
     /// Such text cannot be attributed to a column, so it gets the built-in scan of
     /// `[mask] unattributed` (every detector, bare numbers included) unless that is
     /// `pass` or no rule applies to `who`. Returns the new text when anything was found.
-    pub fn redact_message_text(&self, who: &Subject, text: &[u8]) -> Option<Vec<u8>> {
-        if self.inner.unattributed == Unattributed::Pass || self.is_exempt(who) {
+    pub fn redact_message_text(
+        &self,
+        who: &Subject,
+        text: &[u8],
+        stats: &mut MaskStats,
+    ) -> Option<Vec<u8>> {
+        let inner = &*self.inner;
+        if inner.unattributed == Unattributed::Pass || self.is_exempt(who) {
             return None;
         }
-        let scanner = Scanner::new(DetectorSet::all(), DetectorSet::all());
-        let mut findings = Vec::new();
-        scanner.scan(text, &mut findings);
-        if findings.is_empty() {
+        // Not exempt means some rule applies, so the built-in rule exists.
+        let cp = ColPlan {
+            rule: inner.configured,
+            kind: ValueKind::Text,
+            json: false,
+        };
+        let mut work = Work::default();
+        if decide(inner, &cp, text, &mut work, stats) == Decision::Keep {
             return None;
         }
         let mut out = Vec::with_capacity(text.len());
-        let mut last = 0;
-        for f in &findings {
-            out.extend_from_slice(&text[last..f.start]);
-            out.extend_from_slice(DEFAULT_REDACTION.as_bytes());
-            last = f.end;
-        }
-        out.extend_from_slice(&text[last..]);
-        Some(out)
+        // Text that cannot be made safe is dropped whole rather than passed.
+        Some(match write(inner, &cp, text, &mut work, &mut out) {
+            Ok(()) => out,
+            Err(_) => DEFAULT_REDACTION.as_bytes().to_vec(),
+        })
     }
 
     /// Decides, for each column of a result set, which rule masks it.
@@ -1241,24 +1249,28 @@ pub(crate) mod tests {
     #[test]
     fn message_text_is_scanned_unless_exempt_or_pass() {
         let p = policy(RULES);
+        let mut stats = MaskStats::new();
+        let mut redact =
+            |p: &Policy, who: &Subject, text: &[u8]| p.redact_message_text(who, text, &mut stats);
         let msg = br#"invalid input syntax for type integer: "485-58-2913""#;
         assert_eq!(
-            p.redact_message_text(&who(), msg).as_deref(),
+            redact(&p, &who(), msg).as_deref(),
             Some(&br#"invalid input syntax for type integer: "[REDACTED]""#[..])
         );
         let key = b"Key (card)=(4111111111111111) already exists.";
         assert_eq!(
-            p.redact_message_text(&who(), key).as_deref(),
+            redact(&p, &who(), key).as_deref(),
             Some(&b"Key (card)=([REDACTED]) already exists."[..])
         );
-        assert_eq!(
-            p.redact_message_text(&who(), b"relation \"x\" does not exist"),
-            None
-        );
+        assert_eq!(redact(&p, &who(), b"relation \"x\" does not exist"), None);
         let auditor = Subject::new("a", ["auditor"]);
-        assert_eq!(p.redact_message_text(&auditor, msg), None);
+        assert_eq!(redact(&p, &auditor, msg), None);
         let pass = policy(&format!("unattributed = \"pass\"\n{RULES}"));
-        assert_eq!(pass.redact_message_text(&who(), msg), None);
+        assert_eq!(redact(&pass, &who(), msg), None);
+        // Refuse mode refuses computed columns; messages are still scanned.
+        let refuse = policy(&format!("unattributed = \"refuse\"\n{RULES}"));
+        assert!(redact(&refuse, &who(), msg).is_some());
+        assert_eq!(stats.for_rule(UNATTRIBUTED_RULE), 3);
     }
 
     #[test]

@@ -265,11 +265,6 @@ fn quote_literal(s: &str) -> String {
     }
 }
 
-/// Parses `COPY [schema.]table [(col, …)] TO STDOUT [options]`; `None` for anything else.
-pub fn parse(sql: &[u8]) -> Option<CopyTarget> {
-    parse_statement(sql).ok()
-}
-
 /// Parses `COPY [schema.]table [(col, …)] TO STDOUT [options]`, saying why not.
 pub fn parse_statement(sql: &[u8]) -> Result<CopyTarget, CopyStatementError> {
     parse_statement_as(sql, None)
@@ -1026,6 +1021,10 @@ fn parse_tokens(toks: Vec<Tok>) -> Result<CopyTarget, CopyStatementError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(sql: &[u8]) -> Option<CopyTarget> {
+        parse_statement(sql).ok()
+    }
     use crate::protocol::backend::copy_out_response;
 
     fn opts(sql: &str) -> CopyOptions {

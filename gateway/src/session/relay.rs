@@ -113,8 +113,8 @@ pub struct Relay<H: Hooks> {
     rows: Rows,
     txn_status: u8,
     terminated: bool,
-    /// A `RowDescription` the hooks cannot judge until the driver fetches catalog rows:
-    /// server processing waits here.
+    /// A `RowDescription` or `CopyOutResponse` the hooks cannot judge until the driver
+    /// has run their side query: server processing waits here.
     stalled: Option<Frame>,
     side_query: Option<String>,
 }
@@ -544,10 +544,10 @@ impl<H: Hooks> Relay<H> {
         self.rows = Rows::Discard;
     }
 
-    fn server_frame(&mut self, frame: Frame, catalog_ready: bool) -> Result<(), RelayError> {
+    fn server_frame(&mut self, frame: Frame, side_query_done: bool) -> Result<(), RelayError> {
         let tag = frame.tag();
         if (tag == be::ROW_DESCRIPTION || tag == be::COPY_OUT_RESPONSE)
-            && !catalog_ready
+            && !side_query_done
             && !matches!(self.rows, Rows::Discard)
             && let Some(sql) = self.hooks.side_query(frame.as_bytes(), &self.current_sql())
         {
@@ -636,6 +636,9 @@ impl<H: Hooks> Relay<H> {
             }
             be::ERROR_RESPONSE => {
                 let (code, _) = be::error_summary(frame.body());
+                // Before `completed`, so what the message had redacted counts for the
+                // statement that failed.
+                let frame = self.hooks.server_message(frame.into_bytes());
                 self.hooks.completed(Outcome::Error { sqlstate: &code });
                 self.rows = Rows::Unknown;
                 // In the extended protocol the server now skips to Sync: so does the
@@ -648,7 +651,6 @@ impl<H: Hooks> Relay<H> {
                         self.expect.pop_front();
                     }
                 }
-                let frame = self.hooks.server_message(frame.into_bytes());
                 self.send_client(frame);
             }
             be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {

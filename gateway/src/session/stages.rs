@@ -121,7 +121,7 @@ impl Hooks for Stages {
         if policy.is_exempt(&self.subject) {
             return None;
         }
-        if frame.first() == Some(&crate::protocol::backend::COPY_OUT_RESPONSE) {
+        if frame.first() == Some(&be::COPY_OUT_RESPONSE) {
             self.copy_columns = None;
             let target =
                 copy_target::parse_statement_as(sql, self.standard_conforming_strings).ok()?;
@@ -233,7 +233,11 @@ impl Hooks for Stages {
 
     fn server_message(&mut self, frame: Bytes) -> Bytes {
         let policy = self.policy.load();
-        let redact = |text: &[u8]| policy.redact_message_text(&self.subject, text);
+        // Counted with the statement's values, so the audit line shows them too.
+        let redact = |text: &[u8]| {
+            let mut stats = self.statement_stats.borrow_mut();
+            policy.redact_message_text(&self.subject, text, &mut stats)
+        };
         let (Some(&tag), Some(body)) = (frame.first(), frame.get(5..)) else {
             return frame;
         };
@@ -275,7 +279,7 @@ impl Hooks for Stages {
     }
 
     fn parameter_status(&mut self, frame: &Bytes) {
-        let Some((name, value)) = crate::protocol::backend::parameter(frame) else {
+        let Some((name, value)) = be::parameter(frame) else {
             return;
         };
         match name {
@@ -295,6 +299,8 @@ impl Hooks for Stages {
     }
 
     fn completed(&mut self, outcome: Outcome<'_>) {
+        // A failed lookup explains refusals of this statement only.
+        self.catalog_error = None;
         let stats = self.statement_stats.borrow_mut().take();
         if stats.total() > 0 {
             // Until the audit sink lands, per-statement masking counts go to the log
