@@ -125,6 +125,8 @@ impl ReloadError {
 pub struct Reloaded {
     pub identities: usize,
     pub mask_rules: usize,
+    /// `None`: no `[policy]` (every statement is refused).
+    pub policy_rules: Option<usize>,
     /// Sections that differ from the file the gateway started with but only apply at
     /// start-up: the operator must restart for them, and is told so.
     pub needs_restart: Vec<&'static str>,
@@ -237,9 +239,13 @@ impl std::fmt::Display for Reloaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}, {}",
+            "{}, {}, {}",
             plural(self.identities, "identity", "identities"),
-            plural(self.mask_rules, "masking rule", "masking rules")
+            plural(self.mask_rules, "masking rule", "masking rules"),
+            match self.policy_rules {
+                Some(n) => plural(n, "policy rule", "policy rules"),
+                None => "no [policy] (every statement refused)".into(),
+            }
         )
     }
 }
@@ -294,6 +300,7 @@ impl Control {
                 active: Reloaded {
                     identities: cfg.identities.len(),
                     mask_rules: cfg.mask.rules.len(),
+                    policy_rules: cfg.policy.as_ref().map(|p| p.rules.len()),
                     needs_restart: Vec::new(),
                 },
                 last: None,
@@ -322,6 +329,7 @@ impl Control {
                 Ok(Reloaded {
                     identities: cfg.identities.len(),
                     mask_rules: cfg.mask.rules.len(),
+                    policy_rules: cfg.policy.as_ref().map(|p| p.rules.len()),
                     needs_restart,
                 })
             });
@@ -388,13 +396,17 @@ impl Control {
             IoEngine::Auto => "auto",
         };
         let mut s = format!(
-            "pid={} listen={} engine={engine} workers={} sessions={} identities={} mask_rules={} uptime_secs={}",
+            "pid={} listen={} engine={engine} workers={} sessions={} identities={} mask_rules={} policy_rules={} uptime_secs={}",
             std::process::id(),
             self.listen,
             self.workers,
             self.shared.lifecycle.sessions(),
             state.active.identities,
             state.active.mask_rules,
+            state
+                .active
+                .policy_rules
+                .map_or_else(|| "none".to_owned(), |n| n.to_string()),
             self.started.elapsed().as_secs(),
         );
         match &state.last {
@@ -673,11 +685,16 @@ mod tests {
         let mut r = Reloaded {
             identities: 1,
             mask_rules: 2,
+            policy_rules: Some(3),
             needs_restart: Vec::new(),
         };
-        assert_eq!(r.to_string(), "1 identity, 2 masking rules");
+        assert_eq!(r.to_string(), "1 identity, 2 masking rules, 3 policy rules");
         r.mask_rules = 1;
-        assert_eq!(r.to_string(), "1 identity, 1 masking rule");
+        r.policy_rules = None;
+        assert_eq!(
+            r.to_string(),
+            "1 identity, 1 masking rule, no [policy] (every statement refused)"
+        );
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -798,7 +815,7 @@ mod tests {
                 assert!(a.ok, "{a:?}");
                 assert!(
                     a.line
-                        .starts_with("ok: reloaded 1 identity, 0 masking rules from "),
+                        .starts_with("ok: reloaded 1 identity, 0 masking rules, no [policy] (every statement refused) from "),
                     "{a:?}"
                 );
                 assert!(!a.line.contains("restart"), "{a:?}");

@@ -88,6 +88,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub mask: crate::mask::MaskConfig,
+    /// The statement policy. No `[policy]` section: every statement is refused (fail
+    /// closed), with a message saying so.
+    pub policy: Option<crate::policy::PolicyConfig>,
     /// No `[admin]` section, no admin socket: see `crate::admin` for why.
     pub admin: Option<AdminConfig>,
 }

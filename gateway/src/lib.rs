@@ -13,10 +13,12 @@
 //! - [`admin`]: the admin socket (`portcullis reload`, `portcullis status`).
 
 pub mod admin;
+pub mod analysis;
 pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod mask;
+pub mod policy;
 pub mod protocol;
 pub mod session;
 pub mod telemetry;

@@ -109,12 +109,22 @@ fn main() -> anyhow::Result<()> {
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             Shared::from_config(&cfg)?;
-            println!(
-                "{}: ok ({} identities, {} masking rules)",
-                config.display(),
-                cfg.identities.len(),
-                cfg.mask.rules.len()
-            );
+            match &cfg.policy {
+                Some(p) => println!(
+                    "{}: ok ({} identities, {} masking rules, {} policy rules{})",
+                    config.display(),
+                    cfg.identities.len(),
+                    cfg.mask.rules.len(),
+                    p.rules.len(),
+                    if p.enforce { "" } else { ", observe-only" }
+                ),
+                None => println!(
+                    "{}: ok ({} identities, {} masking rules), but no [policy]: every statement will be refused",
+                    config.display(),
+                    cfg.identities.len(),
+                    cfg.mask.rules.len()
+                ),
+            }
             Ok(())
         }
         Cmd::Serve {

@@ -106,6 +106,9 @@ pub struct GatewayOptions {
     pub log_level: String,
     /// Appended to the generated config as is: masking rules and the like.
     pub extra_toml: String,
+    /// The `[policy]` section; `None` writes none (the gateway then refuses everything).
+    /// Defaults to [`ALLOW_ALL_POLICY`], for tests of the data path rather than the policy.
+    pub policy_toml: Option<String>,
     /// `(cert, key)` PEM paths for `[server.tls]`.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub tls_required: bool,
@@ -137,6 +140,7 @@ impl GatewayOptions {
             workers: None,
             log_level: "info".into(),
             extra_toml: String::new(),
+            policy_toml: Some(ALLOW_ALL_POLICY.into()),
             tls: None,
             tls_required: false,
             upstream_tls: vec!["tls = \"disable\"".into()],
@@ -153,6 +157,18 @@ impl GatewayOptions {
     /// An admin socket in the gateway's temporary directory ([`Gateway::admin_socket`]).
     pub fn admin_socket(mut self) -> Self {
         self.admin_socket = Some(PathBuf::from("admin.sock"));
+        self
+    }
+
+    /// Replaces the `[policy]` section (`toml` must start with `[policy]`).
+    pub fn policy(mut self, toml: &str) -> Self {
+        self.policy_toml = Some(toml.into());
+        self
+    }
+
+    /// No `[policy]` section at all.
+    pub fn no_policy(mut self) -> Self {
+        self.policy_toml = None;
         self
     }
 
@@ -211,6 +227,11 @@ impl GatewayOptions {
                 q(&socket.display().to_string())
             );
         }
+        if let Some(p) = &self.policy_toml {
+            t.push('\n');
+            t.push_str(p);
+            t.push('\n');
+        }
         if !self.extra_toml.is_empty() {
             t.push('\n');
             t.push_str(&self.extra_toml);
@@ -218,6 +239,9 @@ impl GatewayOptions {
         t
     }
 }
+
+/// Every statement the built-in denials and masking allow: the data-path tests' policy.
+pub const ALLOW_ALL_POLICY: &str = "[policy]\ndefault = \"allow\"\n";
 
 fn toml_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

@@ -13,7 +13,7 @@ pub mod policy;
 pub mod scram;
 
 pub use dataset::{aba_valid, iban_valid, load_financial, luhn_valid, ssn_valid};
-pub use gateway::{Engine, Gateway, GatewayOptions, Identity};
+pub use gateway::{ALLOW_ALL_POLICY, Engine, Gateway, GatewayOptions, Identity};
 pub use net::{NetNs, free_port};
 pub use pg::{PgCluster, PgOptions};
 pub use policy::QUICKSTART_MASK_POLICY;

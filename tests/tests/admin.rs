@@ -85,7 +85,7 @@ fn reload_through_the_admin_socket(engine: Engine) {
         env.gw.log_tail(20)
     );
     assert!(
-        stdout(&out).starts_with("ok: reloaded 3 identities, 1 masking rule from "),
+        stdout(&out).starts_with("ok: reloaded 3 identities, 1 masking rule, 0 policy rules from "),
         "{}",
         stdout(&out)
     );

@@ -13,6 +13,11 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client-15",
     "pgbouncer",
     "iproute2",
+    // pg_query builds libpg_query from C and runs bindgen, which loads libclang.
+    "clang",
+    "libclang-dev",
+    // ... and generates its protobuf bindings with protoc (PROTOC in .cargo/config.toml).
+    "protobuf-compiler",
 ];
 
 #[derive(clap::Args)]

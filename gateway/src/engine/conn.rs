@@ -179,8 +179,10 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
     info!("session established");
 
     let mut stages = Stages::new(
+        shared.policy.clone(),
         shared.mask.clone(),
         Subject::new(agent.identity.name.clone(), agent.identity.roles.clone()),
+        &shared.upstream.user,
         shared.catalog(&agent.database),
     );
     for f in &session.parameter_status {

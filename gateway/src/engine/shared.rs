@@ -15,6 +15,7 @@ use super::cancel::CancelRegistry;
 use crate::auth::IdentityStore;
 use crate::config::{Config, UpstreamTls};
 use crate::mask::{Catalog, Policy};
+use crate::policy::StatementPolicy;
 use crate::session::handshake::TlsOffer;
 use crate::session::relay::RelayLimits;
 
@@ -26,6 +27,8 @@ pub enum SharedError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Mask(#[from] crate::mask::MaskError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// How the gateway reaches the real server.
@@ -55,6 +58,8 @@ pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
     /// The masking policy; swapped whole on reload.
     pub mask: Arc<ArcSwap<Policy>>,
+    /// The statement policy; swapped whole on reload.
+    pub policy: Arc<ArcSwap<StatementPolicy>>,
     /// Table OID → names, one cache per upstream database, shared by its sessions.
     catalogs: Mutex<HashMap<String, Arc<Mutex<Catalog>>>>,
 }
@@ -103,6 +108,11 @@ impl Shared {
             cancels: CancelRegistry::default(),
             lifecycle: Arc::new(Lifecycle::default()),
             mask: Arc::new(ArcSwap::from_pointee(Policy::compile(&cfg.mask)?)),
+            policy: Arc::new(ArcSwap::from_pointee({
+                let p = StatementPolicy::compile(cfg.policy.as_ref())?;
+                warn_policy(&p);
+                p
+            })),
             catalogs: Mutex::new(HashMap::new()),
         })
     }
@@ -113,14 +123,30 @@ impl Shared {
         all.entry(database.to_owned()).or_default().clone()
     }
 
-    /// Applies what a reload may change: identities and masking rules. Sessions pick up
-    /// new rules at their next result.
+    /// Applies what a reload may change: identities, masking rules and the statement
+    /// policy. Sessions pick up new rules at their next statement or result.
     pub fn reload(&self, cfg: &Config) -> Result<(), SharedError> {
         let policy = Policy::compile(&cfg.mask)?;
+        let statements = StatementPolicy::compile(cfg.policy.as_ref())?;
+        warn_policy(&statements);
         self.identities
             .store(Arc::new(IdentityStore::new(cfg.identities())));
         self.mask.store(Arc::new(policy));
+        self.policy.store(Arc::new(statements));
         Ok(())
+    }
+}
+
+/// A gateway that analyses nothing, or refuses everything, says so at every load.
+pub fn warn_policy(p: &StatementPolicy) {
+    if !p.is_configured() {
+        tracing::warn!("no [policy] section: every statement will be refused until one is added");
+    } else if !p.is_enabled() {
+        tracing::warn!(
+            "[policy] enabled = false: statements are relayed unanalysed and masking can be read around with SQL"
+        );
+    } else if !p.enforces() {
+        tracing::warn!("[policy] enforce = false: observe-only, refusals and holds are only logged");
     }
 }
 

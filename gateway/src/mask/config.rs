@@ -56,6 +56,47 @@ pub struct MaskConfig {
     pub unattributed: Unattributed,
 }
 
+/// A use of a masked column in a statement that a rule allows (`permit = [...]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permit {
+    /// `GROUP BY`, `DISTINCT ON`, `PARTITION BY` (allowed by default).
+    Group,
+    /// `count(col)` (allowed by default).
+    Count,
+    /// Equality with another column: joins, `USING`, `IN (SELECT ...)` (allowed by default).
+    Join,
+    /// Comparison with a constant, parameter or expression; `IS NULL`; `IN (list)`.
+    Compare,
+    /// `LIKE`, `ILIKE`, `SIMILAR TO`, regular expressions.
+    Pattern,
+    /// `ORDER BY` and ordered aggregates or windows.
+    Order,
+    /// Any function or operator argument, cast, `CASE`, `COALESCE`.
+    Function,
+    /// Read by a statement that stores what it reads (`INSERT ... SELECT`, `CREATE TABLE
+    /// AS`, `UPDATE ... SET x = col`, a view definition).
+    Write,
+}
+
+impl Permit {
+    /// What every column rule allows without saying so.
+    pub const DEFAULT: [Permit; 3] = [Permit::Group, Permit::Count, Permit::Join];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permit::Group => "group",
+            Permit::Count => "count",
+            Permit::Join => "join",
+            Permit::Compare => "compare",
+            Permit::Pattern => "pattern",
+            Permit::Order => "order",
+            Permit::Function => "function",
+            Permit::Write => "write",
+        }
+    }
+}
+
 /// `[mask] unattributed`: a value computed from a masked column loses its table OID,
 /// so neither column rules nor (after an alias) name rules can see where it came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -118,6 +159,13 @@ pub struct RuleConfig {
     /// Identities for which this rule does not apply.
     #[serde(default)]
     pub exempt_identities: Vec<String>,
+    /// How statements may use the column besides selecting it as itself, on top of the
+    /// default `group`, `count` and `join` (see [`Permit`]). Anything else (a function
+    /// argument, a comparison with a constant, `LIKE`, `ORDER BY`, reading it into a
+    /// write) is refused before the statement runs, since it would let SQL read the value
+    /// around the mask.
+    #[serde(default)]
+    pub permit: Vec<Permit>,
 }
 
 impl RuleConfig {
@@ -137,6 +185,7 @@ impl RuleConfig {
             text: None,
             exempt_roles: Vec::new(),
             exempt_identities: Vec::new(),
+            permit: Vec::new(),
         }
     }
 }

@@ -31,9 +31,9 @@ pub mod strategy;
 pub mod wire;
 
 pub use catalog::{Catalog, CatalogFill};
-pub use config::{DetectorKind, MaskConfig, RuleConfig, StrategyKind, Unattributed};
+pub use config::{DetectorKind, MaskConfig, Permit, RuleConfig, StrategyKind, Unattributed};
 pub use copy::{CopyFormat, CopyPlan};
-pub use policy::{MaskStats, Policy, RowPlan, Subject};
+pub use policy::{MaskStats, Policy, QueryRule, RowPlan, Subject};
 pub use wire::{ColumnDesc, apply_result_formats, parse_row_description};
 
 /// Everything that can go wrong while compiling a policy or masking a stream.

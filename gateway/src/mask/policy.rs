@@ -28,7 +28,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::MaskError;
 use super::catalog::{Catalog, Lookup};
-use super::config::{DetectorKind, MaskConfig, RuleConfig, StrategyKind, Unattributed};
+use super::config::{DetectorKind, MaskConfig, Permit, RuleConfig, StrategyKind, Unattributed};
 use super::copy::{CopyFormat, CopyPlan};
 use super::detect::{DetectorSet, Finding, Scanner};
 use super::pattern::{ColumnPath, Glob};
@@ -78,6 +78,15 @@ pub(crate) struct Rule {
     pub(crate) strategy: Strategy,
     exempt_roles: Vec<String>,
     exempt_identities: Vec<String>,
+    permits: Vec<Permit>,
+}
+
+/// A rule that covers a column a statement uses: see [`Policy::query_rule`].
+#[derive(Debug, Clone, Copy)]
+pub struct QueryRule<'a> {
+    pub name: &'a str,
+    /// What it allows besides selecting the column (the defaults included).
+    pub permits: &'a [Permit],
 }
 
 pub(crate) struct Inner {
@@ -232,6 +241,39 @@ impl Policy {
             Ok(()) => out,
             Err(_) => DEFAULT_REDACTION.as_bytes().to_vec(),
         })
+    }
+
+    /// The first configured rule (in config order) that masks column `column` of table
+    /// `table` in any of `schemas` for `who`, for the statement-side check: `column: None`
+    /// stands for any column of the table (a whole-row reference, or a column behind an
+    /// alias list), so every name rule covers it.
+    pub fn query_rule(
+        &self,
+        who: &Subject,
+        schemas: &[&str],
+        table: &str,
+        column: Option<&str>,
+    ) -> Option<QueryRule<'_>> {
+        if who.in_lists(&self.inner.exempt_identities, &self.inner.exempt_roles) {
+            return None;
+        }
+        self.configured()
+            .iter()
+            .filter(|r| !r.exempt_for(who))
+            .find(|r| match &r.selector {
+                Selector::Path(p) => {
+                    schemas.iter().any(|s| p.schema.matches(s.as_bytes()))
+                        && p.table.matches(table.as_bytes())
+                        && column.is_none_or(|c| p.column.matches(c.as_bytes()))
+                }
+                Selector::Name(g) => column.is_none_or(|c| g.matches(c.as_bytes())),
+                Selector::Regex(re) => column.is_none_or(|c| re.is_match(c.as_bytes())),
+                Selector::Unattributed => false,
+            })
+            .map(|r| QueryRule {
+                name: &r.name,
+                permits: &r.permits,
+            })
     }
 
     /// Decides, for each column of a result set, which rule masks it.
@@ -518,6 +560,16 @@ fn compile_rule(
         strategy,
         exempt_roles: rc.exempt_roles.clone(),
         exempt_identities: rc.exempt_identities.clone(),
+        permits: Permit::DEFAULT
+            .iter()
+            .chain(&rc.permit)
+            .copied()
+            .fold(Vec::new(), |mut v, p| {
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+                v
+            }),
     })
 }
 
@@ -539,6 +591,7 @@ fn unattributed_rule() -> Rule {
         strategy: Strategy::Redact(DEFAULT_REDACTION.as_bytes().into()),
         exempt_roles: Vec::new(),
         exempt_identities: Vec::new(),
+        permits: Vec::new(),
     }
 }
 

@@ -54,6 +54,20 @@ pub fn error_response(
     detail: Option<&str>,
     hint: Option<&str>,
 ) -> Bytes {
+    error_response_at(severity, code, message, detail, hint, None)
+}
+
+/// [`error_response`] with a cursor position (`P`: 1-based, in characters of the
+/// statement), which psql uses to point at the error.
+pub fn error_response_at(
+    severity: Severity,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+    position: Option<usize>,
+) -> Bytes {
+    let position = position.map(|p| p.to_string());
     build(ERROR_RESPONSE, |b| {
         for (field, value) in [
             (b'S', Some(severity.as_str())),
@@ -62,6 +76,7 @@ pub fn error_response(
             (b'M', Some(message)),
             (b'D', detail),
             (b'H', hint),
+            (b'P', position.as_deref()),
         ] {
             if let Some(v) = value {
                 b.put_u8(field);

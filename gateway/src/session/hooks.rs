@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::protocol::backend::{Severity, error_response};
+use crate::protocol::backend::{Severity, error_response_at};
 
 /// Why the gateway refuses something, phrased for the person reading the client's error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub struct Refusal {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// 1-based character position in the statement the error points at.
+    pub position: Option<usize>,
 }
 
 impl Refusal {
@@ -24,7 +26,13 @@ impl Refusal {
             message: message.into(),
             detail: None,
             hint: None,
+            position: None,
         }
+    }
+
+    pub fn with_position(mut self, position: usize) -> Self {
+        self.position = Some(position);
+        self
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -38,21 +46,23 @@ impl Refusal {
     }
 
     pub fn to_error_response(&self) -> Bytes {
-        error_response(
+        error_response_at(
             Severity::Error,
             self.code,
             &self.message,
             self.detail.as_deref(),
             self.hint.as_deref(),
+            self.position,
         )
     }
 }
 
 /// Which protocol path a statement came by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub enum Via<'a> {
     SimpleQuery,
-    Parse,
+    /// A `Parse` creating the named prepared statement (`b""`: the unnamed one).
+    Parse(&'a [u8]),
 }
 
 /// What to do with a statement.
@@ -72,9 +82,12 @@ pub trait RowStage {
 /// The relay's extension points. All methods have pass-through defaults.
 pub trait Hooks {
     /// A statement is about to be sent upstream.
-    fn statement(&mut self, _sql: &[u8], _via: Via) -> Verdict {
+    fn statement(&mut self, _sql: &[u8], _via: Via<'_>) -> Verdict {
         Verdict::Allow
     }
+
+    /// The client closed a prepared statement (`Close` of a statement).
+    fn close_statement(&mut self, _name: &[u8]) {}
 
     /// Whether any stage needs to see rows. When true the relay makes sure it knows
     /// every result's columns (asking the server itself if the client did not) and

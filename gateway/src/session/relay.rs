@@ -343,7 +343,7 @@ impl<H: Hooks> Relay<H> {
             }
             fe::PARSE => {
                 let p = fe::parse_parse(frame.body()).map_err(err)?;
-                match self.hooks.statement(p.sql, Via::Parse) {
+                match self.hooks.statement(p.sql, Via::Parse(p.name)) {
                     Verdict::Allow => {
                         let bytes = frame.as_bytes();
                         self.tracker.parse(
@@ -422,7 +422,10 @@ impl<H: Hooks> Relay<H> {
             }
             fe::CLOSE => {
                 match fe::parse_target(tag, frame.body()).map_err(err)? {
-                    fe::Target::Statement(n) => self.tracker.close_statement(n),
+                    fe::Target::Statement(n) => {
+                        self.hooks.close_statement(n);
+                        self.tracker.close_statement(n)
+                    }
                     fe::Target::Portal(n) => self.tracker.close_portal(n),
                 }
                 self.expect.push_back(Expect::Close);
@@ -807,7 +810,7 @@ mod tests {
 
     struct DenyDrop;
     impl Hooks for DenyDrop {
-        fn statement(&mut self, sql: &[u8], _via: Via) -> Verdict {
+        fn statement(&mut self, sql: &[u8], _via: Via<'_>) -> Verdict {
             if sql.starts_with(b"drop") {
                 Verdict::Deny(Refusal::new(sqlstate::INSUFFICIENT_PRIVILEGE, "no drops"))
             } else {

@@ -1,5 +1,5 @@
-//! The gateway's own stages behind the relay's [`Hooks`]: masking today, with policy and
-//! audit to sit beside it.
+//! The gateway's own stages behind the relay's [`Hooks`]: the statement gate of the
+//! policy ([`crate::policy::StatementGate`]) and masking, with audit to sit beside them.
 //!
 //! Sans-IO like the rest of the session: when masking needs to know which table a
 //! result column comes from and the catalog cache does not, it asks the relay to stall
@@ -14,7 +14,8 @@ use bytes::Bytes;
 use tracing::info;
 
 use super::copy_target;
-use super::hooks::{Hooks, Outcome, Refusal, RowStage};
+use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
+use crate::policy::{Source, StatementGate, StatementPolicy};
 use crate::mask::wire::{data_row_start, read_field};
 use crate::mask::{
     Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan,
@@ -25,6 +26,7 @@ use crate::protocol::sqlstate;
 
 /// Per-session stages.
 pub struct Stages {
+    gate: StatementGate,
     policy: Arc<ArcSwap<Policy>>,
     subject: Subject,
     catalog: Arc<Mutex<Catalog>>,
@@ -63,12 +65,16 @@ enum Pending {
 }
 
 impl Stages {
+    /// `upstream_user` is the role the gateway logs in as (`$user` of `search_path`).
     pub fn new(
+        statements: Arc<ArcSwap<StatementPolicy>>,
         policy: Arc<ArcSwap<Policy>>,
         subject: Subject,
+        upstream_user: &str,
         catalog: Arc<Mutex<Catalog>>,
     ) -> Self {
         Self {
+            gate: StatementGate::new(statements, policy.clone(), subject.clone(), upstream_user),
             policy,
             subject,
             catalog,
@@ -112,6 +118,21 @@ impl Stages {
 }
 
 impl Hooks for Stages {
+    fn statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
+        let source = match via {
+            Via::SimpleQuery => Source::Query,
+            Via::Parse(name) => Source::Parse(name),
+        };
+        match self.gate.check(sql, source) {
+            Ok(()) => Verdict::Allow,
+            Err(r) => Verdict::Deny(r),
+        }
+    }
+
+    fn close_statement(&mut self, name: &[u8]) {
+        self.gate.closed(name);
+    }
+
     fn wants_columns(&mut self) -> bool {
         !self.policy.load().is_exempt(&self.subject)
     }
@@ -282,6 +303,9 @@ impl Hooks for Stages {
         let Some((name, value)) = be::parameter(frame) else {
             return;
         };
+        if let (Ok(n), Ok(v)) = (std::str::from_utf8(name), std::str::from_utf8(value)) {
+            self.gate.parameter_status(n, v);
+        }
         match name {
             b"standard_conforming_strings" => {
                 self.standard_conforming_strings = match value {

@@ -1,0 +1,440 @@
+//! The statement gate of one session: every `Query` and `Parse` passes it before the relay
+//! forwards it.
+//!
+//! It keeps what the server's reading of later statements depends on: prepared statements
+//! by name (SQL `PREPARE` and protocol `Parse` share one namespace in PostgreSQL, and so
+//! here; an `EXECUTE` is judged as what it runs), the `search_path` that qualifies names,
+//! and the session settings that change how text is lexed. Sans-IO: it sees bytes and
+//! `ParameterStatus` values, and answers allow or a refusal.
+//!
+//! Order of checks, per statement: the text must be read exactly as the server reads it
+//! (encoding, `standard_conforming_strings`), then it must parse, then built-in denials,
+//! then masked-column uses, then the rules. A multi-statement `Query` is all or nothing.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+
+use crate::analysis::{
+    self, AnalysisError, Class, Effect, ParseError, Property, Statement, analyze_cached,
+};
+use crate::mask::{Policy as MaskPolicy, Subject};
+use crate::protocol::sqlstate;
+use crate::session::hooks::Refusal;
+
+use super::builtin;
+use super::config::Action;
+use super::masked::{self, MaskedCheck};
+use super::rules::{Resolver, StatementPolicy};
+
+/// How a statement reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    Query,
+    /// A `Parse` naming the prepared statement it creates (`b""`: the unnamed one).
+    Parse(&'a [u8]),
+}
+
+/// Bound on remembered prepared statements per session (PostgreSQL has none; a client
+/// that prepares without end gets its oldest forgotten, and `EXECUTE` of a forgotten one
+/// is refused, which fails closed).
+const MAX_PREPARED: usize = 10_000;
+
+pub struct StatementGate {
+    policy: Arc<ArcSwap<StatementPolicy>>,
+    mask: Arc<ArcSwap<MaskPolicy>>,
+    subject: Subject,
+    /// The upstream role (`$user` in `search_path`).
+    user: String,
+    prepared: HashMap<Vec<u8>, Rc<Statement>>,
+    /// `None` until the session sets one: the policy's configured default.
+    search_path: Option<Vec<String>>,
+    /// The server reported `standard_conforming_strings = off`.
+    scs_off: bool,
+    client_encoding: String,
+}
+
+const SQLSTATE_SYNTAX: &str = "42601";
+const SQLSTATE_CHARACTER: &str = "22021";
+
+impl StatementGate {
+    pub fn new(
+        policy: Arc<ArcSwap<StatementPolicy>>,
+        mask: Arc<ArcSwap<MaskPolicy>>,
+        subject: Subject,
+        user: impl Into<String>,
+    ) -> Self {
+        StatementGate {
+            policy,
+            mask,
+            subject,
+            user: user.into(),
+            prepared: HashMap::new(),
+            search_path: None,
+            scs_off: false,
+            client_encoding: "UTF8".into(),
+        }
+    }
+
+    /// A setting the server reported (`ParameterStatus`).
+    pub fn parameter_status(&mut self, name: &str, value: &str) {
+        match name {
+            "standard_conforming_strings" => self.scs_off = !value.eq_ignore_ascii_case("on"),
+            "client_encoding" => self.client_encoding = value.to_ascii_uppercase(),
+            _ => {}
+        }
+    }
+
+    /// The client closed a prepared statement (`Close`).
+    pub fn closed(&mut self, name: &[u8]) {
+        self.prepared.remove(name);
+    }
+
+    fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal::new(code, message)
+    }
+
+    /// Decides on the SQL text of a `Query` or `Parse`.
+    pub fn check(&mut self, sql: &[u8], source: Source) -> Result<(), Refusal> {
+        let policy = self.policy.load_full();
+        if !policy.is_configured() {
+            return Err(Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "portcullis refused this statement: no statement policy is configured",
+            )
+            .with_hint("The gateway refuses every statement until its configuration has a [policy] section; ask an operator to add one and reload."));
+        }
+        if !policy.is_enabled() {
+            return Ok(());
+        }
+        let text = self.readable(sql)?;
+        let analysis = analyze_cached(text);
+        let analysis = match analysis.as_ref() {
+            Ok(a) => a,
+            Err(e) => return Err(self.unparsed(e, text)),
+        };
+        let count = analysis.statements.len();
+        for (i, stmt) in analysis.statements.iter().enumerate() {
+            let resolved = self.resolve_execute(stmt)?;
+            let reading: &Statement = resolved.as_deref().unwrap_or(stmt);
+            self.judge(&policy, reading, stmt, text, i, count)?;
+        }
+        // Everything passed: the session now runs these, so track what they change.
+        for stmt in &analysis.statements {
+            self.apply(stmt);
+        }
+        if let Source::Parse(name) = source
+            && let [only] = analysis.statements.as_slice()
+        {
+            if self.prepared.len() >= MAX_PREPARED {
+                self.prepared.clear();
+            }
+            let reading = match &only.executes {
+                Some(_) => self.resolve_execute(only).ok().flatten(),
+                None => None,
+            }
+            .unwrap_or_else(|| Rc::new(only.clone()));
+            self.prepared.insert(name.to_vec(), reading);
+        }
+        Ok(())
+    }
+
+    /// The text as the server will read it, or why it cannot be read the same way.
+    fn readable<'a>(&self, sql: &'a [u8]) -> Result<&'a str, Refusal> {
+        if !sql.is_ascii() && !matches!(self.client_encoding.as_str(), "UTF8" | "UNICODE" | "SQL_ASCII") {
+            return Err(Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "portcullis refused this statement: it has non-ASCII characters and client_encoding is {}, which the gateway does not read",
+                    self.client_encoding
+                ),
+            )
+            .with_hint("SET client_encoding = 'UTF8' (the client library converts), then send it again."));
+        }
+        let text = std::str::from_utf8(sql).map_err(|e| {
+            Self::refuse(
+                SQLSTATE_CHARACTER,
+                format!(
+                    "invalid byte sequence for encoding \"UTF8\" at byte {} of the statement",
+                    e.valid_up_to() + 1
+                ),
+            )
+        })?;
+        if self.scs_off && !resets_scs(text) {
+            return Err(Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "portcullis refused this statement: standard_conforming_strings is off in this session, and the gateway reads SQL with it on",
+            )
+            .with_hint("SET standard_conforming_strings = on (the PostgreSQL default), then send it again; write backslash escapes as E'...' strings."));
+        }
+        Ok(text)
+    }
+
+    fn unparsed(&self, e: &AnalysisError, text: &str) -> Refusal {
+        match e {
+            AnalysisError::Parse(ParseError::Syntax { message, position }) => {
+                // What PostgreSQL itself would answer: the server reads it with the same
+                // grammar, so the agent sees the error it would have seen.
+                let mut r = Self::refuse(SQLSTATE_SYNTAX, message.clone());
+                if *position > 0 {
+                    r = r.with_position(*position);
+                }
+                r.with_detail("portcullis did not forward the statement: it does not parse with PostgreSQL 15's grammar.")
+            }
+            other => {
+                warn!(target: "portcullis::policy", error = %other, len = text.len(), "statement refused: no reading");
+                Self::refuse(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("portcullis refused this statement: the gateway could not analyse it ({other})"),
+                )
+                .with_hint("Simplify the statement (very deep nesting is refused), then send it again.")
+            }
+        }
+    }
+
+    /// The prepared statement an `EXECUTE` runs, if it is one.
+    fn resolve_execute(&self, stmt: &Statement) -> Result<Option<Rc<Statement>>, Refusal> {
+        let Some(name) = &stmt.executes else {
+            return Ok(None);
+        };
+        let Some(prepared) = self.prepared.get(name.as_bytes()) else {
+            return Err(Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("portcullis refused this statement: prepared statement \"{name}\" is not known to the gateway"),
+            )
+            .with_hint("Prepare it through this gateway connection (PREPARE or the extended protocol) before executing it."));
+        };
+        // `EXPLAIN ANALYZE EXECUTE p` and `CREATE TABLE t AS EXECUTE p` add to what p does.
+        let mut merged = (**prepared).clone();
+        merged.span = stmt.span;
+        merged.properties.union(stmt.properties);
+        merged.functions.extend(stmt.functions.iter().cloned());
+        if stmt.has(Property::Persists) {
+            merged.properties.insert(Property::Persists);
+        }
+        if stmt.command.starts_with("EXPLAIN") && !stmt.has(Property::ExplainAnalyze) {
+            // Plain EXPLAIN of a prepared statement plans it: a read, unless it is opaque.
+            if merged.class != Class::Unknown {
+                merged.class = Class::Read;
+            }
+        } else if stmt.class == Class::Ddl {
+            merged.class = Class::Ddl;
+        }
+        merged.command = format!("{} ({})", stmt.command, prepared.command);
+        Ok(Some(Rc::new(merged)))
+    }
+
+    fn search_path<'a>(&'a self, policy: &'a StatementPolicy) -> &'a [String] {
+        self.search_path.as_deref().unwrap_or(policy.search_path())
+    }
+
+    fn judge(
+        &self,
+        policy: &StatementPolicy,
+        reading: &Statement,
+        written: &Statement,
+        text: &str,
+        index: usize,
+        count: usize,
+    ) -> Result<(), Refusal> {
+        let res = Resolver {
+            search_path: self.search_path(policy),
+            user: &self.user,
+        };
+        let quoted = quote(text, written.span);
+        let which = if count > 1 {
+            format!("statement {} of {count}: {quoted}", index + 1)
+        } else {
+            format!("statement: {quoted}")
+        };
+        let mut reading_owned;
+        let mut reading = reading;
+        if reading.unqualified_functions && !res.catalog_first() && reading.class != Class::Unknown {
+            // `search_path` puts another schema before pg_catalog: `lower(x)` may be anyone's.
+            reading_owned = reading.clone();
+            reading_owned.class = Class::Unknown;
+            reading_owned.properties.insert(Property::Opaque);
+            reading = &reading_owned;
+        }
+        if let Some((p, why)) = builtin::denial(reading) {
+            self.log(reading, "deny", Some("built-in"), &quoted);
+            return Err(Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("portcullis refused this statement: {why} ({p} is denied to every agent)", p = p.as_str()),
+            )
+            .with_detail(which)
+            .with_hint("This is a built-in denial that no policy rule lifts; a database administrator can run it directly if it is needed."));
+        }
+        if let Some(Effect::StandardConformingStrings(Some(false))) = &reading.effect {
+            return Err(Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "portcullis refused this statement: the gateway reads SQL with standard_conforming_strings on, so it cannot be turned off",
+            )
+            .with_detail(which)
+            .with_hint("Write backslash escapes as E'...' strings instead."));
+        }
+        let mask = self.mask.load();
+        match masked::check(reading, &mask, &self.subject, &res) {
+            Ok(()) => {}
+            Err(MaskedCheck::Use(u)) => {
+                self.log(reading, "deny", Some(&format!("mask:{}", u.rule)), &quoted);
+                return Err(Self::refuse(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "portcullis refused this statement: column {} is masked (rule \"{}\") and this statement {}",
+                        u.column, u.rule, u.what()
+                    ),
+                )
+                .with_detail(format!("{} stands for {}; a masked column may only be selected as itself, grouped by, counted or joined on. {which}", u.column, u.source))
+                .with_hint(format!(
+                    "Select the column as it is and let the gateway mask it, or ask an operator to add \"{}\" to permit of masking rule \"{}\".",
+                    u.permit.as_str(), u.rule
+                )));
+            }
+            Err(MaskedCheck::Statistics(view)) => {
+                self.log(reading, "deny", Some("mask:statistics"), &quoted);
+                return Err(Self::refuse(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("portcullis refused this statement: {view} quotes sampled column values, which masking rules cannot cover"),
+                )
+                .with_detail(which)
+                .with_hint("Ask an operator for the statistics you need, or query the tables themselves."));
+            }
+        }
+        let decision = policy.decide(&self.subject, reading, &res);
+        for name in &decision.logged {
+            self.log(reading, "log", Some(name), &quoted);
+        }
+        let rule = decision.rule.as_deref();
+        let verdict = decision.action;
+        if verdict == Action::Allow {
+            return Ok(());
+        }
+        let verb = if verdict == Action::Hold { "hold" } else { "deny" };
+        if !policy.enforces() {
+            self.log(reading, &format!("would {verb} (observe mode)"), rule, &quoted);
+            return Ok(());
+        }
+        self.log(reading, verb, rule, &quoted);
+        let facts = facts(reading);
+        let refusal = match (verdict, rule) {
+            (Action::Hold, rule) => Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "portcullis held this statement: approval required ({})",
+                    decision.message.clone().unwrap_or_else(|| match rule {
+                        Some(r) => format!("rule \"{r}\" holds {} statements for a reviewer", reading.command),
+                        None => "the policy default holds statements no rule allows".into(),
+                    })
+                ),
+            )
+            .with_detail(format!("{which} ({facts})"))
+            .with_hint("Approvals are not enabled on this gateway yet, so a held statement is refused; a person with database access must run it or change the rule."),
+            (_, Some(r)) => Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "portcullis refused this statement: {}",
+                    decision.message.clone().unwrap_or_else(|| format!("policy rule \"{r}\" denies it"))
+                ),
+            )
+            .with_detail(format!("{which} ({facts}; rule \"{r}\")"))
+            .with_hint("If the statement is needed, ask an operator to change the [policy] rules."),
+            (_, None) => Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "portcullis refused this statement: no policy rule allows {} ({} statements) for {}",
+                    reading.command, reading.class, self.subject.identity
+                ),
+            )
+            .with_detail(format!("{which} ({facts})"))
+            .with_hint("The [policy] default for this identity is deny; an operator can add a rule that allows such statements."),
+        };
+        Err(refusal)
+    }
+
+    fn log(&self, stmt: &Statement, verdict: &str, rule: Option<&str>, quoted: &str) {
+        info!(
+            target: "portcullis::policy",
+            verdict,
+            rule = rule.unwrap_or("default"),
+            class = stmt.class.as_str(),
+            command = %stmt.command,
+            properties = %stmt.properties.iter().map(Property::as_str).collect::<Vec<_>>().join(","),
+            statement = quoted,
+            "policy decision"
+        );
+    }
+
+    fn apply(&mut self, stmt: &Statement) {
+        match &stmt.effect {
+            Some(Effect::Prepare(name)) => {
+                if self.prepared.len() >= MAX_PREPARED {
+                    self.prepared.clear();
+                }
+                let reading = self.resolve_execute(stmt).ok().flatten().unwrap_or_else(|| {
+                    let mut s = stmt.clone();
+                    s.effect = None;
+                    Rc::new(s)
+                });
+                self.prepared.insert(name.as_bytes().to_vec(), reading);
+            }
+            Some(Effect::Deallocate(Some(name))) => {
+                self.prepared.remove(name.as_bytes());
+            }
+            Some(Effect::Deallocate(None)) => self.prepared.clear(),
+            Some(Effect::DiscardAll) => {
+                self.prepared.clear();
+                self.search_path = None;
+            }
+            Some(Effect::ResetAll) | Some(Effect::SearchPath(None)) => self.search_path = None,
+            Some(Effect::SearchPath(Some(p))) => {
+                self.search_path = Some(p.clone());
+            }
+            Some(Effect::StandardConformingStrings(_)) | None => {}
+        }
+    }
+}
+
+/// `SET standard_conforming_strings = on`, `RESET standard_conforming_strings` or
+/// `RESET ALL`, alone: the way out of a session that turned it off. They read the same
+/// whatever the setting.
+fn resets_scs(text: &str) -> bool {
+    let Ok(a) = analysis::analyze(text) else {
+        return false;
+    };
+    a.statements.len() == 1
+        && matches!(
+            a.statements[0].effect,
+            Some(Effect::StandardConformingStrings(None | Some(true))) | Some(Effect::ResetAll)
+        )
+}
+
+/// The statement's text for a message: one line, at most 120 characters.
+fn quote(text: &str, (start, end): (usize, usize)) -> String {
+    let s = text.get(start..end).unwrap_or(text).trim();
+    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+fn facts(stmt: &Statement) -> String {
+    let mut s = format!("{}, class {}", stmt.command, stmt.class);
+    if !stmt.properties.is_empty() {
+        s.push_str("; ");
+        s.push_str(
+            &stmt
+                .properties
+                .iter()
+                .filter(|p| *p != Property::Persists)
+                .map(Property::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    s
+}
