@@ -56,3 +56,40 @@ detectors = ["card", "ssn", "iban", "email", "routing"]
 strategy = "redact"
 text = "[REDACTED]"
 "#;
+
+/// `[policy]` of the quickstart and the policy end-to-end tests: agents read and write
+/// rows; destructive statements wait for a reviewer; session escapes and anything the
+/// gateway cannot see into are refused, as is what no rule allows.
+pub const QUICKSTART_STATEMENT_POLICY: &str = r#"
+[policy]
+enforce = true
+# What no rule below decides is refused.
+default = "deny"
+
+# DROP, TRUNCATE, ALTER, and DELETE/UPDATE that do not restrict rows wait for a person.
+[[policy.rule]]
+name = "hold-destructive"
+roles = ["agent"]
+properties = ["drop", "truncate", "alter", "unbounded"]
+action = "hold"
+message = "destructive statements (DROP, TRUNCATE, ALTER, DELETE or UPDATE without a restricting WHERE) need a reviewer's approval"
+
+# Settings that would undo the session's guarantees.
+[[policy.rule]]
+name = "deny-session-escapes"
+properties = ["reset_all", "lexer_setting", "protected_setting", "two_phase", "exclusive_lock"]
+action = "deny"
+message = "this setting would undo guarantees the gateway gives for the session"
+
+[[policy.rule]]
+name = "agents-read-write"
+roles = ["agent"]
+class = ["read", "write", "txn", "session", "utility"]
+action = "allow"
+
+[[policy.rule]]
+name = "auditors-read"
+roles = ["auditor"]
+class = ["read", "txn", "session", "utility"]
+action = "allow"
+"#;
