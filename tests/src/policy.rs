@@ -55,6 +55,9 @@ column_regex = "(?i)^(notes|memo)$"
 detectors = ["card", "ssn", "iban", "email", "routing"]
 strategy = "redact"
 text = "[REDACTED]"
+# Free text is scanned, not hidden: agents may filter and sort by it (an oracle on what
+# the scan would redact, accepted for free text); functions over it are still refused.
+permit = ["compare", "pattern", "order"]
 "#;
 
 /// `[policy]` of the quickstart and the policy end-to-end tests: agents read and write

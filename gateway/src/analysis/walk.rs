@@ -774,10 +774,12 @@ impl<'s> Walker<'s> {
         }
         if let Some(oc) = f.get("onConflictClause") {
             let oc = oc.as_node("OnConflictClause").unwrap_or(oc);
-            if let Some(r) = target {
+            // EXCLUDED is the row the statement itself proposes: its values are the
+            // agent's own, not read from the table.
+            if target.is_some() {
                 self.push_item(Item {
                     alias: "excluded".into(),
-                    src: Src::Base(r),
+                    src: Src::Opaque,
                     renamed: false,
                 });
             }
@@ -1090,6 +1092,13 @@ impl<'s> Walker<'s> {
                     for i in items {
                         self.generic(i);
                     }
+                }
+                // A typed field holding a RangeVar is printed without its type key.
+                J::Obj(_) if n.get("relname").is_some() && n.get("inh").is_some() => {
+                    let schema = Some(n.text("schemaname"))
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned);
+                    self.stmt.relation(schema, n.text("relname").to_owned(), false);
                 }
                 J::Obj(fields) => {
                     for (_, v) in fields {
@@ -1606,7 +1615,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             if ty == "DropRoleStmt" {
                 p(stmt, Property::Drop);
             }
-            (Dcl, ty.trim_end_matches("Stmt").to_owned())
+            (Dcl, words(ty))
         }
         "DropOwnedStmt" => {
             p(stmt, Property::Drop);
@@ -1614,7 +1623,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
         }
         "AlterDefaultPrivilegesStmt" | "AlterOwnerStmt" | "CreatePolicyStmt" | "AlterPolicyStmt" => {
             Walker::new(stmt).generic(f);
-            (Dcl, ty.trim_end_matches("Stmt").to_owned())
+            (Dcl, words(ty))
         }
         "AlterTableStmt" => {
             p(stmt, Property::Alter);
@@ -1641,17 +1650,35 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
                 });
             (if dcl { Dcl } else { Ddl }, "ALTER TABLE".into())
         }
-        "DropStmt" | "DropdbStmt" | "DropSubscriptionStmt" | "DropUserMappingStmt" => {
+        "DropStmt" => {
+            p(stmt, Property::Drop);
+            let ty = f.text("removeType").trim_start_matches("OBJECT_");
+            if matches!(ty, "TABLE" | "VIEW" | "MATVIEW" | "FOREIGN_TABLE" | "SEQUENCE" | "INDEX") {
+                for obj in f.list("objects") {
+                    let parts = obj.as_node("List").map(|l| names(l.list("items"))).unwrap_or_default();
+                    if let [.., name] = parts.as_slice() {
+                        let schema = (parts.len() >= 2).then(|| parts[parts.len() - 2].clone());
+                        stmt.relation(schema, name.clone(), true);
+                    }
+                }
+            }
+            (Ddl, format!("DROP {}", ty.replace('_', " ")))
+        }
+        "DropdbStmt" => {
+            p(stmt, Property::Drop);
+            (Ddl, "DROP DATABASE".into())
+        }
+        "DropSubscriptionStmt" | "DropUserMappingStmt" => {
             p(stmt, Property::Drop);
             Walker::new(stmt).generic(f);
-            (Ddl, format!("DROP {}", f.text("removeType").trim_start_matches("OBJECT_")))
+            (Ddl, words(ty))
         }
         "CreateForeignServerStmt" | "AlterForeignServerStmt" | "CreateUserMappingStmt"
         | "AlterUserMappingStmt" | "ImportForeignSchemaStmt" | "CreateSubscriptionStmt"
         | "AlterSubscriptionStmt" => {
             p(stmt, Property::RemoteConnection);
             Walker::new(stmt).generic(f);
-            (Ddl, ty.trim_end_matches("Stmt").to_owned())
+            (Ddl, words(ty))
         }
         t if t.starts_with("Create") || t.starts_with("Alter") || t.starts_with("Define")
             || t.starts_with("Comment") || t.starts_with("Rename") || t.starts_with("SecLabel")
@@ -1669,17 +1696,34 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
                 relations_written(stmt, f);
                 Walker::new(stmt).generic(f);
             }
-            (Ddl, t.trim_end_matches("Stmt").to_owned())
+            (Ddl, words(t))
         }
         other => {
             p(stmt, Property::Opaque);
             Walker::new(stmt).generic(f);
-            (Unknown, other.trim_end_matches("Stmt").to_owned())
+            (Unknown, words(other))
         }
     };
     stmt.class = class;
     stmt.command = command;
     finish(stmt, false);
+}
+
+/// A node type as command words: `CreateTrigStmt` → `CREATE TRIG`, `IndexStmt` →
+/// `CREATE INDEX`.
+fn words(ty: &str) -> String {
+    let ty = ty.trim_end_matches("Stmt");
+    if ty == "Index" {
+        return "CREATE INDEX".into();
+    }
+    let mut out = String::new();
+    for (i, c) in ty.char_indices() {
+        if c.is_ascii_uppercase() && i > 0 && !ty[..i].ends_with(|p: char| p.is_ascii_uppercase()) {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 /// The relations a utility statement names directly are what it changes.
