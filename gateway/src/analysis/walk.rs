@@ -28,8 +28,8 @@ struct Item {
 enum Src {
     Base(usize),
     Derived(Rc<Derived>),
-    /// A function's or `VALUES`' output: no table column behind it.
-    Opaque,
+    /// A function's output: no table column behind it; its column names, where known.
+    Opaque(Vec<String>),
 }
 
 /// The output columns of a subquery or CTE, as far as they are table columns.
@@ -113,7 +113,17 @@ impl Item {
                 v.extend(d.anonymous.iter().cloned());
                 v
             }
-            Src::Opaque => Vec::new(),
+            Src::Opaque(_) => Vec::new(),
+        }
+    }
+
+    /// Column names the item is known to have (for `NATURAL JOIN`): a derived table's
+    /// output names, a function's column aliases; a table's are not known here.
+    fn known_names(&self) -> Vec<String> {
+        match &self.src {
+            Src::Base(_) => Vec::new(),
+            Src::Derived(d) => d.cols.iter().filter_map(|(n, _)| n.clone()).collect(),
+            Src::Opaque(names) => names.clone(),
         }
     }
 
@@ -124,7 +134,7 @@ impl Item {
                 column: None,
             }],
             Src::Derived(d) => d.all_whole(),
-            Src::Opaque => Vec::new(),
+            Src::Opaque(_) => Vec::new(),
         }
     }
 
@@ -144,7 +154,7 @@ impl Item {
                 into.stars.extend(d.stars.iter().cloned());
                 into.anonymous.extend(d.anonymous.iter().cloned());
             }
-            Src::Opaque => {}
+            Src::Opaque(_) => {}
         }
     }
 }
@@ -668,17 +678,29 @@ impl<'s> Walker<'s> {
                 if let Some(r) = j.get("rarg") {
                     self.from_item(r);
                 }
-                for col in names(j.list("usingClause")) {
+                let mut using = names(j.list("usingClause"));
+                if j.flag("isNatural") {
+                    // The common column names decide; those of tables are not known here,
+                    // but a table joined with a table is a join of columns anyway. What
+                    // matters is a constant side (VALUES, a function) named like a column.
+                    let scope = self.scopes.last().map(Vec::as_slice).unwrap_or(&[]);
+                    using.extend(scope[before.min(scope.len())..].iter().flat_map(Item::known_names));
+                }
+                for col in using {
                     let (left, right) = {
                         let scope = self.scopes.last().map(Vec::as_slice).unwrap_or(&[]);
+                        let mid = mid.min(scope.len());
                         let left: Vec<Source> =
-                            scope[before..mid.min(scope.len())].iter().flat_map(|i| i.lookup(&col)).collect();
+                            scope[before.min(mid)..mid].iter().flat_map(|i| i.lookup(&col)).collect();
                         let right: Vec<Source> =
-                            scope[mid.min(scope.len())..].iter().flat_map(|i| i.lookup(&col)).collect();
+                            scope[mid..].iter().flat_map(|i| i.lookup(&col)).collect();
                         (left, right)
                     };
-                    self.record(col.clone(), left, Use::Join);
-                    self.record(col, right, Use::Join);
+                    // Equal to a column of another table is a join; equal to a value that
+                    // no table holds (VALUES, a function) is a comparison with a constant.
+                    let usage = if left.is_empty() || right.is_empty() { Use::Compare } else { Use::Join };
+                    self.record(col.clone(), left, usage);
+                    self.record(col, right, usage);
                 }
                 if let Some(q) = j.get("quals") {
                     self.expr(q, Use::Compare);
@@ -705,10 +727,11 @@ impl<'s> Walker<'s> {
                         self.expr(part, Use::Function);
                     }
                 }
-                let (alias, _) = Self::alias_of(rf);
+                let (alias, cols) = Self::alias_of(rf);
+                let known = if cols.is_empty() { alias.iter().cloned().collect() } else { cols };
                 self.push_item(Item {
                     alias: alias.unwrap_or_default(),
-                    src: Src::Opaque,
+                    src: Src::Opaque(known),
                     renamed: false,
                 });
             }
@@ -728,7 +751,7 @@ impl<'s> Walker<'s> {
                 let (alias, _) = n.node().map(|(_, f)| Self::alias_of(f)).unwrap_or_default();
                 self.push_item(Item {
                     alias: alias.unwrap_or_default(),
-                    src: Src::Opaque,
+                    src: Src::Opaque(Vec::new()),
                     renamed: false,
                 });
             }
@@ -779,7 +802,7 @@ impl<'s> Walker<'s> {
             if target.is_some() {
                 self.push_item(Item {
                     alias: "excluded".into(),
-                    src: Src::Opaque,
+                    src: Src::Opaque(Vec::new()),
                     renamed: false,
                 });
             }
@@ -969,12 +992,20 @@ impl<'s> Walker<'s> {
                 w.expr(r, u);
             }
         };
-        let join_or_compare = |w: &mut Self| {
-            if l.is_some_and(bare) && r.is_some_and(bare) {
-                sides(w, Use::Join)
-            } else {
-                sides(w, Use::Compare)
+        // Equality of two columns is a join when both are table columns; a column equal
+        // to a subquery's constant or a VALUES list's value is a comparison with it.
+        let join_or_compare = |w: &mut Self| match (l, r) {
+            (Some(l), Some(r)) if bare(l) && bare(r) => {
+                let ls = w.value(l, Use::Join);
+                let li = w.stmt.columns.len() - 1;
+                let rs = w.value(r, Use::Join);
+                let ri = w.stmt.columns.len() - 1;
+                if ls.is_empty() || rs.is_empty() {
+                    w.stmt.columns[li].usage = Use::Compare;
+                    w.stmt.columns[ri].usage = Use::Compare;
+                }
             }
+            _ => sides(w, Use::Compare),
         };
         match f.text("kind") {
             "AEXPR_OP" if l.is_none() => sides(self, Use::Function),
@@ -1043,12 +1074,22 @@ impl<'s> Walker<'s> {
             "EXISTS_SUBLINK" => {}
             "ARRAY_SUBLINK" => self.record("(subquery)".into(), d.first(), Use::Function),
             "ANY_SUBLINK" | "ALL_SUBLINK" => {
-                let test = f.get("testexpr");
-                let usage = if test.is_some_and(bare) { Use::Join } else { Use::Compare };
-                if let Some(t) = test {
-                    self.expr(t, usage);
+                let sub = d.first();
+                match f.get("testexpr") {
+                    Some(t) if bare(t) => {
+                        let ts = self.value(t, Use::Join);
+                        let ti = self.stmt.columns.len() - 1;
+                        let usage = if ts.is_empty() || sub.is_empty() { Use::Compare } else { Use::Join };
+                        self.stmt.columns[ti].usage = usage;
+                        self.record("(subquery)".into(), sub, usage);
+                    }
+                    test => {
+                        if let Some(t) = test {
+                            self.expr(t, Use::Compare);
+                        }
+                        self.record("(subquery)".into(), sub, Use::Compare);
+                    }
                 }
-                self.record("(subquery)".into(), d.first(), usage);
             }
             _ => {
                 if let Some(t) = f.get("testexpr") {
