@@ -1,0 +1,73 @@
+//! The analysis and the gate never panic, whatever the text: arbitrary bytes, and token
+//! soups from SQL's own vocabulary that reach deep into the grammar (which random bytes
+//! rarely do). `gateway/fuzz` has the coverage-guided version (`statement_gate`).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use portcullis::analysis;
+use portcullis::mask::{MaskConfig, Policy, RuleConfig, StrategyKind, Subject};
+use portcullis::policy::{PolicyConfig, Source, StatementGate, StatementPolicy};
+use proptest::prelude::*;
+
+const TOKENS: &[&str] = &[
+    "SELECT", "FROM", "WHERE", "accounts", "a", "ssn", "x.ssn", "a.*", "*", "(", ")", ",", ";",
+    "=", "<", "LIKE", "'485'", "$1", "1", "AS", "JOIN", "ON", "USING", "(ssn)", "NATURAL",
+    "LATERAL", "WITH", "x", "RECURSIVE", "UNION", "ALL", "VALUES", "INSERT", "INTO", "UPDATE",
+    "SET", "DELETE", "RETURNING", "GROUP", "BY", "ORDER", "HAVING", "LIMIT", "count(*)",
+    "reverse(", "upper(", "::text", "CASE", "WHEN", "THEN", "END", "EXISTS", "IN", "NOT",
+    "AND", "OR", "IS", "NULL", "COPY", "TO", "STDOUT", "PROGRAM", "'x'", "EXPLAIN", "ANALYZE",
+    "PREPARE", "p", "EXECUTE", "CREATE", "TABLE", "t", "VIEW", "DO", "$$", "BEGIN", "COMMIT",
+    "OVER", "PARTITION", "ARRAY", "[1]", "ROW", "DISTINCT", "FILTER", "MERGE", "MATCHED",
+    "TRUNCATE", "DROP", "ALTER", "GRANT", "RESET", "SHOW", "search_path", "FOR", "UPDATE",
+];
+
+fn gate() -> StatementGate {
+    let mut mask = MaskConfig::default();
+    let mut r = RuleConfig::new(StrategyKind::Redact);
+    r.name = Some("ssn".into());
+    r.column = Some("public.accounts.ssn".into());
+    mask.rules.push(r);
+    let mut policy = PolicyConfig::default();
+    policy.default = portcullis::policy::Action::Allow;
+    StatementGate::new(
+        Arc::new(ArcSwap::from_pointee(StatementPolicy::compile(Some(&policy)).unwrap())),
+        Arc::new(ArcSwap::from_pointee(Policy::compile(&mask).unwrap())),
+        Subject::new("agent", ["agent"]),
+        "portcullis",
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..300), parse in any::<bool>()) {
+        let mut g = gate();
+        let source = if parse { Source::Parse(b"s") } else { Source::Query };
+        let _ = g.check(&bytes, source);
+        let _ = g.check(b"EXECUTE s", Source::Query);
+    }
+
+    #[test]
+    fn token_soup_is_analysed_or_refused(toks in proptest::collection::vec(0..TOKENS.len(), 1..40)) {
+        let sql: Vec<&str> = toks.iter().map(|&i| TOKENS[i]).collect();
+        let sql = sql.join(" ");
+        let _ = analysis::analyze(&sql);
+        let mut g = gate();
+        let _ = g.check(sql.as_bytes(), Source::Query);
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_not_a_crash() {
+    let mut g = gate();
+    for depth in [50, 500, 5000] {
+        let sql = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
+        let _ = g.check(sql.as_bytes(), Source::Query);
+        let sql = format!("SELECT {}", "-".repeat(depth) + "1");
+        let _ = g.check(sql.as_bytes(), Source::Query);
+        let sql = format!("SELECT * FROM {}accounts{}", "(SELECT * FROM ".repeat(depth), ") x".repeat(depth));
+        let _ = g.check(sql.as_bytes(), Source::Query);
+    }
+}
