@@ -24,7 +24,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// What agents send: point reads, a join with an aggregate, an insert, an update, a
 /// transaction statement, pgbench's read.
 const STATEMENTS: [(&str, &str); 6] = [
-    ("point-select", "SELECT id, full_name, ssn, balance FROM accounts WHERE id = $1"),
+    (
+        "point-select",
+        "SELECT id, full_name, ssn, balance FROM accounts WHERE id = $1",
+    ),
     (
         "join-aggregate",
         "SELECT a.id, a.full_name, sum(t.amount) AS total FROM accounts a JOIN transactions t \
@@ -35,9 +38,15 @@ const STATEMENTS: [(&str, &str); 6] = [
         "insert",
         "INSERT INTO transactions (id, account_id, amount, booked_at, memo) VALUES ($1, $2, $3, now(), $4)",
     ),
-    ("update", "UPDATE accounts SET balance = balance + $1 WHERE id = $2"),
+    (
+        "update",
+        "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+    ),
     ("begin", "BEGIN"),
-    ("pgbench-select", "SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
+    (
+        "pgbench-select",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    ),
 ];
 
 #[derive(serde::Deserialize)]
@@ -54,7 +63,9 @@ fn gate() -> StatementGate {
     .expect("deploy/quickstart.toml");
     let s: Sections = toml::from_str(&text).expect("quickstart sections");
     StatementGate::new(
-        Arc::new(ArcSwap::from_pointee(StatementPolicy::compile(Some(&s.policy)).unwrap())),
+        Arc::new(ArcSwap::from_pointee(
+            StatementPolicy::compile(Some(&s.policy)).unwrap(),
+        )),
         Arc::new(ArcSwap::from_pointee(Policy::compile(&s.mask).unwrap())),
         Subject::new("agent", ["agent"]),
         "portcullis",

@@ -62,7 +62,11 @@ fn corpus() -> Vec<(String, String, String)> {
             let (head, sql) = block.split_once('\n').unwrap_or((block, ""));
             let head = head.trim_start_matches("-- expect: ");
             let (expect, why) = head.split_once(';').unwrap_or((head, ""));
-            (expect.trim().to_owned(), why.trim().to_owned(), sql.to_owned())
+            (
+                expect.trim().to_owned(),
+                why.trim().to_owned(),
+                sql.to_owned(),
+            )
         })
         .collect()
 }
@@ -80,7 +84,10 @@ fn block_class(sql: &str) -> Option<Class> {
         Class::Unknown => 7,
     };
     let a = analysis::analyze(sql).ok()?;
-    a.statements.iter().map(|s| s.class).max_by_key(|c| rank(*c))
+    a.statements
+        .iter()
+        .map(|s| s.class)
+        .max_by_key(|c| rank(*c))
 }
 
 #[test]
@@ -109,7 +116,12 @@ fn the_corpus_is_read_as_postgres_reads_it() {
             ));
         }
     }
-    assert!(wrong.is_empty(), "{} misread:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} misread:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 /// Ways to read a masked value around the result masking with plain SQL: each is refused
@@ -117,15 +129,33 @@ fn the_corpus_is_read_as_postgres_reads_it() {
 #[test]
 fn masked_columns_cannot_be_read_around() {
     let leaks = [
-        ("SELECT translate(ssn, '0123456789', 'abcdefghij') FROM accounts", "ssn"),
-        ("SELECT encode(convert_to(ssn, 'UTF8'), 'hex') FROM accounts", "ssn"),
+        (
+            "SELECT translate(ssn, '0123456789', 'abcdefghij') FROM accounts",
+            "ssn",
+        ),
+        (
+            "SELECT encode(convert_to(ssn, 'UTF8'), 'hex') FROM accounts",
+            "ssn",
+        ),
         ("SELECT reverse(ssn) FROM accounts", "ssn"),
         ("SELECT split_part(ssn, '-', 1) FROM accounts", "ssn"),
-        ("SELECT substr(card_number, 1, 8) FROM accounts", "card_number"),
+        (
+            "SELECT substr(card_number, 1, 8) FROM accounts",
+            "card_number",
+        ),
         ("SELECT id FROM accounts WHERE ssn LIKE '485-58%'", "ssn"),
-        ("SELECT count(*) FROM accounts WHERE ssn = '485-58-2913'", "ssn"),
-        ("SELECT id FROM accounts WHERE ssn IN ('485-58-2913', '1')", "ssn"),
-        ("SELECT id FROM accounts WHERE ssn BETWEEN '4' AND '5'", "ssn"),
+        (
+            "SELECT count(*) FROM accounts WHERE ssn = '485-58-2913'",
+            "ssn",
+        ),
+        (
+            "SELECT id FROM accounts WHERE ssn IN ('485-58-2913', '1')",
+            "ssn",
+        ),
+        (
+            "SELECT id FROM accounts WHERE ssn BETWEEN '4' AND '5'",
+            "ssn",
+        ),
         ("SELECT id FROM accounts WHERE ssn > $1", "ssn"),
         ("SELECT id FROM accounts WHERE ssn IS NULL", "ssn"),
         ("SELECT a.ssn::text FROM accounts a", "a.ssn"),
@@ -134,7 +164,10 @@ fn masked_columns_cannot_be_read_around() {
         ("SELECT ssn, id FROM accounts ORDER BY 1", "ssn"),
         ("SELECT ssn AS s FROM accounts ORDER BY s", "s"),
         ("SELECT id FROM accounts ORDER BY email DESC", "email"),
-        ("SELECT row_number() OVER (ORDER BY ssn) FROM accounts", "ssn"),
+        (
+            "SELECT row_number() OVER (ORDER BY ssn) FROM accounts",
+            "ssn",
+        ),
         ("SELECT min(ssn) FROM accounts", "ssn"),
         ("SELECT string_agg(ssn, ',') FROM accounts", "ssn"),
         ("SELECT array_agg(card_number) FROM accounts", "card_number"),
@@ -142,57 +175,162 @@ fn masked_columns_cannot_be_read_around() {
         ("SELECT CASE WHEN ssn > '5' THEN 1 END FROM accounts", "ssn"),
         ("SELECT coalesce(ssn, 'x') FROM accounts", "ssn"),
         ("SELECT ssn COLLATE \"C\" FROM accounts", "ssn"),
-        ("SELECT length(routing_number) FROM accounts", "routing_number"),
+        (
+            "SELECT length(routing_number) FROM accounts",
+            "routing_number",
+        ),
         ("SELECT md5(a::text) FROM accounts a", "a"),
         ("SELECT row_to_json(a) FROM accounts a", "a"),
         ("SELECT row_to_json(a.*) FROM accounts a", "a.*"),
-        ("SELECT a.id FROM accounts a JOIN accounts b ON a.ssn > b.ssn", "a.ssn"),
-        ("SELECT 1 FROM accounts WHERE EXISTS (SELECT 1 WHERE ssn LIKE '4%')", "ssn"),
-        ("SELECT upper((SELECT ssn FROM accounts LIMIT 1))", "(subquery)"),
+        (
+            "SELECT a.id FROM accounts a JOIN accounts b ON a.ssn > b.ssn",
+            "a.ssn",
+        ),
+        (
+            "SELECT 1 FROM accounts WHERE EXISTS (SELECT 1 WHERE ssn LIKE '4%')",
+            "ssn",
+        ),
+        (
+            "SELECT upper((SELECT ssn FROM accounts LIMIT 1))",
+            "(subquery)",
+        ),
         ("SELECT ARRAY(SELECT ssn FROM accounts)", "(subquery)"),
-        ("SELECT id FROM accounts WHERE '485-58-2913' IN (SELECT ssn FROM accounts)", "(subquery)"),
+        (
+            "SELECT id FROM accounts WHERE '485-58-2913' IN (SELECT ssn FROM accounts)",
+            "(subquery)",
+        ),
         // Equality with a value no table holds is a comparison with a constant, not a join.
-        ("SELECT a.id FROM accounts a JOIN (VALUES ('485-58-2913')) g(v) ON a.ssn = g.v", "a.ssn"),
-        ("SELECT id FROM accounts NATURAL JOIN (VALUES ('485-58-2913')) g(ssn)", "ssn"),
-        ("SELECT id FROM accounts JOIN unnest(ARRAY['485-58-2913']) AS g(ssn) USING (ssn)", "ssn"),
-        ("SELECT id FROM accounts NATURAL JOIN unnest(ARRAY['485-58-2913']) AS ssn", "ssn"),
-        ("SELECT id FROM accounts WHERE ssn = (SELECT '485-58-2913')", "ssn"),
-        ("SELECT id FROM accounts WHERE ssn IN (VALUES ('485-58-2913'))", "ssn"),
-        ("SELECT a.id FROM accounts a, LATERAL (SELECT '485-58-2913' AS v) x WHERE a.ssn = x.v", "a.ssn"),
-        ("SELECT id FROM accounts WHERE ssn IS NOT DISTINCT FROM '485-58-2913'", "ssn"),
-        ("SELECT id FROM accounts WHERE (ssn, id) = ('485-58-2913', 1)", "ssn"),
-        ("SELECT id FROM accounts GROUP BY substr(ssn, 1, 3), id", "ssn"),
+        (
+            "SELECT a.id FROM accounts a JOIN (VALUES ('485-58-2913')) g(v) ON a.ssn = g.v",
+            "a.ssn",
+        ),
+        (
+            "SELECT id FROM accounts NATURAL JOIN (VALUES ('485-58-2913')) g(ssn)",
+            "ssn",
+        ),
+        (
+            "SELECT id FROM accounts JOIN unnest(ARRAY['485-58-2913']) AS g(ssn) USING (ssn)",
+            "ssn",
+        ),
+        (
+            "SELECT id FROM accounts NATURAL JOIN unnest(ARRAY['485-58-2913']) AS ssn",
+            "ssn",
+        ),
+        (
+            "SELECT id FROM accounts WHERE ssn = (SELECT '485-58-2913')",
+            "ssn",
+        ),
+        (
+            "SELECT id FROM accounts WHERE ssn IN (VALUES ('485-58-2913'))",
+            "ssn",
+        ),
+        (
+            "SELECT a.id FROM accounts a, LATERAL (SELECT '485-58-2913' AS v) x WHERE a.ssn = x.v",
+            "a.ssn",
+        ),
+        (
+            "SELECT id FROM accounts WHERE ssn IS NOT DISTINCT FROM '485-58-2913'",
+            "ssn",
+        ),
+        (
+            "SELECT id FROM accounts WHERE (ssn, id) = ('485-58-2913', 1)",
+            "ssn",
+        ),
+        (
+            "SELECT id FROM accounts GROUP BY substr(ssn, 1, 3), id",
+            "ssn",
+        ),
         ("SELECT ssn AS id FROM accounts ORDER BY id", "id"),
-        ("EXPLAIN ANALYZE SELECT id FROM accounts WHERE ssn = '485-58-2913'", "ssn"),
-        ("EXPLAIN SELECT id FROM accounts WHERE ssn = '485-58-2913'", "ssn"),
-        ("DECLARE c CURSOR FOR SELECT reverse(ssn) FROM accounts", "ssn"),
+        (
+            "EXPLAIN ANALYZE SELECT id FROM accounts WHERE ssn = '485-58-2913'",
+            "ssn",
+        ),
+        (
+            "EXPLAIN SELECT id FROM accounts WHERE ssn = '485-58-2913'",
+            "ssn",
+        ),
+        (
+            "DECLARE c CURSOR FOR SELECT reverse(ssn) FROM accounts",
+            "ssn",
+        ),
         ("COPY (SELECT reverse(ssn) FROM accounts) TO STDOUT", "ssn"),
         ("PREPARE p AS SELECT id FROM accounts WHERE ssn = $1", "ssn"),
         ("SELECT (a).ssn FROM accounts a", "a"),
         ("SELECT xmlelement(name x, ssn) FROM accounts", "ssn"),
         // Renamed through a subquery, a CTE, a column alias list, a star.
-        ("SELECT upper(s) FROM (SELECT ssn AS s FROM accounts) x", "s"),
-        ("WITH x AS (SELECT ssn AS s FROM accounts) SELECT upper(s) FROM x", "s"),
-        ("WITH x(s) AS (SELECT ssn FROM accounts) SELECT reverse(x.s) FROM x", "x.s"),
-        ("SELECT reverse(x.ssn) FROM (SELECT * FROM accounts) x", "x.ssn"),
+        (
+            "SELECT upper(s) FROM (SELECT ssn AS s FROM accounts) x",
+            "s",
+        ),
+        (
+            "WITH x AS (SELECT ssn AS s FROM accounts) SELECT upper(s) FROM x",
+            "s",
+        ),
+        (
+            "WITH x(s) AS (SELECT ssn FROM accounts) SELECT reverse(x.s) FROM x",
+            "x.s",
+        ),
+        (
+            "SELECT reverse(x.ssn) FROM (SELECT * FROM accounts) x",
+            "x.ssn",
+        ),
         ("SELECT reverse(z) FROM accounts AS a(i, n, e, z)", "z"),
-        ("SELECT reverse(q.c) FROM (SELECT * FROM accounts AS a(i, n, e, z)) q(a, b, c)", "q.c"),
-        ("SELECT reverse(s) FROM (SELECT ssn FROM accounts UNION SELECT 'x') u(s)", "s"),
-        ("SELECT upper(u.ssn) FROM (SELECT ssn FROM accounts) AS u JOIN transactions t ON true", "u.ssn"),
-        ("SELECT upper(accounts.ssn) FROM public.accounts", "accounts.ssn"),
-        ("SELECT upper(public.accounts.ssn) FROM public.accounts", "public.accounts.ssn"),
-        ("SELECT t.id FROM transactions t, LATERAL (SELECT reverse(ssn) FROM accounts) r", "ssn"),
+        (
+            "SELECT reverse(q.c) FROM (SELECT * FROM accounts AS a(i, n, e, z)) q(a, b, c)",
+            "q.c",
+        ),
+        (
+            "SELECT reverse(s) FROM (SELECT ssn FROM accounts UNION SELECT 'x') u(s)",
+            "s",
+        ),
+        (
+            "SELECT upper(u.ssn) FROM (SELECT ssn FROM accounts) AS u JOIN transactions t ON true",
+            "u.ssn",
+        ),
+        (
+            "SELECT upper(accounts.ssn) FROM public.accounts",
+            "accounts.ssn",
+        ),
+        (
+            "SELECT upper(public.accounts.ssn) FROM public.accounts",
+            "public.accounts.ssn",
+        ),
+        (
+            "SELECT t.id FROM transactions t, LATERAL (SELECT reverse(ssn) FROM accounts) r",
+            "ssn",
+        ),
         // Read into something that stores it.
-        ("CREATE TABLE exf AS SELECT ssn AS a, card_number AS b FROM accounts", "ssn"),
+        (
+            "CREATE TABLE exf AS SELECT ssn AS a, card_number AS b FROM accounts",
+            "ssn",
+        ),
         ("SELECT ssn INTO TEMP exf FROM accounts", "ssn"),
         ("CREATE VIEW v AS SELECT ssn FROM accounts", "ssn"),
-        ("CREATE MATERIALIZED VIEW mv AS SELECT iban FROM accounts", "iban"),
-        ("INSERT INTO transactions (id, account_id, amount, booked_at, memo) SELECT 1, 1, 1, now(), ssn FROM accounts", "ssn"),
+        (
+            "CREATE MATERIALIZED VIEW mv AS SELECT iban FROM accounts",
+            "iban",
+        ),
+        (
+            "INSERT INTO transactions (id, account_id, amount, booked_at, memo) SELECT 1, 1, 1, now(), ssn FROM accounts",
+            "ssn",
+        ),
         ("UPDATE accounts SET full_name = ssn WHERE id = 1", "ssn"),
-        ("UPDATE transactions t SET memo = 'x' FROM accounts a WHERE a.ssn = t.memo AND t.id = 1", "a.ssn"),
-        ("INSERT INTO accounts SELECT * FROM accounts WHERE id = 1", "*"),
-        ("WITH c AS (INSERT INTO transactions (memo) SELECT ssn FROM accounts RETURNING 1) SELECT 1", "ssn"),
-        ("DELETE FROM transactions WHERE memo IN (SELECT ssn FROM accounts) AND id = 1", "ssn"),
+        (
+            "UPDATE transactions t SET memo = 'x' FROM accounts a WHERE a.ssn = t.memo AND t.id = 1",
+            "a.ssn",
+        ),
+        (
+            "INSERT INTO accounts SELECT * FROM accounts WHERE id = 1",
+            "*",
+        ),
+        (
+            "WITH c AS (INSERT INTO transactions (memo) SELECT ssn FROM accounts RETURNING 1) SELECT 1",
+            "ssn",
+        ),
+        (
+            "DELETE FROM transactions WHERE memo IN (SELECT ssn FROM accounts) AND id = 1",
+            "ssn",
+        ),
     ];
     let mut missed = Vec::new();
     for (sql, column) in leaks {
@@ -202,12 +340,19 @@ fn masked_columns_cannot_be_read_around() {
                 if !r.message.contains(&format!("column {column} ")) {
                     missed.push(format!("{sql}: names another column: {}", r.message));
                 }
-                assert!(r.hint.as_deref().is_some_and(|h| h.contains("permit")), "{r:?}");
+                assert!(
+                    r.hint.as_deref().is_some_and(|h| h.contains("permit")),
+                    "{r:?}"
+                );
             }
             other => missed.push(format!("{sql}: {other:?}")),
         }
     }
-    assert!(missed.is_empty(), "not refused as masked uses:\n{}", missed.join("\n"));
+    assert!(
+        missed.is_empty(),
+        "not refused as masked uses:\n{}",
+        missed.join("\n")
+    );
 }
 
 /// What agents ordinarily do passes, masked columns included as themselves.
@@ -275,22 +420,40 @@ fn refusals_name_the_rule_and_hold_says_approval_is_required() {
     assert!(r.message.contains("approval required"), "{r:?}");
     assert!(r.detail.as_deref().unwrap().contains("no_where"), "{r:?}");
     let r = check(&mut g, "DROP TABLE transactions").unwrap_err();
-    assert!(r.message.starts_with("portcullis held this statement"), "{r:?}");
+    assert!(
+        r.message.starts_with("portcullis held this statement"),
+        "{r:?}"
+    );
     let r = check(&mut g, "CREATE TABLE t (a int)").unwrap_err();
     assert!(r.message.contains("no policy rule allows CREATE"), "{r:?}");
     assert!(r.hint.is_some());
     let r = check(&mut g, "SELECT pg_read_file('/etc/hostname')").unwrap_err();
     assert!(r.message.contains("server_file"), "{r:?}");
-    assert!(r.hint.as_deref().unwrap().contains("no policy rule lifts"), "{r:?}");
+    assert!(
+        r.hint.as_deref().unwrap().contains("no policy rule lifts"),
+        "{r:?}"
+    );
     let r = check(&mut g, "SET session_replication_role = replica").unwrap_err();
-    assert!(r.detail.as_deref().unwrap().contains("deny-session-escapes"), "{r:?}");
+    assert!(
+        r.detail
+            .as_deref()
+            .unwrap()
+            .contains("deny-session-escapes"),
+        "{r:?}"
+    );
     // Syntax errors are what PostgreSQL answers, position included.
     let r = check(&mut g, "SELEC 1").unwrap_err();
     assert_eq!(r.code, "42601");
     assert_eq!(r.position, Some(1));
     // A multi-statement query is judged whole and the refusal says which statement.
     let r = check(&mut g, "SELECT 1; SELECT 2; DROP TABLE accounts").unwrap_err();
-    assert!(r.detail.as_deref().unwrap().contains("statement 3 of 3: DROP TABLE accounts"), "{r:?}");
+    assert!(
+        r.detail
+            .as_deref()
+            .unwrap()
+            .contains("statement 3 of 3: DROP TABLE accounts"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -308,21 +471,34 @@ fn prepared_statements_are_judged_as_what_they_run() {
     assert!(check(&mut g, "PREPARE d AS DELETE FROM transactions").is_err());
     let r = check(&mut g, "EXECUTE d").unwrap_err();
     assert!(r.message.contains("not known to the gateway"), "{r:?}");
-    check(&mut g, "PREPARE ok(bigint) AS SELECT full_name FROM accounts WHERE id = $1").unwrap();
+    check(
+        &mut g,
+        "PREPARE ok(bigint) AS SELECT full_name FROM accounts WHERE id = $1",
+    )
+    .unwrap();
     check(&mut g, "EXECUTE ok(1)").unwrap();
     check(&mut g, "EXPLAIN ANALYZE EXECUTE ok(1)").unwrap();
     // A protocol-level Parse shares the namespace with SQL PREPARE.
-    g.check(b"UPDATE accounts SET balance = 0 WHERE id = $1", Source::Parse(b"s1"))
-        .unwrap();
+    g.check(
+        b"UPDATE accounts SET balance = 0 WHERE id = $1",
+        Source::Parse(b"s1"),
+    )
+    .unwrap();
     check(&mut g, "EXECUTE s1(3)").unwrap();
     // A masked use inside a prepared statement stays refused when executed by another way.
-    assert!(g.check(b"SELECT reverse(ssn) FROM accounts", Source::Parse(b"s2")).is_err());
+    assert!(
+        g.check(b"SELECT reverse(ssn) FROM accounts", Source::Parse(b"s2"))
+            .is_err()
+    );
     assert!(check(&mut g, "EXECUTE s2").is_err());
     // CREATE TABLE AS EXECUTE stores what the prepared statement reads.
     check(&mut g, "PREPARE m AS SELECT ssn FROM accounts").unwrap();
     check(&mut g, "EXECUTE m").unwrap();
     let r = check(&mut g, "CREATE TABLE loot AS EXECUTE m").unwrap_err();
-    assert!(r.message.contains("is masked") || r.message.contains("no policy rule"), "{r:?}");
+    assert!(
+        r.message.contains("is masked") || r.message.contains("no policy rule"),
+        "{r:?}"
+    );
     // Deallocated and discarded names are forgotten.
     check(&mut g, "DEALLOCATE ok").unwrap();
     assert!(check(&mut g, "EXECUTE ok(1)").is_err());
@@ -346,7 +522,10 @@ fn the_session_is_read_as_the_server_reads_it() {
     assert_eq!(r.code, "42501");
     g.parameter_status("standard_conforming_strings", "off");
     let r = check(&mut g, "SELECT 'a\\'; DELETE FROM accounts; -- '").unwrap_err();
-    assert!(r.message.contains("standard_conforming_strings is off"), "{r:?}");
+    assert!(
+        r.message.contains("standard_conforming_strings is off"),
+        "{r:?}"
+    );
     check(&mut g, "SET standard_conforming_strings = on").unwrap_err(); // lexer setting rule
     check(&mut g, "RESET standard_conforming_strings").unwrap_err();
     g.parameter_status("standard_conforming_strings", "on");
@@ -383,12 +562,17 @@ fn no_policy_refuses_everything_and_observe_mode_only_logs() {
         "portcullis",
     );
     let r = check(&mut g, "SELECT 1").unwrap_err();
-    assert!(r.message.contains("no statement policy is configured"), "{r:?}");
+    assert!(
+        r.message.contains("no statement policy is configured"),
+        "{r:?}"
+    );
 
     let mut observe = s.policy.clone();
     observe.enforce = false;
     let mut g = StatementGate::new(
-        Arc::new(ArcSwap::from_pointee(StatementPolicy::compile(Some(&observe)).unwrap())),
+        Arc::new(ArcSwap::from_pointee(
+            StatementPolicy::compile(Some(&observe)).unwrap(),
+        )),
         Arc::new(ArcSwap::from_pointee(Policy::compile(&s.mask).unwrap())),
         Subject::new("agent", ["agent"]),
         "portcullis",
@@ -403,7 +587,9 @@ fn no_policy_refuses_everything_and_observe_mode_only_logs() {
 #[test]
 fn a_reload_applies_to_the_next_statement() {
     let s = quickstart();
-    let policy = Arc::new(ArcSwap::from_pointee(StatementPolicy::compile(Some(&s.policy)).unwrap()));
+    let policy = Arc::new(ArcSwap::from_pointee(
+        StatementPolicy::compile(Some(&s.policy)).unwrap(),
+    ));
     let mut g = StatementGate::new(
         policy.clone(),
         Arc::new(ArcSwap::from_pointee(Policy::compile(&s.mask).unwrap())),

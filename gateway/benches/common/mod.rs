@@ -42,4 +42,3 @@ impl Measurement for CpuTime {
         WALL.formatter()
     }
 }
-

@@ -66,22 +66,46 @@ pub fn writes(schema: Option<&str>, name: &str) -> bool {
 /// The property a function carries by its name alone, if any.
 pub fn property(name: &str) -> Option<Property> {
     Some(match name {
-        "pg_read_file" | "pg_read_binary_file" | "pg_ls_dir" | "pg_stat_file" | "pg_ls_logdir"
-        | "pg_ls_waldir" | "pg_ls_tmpdir" | "pg_ls_archive_statusdir" | "pg_ls_logicalsnapdir"
-        | "pg_ls_logicalmapdir" | "pg_ls_replslotdir" | "pg_current_logfile" | "pg_file_write"
-        | "pg_file_rename" | "pg_file_unlink" | "pg_file_sync" | "pg_logdir_ls" => {
-            Property::ServerFile
-        }
+        "pg_read_file"
+        | "pg_read_binary_file"
+        | "pg_ls_dir"
+        | "pg_stat_file"
+        | "pg_ls_logdir"
+        | "pg_ls_waldir"
+        | "pg_ls_tmpdir"
+        | "pg_ls_archive_statusdir"
+        | "pg_ls_logicalsnapdir"
+        | "pg_ls_logicalmapdir"
+        | "pg_ls_replslotdir"
+        | "pg_current_logfile"
+        | "pg_file_write"
+        | "pg_file_rename"
+        | "pg_file_unlink"
+        | "pg_file_sync"
+        | "pg_logdir_ls" => Property::ServerFile,
         "lo_import" | "lo_export" => Property::LargeObjectFile,
-        "pg_cancel_backend" | "pg_terminate_backend" | "pg_reload_conf" | "pg_rotate_logfile"
-        | "pg_log_backend_memory_contexts" | "pg_promote" | "pg_signal_backend" => {
-            Property::SignalBackend
-        }
-        "query_to_xml" | "query_to_xmlschema" | "query_to_xml_and_xmlschema"
-        | "cursor_to_xml" | "cursor_to_xmlschema" | "table_to_xml" | "table_to_xmlschema"
-        | "table_to_xml_and_xmlschema" | "schema_to_xml" | "schema_to_xmlschema"
-        | "schema_to_xml_and_xmlschema" | "database_to_xml" | "database_to_xmlschema"
-        | "database_to_xml_and_xmlschema" | "ts_stat" => Property::DynamicSql,
+        "pg_cancel_backend"
+        | "pg_terminate_backend"
+        | "pg_reload_conf"
+        | "pg_rotate_logfile"
+        | "pg_log_backend_memory_contexts"
+        | "pg_promote"
+        | "pg_signal_backend" => Property::SignalBackend,
+        "query_to_xml"
+        | "query_to_xmlschema"
+        | "query_to_xml_and_xmlschema"
+        | "cursor_to_xml"
+        | "cursor_to_xmlschema"
+        | "table_to_xml"
+        | "table_to_xmlschema"
+        | "table_to_xml_and_xmlschema"
+        | "schema_to_xml"
+        | "schema_to_xmlschema"
+        | "schema_to_xml_and_xmlschema"
+        | "database_to_xml"
+        | "database_to_xmlschema"
+        | "database_to_xml_and_xmlschema"
+        | "ts_stat" => Property::DynamicSql,
         n if n.starts_with("dblink") || n.starts_with("postgres_fdw_") => {
             Property::RemoteConnection
         }
@@ -93,9 +117,7 @@ pub fn property(name: &str) -> Option<Property> {
 pub fn setting_property(name: &str) -> Option<Property> {
     match name {
         "role" | "session_authorization" => Some(Property::IdentityChange),
-        "standard_conforming_strings" | "client_encoding" | "names" => {
-            Some(Property::LexerSetting)
-        }
+        "standard_conforming_strings" | "client_encoding" | "names" => Some(Property::LexerSetting),
         "session_replication_role"
         | "default_transaction_read_only"
         | "transaction_read_only"
@@ -114,7 +136,13 @@ mod tests {
 
     #[test]
     fn the_list_knows_builtins_and_not_side_effects() {
-        for f in ["lower", "count", "format", "now", "coalesce_is_not_a_function_but"] {
+        for f in [
+            "lower",
+            "count",
+            "format",
+            "now",
+            "coalesce_is_not_a_function_but",
+        ] {
             let _ = known_safe(None, f);
         }
         assert!(known_safe(None, "lower"));

@@ -49,9 +49,15 @@ pub fn analyze(sql: &str) -> Result<Analysis, AnalysisError> {
     let root = tree::read(&json).map_err(|e| ParseError::Tree(e.to_string()))?;
     let mut statements = Vec::new();
     for raw in root.list("stmts") {
-        let start = usize::try_from(raw.int("stmt_location")).unwrap_or(0).min(sql.len());
+        let start = usize::try_from(raw.int("stmt_location"))
+            .unwrap_or(0)
+            .min(sql.len());
         let len = usize::try_from(raw.int("stmt_len")).unwrap_or(0);
-        let end = if len == 0 { sql.len() } else { (start + len).min(sql.len()) };
+        let end = if len == 0 {
+            sql.len()
+        } else {
+            (start + len).min(sql.len())
+        };
         let mut stmt = Statement::new((start, end));
         match raw.get("stmt") {
             Some(node) => walk::statement(node, &mut stmt),

@@ -13,7 +13,9 @@
 use std::rc::Rc;
 
 use super::functions;
-use super::model::{Class, ColumnUse, Effect, Function, Properties, Property, Source, Statement, Use};
+use super::model::{
+    Class, ColumnUse, Effect, Function, Properties, Property, Source, Statement, Use,
+};
 use super::tree::J;
 
 /// A relation or derived table visible in a query level.
@@ -182,7 +184,10 @@ fn last_name(list: &[J]) -> String {
 /// equality rather than of a computation.
 fn bare(n: &J) -> bool {
     if let Some(c) = n.as_node("ColumnRef") {
-        return !c.list("fields").iter().any(|f| f.as_node("A_Star").is_some());
+        return !c
+            .list("fields")
+            .iter()
+            .any(|f| f.as_node("A_Star").is_some());
     }
     n.as_node("SubLink")
         .is_some_and(|s| s.text("subLinkType") == "EXPR_SUBLINK")
@@ -263,8 +268,7 @@ pub(crate) fn restricts(n: &J) -> bool {
                 "AEXPR_LIKE" | "AEXPR_ILIKE" | "AEXPR_SIMILAR" => {
                     col && r.is_some_and(|r| {
                         constant(r, false)
-                            && r
-                                .as_node("A_Const")
+                            && r.as_node("A_Const")
                                 .and_then(|c| c.get("sval"))
                                 .map(|s| s.text("sval"))
                                 .is_some_and(|p| !p.is_empty() && !p.starts_with(['%', '_']))
@@ -280,8 +284,8 @@ pub(crate) fn restricts(n: &J) -> bool {
             let Some(sub) = f.get("subselect").and_then(|s| s.as_node("SelectStmt")) else {
                 return false;
             };
-            let inner = sub.get("limitCount").is_some()
-                || sub.get("whereClause").is_some_and(restricts);
+            let inner =
+                sub.get("limitCount").is_some() || sub.get("whereClause").is_some_and(restricts);
             match f.text("subLinkType") {
                 "ANY_SUBLINK" => f.get("testexpr").is_some_and(has_column) && inner,
                 "EXISTS_SUBLINK" => sub.get("whereClause").is_some_and(restricts),
@@ -350,7 +354,10 @@ impl<'s> Walker<'s> {
     }
 
     fn with(&mut self, f: &J) -> bool {
-        let Some(w) = f.get("withClause").and_then(|w| w.as_node("WithClause").or(Some(w))) else {
+        let Some(w) = f
+            .get("withClause")
+            .and_then(|w| w.as_node("WithClause").or(Some(w)))
+        else {
             return false;
         };
         let recursive = w.flag("recursive");
@@ -381,15 +388,21 @@ impl<'s> Walker<'s> {
     }
 
     fn cte(&self, name: &str) -> Option<Rc<Derived>> {
-        self.ctes
-            .iter()
-            .rev()
-            .find_map(|frame| frame.iter().rev().find(|(n, _)| n == name).map(|(_, d)| d.clone()))
+        self.ctes.iter().rev().find_map(|frame| {
+            frame
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, d)| d.clone())
+        })
     }
 
     fn select(&mut self, f: &J) -> Derived {
         let with = self.with(f);
-        let out = if matches!(f.text("op"), "SETOP_UNION" | "SETOP_INTERSECT" | "SETOP_EXCEPT") {
+        let out = if matches!(
+            f.text("op"),
+            "SETOP_UNION" | "SETOP_INTERSECT" | "SETOP_EXCEPT"
+        ) {
             let l = f.get("larg").map(|l| self.select(l)).unwrap_or_default();
             let r = f.get("rarg").map(|r| self.select(r)).unwrap_or_default();
             let mut d = l;
@@ -423,7 +436,13 @@ impl<'s> Walker<'s> {
         let mut out = Derived::default();
         let values = f.list("valuesLists");
         for row in values {
-            for (i, v) in row.as_node("List").map(|l| l.list("items")).unwrap_or(row.arr()).iter().enumerate() {
+            for (i, v) in row
+                .as_node("List")
+                .map(|l| l.list("items"))
+                .unwrap_or(row.arr())
+                .iter()
+                .enumerate()
+            {
                 let sources = self.value(v, Use::Output);
                 match out.cols.get_mut(i) {
                     Some((_, s)) => s.extend(sources),
@@ -450,7 +469,8 @@ impl<'s> Walker<'s> {
             } else if let Some(c) = val.as_node("ColumnRef") {
                 Some(last_name(c.list("fields")))
             } else {
-                val.as_node("FuncCall").map(|fc| last_name(fc.list("funcname")))
+                val.as_node("FuncCall")
+                    .map(|fc| last_name(fc.list("funcname")))
             };
             out.cols.push((name, sources));
         }
@@ -503,7 +523,10 @@ impl<'s> Walker<'s> {
     /// list, anything else is an expression of the level.
     fn ordering(&mut self, f: &J, key: &str, out: &Derived, usage: Use) {
         for item in f.list(key) {
-            let node = item.as_node("SortBy").and_then(|s| s.get("node")).unwrap_or(item);
+            let node = item
+                .as_node("SortBy")
+                .and_then(|s| s.get("node"))
+                .unwrap_or(item);
             if let Some(g) = node.as_node("GroupingSet") {
                 for c in g.list("content") {
                     self.group_key(c, out, usage);
@@ -520,7 +543,11 @@ impl<'s> Walker<'s> {
         {
             let pos = i.int("ival");
             if let Some((name, s)) = usize::try_from(pos - 1).ok().and_then(|p| out.cols.get(p)) {
-                self.record(name.clone().unwrap_or_else(|| pos.to_string()), s.clone(), usage);
+                self.record(
+                    name.clone().unwrap_or_else(|| pos.to_string()),
+                    s.clone(),
+                    usage,
+                );
             } else if !out.stars.is_empty() {
                 // A position past the named columns of `SELECT *`: any starred column.
                 self.record(pos.to_string(), out.all_whole(), usage);
@@ -589,8 +616,12 @@ impl<'s> Walker<'s> {
     // ------------------------------------------------------------------ FROM
 
     fn range_var_write(&mut self, rv: &J) -> usize {
-        let schema = Some(rv.text("schemaname")).filter(|s| !s.is_empty()).map(str::to_owned);
-        let r = self.stmt.relation(schema, rv.text("relname").to_owned(), true);
+        let schema = Some(rv.text("schemaname"))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let r = self
+            .stmt
+            .relation(schema, rv.text("relname").to_owned(), true);
         r
     }
 
@@ -641,7 +672,11 @@ impl<'s> Walker<'s> {
                 if schema.is_empty()
                     && let Some(d) = self.cte(&relname)
                 {
-                    let d = if cols.is_empty() { d } else { Rc::new(d.rename(&cols)) };
+                    let d = if cols.is_empty() {
+                        d
+                    } else {
+                        Rc::new(d.rename(&cols))
+                    };
                     self.push_item(Item {
                         alias: alias_name,
                         src: Src::Derived(d),
@@ -684,21 +719,31 @@ impl<'s> Walker<'s> {
                     // but a table joined with a table is a join of columns anyway. What
                     // matters is a constant side (VALUES, a function) named like a column.
                     let scope = self.scopes.last().map(Vec::as_slice).unwrap_or(&[]);
-                    using.extend(scope[before.min(scope.len())..].iter().flat_map(Item::known_names));
+                    using.extend(
+                        scope[before.min(scope.len())..]
+                            .iter()
+                            .flat_map(Item::known_names),
+                    );
                 }
                 for col in using {
                     let (left, right) = {
                         let scope = self.scopes.last().map(Vec::as_slice).unwrap_or(&[]);
                         let mid = mid.min(scope.len());
-                        let left: Vec<Source> =
-                            scope[before.min(mid)..mid].iter().flat_map(|i| i.lookup(&col)).collect();
+                        let left: Vec<Source> = scope[before.min(mid)..mid]
+                            .iter()
+                            .flat_map(|i| i.lookup(&col))
+                            .collect();
                         let right: Vec<Source> =
                             scope[mid..].iter().flat_map(|i| i.lookup(&col)).collect();
                         (left, right)
                     };
                     // Equal to a column of another table is a join; equal to a value that
                     // no table holds (VALUES, a function) is a comparison with a constant.
-                    let usage = if left.is_empty() || right.is_empty() { Use::Compare } else { Use::Join };
+                    let usage = if left.is_empty() || right.is_empty() {
+                        Use::Compare
+                    } else {
+                        Use::Join
+                    };
                     self.record(col.clone(), left, usage);
                     self.record(col, right, usage);
                 }
@@ -723,12 +768,20 @@ impl<'s> Walker<'s> {
             Some(("RangeFunction", rf)) => {
                 for f in rf.list("functions") {
                     // Each entry is a list: the call, then its column definitions.
-                    for part in f.as_node("List").map(|l| l.list("items")).unwrap_or(f.arr()) {
+                    for part in f
+                        .as_node("List")
+                        .map(|l| l.list("items"))
+                        .unwrap_or(f.arr())
+                    {
                         self.expr(part, Use::Function);
                     }
                 }
                 let (alias, cols) = Self::alias_of(rf);
-                let known = if cols.is_empty() { alias.iter().cloned().collect() } else { cols };
+                let known = if cols.is_empty() {
+                    alias.iter().cloned().collect()
+                } else {
+                    cols
+                };
                 self.push_item(Item {
                     alias: alias.unwrap_or_default(),
                     src: Src::Opaque(known),
@@ -765,7 +818,9 @@ impl<'s> Walker<'s> {
         let was = self.returning;
         self.returning = true;
         for t in f.list("returningList") {
-            let Some(rt) = t.as_node("ResTarget") else { continue };
+            let Some(rt) = t.as_node("ResTarget") else {
+                continue;
+            };
             let Some(val) = rt.get("val") else { continue };
             if let Some(c) = val.as_node("ColumnRef") {
                 let fields = c.list("fields");
@@ -924,7 +979,10 @@ impl<'s> Walker<'s> {
         if let Some(s) = n.as_node("SubLink")
             && s.text("subLinkType") == "EXPR_SUBLINK"
         {
-            let d = s.get("subselect").map(|q| self.sub_query(q)).unwrap_or_default();
+            let d = s
+                .get("subselect")
+                .map(|q| self.sub_query(q))
+                .unwrap_or_default();
             let sources = d.first();
             self.record("(subquery)".into(), sources.clone(), usage);
             return sources;
@@ -941,7 +999,9 @@ impl<'s> Walker<'s> {
             return;
         };
         match ty {
-            "ColumnRef" | "SubLink" if ty == "ColumnRef" || f.text("subLinkType") == "EXPR_SUBLINK" => {
+            "ColumnRef" | "SubLink"
+                if ty == "ColumnRef" || f.text("subLinkType") == "EXPR_SUBLINK" =>
+            {
                 self.value(n, usage);
             }
             "A_Const" | "ParamRef" | "A_Star" | "SQLValueFunction" | "SetToDefault"
@@ -1019,10 +1079,13 @@ impl<'s> Walker<'s> {
             },
             "AEXPR_DISTINCT" | "AEXPR_NOT_DISTINCT" => join_or_compare(self),
             "AEXPR_LIKE" | "AEXPR_ILIKE" | "AEXPR_SIMILAR" => sides(self, Use::Pattern),
-            "AEXPR_OP_ANY" | "AEXPR_OP_ALL" | "AEXPR_IN" | "AEXPR_BETWEEN"
-            | "AEXPR_NOT_BETWEEN" | "AEXPR_BETWEEN_SYM" | "AEXPR_NOT_BETWEEN_SYM" => {
-                sides(self, Use::Compare)
-            }
+            "AEXPR_OP_ANY"
+            | "AEXPR_OP_ALL"
+            | "AEXPR_IN"
+            | "AEXPR_BETWEEN"
+            | "AEXPR_NOT_BETWEEN"
+            | "AEXPR_BETWEEN_SYM"
+            | "AEXPR_NOT_BETWEEN_SYM" => sides(self, Use::Compare),
             _ => sides(self, Use::Function),
         }
     }
@@ -1040,7 +1103,10 @@ impl<'s> Walker<'s> {
         let count = name == "count" && matches!(schema.as_deref(), None | Some("pg_catalog"));
         let args = f.list("args");
         if name == "set_config"
-            && let Some(setting) = args.first().and_then(|a| a.as_node("A_Const")).and_then(|c| c.get("sval"))
+            && let Some(setting) = args
+                .first()
+                .and_then(|a| a.as_node("A_Const"))
+                .and_then(|c| c.get("sval"))
         {
             let s = setting.text("sval").to_ascii_lowercase();
             if let Some(p) = functions::setting_property(&s) {
@@ -1069,7 +1135,10 @@ impl<'s> Walker<'s> {
     }
 
     fn sublink(&mut self, f: &J) {
-        let d = f.get("subselect").map(|q| self.sub_query(q)).unwrap_or_default();
+        let d = f
+            .get("subselect")
+            .map(|q| self.sub_query(q))
+            .unwrap_or_default();
         match f.text("subLinkType") {
             "EXISTS_SUBLINK" => {}
             "ARRAY_SUBLINK" => self.record("(subquery)".into(), d.first(), Use::Function),
@@ -1079,7 +1148,11 @@ impl<'s> Walker<'s> {
                     Some(t) if bare(t) => {
                         let ts = self.value(t, Use::Join);
                         let ti = self.stmt.columns.len() - 1;
-                        let usage = if ts.is_empty() || sub.is_empty() { Use::Compare } else { Use::Join };
+                        let usage = if ts.is_empty() || sub.is_empty() {
+                            Use::Compare
+                        } else {
+                            Use::Join
+                        };
                         self.stmt.columns[ti].usage = usage;
                         self.record("(subquery)".into(), sub, usage);
                     }
@@ -1139,7 +1212,8 @@ impl<'s> Walker<'s> {
                     let schema = Some(n.text("schemaname"))
                         .filter(|s| !s.is_empty())
                         .map(str::to_owned);
-                    self.stmt.relation(schema, n.text("relname").to_owned(), false);
+                    self.stmt
+                        .relation(schema, n.text("relname").to_owned(), false);
                 }
                 J::Obj(fields) => {
                     for (_, v) in fields {
@@ -1173,7 +1247,10 @@ impl<'s> Walker<'s> {
                 .collect()
         };
         let sources = match (parts.as_slice(), star) {
-            ([], true) => all_items(None, self.scopes.last().map(std::slice::from_ref).unwrap_or(&[])),
+            ([], true) => all_items(
+                None,
+                self.scopes.last().map(std::slice::from_ref).unwrap_or(&[]),
+            ),
             ([col], false) => {
                 // A column of any relation in scope, or a whole row named by its alias.
                 let mut v = all_items(Some(col), &self.scopes);
@@ -1194,7 +1271,9 @@ impl<'s> Walker<'s> {
                     s.iter().find(|i| {
                         i.alias == table
                             && schema.is_none_or(|sc| match i.src {
-                                Src::Base(r) => self.stmt.relations[r].schema.as_deref() == Some(sc),
+                                Src::Base(r) => {
+                                    self.stmt.relations[r].schema.as_deref() == Some(sc)
+                                }
                                 _ => false,
                             })
                     })
@@ -1224,8 +1303,19 @@ pub(crate) fn statement(node: &J, stmt: &mut Statement) {
     let (class, command): (Class, &str) = match ty {
         "SelectStmt" => {
             w.query(node);
-            let c = if f.get("intoClause").is_some() { Class::Ddl } else { Class::Read };
-            (c, if f.get("intoClause").is_some() { "SELECT INTO" } else { "SELECT" })
+            let c = if f.get("intoClause").is_some() {
+                Class::Ddl
+            } else {
+                Class::Read
+            };
+            (
+                c,
+                if f.get("intoClause").is_some() {
+                    "SELECT INTO"
+                } else {
+                    "SELECT"
+                },
+            )
         }
         "InsertStmt" => {
             w.query(node);
@@ -1292,7 +1382,10 @@ fn defelem_true(d: &J) -> bool {
         None => true,
         Some(a) => {
             if let Some(s) = a.as_node("String") {
-                return !matches!(s.text("sval").to_ascii_lowercase().as_str(), "off" | "false" | "0" | "no");
+                return !matches!(
+                    s.text("sval").to_ascii_lowercase().as_str(),
+                    "off" | "false" | "0" | "no"
+                );
             }
             if let Some(c) = a.as_node("A_Const") {
                 if let Some(b) = c.get("boolval") {
@@ -1302,7 +1395,10 @@ fn defelem_true(d: &J) -> bool {
                     return i.int("ival") != 0;
                 }
                 if let Some(s) = c.get("sval") {
-                    return !matches!(s.text("sval").to_ascii_lowercase().as_str(), "off" | "false" | "0" | "no");
+                    return !matches!(
+                        s.text("sval").to_ascii_lowercase().as_str(),
+                        "off" | "false" | "0" | "no"
+                    );
                 }
             }
             if let Some(b) = a.as_node("Boolean") {
@@ -1382,7 +1478,11 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
                 stmt.properties.insert(Property::Execute);
             }
             stmt.class = class;
-            stmt.command = format!("EXPLAIN{} {}", if analyze { " ANALYZE" } else { "" }, inner.command);
+            stmt.command = format!(
+                "EXPLAIN{} {}",
+                if analyze { " ANALYZE" } else { "" },
+                inner.command
+            );
             return;
         }
         "CreateTableAsStmt" => {
@@ -1406,7 +1506,11 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             stmt.properties.insert(Property::Persists);
             let mv = f.text("objtype") == "OBJECT_MATVIEW";
             stmt.class = Ddl;
-            stmt.command = if mv { "CREATE MATERIALIZED VIEW".into() } else { "CREATE TABLE AS".into() };
+            stmt.command = if mv {
+                "CREATE MATERIALIZED VIEW".into()
+            } else {
+                "CREATE TABLE AS".into()
+            };
             finish(stmt, true);
             if stmt.class == Unknown {
                 return;
@@ -1436,21 +1540,33 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             let from = f.flag("is_from");
             if let Some(rv) = f.get("relation") {
                 let rv = rv.as_node("RangeVar").unwrap_or(rv);
-                let schema = Some(rv.text("schemaname")).filter(|s| !s.is_empty()).map(str::to_owned);
+                let schema = Some(rv.text("schemaname"))
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned);
                 let r = w.stmt.relation(schema, rv.text("relname").to_owned(), from);
                 let cols = names(f.list("attlist"));
                 // COPY TO reads the columns as they are; COPY FROM only writes them.
                 if !from && cols.is_empty() {
-                    let sources = vec![Source { relation: r, column: None }];
+                    let sources = vec![Source {
+                        relation: r,
+                        column: None,
+                    }];
                     w.record(rv.text("relname").to_owned(), sources, Use::Output);
                 } else if !from {
                     for c in cols {
-                        let sources = vec![Source { relation: r, column: Some(c.clone()) }];
+                        let sources = vec![Source {
+                            relation: r,
+                            column: Some(c.clone()),
+                        }];
                         w.record(c, sources, Use::Output);
                     }
                 }
                 if let Some(wh) = f.get("whereClause") {
-                    w.scopes.push(vec![Item { alias: rv.text("relname").to_owned(), src: Src::Base(r), renamed: false }]);
+                    w.scopes.push(vec![Item {
+                        alias: rv.text("relname").to_owned(),
+                        src: Src::Base(r),
+                        renamed: false,
+                    }]);
                     w.expr(wh, Use::Compare);
                     w.scopes.pop();
                 }
@@ -1484,7 +1600,11 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
                 _ => Read,
             };
             stmt.class = class;
-            stmt.command = if from { "COPY FROM".into() } else { "COPY TO".into() };
+            stmt.command = if from {
+                "COPY FROM".into()
+            } else {
+                "COPY TO".into()
+            };
             return;
         }
         "PrepareStmt" => {
@@ -1526,10 +1646,18 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
         "ClosePortalStmt" => (Utility, "CLOSE".into()),
         "TransactionStmt" => {
             let kind = f.text("kind");
-            if matches!(kind, "TRANS_STMT_PREPARE" | "TRANS_STMT_COMMIT_PREPARED" | "TRANS_STMT_ROLLBACK_PREPARED") {
+            if matches!(
+                kind,
+                "TRANS_STMT_PREPARE"
+                    | "TRANS_STMT_COMMIT_PREPARED"
+                    | "TRANS_STMT_ROLLBACK_PREPARED"
+            ) {
                 p(stmt, Property::TwoPhase);
             }
-            (Txn, kind.trim_start_matches("TRANS_STMT_").replace('_', " "))
+            (
+                Txn,
+                kind.trim_start_matches("TRANS_STMT_").replace('_', " "),
+            )
         }
         "ConstraintsSetStmt" => (Txn, "SET CONSTRAINTS".into()),
         "VariableSetStmt" => {
@@ -1563,15 +1691,29 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
                 stmt.effect = Some(Effect::StandardConformingStrings(if reset {
                     None
                 } else {
-                    let v = f.list("args").first().and_then(set_value).unwrap_or_default();
-                    Some(matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "1" | "yes"))
+                    let v = f
+                        .list("args")
+                        .first()
+                        .and_then(set_value)
+                        .unwrap_or_default();
+                    Some(matches!(
+                        v.to_ascii_lowercase().as_str(),
+                        "on" | "true" | "1" | "yes"
+                    ))
                 }));
             }
             let mut w = Walker::new(stmt);
             for a in f.list("args") {
                 w.generic(a);
             }
-            (Session, if kind.starts_with("VAR_RESET") { "RESET".into() } else { "SET".into() })
+            (
+                Session,
+                if kind.starts_with("VAR_RESET") {
+                    "RESET".into()
+                } else {
+                    "SET".into()
+                },
+            )
         }
         "VariableShowStmt" => (Session, "SHOW".into()),
         "DiscardStmt" => {
@@ -1597,7 +1739,14 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             }
             let mut w = Walker::new(stmt);
             w.generic(f);
-            (Admin, if f.flag("is_vacuumcmd") { "VACUUM".into() } else { "ANALYZE".into() })
+            (
+                Admin,
+                if f.flag("is_vacuumcmd") {
+                    "VACUUM".into()
+                } else {
+                    "ANALYZE".into()
+                },
+            )
         }
         "ClusterStmt" => {
             p(stmt, Property::ExclusiveLock);
@@ -1648,10 +1797,17 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
         }
         "GrantStmt" => {
             Walker::new(stmt).generic(f);
-            (Dcl, if f.flag("is_grant") { "GRANT".into() } else { "REVOKE".into() })
+            (
+                Dcl,
+                if f.flag("is_grant") {
+                    "GRANT".into()
+                } else {
+                    "REVOKE".into()
+                },
+            )
         }
-        "GrantRoleStmt" | "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt" | "DropRoleStmt"
-        | "ReassignOwnedStmt" => {
+        "GrantRoleStmt" | "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt"
+        | "DropRoleStmt" | "ReassignOwnedStmt" => {
             p(stmt, Property::RoleManagement);
             if ty == "DropRoleStmt" {
                 p(stmt, Property::Drop);
@@ -1662,7 +1818,10 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             p(stmt, Property::Drop);
             (Dcl, "DROP OWNED".into())
         }
-        "AlterDefaultPrivilegesStmt" | "AlterOwnerStmt" | "CreatePolicyStmt" | "AlterPolicyStmt" => {
+        "AlterDefaultPrivilegesStmt"
+        | "AlterOwnerStmt"
+        | "CreatePolicyStmt"
+        | "AlterPolicyStmt" => {
             Walker::new(stmt).generic(f);
             (Dcl, words(ty))
         }
@@ -1673,7 +1832,10 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
                 .iter()
                 .filter_map(|c| c.as_node("AlterTableCmd").map(|c| c.text("subtype")))
                 .collect();
-            if cmds.iter().any(|c| c.starts_with("AT_Drop") || c.starts_with("AT_Detach")) {
+            if cmds
+                .iter()
+                .any(|c| c.starts_with("AT_Drop") || c.starts_with("AT_Detach"))
+            {
                 p(stmt, Property::Drop);
             }
             relations_written(stmt, f);
@@ -1694,9 +1856,15 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
         "DropStmt" => {
             p(stmt, Property::Drop);
             let ty = f.text("removeType").trim_start_matches("OBJECT_");
-            if matches!(ty, "TABLE" | "VIEW" | "MATVIEW" | "FOREIGN_TABLE" | "SEQUENCE" | "INDEX") {
+            if matches!(
+                ty,
+                "TABLE" | "VIEW" | "MATVIEW" | "FOREIGN_TABLE" | "SEQUENCE" | "INDEX"
+            ) {
                 for obj in f.list("objects") {
-                    let parts = obj.as_node("List").map(|l| names(l.list("items"))).unwrap_or_default();
+                    let parts = obj
+                        .as_node("List")
+                        .map(|l| names(l.list("items")))
+                        .unwrap_or_default();
                     if let [.., name] = parts.as_slice() {
                         let schema = (parts.len() >= 2).then(|| parts[parts.len() - 2].clone());
                         stmt.relation(schema, name.clone(), true);
@@ -1714,22 +1882,34 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             Walker::new(stmt).generic(f);
             (Ddl, words(ty))
         }
-        "CreateForeignServerStmt" | "AlterForeignServerStmt" | "CreateUserMappingStmt"
-        | "AlterUserMappingStmt" | "ImportForeignSchemaStmt" | "CreateSubscriptionStmt"
+        "CreateForeignServerStmt"
+        | "AlterForeignServerStmt"
+        | "CreateUserMappingStmt"
+        | "AlterUserMappingStmt"
+        | "ImportForeignSchemaStmt"
+        | "CreateSubscriptionStmt"
         | "AlterSubscriptionStmt" => {
             p(stmt, Property::RemoteConnection);
             Walker::new(stmt).generic(f);
             (Ddl, words(ty))
         }
-        t if t.starts_with("Create") || t.starts_with("Alter") || t.starts_with("Define")
-            || t.starts_with("Comment") || t.starts_with("Rename") || t.starts_with("SecLabel")
-            || t == "IndexStmt" || t == "CompositeTypeStmt" || t == "CreateEnumStmt"
+        t if t.starts_with("Create")
+            || t.starts_with("Alter")
+            || t.starts_with("Define")
+            || t.starts_with("Comment")
+            || t.starts_with("Rename")
+            || t.starts_with("SecLabel")
+            || t == "IndexStmt"
+            || t == "CompositeTypeStmt"
+            || t == "CreateEnumStmt"
             || t == "RuleStmt" =>
         {
             if t.starts_with("Alter") || t.starts_with("Rename") {
                 p(stmt, Property::Alter);
             }
-            if t == "CreatedbStmt" || t == "AlterDatabaseStmt" || t == "AlterDatabaseSetStmt"
+            if t == "CreatedbStmt"
+                || t == "AlterDatabaseStmt"
+                || t == "AlterDatabaseSetStmt"
                 || t == "AlterDatabaseRefreshCollStmt"
             {
                 Walker::new(stmt).generic(f);
@@ -1778,11 +1958,18 @@ fn relations_written(stmt: &mut Statement, f: &J) {
         }
     }
     for r in rels {
-        let rv = r.as_node("RangeVar").or_else(|| {
-            r.as_node("VacuumRelation").and_then(|v| v.get("relation")).map(|x| x.as_node("RangeVar").unwrap_or(x))
-        }).unwrap_or(r);
+        let rv = r
+            .as_node("RangeVar")
+            .or_else(|| {
+                r.as_node("VacuumRelation")
+                    .and_then(|v| v.get("relation"))
+                    .map(|x| x.as_node("RangeVar").unwrap_or(x))
+            })
+            .unwrap_or(r);
         if !rv.text("relname").is_empty() {
-            let schema = Some(rv.text("schemaname")).filter(|s| !s.is_empty()).map(str::to_owned);
+            let schema = Some(rv.text("schemaname"))
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned);
             stmt.relation(schema, rv.text("relname").to_owned(), true);
         }
     }

@@ -146,7 +146,9 @@ pub fn warn_policy(p: &StatementPolicy) {
             "[policy] enabled = false: statements are relayed unanalysed and masking can be read around with SQL"
         );
     } else if !p.enforces() {
-        tracing::warn!("[policy] enforce = false: observe-only, refusals and holds are only logged");
+        tracing::warn!(
+            "[policy] enforce = false: observe-only, refusals and holds are only logged"
+        );
     }
 }
 

@@ -144,7 +144,12 @@ impl StatementGate {
 
     /// The text as the server will read it, or why it cannot be read the same way.
     fn readable<'a>(&self, sql: &'a [u8]) -> Result<&'a str, Refusal> {
-        if !sql.is_ascii() && !matches!(self.client_encoding.as_str(), "UTF8" | "UNICODE" | "SQL_ASCII") {
+        if !sql.is_ascii()
+            && !matches!(
+                self.client_encoding.as_str(),
+                "UTF8" | "UNICODE" | "SQL_ASCII"
+            )
+        {
             return Err(Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!(
@@ -252,7 +257,8 @@ impl StatementGate {
         };
         let mut reading_owned;
         let mut reading = reading;
-        if reading.unqualified_functions && !res.catalog_first() && reading.class != Class::Unknown {
+        if reading.unqualified_functions && !res.catalog_first() && reading.class != Class::Unknown
+        {
             // `search_path` puts another schema before pg_catalog: `lower(x)` may be anyone's.
             reading_owned = reading.clone();
             reading_owned.class = Class::Unknown;
@@ -313,9 +319,18 @@ impl StatementGate {
         if verdict == Action::Allow {
             return Ok(());
         }
-        let verb = if verdict == Action::Hold { "hold" } else { "deny" };
+        let verb = if verdict == Action::Hold {
+            "hold"
+        } else {
+            "deny"
+        };
         if !policy.enforces() {
-            self.log(reading, &format!("would {verb} (observe mode)"), rule, &quoted);
+            self.log(
+                reading,
+                &format!("would {verb} (observe mode)"),
+                rule,
+                &quoted,
+            );
             return Ok(());
         }
         self.log(reading, verb, rule, &quoted);
@@ -374,11 +389,15 @@ impl StatementGate {
                 if self.prepared.len() >= MAX_PREPARED {
                     self.prepared.clear();
                 }
-                let reading = self.resolve_execute(stmt).ok().flatten().unwrap_or_else(|| {
-                    let mut s = stmt.clone();
-                    s.effect = None;
-                    Rc::new(s)
-                });
+                let reading = self
+                    .resolve_execute(stmt)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| {
+                        let mut s = stmt.clone();
+                        s.effect = None;
+                        Rc::new(s)
+                    });
                 self.prepared.insert(name.as_bytes().to_vec(), reading);
             }
             Some(Effect::Deallocate(Some(name))) => {

@@ -41,7 +41,12 @@ impl MaskedUse {
 }
 
 /// Statistics views quote sampled column values (`most_common_vals`).
-const STATISTICS: [&str; 4] = ["pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs"];
+const STATISTICS: [&str; 4] = [
+    "pg_stats",
+    "pg_statistic",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+];
 
 fn permit_for(usage: Use, persists: bool, returning: bool) -> Option<Permit> {
     let p = match usage {
@@ -74,11 +79,10 @@ pub fn check(
     if mask.is_exempt(who) {
         return Ok(());
     }
-    if let Some(r) = stmt
-        .relations
-        .iter()
-        .find(|r| STATISTICS.contains(&r.name.as_str()) && r.schema.as_deref().is_none_or(|s| s == "pg_catalog"))
-    {
+    if let Some(r) = stmt.relations.iter().find(|r| {
+        STATISTICS.contains(&r.name.as_str())
+            && r.schema.as_deref().is_none_or(|s| s == "pg_catalog")
+    }) {
         return Err(MaskedCheck::Statistics(r.name.clone()));
     }
     let persists = stmt.has(Property::Persists);
@@ -90,7 +94,8 @@ pub fn check(
             let rel = &stmt.relations[src.relation];
             let schemas = res.candidates(rel.schema.as_deref());
             let schemas: Vec<&str> = schemas.iter().map(String::as_str).collect();
-            let Some(rule) = mask.query_rule(who, &schemas, &rel.name, src.column.as_deref()) else {
+            let Some(rule) = mask.query_rule(who, &schemas, &rel.name, src.column.as_deref())
+            else {
                 continue;
             };
             if rule.permits.contains(&permit) {

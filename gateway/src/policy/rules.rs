@@ -71,7 +71,10 @@ struct NameGlob {
 impl NameGlob {
     fn parse(s: &str) -> Result<Self, String> {
         match s.split('.').collect::<Vec<_>>().as_slice() {
-            [n] if !n.is_empty() => Ok(NameGlob { schema: None, name: Glob::new(n) }),
+            [n] if !n.is_empty() => Ok(NameGlob {
+                schema: None,
+                name: Glob::new(n),
+            }),
             [sc, n] if !sc.is_empty() && !n.is_empty() => Ok(NameGlob {
                 schema: Some(Glob::new(sc)),
                 name: Glob::new(n),
@@ -288,7 +291,9 @@ fn compile_rule(rc: &PolicyRuleConfig) -> Result<Rule, String> {
                 table: NameGlob::parse(t).map_err(|e| format!("columns: {e}"))?,
                 column: Glob::new(col),
             }),
-            _ => Err(format!("columns: {c:?} must be table.column or schema.table.column")),
+            _ => Err(format!(
+                "columns: {c:?} must be table.column or schema.table.column"
+            )),
         })
         .collect::<Result<_, _>>()?;
     Ok(Rule {
@@ -330,10 +335,11 @@ impl Rule {
             }
         };
         let rel_match = |globs: &[NameGlob], pick: &dyn Fn(&Relation) -> bool| {
-            stmt.relations
-                .iter()
-                .filter(|r| pick(r))
-                .any(|r| globs.iter().any(|g| g.matches(&schemas(r.schema.as_deref(), &r.name), &r.name)))
+            stmt.relations.iter().filter(|r| pick(r)).any(|r| {
+                globs
+                    .iter()
+                    .any(|g| g.matches(&schemas(r.schema.as_deref(), &r.name), &r.name))
+            })
         };
         if !self.relations.is_empty() && !rel_match(&self.relations, &|_| true) {
             return false;

@@ -15,12 +15,12 @@ use tracing::info;
 
 use super::copy_target;
 use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
-use crate::policy::{Source, StatementGate, StatementPolicy};
 use crate::mask::wire::{data_row_start, read_field};
 use crate::mask::{
     Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan,
     Subject, apply_result_formats, parse_row_description,
 };
+use crate::policy::{Source, StatementGate, StatementPolicy};
 use crate::protocol::backend as be;
 use crate::protocol::sqlstate;
 
