@@ -602,3 +602,16 @@ fn a_reload_applies_to_the_next_statement() {
     policy.store(Arc::new(StatementPolicy::compile(Some(&p)).unwrap()));
     check(&mut g, "CREATE TABLE t (a int)").unwrap();
 }
+
+#[test]
+fn fast_path_calls_are_large_object_functions_only() {
+    let mut g = agent();
+    g.check_function_call(952).unwrap(); // lo_open
+    g.check_function_call(955).unwrap(); // lowrite: a write, which agents may do
+    // pg_read_file by OID, or any other function: refused.
+    let r = g.check_function_call(2624).unwrap_err();
+    assert!(r.message.contains("only large-object functions"), "{r:?}");
+    let mut auditor = gate_for("auditor", &["auditor"]);
+    auditor.check_function_call(954).unwrap(); // loread
+    assert!(auditor.check_function_call(955).is_err());
+}

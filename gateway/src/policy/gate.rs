@@ -142,6 +142,59 @@ impl StatementGate {
         Ok(())
     }
 
+    /// Decides on a fast-path `FunctionCall`, which names a function by OID with no SQL
+    /// around it. Only the large-object functions client libraries call this way are let
+    /// through (libpq's `lo_*` API), judged by the rules as a call of that function; any
+    /// other OID could be `pg_read_file` or a user function, so it is refused.
+    pub fn check_function_call(&mut self, oid: u32) -> Result<(), Refusal> {
+        let policy = self.policy.load_full();
+        if !policy.is_configured() {
+            return Err(Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "portcullis refused this function call: no statement policy is configured",
+            ));
+        }
+        if !policy.is_enabled() {
+            return Ok(());
+        }
+        // pg_proc.dat's fixed OIDs; the same in every PostgreSQL release since 9.3.
+        let (name, writes) = match oid {
+            715 => ("lo_create", true),
+            957 => ("lo_creat", true),
+            955 => ("lowrite", true),
+            964 => ("lo_unlink", true),
+            1004 => ("lo_truncate", true),
+            3172 => ("lo_truncate64", true),
+            952 => ("lo_open", false),
+            953 => ("lo_close", false),
+            954 => ("loread", false),
+            956 => ("lo_lseek", false),
+            3170 => ("lo_lseek64", false),
+            958 => ("lo_tell", false),
+            3171 => ("lo_tell64", false),
+            _ => {
+                return Err(Self::refuse(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!("portcullis refused a fast-path call of function OID {oid}: only large-object functions may be called this way"),
+                )
+                .with_hint("Call the function in a SQL statement (SELECT f(...)), where the policy can see what it is."));
+            }
+        };
+        let mut stmt = Statement::new((0, 0));
+        stmt.command = format!("FUNCTION CALL {name}");
+        stmt.class = if writes { Class::Write } else { Class::Read };
+        if writes {
+            stmt.properties.insert(Property::Persists);
+        }
+        stmt.functions.push(analysis::Function {
+            schema: Some("pg_catalog".into()),
+            name: name.into(),
+        });
+        let text = stmt.command.clone();
+        stmt.span = (0, text.len());
+        self.judge(&policy, &stmt, &stmt, &text, 0, 1)
+    }
+
     /// The text as the server will read it, or why it cannot be read the same way.
     fn readable<'a>(&self, sql: &'a [u8]) -> Result<&'a str, Refusal> {
         if !sql.is_ascii()

@@ -184,6 +184,13 @@ pub fn parse_execute(body: &[u8]) -> Result<(&[u8], i32), ProtocolError> {
     Ok((portal, max_rows))
 }
 
+/// `FunctionCall` (the fast-path interface): the OID of the function it calls.
+pub fn parse_function_call(body: &[u8]) -> Result<u32, ProtocolError> {
+    let mut c = Cursor::new(body);
+    let oid = c.i32().ok_or(malformed(FUNCTION_CALL, "function OID"))?;
+    Ok(oid as u32)
+}
+
 /// `Describe` of a portal, which the gateway injects when a client executes a portal
 /// whose result columns it never asked for.
 pub fn describe_portal(name: &[u8]) -> Bytes {

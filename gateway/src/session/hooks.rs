@@ -86,6 +86,11 @@ pub trait Hooks {
         Verdict::Allow
     }
 
+    /// A fast-path `FunctionCall` of the function with this OID is about to be sent.
+    fn function_call(&mut self, _oid: u32) -> Verdict {
+        Verdict::Allow
+    }
+
     /// The client closed a prepared statement (`Close` of a statement).
     fn close_statement(&mut self, _name: &[u8]) {}
 

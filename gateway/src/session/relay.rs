@@ -437,8 +437,15 @@ impl<H: Hooks> Relay<H> {
                 self.send_server(frame.into_bytes());
             }
             fe::FUNCTION_CALL => {
-                self.expect.push_back(Expect::Query { sql: Bytes::new() });
-                self.send_server(frame.into_bytes());
+                let oid = fe::parse_function_call(frame.body()).map_err(err)?;
+                match self.hooks.function_call(oid) {
+                    Verdict::Allow => {
+                        self.expect.push_back(Expect::Query { sql: Bytes::new() });
+                        self.send_server(frame.into_bytes());
+                    }
+                    // Answered like a refused simple query: error, then ReadyForQuery.
+                    Verdict::Deny(r) => self.refuse(r, true),
+                }
             }
             fe::FLUSH | fe::COPY_DONE | fe::COPY_FAIL => self.send_server(frame.into_bytes()),
             fe::TERMINATE => {
@@ -849,6 +856,29 @@ mod tests {
         r.on_server_bytes(&mut BytesMut::from(&msg(be::READY_FOR_QUERY, b"I")[..]))
             .unwrap();
         assert_eq!(tags(&drain_client(&mut r)), b"Z");
+    }
+
+    struct NoFastPath;
+    impl Hooks for NoFastPath {
+        fn function_call(&mut self, _oid: u32) -> Verdict {
+            Verdict::Deny(Refusal::new(sqlstate::INSUFFICIENT_PRIVILEGE, "no"))
+        }
+    }
+
+    #[test]
+    fn a_refused_function_call_is_answered_in_order_and_never_sent() {
+        let mut r = Relay::new(RelayLimits::default(), NoFastPath);
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::QUERY, b"select 1\0"));
+        c.extend_from_slice(&msg(fe::FUNCTION_CALL, b"\0\0\x0a\x50\0\0\0\0\0\0"));
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"Q");
+        let mut s = BytesMut::from(&server_result(1)[..]);
+        r.on_server_bytes(&mut s).unwrap();
+        assert_eq!(tags(&drain_client(&mut r)), b"TDCZEZ");
+        // A FunctionCall too short to name a function is a protocol violation.
+        let e = r.on_client_bytes(&mut BytesMut::from(&msg(fe::FUNCTION_CALL, b"\0")[..]));
+        assert!(matches!(e, Err(RelayError::Client(_))));
     }
 
     /// Wants columns and replaces every row it is handed by an empty one, so a test can

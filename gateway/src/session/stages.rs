@@ -129,6 +129,13 @@ impl Hooks for Stages {
         }
     }
 
+    fn function_call(&mut self, oid: u32) -> Verdict {
+        match self.gate.check_function_call(oid) {
+            Ok(()) => Verdict::Allow,
+            Err(r) => Verdict::Deny(r),
+        }
+    }
+
     fn close_statement(&mut self, name: &[u8]) {
         self.gate.closed(name);
     }
