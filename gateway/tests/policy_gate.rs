@@ -615,3 +615,15 @@ fn fast_path_calls_are_large_object_functions_only() {
     auditor.check_function_call(954).unwrap(); // loread
     assert!(auditor.check_function_call(955).is_err());
 }
+
+#[test]
+fn statements_over_the_size_limit_are_refused_with_the_setting_named() {
+    let mut g = agent();
+    let mut sql = String::from("INSERT INTO transactions (id) VALUES ");
+    for i in 0..300_000 {
+        sql.push_str(if i == 0 { "(1)" } else { ",(1)" });
+    }
+    let r = check(&mut g, &sql).unwrap_err();
+    assert_eq!(r.code, "54000");
+    assert!(r.message.contains("max_statement_bytes"), "{r:?}");
+}

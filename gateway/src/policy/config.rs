@@ -56,6 +56,10 @@ fn default_search_path() -> Vec<String> {
     vec!["$user".into(), "public".into()]
 }
 
+fn default_max_statement() -> usize {
+    1 << 20
+}
+
 fn default_action() -> Action {
     Action::Deny
 }
@@ -85,6 +89,12 @@ pub struct PolicyConfig {
     /// default unless the database or role sets another); `SET search_path` is followed.
     #[serde(default = "default_search_path")]
     pub search_path: Vec<String>,
+    /// Longest statement text analysed, in bytes; longer ones are refused (54000). The
+    /// parse tree of a statement is ~7x its text and takes ~50 ms per MB to build, so
+    /// this bounds what one `Query` can cost the gateway. Bulk loads belong in
+    /// `COPY ... FROM STDIN`, whose data streams and is not analysed.
+    #[serde(default = "default_max_statement")]
+    pub max_statement_bytes: usize,
     /// Rules in order: the first `allow`, `deny` or `hold` that matches decides.
     #[serde(default, rename = "rule")]
     pub rules: Vec<PolicyRuleConfig>,
@@ -98,6 +108,7 @@ impl Default for PolicyConfig {
             default: Action::Deny,
             role_defaults: BTreeMap::new(),
             search_path: default_search_path(),
+            max_statement_bytes: default_max_statement(),
             rules: Vec::new(),
         }
     }

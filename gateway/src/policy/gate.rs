@@ -110,6 +110,17 @@ impl StatementGate {
         if !policy.is_enabled() {
             return Ok(());
         }
+        if sql.len() > policy.max_statement() {
+            return Err(Self::refuse(
+                "54000",
+                format!(
+                    "portcullis refused this statement: its text is {} bytes, over the {} bytes the gateway analyses ([policy] max_statement_bytes)",
+                    sql.len(),
+                    policy.max_statement()
+                ),
+            )
+            .with_hint("Send bulk data with COPY ... FROM STDIN, or split the statement; an operator can raise max_statement_bytes."));
+        }
         let text = self.readable(sql)?;
         let analysis = analyze_cached(text);
         let analysis = match analysis.as_ref() {

@@ -121,6 +121,7 @@ struct Inner {
     default: Action,
     role_defaults: Vec<(String, Action)>,
     search_path: Vec<String>,
+    max_statement: usize,
     rules: Vec<Rule>,
 }
 
@@ -161,6 +162,7 @@ impl StatementPolicy {
                 default: Action::Deny,
                 role_defaults: Vec::new(),
                 search_path: vec!["$user".into(), "public".into()],
+                max_statement: 1 << 20,
                 rules: Vec::new(),
             }),
         }
@@ -208,6 +210,7 @@ impl StatementPolicy {
                 default: cfg.default,
                 role_defaults,
                 search_path: cfg.search_path.clone(),
+                max_statement: cfg.max_statement_bytes,
                 rules,
             }),
         })
@@ -229,6 +232,11 @@ impl StatementPolicy {
 
     pub fn search_path(&self) -> &[String] {
         &self.inner.search_path
+    }
+
+    /// `[policy] max_statement_bytes`.
+    pub fn max_statement(&self) -> usize {
+        self.inner.max_statement
     }
 
     pub fn rule_count(&self) -> usize {
