@@ -7,6 +7,9 @@
 //! - [`session`]: the sans-IO state machines (client handshake, upstream handshake,
 //!   the relay core that tracks statements and can refuse one).
 //! - [`auth`]: agent identities and SCRAM-SHA-256 on the server side.
+//! - [`analysis`]: what a statement will do, read with PostgreSQL 15's own grammar.
+//! - [`policy`]: the `[policy]` rules, built-in denials and masked-column checks that
+//!   decide on each statement before it is forwarded, and the per-session gate.
 //! - [`mask`]: column and value masking over `DataRow`s and `COPY` data.
 //! - [`engine`]: the two I/O drivers (io_uring and epoll) around the core.
 //! - [`config`]: the TOML configuration and its validation.
