@@ -250,7 +250,7 @@ impl Policy {
     pub fn query_rule(
         &self,
         who: &Subject,
-        schemas: &[&str],
+        schemas: &[impl AsRef<str>],
         table: &str,
         column: Option<&str>,
     ) -> Option<QueryRule<'_>> {
@@ -262,7 +262,9 @@ impl Policy {
             .filter(|r| !r.exempt_for(who))
             .find(|r| match &r.selector {
                 Selector::Path(p) => {
-                    schemas.iter().any(|s| p.schema.matches(s.as_bytes()))
+                    schemas
+                        .iter()
+                        .any(|s| p.schema.matches(s.as_ref().as_bytes()))
                         && p.table.matches(table.as_bytes())
                         && column.is_none_or(|c| p.column.matches(c.as_bytes()))
                 }

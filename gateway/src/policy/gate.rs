@@ -313,11 +313,15 @@ impl StatementGate {
             search_path: self.search_path(policy),
             user: &self.user,
         };
-        let quoted = quote(text, written.span);
-        let which = if count > 1 {
-            format!("statement {} of {count}: {quoted}", index + 1)
-        } else {
-            format!("statement: {quoted}")
+        // Built only when something is refused or logged: the allowed path allocates
+        // nothing here.
+        let quoted = || quote(text, written.span);
+        let which = || {
+            if count > 1 {
+                format!("statement {} of {count}: {}", index + 1, quoted())
+            } else {
+                format!("statement: {}", quoted())
+            }
         };
         let mut reading_owned;
         let mut reading = reading;
@@ -330,12 +334,12 @@ impl StatementGate {
             reading = &reading_owned;
         }
         if let Some((p, why)) = builtin::denial(reading) {
-            self.log(reading, "deny", Some("built-in"), &quoted);
+            self.log(reading, "deny", Some("built-in"), &quoted());
             return Err(Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!("portcullis refused this statement: {why} ({p} is denied to every agent)", p = p.as_str()),
             )
-            .with_detail(which)
+            .with_detail(which())
             .with_hint("This is a built-in denial that no policy rule lifts; a database administrator can run it directly if it is needed."));
         }
         if let Some(Effect::StandardConformingStrings(Some(false))) = &reading.effect {
@@ -343,14 +347,19 @@ impl StatementGate {
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 "portcullis refused this statement: the gateway reads SQL with standard_conforming_strings on, so it cannot be turned off",
             )
-            .with_detail(which)
+            .with_detail(which())
             .with_hint("Write backslash escapes as E'...' strings instead."));
         }
         let mask = self.mask.load();
         match masked::check(reading, &mask, &self.subject, &res) {
             Ok(()) => {}
             Err(MaskedCheck::Use(u)) => {
-                self.log(reading, "deny", Some(&format!("mask:{}", u.rule)), &quoted);
+                self.log(
+                    reading,
+                    "deny",
+                    Some(&format!("mask:{}", u.rule)),
+                    &quoted(),
+                );
                 return Err(Self::refuse(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
                     format!(
@@ -358,25 +367,25 @@ impl StatementGate {
                         u.column, u.rule, u.what()
                     ),
                 )
-                .with_detail(format!("{} stands for {}; a masked column may only be selected as itself, grouped by, counted or joined on. {which}", u.column, u.source))
+                .with_detail(format!("{} stands for {}; a masked column may only be selected as itself, grouped by, counted or joined on. {}", u.column, u.source, which()))
                 .with_hint(format!(
                     "Select the column as it is and let the gateway mask it, or ask an operator to add \"{}\" to permit of masking rule \"{}\".",
                     u.permit.as_str(), u.rule
                 )));
             }
             Err(MaskedCheck::Statistics(view)) => {
-                self.log(reading, "deny", Some("mask:statistics"), &quoted);
+                self.log(reading, "deny", Some("mask:statistics"), &quoted());
                 return Err(Self::refuse(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
                     format!("portcullis refused this statement: {view} quotes sampled column values, which masking rules cannot cover"),
                 )
-                .with_detail(which)
+                .with_detail(which())
                 .with_hint("Ask an operator for the statistics you need, or query the tables themselves."));
             }
         }
         let decision = policy.decide(&self.subject, reading, &res);
         for name in &decision.logged {
-            self.log(reading, "log", Some(name), &quoted);
+            self.log(reading, "log", Some(name), &quoted());
         }
         let rule = decision.rule.as_deref();
         let verdict = decision.action;
@@ -393,11 +402,11 @@ impl StatementGate {
                 reading,
                 &format!("would {verb} (observe mode)"),
                 rule,
-                &quoted,
+                &quoted(),
             );
             return Ok(());
         }
-        self.log(reading, verb, rule, &quoted);
+        self.log(reading, verb, rule, &quoted());
         let facts = facts(reading);
         let refusal = match (verdict, rule) {
             (Action::Hold, rule) => Self::refuse(
@@ -410,7 +419,7 @@ impl StatementGate {
                     })
                 ),
             )
-            .with_detail(format!("{which} ({facts})"))
+            .with_detail(format!("{} ({facts})", which()))
             .with_hint("Approvals are not enabled on this gateway yet, so a held statement is refused; a person with database access must run it or change the rule."),
             (_, Some(r)) => Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -419,7 +428,7 @@ impl StatementGate {
                     decision.message.clone().unwrap_or_else(|| format!("policy rule \"{r}\" denies it"))
                 ),
             )
-            .with_detail(format!("{which} ({facts}; rule \"{r}\")"))
+            .with_detail(format!("{} ({facts}; rule \"{r}\")", which()))
             .with_hint("If the statement is needed, ask an operator to change the [policy] rules."),
             (_, None) => Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -428,7 +437,7 @@ impl StatementGate {
                     reading.command, reading.class, self.subject.identity
                 ),
             )
-            .with_detail(format!("{which} ({facts})"))
+            .with_detail(format!("{} ({facts})", which()))
             .with_hint("The [policy] default for this identity is deny; an operator can add a rule that allows such statements."),
         };
         Err(refusal)
