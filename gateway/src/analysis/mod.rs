@@ -98,3 +98,128 @@ pub fn analyze_cached(sql: &str) -> Cached {
     });
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> Statement {
+        let mut a = analyze(sql).unwrap();
+        assert_eq!(a.statements.len(), 1, "{sql}");
+        a.statements.remove(0)
+    }
+
+    fn rels(s: &Statement) -> Vec<String> {
+        s.relations
+            .iter()
+            .map(|r| format!("{r}{}", if r.write { " (w)" } else { "" }))
+            .collect()
+    }
+
+    #[test]
+    fn a_cte_shadows_a_table_only_inside_its_with() {
+        let s = one("WITH accounts AS (SELECT 1 AS ssn) SELECT ssn FROM accounts");
+        assert!(s.relations.is_empty(), "{:?}", rels(&s));
+        let s = one(
+            "SELECT * FROM (WITH accounts AS (SELECT 1 AS ssn) SELECT * FROM accounts) x, public.accounts",
+        );
+        assert_eq!(rels(&s), ["public.accounts"]);
+        let s = one("WITH t AS (SELECT 1) SELECT * FROM accounts a JOIN t ON true");
+        assert_eq!(rels(&s), ["accounts"]);
+    }
+
+    #[test]
+    fn writes_are_found_wherever_they_hide() {
+        for (sql, want) in [
+            ("INSERT INTO s.t SELECT * FROM u", vec!["s.t (w)", "u"]),
+            (
+                "WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM d",
+                vec!["t (w)"],
+            ),
+            ("SELECT * INTO new_t FROM t", vec!["t", "new_t (w)"]),
+            ("CREATE TABLE x AS SELECT 1 FROM y", vec!["x (w)", "y"]),
+            ("COPY t FROM STDIN", vec!["t (w)"]),
+            ("TRUNCATE a, b.c", vec!["a (w)", "b.c (w)"]),
+            ("DROP TABLE IF EXISTS a, s.b", vec!["a (w)", "s.b (w)"]),
+            (
+                "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE",
+                vec!["t (w)", "u"],
+            ),
+            (
+                "EXPLAIN ANALYZE UPDATE t SET a = 1 WHERE id = 2",
+                vec!["t (w)"],
+            ),
+            ("VACUUM FULL t", vec!["t"]),
+        ] {
+            assert_eq!(rels(&one(sql)), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn unbounded_writes() {
+        for (sql, unbounded) in [
+            ("DELETE FROM t", true),
+            ("DELETE FROM t WHERE true", true),
+            ("DELETE FROM t WHERE id = id", true),
+            ("DELETE FROM t WHERE id = $1 OR $2", true),
+            ("DELETE FROM t WHERE name LIKE $1", true),
+            ("DELETE FROM t WHERE name LIKE '%x'", true),
+            ("DELETE FROM t WHERE id IS NOT NULL", true),
+            ("DELETE FROM t WHERE NOT (id = 1)", true),
+            ("UPDATE t SET a = 1 WHERE id IN (SELECT id FROM t)", true),
+            ("DELETE FROM t WHERE id = 1", false),
+            ("DELETE FROM t WHERE id = $1", false),
+            ("DELETE FROM t WHERE name LIKE 'abc%'", false),
+            ("DELETE FROM t WHERE id = 1 OR id = 2", false),
+            ("DELETE FROM t WHERE archived", false),
+            (
+                "DELETE FROM t WHERE created < now() - interval '1 day'",
+                false,
+            ),
+            (
+                "DELETE FROM t WHERE ctid IN (SELECT ctid FROM t LIMIT 10)",
+                false,
+            ),
+            ("UPDATE t SET a = 1 WHERE CURRENT OF c", false),
+            ("DELETE FROM t WHERE deleted_at IS NULL", false),
+        ] {
+            assert_eq!(one(sql).has(Property::Unbounded), unbounded, "{sql}");
+        }
+    }
+
+    #[test]
+    fn readings_of_settings_and_prepared_statements() {
+        let s = one("SET search_path = a, \"B\", public");
+        assert_eq!(
+            s.effect,
+            Some(Effect::SearchPath(Some(vec![
+                "a".into(),
+                "B".into(),
+                "public".into()
+            ])))
+        );
+        assert_eq!(
+            one("RESET search_path").effect,
+            Some(Effect::SearchPath(None))
+        );
+        let s = one("PREPARE p(int) AS DELETE FROM t");
+        assert_eq!(s.effect, Some(Effect::Prepare("p".into())));
+        assert_eq!(s.class, Class::Write);
+        assert!(s.has(Property::Unbounded));
+        let s = one("EXPLAIN ANALYZE EXECUTE p(1)");
+        assert_eq!(s.executes.as_deref(), Some("p"));
+        assert!(s.has(Property::ExplainAnalyze));
+        assert_eq!(
+            one("SET standard_conforming_strings TO off").effect,
+            Some(Effect::StandardConformingStrings(Some(false)))
+        );
+    }
+
+    #[test]
+    fn the_cache_returns_the_same_reading() {
+        let a = analyze_cached("SELECT 1 FROM cached_t");
+        let b = analyze_cached("SELECT 1 FROM cached_t");
+        assert!(Rc::ptr_eq(&a, &b));
+        assert!(analyze_cached("SELEC").is_err());
+    }
+}

@@ -239,8 +239,18 @@ pub(crate) fn restricts(n: &J) -> bool {
                 let a = f.list("args");
                 !a.is_empty() && a.iter().all(restricts)
             }
-            _ => false,
+            // `NOT flag` filters as `flag` does; a negated comparison may match anything.
+            _ => f
+                .list("args")
+                .first()
+                .is_some_and(|a| a.as_node("ColumnRef").is_some()),
         },
+        // A boolean column (`WHERE archived`) filters rows.
+        "ColumnRef" => !f
+            .list("fields")
+            .iter()
+            .any(|x| x.as_node("A_Star").is_some()),
+        "BooleanTest" => f.get("arg").is_some_and(has_column),
         "CurrentOfExpr" => true,
         "NullTest" => f.text("nulltesttype") == "IS_NULL" && f.get("arg").is_some_and(has_column),
         "A_Expr" => {
@@ -258,7 +268,7 @@ pub(crate) fn restricts(n: &J) -> bool {
                     }
                     match op.as_str() {
                         "=" => constant(k, true),
-                        "<" | ">" | "<=" | ">=" => constant(k, false),
+                        "<" | ">" | "<=" | ">=" | "<>" | "!=" => constant(k, false),
                         _ => false,
                     }
                 }
