@@ -553,6 +553,11 @@ fn the_session_is_read_as_the_server_reads_it() {
     assert!(r.message.contains("is masked"), "{r:?}");
     check(&mut g, "RESET search_path").unwrap();
     check(&mut g, "SELECT lower(full_name) FROM accounts").unwrap();
+    // A SET LOCAL (or a SET rolled back) is not followed as such: the schemas of the
+    // path before it still count for masking.
+    check(&mut g, "BEGIN; SET LOCAL search_path = elsewhere; COMMIT").unwrap();
+    let r = check(&mut g, "SELECT reverse(ssn) FROM accounts").unwrap_err();
+    assert!(r.message.contains("is masked"), "{r:?}");
 }
 
 #[test]

@@ -441,7 +441,7 @@ impl<'s> Walker<'s> {
     fn simple_select(&mut self, f: &J) -> Derived {
         self.scopes.push(Vec::new());
         for item in f.list("fromClause") {
-            self.from_item(item);
+            self.range_item(item);
         }
         let mut out = Derived::default();
         let values = f.list("valuesLists");
@@ -506,13 +506,13 @@ impl<'s> Walker<'s> {
             self.prop(Property::RowLock);
         }
         if let Some(into) = f.get("intoClause") {
-            self.into_clause(into);
+            self.select_into(into);
         }
         self.scopes.pop();
         out
     }
 
-    fn into_clause(&mut self, into: &J) {
+    fn select_into(&mut self, into: &J) {
         let into = into.as_node("IntoClause").unwrap_or(into);
         if let Some(rel) = into.get("rel") {
             let rel = rel.as_node("RangeVar").unwrap_or(rel);
@@ -629,10 +629,8 @@ impl<'s> Walker<'s> {
         let schema = Some(rv.text("schemaname"))
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
-        let r = self
-            .stmt
-            .relation(schema, rv.text("relname").to_owned(), true);
-        r
+        self.stmt
+            .relation(schema, rv.text("relname").to_owned(), true)
     }
 
     /// A relation that a DML statement writes, visible in its own scope.
@@ -672,7 +670,7 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn from_item(&mut self, n: &J) {
+    fn range_item(&mut self, n: &J) {
         match n.node() {
             Some(("RangeVar", rv)) => {
                 let schema = rv.text("schemaname");
@@ -717,11 +715,11 @@ impl<'s> Walker<'s> {
             Some(("JoinExpr", j)) => {
                 let before = self.scopes.last().map_or(0, Vec::len);
                 if let Some(l) = j.get("larg") {
-                    self.from_item(l);
+                    self.range_item(l);
                 }
                 let mid = self.scopes.last().map_or(0, Vec::len);
                 if let Some(r) = j.get("rarg") {
-                    self.from_item(r);
+                    self.range_item(r);
                 }
                 let mut using = names(j.list("usingClause"));
                 if j.flag("isNatural") {
@@ -800,7 +798,7 @@ impl<'s> Walker<'s> {
             }
             Some(("RangeTableSample", ts)) => {
                 if let Some(r) = ts.get("relation") {
-                    self.from_item(r);
+                    self.range_item(r);
                 }
                 for a in ts.list("args") {
                     self.expr(a, Use::Function);
@@ -912,7 +910,7 @@ impl<'s> Walker<'s> {
         self.scopes.push(Vec::new());
         self.target(f.get("relation"));
         for item in f.list("fromClause") {
-            self.from_item(item);
+            self.range_item(item);
         }
         for t in f.list("targetList") {
             if let Some(v) = t.as_node("ResTarget").and_then(|r| r.get("val")) {
@@ -934,7 +932,7 @@ impl<'s> Walker<'s> {
         self.scopes.push(Vec::new());
         self.target(f.get("relation"));
         for item in f.list("usingClause") {
-            self.from_item(item);
+            self.range_item(item);
         }
         self.where_of_write(f);
         let out = self.returning(f);
@@ -951,7 +949,7 @@ impl<'s> Walker<'s> {
         self.scopes.push(Vec::new());
         self.target(f.get("relation"));
         if let Some(s) = f.get("sourceRelation") {
-            self.from_item(s);
+            self.range_item(s);
         }
         if let Some(c) = f.get("joinCondition") {
             self.expr(c, Use::Compare);
@@ -1499,7 +1497,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             let mut w = Walker::new(stmt);
             if let Some(into) = f.get("into") {
                 w.scopes.push(Vec::new());
-                w.into_clause(into);
+                w.select_into(into);
                 w.scopes.pop();
             }
             match f.get("query") {

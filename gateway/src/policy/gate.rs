@@ -52,6 +52,10 @@ pub struct StatementGate {
     prepared: HashMap<Vec<u8>, Rc<Statement>>,
     /// `None` until the session sets one: the policy's configured default.
     search_path: Option<Vec<String>>,
+    /// Every schema any `search_path` of this session named (see [`Resolver::also`]).
+    seen_schemas: Vec<String>,
+    /// The policy's `search_path`, as last seen.
+    default_path: Vec<String>,
     /// The server reported `standard_conforming_strings = off`.
     scs_off: bool,
     client_encoding: String,
@@ -74,6 +78,8 @@ impl StatementGate {
             user: user.into(),
             prepared: HashMap::new(),
             search_path: None,
+            seen_schemas: Vec::new(),
+            default_path: Vec::new(),
             scs_off: false,
             client_encoding: "UTF8".into(),
         }
@@ -100,6 +106,9 @@ impl StatementGate {
     /// Decides on the SQL text of a `Query` or `Parse`.
     pub fn check(&mut self, sql: &[u8], source: Source) -> Result<(), Refusal> {
         let policy = self.policy.load_full();
+        if self.default_path.as_slice() != policy.search_path() {
+            self.default_path = policy.search_path().to_vec();
+        }
         if !policy.is_configured() {
             return Err(Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -309,9 +318,15 @@ impl StatementGate {
         index: usize,
         count: usize,
     ) -> Result<(), Refusal> {
+        let also: &[String] = if self.seen_schemas.is_empty() {
+            &[]
+        } else {
+            &self.seen_schemas
+        };
         let res = Resolver {
             search_path: self.search_path(policy),
             user: &self.user,
+            also,
         };
         // Built only when something is refused or logged: the allowed path allocates
         // nothing here.
@@ -483,6 +498,17 @@ impl StatementGate {
             }
             Some(Effect::ResetAll) | Some(Effect::SearchPath(None)) => self.search_path = None,
             Some(Effect::SearchPath(Some(p))) => {
+                // What the server may still be on if this SET turns out LOCAL or is
+                // rolled back: the path before it.
+                let before = self
+                    .search_path
+                    .clone()
+                    .unwrap_or_else(|| self.default_path.clone());
+                for s in before.into_iter().chain(p.iter().cloned()) {
+                    if !self.seen_schemas.contains(&s) {
+                        self.seen_schemas.push(s);
+                    }
+                }
                 self.search_path = Some(p.clone());
             }
             Some(Effect::StandardConformingStrings(_)) | None => {}

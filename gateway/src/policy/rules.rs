@@ -15,6 +15,10 @@ use super::config::{Action, PolicyConfig, PolicyRuleConfig};
 pub struct Resolver<'a> {
     pub search_path: &'a [String],
     pub user: &'a str,
+    /// Schemas of paths the session had before (the default, earlier `SET`s): a
+    /// `SET LOCAL` or a `SET` rolled back leaves the server on one of those, which the
+    /// gateway does not follow, so deny rules and masking look in them too.
+    pub also: &'a [String],
 }
 
 impl Resolver<'_> {
@@ -25,7 +29,7 @@ impl Resolver<'_> {
             return vec![s.to_owned()];
         }
         let mut v = vec!["pg_catalog".to_owned(), "pg_temp".to_owned()];
-        for s in self.search_path {
+        for s in self.search_path.iter().chain(self.also) {
             let s = if s == "$user" { self.user } else { s };
             if !v.iter().any(|x| x == s) {
                 v.push(s.to_owned());
