@@ -111,22 +111,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "Identities: agent / agent-secret, auditor / auditor-secret. Ctrl-C stops everything."
     );
+    // Wrapped by hand at about 90 columns so the summary reads in an ordinary terminal.
     println!(
-        "Upstream the gateway logs in as `{role}`, a least-privilege role: not a superuser, \
-         CONNECT on `{DB}`, USAGE on schema public, SELECT/INSERT/UPDATE/DELETE on accounts \
+        "Upstream the gateway logs in as `{role}`, a least-privilege role: not a superuser,\n  \
+         CONNECT on `{DB}`, USAGE on schema public, SELECT/INSERT/UPDATE/DELETE on accounts\n  \
          and transactions, nothing else."
     );
     println!(
-        "Statement policy (deploy/quickstart.toml): the agent reads and writes rows, the \
-         auditor reads; DROP, TRUNCATE, ALTER and DELETE/UPDATE without a restricting WHERE \
-         are held for approval (refused for now with \"approval required\"); the built-in \
-         denials (COPY ... PROGRAM, server files, SET ROLE, ...) and anything no rule allows \
-         are refused."
+        "Statement policy (deploy/quickstart.toml): the agent reads and writes rows, the\n  \
+         auditor reads; DROP, TRUNCATE, ALTER and DELETE/UPDATE without a restricting WHERE\n  \
+         are held for approval (refused for now with \"approval required\", as `held:` shows);\n  \
+         built-in denials (COPY ... PROGRAM, server files, SET ROLE, ...) and anything no\n  \
+         rule allows are refused."
     );
     if !args.no_mask {
         println!(
-            "The agent sees SSNs, card and routing numbers, IBANs and e-mails masked (policy: \
-             deploy/quickstart.toml); the auditor sees raw values."
+            "Masking: the agent sees SSNs, card and routing numbers, IBANs and e-mails masked\n  \
+             (deploy/quickstart.toml); the auditor sees raw values."
         );
     }
 
