@@ -426,6 +426,76 @@ pub fn load_financial(
     Ok(())
 }
 
+/// The login role a gateway in front of the sample dataset uses upstream when it should
+/// hold no more than agents need (the quickstart's).
+pub const GATEWAY_ROLE: &str = "portcullis_agent";
+
+/// The sample tables, the only relations [`GATEWAY_ROLE`] is granted.
+const SAMPLE_TABLES: &str = "accounts, transactions";
+
+/// Creates [`GATEWAY_ROLE`] for `db` (loaded with [`load_financial`]) and returns its
+/// `(user, password)`: LOGIN with a fresh generated password stored as a SCRAM verifier,
+/// no attribute beyond that, CONNECT on `db`, USAGE on `public`, row access to the sample
+/// tables and their sequences, and nothing else. PUBLIC's default CONNECT and TEMPORARY
+/// are revoked on every database of the cluster (superusers, the harness's own upstream
+/// role among them, are not affected). A role that exists is given a new password, so a
+/// second call is fine.
+///
+/// The gateway's built-in denials keep agents off server files and programs whatever its
+/// upstream role may do; this role makes the server refuse them too, should a statement
+/// ever get past the gateway.
+pub fn create_gateway_role(cluster: &PgCluster, db: &str) -> Result<(String, String), PgError> {
+    let password: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    // Sent already hashed: the cleartext never reaches the server or its log.
+    let verifier = crate::scram::verifier(&password);
+    let role = GATEWAY_ROLE;
+    let db_ident = format!("\"{}\"", db.replace('"', "\"\""));
+    cluster.psql(
+        "postgres",
+        &format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role};
+               END IF;
+             END $$;
+             ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
+               NOBYPASSRLS PASSWORD '{verifier}';
+             -- PUBLIC may CONNECT to every database and create TEMPORARY tables in it by
+             -- default: revoked everywhere, so the grant below is the role's only way in.
+             DO $$ DECLARE d name; BEGIN
+               FOR d IN SELECT datname FROM pg_database WHERE datallowconn LOOP
+                 EXECUTE format('REVOKE ALL ON DATABASE %I FROM PUBLIC', d);
+               END LOOP;
+             END $$;
+             GRANT CONNECT ON DATABASE {db_ident} TO {role};"
+        ),
+    )?;
+    cluster.psql(
+        db,
+        &format!(
+            // PostgreSQL 15 no longer lets PUBLIC create in `public`; USAGE is all it needs.
+            "GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {SAMPLE_TABLES} TO {role};
+             -- Sequences owned by the sample tables' columns (serial, identity), if any.
+             DO $$ DECLARE s regclass; BEGIN
+               FOR s IN SELECT d.objid::regclass FROM pg_depend d
+                        JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'
+                        WHERE d.classid = 'pg_class'::regclass
+                          AND d.refobjid = ANY ('{{{SAMPLE_TABLES}}}'::regclass[])
+                          AND d.deptype IN ('a', 'i')
+               LOOP
+                 EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO {role}', s);
+               END LOOP;
+             END $$;"
+        ),
+    )?;
+    Ok((role.to_owned(), password))
+}
+
 fn copy_in(
     cluster: &PgCluster,
     db: &str,

@@ -166,6 +166,14 @@ impl GatewayOptions {
         self
     }
 
+    /// Logs in upstream as `user` instead of the cluster's upstream role (e.g. the role
+    /// [`crate::create_gateway_role`] makes).
+    pub fn upstream_login(mut self, user: &str, password: &str) -> Self {
+        self.upstream_user = user.into();
+        self.upstream_password = password.into();
+        self
+    }
+
     /// No `[policy]` section at all.
     pub fn no_policy(mut self) -> Self {
         self.policy_toml = None;

@@ -12,7 +12,9 @@ pub mod pg;
 pub mod policy;
 pub mod scram;
 
-pub use dataset::{aba_valid, iban_valid, load_financial, luhn_valid, ssn_valid};
+pub use dataset::{
+    GATEWAY_ROLE, aba_valid, create_gateway_role, iban_valid, load_financial, luhn_valid, ssn_valid,
+};
 pub use gateway::{ALLOW_ALL_POLICY, Engine, Gateway, GatewayOptions, Identity};
 pub use net::{NetNs, free_port};
 pub use pg::{PgCluster, PgOptions};
