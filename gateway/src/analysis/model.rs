@@ -133,7 +133,8 @@ properties! {
     /// Changes a setting that guards data (`session_replication_role`, read-only
     /// defaults, `row_security`, session transaction characteristics).
     ProtectedSetting = "protected_setting",
-    /// `RESET ALL` / `DISCARD ALL` drop every session setting.
+    /// `RESET ALL` drops every session setting (`DISCARD ALL` is the connection-pool
+    /// reset and stays a plain session statement).
     ResetAll = "reset_all",
     /// `DROP` of any object, `ALTER TABLE ... DROP`.
     Drop = "drop",
