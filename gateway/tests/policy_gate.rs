@@ -502,6 +502,12 @@ fn prepared_statements_are_judged_as_what_they_run() {
         r.message.contains("is masked") || r.message.contains("no policy rule"),
         "{r:?}"
     );
+    // One Query: a later statement sees what an earlier one prepared (psql -c sends this).
+    check(&mut g, "PREPARE q(bigint) AS SELECT full_name FROM accounts WHERE id = $1; EXECUTE q(3); DEALLOCATE q").unwrap();
+    assert!(check(&mut g, "EXECUTE q(3)").is_err());
+    // ... and a refused Query leaves nothing behind.
+    assert!(check(&mut g, "PREPARE r AS SELECT 1; DROP TABLE accounts").is_err());
+    assert!(check(&mut g, "EXECUTE r").is_err());
     // Deallocated and discarded names are forgotten.
     check(&mut g, "DEALLOCATE ok").unwrap();
     assert!(check(&mut g, "EXECUTE ok(1)").is_err());

@@ -135,7 +135,8 @@ impl Item {
                 relation: *r,
                 column: None,
             }],
-            Src::Derived(d) => d.all_whole(),
+            // A derived table's row is its columns, each what it is.
+            Src::Derived(d) => d.all(),
             Src::Opaque(_) => Vec::new(),
         }
     }
@@ -838,7 +839,12 @@ impl<'s> Walker<'s> {
                 }
             }
             let s = self.value(val, Use::Output);
-            let name = Some(rt.text("name").to_owned()).filter(|n| !n.is_empty());
+            let name = Some(rt.text("name").to_owned())
+                .filter(|n| !n.is_empty())
+                .or_else(|| {
+                    val.as_node("ColumnRef")
+                        .map(|c| last_name(c.list("fields")))
+                });
             out.cols.push((name, s));
         }
         self.returning = was;

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
 use crate::analysis::{
-    self, AnalysisError, Class, Effect, ParseError, Property, Statement, analyze_cached,
+    self, Analysis, AnalysisError, Class, Effect, ParseError, Property, Statement, analyze_cached,
 };
 use crate::mask::{Policy as MaskPolicy, Subject};
 use crate::protocol::sqlstate;
@@ -56,9 +56,28 @@ pub struct StatementGate {
     seen_schemas: Vec<String>,
     /// The policy's `search_path`, as last seen.
     default_path: Vec<String>,
+    /// Texts allowed whole, by their cached reading (the `Rc` keeps the address from
+    /// being reused), with the generation they were judged in.
+    allowed: HashMap<usize, (Rc<Result<Analysis, AnalysisError>>, u64)>,
+    /// Bumped whenever what a judgement depends on changes: the policy or masking rules
+    /// (a reload), the search_path.
+    generation: u64,
+    versions: (usize, usize),
     /// The server reported `standard_conforming_strings = off`.
     scs_off: bool,
     client_encoding: String,
+}
+
+/// Bound on remembered allowed texts per session.
+const MAX_ALLOWED: usize = 1024;
+
+/// How a statement that is not refused was judged.
+enum Judged {
+    /// Allowed, nothing logged: the same text may skip judging next time.
+    Quiet,
+    /// Allowed but logged (a `log` rule, observe mode): judged every time, so every
+    /// occurrence is logged.
+    Logged,
 }
 
 const SQLSTATE_SYNTAX: &str = "42601";
@@ -80,6 +99,9 @@ impl StatementGate {
             search_path: None,
             seen_schemas: Vec::new(),
             default_path: Vec::new(),
+            allowed: HashMap::new(),
+            generation: 0,
+            versions: (0, 0),
             scs_off: false,
             client_encoding: "UTF8".into(),
         }
@@ -106,6 +128,12 @@ impl StatementGate {
     /// Decides on the SQL text of a `Query` or `Parse`.
     pub fn check(&mut self, sql: &[u8], source: Source) -> Result<(), Refusal> {
         let policy = self.policy.load_full();
+        let mask = Arc::as_ptr(&self.mask.load_full()) as usize;
+        let versions = (Arc::as_ptr(&policy) as usize, mask);
+        if versions != self.versions {
+            self.versions = versions;
+            self.generation += 1;
+        }
         if self.default_path.as_slice() != policy.search_path() {
             self.default_path = policy.search_path().to_vec();
         }
@@ -131,20 +159,63 @@ impl StatementGate {
             .with_hint("Send bulk data with COPY ... FROM STDIN, or split the statement; an operator can raise max_statement_bytes."));
         }
         let text = self.readable(sql)?;
-        let analysis = analyze_cached(text);
-        let analysis = match analysis.as_ref() {
+        let cached = analyze_cached(text);
+        let analysis = match cached.as_ref() {
             Ok(a) => a,
             Err(e) => return Err(self.unparsed(e, text)),
         };
         let count = analysis.statements.len();
+        // Statements of one Query run in order, so a later one sees what an earlier one
+        // did (`PREPARE q ...; EXECUTE q`, `SET search_path ...; SELECT ...`): effects are
+        // applied as the statements are judged, and undone if any is refused, since then
+        // none of them reaches the server.
+        let saved =
+            (count > 1 && analysis.statements.iter().any(|s| s.effect.is_some())).then(|| {
+                (
+                    self.prepared.clone(),
+                    self.search_path.clone(),
+                    self.seen_schemas.clone(),
+                )
+            });
+        // A text this session already ran under the same policy, masking and path
+        // passes again without being judged: only its effects are applied.
+        let key = Rc::as_ptr(&cached) as usize;
+        let known = self
+            .allowed
+            .get(&key)
+            .is_some_and(|(_, generation)| *generation == self.generation);
+        let mut quiet = !analysis.statements.iter().any(|s| s.executes.is_some());
+        let generation = self.generation;
         for (i, stmt) in analysis.statements.iter().enumerate() {
-            let resolved = self.resolve_execute(stmt)?;
-            let reading: &Statement = resolved.as_deref().unwrap_or(stmt);
-            self.judge(&policy, reading, stmt, text, i, count)?;
-        }
-        // Everything passed: the session now runs these, so track what they change.
-        for stmt in &analysis.statements {
+            let judged = if known {
+                Ok(Judged::Quiet)
+            } else {
+                self.resolve_execute(stmt).and_then(|resolved| {
+                    let reading: &Statement = resolved.as_deref().unwrap_or(stmt);
+                    self.judge(&policy, reading, stmt, text, i, count)
+                })
+            };
+            match judged {
+                Ok(Judged::Quiet) => {}
+                Ok(Judged::Logged) => quiet = false,
+                Err(r) => {
+                    if let Some((prepared, path, seen)) = saved {
+                        self.prepared = prepared;
+                        self.search_path = path;
+                        self.seen_schemas = seen;
+                    }
+                    return Err(r);
+                }
+            }
             self.apply(stmt);
+        }
+        if quiet && !known {
+            if self.allowed.len() >= MAX_ALLOWED {
+                self.allowed.clear();
+            }
+            // Judged under `generation`: if a statement of this text changed the path, the
+            // entry is stale at once, and the text is judged again next time.
+            self.allowed.insert(key, (cached.clone(), generation));
         }
         if let Source::Parse(name) = source
             && let [only] = analysis.statements.as_slice()
@@ -212,7 +283,7 @@ impl StatementGate {
         });
         let text = stmt.command.clone();
         stmt.span = (0, text.len());
-        self.judge(&policy, &stmt, &stmt, &text, 0, 1)
+        self.judge(&policy, &stmt, &stmt, &text, 0, 1).map(|_| ())
     }
 
     /// The text as the server will read it, or why it cannot be read the same way.
@@ -317,7 +388,7 @@ impl StatementGate {
         text: &str,
         index: usize,
         count: usize,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Judged, Refusal> {
         let also: &[String] = if self.seen_schemas.is_empty() {
             &[]
         } else {
@@ -405,7 +476,11 @@ impl StatementGate {
         let rule = decision.rule.as_deref();
         let verdict = decision.action;
         if verdict == Action::Allow {
-            return Ok(());
+            return Ok(if decision.logged.is_empty() {
+                Judged::Quiet
+            } else {
+                Judged::Logged
+            });
         }
         let verb = if verdict == Action::Hold {
             "hold"
@@ -419,7 +494,7 @@ impl StatementGate {
                 rule,
                 &quoted(),
             );
-            return Ok(());
+            return Ok(Judged::Logged);
         }
         self.log(reading, verb, rule, &quoted());
         let facts = facts(reading);
@@ -472,6 +547,12 @@ impl StatementGate {
     }
 
     fn apply(&mut self, stmt: &Statement) {
+        if matches!(
+            stmt.effect,
+            Some(Effect::SearchPath(_) | Effect::ResetAll | Effect::DiscardAll)
+        ) {
+            self.generation += 1;
+        }
         match &stmt.effect {
             Some(Effect::Prepare(name)) => {
                 if self.prepared.len() >= MAX_PREPARED {
