@@ -274,6 +274,8 @@ pub struct ColumnUse {
     pub usage: Use,
     /// In a `RETURNING` list: output of a write, not a read by it.
     pub returning: bool,
+    /// For [`Use::Join`]: the index (in [`Statement::columns`]) of the other side.
+    pub partner: Option<usize>,
 }
 
 /// What a statement does to the session, for the session layer to track.

@@ -317,6 +317,12 @@ impl<'s> Walker<'s> {
         }
     }
 
+    /// Marks the last two recorded uses as the two sides of one join equality.
+    fn pair(&mut self, a: usize, b: usize) {
+        self.stmt.columns[a].partner = Some(b);
+        self.stmt.columns[b].partner = Some(a);
+    }
+
     fn prop(&mut self, p: Property) {
         self.stmt.properties.insert(p);
     }
@@ -327,6 +333,7 @@ impl<'s> Walker<'s> {
             sources,
             usage,
             returning: self.returning,
+            partner: None,
         });
     }
 
@@ -755,6 +762,10 @@ impl<'s> Walker<'s> {
                     };
                     self.record(col.clone(), left, usage);
                     self.record(col, right, usage);
+                    if usage == Use::Join {
+                        let n = self.stmt.columns.len();
+                        self.pair(n - 2, n - 1);
+                    }
                 }
                 if let Some(q) = j.get("quals") {
                     self.expr(q, Use::Compare);
@@ -1077,6 +1088,8 @@ impl<'s> Walker<'s> {
                 if ls.is_empty() || rs.is_empty() {
                     w.stmt.columns[li].usage = Use::Compare;
                     w.stmt.columns[ri].usage = Use::Compare;
+                } else {
+                    w.pair(li, ri);
                 }
             }
             _ => sides(w, Use::Compare),
@@ -1169,6 +1182,10 @@ impl<'s> Walker<'s> {
                         };
                         self.stmt.columns[ti].usage = usage;
                         self.record("(subquery)".into(), sub, usage);
+                        if usage == Use::Join {
+                            let si = self.stmt.columns.len() - 1;
+                            self.pair(ti, si);
+                        }
                     }
                     test => {
                         if let Some(t) = test {

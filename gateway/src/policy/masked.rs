@@ -98,6 +98,14 @@ pub fn check(
             else {
                 continue;
             };
+            // Joining a masked column is allowed with a column the same rule masks (keys
+            // joined across tables); with any other column it is an equality oracle the
+            // agent may control (a column it can write, a table it filled with guesses).
+            let permit = if permit == Permit::Join && !joined_within(stmt, u, rule.name, mask, who, res) {
+                Permit::Compare
+            } else {
+                permit
+            };
             if rule.permits.contains(&permit) {
                 continue;
             }
@@ -113,6 +121,28 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// Whether every table column on the other side of `u`'s join equality is masked by rule
+/// `rule` too.
+fn joined_within(
+    stmt: &Statement,
+    u: &crate::analysis::ColumnUse,
+    rule: &str,
+    mask: &Policy,
+    who: &Subject,
+    res: &Resolver,
+) -> bool {
+    let Some(other) = u.partner.and_then(|p| stmt.columns.get(p)) else {
+        return false;
+    };
+    !other.sources.is_empty()
+        && other.sources.iter().all(|src| {
+            let rel = &stmt.relations[src.relation];
+            let schemas = res.candidates(rel.schema.as_deref());
+            mask.query_rule(who, &schemas, &rel.name, src.column.as_deref())
+                .is_some_and(|r| r.name == rule)
+        })
 }
 
 /// Why the masking check refused.
