@@ -258,10 +258,22 @@ fn masked_columns_cannot_be_read_around() {
         ("SELECT (a).ssn FROM accounts a", "a"),
         ("SELECT xmlelement(name x, ssn) FROM accounts", "ssn"),
         // Joining with a column the agent controls is an equality oracle.
-        ("SELECT a.id FROM accounts a JOIN transactions t ON a.ssn = t.memo", "a.ssn"),
-        ("SELECT a.id FROM accounts a JOIN transactions t ON t.memo = a.ssn", "a.ssn"),
-        ("SELECT id FROM accounts WHERE ssn IN (SELECT memo FROM transactions)", "ssn"),
-        ("SELECT a.id FROM accounts a JOIN transactions t ON a.card_number = t.memo", "a.card_number"),
+        (
+            "SELECT a.id FROM accounts a JOIN transactions t ON a.ssn = t.memo",
+            "a.ssn",
+        ),
+        (
+            "SELECT a.id FROM accounts a JOIN transactions t ON t.memo = a.ssn",
+            "a.ssn",
+        ),
+        (
+            "SELECT id FROM accounts WHERE ssn IN (SELECT memo FROM transactions)",
+            "ssn",
+        ),
+        (
+            "SELECT a.id FROM accounts a JOIN transactions t ON a.card_number = t.memo",
+            "a.card_number",
+        ),
         // Renamed through a subquery, a CTE, a column alias list, a star.
         (
             "SELECT upper(s) FROM (SELECT ssn AS s FROM accounts) x",

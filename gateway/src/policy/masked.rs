@@ -101,11 +101,12 @@ pub fn check(
             // Joining a masked column is allowed with a column the same rule masks (keys
             // joined across tables); with any other column it is an equality oracle the
             // agent may control (a column it can write, a table it filled with guesses).
-            let permit = if permit == Permit::Join && !joined_within(stmt, u, rule.name, mask, who, res) {
-                Permit::Compare
-            } else {
-                permit
-            };
+            let permit =
+                if permit == Permit::Join && !joined_within(stmt, u, rule.name, mask, who, res) {
+                    Permit::Compare
+                } else {
+                    permit
+                };
             if rule.permits.contains(&permit) {
                 continue;
             }

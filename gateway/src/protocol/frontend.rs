@@ -200,6 +200,20 @@ pub fn describe_portal(name: &[u8]) -> Bytes {
     })
 }
 
+/// A simple `Query`.
+pub fn query(sql: &[u8]) -> Bytes {
+    build(QUERY, |b| super::frame::put_cstr(b, sql))
+}
+
+/// `Parse` of `sql` as statement `name`, with no declared parameter types.
+pub fn parse(name: &[u8], sql: &[u8]) -> Bytes {
+    build(PARSE, |b| {
+        super::frame::put_cstr(b, name);
+        super::frame::put_cstr(b, sql);
+        b.put_i16(0);
+    })
+}
+
 pub fn sync() -> Bytes {
     build(SYNC, |_| {})
 }

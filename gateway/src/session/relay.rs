@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use super::tracker::{Described, Tracker};
-use crate::protocol::backend::{self as be, Severity, error_response, ready_for_query};
+use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::frame::{Frame, peek_header, split_frame};
 use crate::protocol::frontend as fe;
 use crate::protocol::{ProtocolError, sqlstate};
@@ -60,7 +60,11 @@ enum Origin {
 /// What the server still owes the client, in order.
 #[derive(Debug)]
 enum Expect {
-    Parse,
+    /// `refusal`: the client's `Parse` was refused and replaced by one that fails (see
+    /// [`REFUSED_SQL`]); the server's error for it is swapped for this frame.
+    Parse {
+        refusal: Option<Bytes>,
+    },
     Bind,
     Close,
     DescribeStatement(Described),
@@ -75,16 +79,21 @@ enum Expect {
         formats: Vec<i16>,
     },
     Sync,
-    /// A simple query or function call: everything up to `ReadyForQuery`.
+    /// A simple query or function call: everything up to `ReadyForQuery`. `refusal` as
+    /// for `Parse`, for a refused query or call.
     Query {
         sql: Bytes,
-    },
-    /// Gateway-made output that goes to the client once everything before it has.
-    Synthetic {
-        frame: Bytes,
-        then_ready: bool,
+        refusal: Option<Bytes>,
     },
 }
+
+/// What the gateway sends the server in place of a refused statement: text that fails to
+/// parse, so the server answers with an error exactly where the refused statement would
+/// have been and its transaction state follows PostgreSQL's rules for an error (an open
+/// transaction block is aborted, an extended-protocol batch is rolled back at `Sync`).
+/// The client gets the gateway's refusal in place of the server's error, and then the
+/// server's own `ReadyForQuery`, so what it is told is what happened.
+pub const REFUSED_SQL: &[u8] = b"-- portcullis refused the client's statement; this placeholder fails on purpose\nportcullis_refused";
 
 /// How rows of the current result are handled.
 enum Rows {
@@ -203,7 +212,7 @@ impl<H: Hooks> Relay<H> {
     /// The SQL of the statement whose results are streaming now.
     fn current_sql(&self) -> Bytes {
         match self.expect.front() {
-            Some(Expect::Query { sql }) | Some(Expect::Execute { sql, .. }) => sql.clone(),
+            Some(Expect::Query { sql, .. }) | Some(Expect::Execute { sql, .. }) => sql.clone(),
             _ => Bytes::new(),
         }
     }
@@ -335,10 +344,10 @@ impl<H: Hooks> Relay<H> {
                 match self.hooks.statement(sql, Via::SimpleQuery) {
                     Verdict::Allow => {
                         let sql = frame.as_bytes().slice_ref(sql);
-                        self.expect.push_back(Expect::Query { sql });
+                        self.expect.push_back(Expect::Query { sql, refusal: None });
                         self.send_server(frame.into_bytes());
                     }
-                    Verdict::Deny(r) => self.refuse(r, true),
+                    Verdict::Deny(r) => self.refuse_query(r),
                 }
             }
             fe::PARSE => {
@@ -351,11 +360,15 @@ impl<H: Hooks> Relay<H> {
                             bytes.slice_ref(p.sql),
                             p.param_types,
                         );
-                        self.expect.push_back(Expect::Parse);
+                        self.expect.push_back(Expect::Parse { refusal: None });
                         self.send_server(frame.into_bytes());
                     }
                     Verdict::Deny(r) => {
-                        self.refuse(r, false);
+                        self.hooks.completed(Outcome::Refused);
+                        self.send_server(fe::parse(b"", REFUSED_SQL));
+                        self.expect.push_back(Expect::Parse {
+                            refusal: Some(r.to_error_response()),
+                        });
                         self.skip_to_sync = true;
                     }
                 }
@@ -440,11 +453,14 @@ impl<H: Hooks> Relay<H> {
                 let oid = fe::parse_function_call(frame.body()).map_err(err)?;
                 match self.hooks.function_call(oid) {
                     Verdict::Allow => {
-                        self.expect.push_back(Expect::Query { sql: Bytes::new() });
+                        self.expect.push_back(Expect::Query {
+                            sql: Bytes::new(),
+                            refusal: None,
+                        });
                         self.send_server(frame.into_bytes());
                     }
                     // Answered like a refused simple query: error, then ReadyForQuery.
-                    Verdict::Deny(r) => self.refuse(r, true),
+                    Verdict::Deny(r) => self.refuse_query(r),
                 }
             }
             fe::FLUSH | fe::COPY_DONE | fe::COPY_FAIL => self.send_server(frame.into_bytes()),
@@ -462,26 +478,15 @@ impl<H: Hooks> Relay<H> {
         Ok(())
     }
 
-    /// Queues a refusal at its place in the response stream.
-    fn refuse(&mut self, r: Refusal, then_ready: bool) {
+    /// Refuses a simple query or function call: the server gets [`REFUSED_SQL`] in its
+    /// place and the client the refusal in place of the server's error.
+    fn refuse_query(&mut self, r: Refusal) {
         self.hooks.completed(Outcome::Refused);
-        self.expect.push_back(Expect::Synthetic {
-            frame: r.to_error_response(),
-            then_ready,
+        self.send_server(fe::query(REFUSED_SQL));
+        self.expect.push_back(Expect::Query {
+            sql: Bytes::new(),
+            refusal: Some(r.to_error_response()),
         });
-        self.drain_synthetic();
-    }
-
-    fn drain_synthetic(&mut self) {
-        while let Some(Expect::Synthetic { .. }) = self.expect.front() {
-            let Some(Expect::Synthetic { frame, then_ready }) = self.expect.pop_front() else {
-                unreachable!()
-            };
-            self.send_client(frame);
-            if then_ready {
-                self.send_client(ready_for_query(self.txn_status));
-            }
-        }
     }
 
     // ---------------------------------------------------------------- server → client
@@ -576,6 +581,25 @@ impl<H: Hooks> Relay<H> {
                 }
                 self.expect.pop_front();
             }
+        }
+        if tag == be::ERROR_RESPONSE
+            && let Some(Expect::Query { refusal, .. } | Expect::Parse { refusal }) =
+                self.expect.front_mut()
+            && let Some(ours) = refusal.take()
+        {
+            // The server's error for the placeholder of a refused statement: the client
+            // gets the refusal instead, and the stream goes on as after any error.
+            self.rows = Rows::Unknown;
+            if !matches!(self.expect.front(), Some(Expect::Query { .. })) {
+                while let Some(e) = self.expect.front() {
+                    if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                        break;
+                    }
+                    self.expect.pop_front();
+                }
+            }
+            self.send_client(ours);
+            return Ok(());
         }
         match tag {
             be::DATA_ROW | be::COPY_DATA => match &mut self.rows {
@@ -693,7 +717,6 @@ impl<H: Hooks> Relay<H> {
             // function results: forwarded as they are.
             _ => self.send_client(frame.into_bytes()),
         }
-        self.drain_synthetic();
         Ok(())
     }
 
@@ -826,6 +849,20 @@ mod tests {
         }
     }
 
+    fn server_error() -> Bytes {
+        error_response(
+            Severity::Error,
+            "42601",
+            "syntax error at or near \"portcullis_refused\"",
+            None,
+            None,
+        )
+    }
+
+    fn has(out: &[u8], text: &[u8]) -> bool {
+        out.windows(text.len()).any(|w| w == text)
+    }
+
     #[test]
     fn a_refused_simple_query_answers_in_order_and_the_session_lives() {
         let mut r = Relay::new(RelayLimits::default(), DenyDrop);
@@ -833,12 +870,22 @@ mod tests {
         c.extend_from_slice(&msg(fe::QUERY, b"select 1\0"));
         c.extend_from_slice(&msg(fe::QUERY, b"drop table t\0"));
         r.on_client_bytes(&mut c).unwrap();
-        assert_eq!(tags(&drain_server(&mut r)), b"Q");
+        // The refused query never reaches the server; a placeholder that fails does.
+        let to_server = drain_server(&mut r);
+        assert_eq!(tags(&to_server), b"QQ");
+        assert!(!has(&to_server, b"drop table") && has(&to_server, REFUSED_SQL));
         // Nothing for the client until the first query is answered.
         assert!(drain_client(&mut r).is_empty());
         let mut s = BytesMut::from(&server_result(1)[..]);
+        s.extend_from_slice(&server_error());
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"T"));
         r.on_server_bytes(&mut s).unwrap();
-        assert_eq!(tags(&drain_client(&mut r)), b"TDCZEZ");
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"TDCZEZ");
+        // The client gets the refusal, not the placeholder's error, and the server's
+        // transaction status.
+        assert!(has(&out, b"no drops") && !has(&out, b"portcullis_refused"));
+        assert_eq!(out.last(), Some(&b'T'));
         assert!(r.is_idle());
     }
 
@@ -846,39 +893,31 @@ mod tests {
     fn a_refused_parse_skips_to_sync() {
         let mut r = Relay::new(RelayLimits::default(), DenyDrop);
         let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::PARSE, b"\0select 1\0\0\0"));
+        c.extend_from_slice(&msg(fe::BIND, b"\0\0\0\0\0\0\0\0"));
+        c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
         c.extend_from_slice(&msg(fe::PARSE, b"\0drop t\0\0\0"));
         c.extend_from_slice(&msg(fe::BIND, b"\0\0\0\0\0\0\0\0"));
         c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
         c.extend_from_slice(&fe::sync());
         r.on_client_bytes(&mut c).unwrap();
-        assert_eq!(tags(&drain_server(&mut r)), b"S");
-        assert_eq!(tags(&drain_client(&mut r)), b"E");
-        r.on_server_bytes(&mut BytesMut::from(&msg(be::READY_FOR_QUERY, b"I")[..]))
-            .unwrap();
-        assert_eq!(tags(&drain_client(&mut r)), b"Z");
-    }
-
-    struct NoFastPath;
-    impl Hooks for NoFastPath {
-        fn function_call(&mut self, _oid: u32) -> Verdict {
-            Verdict::Deny(Refusal::new(sqlstate::INSUFFICIENT_PRIVILEGE, "no"))
-        }
-    }
-
-    #[test]
-    fn a_refused_function_call_is_answered_in_order_and_never_sent() {
-        let mut r = Relay::new(RelayLimits::default(), NoFastPath);
-        let mut c = BytesMut::new();
-        c.extend_from_slice(&msg(fe::QUERY, b"select 1\0"));
-        c.extend_from_slice(&msg(fe::FUNCTION_CALL, b"\0\0\x0a\x50\0\0\0\0\0\0"));
-        r.on_client_bytes(&mut c).unwrap();
-        assert_eq!(tags(&drain_server(&mut r)), b"Q");
-        let mut s = BytesMut::from(&server_result(1)[..]);
+        // The batch's first statement, then a failing placeholder (so the server rolls
+        // the batch back at Sync, as it would for its own error), then Sync.
+        let to_server = drain_server(&mut r);
+        assert_eq!(tags(&to_server), b"PBEPS");
+        assert!(!has(&to_server, b"drop t"));
+        assert!(drain_client(&mut r).is_empty());
+        let mut s = BytesMut::new();
+        s.extend_from_slice(&msg(be::PARSE_COMPLETE, b""));
+        s.extend_from_slice(&msg(be::BIND_COMPLETE, b""));
+        s.extend_from_slice(&msg(be::COMMAND_COMPLETE, b"SELECT 1\0"));
+        s.extend_from_slice(&server_error());
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
         r.on_server_bytes(&mut s).unwrap();
-        assert_eq!(tags(&drain_client(&mut r)), b"TDCZEZ");
-        // A FunctionCall too short to name a function is a protocol violation.
-        let e = r.on_client_bytes(&mut BytesMut::from(&msg(fe::FUNCTION_CALL, b"\0")[..]));
-        assert!(matches!(e, Err(RelayError::Client(_))));
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"12CEZ");
+        assert!(has(&out, b"no drops"));
+        assert!(r.is_idle());
     }
 
     /// Wants columns and replaces every row it is handed by an empty one, so a test can
