@@ -920,6 +920,36 @@ mod tests {
         assert!(r.is_idle());
     }
 
+    struct NoFastPath;
+    impl Hooks for NoFastPath {
+        fn function_call(&mut self, _oid: u32) -> Verdict {
+            Verdict::Deny(Refusal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "no fast path",
+            ))
+        }
+    }
+
+    #[test]
+    fn a_refused_function_call_is_answered_in_order_and_never_sent() {
+        let mut r = Relay::new(RelayLimits::default(), NoFastPath);
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::QUERY, b"select 1\0"));
+        c.extend_from_slice(&msg(fe::FUNCTION_CALL, b"\0\0\x0a\x50\0\0\0\0\0\0"));
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"QQ");
+        let mut s = BytesMut::from(&server_result(1)[..]);
+        s.extend_from_slice(&server_error());
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"TDCZEZ");
+        assert!(has(&out, b"no fast path") && !has(&out, b"portcullis_refused"));
+        // A FunctionCall too short to name a function is a protocol violation.
+        let e = r.on_client_bytes(&mut BytesMut::from(&msg(fe::FUNCTION_CALL, b"\0")[..]));
+        assert!(matches!(e, Err(RelayError::Client(_))));
+    }
+
     /// Wants columns and replaces every row it is handed by an empty one, so a test can
     /// tell which rows went through a stage.
     struct Masking;
