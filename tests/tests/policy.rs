@@ -238,22 +238,34 @@ async fn transactions_and_savepoints(c: &Client, direct: &Client) {
     run(c, "ROLLBACK").await;
     let sql = "SELECT count(*) FROM transactions WHERE id = 900004";
     assert_eq!(one(direct, sql).await, "0");
-    // A refusal inside a transaction keeps the transaction (the gateway's design, unlike a
-    // server error, which aborts it): the work around it commits.
+    // A refusal inside a transaction aborts it, as a server error would: the client's
+    // COMMIT then rolls back, so nothing the client was told about commits half-done.
     run(
         c,
-        "BEGIN; INSERT INTO transactions VALUES (900005, 1, 5, now(), 'kept')",
+        "BEGIN; INSERT INTO transactions VALUES (900005, 1, 5, now(), 'rolled back')",
     )
     .await;
     let e = refusal(c, "DROP TABLE transactions").await;
     assert_refused("DROP in a transaction", &e, HELD, &[]);
+    let after = c
+        .simple_query("INSERT INTO transactions VALUES (900006, 1, 6, now(), 'x')")
+        .await
+        .expect_err("the transaction is aborted");
+    assert_eq!(after.code().map(|c| c.code()), Some("25P02"), "{after:?}");
+    let done = texts(c, "COMMIT").await;
+    let _ = done;
+    let sql = "SELECT count(*) FROM transactions WHERE id IN (900005, 900006)";
+    assert_eq!(one(direct, sql).await, "0");
+    // Outside a transaction block a refusal changes nothing, and the next statement runs.
+    let e = refusal(c, "DROP TABLE transactions").await;
+    assert_refused("DROP outside a transaction", &e, HELD, &[]);
     run(
         c,
-        "INSERT INTO transactions VALUES (900006, 1, 6, now(), 'kept'); COMMIT",
+        "INSERT INTO transactions VALUES (900007, 1, 7, now(), 'after')",
     )
     .await;
-    let sql = "SELECT count(*) FROM transactions WHERE id IN (900005, 900006)";
-    assert_eq!(one(direct, sql).await, "2");
+    let sql = "SELECT count(*) FROM transactions WHERE id = 900007";
+    assert_eq!(one(direct, sql).await, "1");
 }
 
 /// PREPARE, EXECUTE and DEALLOCATE at SQL level, one Query each.
@@ -275,8 +287,8 @@ async fn sql_prepared_statements(c: &Client, direct: &Client) {
         "PREPARE fix(bigint) AS UPDATE transactions SET memo = 'fixed' WHERE id = $1",
     )
     .await;
-    run(c, "EXECUTE fix(900005)").await;
-    let sql = "SELECT memo FROM transactions WHERE id = 900005";
+    run(c, "EXECUTE fix(900007)").await;
+    let sql = "SELECT memo FROM transactions WHERE id = 900007";
     assert_eq!(one(direct, sql).await, "fixed");
     run(c, "DEALLOCATE by_account").await;
     let e = refusal(c, "EXECUTE by_account(1)").await;
