@@ -127,7 +127,7 @@ pub fn verdicts(r: &Report) -> Vec<Verdict> {
         out.push(Verdict {
             goal: "SELECT 1 added latency: p50 <= 15 µs, p99 <= 40 µs",
             target: name.into(),
-            figure: lat.map_or("-".into(), |(a, b)| format!("+{a:.0} / +{b:.0} µs")),
+            figure: lat.map_or("-".into(), |(a, b)| format!("{a:+.0} / {b:+.0} µs")),
             met: lat.map(|(a, b)| a <= 15.0 && b <= 40.0),
         });
         let (mine, theirs) = (cpu_per_gb(r, name), cpu_per_gb(r, "pgbouncer"));
