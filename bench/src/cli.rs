@@ -76,8 +76,9 @@ pub struct Args {
     /// Rounds per workload (each runs every target once) [default: 3, quick: 2].
     #[arg(long)]
     pub rounds: Option<u32>,
-    /// Only workloads whose id contains one of these (comma-separated), e.g.
-    /// `small/select1-simple-c1,small/select1-prepared-c1,pgbench/select-only-c8`.
+    /// Only workloads whose id contains one of these (comma-separated): a substring, so
+    /// `small/select1-simple-c1` also picks `-c128`; pair with `--clients 1` instead, e.g.
+    /// `--clients 1 --only small/select1,pgbench/select-only-c8`.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Only these targets (comma-separated names; `direct` always runs). Managed:

@@ -21,8 +21,9 @@ gateway-nopolicy is the same gateway (io_uring) with `[policy] enabled = false`;
 table checks pgbench -S with 8 clients at >= x0.95 of the policy-off TPS and SELECT 1 p50
 at most 3 µs over the policy-off p50, both from the same run:
   cargo xtask bench --targets gateway-uring,gateway-nopolicy --rows 20000 --rounds 7 \\
-      --only small/select1-simple-c1,small/select1-prepared-c1,pgbench/select-only-c8
-  (--quick --rounds 1 for a smoke run; `direct` always runs, every ratio needs it)
+      --clients 1 --only small/select1,pgbench/select-only-c8
+  (--quick --rounds 1 for a smoke run; `direct` always runs, every ratio needs it; --only
+  matches substrings, so --clients 1 is what keeps small/select1 to the c1 workloads)
 
 Target names: direct, pgbouncer, pgbouncer-pktbuf, gateway-epoll, gateway-uring,
 gateway-nopolicy, gateway-masked. Workload ids: narrow/*, wide/*, copy/*,
