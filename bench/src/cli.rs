@@ -34,6 +34,8 @@ pub enum BenchError {
     NoDataset(String),
     #[error("--gateway needs --direct: ratios are taken against a direct connection")]
     NoDirect,
+    #[error("--targets: no target named `{0}` against an existing deployment (direct, {names})", names = EXISTING.join(", "))]
+    UnknownTarget(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -74,9 +76,17 @@ pub struct Args {
     /// Rounds per workload (each runs every target once) [default: 3, quick: 2].
     #[arg(long)]
     pub rounds: Option<u32>,
-    /// Only workloads whose id contains one of these (comma-separated).
+    /// Only workloads whose id contains one of these (comma-separated): a substring, so
+    /// `small/select1-simple-c1` also picks `-c128`; pair with `--clients 1` instead, e.g.
+    /// `--clients 1 --only small/select1,pgbench/select-only-c8`.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Only these targets (comma-separated names; `direct` always runs). Managed:
+    /// direct, pgbouncer, pgbouncer-pktbuf, gateway-epoll, gateway-uring,
+    /// gateway-nopolicy, gateway-masked. Existing: direct, pgbouncer, gateway,
+    /// gateway-nopolicy, gateway-masked.
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
 
     /// Existing deployment: a direct connection URL (postgres://user:pass@host:port/db).
     #[arg(long)]
@@ -87,12 +97,18 @@ pub struct Args {
     /// Existing deployment: a gateway URL whose identity has masking on.
     #[arg(long)]
     pub gateway_masked: Option<String>,
+    /// Existing deployment: the same gateway with `[policy] enabled = false`, which the
+    /// policy-cost goals compare `--gateway` with.
+    #[arg(long)]
+    pub gateway_nopolicy: Option<String>,
     /// Existing deployment: pgbouncer's URL.
     #[arg(long)]
     pub pgbouncer: Option<String>,
     /// Pids to read CPU time and memory from, when the processes are on this machine.
     #[arg(long)]
     pub gateway_pid: Option<u32>,
+    #[arg(long)]
+    pub gateway_nopolicy_pid: Option<u32>,
     #[arg(long)]
     pub pgbouncer_pid: Option<u32>,
     /// The postmaster's pid (its children are the backends).
@@ -210,7 +226,11 @@ pub fn run(args: &Args) -> Result<Outcome, BenchError> {
     // Keeps the managed processes alive until the report is written.
     let _deployment;
     let (targets, unavailable, dataset_rows, pgbench_ready, seed) = match &args.direct {
-        None if args.gateway.is_some() || args.pgbouncer.is_some() => {
+        None if args.gateway.is_some()
+            || args.gateway_nopolicy.is_some()
+            || args.gateway_masked.is_some()
+            || args.pgbouncer.is_some() =>
+        {
             return Err(BenchError::NoDirect);
         }
         None => {
@@ -222,6 +242,7 @@ pub fn run(args: &Args) -> Result<Outcome, BenchError> {
                     pgbouncer_bin: args.pgbouncer_bin.clone(),
                     mask_policy: args.mask_policy.clone(),
                     gateway: !args.no_gateway,
+                    targets: args.targets.clone(),
                 },
                 &say,
             )?;
@@ -290,6 +311,8 @@ pub fn run(args: &Args) -> Result<Outcome, BenchError> {
                 name: t.name.clone(),
                 kind: t.kind,
                 masked: t.masked,
+                policy: t.policy,
+                engine: t.engine.clone(),
                 url: t.conn.redacted(),
                 notes: notes(t),
             })
@@ -335,6 +358,9 @@ fn notes(t: &Target) -> String {
     if t.masked {
         n.push("masking on");
     }
+    if t.policy == Some(false) {
+        n.push("statement policy off");
+    }
     if t.proxy.is_none() && t.kind != Kind::Direct {
         n.push("proxy CPU/RSS not observed (no pid)");
     }
@@ -344,37 +370,88 @@ fn notes(t: &Target) -> String {
     n.join("; ")
 }
 
+/// Target names against an existing deployment, besides `direct`.
+const EXISTING: [&str; 4] = ["pgbouncer", "gateway", "gateway-nopolicy", "gateway-masked"];
+
 fn existing_targets(
     args: &Args,
     direct: &str,
 ) -> Result<(Vec<Target>, Vec<Unavailable>), BenchError> {
+    if let Some(bad) = args
+        .targets
+        .iter()
+        .find(|t| *t != "direct" && !EXISTING.contains(&t.as_str()))
+    {
+        return Err(BenchError::UnknownTarget(bad.clone()));
+    }
     let postgres = args.postgres_pid.map(|pid| ProcSet {
         pid,
         with_children: true,
     });
-    let proxy = |pid: Option<u32>| {
-        pid.map(|pid| ProcSet {
-            pid,
-            with_children: false,
-        })
-    };
     let mut targets = vec![Target {
         name: "direct".into(),
         kind: Kind::Direct,
         conn: ConnInfo::parse(direct)?,
         masked: false,
+        policy: None,
+        engine: None,
         proxy: None,
         postgres,
     }];
     let mut unavailable = Vec::new();
-    let mut add = |name: &str, url: &Option<String>, kind, masked, pid| -> Result<(), BenchError> {
+    // What the URLs are is the caller's word: `--gateway` runs its policy, the
+    // `--gateway-nopolicy` one has `[policy] enabled = false`; the engines are not known.
+    let gw = Some(true);
+    let given = [
+        (
+            "pgbouncer",
+            &args.pgbouncer,
+            Kind::Pgbouncer,
+            false,
+            None,
+            args.pgbouncer_pid,
+        ),
+        (
+            "gateway",
+            &args.gateway,
+            Kind::Gateway,
+            false,
+            gw,
+            args.gateway_pid,
+        ),
+        (
+            "gateway-nopolicy",
+            &args.gateway_nopolicy,
+            Kind::Gateway,
+            false,
+            Some(false),
+            args.gateway_nopolicy_pid,
+        ),
+        (
+            "gateway-masked",
+            &args.gateway_masked,
+            Kind::Gateway,
+            true,
+            gw,
+            args.gateway_pid,
+        ),
+    ];
+    for (name, url, kind, masked, policy, pid) in given {
+        if !args.targets.is_empty() && !args.targets.iter().any(|t| t == name) {
+            continue;
+        }
         match url {
             Some(u) => targets.push(Target {
                 name: name.into(),
                 kind,
                 conn: ConnInfo::parse(u)?,
                 masked,
-                proxy: proxy(pid),
+                policy,
+                engine: None,
+                proxy: pid.map(|pid| ProcSet {
+                    pid,
+                    with_children: false,
+                }),
                 postgres,
             }),
             None => unavailable.push(Unavailable {
@@ -382,29 +459,7 @@ fn existing_targets(
                 reason: "no URL given".into(),
             }),
         }
-        Ok(())
-    };
-    add(
-        "pgbouncer",
-        &args.pgbouncer,
-        Kind::Pgbouncer,
-        false,
-        args.pgbouncer_pid,
-    )?;
-    add(
-        "gateway",
-        &args.gateway,
-        Kind::Gateway,
-        false,
-        args.gateway_pid,
-    )?;
-    add(
-        "gateway-masked",
-        &args.gateway_masked,
-        Kind::Gateway,
-        true,
-        args.gateway_pid,
-    )?;
+    }
     Ok((targets, unavailable))
 }
 

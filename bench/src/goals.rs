@@ -1,11 +1,24 @@
 //! The performance goals, checked against one report: each gateway target's figure,
 //! the limit, and whether it is met. Derived from the report, never stored in it, so the
 //! limits can change without changing the schema.
+//!
+//! Most goals are ratios to `direct`. The statement policy's cost is taken against the same
+//! gateway with the policy off ([`policy_baseline`]), in the same run, so that what is
+//! measured is the analysis and nothing else the gateway does.
 
 use std::fmt::Write;
 
-use crate::report::{Measurement, Report};
+use crate::report::{Measurement, Report, TargetInfo};
 use crate::target::Kind;
+
+/// The workload of the policy's throughput goal.
+pub const PGBENCH_C8: &str = "pgbench/select-only-c8";
+/// The workloads of the latency goals: one client, so queueing does not hide the cost.
+pub const SELECT1_C1: [&str; 2] = ["small/select1-simple-c1", "small/select1-prepared-c1"];
+/// Policy on keeps at least this share of the policy-off TPS.
+pub const POLICY_TPS_SHARE: f64 = 0.95;
+/// Policy on adds at most this many µs to the policy-off `SELECT 1` p50.
+pub const POLICY_ADDED_P50_US: f64 = 3.0;
 
 /// One line of the goals table.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,10 +59,11 @@ fn cpu_per_gb(r: &Report, target: &str) -> Option<f64> {
     (bytes > 0).then(|| cpu / (bytes as f64 / 1e9))
 }
 
-fn added_latency(r: &Report, target: &str) -> Option<(f64, f64)> {
+/// Worst (p50, p99) latency `target` adds to `base` over the `SELECT 1` c1 workloads.
+fn added_latency(r: &Report, target: &str, base: &str) -> Option<(f64, f64)> {
     let mut worst: Option<(f64, f64)> = None;
-    for w in ["small/select1-simple-c1", "small/select1-prepared-c1"] {
-        let (Some(g), Some(d)) = (r.result(w, target), r.result(w, "direct")) else {
+    for w in SELECT1_C1 {
+        let (Some(g), Some(d)) = (r.result(w, target), r.result(w, base)) else {
             continue;
         };
         if g.error.is_some() || d.error.is_some() {
@@ -109,11 +123,11 @@ pub fn verdicts(r: &Report) -> Vec<Verdict> {
             figure: pgb.map_or("-".into(), |v| format!("x{v:.2}")),
             met: pgb.map(|v| v >= 0.75),
         });
-        let lat = added_latency(r, name);
+        let lat = added_latency(r, name, "direct");
         out.push(Verdict {
             goal: "SELECT 1 added latency: p50 <= 15 µs, p99 <= 40 µs",
             target: name.into(),
-            figure: lat.map_or("-".into(), |(a, b)| format!("+{a:.0} / +{b:.0} µs")),
+            figure: lat.map_or("-".into(), |(a, b)| format!("{a:+.0} / {b:+.0} µs")),
             met: lat.map(|(a, b)| a <= 15.0 && b <= 40.0),
         });
         let (mine, theirs) = (cpu_per_gb(r, name), cpu_per_gb(r, "pgbouncer"));
@@ -141,13 +155,71 @@ pub fn verdicts(r: &Report) -> Vec<Verdict> {
             }),
             met: lo.zip(hi).map(|(a, b)| b - a <= 32 * 1024),
         });
+        policy_goals(r, t, &mut out);
     }
     out
 }
 
+/// The policy-off gateway `t`'s policy cost is taken against: a gateway target with
+/// `[policy] enabled = false` on the same engine, without masking. `None` when `t` is not
+/// an unmasked gateway with the policy on, or the run has no such partner.
+pub fn policy_baseline<'a>(r: &'a Report, t: &TargetInfo) -> Option<&'a TargetInfo> {
+    if t.kind != Kind::Gateway || t.masked || t.policy != Some(true) {
+        return None;
+    }
+    r.targets.iter().find(|b| {
+        b.kind == Kind::Gateway && !b.masked && b.policy == Some(false) && b.engine == t.engine
+    })
+}
+
+fn tps(r: &Report, workload: &str, target: &str) -> Option<f64> {
+    r.result(workload, target)
+        .filter(|m| m.error.is_none() && m.tps > 0.0)
+        .map(|m| m.tps)
+}
+
+fn fmt_tps(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// What analysing every statement costs `t`: pgbench TPS and `SELECT 1` p50 against its
+/// policy-off partner. Without a partner in the run, reported as not measured only when the
+/// run has no policy-off gateway at all (one on another engine is not `t`'s partner).
+fn policy_goals(r: &Report, t: &TargetInfo, out: &mut Vec<Verdict>) {
+    if t.kind != Kind::Gateway || t.masked || t.policy != Some(true) {
+        return;
+    }
+    let base = match policy_baseline(r, t) {
+        Some(b) => Some(b.name.as_str()),
+        None if r.targets.iter().any(|b| b.policy == Some(false)) => return,
+        None => None,
+    };
+    let pair = base.and_then(|b| Some((tps(r, PGBENCH_C8, &t.name)?, tps(r, PGBENCH_C8, b)?)));
+    out.push(Verdict {
+        goal: "policy on, pgbench -S 8 clients: >= x0.95 of policy-off TPS",
+        target: t.name.clone(),
+        figure: pair.map_or("-".into(), |(on, off)| {
+            format!("x{:.3} ({} / {} tps)", on / off, fmt_tps(on), fmt_tps(off))
+        }),
+        met: pair.map(|(on, off)| on >= POLICY_TPS_SHARE * off),
+    });
+    let lat = base.and_then(|b| added_latency(r, &t.name, b));
+    out.push(Verdict {
+        goal: "policy on, SELECT 1 p50: <= policy-off + 3 µs",
+        target: t.name.clone(),
+        figure: lat.map_or("-".into(), |(p50, _)| format!("{p50:+.1} µs")),
+        met: lat.map(|(p50, _)| p50 <= POLICY_ADDED_P50_US),
+    });
+}
+
 pub fn table(r: &Report) -> String {
     let v = verdicts(r);
-    let mut out = String::from("goals (ratios to direct, same run)\n\n");
+    let mut out =
+        String::from("goals (same run; ratios to direct unless the goal says otherwise)\n\n");
     if v.is_empty() {
         out.push_str("  no gateway target ran\n");
     }
@@ -169,5 +241,221 @@ pub fn table(r: &Report) -> String {
             x.figure
         );
     }
+    for t in &r.targets {
+        if let Some(b) = policy_baseline(r, t) {
+            let _ = writeln!(
+                out,
+                "\n  policy-off partner of {}: {} (same engine, [policy] enabled = false)",
+                t.name, b.name
+            );
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Cpu, DatasetInfo, HostInfo, Latency, WorkloadInfo};
+    use crate::workload::{Group, Primary};
+
+    fn target(name: &str, engine: &str, policy: bool, masked: bool) -> TargetInfo {
+        TargetInfo {
+            name: name.into(),
+            kind: Kind::Gateway,
+            masked,
+            policy: Some(policy),
+            engine: Some(engine.into()),
+            url: String::new(),
+            notes: String::new(),
+        }
+    }
+
+    fn m(workload: &str, target: &str, tps: f64, p50: f64) -> Measurement {
+        Measurement {
+            workload: workload.into(),
+            target: target.into(),
+            trials: 1,
+            error: None,
+            elapsed_s: 1.0,
+            queries: 1,
+            wall_s: 0.0,
+            rows: 1,
+            reported_rows: 1,
+            payload_bytes: 10,
+            wire_bytes_received: 10,
+            wire_bytes_sent: 10,
+            mb_s: 0.0,
+            rows_s: 0.0,
+            tps,
+            latency_us: Latency {
+                count: 1,
+                p50,
+                p99: p50 * 2.0,
+                ..Latency::default()
+            },
+            cpu_s: Cpu::default(),
+            cpu_s_per_gb: Cpu::default(),
+            cpu_us_per_tx: Cpu::default(),
+            proxy_peak_rss_kib: None,
+            ratio_to_direct: None,
+            ratio_to_pgbouncer: None,
+        }
+    }
+
+    /// A run of direct, `gateway-epoll`, `gateway-uring`, `gateway-nopolicy` (uring) and
+    /// `gateway-masked`; `on` is gateway-uring's (pgbench TPS, simple p50, prepared p50),
+    /// the policy-off figures are 10000 tps and 40 µs.
+    fn report(on: (f64, f64, f64)) -> Report {
+        let targets = vec![
+            TargetInfo {
+                kind: Kind::Direct,
+                policy: None,
+                engine: None,
+                ..target("direct", "", false, false)
+            },
+            target("gateway-epoll", "epoll", true, false),
+            target("gateway-uring", "uring", true, false),
+            target("gateway-nopolicy", "uring", false, false),
+            target("gateway-masked", "auto", true, true),
+        ];
+        let workloads = [PGBENCH_C8, SELECT1_C1[0], SELECT1_C1[1]]
+            .iter()
+            .map(|id| WorkloadInfo {
+                id: (*id).into(),
+                group: if id.starts_with("pgbench") {
+                    Group::Pgbench
+                } else {
+                    Group::Small
+                },
+                primary: Primary::Tps,
+                rounds: 1,
+            })
+            .collect();
+        let mut results = Vec::new();
+        for (t, (tps, simple, prepared)) in [
+            ("direct", (12_000.0, 30.0, 28.0)),
+            ("gateway-epoll", (9_000.0, 45.0, 44.0)),
+            ("gateway-uring", on),
+            ("gateway-nopolicy", (10_000.0, 40.0, 40.0)),
+        ] {
+            results.push(m(PGBENCH_C8, t, tps, 800.0));
+            results.push(m(SELECT1_C1[0], t, 1e6 / simple, simple));
+            results.push(m(SELECT1_C1[1], t, 1e6 / prepared, prepared));
+        }
+        let mut r = Report {
+            schema: crate::report::SCHEMA.into(),
+            started_at: "t".into(),
+            mode: "quick".into(),
+            host: HostInfo {
+                cpus: 2,
+                kernel: String::new(),
+                hostname: String::new(),
+            },
+            dataset: DatasetInfo {
+                table: "accounts".into(),
+                rows: 1,
+                seed: None,
+                wide_bytes: 0,
+            },
+            targets,
+            unavailable: Vec::new(),
+            workloads,
+            results,
+        };
+        r.compute_ratios();
+        r
+    }
+
+    fn policy_verdicts(r: &Report) -> Vec<Verdict> {
+        verdicts(r)
+            .into_iter()
+            .filter(|v| v.goal.starts_with("policy on"))
+            .collect()
+    }
+
+    #[test]
+    fn partner_is_the_policy_off_gateway_on_the_same_engine() {
+        let r = report((9_600.0, 42.0, 41.0));
+        let partner = |name: &str| {
+            let t = r.targets.iter().find(|t| t.name == name).unwrap();
+            policy_baseline(&r, t).map(|b| b.name.clone())
+        };
+        assert_eq!(
+            partner("gateway-uring").as_deref(),
+            Some("gateway-nopolicy")
+        );
+        // Another engine, masking, policy off itself, not a gateway: no partner.
+        for name in [
+            "gateway-epoll",
+            "gateway-masked",
+            "gateway-nopolicy",
+            "direct",
+        ] {
+            assert_eq!(partner(name), None, "{name}");
+        }
+        let v = policy_verdicts(&r);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v.iter().all(|v| v.target == "gateway-uring"));
+        assert!(table(&r).contains("policy-off partner of gateway-uring: gateway-nopolicy"));
+    }
+
+    #[test]
+    fn throughput_share_and_added_p50() {
+        // 0.96 of the TPS; p50 +2.0 and +1.0 µs: both met.
+        let v = policy_verdicts(&report((9_600.0, 42.0, 41.0)));
+        assert_eq!(v[0].met, Some(true), "{v:?}");
+        assert_eq!(v[0].figure, "x0.960 (9600 / 10.0k tps)");
+        assert_eq!(v[1].met, Some(true));
+        assert_eq!(v[1].figure, "+2.0 µs");
+        // 0.94 of the TPS; the worse of the two protocols (+3.5 µs) decides.
+        let v = policy_verdicts(&report((9_400.0, 43.5, 41.0)));
+        assert_eq!(v[0].met, Some(false));
+        assert_eq!((v[1].met, v[1].figure.as_str()), (Some(false), "+3.5 µs"));
+        // Exactly at the limits is met.
+        let v = policy_verdicts(&report((9_500.0, 43.0, 43.0)));
+        assert_eq!((v[0].met, v[1].met), (Some(true), Some(true)));
+    }
+
+    #[test]
+    fn missing_figures_are_not_measured() {
+        let mut r = report((9_600.0, 42.0, 41.0));
+        for m in r
+            .results
+            .iter_mut()
+            .filter(|m| m.target == "gateway-nopolicy")
+        {
+            m.error = Some("refused".into());
+        }
+        let v = policy_verdicts(&r);
+        assert_eq!(v.len(), 2);
+        assert!(
+            v.iter().all(|v| v.met.is_none() && v.figure == "-"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_run_without_a_policy_off_gateway_says_so() {
+        let mut r = report((9_600.0, 42.0, 41.0));
+        r.targets.retain(|t| t.name != "gateway-nopolicy");
+        let v = policy_verdicts(&r);
+        // Both unmasked policy-on gateways, two goals each, none measured.
+        assert_eq!(v.len(), 4, "{v:?}");
+        assert!(v.iter().all(|v| v.met.is_none()));
+        assert!(!v.iter().any(|v| v.target == "gateway-masked"));
+    }
+
+    #[test]
+    fn direct_goals_still_use_direct() {
+        let r = report((9_600.0, 42.0, 41.0));
+        let v = verdicts(&r);
+        let added = v
+            .iter()
+            .find(|v| v.target == "gateway-uring" && v.goal.starts_with("SELECT 1 added"))
+            .unwrap();
+        // 42 - 30 and 41 - 28: the worse p50 is +13; p99s double that.
+        assert_eq!(added.figure, "+13 / +26 µs");
+        assert_eq!(added.met, Some(true));
+    }
 }

@@ -1,6 +1,9 @@
 //! The set-up `cargo xtask bench` does itself: a throwaway PostgreSQL tuned for benching, the
 //! financial dataset, pgbench's tables, pgbouncer twice (defaults, and `pkt_buf = 65536`) and
-//! the gateway (epoll, io_uring, and with the quickstart's masking policy), each on its port.
+//! the gateway (epoll, io_uring, io_uring with the statement policy off, and with the
+//! quickstart's masking policy), each on its port. Every gateway but `gateway-nopolicy` runs
+//! the quickstart's statement policy, so the figures include what analysing each statement
+//! costs; `gateway-nopolicy` is the same gateway with `[policy] enabled = false`.
 //!
 //! Anything that cannot start (no pgbouncer installed, no gateway binary, no masking policy
 //! yet) becomes an [`Unavailable`] entry with the reason, and the run goes on without it.
@@ -33,6 +36,65 @@ pub enum ManagedError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no target named `{0}` (a managed run has {names})", names = TARGETS.join(", "))]
+    UnknownTarget(String),
+}
+
+/// The targets of a managed run, in the order they start. Reports, goals and `--targets`
+/// name them; keep them stable.
+pub const TARGETS: [&str; 7] = [
+    "direct",
+    "pgbouncer",
+    "pgbouncer-pktbuf",
+    "gateway-epoll",
+    "gateway-uring",
+    "gateway-nopolicy",
+    "gateway-masked",
+];
+
+/// `[policy]` of the pass-through target: no statement analysis at all, so its figures
+/// are the baseline the policy's cost is taken against.
+pub const POLICY_OFF: &str = "[policy]\nenabled = false\n";
+
+/// One gateway the managed set-up starts.
+#[derive(Debug, Clone)]
+struct GatewaySpec {
+    name: &'static str,
+    engine: Engine,
+    /// The `[policy]` section it is started with.
+    policy: &'static str,
+    policy_on: bool,
+    /// `Some` for the masked target: the section to append, or why there is none.
+    mask: Option<MaskSpec>,
+}
+
+/// The gateways, policy on unless named otherwise. Agents log in as `agent` (the harness's
+/// first identity), which the quickstart statement policy lets read and write; the bench's
+/// DDL (the dataset, `pgbench -i`) goes to the cluster directly. `gateway-nopolicy` runs
+/// on io_uring, the engine `auto` picks, paired with `gateway-uring` in the goals.
+fn gateway_specs(mask: MaskSpec) -> Vec<GatewaySpec> {
+    let on = portcullis_tests::QUICKSTART_STATEMENT_POLICY;
+    let spec = |name, engine, policy_on, mask| GatewaySpec {
+        name,
+        engine,
+        policy: if policy_on { on } else { POLICY_OFF },
+        policy_on,
+        mask,
+    };
+    vec![
+        spec("gateway-epoll", Engine::Epoll, true, None),
+        spec("gateway-uring", Engine::Uring, true, None),
+        spec("gateway-nopolicy", Engine::Uring, false, None),
+        spec("gateway-masked", Engine::Auto, true, Some(mask)),
+    ]
+}
+
+/// Whether a config fragment has `[policy…]` tables of its own.
+fn brings_policy(toml: &str) -> bool {
+    toml.lines().any(|l| {
+        let t = l.trim_start();
+        t.starts_with('[') && t.trim_start_matches('[').trim_start().starts_with("policy")
+    })
 }
 
 /// What the set-up is asked for.
@@ -45,6 +107,15 @@ pub struct ManagedOptions {
     /// A config file whose `[mask…]` tables replace the quickstart's masking policy.
     pub mask_policy: Option<PathBuf>,
     pub gateway: bool,
+    /// Only these targets (names from [`TARGETS`]); empty: all. `direct` always runs, as
+    /// every ratio is taken against it.
+    pub targets: Vec<String>,
+}
+
+impl ManagedOptions {
+    fn wants(&self, name: &str) -> bool {
+        name == "direct" || self.targets.is_empty() || self.targets.iter().any(|t| t == name)
+    }
 }
 
 /// Everything started; dropping it stops the lot.
@@ -59,10 +130,14 @@ pub struct Deployment {
 }
 
 pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, ManagedError> {
+    // Checked before anything starts: a typo should not cost a dataset load.
+    if let Some(bad) = o.targets.iter().find(|t| !TARGETS.contains(&t.as_str())) {
+        return Err(ManagedError::UnknownTarget(bad.clone()));
+    }
     log("starting PostgreSQL (bench tuning: no fsync waits)");
     let cluster = PgCluster::start(PgOptions {
         bench_tuning: true,
-        // Two pgbouncers and three gateways may each hold 128 sessions at once.
+        // Two pgbouncers and four gateways may each hold 128 sessions at once.
         extra_conf: vec!["max_connections = 1000".into()],
         ..PgOptions::default()
     })?;
@@ -90,6 +165,8 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
         kind: Kind::Direct,
         conn: upstream.clone(),
         masked: false,
+        policy: None,
+        engine: None,
         proxy: None,
         postgres,
     }];
@@ -109,6 +186,9 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
         .to_string();
     let mut bouncers = Vec::new();
     for (name, pkt_buf) in [("pgbouncer", None), ("pgbouncer-pktbuf", Some(65536))] {
+        if !o.wants(name) {
+            continue;
+        }
         log(&format!("starting {name}"));
         match Pgbouncer::start(&o.pgbouncer_bin, &upstream, &verifier, pkt_buf) {
             Ok(b) => {
@@ -120,6 +200,8 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
                         ..upstream.clone()
                     },
                     masked: false,
+                    policy: None,
+                    engine: None,
                     proxy: Some(ProcSet {
                         pid: b.pid(),
                         with_children: false,
@@ -147,13 +229,12 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
             Err(e) => Err(format!("no masking policy at {}: {e}", p.display())),
         },
     };
-    let specs: [(&str, Engine, Option<MaskSpec>); 3] = [
-        ("gateway-epoll", Engine::Epoll, None),
-        ("gateway-uring", Engine::Uring, None),
-        ("gateway-masked", Engine::Auto, Some(mask)),
-    ];
-    for (name, engine, mask) in specs {
-        let masked = mask.is_some();
+    for spec in gateway_specs(mask) {
+        let name = spec.name;
+        if !o.wants(name) {
+            continue;
+        }
+        let masked = spec.mask.is_some();
         if !o.gateway {
             unavailable.push(Unavailable {
                 name: name.into(),
@@ -161,7 +242,7 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
             });
             continue;
         }
-        let extra = match mask {
+        let extra = match spec.mask {
             None => String::new(),
             Some(Ok(t)) => t,
             Some(Err(reason)) => {
@@ -173,8 +254,14 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
             }
         };
         log(&format!("starting {name}"));
-        let mut opts = GatewayOptions::new(&cluster, DB).engine(engine);
+        let mut opts = GatewayOptions::new(&cluster, DB).engine(spec.engine);
         opts.log_level = "warn".into();
+        // A masking file with its own `[policy]` replaces ours: two would not parse.
+        opts = if brings_policy(&extra) {
+            opts.no_policy()
+        } else {
+            opts.policy(spec.policy)
+        };
         if !extra.is_empty() {
             opts = opts.extra_toml(&extra);
         }
@@ -192,6 +279,8 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
                         dbname: DB.into(),
                     },
                     masked,
+                    policy: Some(spec.policy_on),
+                    engine: Some(spec.engine.as_str().into()),
                     proxy: Some(ProcSet {
                         pid: gw.pid(),
                         with_children: false,
@@ -430,5 +519,105 @@ mod tests {
         assert!(mask_section("[server]\n").is_none());
         let keyed = mask_section("[mask]\nhash_key_env = \"K\"\n").unwrap();
         assert!(keyed.contains("hash_key = ") && !keyed.contains("hash_key_env"));
+    }
+
+    fn mask() -> MaskSpec {
+        Ok(portcullis_tests::QUICKSTART_MASK_POLICY.to_string())
+    }
+
+    #[test]
+    fn gateway_names_are_the_published_ones() {
+        let names: Vec<&str> = gateway_specs(mask()).iter().map(|s| s.name).collect();
+        let published: Vec<&str> = TARGETS
+            .iter()
+            .copied()
+            .filter(|n| n.starts_with("gateway"))
+            .collect();
+        assert_eq!(names, published);
+    }
+
+    #[test]
+    fn one_policy_off_gateway_paired_on_its_engine() {
+        let specs = gateway_specs(mask());
+        let off: Vec<&GatewaySpec> = specs.iter().filter(|s| !s.policy_on).collect();
+        assert_eq!(off.len(), 1);
+        assert_eq!(off[0].name, "gateway-nopolicy");
+        assert!(off[0].mask.is_none());
+        let partner = specs
+            .iter()
+            .find(|s| s.policy_on && s.mask.is_none() && s.engine == off[0].engine)
+            .expect("a policy-on gateway on the same engine");
+        assert_eq!(partner.name, "gateway-uring");
+    }
+
+    #[test]
+    fn every_gateway_config_parses_with_its_policy() {
+        for s in gateway_specs(mask()) {
+            let mut text = s.policy.to_string();
+            if let Some(Ok(m)) = &s.mask {
+                text.push('\n');
+                text.push_str(m);
+            }
+            let doc: toml::Table =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", s.name));
+            let policy = doc["policy"].as_table().expect("[policy]");
+            let enabled = policy
+                .get("enabled")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true);
+            assert_eq!(enabled, s.policy_on, "{}", s.name);
+            if s.policy_on {
+                // The bench logs in as `agent`: the policy must let that role read.
+                assert_eq!(policy["default"].as_str(), Some("deny"), "{}", s.name);
+                let rules = policy["rule"].as_array().expect("rules");
+                assert!(
+                    rules.iter().any(|r| {
+                        let has = |k: &str, v: &str| {
+                            r.get(k)
+                                .and_then(|x| x.as_array())
+                                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(v)))
+                        };
+                        has("roles", "agent")
+                            && has("class", "read")
+                            && r["action"].as_str() == Some("allow")
+                    }),
+                    "{}: no rule lets agents read",
+                    s.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_masking_file_with_its_own_policy_is_seen() {
+        assert!(brings_policy("[mask]\n\n[policy]\ndefault = \"allow\"\n"));
+        assert!(brings_policy("[[ policy.rule ]]\nname = \"x\"\n"));
+        assert!(!brings_policy(
+            "[mask]\n# [policy] in a comment\n[[mask.rule]]\n"
+        ));
+    }
+
+    #[test]
+    fn target_selection_keeps_direct_and_refuses_unknown_names() {
+        let mut o = ManagedOptions {
+            rows: 1,
+            seed: 1,
+            pgbench_scale: 1,
+            pgbouncer_bin: PathBuf::from("/nonexistent"),
+            mask_policy: None,
+            gateway: true,
+            targets: Vec::new(),
+        };
+        assert!(TARGETS.iter().all(|t| o.wants(t)));
+        o.targets = vec!["gateway-uring".into(), "gateway-nopolicy".into()];
+        let wanted: Vec<&str> = TARGETS.iter().copied().filter(|t| o.wants(t)).collect();
+        assert_eq!(wanted, ["direct", "gateway-uring", "gateway-nopolicy"]);
+        // Refused before PostgreSQL starts.
+        o.targets = vec!["gateway".into()];
+        match start(&o, &|_| {}) {
+            Err(ManagedError::UnknownTarget(t)) => assert_eq!(t, "gateway"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("started with an unknown target"),
+        }
     }
 }

@@ -52,6 +52,13 @@ pub struct TargetInfo {
     pub name: String,
     pub kind: Kind,
     pub masked: bool,
+    /// Gateways: statement policy on or off (`[policy] enabled = false`); `None` otherwise.
+    /// Absent from reports written before it existed.
+    #[serde(default)]
+    pub policy: Option<bool>,
+    /// Gateways: the configured I/O engine, when known.
+    #[serde(default)]
+    pub engine: Option<String>,
     /// Password redacted.
     pub url: String,
     pub notes: String,
@@ -65,7 +72,8 @@ pub struct WorkloadInfo {
     pub rounds: u32,
 }
 
-/// Latency percentiles in microseconds, from an HDR histogram of every query.
+/// Latency percentiles in microseconds (fractional), from an HDR histogram of every query
+/// recorded in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Latency {
     pub count: u64,
@@ -175,5 +183,19 @@ impl Report {
             m.ratio_to_direct = base(&snapshot, &m.workload, "direct", p).map(|b| own / b);
             m.ratio_to_pgbouncer = base(&snapshot, &m.workload, "pgbouncer", p).map(|b| own / b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_from_before_the_policy_fields_still_load() {
+        let t: TargetInfo = serde_json::from_str(
+            r#"{"name":"gateway-uring","kind":"gateway","masked":false,"url":"u","notes":""}"#,
+        )
+        .unwrap();
+        assert_eq!((t.policy, t.engine), (None, None));
     }
 }

@@ -80,12 +80,13 @@ fn cpu_since(t: &Target, before: &CpuMark) -> Cpu {
 }
 
 fn new_hist() -> Histogram<u64> {
-    // 1 µs to 1 hour at 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
+    // Nanoseconds, 1 ns to 1 hour at 3 significant digits: whole microseconds would round
+    // each `SELECT 1` p50 (tens of µs) by up to 1 µs, a third of the policy's 3 µs budget.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static bounds are valid")
 }
 
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
+fn nanos(d: Duration) -> u64 {
+    (d.as_nanos() as u64).max(1)
 }
 
 pub struct Runner {
@@ -178,7 +179,7 @@ impl Runner {
                 )
                 .await?;
                 let mut hist = new_hist();
-                let _ = hist.record((r.latency_avg_ms * 1000.0).max(1.0) as u64);
+                let _ = hist.record((r.latency_avg_ms * 1e6).max(1.0) as u64);
                 Ok(Trial {
                     elapsed: r.elapsed,
                     queries: r.transactions,
@@ -214,7 +215,7 @@ impl Runner {
                 Protocol::Simple => conn.simple_query(sql).await?,
                 Protocol::Extended(f) => conn.extended_query(sql, f).await?,
             };
-            let _ = hist.record(micros(q0.elapsed()));
+            let _ = hist.record(nanos(q0.elapsed()));
             if let Some(expected) = w.expected_rows
                 && c.reported_rows != expected
             {
@@ -299,7 +300,7 @@ impl Runner {
                             conn.execute_prepared("q", &[&id], Format::Binary).await?
                         }
                     };
-                    let _ = hist.record(micros(q0.elapsed()));
+                    let _ = hist.record(nanos(q0.elapsed()));
                     if c.reported_rows != 1 {
                         return Err(RunError::RowCount {
                             expected: 1,
@@ -373,7 +374,7 @@ impl Runner {
                     let q0 = Instant::now();
                     let mut conn = Conn::connect(&conn_info).await?;
                     let c = conn.simple_query("SELECT 1").await?;
-                    let _ = hist.record(micros(q0.elapsed()));
+                    let _ = hist.record(nanos(q0.elapsed()));
                     // Counters are read before Terminate, which is not part of the reply.
                     let w = conn.wire_bytes().map_err(RunError::SockStat)?;
                     wire.received += w.received;
@@ -530,21 +531,37 @@ fn latency(h: &Histogram<u64>) -> Latency {
     if h.is_empty() {
         return Latency::default();
     }
-    let q = |p: f64| h.value_at_quantile(p) as f64;
+    // Recorded in nanoseconds, reported in microseconds.
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1e3;
     Latency {
         count: h.len(),
-        mean: h.mean(),
+        mean: h.mean() / 1e3,
         p50: q(0.50),
         p90: q(0.90),
         p99: q(0.99),
         p999: q(0.999),
-        max: h.max() as f64,
+        max: h.max() as f64 / 1e3,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_is_in_microseconds_below_one() {
+        let mut h = new_hist();
+        for ns in [40_000, 41_500, 43_250] {
+            h.record(ns).unwrap();
+        }
+        let l = latency(&h);
+        assert_eq!(l.count, 3);
+        // 3 significant digits: within 0.1% of 41.5 µs, not rounded to a whole µs.
+        assert!((l.p50 - 41.5).abs() < 0.05, "p50 {}", l.p50);
+        assert!((l.max - 43.25).abs() < 0.05, "max {}", l.max);
+        assert_eq!(nanos(Duration::from_micros(7)), 7_000);
+        assert_eq!(nanos(Duration::ZERO), 1);
+    }
 
     #[test]
     fn median_of_even_and_odd() {

@@ -112,7 +112,7 @@ pub fn tables(r: &Report) -> String {
                     if let Some(d) = direct.filter(|_| n != "direct") {
                         let _ = write!(
                             s,
-                            " (+{:.0}/+{:.0})",
+                            " ({:+.0}/{:+.0})",
                             l.p50 - d.latency_us.p50,
                             l.p99 - d.latency_us.p99
                         );

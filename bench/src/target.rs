@@ -126,6 +126,14 @@ pub struct Target {
     pub conn: ConnInfo,
     /// Masking is on: only the large-result workloads run against it.
     pub masked: bool,
+    /// A gateway's statement analysis and policy: on (`Some(true)`), off (`[policy]
+    /// enabled = false`, the pass-through the policy's cost is measured against), or not a
+    /// gateway (`None`).
+    pub policy: Option<bool>,
+    /// A gateway's configured I/O engine (`epoll`, `uring`, `auto`); `None` when not a
+    /// gateway or not known (an existing deployment). Policy on and off are compared only
+    /// on the same engine.
+    pub engine: Option<String>,
     /// The proxy process (gateway or pgbouncer), for CPU time and peak RSS.
     pub proxy: Option<ProcSet>,
     /// The postmaster; its children are the backends.

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use portcullis_bench::cli::{self, Args};
+use portcullis_bench::goals;
 use portcullis_bench::report::Report;
 use portcullis_bench::workload::{Group, Primary};
 
@@ -122,6 +123,24 @@ fn quick_mode_end_to_end() {
             }
         }
     }
+    // Every gateway but one runs the statement policy (so every workload above passed it);
+    // the one without is what the policy's cost is taken against.
+    let target = |n: &str| r.targets.iter().find(|t| t.name == n);
+    if let (Some(on), Some(off)) = (target("gateway-uring"), target("gateway-nopolicy")) {
+        assert_eq!((on.policy, off.policy), (Some(true), Some(false)));
+        assert_eq!(on.engine, off.engine);
+        let v: Vec<_> = goals::verdicts(&r)
+            .into_iter()
+            .filter(|v| v.goal.starts_with("policy on"))
+            .collect();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(
+            v.iter()
+                .all(|v| v.target == "gateway-uring" && v.met.is_some()),
+            "{v:?}"
+        );
+    }
+
     // Wide rows are 8 KiB of text each: the payload must say so.
     let wide = r.result("wide/simple-text", "direct").unwrap();
     assert!(

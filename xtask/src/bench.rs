@@ -9,6 +9,26 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+/// Shown under `cargo xtask bench --help`: the runs people ask for, spelled out.
+pub const EXAMPLES: &str = "\
+Examples:
+  cargo xtask bench                  full run: every workload, every target
+  cargo xtask bench --quick          a few seconds per workload, 20k rows
+  cargo xtask bench -- --help        every option of portcullis-bench
+
+What the statement policy costs: gateway-uring runs the quickstart statement policy,
+gateway-nopolicy is the same gateway (io_uring) with `[policy] enabled = false`; the goals
+table checks pgbench -S with 8 clients at >= x0.95 of the policy-off TPS and SELECT 1 p50
+at most 3 µs over the policy-off p50, both from the same run:
+  cargo xtask bench --targets gateway-uring,gateway-nopolicy --rows 20000 --rounds 7 \\
+      --clients 1 --only small/select1,pgbench/select-only-c8
+  (--quick --rounds 1 for a smoke run; `direct` always runs, every ratio needs it; --only
+  matches substrings, so --clients 1 is what keeps small/select1 to the c1 workloads)
+
+Target names: direct, pgbouncer, pgbouncer-pktbuf, gateway-epoll, gateway-uring,
+gateway-nopolicy, gateway-masked. Workload ids: narrow/*, wide/*, copy/*,
+small/{select1,pk}-{simple,prepared}-c{N}, connect/c1, pgbench/select-only[-connect]-c8.";
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Arguments for `portcullis-bench` (see `cargo xtask bench -- --help`).

@@ -30,6 +30,7 @@ enum Cmd {
     /// Install, build and run every unit, property and end-to-end test.
     Test(test::Args),
     /// Run the bench harness (gateway vs direct vs pgbouncer).
+    #[command(after_help = bench::EXAMPLES)]
     Bench(bench::Args),
 }
 
