@@ -78,9 +78,16 @@ type Cached = Rc<Result<Analysis, AnalysisError>>;
 
 thread_local! {
     static CACHE: RefCell<HashMap<Box<str>, Cached>> = RefCell::new(HashMap::new());
+    static SHAPES: RefCell<HashMap<Box<str>, Cached>> = RefCell::new(HashMap::new());
 }
 
-/// [`analyze`], cached per thread by exact text.
+/// [`analyze`], cached per thread: by exact text, and for a single data statement whose
+/// reading does not depend on its constants, by its shape (the same statement with other
+/// constants: `WHERE aid = 1` and `WHERE aid = 2`, as pgbench and ORMs that inline values
+/// send). The shape is the token sequence from PostgreSQL's own lexer with each literal
+/// replaced by its kind, so two texts share a shape only if the grammar sees the same
+/// tokens; a shape is cached only for readings that never looked at a literal's value
+/// ([`Statement::reads_literals`]).
 pub fn analyze_cached(sql: &str) -> Cached {
     if sql.len() > CACHE_MAX_TEXT {
         return Rc::new(analyze(sql));
@@ -88,15 +95,70 @@ pub fn analyze_cached(sql: &str) -> Cached {
     if let Some(hit) = CACHE.with(|c| c.borrow().get(sql).cloned()) {
         return hit;
     }
-    let result = Rc::new(analyze(sql));
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= CACHE_ENTRIES {
-            c.clear();
+    let shape = shape(sql);
+    if let Some(key) = &shape
+        && let Some(hit) = SHAPES.with(|c| c.borrow().get(key.as_str()).cloned())
+    {
+        return hit;
+    }
+    let result = analyze(sql);
+    let reusable = matches!(&result, Ok(a) if a.statements.len() == 1
+        && !a.statements[0].reads_literals
+        && matches!(a.statements[0].command.as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE"));
+    let result = Rc::new(match result {
+        // A shape's reading stands for texts of other lengths: its span is the whole text.
+        Ok(mut a) if reusable => {
+            a.statements[0].span = (0, usize::MAX);
+            Ok(a)
         }
-        c.insert(sql.into(), result.clone());
+        other => other,
     });
+    match shape {
+        Some(key) if reusable => SHAPES.with(|c| insert(&mut c.borrow_mut(), key.into(), &result)),
+        _ => CACHE.with(|c| insert(&mut c.borrow_mut(), sql.into(), &result)),
+    }
     result
+}
+
+fn insert(cache: &mut HashMap<Box<str>, Cached>, key: Box<str>, value: &Cached) {
+    if cache.len() >= CACHE_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(key, value.clone());
+}
+
+/// The text's tokens with every literal replaced by its kind, comments dropped; `None`
+/// when it has no literal (the exact text is the key then) or does not lex.
+fn shape(sql: &str) -> Option<String> {
+    use pg_query::protobuf::Token;
+    let scan = pg_query::scan(sql).ok()?;
+    let mut key = String::with_capacity(sql.len());
+    let mut literals = 0;
+    for t in &scan.tokens {
+        let kind = t.token;
+        if kind == Token::SqlComment as i32 || kind == Token::CComment as i32 {
+            continue;
+        }
+        let literal = [
+            Token::Iconst,
+            Token::Fconst,
+            Token::Sconst,
+            Token::Usconst,
+            Token::Bconst,
+            Token::Xconst,
+        ]
+        .iter()
+        .any(|k| *k as i32 == kind);
+        if literal {
+            literals += 1;
+            key.push('\u{1}');
+            key.push_str(&kind.to_string());
+        } else {
+            key.push_str(sql.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)?);
+        }
+        key.push('\u{0}');
+    }
+    (literals > 0).then_some(key)
 }
 
 #[cfg(test)]
@@ -213,6 +275,28 @@ mod tests {
             one("SET standard_conforming_strings TO off").effect,
             Some(Effect::StandardConformingStrings(Some(false)))
         );
+    }
+
+    #[test]
+    fn statements_differing_in_constants_share_a_reading_only_when_it_holds_for_both() {
+        let a = analyze_cached("SELECT abalance FROM shape_t WHERE aid = 1");
+        let b = analyze_cached("SELECT abalance FROM shape_t WHERE aid = 12345 -- other");
+        assert!(Rc::ptr_eq(&a, &b));
+        // Another token (an identifier, an operator, a keyword) is another shape.
+        let c = analyze_cached("SELECT abalance FROM shape_t WHERE bid = 1");
+        assert!(!Rc::ptr_eq(&a, &c));
+        // `ORDER BY 1` and `ORDER BY 2` are different statements; so are LIKE prefixes.
+        let d = analyze_cached("SELECT a, b FROM shape_t ORDER BY 1");
+        let e = analyze_cached("SELECT a, b FROM shape_t ORDER BY 2");
+        assert!(!Rc::ptr_eq(&d, &e));
+        let f = analyze_cached("DELETE FROM shape_t WHERE n LIKE 'abc%'");
+        let g = analyze_cached("DELETE FROM shape_t WHERE n LIKE '%'");
+        assert!(g.as_ref().as_ref().unwrap().statements[0].has(Property::Unbounded));
+        assert!(!f.as_ref().as_ref().unwrap().statements[0].has(Property::Unbounded));
+        // A literal that is a structural token elsewhere is not a literal here.
+        let h = analyze_cached("SELECT 'x' FROM shape_t");
+        let i = analyze_cached("SELECT 1 FROM shape_t");
+        assert!(!Rc::ptr_eq(&h, &i));
     }
 
     #[test]

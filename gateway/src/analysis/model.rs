@@ -315,6 +315,10 @@ pub struct Statement {
     /// Calls functions by unqualified name: they resolve through `search_path`, so they
     /// are only known built-ins while `pg_catalog` is searched first.
     pub unqualified_functions: bool,
+    /// The reading depends on the value of a literal (a `LIKE` pattern's prefix, a
+    /// position in `ORDER BY 1`, the setting `set_config` names), so it holds for this
+    /// text only and not for the same statement with other constants.
+    pub reads_literals: bool,
 }
 
 impl Statement {
@@ -330,6 +334,7 @@ impl Statement {
             effect: None,
             executes: None,
             unqualified_functions: false,
+            reads_literals: false,
         }
     }
 

@@ -213,6 +213,19 @@ fn constant(n: &J, params_ok: bool) -> bool {
     }
 }
 
+/// Whether any node under `n` is an `A_Expr` of this kind.
+fn mentions(n: &J, kind: &str) -> bool {
+    match n.node() {
+        Some(("A_Expr", f)) if f.text("kind") == kind => true,
+        Some((_, f)) => f.fields().iter().any(|(_, v)| mentions(v, kind)),
+        None => match n {
+            J::Arr(items) => items.iter().any(|i| mentions(i, kind)),
+            J::Obj(f) => f.iter().any(|(_, v)| mentions(v, kind)),
+            _ => false,
+        },
+    }
+}
+
 fn has_column(n: &J) -> bool {
     match n.node() {
         Some(("ColumnRef", _)) => true,
@@ -556,6 +569,10 @@ impl<'s> Walker<'s> {
     }
 
     fn group_key(&mut self, node: &J, out: &Derived, usage: Use) {
+        if node.as_node("A_Const").is_some() {
+            // `ORDER BY 2` means the second column: the number is part of the reading.
+            self.stmt.reads_literals = true;
+        }
         if let Some(c) = node.as_node("A_Const")
             && let Some(i) = c.get("ival")
         {
@@ -916,6 +933,13 @@ impl<'s> Walker<'s> {
                 if !restricts(w) {
                     self.prop(Property::Unbounded);
                 }
+                // A LIKE pattern's prefix decides whether it restricts.
+                if mentions(w, "AEXPR_LIKE")
+                    || mentions(w, "AEXPR_ILIKE")
+                    || mentions(w, "AEXPR_SIMILAR")
+                {
+                    self.stmt.reads_literals = true;
+                }
                 self.expr(w, Use::Compare);
             }
         }
@@ -1129,6 +1153,9 @@ impl<'s> Walker<'s> {
         }
         let count = name == "count" && matches!(schema.as_deref(), None | Some("pg_catalog"));
         let args = f.list("args");
+        if name == "set_config" {
+            self.stmt.reads_literals = true;
+        }
         if name == "set_config"
             && let Some(setting) = args
                 .first()

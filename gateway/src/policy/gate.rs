@@ -613,7 +613,9 @@ fn resets_scs(text: &str) -> bool {
 
 /// The statement's text for a message: one line, at most 120 characters.
 fn quote(text: &str, (start, end): (usize, usize)) -> String {
-    let s = text.get(start..end).unwrap_or(text).trim();
+    // A shape-cached reading's span is the whole text (`usize::MAX`).
+    let end = end.min(text.len());
+    let s = text.get(start.min(end)..end).unwrap_or(text).trim();
     let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
     match one_line.char_indices().nth(120) {
         Some((i, _)) => format!("{}…", &one_line[..i]),
