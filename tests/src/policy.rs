@@ -80,9 +80,16 @@ message = "destructive statements (DROP, TRUNCATE, ALTER, DELETE or UPDATE witho
 # Settings that would undo the session's guarantees.
 [[policy.rule]]
 name = "deny-session-escapes"
-properties = ["reset_all", "lexer_setting", "protected_setting", "two_phase", "exclusive_lock"]
+properties = ["reset_all", "lexer_setting", "protected_setting"]
 action = "deny"
 message = "this setting would undo guarantees the gateway gives for the session"
+
+# Transactions left behind the session, and locks that stop every reader.
+[[policy.rule]]
+name = "deny-lingering-locks"
+properties = ["two_phase", "exclusive_lock"]
+action = "deny"
+message = "two-phase transactions and exclusive table locks would block other sessions beyond this one"
 
 [[policy.rule]]
 name = "agents-read-write"

@@ -625,17 +625,15 @@ fn quote(text: &str, (start, end): (usize, usize)) -> String {
 
 fn facts(stmt: &Statement) -> String {
     let mut s = format!("{}, class {}", stmt.command, stmt.class);
-    if !stmt.properties.is_empty() {
+    let props: Vec<&str> = stmt
+        .properties
+        .iter()
+        .filter(|p| *p != Property::Persists)
+        .map(Property::as_str)
+        .collect();
+    if !props.is_empty() {
         s.push_str("; ");
-        s.push_str(
-            &stmt
-                .properties
-                .iter()
-                .filter(|p| *p != Property::Persists)
-                .map(Property::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
+        s.push_str(&props.join(", "));
     }
     s
 }
