@@ -18,7 +18,8 @@
 //!
 //! The grammar reads string literals with `standard_conforming_strings` on. The statement
 //! gate refuses statements in sessions that turned it off; when the policy is disabled
-//! the gate does not look, so a session known to have it off is refused here.
+//! the gate does not look, so here a statement with a backslash is refused in a session
+//! known to have it off.
 
 use thiserror::Error;
 
@@ -98,7 +99,7 @@ pub enum CopyStatementError {
         problem: &'static str,
     },
     #[error(
-        "standard_conforming_strings is off in this session, and the gateway reads string literals with it on"
+        "standard_conforming_strings is off in this session, and the gateway reads backslashes in string literals as with it on"
     )]
     StandardConformingStringsOff,
     #[error("FORCE_QUOTE column {0:?} is not one of the copied columns")]
@@ -291,11 +292,15 @@ pub fn parse_statement(sql: &[u8]) -> Result<CopyTarget, CopyStatementError> {
 
 /// [`parse_statement`] for a session whose `standard_conforming_strings` the server has
 /// reported (`None`: not yet, read as the default, on, as the statement gate does).
+///
+/// With it off, the setting changes only what a backslash in a `'…'` literal means, so a
+/// statement without a backslash reads the same either way; one with a backslash is
+/// refused rather than read the way the server did not.
 pub fn parse_statement_as(
     sql: &[u8],
     standard_conforming_strings: Option<bool>,
 ) -> Result<CopyTarget, CopyStatementError> {
-    if standard_conforming_strings == Some(false) {
+    if standard_conforming_strings == Some(false) && sql.contains(&b'\\') {
         return Err(CopyStatementError::StandardConformingStringsOff);
     }
     parse_statement(sql)
@@ -678,10 +683,22 @@ mod tests {
         );
         assert_eq!(opts("COPY t TO STDOUT (NULL E'\\\\N')").null, "\\N");
         assert_eq!(
-            parse_statement_as(b"COPY t TO STDOUT", Some(false)),
+            parse_statement_as(b"COPY t TO STDOUT (NULL '\\N')", Some(false)),
             Err(CopyStatementError::StandardConformingStringsOff)
         );
-        assert!(parse_statement_as(b"COPY t TO STDOUT", Some(true)).is_ok());
+        assert_eq!(
+            parse_statement_as(b"COPY t TO STDOUT (NULL E'\\\\N')", Some(false)),
+            Err(CopyStatementError::StandardConformingStringsOff)
+        );
+        // Without a backslash the setting changes nothing.
+        assert_eq!(
+            parse_statement_as(b"COPY t TO STDOUT (NULL 'x')", Some(false))
+                .unwrap()
+                .options
+                .null,
+            "x"
+        );
+        assert!(parse_statement_as(b"COPY t TO STDOUT (NULL '\\N')", Some(true)).is_ok());
         assert!(parse_statement_as(b"COPY t TO STDOUT", None).is_ok());
     }
 
