@@ -1,14 +1,15 @@
 //! Property tests for masked `COPY … TO STDOUT` with the statement's format options: the
-//! statement parser never panics and reads back every option it is given, in either
-//! syntax and any literal style; and rows written the way PostgreSQL writes them, with any
+//! statement reader (PostgreSQL's grammar, then the option rules) never panics and reads
+//! back every option it is given, in either syntax and any literal style, as the row
+//! layout the masker is meant to use; and rows written the way PostgreSQL writes them, with any
 //! delimiter, quote, escape, NULL string and header, come out of the masker with the
 //! masked column replaced and every other byte as the server sent it, however the stream
 //! is cut into messages.
 
-use portcullis::mask::{Catalog, ColumnDesc, MaskConfig, MaskStats, Policy, Subject};
+use portcullis::mask::{Catalog, ColumnDesc, CopyFormat, MaskConfig, MaskStats, Policy, Subject};
 use portcullis::protocol::backend::{copy_data, copy_out_response};
 use portcullis::session::copy_target::{
-    CopyOptions, CopyStatementError, ForceQuote, Format, parse_statement,
+    CopyOptions, CopyStatementError, ForceQuote, Format, parse_statement, parse_statement_as,
 };
 use proptest::prelude::*;
 
@@ -72,13 +73,25 @@ fn opts() -> impl Strategy<Value = Opts> {
         })
 }
 
-/// A literal in one of the styles the server reads.
+/// A literal in one of the styles the server reads (with standard_conforming_strings on,
+/// which the statement gate keeps).
 fn literal(value: &str, style: u8) -> String {
-    match style % 3 {
-        // A backslash in a plain literal reads differently with
-        // standard_conforming_strings off: the parser refuses it, so use E'' there.
-        0 if !value.contains('\\') => format!("'{}'", value.replace('\'', "''")),
+    match style % 4 {
+        0 => format!("'{}'", value.replace('\'', "''")),
         1 if !value.contains("$$") => format!("$${value}$$"),
+        2 => {
+            let mut s = String::from("U&'");
+            for (i, c) in value.chars().enumerate() {
+                match c {
+                    '\\' => s.push_str("\\\\"),
+                    '\'' => s.push_str("''"),
+                    c if i % 2 == 0 => s.push_str(&format!("\\{:04x}", u32::from(c))),
+                    c => s.push(c),
+                }
+            }
+            s.push('\'');
+            s
+        }
         _ => {
             let mut s = String::from("E'");
             for (i, c) in value.chars().enumerate() {
@@ -157,6 +170,34 @@ fn expected(o: &Opts) -> CopyOptions {
             ForceQuote::None
         },
         encoding: None,
+    }
+}
+
+/// The row layout the masker should get for `o`, with the copied columns [`NAMES`].
+fn expected_format(o: &Opts) -> CopyFormat {
+    let null = o.null.clone().into_bytes();
+    let header = o
+        .header
+        .then(|| NAMES.iter().map(|n| n.as_bytes().to_vec()).collect());
+    if o.csv {
+        CopyFormat::Csv {
+            delimiter: o.delimiter,
+            quote: o.quote,
+            escape: o.escape,
+            null,
+            header,
+            force_quote: if o.force_all {
+                vec![true; 3]
+            } else {
+                Vec::new()
+            },
+        }
+    } else {
+        CopyFormat::Text {
+            delimiter: o.delimiter,
+            null,
+            header,
+        }
     }
 }
 
@@ -433,6 +474,12 @@ proptest! {
         let sql = render(&o, legacy, style);
         let t = parse_statement(sql.as_bytes()).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?;
         prop_assert_eq!(&t.options, &expected(&o), "{}", sql);
+        prop_assert_eq!(
+            t.format(&columns(), &copy_out_response(false, 3)).map_err(|e| TestCaseError::fail(format!("{sql}: {e}")))?,
+            expected_format(&o),
+            "{}",
+            sql
+        );
         prop_assert_eq!(t.columns, Some(NAMES.iter().map(|n| n.to_string()).collect::<Vec<_>>()));
     }
 
@@ -485,9 +532,12 @@ fn refusals_name_the_reason() {
     let e = parse_statement(b"COPY t TO STDOUT (FORMAT csv, FORCE_NOT_NULL (a))").unwrap_err();
     assert!(e.to_string().contains("COPY FROM only"), "{e}");
     let e = parse_statement(b"COPY (SELECT 1) TO STDOUT").unwrap_err();
-    assert!(e.to_string().contains("table name"), "{e}");
+    assert!(e.to_string().contains("COPY (query)"), "{e}");
+    // PostgreSQL's own message for what its grammar does not accept.
+    let e = parse_statement(b"COPY t TO STDOUT WHERE a = 1").unwrap_err();
+    assert!(e.to_string().contains("WHERE clause not allowed"), "{e}");
     assert_eq!(
-        parse_statement(b"COPY t TO STDOUT (NULL '\\N')").unwrap_err(),
-        CopyStatementError::AmbiguousBackslash
+        parse_statement_as(b"COPY t TO STDOUT (NULL '\\N')", Some(false)).unwrap_err(),
+        CopyStatementError::StandardConformingStringsOff
     );
 }

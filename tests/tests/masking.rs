@@ -487,7 +487,7 @@ fn copy_statements_not_read_for_sure_are_refused(engine: Engine) {
     // with the first one's columns.
     refused(
         "COPY portcullis_dataset TO STDOUT; COPY accounts (ssn, id) TO STDOUT",
-        "end of the statement",
+        "expected one statement, found 2",
     );
     refused(
         "COPY accounts (ssn) TO STDOUT WITH (ENCODING 'SJIS')",

@@ -11,12 +11,14 @@
 //! - [`parser`]: libpg_query (PostgreSQL 15's grammar), the one SQL parser of the gateway.
 //! - [`tree`]: its JSON parse tree, read into a compact borrowed tree.
 //! - [`walk`]: the walk that fills a [`Statement`].
+//! - [`copy`]: what a `COPY` statement says (relation, columns, endpoint, options).
 //! - [`functions`]: built-ins known to be free of side effects, and names denied by name.
 //! - [`model`]: the reading itself.
 //!
 //! Readings are cached per thread by exact text ([`analyze_cached`]), so a prepared
 //! statement or an agent's repeated query is parsed once.
 
+pub mod copy;
 pub mod functions;
 pub mod model;
 pub mod parser;

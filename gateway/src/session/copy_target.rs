@@ -5,29 +5,25 @@
 //! the relation and column list say which columns the rows hold (a side query resolves
 //! them), the options how each row is written (format, delimiter, NULL string, header
 //! line, quote and escape characters, forced quoting, encoding). Splitting fields at the
-//! wrong byte would mask the wrong column or miss one, so the parser is strict. It reads
-//! PostgreSQL 15's grammar for the plain form,
+//! wrong byte would mask the wrong column or miss one, so the reading is strict.
 //!
-//! ```text
-//! COPY [BINARY] [schema.]table [(column, …)] TO STDOUT [[USING] DELIMITERS 'c'] [WITH]
-//!     { (option [value], …) | legacy options … } [;]
-//! ```
+//! The statement is read with PostgreSQL's own grammar ([`crate::analysis::copy`]): both
+//! option syntaxes, every literal style and identifier folding come out as the server sees
+//! them, so there is no second SQL parser here to disagree with it. This module gives the
+//! options their meaning as the server's `ProcessCopyOptions` does (defaults, repeated and
+//! conflicting options, which values are allowed) and refuses what masking cannot follow:
+//! `COPY (query) TO …`, a file or program, `COPY FROM`, unknown or `COPY FROM`-only
+//! options, a value in a form it does not read, more than one statement. The masking stage
+//! then refuses the `COPY` while rules apply. Nothing here panics, whatever the input.
 //!
-//! with both the parenthesised option list and the legacy keywords (`CSV HEADER`,
-//! `DELIMITER AS '|'`, `FORCE QUOTE *`, …), and returns an error for everything else:
-//! `COPY (query) TO …`, `TO 'file'`, unknown or `COPY FROM`-only options, option values in
-//! a form it does not read, a second statement. The masking stage then refuses the `COPY`
-//! while rules apply. Nothing here panics, whatever the input.
-//!
-//! Literals are read as the server's lexer reads them: `'…'` with doubled quotes,
-//! `E'…'` escapes, `$tag$…$tag$`, `"identifiers"` and comments. A plain `'…'` holding a
-//! backslash means something else when the session has `standard_conforming_strings`
-//! off, which the gateway does not track, so such a statement is read both ways and
-//! refused unless both readings agree or the second one does not even lex (then the
-//! server cannot have used it).
+//! The grammar reads string literals with `standard_conforming_strings` on. The statement
+//! gate refuses statements in sessions that turned it off; when the policy is disabled
+//! the gate does not look, so here a statement with a backslash is refused in a session
+//! known to have it off.
 
 use thiserror::Error;
 
+use crate::analysis::copy::{self as grammar, CopyReadError, CopySource, Endpoint, OptionArg};
 use crate::mask::copy::parse_copy_out_response;
 use crate::mask::{ColumnDesc, CopyFormat, MaskError};
 
@@ -89,14 +85,10 @@ pub struct CopyOptions {
 pub enum CopyStatementError {
     #[error("the statement is not valid UTF-8")]
     NotUtf8,
-    #[error("unterminated {0}")]
-    Unterminated(&'static str),
+    #[error(transparent)]
+    Read(#[from] CopyReadError),
     #[error("{0} is not supported in a masked COPY")]
     Unsupported(&'static str),
-    #[error(
-        "expected {0}; only COPY [schema.]table [(column, …)] TO STDOUT [WITH options] is understood"
-    )]
-    Syntax(&'static str),
     #[error("COPY option {0:?} is not understood")]
     UnknownOption(String),
     #[error("COPY option {0} is given more than once")]
@@ -107,9 +99,9 @@ pub enum CopyStatementError {
         problem: &'static str,
     },
     #[error(
-        "the statement reads differently with standard_conforming_strings off; write backslashes inside E'…' strings"
+        "standard_conforming_strings is off in this session, and the gateway reads backslashes in string literals as with it on"
     )]
-    AmbiguousBackslash,
+    StandardConformingStringsOff,
     #[error("FORCE_QUOTE column {0:?} is not one of the copied columns")]
     ForceQuoteColumn(String),
     #[error("the server sent {server} COPY data for a statement asking for {statement}")]
@@ -265,423 +257,84 @@ fn quote_literal(s: &str) -> String {
     }
 }
 
-/// Parses `COPY [schema.]table [(col, …)] TO STDOUT [options]`, saying why not.
+/// Reads `COPY [schema.]table [(col, …)] TO STDOUT [options]`, saying why not.
 pub fn parse_statement(sql: &[u8]) -> Result<CopyTarget, CopyStatementError> {
-    parse_statement_as(sql, None)
+    let sql = std::str::from_utf8(sql).map_err(|_| CopyStatementError::NotUtf8)?;
+    let stmt = grammar::read(sql)?;
+    let CopySource::Relation(rel) = stmt.source else {
+        // The rows of a query have no relation to look the columns up in.
+        return Err(CopyStatementError::Unsupported("COPY (query)"));
+    };
+    if stmt.is_from {
+        return Err(CopyStatementError::Unsupported("COPY FROM"));
+    }
+    if stmt.endpoint != Endpoint::Client {
+        return Err(CopyStatementError::Unsupported("COPY to a file or program"));
+    }
+    if rel.catalog.is_some() {
+        // The side query looks names up in the gateway's database; a catalog name is
+        // only legal when it names that same database, and nobody writes it.
+        return Err(CopyStatementError::Unsupported(
+            "a database-qualified table name",
+        ));
+    }
+    let mut raw = RawOptions::default();
+    for o in &stmt.options {
+        raw.apply(&o.name, &o.arg)?;
+    }
+    Ok(CopyTarget {
+        schema: rel.schema,
+        table: rel.name,
+        columns: (!stmt.columns.is_empty()).then_some(stmt.columns),
+        options: raw.finish()?,
+    })
 }
 
-/// [`parse_statement`] for a session whose `standard_conforming_strings` is known
-/// (`Some(on)`, from the server's `ParameterStatus`): the statement is read the one way
-/// the server read it. With `None` it is read both ways and must agree.
+/// [`parse_statement`] for a session whose `standard_conforming_strings` the server has
+/// reported (`None`: not yet, read as the default, on, as the statement gate does).
+///
+/// With it off, the setting changes only what a backslash in a `'…'` literal means, so a
+/// statement without a backslash reads the same either way; one with a backslash is
+/// refused rather than read the way the server did not.
 pub fn parse_statement_as(
     sql: &[u8],
     standard_conforming_strings: Option<bool>,
 ) -> Result<CopyTarget, CopyStatementError> {
-    let sql = std::str::from_utf8(sql).map_err(|_| CopyStatementError::NotUtf8)?;
-    match standard_conforming_strings {
-        Some(true) => return lex(sql, Backslash::Literal).and_then(parse_tokens),
-        Some(false) => return lex(sql, Backslash::Escape).and_then(parse_tokens),
-        None => {}
+    if standard_conforming_strings == Some(false) && sql.contains(&b'\\') {
+        return Err(CopyStatementError::StandardConformingStringsOff);
     }
-    let standard = lex(sql, Backslash::Literal).and_then(parse_tokens);
-    if !sql.contains('\\') {
-        return standard;
-    }
-    match lex(sql, Backslash::Escape) {
-        // With standard_conforming_strings off the server could not even have lexed it,
-        // so it read the statement the standard way.
-        Err(CopyStatementError::Unterminated(_)) => standard,
-        Err(_) => standard.and(Err(CopyStatementError::AmbiguousBackslash)),
-        Ok(tokens) => match (standard, parse_tokens(tokens)) {
-            (Ok(a), Ok(b)) if a == b => Ok(a),
-            (Err(e), Err(_)) => Err(e),
-            _ => Err(CopyStatementError::AmbiguousBackslash),
-        },
+    parse_statement(sql)
+}
+
+fn bad<T>(option: &'static str, problem: &'static str) -> Result<T, CopyStatementError> {
+    Err(CopyStatementError::BadOption { option, problem })
+}
+
+/// A string option's value. The server would also take `DELIMITER 1` or `NULL *` as
+/// strings; nobody writes them, and a negative integer does not survive the parse tree,
+/// so they are not read here.
+fn string(arg: &OptionArg, option: &'static str) -> Result<String, CopyStatementError> {
+    match arg {
+        OptionArg::Str(s) => Ok(s.clone()),
+        OptionArg::None => bad(option, "needs a value"),
+        _ => bad(option, "needs a string constant"),
     }
 }
 
-/// How a plain `'…'` literal treats backslashes: `standard_conforming_strings` on or off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backslash {
-    Literal,
-    Escape,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
-    /// An unquoted identifier or keyword, folded.
-    Word(String),
-    /// A `"quoted identifier"`.
-    Ident(String),
-    /// A string constant: `'…'`, `E'…'` or `$tag$…$tag$`.
-    Str(String),
-    /// An unsigned integer as written.
-    Int(String),
-    /// One of `( ) , . ; *`.
-    Punct(u8),
-    /// Anything else the server lexes (operators, parameters, decimals, …): never valid
-    /// in the statements read here.
-    Other,
-}
-
-/// PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes.
-const MAX_IDENT: usize = 63;
-const OPERATOR_CHARS: &[u8] = b"~!@#^&|`?+-*/%<>=";
-
-fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
-
-fn is_ident_cont(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
-}
-
-/// Truncates like the server does, never inside a character.
-fn truncate_ident(mut s: String) -> String {
-    if s.len() > MAX_IDENT {
-        let mut n = MAX_IDENT;
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
-        s.truncate(n);
-    }
-    s
-}
-
-/// Splits `sql` into tokens the way PostgreSQL's lexer does, as far as these statements
-/// need. Only an unterminated literal or comment is an error the server's lexer would
-/// also raise; other errors mean "not read here".
-fn lex(sql: &str, plain: Backslash) -> Result<Vec<Tok>, CopyStatementError> {
-    let b = sql.as_bytes();
-    let mut toks = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
-        match c {
-            b' ' | b'\t' | b'\n' | b'\r' | 0x0c => i += 1,
-            b'-' if next == Some(b'-') => {
-                i = b[i..]
-                    .iter()
-                    .position(|&x| x == b'\n' || x == b'\r')
-                    .map_or(b.len(), |p| i + p);
-            }
-            b'/' if next == Some(b'*') => i = skip_block_comment(b, i)?,
-            b'\'' => {
-                let (s, end) = string_literal(b, i + 1, plain == Backslash::Escape)?;
-                toks.push(Tok::Str(s));
-                i = end;
-            }
-            b'"' => {
-                let (s, end) = quoted_ident(b, i + 1)?;
-                toks.push(Tok::Ident(s));
-                i = end;
-            }
-            b'$' => {
-                let (tok, end) = dollar(b, i)?;
-                toks.push(tok);
-                i = end;
-            }
-            b'0'..=b'9' => {
-                let start = i;
-                while i < b.len() && b[i].is_ascii_digit() {
-                    i += 1;
-                }
-                if i < b.len() && (b[i] == b'.' || is_ident_cont(b[i])) {
-                    // A decimal, an exponent or trailing junk: nothing these statements use.
-                    while i < b.len() && (b[i] == b'.' || is_ident_cont(b[i])) {
-                        i += 1;
-                    }
-                    toks.push(Tok::Other);
-                } else {
-                    toks.push(Tok::Int(sql[start..i].to_owned()));
-                }
-            }
-            b'.' if next.is_some_and(|d| d.is_ascii_digit()) => {
-                i += 1;
-                while i < b.len() && is_ident_cont(b[i]) {
-                    i += 1;
-                }
-                toks.push(Tok::Other);
-            }
-            b'(' | b')' | b',' | b';' | b'.' => {
-                toks.push(Tok::Punct(c));
-                i += 1;
-            }
-            c if is_ident_start(c) => {
-                let start = i;
-                while i < b.len() && is_ident_cont(b[i]) {
-                    i += 1;
-                }
-                let word = &sql[start..i];
-                let after = b.get(i).copied();
-                if word.len() == 1 && (after == Some(b'\'') || after == Some(b'&')) {
-                    match (c.to_ascii_lowercase(), after) {
-                        (b'e', Some(b'\'')) => {
-                            let (s, end) = string_literal(b, i + 1, true)?;
-                            toks.push(Tok::Str(s));
-                            i = end;
-                            continue;
-                        }
-                        (b'u', Some(b'&')) if matches!(b.get(i + 1), Some(b'\'' | b'"')) => {
-                            return Err(CopyStatementError::Unsupported("a U& literal"));
-                        }
-                        (b'b' | b'x' | b'n', Some(b'\'')) => {
-                            return Err(CopyStatementError::Unsupported(
-                                "a B'', X'' or N'' literal",
-                            ));
-                        }
-                        _ => {}
-                    }
-                }
-                // The server folds ASCII letters only (the connection is UTF8).
-                toks.push(Tok::Word(truncate_ident(word.to_ascii_lowercase())));
-            }
-            c if OPERATOR_CHARS.contains(&c) => {
-                let start = i;
-                while i < b.len()
-                    && OPERATOR_CHARS.contains(&b[i])
-                    && !(i > start && (b[i..].starts_with(b"--") || b[i..].starts_with(b"/*")))
-                {
-                    i += 1;
-                }
-                toks.push(if &b[start..i] == b"*" {
-                    Tok::Punct(b'*')
-                } else {
-                    Tok::Other
-                });
-            }
-            _ => {
-                toks.push(Tok::Other);
-                i += 1;
-            }
-        }
-    }
-    Ok(toks)
-}
-
-/// `/* … */`, nested as the server nests them; returns the index after it.
-fn skip_block_comment(b: &[u8], mut i: usize) -> Result<usize, CopyStatementError> {
-    let mut depth = 0usize;
-    while i < b.len() {
-        if b[i..].starts_with(b"/*") {
-            depth += 1;
-            i += 2;
-        } else if b[i..].starts_with(b"*/") {
-            depth -= 1;
-            i += 2;
-            if depth == 0 {
-                return Ok(i);
-            }
-        } else {
-            i += 1;
-        }
-    }
-    Err(CopyStatementError::Unterminated("comment"))
-}
-
-/// The body of a `'…'` literal starting at `i` (after the quote); with `escapes`, the
-/// backslash escapes of `E'…'`. Returns the value and the index after the closing quote.
-fn string_literal(
-    b: &[u8],
-    mut i: usize,
-    escapes: bool,
-) -> Result<(String, usize), CopyStatementError> {
-    const UNTERMINATED: CopyStatementError = CopyStatementError::Unterminated("string literal");
-    let mut out = Vec::new();
-    loop {
-        let c = *b.get(i).ok_or(UNTERMINATED)?;
-        if escapes && c == b'\\' {
-            i = backslash_escape(b, i + 1, &mut out)?;
-        } else if c == b'\'' {
-            if b.get(i + 1) == Some(&b'\'') {
-                out.push(b'\'');
-                i += 2;
-            } else {
-                i += 1;
-                break;
-            }
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    if out.contains(&0) {
-        return Err(CopyStatementError::Unsupported("a NUL byte in a literal"));
-    }
-    let s = String::from_utf8(out)
-        .map_err(|_| CopyStatementError::Unsupported("an escape that is not valid UTF-8"))?;
-    Ok((s, i))
-}
-
-/// One `E'…'` escape; `i` is just after the backslash. Returns the index after it.
-fn backslash_escape(b: &[u8], i: usize, out: &mut Vec<u8>) -> Result<usize, CopyStatementError> {
-    let c = *b
-        .get(i)
-        .ok_or(CopyStatementError::Unterminated("string literal"))?;
-    let digits = |from: usize, max: usize, radix: u32| {
-        let mut v = 0u32;
-        let mut n = 0;
-        while n < max {
-            match b.get(from + n).and_then(|&d| char::from(d).to_digit(radix)) {
-                Some(d) => v = v * radix + d,
-                None => break,
-            }
-            n += 1;
-        }
-        (v, n)
-    };
-    let simple = |x: u8| {
-        Some(match x {
-            b'b' => 8,
-            b'f' => 12,
-            b'n' => b'\n',
-            b'r' => b'\r',
-            b't' => b'\t',
-            _ => return None,
-        })
-    };
-    if let Some(v) = simple(c) {
-        out.push(v);
-        return Ok(i + 1);
-    }
-    match c {
-        b'0'..=b'7' => {
-            let (v, n) = digits(i, 3, 8);
-            // The server keeps the low byte of an octal escape above \377.
-            out.push((v & 0xff) as u8);
-            Ok(i + n)
-        }
-        b'x' => match digits(i + 1, 2, 16) {
-            (_, 0) => {
-                out.push(b'x');
-                Ok(i + 1)
-            }
-            (v, n) => {
-                out.push(v as u8);
-                Ok(i + 1 + n)
-            }
-        },
-        b'u' | b'U' => {
-            let want = if c == b'u' { 4 } else { 8 };
-            let (v, n) = digits(i + 1, want, 16);
-            // Surrogate pairs are legal but rare: not worth reading here.
-            let ch = (n == want)
-                .then(|| char::from_u32(v))
-                .flatten()
-                .filter(|&ch| ch != '\0')
-                .ok_or(CopyStatementError::Unsupported(
-                    "this Unicode escape (surrogate, NUL or malformed)",
-                ))?;
-            let mut buf = [0; 4];
-            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-            Ok(i + 1 + n)
-        }
-        other => {
-            out.push(other);
-            Ok(i + 1)
-        }
-    }
-}
-
-/// A `"quoted identifier"` starting at `i` (after the quote).
-fn quoted_ident(b: &[u8], mut i: usize) -> Result<(String, usize), CopyStatementError> {
-    let mut out = Vec::new();
-    loop {
-        let c = *b
-            .get(i)
-            .ok_or(CopyStatementError::Unterminated("quoted identifier"))?;
-        i += 1;
-        if c != b'"' {
-            out.push(c);
-        } else if b.get(i) == Some(&b'"') {
-            out.push(b'"');
-            i += 1;
-        } else {
-            break;
-        }
-    }
-    if out.is_empty() {
-        return Err(CopyStatementError::Syntax("a non-empty quoted identifier"));
-    }
-    // The input was UTF-8 and only whole ASCII quotes were removed.
-    let s = String::from_utf8(out).map_err(|_| CopyStatementError::NotUtf8)?;
-    Ok((truncate_ident(s), i))
-}
-
-/// At a `$`: a dollar-quoted string, a parameter (`$1`) or a lone `$`.
-fn dollar(b: &[u8], i: usize) -> Result<(Tok, usize), CopyStatementError> {
-    if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
-        let mut j = i + 1;
-        while j < b.len() && b[j].is_ascii_digit() {
-            j += 1;
-        }
-        return Ok((Tok::Other, j));
-    }
-    let mut j = i + 1;
-    if b.get(j).is_some_and(|&c| is_ident_start(c)) {
-        while j < b.len() && (is_ident_start(b[j]) || b[j].is_ascii_digit()) {
-            j += 1;
-        }
-    }
-    if b.get(j) != Some(&b'$') {
-        // Not a delimiter: the server returns the `$` alone.
-        return Ok((Tok::Other, i + 1));
-    }
-    let delim = &b[i..=j];
-    let body = j + 1;
-    let len = b[body..]
-        .windows(delim.len())
-        .position(|w| w == delim)
-        .ok_or(CopyStatementError::Unterminated("dollar-quoted string"))?;
-    let s = std::str::from_utf8(&b[body..body + len]).map_err(|_| CopyStatementError::NotUtf8)?;
-    Ok((Tok::Str(s.to_owned()), body + len + delim.len()))
-}
-
-/// An option's argument as the grammar gives it.
-#[derive(Debug)]
-enum Arg {
-    None,
-    Str(String),
-    Int(String),
-    Star,
-    List(Vec<String>),
-}
-
-impl Arg {
-    fn string(self, option: &'static str) -> Result<String, CopyStatementError> {
-        match self {
-            Arg::Str(s) => Ok(s),
-            Arg::None => Err(CopyStatementError::BadOption {
-                option,
-                problem: "needs a value",
-            }),
-            // The server would take `DELIMITER 1` or `NULL *` as strings; nobody writes
-            // them, so they are not read here.
-            _ => Err(CopyStatementError::BadOption {
-                option,
-                problem: "needs a string constant",
-            }),
-        }
-    }
-
-    /// As the server's `defGetBoolean`: no value, 0/1, or true/false/on/off.
-    fn boolean(self, option: &'static str) -> Result<bool, CopyStatementError> {
-        match self {
-            Arg::None => Ok(true),
-            Arg::Int(n) if n == "1" => Ok(true),
-            Arg::Int(n) if n == "0" => Ok(false),
-            Arg::Str(s) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("on") => {
-                Ok(true)
-            }
-            Arg::Str(s) if s.eq_ignore_ascii_case("false") || s.eq_ignore_ascii_case("off") => {
-                Ok(false)
-            }
-            _ => Err(CopyStatementError::BadOption {
-                option,
-                problem: "needs a Boolean value",
-            }),
-        }
+/// As the server's `defGetBoolean`: no value, 0/1, or true/false/on/off in any case.
+/// `Int(0)` may have been a negative integer (see [`crate::analysis::copy`]), which the
+/// server refuses: reading it as false lets nothing through that the server runs.
+fn boolean(arg: &OptionArg, option: &'static str) -> Result<bool, CopyStatementError> {
+    let word = |s: &str| ["true", "on"].iter().any(|w| s.eq_ignore_ascii_case(w));
+    let not = |s: &str| ["false", "off"].iter().any(|w| s.eq_ignore_ascii_case(w));
+    match arg {
+        OptionArg::None => Ok(true),
+        OptionArg::Bool(b) => Ok(*b),
+        OptionArg::Int(1) => Ok(true),
+        OptionArg::Int(0) => Ok(false),
+        OptionArg::Str(s) if word(s) => Ok(true),
+        OptionArg::Str(s) if not(s) => Ok(false),
+        _ => bad(option, "needs a Boolean value"),
     }
 }
 
@@ -699,10 +352,6 @@ struct RawOptions {
     encoding: Option<String>,
 }
 
-fn bad<T>(option: &'static str, problem: &'static str) -> Result<T, CopyStatementError> {
-    Err(CopyStatementError::BadOption { option, problem })
-}
-
 fn set_once<T>(slot: &mut Option<T>, v: T, option: &'static str) -> Result<(), CopyStatementError> {
     if slot.is_some() {
         return Err(CopyStatementError::Repeated(option));
@@ -712,48 +361,39 @@ fn set_once<T>(slot: &mut Option<T>, v: T, option: &'static str) -> Result<(), C
 }
 
 impl RawOptions {
-    /// One option by its generic name; the legacy keywords map onto the same names, as
-    /// in the server's grammar.
-    fn apply(&mut self, name: &str, arg: Arg) -> Result<(), CopyStatementError> {
+    /// One option by its name as the grammar gives it (legacy keywords already mapped
+    /// onto the generic names), checked as the server's `ProcessCopyOptions` checks it.
+    fn apply(&mut self, name: &str, arg: &OptionArg) -> Result<(), CopyStatementError> {
         match name {
             "format" => {
-                let f = match arg.string("FORMAT")?.as_str() {
+                // Compared case-sensitively, as the server does: 'CSV' is an error there.
+                let f = match string(arg, "FORMAT")?.as_str() {
                     "text" => Format::Text,
                     "csv" => Format::Csv,
                     "binary" => Format::Binary,
-                    _ => {
-                        return Err(CopyStatementError::BadOption {
-                            option: "FORMAT",
-                            problem: "must be text, csv or binary",
-                        });
-                    }
+                    _ => return bad("FORMAT", "must be text, csv or binary"),
                 };
                 set_once(&mut self.format, f, "FORMAT")
             }
-            "freeze" => set_once(&mut self.freeze, arg.boolean("FREEZE")?, "FREEZE"),
-            "delimiter" => set_once(&mut self.delimiter, arg.string("DELIMITER")?, "DELIMITER"),
-            "null" => set_once(&mut self.null, arg.string("NULL")?, "NULL"),
-            "header" => set_once(&mut self.header, arg.boolean("HEADER")?, "HEADER"),
-            "quote" => set_once(&mut self.quote, arg.string("QUOTE")?, "QUOTE"),
-            "escape" => set_once(&mut self.escape, arg.string("ESCAPE")?, "ESCAPE"),
-            "encoding" => set_once(&mut self.encoding, arg.string("ENCODING")?, "ENCODING"),
+            "freeze" => set_once(&mut self.freeze, boolean(arg, "FREEZE")?, "FREEZE"),
+            "delimiter" => set_once(&mut self.delimiter, string(arg, "DELIMITER")?, "DELIMITER"),
+            "null" => set_once(&mut self.null, string(arg, "NULL")?, "NULL"),
+            // `HEADER match` is for COPY FROM only; the server refuses it here too.
+            "header" => set_once(&mut self.header, boolean(arg, "HEADER")?, "HEADER"),
+            "quote" => set_once(&mut self.quote, string(arg, "QUOTE")?, "QUOTE"),
+            "escape" => set_once(&mut self.escape, string(arg, "ESCAPE")?, "ESCAPE"),
+            "encoding" => set_once(&mut self.encoding, string(arg, "ENCODING")?, "ENCODING"),
             "force_quote" => {
                 let f = match arg {
-                    Arg::Star => ForceQuote::All,
-                    Arg::List(cols) => ForceQuote::Columns(cols),
-                    _ => {
-                        return Err(CopyStatementError::BadOption {
-                            option: "FORCE_QUOTE",
-                            problem: "needs * or a list of columns",
-                        });
-                    }
+                    OptionArg::Star => ForceQuote::All,
+                    OptionArg::List(cols) => ForceQuote::Columns(cols.clone()),
+                    _ => return bad("FORCE_QUOTE", "needs * or a list of columns"),
                 };
                 set_once(&mut self.force_quote, f, "FORCE_QUOTE")
             }
-            "force_not_null" | "force_null" => Err(CopyStatementError::BadOption {
-                option: "FORCE_NOT_NULL/FORCE_NULL",
-                problem: "applies to COPY FROM only",
-            }),
+            "force_not_null" | "force_null" => {
+                bad("FORCE_NOT_NULL/FORCE_NULL", "applies to COPY FROM only")
+            }
             other => Err(CopyStatementError::UnknownOption(other.to_owned())),
         }
     }
@@ -821,201 +461,6 @@ impl RawOptions {
             encoding: self.encoding,
         })
     }
-}
-
-struct Parser {
-    toks: Vec<Tok>,
-    pos: usize,
-}
-
-impl Parser {
-    fn peek(&self) -> Option<&Tok> {
-        self.toks.get(self.pos)
-    }
-
-    fn keyword(&mut self, kw: &str) -> bool {
-        let hit = matches!(self.peek(), Some(Tok::Word(w)) if w == kw);
-        self.pos += usize::from(hit);
-        hit
-    }
-
-    fn expect_keyword(&mut self, kw: &str, what: &'static str) -> Result<(), CopyStatementError> {
-        if self.keyword(kw) {
-            Ok(())
-        } else {
-            Err(CopyStatementError::Syntax(what))
-        }
-    }
-
-    fn punct(&mut self, c: u8) -> bool {
-        let hit = self.peek() == Some(&Tok::Punct(c));
-        self.pos += usize::from(hit);
-        hit
-    }
-
-    /// An identifier: unquoted (folded) or quoted.
-    fn name(&mut self, what: &'static str) -> Result<String, CopyStatementError> {
-        match self.peek() {
-            Some(Tok::Word(s) | Tok::Ident(s)) => {
-                let s = s.clone();
-                self.pos += 1;
-                Ok(s)
-            }
-            _ => Err(CopyStatementError::Syntax(what)),
-        }
-    }
-
-    /// `name [, name …]`, as in a column list.
-    fn names(&mut self, what: &'static str) -> Result<Vec<String>, CopyStatementError> {
-        let mut v = vec![self.name(what)?];
-        while self.punct(b',') {
-            v.push(self.name(what)?);
-        }
-        Ok(v)
-    }
-
-    fn string(&mut self) -> Result<String, CopyStatementError> {
-        match self.peek() {
-            Some(Tok::Str(s)) => {
-                let s = s.clone();
-                self.pos += 1;
-                Ok(s)
-            }
-            _ => Err(CopyStatementError::Syntax("a string constant")),
-        }
-    }
-
-    /// A parenthesised option's argument: nothing, a word or string, an integer, `*`, or
-    /// a parenthesised list of words and strings.
-    fn generic_arg(&mut self) -> Result<Arg, CopyStatementError> {
-        let arg = match self.peek() {
-            Some(Tok::Punct(b',' | b')')) => return Ok(Arg::None),
-            Some(Tok::Word(s) | Tok::Ident(s) | Tok::Str(s)) => Arg::Str(s.clone()),
-            Some(Tok::Int(n)) => Arg::Int(n.clone()),
-            Some(Tok::Punct(b'*')) => Arg::Star,
-            Some(Tok::Punct(b'(')) => {
-                self.pos += 1;
-                let mut items = Vec::new();
-                loop {
-                    match self.peek() {
-                        Some(Tok::Word(s) | Tok::Ident(s) | Tok::Str(s)) => {
-                            items.push(s.clone());
-                            self.pos += 1;
-                        }
-                        _ => return Err(CopyStatementError::Syntax("a column name")),
-                    }
-                    if !self.punct(b',') {
-                        break;
-                    }
-                }
-                if !self.punct(b')') {
-                    return Err(CopyStatementError::Syntax("')' after the list"));
-                }
-                return Ok(Arg::List(items));
-            }
-            _ => return Err(CopyStatementError::Syntax("an option value")),
-        };
-        self.pos += 1;
-        Ok(arg)
-    }
-
-    /// The unparenthesised options of older releases, until none follows.
-    fn legacy_options(&mut self, raw: &mut RawOptions) -> Result<(), CopyStatementError> {
-        loop {
-            let Some(Tok::Word(w)) = self.peek() else {
-                return Ok(());
-            };
-            let w = w.clone();
-            match w.as_str() {
-                "binary" => raw.apply("format", Arg::Str("binary".into()))?,
-                "csv" => raw.apply("format", Arg::Str("csv".into()))?,
-                "freeze" | "header" => raw.apply(&w, Arg::None)?,
-                "delimiter" | "null" | "quote" | "escape" | "encoding" => {
-                    self.pos += 1;
-                    if w != "encoding" {
-                        self.keyword("as");
-                    }
-                    let s = self.string()?;
-                    raw.apply(&w, Arg::Str(s))?;
-                    continue;
-                }
-                "force" => {
-                    self.pos += 1;
-                    if !self.keyword("quote") {
-                        return raw.apply("force_null", Arg::None);
-                    }
-                    let arg = if self.punct(b'*') {
-                        Arg::Star
-                    } else {
-                        Arg::List(self.names("a column name")?)
-                    };
-                    raw.apply("force_quote", arg)?;
-                    continue;
-                }
-                _ => return Ok(()),
-            }
-            self.pos += 1;
-        }
-    }
-}
-
-fn parse_tokens(toks: Vec<Tok>) -> Result<CopyTarget, CopyStatementError> {
-    let mut p = Parser { toks, pos: 0 };
-    let mut raw = RawOptions::default();
-    p.expect_keyword("copy", "COPY")?;
-    if p.keyword("binary") {
-        raw.apply("format", Arg::Str("binary".into()))?;
-    }
-    let first = p.name("a table name")?;
-    let (schema, table) = if p.punct(b'.') {
-        (Some(first), p.name("a table name")?)
-    } else {
-        (None, first)
-    };
-    let columns = if p.punct(b'(') {
-        let cols = p.names("a column name")?;
-        if !p.punct(b')') {
-            return Err(CopyStatementError::Syntax("')' after the column list"));
-        }
-        Some(cols)
-    } else {
-        None
-    };
-    p.expect_keyword("to", "TO")?;
-    p.expect_keyword("stdout", "STDOUT")?;
-    let using = p.keyword("using");
-    if p.keyword("delimiters") {
-        let s = p.string()?;
-        raw.apply("delimiter", Arg::Str(s))?;
-    } else if using {
-        return Err(CopyStatementError::Syntax("DELIMITERS after USING"));
-    }
-    p.keyword("with");
-    if p.punct(b'(') {
-        loop {
-            let name = p.name("an option name")?;
-            let arg = p.generic_arg()?;
-            raw.apply(&name, arg)?;
-            if !p.punct(b',') {
-                break;
-            }
-        }
-        if !p.punct(b')') {
-            return Err(CopyStatementError::Syntax("')' after the options"));
-        }
-    } else {
-        p.legacy_options(&mut raw)?;
-    }
-    while p.punct(b';') {}
-    if p.peek().is_some() {
-        return Err(CopyStatementError::Syntax("the end of the statement"));
-    }
-    Ok(CopyTarget {
-        schema,
-        table,
-        columns,
-        options: raw.finish()?,
-    })
 }
 
 #[cfg(test)]
@@ -1229,25 +674,83 @@ mod tests {
     }
 
     #[test]
-    fn backslashes_in_plain_literals_must_read_one_way() {
-        // With standard_conforming_strings off, '\N' is "N" and '\|' is "|": refuse
-        // what the two settings read differently.
-        assert_eq!(
-            err("COPY t TO STDOUT (NULL '\\N')"),
-            CopyStatementError::AmbiguousBackslash
-        );
-        assert_eq!(
-            err("COPY t TO STDOUT (DELIMITER '\\|')"),
-            CopyStatementError::AmbiguousBackslash
-        );
-        // … unless the other reading does not even lex, or both agree.
+    fn backslashes_read_as_with_standard_conforming_strings_on() {
+        // The gate keeps sessions on the default; a session known to be off is refused.
+        assert_eq!(opts("COPY t TO STDOUT (NULL '\\N')").null, "\\N");
         assert_eq!(
             opts("COPY t TO STDOUT (FORMAT csv, ESCAPE '\\')").escape,
             b'\\'
         );
         assert_eq!(opts("COPY t TO STDOUT (NULL E'\\\\N')").null, "\\N");
-        assert_eq!(opts("COPY \"a\\b\" TO STDOUT -- \\ \n").delimiter, b'\t');
-        assert_eq!(opts("COPY t TO STDOUT (NULL $$\\N$$)").null, "\\N");
+        assert_eq!(
+            parse_statement_as(b"COPY t TO STDOUT (NULL '\\N')", Some(false)),
+            Err(CopyStatementError::StandardConformingStringsOff)
+        );
+        assert_eq!(
+            parse_statement_as(b"COPY t TO STDOUT (NULL E'\\\\N')", Some(false)),
+            Err(CopyStatementError::StandardConformingStringsOff)
+        );
+        // Without a backslash the setting changes nothing.
+        assert_eq!(
+            parse_statement_as(b"COPY t TO STDOUT (NULL 'x')", Some(false))
+                .unwrap()
+                .options
+                .null,
+            "x"
+        );
+        assert!(parse_statement_as(b"COPY t TO STDOUT (NULL '\\N')", Some(true)).is_ok());
+        assert!(parse_statement_as(b"COPY t TO STDOUT", None).is_ok());
+    }
+
+    #[test]
+    fn what_the_grammar_reads_the_old_reader_did_not() {
+        // Read exactly as the server reads them, so there is nothing to refuse.
+        assert_eq!(opts("COPY t TO STDOUT (NULL E'\\uD83D\\uDE00')").null, "😀");
+        assert_eq!(opts("COPY t TO STDOUT (NULL U&'\\0041x')").null, "Ax");
+        assert!(opts("COPY t TO STDOUT (HEADER 01)").header);
+        // STDIN and STDOUT are one endpoint to the grammar: the server copies out.
+        assert_eq!(parse(b"COPY t TO STDIN").unwrap().table, "t");
+        // A negative integer reads as 0 in the parse tree; the server refuses it before
+        // sending any row, so reading it as false lets nothing through.
+        assert!(!opts("COPY t TO STDOUT (HEADER -1)").header);
+    }
+
+    #[test]
+    fn what_masking_cannot_follow_is_refused_by_name() {
+        use CopyStatementError as E;
+        for (sql, want) in [
+            ("COPY (SELECT 1) TO STDOUT", E::Unsupported("COPY (query)")),
+            ("COPY t FROM STDIN", E::Unsupported("COPY FROM")),
+            (
+                "COPY t TO 'file'",
+                E::Unsupported("COPY to a file or program"),
+            ),
+            (
+                "COPY t TO PROGRAM 'cat'",
+                E::Unsupported("COPY to a file or program"),
+            ),
+            (
+                "COPY a.b.c TO STDOUT",
+                E::Unsupported("a database-qualified table name"),
+            ),
+            (
+                "COPY t TO STDOUT; COPY u TO STDOUT",
+                E::Read(CopyReadError::Statements(2)),
+            ),
+            ("SELECT 1", E::Read(CopyReadError::NotCopy)),
+        ] {
+            assert_eq!(err(sql), want, "{sql}");
+        }
+        assert_eq!(
+            parse_statement(b"COPY t TO STDOUT (NULL '\xff')"),
+            Err(E::NotUtf8)
+        );
+        assert_eq!(
+            parse_statement(b"COPY t TO STDOUT\0"),
+            Err(E::Read(CopyReadError::Parse(
+                crate::analysis::ParseError::Nul
+            )))
+        );
     }
 
     #[test]
@@ -1281,7 +784,6 @@ mod tests {
             "COPY t TO STDOUT (FORMAT)",
             "COPY t TO STDOUT (HEADER match)",
             "COPY t TO STDOUT (HEADER yes)",
-            "COPY t TO STDOUT (HEADER 01)",
             "COPY t TO STDOUT (DELIMITER 1, FORMAT csv)",
             "COPY t TO STDOUT (DELIMITER *, FORMAT csv)",
             "COPY t TO STDOUT (NULL (a, b))",
@@ -1312,9 +814,7 @@ mod tests {
             "COPY t TO STDOUT (FORMAT binary, NULL 'x')",
             "COPY t TO STDOUT (NULL E'\\0')",
             "COPY t TO STDOUT (NULL E'\\xff')",
-            "COPY t TO STDOUT (NULL E'\\uD83D\\uDE00')",
             "COPY t TO STDOUT (NULL E'\\u12')",
-            "COPY t TO STDOUT (NULL U&'x')",
             "COPY t TO STDOUT (NULL X'41')",
             "COPY t TO STDOUT (NULL N'x')",
             "COPY t TO STDOUT (NULL 'a' 'b')",
@@ -1322,7 +822,6 @@ mod tests {
             "COPY t TO STDOUT (NULL 'x'::text)",
             "COPY t TO STDOUT (NULL $1)",
             "COPY t TO STDOUT (HEADER 1.0)",
-            "COPY t TO STDOUT (HEADER -1)",
             "COPY t TO STDOUT ()",
             "COPY t TO STDOUT (HEADER",
             "COPY t TO STDOUT (HEADER true,)",
@@ -1334,7 +833,6 @@ mod tests {
             "COPY t TO STDOUT WITH CSV 'x'",
             "COPY t TO 'file'",
             "COPY t TO PROGRAM 'cat'",
-            "COPY t TO STDIN",
             "COPY t FROM STDIN",
             "COPY (SELECT 1) TO STDOUT",
             "COPY t () TO STDOUT",
