@@ -101,6 +101,7 @@ pub fn analyze_cached(sql: &str) -> Cached {
     if let Some(key) = &shape
         && let Some(hit) = SHAPES.with(|c| c.borrow().get(key.as_str()).cloned())
     {
+        CACHE.with(|c| insert(&mut c.borrow_mut(), sql.into(), &hit));
         return hit;
     }
     let result = analyze(sql);
@@ -115,10 +116,11 @@ pub fn analyze_cached(sql: &str) -> Cached {
         }
         other => other,
     });
-    match shape {
-        Some(key) if reusable => SHAPES.with(|c| insert(&mut c.borrow_mut(), key.into(), &result)),
-        _ => CACHE.with(|c| insert(&mut c.borrow_mut(), sql.into(), &result)),
+    if let Some(key) = shape.filter(|_| reusable) {
+        SHAPES.with(|c| insert(&mut c.borrow_mut(), key.into(), &result));
     }
+    // The exact text too, so a repeat costs a lookup rather than a scan.
+    CACHE.with(|c| insert(&mut c.borrow_mut(), sql.into(), &result));
     result
 }
 
