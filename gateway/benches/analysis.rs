@@ -7,7 +7,6 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -16,7 +15,7 @@ use portcullis::mask::{MaskConfig, Policy, Subject};
 use portcullis::policy::{PolicyConfig, Source, StatementGate, StatementPolicy};
 
 mod common;
-use common::CpuTime;
+use common::{CpuTime, config};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -103,14 +102,6 @@ fn bench(c: &mut Criterion<CpuTime>) {
         })
     });
     g.finish();
-}
-
-fn config() -> Criterion<CpuTime> {
-    Criterion::default()
-        .with_measurement(CpuTime)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(20)
 }
 
 criterion_group! {

@@ -11,13 +11,12 @@
 //! loaded machine where wall time mostly measures the neighbours.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 mod common;
-use common::CpuTime;
+use common::{CpuTime, config};
 use portcullis::mask::{
     Catalog, ColumnDesc, CopyFormat, MaskConfig, MaskStats, Policy, RowPlan, Subject,
 };
@@ -391,14 +390,6 @@ fn bench(c: &mut Criterion<CpuTime>) {
         });
     }
     g.finish();
-}
-
-fn config() -> Criterion<CpuTime> {
-    Criterion::default()
-        .with_measurement(CpuTime)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(20)
 }
 
 criterion_group! {

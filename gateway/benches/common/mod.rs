@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use criterion::Criterion;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 
 /// Thread CPU time as a criterion measurement (formatted like wall time).
@@ -41,4 +42,13 @@ impl Measurement for CpuTime {
         static WALL: WallTime = WallTime;
         WALL.formatter()
     }
+}
+
+/// The gateway benches' criterion set-up: CPU time, short warm-up, 20 samples.
+pub fn config() -> Criterion<CpuTime> {
+    Criterion::default()
+        .with_measurement(CpuTime)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20)
 }

@@ -482,29 +482,11 @@ impl<'s> Walker<'s> {
             }
         }
         for t in f.list("targetList") {
-            let Some(rt) = t.as_node("ResTarget") else {
+            if t.as_node("ResTarget").is_none() {
                 self.expr(t, Use::Function);
-                continue;
-            };
-            let Some(val) = rt.get("val") else { continue };
-            if let Some(c) = val.as_node("ColumnRef") {
-                let fields = c.list("fields");
-                if fields.last().is_some_and(|x| x.as_node("A_Star").is_some()) {
-                    self.star(fields, &mut out);
-                    continue;
-                }
             }
-            let sources = self.value(val, Use::Output);
-            let name = if !rt.text("name").is_empty() {
-                Some(rt.text("name").to_owned())
-            } else if let Some(c) = val.as_node("ColumnRef") {
-                Some(last_name(c.list("fields")))
-            } else {
-                val.as_node("FuncCall")
-                    .map(|fc| last_name(fc.list("funcname")))
-            };
-            out.cols.push((name, sources));
         }
+        self.targets(f.list("targetList"), &mut out);
         if let Some(w) = f.get("whereClause") {
             self.expr(w, Use::Compare);
         }
@@ -531,6 +513,37 @@ impl<'s> Walker<'s> {
         }
         self.scopes.pop();
         out
+    }
+
+    /// A target or `RETURNING` list: each entry's value goes out as itself, and becomes
+    /// an output column of the level (a star expands to what it covers).
+    fn targets(&mut self, list: &[J], out: &mut Derived) {
+        for t in list {
+            let Some(rt) = t.as_node("ResTarget") else {
+                continue;
+            };
+            let Some(val) = rt.get("val") else { continue };
+            if let Some(c) = val.as_node("ColumnRef") {
+                let fields = c.list("fields");
+                if fields.last().is_some_and(|x| x.as_node("A_Star").is_some()) {
+                    self.star(fields, out);
+                    continue;
+                }
+            }
+            let sources = self.value(val, Use::Output);
+            // PostgreSQL names an unaliased column after the column or function.
+            let name = Some(rt.text("name").to_owned())
+                .filter(|n| !n.is_empty())
+                .or_else(|| {
+                    val.as_node("ColumnRef")
+                        .map(|c| last_name(c.list("fields")))
+                })
+                .or_else(|| {
+                    val.as_node("FuncCall")
+                        .map(|fc| last_name(fc.list("funcname")))
+                });
+            out.cols.push((name, sources));
+        }
     }
 
     fn select_into(&mut self, into: &J) {
@@ -854,27 +867,7 @@ impl<'s> Walker<'s> {
         let mut out = Derived::default();
         let was = self.returning;
         self.returning = true;
-        for t in f.list("returningList") {
-            let Some(rt) = t.as_node("ResTarget") else {
-                continue;
-            };
-            let Some(val) = rt.get("val") else { continue };
-            if let Some(c) = val.as_node("ColumnRef") {
-                let fields = c.list("fields");
-                if fields.last().is_some_and(|x| x.as_node("A_Star").is_some()) {
-                    self.star(fields, &mut out);
-                    continue;
-                }
-            }
-            let s = self.value(val, Use::Output);
-            let name = Some(rt.text("name").to_owned())
-                .filter(|n| !n.is_empty())
-                .or_else(|| {
-                    val.as_node("ColumnRef")
-                        .map(|c| last_name(c.list("fields")))
-                });
-            out.cols.push((name, s));
-        }
+        self.targets(f.list("returningList"), &mut out);
         self.returning = was;
         out
     }

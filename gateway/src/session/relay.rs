@@ -559,6 +559,16 @@ impl<H: Hooks> Relay<H> {
         self.rows = Rows::Discard;
     }
 
+    /// After an error the server skips to `Sync`: what it owed before then is void.
+    fn drop_expected_to_sync(&mut self) {
+        while let Some(e) = self.expect.front() {
+            if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                break;
+            }
+            self.expect.pop_front();
+        }
+    }
+
     fn server_frame(&mut self, frame: Frame, side_query_done: bool) -> Result<(), RelayError> {
         let tag = frame.tag();
         if (tag == be::ROW_DESCRIPTION || tag == be::COPY_OUT_RESPONSE)
@@ -575,12 +585,7 @@ impl<H: Hooks> Relay<H> {
                 return Ok(());
             }
             // Whatever the server still owed for this batch is void for the client.
-            while let Some(e) = self.expect.front() {
-                if matches!(e, Expect::Sync | Expect::Query { .. }) {
-                    break;
-                }
-                self.expect.pop_front();
-            }
+            self.drop_expected_to_sync();
         }
         if tag == be::ERROR_RESPONSE
             && let Some(Expect::Query { refusal, .. } | Expect::Parse { refusal }) =
@@ -591,12 +596,7 @@ impl<H: Hooks> Relay<H> {
             // gets the refusal instead, and the stream goes on as after any error.
             self.rows = Rows::Unknown;
             if !matches!(self.expect.front(), Some(Expect::Query { .. })) {
-                while let Some(e) = self.expect.front() {
-                    if matches!(e, Expect::Sync | Expect::Query { .. }) {
-                        break;
-                    }
-                    self.expect.pop_front();
-                }
+                self.drop_expected_to_sync();
             }
             self.send_client(ours);
             return Ok(());
@@ -678,12 +678,7 @@ impl<H: Hooks> Relay<H> {
                 // In the extended protocol the server now skips to Sync: so does the
                 // queue, and refusals queued in that stretch are void.
                 if !matches!(self.expect.front(), Some(Expect::Query { .. })) {
-                    while let Some(e) = self.expect.front() {
-                        if matches!(e, Expect::Sync | Expect::Query { .. }) {
-                            break;
-                        }
-                        self.expect.pop_front();
-                    }
+                    self.drop_expected_to_sync();
                 }
                 self.send_client(frame);
             }
