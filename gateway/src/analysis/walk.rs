@@ -360,10 +360,7 @@ impl<'s> Walker<'s> {
             Some(("InsertStmt", f)) => self.insert(f),
             Some(("UpdateStmt", f)) => self.update(f),
             Some(("DeleteStmt", f)) => self.delete(f),
-            Some(("MergeStmt", f)) => {
-                self.merge(f);
-                Derived::default()
-            }
+            Some(("MergeStmt", f)) => self.merge(f),
             _ => {
                 self.generic(n);
                 Derived::default()
@@ -872,48 +869,61 @@ impl<'s> Walker<'s> {
         out
     }
 
-    fn insert(&mut self, f: &J) -> Derived {
+    /// A data-changing statement's frame: it stores what it reads, its `WITH` and its own
+    /// query level (the target relation and what `body` adds) open around `body`.
+    fn dml(&mut self, f: &J, body: impl FnOnce(&mut Self) -> Derived) -> Derived {
         self.prop(Property::Persists);
         let with = self.with(f);
         self.scopes.push(Vec::new());
-        let target = self.target(f.get("relation"));
-        if let Some(s) = f.get("selectStmt") {
-            // The rows to insert are read into the table: a sub-level of its own.
-            let saved = self.scopes.pop();
-            self.query(s);
-            if let Some(saved) = saved {
-                self.scopes.push(saved);
-            }
-        }
-        if let Some(oc) = f.get("onConflictClause") {
-            let oc = oc.as_node("OnConflictClause").unwrap_or(oc);
-            // EXCLUDED is the row the statement itself proposes: its values are the
-            // agent's own, not read from the table.
-            if target.is_some() {
-                self.push_item(Item {
-                    alias: "excluded".into(),
-                    src: Src::Opaque(Vec::new()),
-                    renamed: false,
-                });
-            }
-            if let Some(infer) = oc.get("infer") {
-                self.generic(infer);
-            }
-            for t in oc.list("targetList") {
-                if let Some(v) = t.as_node("ResTarget").and_then(|r| r.get("val")) {
-                    self.expr(v, Use::Output);
-                }
-            }
-            if let Some(w) = oc.get("whereClause") {
-                self.expr(w, Use::Compare);
-            }
-        }
-        let out = self.returning(f);
+        let out = body(self);
         self.scopes.pop();
         if with {
             self.ctes.pop();
         }
         out
+    }
+
+    fn insert(&mut self, f: &J) -> Derived {
+        self.dml(f, |w| {
+            let target = w.target(f.get("relation"));
+            if let Some(s) = f.get("selectStmt") {
+                // The rows to insert are read into the table: a sub-level of its own.
+                let saved = w.scopes.pop();
+                w.query(s);
+                if let Some(saved) = saved {
+                    w.scopes.push(saved);
+                }
+            }
+            if let Some(oc) = f.get("onConflictClause") {
+                let oc = oc.as_node("OnConflictClause").unwrap_or(oc);
+                // EXCLUDED is the row the statement itself proposes: its values are the
+                // agent's own, not read from the table.
+                if target.is_some() {
+                    w.push_item(Item {
+                        alias: "excluded".into(),
+                        src: Src::Opaque(Vec::new()),
+                        renamed: false,
+                    });
+                }
+                if let Some(infer) = oc.get("infer") {
+                    w.generic(infer);
+                }
+                w.assignments(oc.list("targetList"));
+                if let Some(c) = oc.get("whereClause") {
+                    w.expr(c, Use::Compare);
+                }
+            }
+            w.returning(f)
+        })
+    }
+
+    /// `SET col = expr` lists: the values go into the table.
+    fn assignments(&mut self, list: &[J]) {
+        for t in list {
+            if let Some(v) = t.as_node("ResTarget").and_then(|r| r.get("val")) {
+                self.expr(v, Use::Output);
+            }
+        }
     }
 
     fn where_of_write(&mut self, f: &J) {
@@ -939,73 +949,49 @@ impl<'s> Walker<'s> {
     }
 
     fn update(&mut self, f: &J) -> Derived {
-        self.prop(Property::Persists);
-        let with = self.with(f);
-        self.scopes.push(Vec::new());
-        self.target(f.get("relation"));
-        for item in f.list("fromClause") {
-            self.range_item(item);
-        }
-        for t in f.list("targetList") {
-            if let Some(v) = t.as_node("ResTarget").and_then(|r| r.get("val")) {
-                self.expr(v, Use::Output);
+        self.dml(f, |w| {
+            w.target(f.get("relation"));
+            for item in f.list("fromClause") {
+                w.range_item(item);
             }
-        }
-        self.where_of_write(f);
-        let out = self.returning(f);
-        self.scopes.pop();
-        if with {
-            self.ctes.pop();
-        }
-        out
+            w.assignments(f.list("targetList"));
+            w.where_of_write(f);
+            w.returning(f)
+        })
     }
 
     fn delete(&mut self, f: &J) -> Derived {
-        self.prop(Property::Persists);
-        let with = self.with(f);
-        self.scopes.push(Vec::new());
-        self.target(f.get("relation"));
-        for item in f.list("usingClause") {
-            self.range_item(item);
-        }
-        self.where_of_write(f);
-        let out = self.returning(f);
-        self.scopes.pop();
-        if with {
-            self.ctes.pop();
-        }
-        out
+        self.dml(f, |w| {
+            w.target(f.get("relation"));
+            for item in f.list("usingClause") {
+                w.range_item(item);
+            }
+            w.where_of_write(f);
+            w.returning(f)
+        })
     }
 
-    fn merge(&mut self, f: &J) {
-        self.prop(Property::Persists);
-        let with = self.with(f);
-        self.scopes.push(Vec::new());
-        self.target(f.get("relation"));
-        if let Some(s) = f.get("sourceRelation") {
-            self.range_item(s);
-        }
-        if let Some(c) = f.get("joinCondition") {
-            self.expr(c, Use::Compare);
-        }
-        for w in f.list("mergeWhenClauses") {
-            let w = w.as_node("MergeWhenClause").unwrap_or(w);
-            if let Some(c) = w.get("condition") {
-                self.expr(c, Use::Compare);
+    fn merge(&mut self, f: &J) -> Derived {
+        self.dml(f, |w| {
+            w.target(f.get("relation"));
+            if let Some(s) = f.get("sourceRelation") {
+                w.range_item(s);
             }
-            for t in w.list("targetList") {
-                if let Some(v) = t.as_node("ResTarget").and_then(|r| r.get("val")) {
-                    self.expr(v, Use::Output);
+            if let Some(c) = f.get("joinCondition") {
+                w.expr(c, Use::Compare);
+            }
+            for clause in f.list("mergeWhenClauses") {
+                let clause = clause.as_node("MergeWhenClause").unwrap_or(clause);
+                if let Some(c) = clause.get("condition") {
+                    w.expr(c, Use::Compare);
+                }
+                w.assignments(clause.list("targetList"));
+                for v in clause.list("values") {
+                    w.expr(v, Use::Output);
                 }
             }
-            for v in w.list("values") {
-                self.expr(v, Use::Output);
-            }
-        }
-        self.scopes.pop();
-        if with {
-            self.ctes.pop();
-        }
+            Derived::default()
+        })
     }
 
     // ------------------------------------------------------------------ expressions
