@@ -49,7 +49,7 @@ pub struct StatementGate {
     subject: Subject,
     /// The upstream role (`$user` in `search_path`).
     user: String,
-    prepared: HashMap<Vec<u8>, Rc<Statement>>,
+    prepared: HashMap<Vec<u8>, Prepared>,
     /// `None` until the session sets one: the policy's configured default.
     search_path: Option<Vec<String>>,
     /// Every schema any `search_path` of this session named (see [`Resolver::also`]).
@@ -66,6 +66,24 @@ pub struct StatementGate {
     /// The server reported `standard_conforming_strings = off`.
     scs_off: bool,
     client_encoding: String,
+}
+
+/// A prepared statement's reading: the statement in a cached analysis (no copy: clients
+/// that parse every query before running it pay a map insert, not a clone), or the
+/// reading of an `EXECUTE` it prepares, merged with what that runs.
+#[derive(Clone)]
+enum Prepared {
+    Text(Rc<Result<Analysis, AnalysisError>>, usize),
+    Merged(Rc<Statement>),
+}
+
+impl Prepared {
+    fn statement(&self) -> Option<&Statement> {
+        match self {
+            Prepared::Text(a, i) => a.as_ref().as_ref().ok()?.statements.get(*i),
+            Prepared::Merged(s) => Some(s),
+        }
+    }
 }
 
 /// Bound on remembered allowed texts per session.
@@ -164,6 +182,13 @@ impl StatementGate {
             Ok(a) => a,
             Err(e) => return Err(self.unparsed(e, text)),
         };
+        if self.scs_off && !resets_scs(analysis) {
+            return Err(Self::refuse(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "portcullis refused this statement: standard_conforming_strings is off in this session, and the gateway reads SQL with it on",
+            )
+            .with_hint("SET standard_conforming_strings = on (the PostgreSQL default), then send it again; write backslash escapes as E'...' strings."));
+        }
         let count = analysis.statements.len();
         // Statements of one Query run in order, so a later one sees what an earlier one
         // did (`PREPARE q ...; EXECUTE q`, `SET search_path ...; SELECT ...`): effects are
@@ -207,7 +232,7 @@ impl StatementGate {
                     return Err(r);
                 }
             }
-            self.apply(stmt);
+            self.apply(&cached, i);
         }
         if quiet && !known {
             if self.allowed.len() >= MAX_ALLOWED {
@@ -223,11 +248,10 @@ impl StatementGate {
             if self.prepared.len() >= MAX_PREPARED {
                 self.prepared.clear();
             }
-            let reading = match &only.executes {
-                Some(_) => self.resolve_execute(only).ok().flatten(),
-                None => None,
-            }
-            .unwrap_or_else(|| Rc::new(only.clone()));
+            let reading = match self.resolve_execute(only).ok().flatten() {
+                Some(merged) => Prepared::Merged(merged),
+                None => Prepared::Text(cached.clone(), 0),
+            };
             self.prepared.insert(name.to_vec(), reading);
         }
         Ok(())
@@ -312,13 +336,6 @@ impl StatementGate {
                 ),
             )
         })?;
-        if self.scs_off && !resets_scs(text) {
-            return Err(Self::refuse(
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                "portcullis refused this statement: standard_conforming_strings is off in this session, and the gateway reads SQL with it on",
-            )
-            .with_hint("SET standard_conforming_strings = on (the PostgreSQL default), then send it again; write backslash escapes as E'...' strings."));
-        }
         Ok(text)
     }
 
@@ -349,7 +366,11 @@ impl StatementGate {
         let Some(name) = &stmt.executes else {
             return Ok(None);
         };
-        let Some(prepared) = self.prepared.get(name.as_bytes()) else {
+        let Some(prepared) = self
+            .prepared
+            .get(name.as_bytes())
+            .and_then(Prepared::statement)
+        else {
             return Err(Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!("portcullis refused this statement: prepared statement \"{name}\" is not known to the gateway"),
@@ -357,7 +378,7 @@ impl StatementGate {
             .with_hint("Prepare it through this gateway connection (PREPARE or the extended protocol) before executing it."));
         };
         // `EXPLAIN ANALYZE EXECUTE p` and `CREATE TABLE t AS EXECUTE p` add to what p does.
-        let mut merged = (**prepared).clone();
+        let mut merged = prepared.clone();
         merged.span = stmt.span;
         merged.properties.union(stmt.properties);
         merged.functions.extend(stmt.functions.iter().cloned());
@@ -546,7 +567,16 @@ impl StatementGate {
         );
     }
 
-    fn apply(&mut self, stmt: &Statement) {
+    /// Tracks what statement `index` of `cached` (allowed) does to the session.
+    fn apply(&mut self, cached: &Rc<Result<Analysis, AnalysisError>>, index: usize) {
+        let Some(stmt) = cached
+            .as_ref()
+            .as_ref()
+            .ok()
+            .and_then(|a| a.statements.get(index))
+        else {
+            return;
+        };
         if matches!(
             stmt.effect,
             Some(Effect::SearchPath(_) | Effect::ResetAll | Effect::DiscardAll)
@@ -558,15 +588,10 @@ impl StatementGate {
                 if self.prepared.len() >= MAX_PREPARED {
                     self.prepared.clear();
                 }
-                let reading = self
-                    .resolve_execute(stmt)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| {
-                        let mut s = stmt.clone();
-                        s.effect = None;
-                        Rc::new(s)
-                    });
+                let reading = match self.resolve_execute(stmt).ok().flatten() {
+                    Some(merged) => Prepared::Merged(merged),
+                    None => Prepared::Text(cached.clone(), index),
+                };
                 self.prepared.insert(name.as_bytes().to_vec(), reading);
             }
             Some(Effect::Deallocate(Some(name))) => {
@@ -600,10 +625,7 @@ impl StatementGate {
 /// `SET standard_conforming_strings = on`, `RESET standard_conforming_strings` or
 /// `RESET ALL`, alone: the way out of a session that turned it off. They read the same
 /// whatever the setting.
-fn resets_scs(text: &str) -> bool {
-    let Ok(a) = analysis::analyze(text) else {
-        return false;
-    };
+fn resets_scs(a: &Analysis) -> bool {
     a.statements.len() == 1
         && matches!(
             a.statements[0].effect,
