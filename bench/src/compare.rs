@@ -82,67 +82,32 @@ pub fn compare(old: &Report, new: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Cpu, DatasetInfo, HostInfo, Latency, Measurement, WorkloadInfo};
+    use crate::report::{Latency, WorkloadInfo, fixtures};
     use crate::workload::Group;
 
     fn report(wall: f64, tps: f64) -> Report {
-        let m = |w: &str, wall_s: f64, tps: f64| Measurement {
-            workload: w.into(),
-            target: "direct".into(),
-            trials: 1,
-            error: None,
-            elapsed_s: 1.0,
-            queries: 1,
-            wall_s,
-            rows: 1,
-            reported_rows: 1,
-            payload_bytes: 10,
-            wire_bytes_received: 10,
-            wire_bytes_sent: 10,
-            mb_s: 0.0,
-            rows_s: 0.0,
-            tps,
-            latency_us: Latency::default(),
-            cpu_s: Cpu::default(),
-            cpu_s_per_gb: Cpu::default(),
-            cpu_us_per_tx: Cpu::default(),
-            proxy_peak_rss_kib: None,
-            ratio_to_direct: None,
-            ratio_to_pgbouncer: None,
+        let m = |w: &str, wall_s: f64, tps: f64| {
+            fixtures::measurement(w, "direct", wall_s, tps, Latency::default())
         };
-        Report {
-            schema: crate::report::SCHEMA.into(),
-            started_at: "t".into(),
-            mode: "quick".into(),
-            host: HostInfo {
-                cpus: 2,
-                kernel: String::new(),
-                hostname: String::new(),
+        let workloads = vec![
+            WorkloadInfo {
+                id: "narrow/x".into(),
+                group: Group::Narrow,
+                primary: Primary::WallSeconds,
+                rounds: 1,
             },
-            dataset: DatasetInfo {
-                table: "accounts".into(),
-                rows: 1,
-                seed: None,
-                wide_bytes: 0,
+            WorkloadInfo {
+                id: "small/x".into(),
+                group: Group::Small,
+                primary: Primary::Tps,
+                rounds: 1,
             },
-            targets: Vec::new(),
-            unavailable: Vec::new(),
-            workloads: vec![
-                WorkloadInfo {
-                    id: "narrow/x".into(),
-                    group: Group::Narrow,
-                    primary: Primary::WallSeconds,
-                    rounds: 1,
-                },
-                WorkloadInfo {
-                    id: "small/x".into(),
-                    group: Group::Small,
-                    primary: Primary::Tps,
-                    rounds: 1,
-                },
-            ],
-            results: vec![m("narrow/x", wall, 0.0), m("small/x", 0.0, tps)],
-        }
+        ];
+        fixtures::report(
+            Vec::new(),
+            workloads,
+            vec![m("narrow/x", wall, 0.0), m("small/x", 0.0, tps)],
+        )
     }
 
     #[test]

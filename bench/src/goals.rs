@@ -256,7 +256,7 @@ pub fn table(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Cpu, DatasetInfo, HostInfo, Latency, WorkloadInfo};
+    use crate::report::{Latency, WorkloadInfo, fixtures};
     use crate::workload::{Group, Primary};
 
     fn target(name: &str, engine: &str, policy: bool, masked: bool) -> TargetInfo {
@@ -272,35 +272,13 @@ mod tests {
     }
 
     fn m(workload: &str, target: &str, tps: f64, p50: f64) -> Measurement {
-        Measurement {
-            workload: workload.into(),
-            target: target.into(),
-            trials: 1,
-            error: None,
-            elapsed_s: 1.0,
-            queries: 1,
-            wall_s: 0.0,
-            rows: 1,
-            reported_rows: 1,
-            payload_bytes: 10,
-            wire_bytes_received: 10,
-            wire_bytes_sent: 10,
-            mb_s: 0.0,
-            rows_s: 0.0,
-            tps,
-            latency_us: Latency {
-                count: 1,
-                p50,
-                p99: p50 * 2.0,
-                ..Latency::default()
-            },
-            cpu_s: Cpu::default(),
-            cpu_s_per_gb: Cpu::default(),
-            cpu_us_per_tx: Cpu::default(),
-            proxy_peak_rss_kib: None,
-            ratio_to_direct: None,
-            ratio_to_pgbouncer: None,
-        }
+        let latency = Latency {
+            count: 1,
+            p50,
+            p99: p50 * 2.0,
+            ..Latency::default()
+        };
+        fixtures::measurement(workload, target, 0.0, tps, latency)
     }
 
     /// A run of direct, `gateway-epoll`, `gateway-uring`, `gateway-nopolicy` (uring) and
@@ -343,26 +321,7 @@ mod tests {
             results.push(m(SELECT1_C1[0], t, 1e6 / simple, simple));
             results.push(m(SELECT1_C1[1], t, 1e6 / prepared, prepared));
         }
-        let mut r = Report {
-            schema: crate::report::SCHEMA.into(),
-            started_at: "t".into(),
-            mode: "quick".into(),
-            host: HostInfo {
-                cpus: 2,
-                kernel: String::new(),
-                hostname: String::new(),
-            },
-            dataset: DatasetInfo {
-                table: "accounts".into(),
-                rows: 1,
-                seed: None,
-                wide_bytes: 0,
-            },
-            targets,
-            unavailable: Vec::new(),
-            workloads,
-            results,
-        };
+        let mut r = fixtures::report(targets, workloads, results);
         r.compute_ratios();
         r
     }

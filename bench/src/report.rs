@@ -186,6 +186,74 @@ impl Report {
     }
 }
 
+/// Reports and measurements for the bench's own unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// One trial of `workload` on `target` with these figures and nothing else measured.
+    pub fn measurement(
+        workload: &str,
+        target: &str,
+        wall_s: f64,
+        tps: f64,
+        latency_us: Latency,
+    ) -> Measurement {
+        Measurement {
+            workload: workload.into(),
+            target: target.into(),
+            trials: 1,
+            error: None,
+            elapsed_s: 1.0,
+            queries: 1,
+            wall_s,
+            rows: 1,
+            reported_rows: 1,
+            payload_bytes: 10,
+            wire_bytes_received: 10,
+            wire_bytes_sent: 10,
+            mb_s: 0.0,
+            rows_s: 0.0,
+            tps,
+            latency_us,
+            cpu_s: Cpu::default(),
+            cpu_s_per_gb: Cpu::default(),
+            cpu_us_per_tx: Cpu::default(),
+            proxy_peak_rss_kib: None,
+            ratio_to_direct: None,
+            ratio_to_pgbouncer: None,
+        }
+    }
+
+    /// A quick-mode report on a two-CPU host.
+    pub fn report(
+        targets: Vec<TargetInfo>,
+        workloads: Vec<WorkloadInfo>,
+        results: Vec<Measurement>,
+    ) -> Report {
+        Report {
+            schema: SCHEMA.into(),
+            started_at: "t".into(),
+            mode: "quick".into(),
+            host: HostInfo {
+                cpus: 2,
+                kernel: String::new(),
+                hostname: String::new(),
+            },
+            dataset: DatasetInfo {
+                table: "accounts".into(),
+                rows: 1,
+                seed: None,
+                wide_bytes: 0,
+            },
+            targets,
+            unavailable: Vec::new(),
+            workloads,
+            results,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
