@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use portcullis::analysis;
 use portcullis::mask::{MaskConfig, Policy, Subject};
-use portcullis::policy::{PolicyConfig, Source, StatementGate, StatementPolicy};
+use portcullis::policy::{PolicyConfig, StatementGate, StatementPolicy};
+use portcullis::session::hooks::Via;
 
 mod common;
 use common::{CpuTime, config};
@@ -83,9 +84,10 @@ fn bench(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("cached-gate");
     for (name, sql) in STATEMENTS {
         let mut gate = gate();
-        gate.check(sql.as_bytes(), Source::Query).expect("allowed");
+        gate.check(sql.as_bytes(), Via::SimpleQuery)
+            .expect("allowed");
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter(|| black_box(gate.check(black_box(sql.as_bytes()), Source::Query)))
+            b.iter(|| black_box(gate.check(black_box(sql.as_bytes()), Via::SimpleQuery)))
         });
     }
     g.finish();
@@ -98,7 +100,7 @@ fn bench(c: &mut Criterion<CpuTime>) {
         b.iter(|| {
             n += 1;
             let sql = format!("SELECT id, full_name, ssn, balance FROM accounts WHERE id = {n}");
-            black_box(gate.check(sql.as_bytes(), Source::Query))
+            black_box(gate.check(sql.as_bytes(), Via::SimpleQuery))
         })
     });
     g.finish();

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis::analysis;
 use portcullis::mask::{MaskConfig, Policy, RuleConfig, StrategyKind, Subject};
-use portcullis::policy::{PolicyConfig, Source, StatementGate, StatementPolicy};
+use portcullis::policy::{PolicyConfig, StatementGate, StatementPolicy};
+use portcullis::session::hooks::Via;
 use proptest::prelude::*;
 
 const TOKENS: &[&str] = &[
@@ -131,9 +132,9 @@ proptest! {
     #[test]
     fn any_bytes_are_answered(bytes in proptest::collection::vec(any::<u8>(), 0..300), parse in any::<bool>()) {
         let mut g = gate();
-        let source = if parse { Source::Parse(b"s") } else { Source::Query };
+        let source = if parse { Via::Parse(b"s") } else { Via::SimpleQuery };
         let _ = g.check(&bytes, source);
-        let _ = g.check(b"EXECUTE s", Source::Query);
+        let _ = g.check(b"EXECUTE s", Via::SimpleQuery);
     }
 
     #[test]
@@ -142,7 +143,7 @@ proptest! {
         let sql = sql.join(" ");
         let _ = analysis::analyze(&sql);
         let mut g = gate();
-        let _ = g.check(sql.as_bytes(), Source::Query);
+        let _ = g.check(sql.as_bytes(), Via::SimpleQuery);
     }
 }
 
@@ -151,14 +152,14 @@ fn deep_nesting_is_refused_not_a_crash() {
     let mut g = gate();
     for depth in [50, 500, 5000] {
         let sql = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
-        let _ = g.check(sql.as_bytes(), Source::Query);
+        let _ = g.check(sql.as_bytes(), Via::SimpleQuery);
         let sql = format!("SELECT {}", "-".repeat(depth) + "1");
-        let _ = g.check(sql.as_bytes(), Source::Query);
+        let _ = g.check(sql.as_bytes(), Via::SimpleQuery);
         let sql = format!(
             "SELECT * FROM {}accounts{}",
             "(SELECT * FROM ".repeat(depth),
             ") x".repeat(depth)
         );
-        let _ = g.check(sql.as_bytes(), Source::Query);
+        let _ = g.check(sql.as_bytes(), Via::SimpleQuery);
     }
 }

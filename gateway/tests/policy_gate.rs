@@ -11,8 +11,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis::analysis::{self, Class};
 use portcullis::mask::{MaskConfig, Policy, Subject};
-use portcullis::policy::{PolicyConfig, Source, StatementGate, StatementPolicy};
+use portcullis::policy::{PolicyConfig, StatementGate, StatementPolicy};
 use portcullis::session::hooks::Refusal;
+use portcullis::session::hooks::Via;
 
 #[derive(serde::Deserialize)]
 struct Sections {
@@ -46,7 +47,7 @@ fn agent() -> StatementGate {
 }
 
 fn check(g: &mut StatementGate, sql: &str) -> Result<(), Refusal> {
-    g.check(sql.as_bytes(), Source::Query)
+    g.check(sql.as_bytes(), Via::SimpleQuery)
 }
 
 /// Blocks of the corpus: (expected, why, sql).
@@ -501,13 +502,13 @@ fn prepared_statements_are_judged_as_what_they_run() {
     // A protocol-level Parse shares the namespace with SQL PREPARE.
     g.check(
         b"UPDATE accounts SET balance = 0 WHERE id = $1",
-        Source::Parse(b"s1"),
+        Via::Parse(b"s1"),
     )
     .unwrap();
     check(&mut g, "EXECUTE s1(3)").unwrap();
     // A masked use inside a prepared statement stays refused when executed by another way.
     assert!(
-        g.check(b"SELECT reverse(ssn) FROM accounts", Source::Parse(b"s2"))
+        g.check(b"SELECT reverse(ssn) FROM accounts", Via::Parse(b"s2"))
             .is_err()
     );
     assert!(check(&mut g, "EXECUTE s2").is_err());
@@ -563,7 +564,7 @@ fn the_session_is_read_as_the_server_reads_it() {
     assert!(r.message.contains("client_encoding is SJIS"), "{r:?}");
     g.parameter_status("client_encoding", "UTF8");
     check(&mut g, "SELECT 'ｱ'").unwrap();
-    let r = g.check(b"SELECT '\xff'", Source::Query).unwrap_err();
+    let r = g.check(b"SELECT '\xff'", Via::SimpleQuery).unwrap_err();
     assert_eq!(r.code, "22021");
     // search_path before pg_catalog makes unqualified functions anyone's.
     check(&mut g, "SELECT lower(full_name) FROM accounts").unwrap();

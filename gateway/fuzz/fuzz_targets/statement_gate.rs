@@ -9,7 +9,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use libfuzzer_sys::fuzz_target;
 use portcullis::mask::{MaskConfig, Policy, Subject};
-use portcullis::policy::{PolicyConfig, Source, StatementGate, StatementPolicy};
+use portcullis::policy::{PolicyConfig, StatementGate, StatementPolicy};
+use portcullis::session::hooks::Via;
 
 const CONFIG: &str = r#"
 [mask]
@@ -51,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     // The first byte picks the path; a second statement checks the session state the
     // first one left (prepared names, search_path) is usable.
     let Some((&how, sql)) = data.split_first() else { return };
-    let source = if how & 1 == 0 { Source::Query } else { Source::Parse(b"p") };
+    let source = if how & 1 == 0 { Via::SimpleQuery } else { Via::Parse(b"p") };
     let _ = gate.check(sql, source);
-    let _ = gate.check(b"EXECUTE p", Source::Query);
+    let _ = gate.check(b"EXECUTE p", Via::SimpleQuery);
 });

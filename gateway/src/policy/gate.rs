@@ -23,20 +23,12 @@ use crate::analysis::{
 };
 use crate::mask::{Policy as MaskPolicy, Subject};
 use crate::protocol::sqlstate;
-use crate::session::hooks::Refusal;
+use crate::session::hooks::{Refusal, Via};
 
 use super::builtin;
 use super::config::Action;
 use super::masked::{self, MaskedCheck};
 use super::rules::{Resolver, StatementPolicy};
-
-/// How a statement reached the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source<'a> {
-    Query,
-    /// A `Parse` naming the prepared statement it creates (`b""`: the unnamed one).
-    Parse(&'a [u8]),
-}
 
 /// Bound on remembered prepared statements per session (PostgreSQL has none; a client
 /// that prepares without end gets its oldest forgotten, and `EXECUTE` of a forgotten one
@@ -144,7 +136,7 @@ impl StatementGate {
     }
 
     /// Decides on the SQL text of a `Query` or `Parse`.
-    pub fn check(&mut self, sql: &[u8], source: Source) -> Result<(), Refusal> {
+    pub fn check(&mut self, sql: &[u8], source: Via<'_>) -> Result<(), Refusal> {
         let policy = self.policy.load_full();
         let mask = Arc::as_ptr(&self.mask.load_full()) as usize;
         let versions = (Arc::as_ptr(&policy) as usize, mask);
@@ -242,7 +234,7 @@ impl StatementGate {
             // entry is stale at once, and the text is judged again next time.
             self.allowed.insert(key, (cached.clone(), generation));
         }
-        if let Source::Parse(name) = source
+        if let Via::Parse(name) = source
             && let [only] = analysis.statements.as_slice()
         {
             if self.prepared.len() >= MAX_PREPARED {

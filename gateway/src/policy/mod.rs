@@ -20,7 +20,7 @@ pub mod masked;
 pub mod rules;
 
 pub use config::{Action, PolicyConfig, PolicyRuleConfig};
-pub use gate::{Source, StatementGate};
+pub use gate::StatementGate;
 pub use rules::{Decision, Resolver, StatementPolicy};
 
 /// A `[policy]` that cannot be used, with the key at fault.

@@ -20,7 +20,7 @@ use crate::mask::{
     Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan,
     Subject, apply_result_formats, parse_row_description,
 };
-use crate::policy::{Source, StatementGate, StatementPolicy};
+use crate::policy::{StatementGate, StatementPolicy};
 use crate::protocol::backend as be;
 use crate::protocol::sqlstate;
 
@@ -119,11 +119,7 @@ impl Stages {
 
 impl Hooks for Stages {
     fn statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
-        let source = match via {
-            Via::SimpleQuery => Source::Query,
-            Via::Parse(name) => Source::Parse(name),
-        };
-        match self.gate.check(sql, source) {
+        match self.gate.check(sql, via) {
             Ok(()) => Verdict::Allow,
             Err(r) => Verdict::Deny(r),
         }
