@@ -29,18 +29,6 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 9] = [
-        Class::Txn,
-        Class::Session,
-        Class::Utility,
-        Class::Read,
-        Class::Write,
-        Class::Ddl,
-        Class::Dcl,
-        Class::Admin,
-        Class::Unknown,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Class::Txn => "txn",

@@ -1476,7 +1476,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             let analyze = option_on(f, "options", "analyze");
             let mut inner = Statement::new(stmt.span);
             if let Some(q) = f.get("query") {
-                dispatch(q, &mut inner);
+                statement(q, &mut inner);
             }
             let class = if analyze {
                 stmt.properties.union(inner.properties);
@@ -1611,7 +1611,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             let mut inner_class = None;
             if let Some(q) = f.get("query") {
                 let mut inner = Statement::new(stmt.span);
-                dispatch(q, &mut inner);
+                statement(q, &mut inner);
                 inner_class = Some(inner.class);
                 stmt.properties.union(inner.properties);
                 stmt.relations = inner.relations;
@@ -1647,7 +1647,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
         "PrepareStmt" => {
             let name = f.text("name").to_owned();
             if let Some(q) = f.get("query") {
-                dispatch(q, stmt);
+                statement(q, stmt);
             }
             stmt.command = format!("PREPARE {}", stmt.command);
             stmt.effect = Some(Effect::Prepare(name));
@@ -1667,7 +1667,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
         }
         "DeclareCursorStmt" => {
             if let Some(q) = f.get("query") {
-                dispatch(q, stmt);
+                statement(q, stmt);
             }
             stmt.command = "DECLARE CURSOR".into();
             return;
@@ -2010,9 +2010,4 @@ fn relations_written(stmt: &mut Statement, f: &J) {
             stmt.relation(schema, rv.text("relname").to_owned(), true);
         }
     }
-}
-
-/// Walks an inner statement (of `EXPLAIN`, `PREPARE`, `COPY (...)`, `DECLARE`).
-fn dispatch(node: &J, stmt: &mut Statement) {
-    statement(node, stmt);
 }

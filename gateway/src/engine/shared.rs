@@ -138,7 +138,7 @@ impl Shared {
 }
 
 /// A gateway that analyses nothing, or refuses everything, says so at every load.
-pub fn warn_policy(p: &StatementPolicy) {
+fn warn_policy(p: &StatementPolicy) {
     if !p.is_configured() {
         tracing::warn!("no [policy] section: every statement will be refused until one is added");
     } else if !p.is_enabled() {

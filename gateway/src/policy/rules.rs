@@ -243,10 +243,6 @@ impl StatementPolicy {
         self.inner.max_statement
     }
 
-    pub fn rule_count(&self) -> usize {
-        self.inner.rules.len()
-    }
-
     /// What the default gives `who`: the strictest of its roles' defaults, else `default`.
     fn default_for(&self, who: &Subject) -> Action {
         self.inner
