@@ -91,8 +91,10 @@ pub struct Config {
     /// The statement policy. No `[policy]` section: every statement is refused (fail
     /// closed), with a message saying so.
     pub policy: Option<crate::policy::PolicyConfig>,
-    /// No `[admin]` section, no admin socket: see `crate::admin` for why.
+    /// No `[admin]` section, no admin socket: see `crate::control::admin` for why.
     pub admin: Option<AdminConfig>,
+    /// No `[approvals]`: held statements are refused, saying approval is required.
+    pub approvals: Option<crate::approvals::ApprovalsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,12 +13,14 @@
 //! - [`mask`]: column and value masking over `DataRow`s and `COPY` data.
 //! - [`engine`]: the two I/O drivers (io_uring and epoll) around the core.
 //! - [`config`]: the TOML configuration and its validation.
-//! - [`admin`]: the admin socket (`portcullis reload`, `portcullis status`).
+//! - [`approvals`]: held statements waiting for a person: requests, decisions, their store.
+//! - [`control`]: the control plane (admin socket, reviewers' HTTP API and page).
 
-pub mod admin;
 pub mod analysis;
+pub mod approvals;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod mask;
 pub mod policy;

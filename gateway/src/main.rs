@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use portcullis::admin::{self, AdminSocket, Control, Trigger};
 use portcullis::auth::{Verifier, scram};
 use portcullis::config::{Config, IoEngine, LogFormat};
+use portcullis::control::admin::{self, AdminSocket, Control, Trigger};
 use portcullis::engine::{self, Shared};
 use tracing::{info, warn};
 
@@ -153,6 +153,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// This gateway's name in a shared approvals queue when `gateway_id` is not set.
+fn default_gateway_id(listen: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "gateway".into());
+    format!("{host}:{}", listen.port())
+}
+
 /// Sends one admin command and relays the answer: stdout and exit 0 for `ok:`, stderr
 /// and exit 1 for `error:`.
 fn ask(target: AdminTarget, command: &str) -> anyhow::Result<()> {
@@ -173,15 +181,45 @@ fn ask(target: AdminTarget, command: &str) -> anyhow::Result<()> {
 
 fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     let addr = cfg.listen_addr()?;
-    let shared = Arc::new(Shared::from_config(&cfg)?);
+    let mut shared = Shared::from_config(&cfg)?;
     let choice = engine::choose(cfg.server.io_engine)?;
     let workers = engine::worker_count(cfg.server.workers);
 
-    // The control thread's runtime: signals and the admin socket, never the data path.
+    // The control thread's runtime: signals, the admin socket, the approvals hub and the
+    // reviewers' HTTP API; never the data path.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control runtime")?;
+    let hub = match &cfg.approvals {
+        Some(a) => {
+            let store = rt
+                .block_on(portcullis::approvals::store::Store::open(a))
+                .context("opening the approvals store")?;
+            let settings = portcullis::approvals::Settings {
+                gateway: a
+                    .gateway_id
+                    .clone()
+                    .unwrap_or_else(|| default_gateway_id(addr)),
+                notice_interval: Duration::from_secs(a.notice_interval_secs.max(1)),
+                default_timeout: Duration::from_secs(a.timeout_secs),
+                recent: a.recent_statements,
+                page_url: a.http.as_ref().map(|h| {
+                    h.public_url
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}", h.listen))
+                }),
+            };
+            let (handle, hub) = portcullis::approvals::Approvals::new(settings, store);
+            shared.approvals = Some(Arc::new(handle));
+            Some(hub)
+        }
+        None => None,
+    };
+    let shared = Arc::new(shared);
+    if let Some(hub) = hub {
+        rt.spawn(hub.run());
+    }
     // Before the workers: the admin socket's bind narrows the process-wide umask, and a
     // SIGHUP that arrived before its handler was installed would kill the process. Before
     // the listeners too, so a gateway that accepts connections also answers `reload`.

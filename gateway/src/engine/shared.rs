@@ -60,6 +60,8 @@ pub struct Shared {
     pub mask: Arc<ArcSwap<Policy>>,
     /// The statement policy; swapped whole on reload.
     pub policy: Arc<ArcSwap<StatementPolicy>>,
+    /// Held statements wait here; `None` without `[approvals]` (holds are refused).
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
     /// Table OID → names, one cache per upstream database, shared by its sessions.
     catalogs: Mutex<HashMap<String, Arc<Mutex<Catalog>>>>,
 }
@@ -113,6 +115,7 @@ impl Shared {
                 warn_policy(&p);
                 p
             })),
+            approvals: None,
             catalogs: Mutex::new(HashMap::new()),
         })
     }

@@ -1,0 +1,7 @@
+//! The control plane: everything an operator or a reviewer talks to, served on the
+//! control thread and never on the data-path workers.
+//!
+//! - [`admin`]: the admin socket (`portcullis reload`, `status`, `approvals ...`).
+//! - `http`: the reviewers' HTTP API and page (when `[approvals.http]` is set).
+
+pub mod admin;
