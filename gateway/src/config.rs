@@ -298,6 +298,11 @@ impl Config {
         if let Some(admin) = &self.admin {
             validate_admin_socket(&admin.socket)?;
         }
+        if let Some(approvals) = &self.approvals {
+            approvals
+                .validate()
+                .map_err(|e| invalid(e.key, e.problem))?;
+        }
         Ok(())
     }
 
@@ -434,6 +439,20 @@ mod tests {
         }
         let e = Config::parse(&format!("{}[admin]\nsockt = \"/x\"\n", good())).unwrap_err();
         assert!(e.to_string().contains("sockt"), "{e}");
+    }
+
+    #[test]
+    fn approvals_are_validated_with_the_rest() {
+        let text = format!(
+            "{}[approvals]\nstate_dir = \"/tmp/p\"\n[[approvals.reviewer]]\nname = \"alice\"\ntoken_sha256 = \"abc\"\n",
+            good()
+        );
+        let e = Config::parse(&text).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("approvals.reviewer[0].token_sha256:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,7 +24,12 @@
 //!
 //! No `[approvals]` section: statements the policy holds are refused with a message
 //! saying approval is required, as before approvals existed.
+//!
+//! [`ApprovalsConfig::validate`] checks what parsing cannot (names, hashes, addresses,
+//! URLs, secrets) so a mistake stops `check-config` and start-up, not the first reviewer.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -119,6 +124,145 @@ pub struct WebhookConfig {
     pub secret_env: Option<String>,
 }
 
+/// A value of the section that cannot work; `key` is its full TOML path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ApprovalsConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ApprovalsConfigError {
+    ApprovalsConfigError {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl ApprovalsConfig {
+    pub fn validate(&self) -> Result<(), ApprovalsConfigError> {
+        if self.timeout_secs == 0 {
+            return Err(invalid(
+                "approvals.timeout_secs",
+                "must be at least 1: a held statement needs time for a person to look at it",
+            ));
+        }
+        if let Some(http) = &self.http {
+            http.listen_addr()?;
+            if let Some(url) = &http.public_url {
+                check_url("approvals.http.public_url", url)?;
+            }
+            if self.reviewers.is_empty() {
+                return Err(invalid(
+                    "approvals.http",
+                    "no [[approvals.reviewer]] is configured, so nobody could sign in to the page",
+                ));
+            }
+        }
+        let mut names = HashMap::new();
+        let mut tokens = HashMap::new();
+        for (i, r) in self.reviewers.iter().enumerate() {
+            let key = |field: &str| format!("approvals.reviewer[{i}].{field}");
+            if r.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if let Some(first) = names.insert(r.name.as_str(), i) {
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "\"{}\" is also approvals.reviewer[{first}]: each reviewer is one person, recorded by name",
+                        r.name
+                    ),
+                ));
+            }
+            let hash = r.token_hash().ok_or_else(|| {
+                invalid(
+                    key("token_sha256"),
+                    "must be 64 hex digits: the SHA-256 of the token, from `portcullis approvals hash-token`",
+                )
+            })?;
+            if let Some(first) = tokens.insert(hash, i) {
+                return Err(invalid(
+                    key("token_sha256"),
+                    format!(
+                        "is also the token of approvals.reviewer[{first}]; a token must name one reviewer"
+                    ),
+                ));
+            }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let key = |field: &str| format!("approvals.webhook[{i}].{field}");
+            check_url(&key("url"), &w.url)?;
+            if w.secret.is_some() && w.secret_env.is_some() {
+                return Err(invalid(
+                    key("secret"),
+                    "set either secret or secret_env, not both",
+                ));
+            }
+            let secret = w
+                .secret()
+                .map_err(|problem| invalid(key("secret_env"), problem))?;
+            if w.format == WebhookFormat::Json && secret.is_none() {
+                return Err(invalid(
+                    key("secret"),
+                    "a json webhook is signed: set secret_env (or secret) so the receiver can check the signature",
+                ));
+            }
+            if secret.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid(key("secret"), "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HttpConfig {
+    pub fn listen_addr(&self) -> Result<SocketAddr, ApprovalsConfigError> {
+        self.listen.parse().map_err(|_| {
+            invalid(
+                "approvals.http.listen",
+                format!("\"{}\" is not an address:port", self.listen),
+            )
+        })
+    }
+}
+
+impl ReviewerConfig {
+    /// The configured hash as bytes; `None` unless it is 64 hex digits.
+    pub fn token_hash(&self) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(self.token_sha256.trim(), &mut out).ok()?;
+        Some(out)
+    }
+}
+
+impl WebhookConfig {
+    /// The signing key, from the file or the named environment variable.
+    pub fn secret(&self) -> Result<Option<String>, String> {
+        match (&self.secret, &self.secret_env) {
+            (Some(s), _) => Ok(Some(s.clone())),
+            (None, Some(var)) => std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("environment variable {var} is not set")),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// An absolute `http` or `https` URL with a host.
+fn check_url(key: &str, url: &str) -> Result<(), ApprovalsConfigError> {
+    let bad = |why: &str| invalid(key, format!("\"{url}\" {why}"));
+    let uri: axum::http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(bad("is not an http:// or https:// URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    Ok(())
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/portcullis")
 }
@@ -133,4 +277,86 @@ fn default_notice_interval() -> u64 {
 
 fn default_recent() -> usize {
     5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn parse(extra: &str) -> ApprovalsConfig {
+        toml::from_str(&format!(
+            "state_dir = \"/tmp/x\"\n[http]\nlisten = \"127.0.0.1:8433\"\n[[reviewer]]\nname = \"alice\"\ntoken_sha256 = \"{HASH}\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn problem(extra: &str) -> ApprovalsConfigError {
+        parse(extra).validate().unwrap_err()
+    }
+
+    #[test]
+    fn a_good_section_validates() {
+        let c = parse(
+            "[[webhook]]\nurl = \"https://hooks.example.com/p\"\nsecret = \"k\"\n[[webhook]]\nurl = \"http://127.0.0.1:9/s\"\nformat = \"slack\"\n",
+        );
+        c.validate().unwrap();
+        assert_eq!(c.reviewers[0].token_hash().unwrap()[0], 0x9f);
+    }
+
+    #[test]
+    fn reviewers_need_unique_names_and_real_hashes() {
+        let two = |name: &str, hash: &str| {
+            problem(&format!(
+                "[[reviewer]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\n"
+            ))
+        };
+        let e = two("alice", &HASH.replace('9', "8"));
+        assert_eq!(e.key, "approvals.reviewer[1].name");
+        assert!(e.problem.contains("approvals.reviewer[0]"), "{e}");
+        assert_eq!(
+            two(" ", &HASH.replace('9', "8")).key,
+            "approvals.reviewer[1].name"
+        );
+        for bad in ["abc", &HASH[1..], &HASH.replace('9', "g")] {
+            assert_eq!(two("bob", bad).key, "approvals.reviewer[1].token_sha256");
+        }
+        let e = two("bob", &HASH.to_uppercase());
+        assert!(e.problem.contains("one reviewer"), "{e}");
+    }
+
+    #[test]
+    fn the_http_listener_needs_an_address_and_someone_to_sign_in() {
+        let mut c = parse("");
+        c.http.as_mut().unwrap().listen = "localhost".into();
+        assert_eq!(c.validate().unwrap_err().key, "approvals.http.listen");
+        let mut c = parse("");
+        c.http.as_mut().unwrap().public_url = Some("portcullis.example.com".into());
+        assert_eq!(c.validate().unwrap_err().key, "approvals.http.public_url");
+        let mut c = parse("");
+        c.reviewers.clear();
+        assert_eq!(c.validate().unwrap_err().key, "approvals.http");
+        // Without the page, reviewers are optional (the admin socket decides too).
+        c.http = None;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn webhooks_need_http_urls_and_one_secret() {
+        let hook = |body: &str| problem(&format!("[[webhook]]\n{body}\n"));
+        for url in ["ftp://h/x", "/relative", "https://", "not a url"] {
+            let e = hook(&format!("url = \"{url}\"\nsecret = \"k\""));
+            assert_eq!(e.key, "approvals.webhook[0].url", "{url}: {e}");
+        }
+        let e = hook("url = \"https://h/x\"\nsecret = \"k\"\nsecret_env = \"K\"");
+        assert_eq!(e.key, "approvals.webhook[0].secret");
+        let e = hook("url = \"https://h/x\"");
+        assert!(e.problem.contains("signed"), "{e}");
+        let e = hook("url = \"https://h/x\"\nsecret_env = \"PORTCULLIS_TEST_UNSET_VARIABLE\"");
+        assert_eq!(e.key, "approvals.webhook[0].secret_env");
+        assert!(e.problem.contains("PORTCULLIS_TEST_UNSET_VARIABLE"), "{e}");
+        let e = hook("url = \"https://h/x\"\nsecret = \"\"");
+        assert!(e.problem.contains("empty"), "{e}");
+    }
 }
