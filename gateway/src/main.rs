@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use portcullis::auth::{Verifier, scram};
 use portcullis::config::{Config, IoEngine, LogFormat};
 use portcullis::control::admin::{self, AdminSocket, Control, Trigger};
+use portcullis::control::{http, webhook};
 use portcullis::engine::{self, Shared};
 use tracing::{info, warn};
 
@@ -216,7 +217,26 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Bound now, before the workers: a taken port fails start-up instead of leaving a
+    // gateway that holds statements nobody can reach.
+    let page_listener = match cfg.approvals.as_ref().and_then(|a| a.http.as_ref()) {
+        Some(h) => Some(http::bind(h)?),
+        None => None,
+    };
     let shared = Arc::new(shared);
+    if let (Some(a), Some(approvals)) = (&cfg.approvals, &shared.approvals) {
+        // Subscribed before the hub runs, so its first events (requests a previous run
+        // left pending, withdrawn) are sent too.
+        webhook::spawn(
+            rt.handle(),
+            &a.webhooks,
+            approvals,
+            webhook::Policy::default(),
+        )?;
+        if let Some(listener) = page_listener {
+            http::start(&rt, listener, approvals.clone(), &a.reviewers);
+        }
+    }
     if let Some(hub) = hub {
         rt.spawn(hub.run());
     }

@@ -2,6 +2,13 @@
 //! control thread and never on the data-path workers.
 //!
 //! - [`admin`]: the admin socket (`portcullis reload`, `status`, `approvals ...`).
-//! - `http`: the reviewers' HTTP API and page (when `[approvals.http]` is set).
+//! - [`http`]: the reviewers' HTTP API and page (when `[approvals.http]` is set).
+//! - [`webhook`]: notifications of held statements and decisions
+//!   (`[[approvals.webhook]]`).
 
 pub mod admin;
+pub mod http;
+pub mod webhook;
+
+#[cfg(test)]
+mod testkit;

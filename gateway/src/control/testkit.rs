@@ -1,0 +1,50 @@
+//! What the HTTP and webhook tests share: a real hub over a SQLite store in a temporary
+//! directory, and the request an agent's held statement would make.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::approvals::model::Origin;
+use crate::approvals::store::{SqliteStore, Store};
+use crate::approvals::{Approvals, NewRequest, Settings};
+
+/// A running hub; keep the directory alive as long as it.
+pub fn hub(dir: &std::path::Path, page_url: Option<&str>) -> Arc<Approvals> {
+    let store = Store::Sqlite(SqliteStore::open(&dir.join("approvals.sqlite")).unwrap());
+    let (approvals, hub) = Approvals::new(
+        Settings {
+            gateway: "g1".into(),
+            notice_interval: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(60),
+            recent: 3,
+            page_url: page_url.map(str::to_owned),
+        },
+        store,
+    );
+    tokio::spawn(hub.run());
+    Arc::new(approvals)
+}
+
+/// `DROP TABLE accounts` from the `agent` identity, needing `approvers` approvals.
+pub fn held(approvers: u32) -> NewRequest {
+    NewRequest {
+        origin: Origin {
+            gateway: "g1".into(),
+            session: "7".into(),
+            identity: "agent".into(),
+            roles: vec!["agent".into()],
+            source: "127.0.0.1:50000".into(),
+            application_name: "psql".into(),
+            database: "bank".into(),
+        },
+        sql: "DROP TABLE accounts".into(),
+        params: vec![],
+        protocol: "simple".into(),
+        rule: Some("hold-ddl".into()),
+        message: "DDL needs a reviewer".into(),
+        recent: vec!["SELECT count(*) FROM accounts".into()],
+        estimate: None,
+        approvers,
+        timeout_secs: 60,
+    }
+}
