@@ -5,6 +5,7 @@
 //! so a test exercises what a user would run. Nothing builds anything: the caller builds the
 //! gateway first (`cargo xtask test` does).
 
+pub mod browser;
 pub mod dataset;
 pub mod gateway;
 pub mod net;
@@ -12,6 +13,7 @@ pub mod pg;
 pub mod policy;
 pub mod scram;
 
+pub use browser::Browser;
 pub use dataset::{
     GATEWAY_ROLE, aba_valid, create_gateway_role, iban_valid, load_financial, luhn_valid, ssn_valid,
 };

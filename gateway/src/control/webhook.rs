@@ -267,8 +267,12 @@ fn slack_body(kind: EventKind, r: &Request, url: Option<&str>) -> Bytes {
             let last = r.votes.last();
             let by = last.map(|v| slack_escape(&v.reviewer)).unwrap_or_default();
             let outcome = match r.status {
-                Status::Approved => format!(":white_check_mark: approved by {by}: it ran"),
-                Status::Edited => format!(":pencil2: approved as edited by {by}: the edit ran"),
+                Status::Approved => {
+                    format!(":white_check_mark: approved by {by}; released to the session")
+                }
+                Status::Edited => format!(
+                    ":pencil2: approved as edited by {by}; the edit is released to the session"
+                ),
                 Status::Denied => format!(
                     ":no_entry: denied by {by}: {}",
                     slack_escape(last.and_then(|v| v.reason.as_deref()).unwrap_or(""))
