@@ -23,7 +23,7 @@ use crate::analysis::{
 };
 use crate::mask::{Policy as MaskPolicy, Subject};
 use crate::protocol::sqlstate;
-use crate::session::hooks::{Refusal, Via};
+use crate::session::hooks::{Hold, Refusal, Verdict, Via};
 
 use super::builtin;
 use super::config::Action;
@@ -88,6 +88,8 @@ enum Judged {
     /// Allowed but logged (a `log` rule, observe mode): judged every time, so every
     /// occurrence is logged.
     Logged,
+    /// A person must decide; judged every time.
+    Held(Hold),
 }
 
 const SQLSTATE_SYNTAX: &str = "42601";
@@ -135,8 +137,28 @@ impl StatementGate {
         Refusal::new(code, message)
     }
 
-    /// Decides on the SQL text of a `Query` or `Parse`.
+    /// Decides on the SQL text of a `Query` or `Parse`, as a gateway without approvals
+    /// does: a held statement is refused.
     pub fn check(&mut self, sql: &[u8], source: Via<'_>) -> Result<(), Refusal> {
+        match self.verdict(sql, source) {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(r) => Err(r),
+            Verdict::Hold(h) => Err(h.without_approvals()),
+        }
+    }
+
+    /// Decides on the SQL text of a `Query` or `Parse`: allowed, refused, or held for a
+    /// person (a multi-statement `Query` is held whole, on the strictest terms of its
+    /// held statements; a refusal of any of them refuses it).
+    pub fn verdict(&mut self, sql: &[u8], source: Via<'_>) -> Verdict {
+        match self.judge_text(sql, source) {
+            Ok(None) => Verdict::Allow,
+            Ok(Some(h)) => Verdict::Hold(h),
+            Err(r) => Verdict::Deny(r),
+        }
+    }
+
+    fn judge_text(&mut self, sql: &[u8], source: Via<'_>) -> Result<Option<Hold>, Refusal> {
         let policy = self.policy.load_full();
         let mask = Arc::as_ptr(&self.mask.load_full()) as usize;
         let versions = (Arc::as_ptr(&policy) as usize, mask);
@@ -155,7 +177,7 @@ impl StatementGate {
             .with_hint("The gateway refuses every statement until its configuration has a [policy] section; ask an operator to add one and reload."));
         }
         if !policy.is_enabled() {
-            return Ok(());
+            return Ok(None);
         }
         if sql.len() > policy.max_statement() {
             return Err(Self::refuse(
@@ -203,6 +225,7 @@ impl StatementGate {
             .is_some_and(|(_, generation)| *generation == self.generation);
         let mut quiet = !analysis.statements.iter().any(|s| s.executes.is_some());
         let generation = self.generation;
+        let mut held: Option<Hold> = None;
         for (i, stmt) in analysis.statements.iter().enumerate() {
             let judged = if known {
                 Ok(Judged::Quiet)
@@ -215,6 +238,13 @@ impl StatementGate {
             match judged {
                 Ok(Judged::Quiet) => {}
                 Ok(Judged::Logged) => quiet = false,
+                Ok(Judged::Held(h)) => {
+                    quiet = false;
+                    match &mut held {
+                        None => held = Some(h),
+                        Some(first) => first.merge(&h),
+                    }
+                }
                 Err(r) => {
                     if let Some((prepared, path, seen)) = saved {
                         self.prepared = prepared;
@@ -246,7 +276,7 @@ impl StatementGate {
             };
             self.prepared.insert(name.to_vec(), reading);
         }
-        Ok(())
+        Ok(held)
     }
 
     /// Decides on a fast-path `FunctionCall`, which names a function by OID with no SQL
@@ -511,19 +541,26 @@ impl StatementGate {
         }
         self.log(reading, verb, rule, &quoted());
         let facts = facts(reading);
-        let refusal = match (verdict, rule) {
-            (Action::Hold, rule) => Self::refuse(
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "portcullis held this statement: approval required ({})",
-                    decision.message.clone().unwrap_or_else(|| match rule {
-                        Some(r) => format!("rule \"{r}\" holds {} statements for a reviewer", reading.command),
-                        None => "the policy default holds statements no rule allows".into(),
-                    })
+        if verdict == Action::Hold {
+            let message = decision.message.clone().unwrap_or_else(|| match rule {
+                Some(r) => format!(
+                    "rule \"{r}\" holds {} statements for a reviewer",
+                    reading.command
                 ),
-            )
-            .with_detail(format!("{} ({facts})", which()))
-            .with_hint("Approvals are not enabled on this gateway yet, so a held statement is refused; a person with database access must run it or change the rule."),
+                None => "the policy default holds statements no rule allows".into(),
+            });
+            return Ok(Judged::Held(Hold {
+                rule: rule.map(str::to_owned),
+                message,
+                facts: format!("{} ({facts})", which()),
+                approvers: decision.approvers,
+                timeout_secs: decision.approval_timeout_secs,
+                explainable: count == 1
+                    && matches!(reading.class, Class::Read | Class::Write)
+                    && reading.executes.is_none(),
+            }));
+        }
+        let refusal = match (verdict, rule) {
             (_, Some(r)) => Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!(
