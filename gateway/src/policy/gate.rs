@@ -58,6 +58,8 @@ pub struct StatementGate {
     /// The server reported `standard_conforming_strings = off`.
     scs_off: bool,
     client_encoding: String,
+    /// Judging a statement a reviewer approved ([`StatementGate::verdict_approved`]).
+    approving: bool,
 }
 
 /// A prepared statement's reading: the statement in a cached analysis (no copy: clients
@@ -116,6 +118,7 @@ impl StatementGate {
             versions: (0, 0),
             scs_off: false,
             client_encoding: "UTF8".into(),
+            approving: false,
         }
     }
 
@@ -144,6 +147,18 @@ impl StatementGate {
             Verdict::Allow => Ok(()),
             Verdict::Deny(r) => Err(r),
             Verdict::Hold(h) => Err(h.without_approvals()),
+        }
+    }
+
+    /// Judges again a statement a reviewer approved (or wrote): a hold now allows it and
+    /// its effects apply; a refusal (the policy changed meanwhile) still refuses.
+    pub fn verdict_approved(&mut self, sql: &[u8], source: Via<'_>) -> Verdict {
+        self.approving = true;
+        let v = self.verdict(sql, source);
+        self.approving = false;
+        match v {
+            Verdict::Hold(_) => Verdict::Allow,
+            v => v,
         }
     }
 
@@ -208,6 +223,8 @@ impl StatementGate {
         // did (`PREPARE q ...; EXECUTE q`, `SET search_path ...; SELECT ...`): effects are
         // applied as the statements are judged, and undone if any is refused, since then
         // none of them reaches the server.
+        // A held query runs only once approved, and is judged again then: its effects
+        // wait too (one statement: not applied; several: undone like a refusal's).
         let saved =
             (count > 1 && analysis.statements.iter().any(|s| s.effect.is_some())).then(|| {
                 (
@@ -254,7 +271,20 @@ impl StatementGate {
                     return Err(r);
                 }
             }
+            if count == 1 && held.is_some() && source == Via::SimpleQuery && !self.approving {
+                return Ok(held);
+            }
             self.apply(&cached, i);
+        }
+        if held.is_some()
+            && source == Via::SimpleQuery
+            && !self.approving
+            && let Some((prepared, path, seen)) = saved
+        {
+            self.prepared = prepared;
+            self.search_path = path;
+            self.seen_schemas = seen;
+            return Ok(held);
         }
         if quiet && !known {
             if self.allowed.len() >= MAX_ALLOWED {

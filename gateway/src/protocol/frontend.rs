@@ -238,50 +238,12 @@ pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
     b.freeze()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn startup_packets() {
-        assert_eq!(
-            StartupPacket::parse(&ssl_request()).unwrap(),
-            StartupPacket::SslRequest
-        );
-        assert_eq!(
-            StartupPacket::parse(&cancel_request(7, 9)).unwrap(),
-            StartupPacket::Cancel { pid: 7, secret: 9 }
-        );
-        let mut p = vec![0, 0, 0, 0];
-        p.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
-        p.extend_from_slice(b"user\0agent\0database\0bank\0\0");
-        let len = p.len() as i32;
-        p[..4].copy_from_slice(&len.to_be_bytes());
-        let StartupPacket::Startup { params } = StartupPacket::parse(&p).unwrap() else {
-            panic!("not a startup message")
-        };
-        assert_eq!(params[0], ("user".into(), "agent".into()));
-        assert!(StartupPacket::parse(&p[..p.len() - 3]).is_err());
-    }
-
-    #[test]
-    fn bind_parses_and_rejects_truncation() {
-        let body = b"p1\0s1\0\0\x01\0\x01\0\x01\0\0\0\x02ab\0\x01\0\x01";
-        let b = parse_bind(body).unwrap();
-        assert_eq!(
-            (b.portal, b.statement, b.param_count),
-            (&b"p1"[..], &b"s1"[..], 1)
-        );
-        assert_eq!(b.result_formats, vec![1]);
-        for cut in 0..body.len() {
-            assert!(parse_bind(&body[..cut]).is_err(), "cut {cut}");
-        }
-    }
-}
+/// One bound parameter: format code and value (`None`: NULL).
+pub type BindParam<'a> = (i16, Option<&'a [u8]>);
 
 /// A `Bind`'s parameters as sent: `(format code, value)` with `None` for NULL. Format
 /// codes follow the protocol: none given = all text, one = all that, else per parameter.
-pub fn bind_params(body: &[u8]) -> Result<Vec<(i16, Option<&[u8]>)>, ProtocolError> {
+pub fn bind_params(body: &[u8]) -> Result<Vec<BindParam<'_>>, ProtocolError> {
     let mut c = Cursor::new(body);
     c.cstr().ok_or(malformed(BIND, "portal name"))?;
     c.cstr().ok_or(malformed(BIND, "statement name"))?;
@@ -355,7 +317,7 @@ pub fn close(kind: u8, name: &[u8]) -> Bytes {
 
 /// A `Bind` of `statement` to `portal` with these parameters (format, value) and every
 /// result column in text.
-pub fn bind(portal: &[u8], statement: &[u8], params: &[(i16, Option<&[u8]>)]) -> Bytes {
+pub fn bind(portal: &[u8], statement: &[u8], params: &[BindParam<'_>]) -> Bytes {
     build(BIND, |b| {
         super::frame::put_cstr(b, portal);
         super::frame::put_cstr(b, statement);
@@ -375,4 +337,45 @@ pub fn bind(portal: &[u8], statement: &[u8], params: &[(i16, Option<&[u8]>)]) ->
         }
         b.put_i16(0);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_packets() {
+        assert_eq!(
+            StartupPacket::parse(&ssl_request()).unwrap(),
+            StartupPacket::SslRequest
+        );
+        assert_eq!(
+            StartupPacket::parse(&cancel_request(7, 9)).unwrap(),
+            StartupPacket::Cancel { pid: 7, secret: 9 }
+        );
+        let mut p = vec![0, 0, 0, 0];
+        p.extend_from_slice(&PROTOCOL_3_0.to_be_bytes());
+        p.extend_from_slice(b"user\0agent\0database\0bank\0\0");
+        let len = p.len() as i32;
+        p[..4].copy_from_slice(&len.to_be_bytes());
+        let StartupPacket::Startup { params } = StartupPacket::parse(&p).unwrap() else {
+            panic!("not a startup message")
+        };
+        assert_eq!(params[0], ("user".into(), "agent".into()));
+        assert!(StartupPacket::parse(&p[..p.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn bind_parses_and_rejects_truncation() {
+        let body = b"p1\0s1\0\0\x01\0\x01\0\x01\0\0\0\x02ab\0\x01\0\x01";
+        let b = parse_bind(body).unwrap();
+        assert_eq!(
+            (b.portal, b.statement, b.param_count),
+            (&b"p1"[..], &b"s1"[..], 1)
+        );
+        assert_eq!(b.result_formats, vec![1]);
+        for cut in 0..body.len() {
+            assert!(parse_bind(&body[..cut]).is_err(), "cut {cut}");
+        }
+    }
 }

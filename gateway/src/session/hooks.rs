@@ -131,6 +131,15 @@ pub trait Hooks {
         Verdict::Allow
     }
 
+    /// A statement a reviewer approved (or wrote, editing a held one) is about to be
+    /// sent: judged again, but a hold now lets it through.
+    fn approved_statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
+        match self.statement(sql, via) {
+            Verdict::Hold(_) => Verdict::Allow,
+            v => v,
+        }
+    }
+
     /// A fast-path `FunctionCall` of the function with this OID is about to be sent.
     fn function_call(&mut self, _oid: u32) -> Verdict {
         Verdict::Allow

@@ -601,7 +601,12 @@ impl<H: Hooks> Relay<H> {
         match tag {
             fe::QUERY => {
                 let sql = fe::parse_query(frame.body()).map_err(err)?;
-                match self.hooks.statement(sql, Via::SimpleQuery) {
+                let verdict = if self.approved {
+                    self.hooks.approved_statement(sql, Via::SimpleQuery)
+                } else {
+                    self.hooks.statement(sql, Via::SimpleQuery)
+                };
+                match verdict {
                     Verdict::Hold(hold) if !self.approved => {
                         self.held = Some(Held {
                             sql: frame.as_bytes().slice_ref(sql),
@@ -627,7 +632,11 @@ impl<H: Hooks> Relay<H> {
             }
             fe::PARSE => {
                 let p = fe::parse_parse(frame.body()).map_err(err)?;
-                let verdict = self.hooks.statement(p.sql, Via::Parse(p.name));
+                let verdict = if self.approved {
+                    self.hooks.approved_statement(p.sql, Via::Parse(p.name))
+                } else {
+                    self.hooks.statement(p.sql, Via::Parse(p.name))
+                };
                 match verdict {
                     Verdict::Allow | Verdict::Hold(_) => {
                         // A held statement is prepared (that runs nothing); what waits

@@ -134,6 +134,10 @@ impl Hooks for Stages {
         }
     }
 
+    fn approved_statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
+        self.gate.verdict_approved(sql, via)
+    }
+
     fn function_call(&mut self, oid: u32) -> Verdict {
         match self.gate.check_function_call(oid) {
             Ok(()) => Verdict::Allow,
