@@ -59,7 +59,7 @@ fn start(engine: Engine) -> Env {
             "CREATE TABLE t (id int PRIMARY KEY, v text);
              INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g;
              CREATE TABLE vault (id int, v text); INSERT INTO vault VALUES (1, 'gold');
-             CREATE TABLE scratch (id int);",
+             CREATE TABLE scratch (id int); CREATE TABLE junk (id int);",
         )
         .expect("create tables");
     env
@@ -379,4 +379,147 @@ async fn wait_pending_async(env: &Env, n: usize) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// psycopg 3 (extended protocol, a transaction by default) and pgbench scripts, as agents
+/// of a held statement; and fifty sessions held at once while another keeps working.
+#[test]
+fn drivers_and_many_sessions_wait_for_the_reviewer() {
+    let env = start(Engine::Auto);
+
+    // psycopg: the held UPDATE waits inside its transaction; approved, it commits.
+    let script = format!(
+        r#"
+import psycopg
+with psycopg.connect({dsn:?}) as conn:
+    cur = conn.cursor()
+    cur.execute("INSERT INTO t VALUES (%s, %s)", (100, "py"))
+    cur.execute("UPDATE t SET v = %s", ("approved",))
+    print("updated", cur.rowcount)
+    try:
+        cur.execute("DELETE FROM t")
+    except psycopg.errors.InsufficientPrivilege as e:
+        print("denied:", e.diag.message_primary)
+    cur.execute("SELECT count(*) FROM t")
+    print("rows", cur.fetchone()[0])
+    conn.commit()
+"#,
+        dsn = env.gw.conninfo("agent", "agent-secret", DB)
+    );
+    let py = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let req = &wait_pending(&env, 1)[0];
+    assert_eq!(req["sql"], "UPDATE t SET v = $1");
+    assert_eq!(req["params"][0]["value"], "approved");
+    approvals_ok(&env, &["approve", &id(req), "--reviewer", "alice"]);
+    let req = &wait_pending(&env, 1)[0];
+    assert_eq!(req["sql"], "DELETE FROM t");
+    approvals_ok(
+        &env,
+        &[
+            "deny",
+            &id(req),
+            "--reviewer",
+            "alice",
+            "--reason",
+            "keep the rows",
+        ],
+    );
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "psycopg: {}", stderr(&out));
+    let printed = stdout(&out);
+    assert!(printed.contains("updated 11"), "{printed}");
+    assert!(
+        printed.contains("denied: portcullis: approval #") && printed.contains("keep the rows"),
+        "{printed}"
+    );
+    assert!(printed.contains("rows 11"), "{printed}");
+    assert_eq!(
+        direct(&env, "SELECT count(*) FROM t WHERE v = 'approved'"),
+        "11"
+    );
+
+    // pgbench: a script whose second statement is held; pgbench completes once approved.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("held.sql");
+    std::fs::write(
+        &file,
+        "\\set id random(1, 10)\nUPDATE t SET v = 'bench' WHERE id = :id;\nTRUNCATE junk;\n",
+    )
+    .unwrap();
+    let bench = Command::new("pgbench")
+        .args(["-n", "-t", "1", "-c", "1", "-f"])
+        .arg(&file)
+        .arg(env.gw.conninfo("agent", "agent-secret", DB))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pgbench");
+    let req = &wait_pending(&env, 1)[0];
+    assert!(
+        req["sql"].as_str().unwrap().starts_with("TRUNCATE junk"),
+        "{req}"
+    );
+    approvals_ok(&env, &["approve", &id(req), "--reviewer", "alice"]);
+    let out = bench.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("number of failed transactions: 0"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Fifty sessions held at once; another session's statements go on meanwhile.
+    rt().block_on(async {
+        let conninfo = env.gw.conninfo("agent", "agent-secret", DB);
+        let mut held = Vec::new();
+        for _ in 0..50 {
+            let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            held.push(tokio::spawn(async move {
+                c.batch_execute("DELETE FROM t").await
+            }));
+        }
+        let (free, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let pending_now = loop {
+            let p = pending(&env);
+            if p.len() == 50 {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for i in 0..200 {
+            let n: i32 = free
+                .query_one("SELECT $1::int", &[&i])
+                .await
+                .expect("a free session runs")
+                .get(0);
+            assert_eq!(n, i);
+        }
+        for r in &pending_now {
+            approvals_ok(
+                &env,
+                &["deny", &id(r), "--reviewer", "alice", "--reason", "bulk"],
+            );
+        }
+        for h in held {
+            let err = h.await.unwrap().expect_err("denied");
+            assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
+        }
+    });
+    assert_eq!(direct(&env, "SELECT count(*) FROM t"), "11");
 }
