@@ -7,7 +7,7 @@
 //!   decision and what the held session is told.
 //! - `a_held_psql_statement_runs_once_approved_on_the_page`: the whole path with the
 //!   `portcullis` binary: psql's `DROP TABLE` waits in its session until the test clicks
-//!   Approve, then completes.
+//!   Approve, then completes; another, denied on the page, fails with the reason.
 
 mod common;
 
@@ -367,19 +367,17 @@ message = "schema changes need a reviewer"
 
 #[test]
 fn a_held_psql_statement_runs_once_approved_on_the_page() {
-    let state = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     let approvals = format!(
-        "[approvals]\nstate_dir = \"{}\"\ntimeout_secs = 120\nnotice_interval_secs = 1\n\n[approvals.http]\nlisten = \"127.0.0.1:{port}\"\n\n[[approvals.reviewer]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n",
-        state.path().display(),
+        "timeout_secs = 120\nnotice_interval_secs = 1\n\n[approvals.http]\nlisten = \"127.0.0.1:{port}\"\n\n[[approvals.reviewer]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n",
         token_sha256(TOKEN)
     );
     let env = Env::start_with(Engine::Auto, PgOptions::default(), |o| {
-        o.policy(HOLD_DDL).extra_toml(&approvals)
+        o.policy(HOLD_DDL).approvals(&approvals)
     });
     env.ok(env.psql_direct().args([
         "-c",
-        "CREATE TABLE doomed (id int); GRANT ALL ON doomed TO PUBLIC",
+        "CREATE TABLE doomed (id int); CREATE TABLE kept (id int)",
     ]));
     let base = format!("http://127.0.0.1:{port}/");
     assert!(
@@ -450,6 +448,36 @@ fn a_held_psql_statement_runs_once_approved_on_the_page() {
         "approved, but the table is still there"
     );
     assert!(started.elapsed() < Duration::from_secs(90));
+
+    // A denial on the page: psql gets an error with the reviewer's reason.
+    let psql = psql_at(&env.uri())
+        .args(["-At", "-c", "DROP TABLE kept"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psql");
+    let button = "#queue button[data-action=deny]";
+    b.wait(button).unwrap();
+    let id: i64 = b.attr(button, "data-id").unwrap().unwrap().parse().unwrap();
+    b.fill(
+        &format!("textarea[data-field=reason][data-id='{id}']"),
+        "kept stays",
+    )
+    .unwrap();
+    b.click(&format!("button[data-action=deny][data-id='{id}']"))
+        .unwrap();
+    b.wait(&decided(id, "denied")).unwrap();
+    let out = wait_for(psql, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a denied statement succeeded: {out:?}"
+    );
+    assert!(
+        err.contains("kept stays"),
+        "the reason is not in psql's error: {err}"
+    );
+    assert!(exists(&env, "kept"), "denied, but the table is gone");
     assert_no_page_errors(&mut b);
 }
 

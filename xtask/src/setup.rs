@@ -1,5 +1,7 @@
 //! `cargo xtask setup`: installs what the project needs on a Debian machine, idempotently —
-//! PostgreSQL 15 (server and client), pgbouncer, cargo-nextest and the BPF toolchain — and
+//! PostgreSQL 15 (server and client), pgbouncer, cargo-nextest, the browser the reviewers'
+//! page is tested in (chromium, and playwright-core from `tests/browser`'s lock file) and
+//! the BPF toolchain — and
 //! says what it did. Every other command calls [`ensure`] first, so a fresh machine (CI's)
 //! needs nothing but `cargo xtask …`.
 
@@ -18,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "libclang-dev",
     // ... and generates its protobuf bindings with protoc (PROTOC in .cargo/config.toml).
     "protobuf-compiler",
+    // The reviewers' page is tested in a real browser (tests/tests/approvals_page.rs).
+    "chromium",
 ];
 
 #[derive(clap::Args)]
@@ -36,6 +40,7 @@ pub fn ensure(with_bpf: bool) -> anyhow::Result<()> {
     ensure_apt()?;
     ensure_nextest()?;
     ensure_python_drivers()?;
+    ensure_browser_driver()?;
     if with_bpf {
         crate::bpf::ensure_toolchain().context("installing the BPF toolchain")?;
         println!("setup: BPF toolchain (nightly rust-src, bpf-linker) present");
@@ -69,6 +74,53 @@ fn ensure_python_drivers() -> anyhow::Result<()> {
         .with_context(|| format!("installing {spec} with pip"))?;
     }
     Ok(())
+}
+
+/// Oldest Node.js playwright-core (tests/browser/package-lock.json) runs on.
+const NODE_MAJOR: u32 = 20;
+
+/// `npm ci` in tests/browser when its node_modules is missing or older than the lock file
+/// (npm writes `node_modules/.package-lock.json` on every install).
+fn ensure_browser_driver() -> anyhow::Result<()> {
+    let dir = portcullis_tests::browser::driver_dir();
+    let major = Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            let v = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            v.trim_start_matches('v')
+                .split('.')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        });
+    match major {
+        Some(m) if m >= NODE_MAJOR => {}
+        Some(m) => bail!(
+            "Node.js {m} is too old for the browser tests (tests/browser needs {NODE_MAJOR} or newer)"
+        ),
+        None => bail!(
+            "no Node.js: the browser tests (tests/browser) need node {NODE_MAJOR} or newer and npm"
+        ),
+    }
+    let modified = |p: std::path::PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let lock =
+        modified(dir.join("package-lock.json")).context("tests/browser/package-lock.json")?;
+    let current = modified(dir.join("node_modules/.package-lock.json")).is_some_and(|t| t >= lock)
+        && dir.join("node_modules/playwright-core").exists();
+    if current {
+        println!("setup: browser driver (tests/browser: playwright-core) present");
+        return Ok(());
+    }
+    println!("setup: installing the browser driver (npm ci in tests/browser)");
+    sh(Command::new("npm").current_dir(&dir).args([
+        "ci",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+    ]))
 }
 
 fn installed(pkg: &str) -> bool {
