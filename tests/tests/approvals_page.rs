@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{DB, Env, psql_at};
 use portcullis::approvals::config::ReviewerConfig;
-use portcullis::approvals::model::{Estimate, Origin, Param};
+use portcullis::approvals::model::{Estimate, Origin, Param, Preview};
 use portcullis::approvals::store::{SqliteStore, Store};
 use portcullis::approvals::{Action, Approvals, NewRequest, Resolution, Settings, Ticket};
 use portcullis_tests::{Browser, Engine, PgOptions, free_port};
@@ -91,6 +91,7 @@ fn request(sql: &str, approvers: u32) -> NewRequest {
         message: "a write without a restricting WHERE needs a reviewer".into(),
         recent: vec!["SELECT count(*) FROM transactions".into(), "BEGIN".into()],
         estimate: None,
+        preview: None,
         approvers,
         timeout_secs: 300,
     }
@@ -117,6 +118,7 @@ impl InProcess {
                 gateway: "g1".into(),
                 notice_interval: Duration::from_secs(10),
                 default_timeout: Duration::from_secs(300),
+                preview_max: Duration::from_secs(300),
                 recent: 5,
                 page_url: None,
             },
@@ -205,6 +207,12 @@ fn the_page_decides_what_the_hub_holds() {
         node: Some("Delete".into()),
         unavailable: None,
     });
+    new.preview = Some(Preview {
+        rows: Some(12),
+        tag: Some("DELETE 12".into()),
+        error: None,
+        holds_locks_secs: 300,
+    });
     let delete = hub.submit(new);
     let d = delete.request.id;
     b.wait(&format!(
@@ -221,6 +229,10 @@ fn the_page_decides_what_the_hub_holds() {
         .text(&format!("{} [data-field=estimate]", card(d)))
         .unwrap();
     assert_eq!(estimate, "Delete, about 1234 rows");
+    let preview = b
+        .text(&format!("{} [data-field=preview]", card(d)))
+        .unwrap();
+    assert_eq!(preview, "DELETE 12, 12 rows");
     assert_eq!(b.text("#pending-count").unwrap(), "2");
     b.screenshot(&shot("queue")).unwrap();
 

@@ -8,19 +8,24 @@ use crate::approvals::model::Origin;
 use crate::approvals::store::{SqliteStore, Store};
 use crate::approvals::{Approvals, NewRequest, Settings};
 
+pub fn settings(page_url: Option<&str>) -> Settings {
+    Settings {
+        gateway: "g1".into(),
+        notice_interval: Duration::from_secs(10),
+        default_timeout: Duration::from_secs(60),
+        preview_max: Duration::from_secs(60),
+        recent: 3,
+        page_url: page_url.map(str::to_owned),
+    }
+}
+
+pub fn store(dir: &std::path::Path) -> Store {
+    Store::Sqlite(SqliteStore::open(&dir.join("approvals.sqlite")).unwrap())
+}
+
 /// A running hub; keep the directory alive as long as it.
 pub fn hub(dir: &std::path::Path, page_url: Option<&str>) -> Arc<Approvals> {
-    let store = Store::Sqlite(SqliteStore::open(&dir.join("approvals.sqlite")).unwrap());
-    let (approvals, hub) = Approvals::new(
-        Settings {
-            gateway: "g1".into(),
-            notice_interval: Duration::from_secs(10),
-            default_timeout: Duration::from_secs(60),
-            recent: 3,
-            page_url: page_url.map(str::to_owned),
-        },
-        store,
-    );
+    let (approvals, hub) = Approvals::new(settings(page_url), store(dir));
     tokio::spawn(hub.run());
     Arc::new(approvals)
 }
@@ -44,6 +49,7 @@ pub fn held(approvers: u32) -> NewRequest {
         message: "DDL needs a reviewer".into(),
         recent: vec!["SELECT count(*) FROM accounts".into()],
         estimate: None,
+        preview: None,
         approvers,
         timeout_secs: 60,
     }

@@ -259,10 +259,19 @@ fn slack_body(kind: EventKind, r: &Request, url: Option<&str>) -> Bytes {
         None => format!("request #{}", r.id),
     };
     let text = match kind {
-        EventKind::Requested => format!(
-            ":hourglass: *{who}* waits for approval on `{db}` ({rule}: {}): {review}\n```{sql}```",
-            slack_escape(&r.new.message)
-        ),
+        EventKind::Requested => {
+            let preview = match &r.new.preview {
+                Some(p) if p.error.is_none() => format!(
+                    "\npreview (uncommitted): {}",
+                    slack_escape(p.tag.as_deref().unwrap_or("done"))
+                ),
+                _ => String::new(),
+            };
+            format!(
+                ":hourglass: *{who}* waits for approval on `{db}` ({rule}: {}): {review}{preview}\n```{sql}```",
+                slack_escape(&r.new.message)
+            )
+        }
         _ => {
             let last = r.votes.last();
             let by = last.map(|v| slack_escape(&v.reviewer)).unwrap_or_default();

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::approvals::Resolution;
-use crate::control::testkit::{held, hub};
+use crate::control::testkit::{held, hub, settings, store};
 
 const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-0123456789";
@@ -446,19 +446,7 @@ async fn errors_have_statuses_and_messages() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_stopped_hub_is_503() {
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::approvals::store::Store::Sqlite(
-        crate::approvals::store::SqliteStore::open(&dir.path().join("a.sqlite")).unwrap(),
-    );
-    let (approvals, hub) = Approvals::new(
-        crate::approvals::Settings {
-            gateway: "g1".into(),
-            notice_interval: Duration::from_secs(10),
-            default_timeout: Duration::from_secs(60),
-            recent: 3,
-            page_url: None,
-        },
-        store,
-    );
+    let (approvals, hub) = Approvals::new(settings(None), store(dir.path()));
     drop(hub);
     let api = Api::start(Arc::new(approvals)).await;
     let (status, e) = api.call("GET", "/api/requests", Some(ALICE), None).await;
