@@ -13,7 +13,8 @@
 //! the decision. Answers are JSON; an error is `{"error": "..."}` with a status that says
 //! what kind (401 no or unknown token, 404 no such request, 409 the request is not
 //! pending, changed since it was shown, is the reviewer's own, or has their approval
-//! already, 400 bad input, 413 a body over [`MAX_BODY`], 503 the hub has stopped).
+//! already, 400 bad input, 413 a body over [`MAX_BODY`], 415 a body not sent as JSON,
+//! 503 the hub has stopped).
 //!
 //! - `GET /api/me`: `{"reviewer": name}`, to check a token.
 //! - `GET /api/requests?status=pending|all&limit=N`: `{"requests": [...], "now_ms"}`,

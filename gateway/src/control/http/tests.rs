@@ -524,3 +524,21 @@ async fn the_event_stream_tells_requests_and_decisions_as_they_happen() {
     assert_eq!(ev[0].0, "decided");
     assert_eq!(ev[0].1["request"]["status"], "denied");
 }
+
+#[test]
+fn a_taken_port_is_an_error_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let e = bind(&HttpConfig {
+        listen: listen.clone(),
+        public_url: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "approvals.http.listen: cannot listen on {listen}:"
+        )),
+        "{e}"
+    );
+}
