@@ -42,7 +42,7 @@ pub enum ManagedError {
 
 /// The targets of a managed run, in the order they start. Reports, goals and `--targets`
 /// name them; keep them stable.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "direct",
     "pgbouncer",
     "pgbouncer-pktbuf",
@@ -50,6 +50,7 @@ pub const TARGETS: [&str; 7] = [
     "gateway-uring",
     "gateway-nopolicy",
     "gateway-masked",
+    "gateway-approvals",
 ];
 
 /// `[policy]` of the pass-through target: no statement analysis at all, so its figures
@@ -66,6 +67,9 @@ struct GatewaySpec {
     policy_on: bool,
     /// `Some` for the masked target: the section to append, or why there is none.
     mask: Option<MaskSpec>,
+    /// `[approvals]` on (the quickstart's): what holding costs statements that are not
+    /// held, against `gateway-uring`.
+    approvals: bool,
 }
 
 /// The gateways, policy on unless named otherwise. Agents log in as `agent` (the harness's
@@ -80,12 +84,17 @@ fn gateway_specs(mask: MaskSpec) -> Vec<GatewaySpec> {
         policy: if policy_on { on } else { POLICY_OFF },
         policy_on,
         mask,
+        approvals: false,
     };
     vec![
         spec("gateway-epoll", Engine::Epoll, true, None),
         spec("gateway-uring", Engine::Uring, true, None),
         spec("gateway-nopolicy", Engine::Uring, false, None),
         spec("gateway-masked", Engine::Auto, true, Some(mask)),
+        GatewaySpec {
+            approvals: true,
+            ..spec("gateway-approvals", Engine::Uring, true, None)
+        },
     ]
 }
 
@@ -264,6 +273,9 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
         };
         if !extra.is_empty() {
             opts = opts.extra_toml(&extra);
+        }
+        if spec.approvals {
+            opts = opts.approvals(portcullis_tests::QUICKSTART_APPROVALS);
         }
         match Gateway::start(opts) {
             Ok(gw) => {

@@ -13,7 +13,7 @@ use portcullis::analysis::{self, Class};
 use portcullis::mask::{MaskConfig, Policy, Subject};
 use portcullis::policy::{PolicyConfig, StatementGate, StatementPolicy};
 use portcullis::session::hooks::Refusal;
-use portcullis::session::hooks::Via;
+use portcullis::session::hooks::{Verdict, Via};
 
 #[derive(serde::Deserialize)]
 struct Sections {
@@ -658,4 +658,41 @@ fn statements_over_the_size_limit_are_refused_with_the_setting_named() {
     let r = check(&mut g, &sql).unwrap_err();
     assert_eq!(r.code, "54000");
     assert!(r.message.contains("max_statement_bytes"), "{r:?}");
+}
+
+#[test]
+fn a_held_statement_takes_effect_only_once_approved() {
+    let mut g = agent();
+    let prepare = b"PREPARE d AS DELETE FROM transactions";
+    let Verdict::Hold(h) = g.verdict(prepare, Via::SimpleQuery) else {
+        panic!("an unbounded DELETE is held");
+    };
+    assert_eq!(h.rule.as_deref(), Some("hold-destructive"));
+    assert!(h.message.contains("reviewer"), "{h:?}");
+    // While it waits the server has no `d`, and neither has the gate.
+    let r = check(&mut g, "EXECUTE d").unwrap_err();
+    assert!(r.message.contains("not known to the gateway"), "{r:?}");
+    // Approved, it runs, and what it prepared is judged as what it runs: held again.
+    assert_eq!(
+        g.verdict_approved(prepare, Via::SimpleQuery),
+        Verdict::Allow
+    );
+    assert!(matches!(
+        g.verdict(b"EXECUTE d", Via::SimpleQuery),
+        Verdict::Hold(_)
+    ));
+    // An approval does not lift a refusal: a built-in denial stays one.
+    assert!(matches!(
+        g.verdict_approved(b"SELECT pg_read_file('/etc/hostname')", Via::SimpleQuery),
+        Verdict::Deny(_)
+    ));
+    // Held statements of one query are held whole, on the strictest terms.
+    let Verdict::Hold(h) = g.verdict(b"TRUNCATE transactions; SELECT 1", Via::SimpleQuery) else {
+        panic!("held whole");
+    };
+    assert!(!h.explainable, "a multi-statement query has no single plan");
+    let Verdict::Hold(h) = g.verdict(b"DELETE FROM transactions", Via::SimpleQuery) else {
+        panic!("held");
+    };
+    assert!(h.explainable);
 }

@@ -118,6 +118,9 @@ pub struct GatewayOptions {
     /// `[admin] socket`; a relative path is taken inside the gateway's temporary
     /// directory ([`Gateway::start`] resolves it). `None`: no admin socket.
     pub admin_socket: Option<PathBuf>,
+    /// The `[approvals]` section after its `state_dir` line (which [`Gateway::start`]
+    /// points into the gateway's temporary directory); `None`: no approvals.
+    pub approvals_toml: Option<String>,
     pub startup_timeout: Duration,
 }
 
@@ -145,6 +148,7 @@ impl GatewayOptions {
             tls_required: false,
             upstream_tls: vec!["tls = \"disable\"".into()],
             admin_socket: None,
+            approvals_toml: None,
             startup_timeout: Duration::from_secs(30),
         }
     }
@@ -157,6 +161,13 @@ impl GatewayOptions {
     /// An admin socket in the gateway's temporary directory ([`Gateway::admin_socket`]).
     pub fn admin_socket(mut self) -> Self {
         self.admin_socket = Some(PathBuf::from("admin.sock"));
+        self
+    }
+
+    /// Approvals on, with the embedded store in the gateway's temporary directory;
+    /// `toml` is the rest of the section and what follows (`[[approvals.reviewer]]`, ...).
+    pub fn approvals(mut self, toml: &str) -> Self {
+        self.approvals_toml = Some(toml.into());
         self
     }
 
@@ -240,6 +251,11 @@ impl GatewayOptions {
             t.push_str(p);
             t.push('\n');
         }
+        if let Some(a) = &self.approvals_toml {
+            t.push_str("\n[approvals]\n");
+            t.push_str(a);
+            t.push('\n');
+        }
         if !self.extra_toml.is_empty() {
             t.push('\n');
             t.push_str(&self.extra_toml);
@@ -301,6 +317,15 @@ impl Gateway {
             && socket.is_relative()
         {
             opts.admin_socket = Some(dir.path().join(socket));
+        }
+        if let Some(a) = &opts.approvals_toml
+            && !a.contains("state_dir")
+        {
+            let state = dir.path().join("state");
+            opts.approvals_toml = Some(format!(
+                "state_dir = {}\n{a}",
+                toml_str(&state.display().to_string())
+            ));
         }
         let config = dir.path().join("portcullis.toml");
         std::fs::write(&config, opts.to_toml(addr)).map_err(GatewayError::TempDir)?;

@@ -18,7 +18,10 @@ pub use dataset::{
 pub use gateway::{ALLOW_ALL_POLICY, Engine, Gateway, GatewayOptions, Identity};
 pub use net::{NetNs, free_port};
 pub use pg::{PgCluster, PgOptions};
-pub use policy::{QUICKSTART_MASK_POLICY, QUICKSTART_STATEMENT_POLICY, result_side_only};
+pub use policy::{
+    QUICKSTART_APPROVALS, QUICKSTART_MASK_POLICY, QUICKSTART_REVIEWER_TOKEN,
+    QUICKSTART_STATEMENT_POLICY, result_side_only,
+};
 
 /// Generates one `#[test]` per I/O engine from a function taking an [`Engine`], so every
 /// data-path scenario runs on both io_uring and epoll under its own name

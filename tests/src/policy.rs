@@ -124,3 +124,20 @@ pub fn result_side_only(policy: &str) -> String {
     }
     out
 }
+
+/// The quickstart's `[approvals]`, after `state_dir` (the harness puts the store in the
+/// gateway's temporary directory) and before `[approvals.http]` (the quickstart adds its
+/// port). The reviewer's token is a demo value, like the identities' secrets.
+pub const QUICKSTART_APPROVALS: &str = r#"
+# A held statement waits at most this long for a decision.
+timeout_secs = 900
+notice_interval_secs = 10
+
+[[approvals.reviewer]]
+name = "reviewer"
+# `portcullis approvals hash-token reviewer-demo-token`; never reuse it outside a demo.
+token_sha256 = "789d3e19ceda3c21862155f9474c18ff9687193e771ac1f0f077c4a99300fd45"
+"#;
+
+/// The demo token whose hash [`QUICKSTART_APPROVALS`] holds.
+pub const QUICKSTART_REVIEWER_TOKEN: &str = "reviewer-demo-token";

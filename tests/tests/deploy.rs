@@ -86,6 +86,10 @@ fn quickstart_config_carries_the_tested_mask_policy() {
         text.contains(portcullis_tests::QUICKSTART_STATEMENT_POLICY.trim()),
         "deploy/quickstart.toml's [policy] section differs from tests/src/policy.rs"
     );
+    assert!(
+        text.contains(portcullis_tests::QUICKSTART_APPROVALS.trim()),
+        "deploy/quickstart.toml's [approvals] section differs from tests/src/policy.rs"
+    );
 }
 
 /// `systemctl reload` goes through the admin socket: the unit's runtime directory must be

@@ -10,8 +10,9 @@ use std::process::Command;
 
 use anyhow::Context;
 use portcullis_tests::{
-    Engine, Gateway, GatewayOptions, PgCluster, PgOptions, QUICKSTART_MASK_POLICY,
-    QUICKSTART_STATEMENT_POLICY, create_gateway_role, load_financial,
+    Engine, Gateway, GatewayOptions, PgCluster, PgOptions, QUICKSTART_APPROVALS,
+    QUICKSTART_MASK_POLICY, QUICKSTART_REVIEWER_TOKEN, QUICKSTART_STATEMENT_POLICY,
+    create_gateway_role, load_financial,
 };
 
 const DB: &str = "bank";
@@ -75,6 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .admin_socket()
         .upstream_login(&role, &password)
         .policy(QUICKSTART_STATEMENT_POLICY);
+    let page_port =
+        portcullis_tests::free_port().context("picking a port for the reviewers' page")?;
+    opts = opts.approvals(&format!(
+        "{QUICKSTART_APPROVALS}\n[approvals.http]\nlisten = \"127.0.0.1:{page_port}\"\n"
+    ));
     if !args.no_mask {
         opts = opts.extra_toml(QUICKSTART_MASK_POLICY);
     }
@@ -93,7 +99,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "  psql:   psql '{uri}' -c 'SELECT id, full_name, ssn, card_number FROM accounts LIMIT 5'"
     );
-    println!("  held:   psql '{uri}' -c 'DELETE FROM transactions'");
+    println!("  held:   psql '{uri}' -c 'DELETE FROM transactions'   (waits for a reviewer)");
+    println!("  review: http://127.0.0.1:{page_port}/   token: {QUICKSTART_REVIEWER_TOKEN}");
+    if let Some(sock) = gw.admin_socket() {
+        println!(
+            "          or: {} approvals list --admin-socket {}",
+            bin.display(),
+            sock.display()
+        );
+        println!(
+            "              {} approvals approve ID --admin-socket {}   (deny ID --reason ..., edit ID --sql ...)",
+            bin.display(),
+            sock.display()
+        );
+    }
     println!("  config: {}", gw.config_path().display());
     println!("  log:    {}", gw.log_path().display());
     if let Some(sock) = gw.admin_socket() {
@@ -120,7 +139,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "Statement policy (deploy/quickstart.toml): the agent reads and writes rows, the\n  \
          auditor reads; DROP, TRUNCATE, ALTER and DELETE/UPDATE without a restricting WHERE\n  \
-         are held for approval (refused for now with \"approval required\", as `held:` shows);\n  \
+         wait in the agent's session until a reviewer approves, denies or edits them\n  \
+         (`held:` shows it; approve on the page or with the CLI under `review:`);\n  \
          built-in denials (COPY ... PROGRAM, server files, SET ROLE, ...) and anything no\n  \
          rule allows are refused."
     );

@@ -35,9 +35,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 pub fn ensure(with_bpf: bool) -> anyhow::Result<()> {
     ensure_apt()?;
     ensure_nextest()?;
+    ensure_python_drivers()?;
     if with_bpf {
         crate::bpf::ensure_toolchain().context("installing the BPF toolchain")?;
         println!("setup: BPF toolchain (nightly rust-src, bpf-linker) present");
+    }
+    Ok(())
+}
+
+/// Python drivers the end-to-end tests run as agents (pinned: the tests assert what
+/// they print).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("psycopg", "psycopg[binary]==3.2.3")];
+
+fn ensure_python_drivers() -> anyhow::Result<()> {
+    for (module, spec) in PYTHON_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if present {
+            println!("setup: python {module} present");
+            continue;
+        }
+        println!("setup: installing python {spec}");
+        sh(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            spec,
+        ]))
+        .with_context(|| format!("installing {spec} with pip"))?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! [`crate::session::relay`]; reviewers reach the hub through [`crate::control`].
 
 pub mod config;
+pub mod explain;
 pub mod hub;
 pub mod model;
 pub mod store;

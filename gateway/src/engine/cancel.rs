@@ -7,16 +7,72 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
 /// Where a cancel for one agent session must go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CancelTarget {
     pub upstream: SocketAddr,
     pub pid: i32,
     pub secret: i32,
+    /// The session's side of a cancel: while it holds a statement for approval the
+    /// server runs nothing, so a cancel is the agent withdrawing the request.
+    pub session: Arc<SessionCancel>,
+}
+
+impl PartialEq for CancelTarget {
+    fn eq(&self, o: &Self) -> bool {
+        (self.upstream, self.pid, self.secret) == (o.upstream, o.pid, o.secret)
+    }
+}
+
+/// Lets a `CancelRequest` reach a session that is waiting for approval.
+#[derive(Debug, Default)]
+pub struct SessionCancel {
+    holding: AtomicBool,
+    /// Cancels delivered so far: a waiter compares against the count when it started,
+    /// so a cancel meant for an earlier hold never ends a later one.
+    count: AtomicU64,
+    cancelled: tokio::sync::Notify,
+}
+
+impl SessionCancel {
+    pub fn set_holding(&self, on: bool) {
+        self.holding.store(on, Ordering::SeqCst);
+    }
+
+    /// Delivers a cancel to the session if it is holding a statement; `false` when it
+    /// is not (the cancel is for the server).
+    pub fn cancel_hold(&self) -> bool {
+        if self.holding.load(Ordering::SeqCst) {
+            self.count.fetch_add(1, Ordering::SeqCst);
+            self.cancelled.notify_waiters();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How many cancels have been delivered; pass it to [`SessionCancel::cancelled`].
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a cancel beyond `seen` has been delivered.
+    pub async fn cancelled(&self, seen: u64) {
+        loop {
+            let notified = self.cancelled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() > seen {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -40,7 +96,7 @@ impl CancelRegistry {
 
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.get(&(pid, secret)).copied()
+        keys.get(&(pid, secret)).cloned()
     }
 
     pub fn remove(&self, key: (i32, i32)) {
@@ -80,8 +136,9 @@ mod tests {
             upstream: "127.0.0.1:5432".parse().unwrap(),
             pid: 42,
             secret: 7,
+            session: Arc::default(),
         };
-        let k = r.register(t);
+        let k = r.register(t.clone());
         assert_eq!(r.lookup(k.0, k.1), Some(t));
         assert_eq!(
             r.lookup(42, 7),

@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::Shared;
-use super::cancel::{CancelGuard, CancelTarget};
+use super::cancel::{CancelGuard, CancelTarget, SessionCancel};
+use super::hold::{self, HoldContext};
 use super::transport::{MaybeTls, TlsTransport, Transport};
 use crate::config::UpstreamTls;
 use crate::mask::Subject;
@@ -65,7 +66,7 @@ pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: Soc
     let _count = shared.lifecycle.session_started();
     let span = tracing::info_span!("session", %peer, identity = tracing::field::Empty, database = tracing::field::Empty);
     async move {
-        match run::<C>(&shared, stream).await {
+        match run::<C>(&shared, stream, peer).await {
             Ok(()) => debug!("connection closed"),
             Err(ConnError::ClientGone) => debug!("client left during start-up"),
             Err(e @ (ConnError::Rejected(_) | ConnError::Timeout)) => info!("{e}"),
@@ -79,7 +80,11 @@ pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: Soc
     .await
 }
 
-async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnError> {
+async fn run<C: Connect>(
+    shared: &Shared,
+    stream: C::Stream,
+    peer: SocketAddr,
+) -> Result<(), ConnError> {
     let mut client = MaybeTls::Plain(stream);
     let mut buf = BytesMut::with_capacity(4096);
     let mut hs = ClientHandshake::new(shared.identities.load_full(), shared.tls_offer);
@@ -154,11 +159,13 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
     };
 
     // The agent's cancel key is the gateway's own; the server's stays here.
+    let signal = Arc::new(SessionCancel::default());
     let guard = session.cancel_key.map(|(pid, secret)| {
         let key = shared.cancels.register(CancelTarget {
             upstream: addr,
             pid,
             secret,
+            session: signal.clone(),
         });
         CancelGuard {
             registry: &shared.cancels,
@@ -188,8 +195,20 @@ async fn run<C: Connect>(shared: &Shared, stream: C::Stream) -> Result<(), ConnE
     for f in &session.parameter_status {
         stages.parameter_status(f);
     }
-    let relay = Relay::new(shared.limits, stages);
-    relay_session::<C, _>(shared, &agent.database, &client, &upstream, relay, buf).await;
+    let stages = stages.with_approvals(shared.approvals.is_some());
+    let recent = shared.approvals.as_ref().map_or(0, |a| a.settings().recent);
+    let relay = Relay::new(shared.limits, stages).with_recent(recent);
+    let ctx = HoldContext::new(shared, &agent, peer, signal);
+    relay_session::<C, _>(
+        shared,
+        &agent.database,
+        &client,
+        &upstream,
+        relay,
+        buf,
+        &ctx,
+    )
+    .await;
     drop(guard);
     Ok(())
 }
@@ -241,6 +260,12 @@ async fn cancel<C: Connect>(shared: &Shared, pid: i32, secret: i32) {
         debug!("cancel request with an unknown key");
         return;
     };
+    // A session holding a statement has nothing running on the server: the cancel
+    // withdraws the approval request instead.
+    if target.session.cancel_hold() {
+        info!("cancel request withdrew a held statement");
+        return;
+    }
     match C::connect(target.upstream).await {
         Ok(s) => {
             if let Err(e) = s
@@ -389,10 +414,10 @@ async fn negotiate_upstream_tls<S: Transport>(
 }
 
 /// Where the two halves of a session meet.
-struct Flow<H: Hooks> {
-    relay: RefCell<Relay<H>>,
+pub(super) struct Flow<H: Hooks> {
+    pub(super) relay: RefCell<Relay<H>>,
     client_done: Cell<bool>,
-    server_done: Cell<bool>,
+    pub(super) server_done: Cell<bool>,
     /// A drain of that side's queue is under way (its writer owns the socket's writes).
     writing_client: Cell<bool>,
     writing_server: Cell<bool>,
@@ -414,7 +439,7 @@ impl<H: Hooks> Flow<H> {
     /// produced output drains it, so a round trip costs no task hand-over, order holds
     /// (one drainer per socket, taking chunks in queue order) and a reader that is
     /// draining does not read more: that is the back-pressure.
-    async fn drain<T: Transport>(&self, side: Side, socket: &T) -> io::Result<()> {
+    pub(super) async fn drain<T: Transport>(&self, side: Side, socket: &T) -> io::Result<()> {
         let writing = self.writing(side);
         let progress = match side {
             Side::Client => &self.progress_client,
@@ -463,6 +488,7 @@ async fn relay_session<C: Connect, H: Hooks>(
     server: &MaybeTls<C::Stream>,
     relay: Relay<H>,
     client_buf: BytesMut,
+    ctx: &HoldContext,
 ) {
     let flow = Flow {
         relay: RefCell::new(relay),
@@ -506,7 +532,19 @@ async fn relay_session<C: Connect, H: Hooks>(
                 warn!("{e}");
                 break;
             }
-            if flow.relay.borrow().is_terminated() || flow.server_done.get() {
+            // A held statement: this half waits for the decision (reading nothing more
+            // from the client) while the server half goes on delivering earlier results.
+            let mut gone = false;
+            while flow.relay.borrow().held().is_some() {
+                if hold::wait::<C, H>(shared, database, &flow, client, server, &mut buf, ctx)
+                    .await
+                    .is_err()
+                {
+                    gone = true;
+                    break;
+                }
+            }
+            if gone || flow.relay.borrow().is_terminated() || flow.server_done.get() {
                 break;
             }
         }
@@ -576,7 +614,7 @@ async fn relay_session<C: Connect, H: Hooks>(
 }
 
 #[derive(Clone, Copy)]
-enum Side {
+pub(super) enum Side {
     Client,
     Server,
 }
@@ -613,17 +651,25 @@ async fn side_query<C: Connect>(
     database: &str,
     sql: &str,
 ) -> Result<Vec<Bytes>, String> {
+    let mut query = BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut query).map_err(|e| e.to_string())?;
+    side_exchange::<C>(shared, database, query.freeze()).await
+}
+
+/// Sends `messages` (ending in `Sync` or a `Query`) over a connection of the gateway's
+/// own and returns the `DataRow` frames of the answer, or the server's error.
+pub(super) async fn side_exchange<C: Connect>(
+    shared: &Shared,
+    database: &str,
+    messages: Bytes,
+) -> Result<Vec<Bytes>, String> {
     let (conn, _, _) = connect_upstream::<C>(shared, database, &[])
         .await
         .map_err(|e| match e {
             UpstreamStartError::Refused(f) => be::error_summary(&f[5..]).1,
             UpstreamStartError::Other(e) => e.to_string(),
         })?;
-    let mut query = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut query).map_err(|e| e.to_string())?;
-    conn.write_all(query.freeze())
-        .await
-        .map_err(|e| e.to_string())?;
+    conn.write_all(messages).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(8192);
     let mut rows = Vec::new();
     let mut failure = None;

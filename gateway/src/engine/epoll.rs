@@ -68,6 +68,11 @@ impl Transport for EpollStream {
     fn shutdown(&self) {
         let _ = socket2::SockRef::from(&self.0).shutdown(std::net::Shutdown::Both);
     }
+
+    fn peer_closed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        super::transport::hung_up(self.0.as_raw_fd())
+    }
 }
 
 pub struct Epoll;

@@ -14,6 +14,7 @@
 pub mod cancel;
 pub mod conn;
 pub mod epoll;
+mod hold;
 pub mod shared;
 pub mod transport;
 pub mod uring;

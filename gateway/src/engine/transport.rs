@@ -23,6 +23,21 @@ pub trait Transport {
     async fn write_all(&self, data: Bytes) -> io::Result<()>;
     /// Shuts both directions down, waking a pending read.
     fn shutdown(&self);
+    /// Whether the peer has hung up, asked without reading anything (a session holding
+    /// a statement must not consume what the client pipelined behind it).
+    fn peer_closed(&self) -> bool;
+}
+
+/// Asks the kernel whether the peer of `fd` closed its side, without reading.
+pub fn hung_up(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, timeout 0: poll only fills in `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
 /// A transport that may have been upgraded to TLS.
@@ -57,6 +72,13 @@ impl<T: Transport> Transport for MaybeTls<T> {
         match self {
             MaybeTls::Plain(t) => t.shutdown(),
             MaybeTls::Tls(t) => t.shutdown(),
+        }
+    }
+
+    fn peer_closed(&self) -> bool {
+        match self {
+            MaybeTls::Plain(t) => t.peer_closed(),
+            MaybeTls::Tls(t) => t.inner.peer_closed(),
         }
     }
 }
@@ -200,5 +222,9 @@ impl<T: Transport> Transport for TlsTransport<T> {
 
     fn shutdown(&self) {
         self.inner.shutdown();
+    }
+
+    fn peer_closed(&self) -> bool {
+        self.inner.peer_closed()
     }
 }

@@ -33,6 +33,11 @@ impl Transport for UringStream {
     fn shutdown(&self) {
         let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
+
+    fn peer_closed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        super::transport::hung_up(self.0.as_raw_fd())
+    }
 }
 
 pub struct Uring;

@@ -151,4 +151,11 @@ pub struct PolicyRuleConfig {
     /// Shown to the agent when the rule refuses or holds.
     #[serde(default)]
     pub message: Option<String>,
+    /// `hold` only: distinct reviewers who must approve (default 1).
+    #[serde(default)]
+    pub approvers: Option<u32>,
+    /// `hold` only: how long the statement waits for a decision before it fails
+    /// (default `[approvals] timeout_secs`).
+    #[serde(default)]
+    pub approval_timeout_secs: Option<u64>,
 }

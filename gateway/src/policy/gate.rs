@@ -23,7 +23,7 @@ use crate::analysis::{
 };
 use crate::mask::{Policy as MaskPolicy, Subject};
 use crate::protocol::sqlstate;
-use crate::session::hooks::{Refusal, Via};
+use crate::session::hooks::{Hold, Refusal, Verdict, Via};
 
 use super::builtin;
 use super::config::Action;
@@ -58,6 +58,8 @@ pub struct StatementGate {
     /// The server reported `standard_conforming_strings = off`.
     scs_off: bool,
     client_encoding: String,
+    /// Judging a statement a reviewer approved ([`StatementGate::verdict_approved`]).
+    approving: bool,
 }
 
 /// A prepared statement's reading: the statement in a cached analysis (no copy: clients
@@ -88,6 +90,8 @@ enum Judged {
     /// Allowed but logged (a `log` rule, observe mode): judged every time, so every
     /// occurrence is logged.
     Logged,
+    /// A person must decide; judged every time.
+    Held(Hold),
 }
 
 const SQLSTATE_SYNTAX: &str = "42601";
@@ -114,6 +118,7 @@ impl StatementGate {
             versions: (0, 0),
             scs_off: false,
             client_encoding: "UTF8".into(),
+            approving: false,
         }
     }
 
@@ -135,8 +140,40 @@ impl StatementGate {
         Refusal::new(code, message)
     }
 
-    /// Decides on the SQL text of a `Query` or `Parse`.
+    /// Decides on the SQL text of a `Query` or `Parse`, as a gateway without approvals
+    /// does: a held statement is refused.
     pub fn check(&mut self, sql: &[u8], source: Via<'_>) -> Result<(), Refusal> {
+        match self.verdict(sql, source) {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(r) => Err(r),
+            Verdict::Hold(h) => Err(h.without_approvals()),
+        }
+    }
+
+    /// Judges again a statement a reviewer approved (or wrote): a hold now allows it and
+    /// its effects apply; a refusal (the policy changed meanwhile) still refuses.
+    pub fn verdict_approved(&mut self, sql: &[u8], source: Via<'_>) -> Verdict {
+        self.approving = true;
+        let v = self.verdict(sql, source);
+        self.approving = false;
+        match v {
+            Verdict::Hold(_) => Verdict::Allow,
+            v => v,
+        }
+    }
+
+    /// Decides on the SQL text of a `Query` or `Parse`: allowed, refused, or held for a
+    /// person (a multi-statement `Query` is held whole, on the strictest terms of its
+    /// held statements; a refusal of any of them refuses it).
+    pub fn verdict(&mut self, sql: &[u8], source: Via<'_>) -> Verdict {
+        match self.judge_text(sql, source) {
+            Ok(None) => Verdict::Allow,
+            Ok(Some(h)) => Verdict::Hold(h),
+            Err(r) => Verdict::Deny(r),
+        }
+    }
+
+    fn judge_text(&mut self, sql: &[u8], source: Via<'_>) -> Result<Option<Hold>, Refusal> {
         let policy = self.policy.load_full();
         let mask = Arc::as_ptr(&self.mask.load_full()) as usize;
         let versions = (Arc::as_ptr(&policy) as usize, mask);
@@ -155,7 +192,7 @@ impl StatementGate {
             .with_hint("The gateway refuses every statement until its configuration has a [policy] section; ask an operator to add one and reload."));
         }
         if !policy.is_enabled() {
-            return Ok(());
+            return Ok(None);
         }
         if sql.len() > policy.max_statement() {
             return Err(Self::refuse(
@@ -186,6 +223,8 @@ impl StatementGate {
         // did (`PREPARE q ...; EXECUTE q`, `SET search_path ...; SELECT ...`): effects are
         // applied as the statements are judged, and undone if any is refused, since then
         // none of them reaches the server.
+        // A held query runs only once approved, and is judged again then: its effects
+        // wait too (one statement: not applied; several: undone like a refusal's).
         let saved =
             (count > 1 && analysis.statements.iter().any(|s| s.effect.is_some())).then(|| {
                 (
@@ -203,6 +242,7 @@ impl StatementGate {
             .is_some_and(|(_, generation)| *generation == self.generation);
         let mut quiet = !analysis.statements.iter().any(|s| s.executes.is_some());
         let generation = self.generation;
+        let mut held: Option<Hold> = None;
         for (i, stmt) in analysis.statements.iter().enumerate() {
             let judged = if known {
                 Ok(Judged::Quiet)
@@ -215,6 +255,13 @@ impl StatementGate {
             match judged {
                 Ok(Judged::Quiet) => {}
                 Ok(Judged::Logged) => quiet = false,
+                Ok(Judged::Held(h)) => {
+                    quiet = false;
+                    match &mut held {
+                        None => held = Some(h),
+                        Some(first) => first.merge(&h),
+                    }
+                }
                 Err(r) => {
                     if let Some((prepared, path, seen)) = saved {
                         self.prepared = prepared;
@@ -224,7 +271,20 @@ impl StatementGate {
                     return Err(r);
                 }
             }
+            if count == 1 && held.is_some() && source == Via::SimpleQuery && !self.approving {
+                return Ok(held);
+            }
             self.apply(&cached, i);
+        }
+        if held.is_some()
+            && source == Via::SimpleQuery
+            && !self.approving
+            && let Some((prepared, path, seen)) = saved
+        {
+            self.prepared = prepared;
+            self.search_path = path;
+            self.seen_schemas = seen;
+            return Ok(held);
         }
         if quiet && !known {
             if self.allowed.len() >= MAX_ALLOWED {
@@ -246,7 +306,7 @@ impl StatementGate {
             };
             self.prepared.insert(name.to_vec(), reading);
         }
-        Ok(())
+        Ok(held)
     }
 
     /// Decides on a fast-path `FunctionCall`, which names a function by OID with no SQL
@@ -511,19 +571,26 @@ impl StatementGate {
         }
         self.log(reading, verb, rule, &quoted());
         let facts = facts(reading);
-        let refusal = match (verdict, rule) {
-            (Action::Hold, rule) => Self::refuse(
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "portcullis held this statement: approval required ({})",
-                    decision.message.clone().unwrap_or_else(|| match rule {
-                        Some(r) => format!("rule \"{r}\" holds {} statements for a reviewer", reading.command),
-                        None => "the policy default holds statements no rule allows".into(),
-                    })
+        if verdict == Action::Hold {
+            let message = decision.message.clone().unwrap_or_else(|| match rule {
+                Some(r) => format!(
+                    "rule \"{r}\" holds {} statements for a reviewer",
+                    reading.command
                 ),
-            )
-            .with_detail(format!("{} ({facts})", which()))
-            .with_hint("Approvals are not enabled on this gateway yet, so a held statement is refused; a person with database access must run it or change the rule."),
+                None => "the policy default holds statements no rule allows".into(),
+            });
+            return Ok(Judged::Held(Hold {
+                rule: rule.map(str::to_owned),
+                message,
+                facts: format!("{} ({facts})", which()),
+                approvers: decision.approvers,
+                timeout_secs: decision.approval_timeout_secs,
+                explainable: count == 1
+                    && matches!(reading.class, Class::Read | Class::Write)
+                    && reading.executes.is_none(),
+            }));
+        }
+        let refusal = match (verdict, rule) {
             (_, Some(r)) => Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!(

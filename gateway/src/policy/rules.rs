@@ -115,6 +115,8 @@ struct Rule {
     properties: Vec<Property>,
     action: Action,
     message: Option<String>,
+    approvers: u32,
+    approval_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -145,6 +147,9 @@ pub struct Decision {
     pub message: Option<String>,
     /// `log` rules that matched on the way.
     pub logged: Vec<Arc<str>>,
+    /// For a hold: reviewers needed, and how long it may wait (`None`: the default).
+    pub approvers: u32,
+    pub approval_timeout_secs: Option<u64>,
 }
 
 fn strictness(a: Action) -> u8 {
@@ -271,6 +276,8 @@ impl StatementPolicy {
                 rule: Some(rule.name.clone()),
                 message: rule.message.clone(),
                 logged,
+                approvers: rule.approvers,
+                approval_timeout_secs: rule.approval_timeout_secs,
             };
         }
         Decision {
@@ -278,6 +285,8 @@ impl StatementPolicy {
             rule: None,
             message: None,
             logged,
+            approvers: 1,
+            approval_timeout_secs: None,
         }
     }
 }
@@ -304,6 +313,17 @@ fn compile_rule(rc: &PolicyRuleConfig) -> Result<Rule, String> {
             )),
         })
         .collect::<Result<_, _>>()?;
+    if (rc.approvers.is_some() || rc.approval_timeout_secs.is_some()) && rc.action != Action::Hold {
+        return Err(
+            "approvers and approval_timeout_secs only go on a rule whose action is hold".into(),
+        );
+    }
+    if rc.approvers == Some(0) {
+        return Err("approvers must be at least 1".into());
+    }
+    if rc.approval_timeout_secs == Some(0) {
+        return Err("approval_timeout_secs must be at least 1".into());
+    }
     Ok(Rule {
         name: rc.name.as_str().into(),
         roles: rc.roles.clone(),
@@ -316,6 +336,8 @@ fn compile_rule(rc: &PolicyRuleConfig) -> Result<Rule, String> {
         properties: rc.properties.clone(),
         action: rc.action,
         message: rc.message.clone(),
+        approvers: rc.approvers.unwrap_or(1),
+        approval_timeout_secs: rc.approval_timeout_secs,
     })
 }
 

@@ -87,6 +87,25 @@ pub fn error_response_at(
     })
 }
 
+/// A `NoticeResponse` (severity NOTICE, SQLSTATE 00000) of the gateway's own.
+pub fn notice_response(message: &str, detail: Option<&str>) -> Bytes {
+    build(NOTICE_RESPONSE, |b| {
+        for (field, value) in [
+            (b'S', Some("NOTICE")),
+            (b'V', Some("NOTICE")),
+            (b'C', Some("00000")),
+            (b'M', Some(message)),
+            (b'D', detail),
+        ] {
+            if let Some(v) = value {
+                b.put_u8(field);
+                put_cstr(b, v.as_bytes());
+            }
+        }
+        b.put_u8(0);
+    })
+}
+
 pub fn ready_for_query(status: u8) -> Bytes {
     build(READY_FOR_QUERY, |b| b.put_u8(status))
 }

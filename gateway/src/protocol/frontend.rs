@@ -238,6 +238,107 @@ pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
     b.freeze()
 }
 
+/// One bound parameter: format code and value (`None`: NULL).
+pub type BindParam<'a> = (i16, Option<&'a [u8]>);
+
+/// A `Bind`'s parameters as sent: `(format code, value)` with `None` for NULL. Format
+/// codes follow the protocol: none given = all text, one = all that, else per parameter.
+pub fn bind_params(body: &[u8]) -> Result<Vec<BindParam<'_>>, ProtocolError> {
+    let mut c = Cursor::new(body);
+    c.cstr().ok_or(malformed(BIND, "portal name"))?;
+    c.cstr().ok_or(malformed(BIND, "statement name"))?;
+    let nfmt = count(c.i16(), BIND)?;
+    let mut formats = Vec::with_capacity(nfmt.min(1024));
+    for _ in 0..nfmt {
+        formats.push(c.i16().ok_or(malformed(BIND, "parameter formats"))?);
+    }
+    let nparams = count(c.i16(), BIND)?;
+    let mut out = Vec::with_capacity(nparams.min(1024));
+    for i in 0..nparams {
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => *formats.get(i).ok_or(malformed(BIND, "parameter formats"))?,
+        };
+        let len = c.i32().ok_or(malformed(BIND, "parameter length"))?;
+        let value = match len {
+            -1 => None,
+            n if n >= 0 => Some(
+                c.bytes(n as usize)
+                    .ok_or(malformed(BIND, "parameter value"))?,
+            ),
+            _ => return Err(malformed(BIND, "negative parameter length")),
+        };
+        out.push((format, value));
+    }
+    Ok(out)
+}
+
+/// The same `Bind` for another portal and statement: formats, parameters and result
+/// formats as the client sent them.
+pub fn rebind(body: &[u8], portal: &[u8], statement: &[u8]) -> Result<Bytes, ProtocolError> {
+    let mut c = Cursor::new(body);
+    let p = c.cstr().ok_or(malformed(BIND, "portal name"))?;
+    let s = c.cstr().ok_or(malformed(BIND, "statement name"))?;
+    let rest = &body[p.len() + s.len() + 2..];
+    Ok(build(BIND, |b| {
+        super::frame::put_cstr(b, portal);
+        super::frame::put_cstr(b, statement);
+        b.extend_from_slice(rest);
+    }))
+}
+
+/// `Parse` with declared parameter types.
+pub fn parse_typed(name: &[u8], sql: &[u8], param_types: &[u32]) -> Bytes {
+    build(PARSE, |b| {
+        super::frame::put_cstr(b, name);
+        super::frame::put_cstr(b, sql);
+        b.put_i16(param_types.len().min(i16::MAX as usize) as i16);
+        for t in param_types.iter().take(i16::MAX as usize) {
+            b.put_u32(*t);
+        }
+    })
+}
+
+pub fn execute(portal: &[u8], max_rows: i32) -> Bytes {
+    build(EXECUTE, |b| {
+        super::frame::put_cstr(b, portal);
+        b.put_i32(max_rows);
+    })
+}
+
+/// `Close` of a statement (`b'S'`) or portal (`b'P'`).
+pub fn close(kind: u8, name: &[u8]) -> Bytes {
+    build(CLOSE, |b| {
+        b.put_u8(kind);
+        super::frame::put_cstr(b, name);
+    })
+}
+
+/// A `Bind` of `statement` to `portal` with these parameters (format, value) and every
+/// result column in text.
+pub fn bind(portal: &[u8], statement: &[u8], params: &[BindParam<'_>]) -> Bytes {
+    build(BIND, |b| {
+        super::frame::put_cstr(b, portal);
+        super::frame::put_cstr(b, statement);
+        b.put_i16(params.len() as i16);
+        for (f, _) in params {
+            b.put_i16(*f);
+        }
+        b.put_i16(params.len() as i16);
+        for (_, v) in params {
+            match v {
+                None => b.put_i32(-1),
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b.put_i16(0);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,51 @@ pub enum Via<'a> {
 pub enum Verdict {
     Allow,
     Deny(Refusal),
+    /// A person must decide first: the relay holds the statement (see
+    /// [`super::relay::Relay::held`]).
+    Hold(Hold),
+}
+
+/// Why a statement waits for a reviewer, and on what terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The rule that held it; `None` for the policy default.
+    pub rule: Option<String>,
+    /// Shown to the agent and the reviewer.
+    pub message: String,
+    /// What the policy knew (class, relations, properties), for the reviewer.
+    pub facts: String,
+    /// Distinct reviewers who must approve.
+    pub approvers: u32,
+    /// How long it may wait; `None`: the gateway's default.
+    pub timeout_secs: Option<u64>,
+    /// One statement the planner can estimate (`EXPLAIN` without `ANALYZE`).
+    pub explainable: bool,
+}
+
+impl Hold {
+    /// The refusal a held statement gets on a gateway where nobody can approve it.
+    pub fn without_approvals(&self) -> Refusal {
+        Refusal::new(
+            crate::protocol::sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("portcullis held this statement: approval required ({})", self.message),
+        )
+        .with_detail(self.facts.clone())
+        .with_hint("Approvals are not configured on this gateway ([approvals]), so a held statement is refused; a person with database access must run it or change the rule.")
+    }
+
+    /// The strictest terms of two holds (a multi-statement query held as a whole).
+    pub fn merge(&mut self, other: &Hold) {
+        self.approvers = self.approvers.max(other.approvers);
+        self.timeout_secs = match (self.timeout_secs, other.timeout_secs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.explainable = false;
+        if self.rule != other.rule {
+            self.facts = format!("{}; {}", self.facts, other.facts);
+        }
+    }
 }
 
 /// Rewrites the rows of one result set.
@@ -84,6 +129,15 @@ pub trait Hooks {
     /// A statement is about to be sent upstream.
     fn statement(&mut self, _sql: &[u8], _via: Via<'_>) -> Verdict {
         Verdict::Allow
+    }
+
+    /// A statement a reviewer approved (or wrote, editing a held one) is about to be
+    /// sent: judged again, but a hold now lets it through.
+    fn approved_statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
+        match self.statement(sql, via) {
+            Verdict::Hold(_) => Verdict::Allow,
+            v => v,
+        }
     }
 
     /// A fast-path `FunctionCall` of the function with this OID is about to be sent.

@@ -11,12 +11,19 @@
 //! rows are streaming, and where in the response stream a refusal must go: a refused
 //! statement becomes a synthetic `ErrorResponse` queued at its place, the client's
 //! following messages are skipped up to `Sync`, and the session carries on.
+//!
+//! A statement the policy holds for a person is a state of the core too ([`Held`]): the
+//! relay stops consuming what the client sends (its bytes stay in the driver's buffer,
+//! which the driver stops filling), and the driver waits for the decision and hands it
+//! back with [`Relay::release`]. A simple `Query` is held whole; in the extended
+//! protocol the `Parse` and `Bind` go through (they run nothing) and the `Execute` of a
+//! held statement's portal is what waits, so the reviewer sees the bound parameters.
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
+use super::hooks::{Hold, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use super::tracker::{Described, Tracker};
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::frame::{Frame, peek_header, split_frame};
@@ -64,9 +71,21 @@ enum Expect {
     /// [`REFUSED_SQL`]); the server's error for it is swapped for this frame.
     Parse {
         refusal: Option<Bytes>,
+        /// Sent by the gateway itself (an edit): its completion is not the client's.
+        quiet: bool,
     },
-    Bind,
-    Close,
+    Bind {
+        quiet: bool,
+    },
+    Close {
+        quiet: bool,
+    },
+    /// An answer of the gateway's own, owed at this place: sent when it reaches the
+    /// front, followed by `ReadyForQuery` with the session's status when `ready`.
+    Answer {
+        frames: Bytes,
+        ready: bool,
+    },
     DescribeStatement(Described),
     /// `slot` is `None` when the portal was never bound (the server will say so).
     DescribePortal {
@@ -94,6 +113,47 @@ enum Expect {
 /// The client gets the gateway's refusal in place of the server's error, and then the
 /// server's own `ReadyForQuery`, so what it is told is what happened.
 pub const REFUSED_SQL: &[u8] = b"-- portcullis refused the client's statement; this placeholder fails on purpose\nportcullis_refused";
+
+/// What the gateway sends in place of an `Execute` refused while it was held outside a
+/// transaction block: it fails (the portal does not exist), so the server rolls the
+/// batch back at `Sync` as it would after its own error.
+const REFUSED_PORTAL: &[u8] = b"portcullis_refused";
+
+/// A statement waiting for a person.
+#[derive(Debug)]
+pub struct Held {
+    /// The statement text (a `Query`'s, or the held portal's statement).
+    pub sql: Bytes,
+    /// The `Bind` that made the held portal (extended protocol).
+    pub bind: Option<Bytes>,
+    pub hold: Hold,
+    frame: Bytes,
+    /// Extended protocol: the portal's statement's declared parameter types.
+    param_types: Vec<u32>,
+}
+
+impl Held {
+    pub fn is_extended(&self) -> bool {
+        self.bind.is_some()
+    }
+
+    /// The held portal's statement's declared parameter types.
+    pub fn param_types(&self) -> &[u32] {
+        &self.param_types
+    }
+}
+
+/// What to do with the held statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// Approved: run it as it was sent.
+    Run,
+    /// Run this instead (a reviewer's edit); the policy judges it again first, and
+    /// `notice` tells the agent what ran.
+    Edit { sql: String, notice: String },
+    /// Denied, timed out or withdrawn: the agent gets this error and nothing runs.
+    Refuse(Refusal),
+}
 
 /// How rows of the current result are handled.
 enum Rows {
@@ -126,7 +186,23 @@ pub struct Relay<H: Hooks> {
     /// has run their side query: server processing waits here.
     stalled: Option<Frame>,
     side_query: Option<String>,
+    held: Option<Held>,
+    /// Re-judging an approved statement (or an edit): a hold now means go.
+    approved: bool,
+    /// Frames of the gateway's own being fed through the client path (an edit): their
+    /// completions are not forwarded.
+    injecting: bool,
+    /// Notices of the gateway's own waiting for the end of a frame cut across reads.
+    notices: Vec<Bytes>,
+    /// Names of the statements and portals edits run under.
+    edits: u64,
+    /// The session's last few statements, for a reviewer (allocations reused).
+    recent: VecDeque<String>,
+    recent_max: usize,
 }
+
+/// Longest statement text kept in [`Relay::recent`].
+const RECENT_TEXT: usize = 1024;
 
 impl<H: Hooks> Relay<H> {
     pub fn new(limits: RelayLimits, hooks: H) -> Self {
@@ -147,6 +223,185 @@ impl<H: Hooks> Relay<H> {
             terminated: false,
             stalled: None,
             side_query: None,
+            held: None,
+            approved: false,
+            injecting: false,
+            notices: Vec::new(),
+            edits: 0,
+            recent: VecDeque::new(),
+            recent_max: 0,
+        }
+    }
+
+    /// Keeps the last `n` statement texts for [`Relay::recent`] (none by default).
+    pub fn with_recent(mut self, n: usize) -> Self {
+        self.recent_max = n;
+        self
+    }
+
+    /// The session's previous statements, oldest first (the held one excluded).
+    pub fn recent(&self) -> impl Iterator<Item = &str> {
+        self.recent.iter().map(String::as_str)
+    }
+
+    fn remember(&mut self, sql: &[u8]) {
+        if self.recent_max == 0 {
+            return;
+        }
+        let mut slot = if self.recent.len() >= self.recent_max {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        slot.clear();
+        let cut = sql.len().min(RECENT_TEXT);
+        slot.push_str(&String::from_utf8_lossy(&sql[..cut]));
+        if cut < sql.len() {
+            slot.push('…');
+        }
+        self.recent.push_back(slot);
+    }
+
+    /// The statement waiting for a person, if any. While there is one the relay
+    /// consumes nothing the client sends.
+    pub fn held(&self) -> Option<&Held> {
+        self.held.as_ref()
+    }
+
+    /// The session's transaction status as the server last reported it.
+    pub fn transaction_status(&self) -> u8 {
+        self.txn_status
+    }
+
+    /// Hands the decision on the held statement to the core, then goes on with what
+    /// the client sent meanwhile (`buf`).
+    pub fn release(&mut self, how: Release, buf: &mut BytesMut) -> Result<(), RelayError> {
+        let Some(held) = self.held.take() else {
+            return self.on_client_bytes(buf);
+        };
+        let r = self.release_held(held, how);
+        if let Err(RelayError::Client(e)) = &r {
+            self.send_client(error_response(
+                Severity::Fatal,
+                sqlstate::PROTOCOL_VIOLATION,
+                &e.to_string(),
+                None,
+                None,
+            ));
+            return r;
+        }
+        r?;
+        self.settle_answers();
+        self.on_client_bytes(buf)
+    }
+
+    fn release_held(&mut self, held: Held, how: Release) -> Result<(), RelayError> {
+        let frame = Frame::from_bytes(held.frame.clone());
+        match (how, held.bind) {
+            (Release::Run, None) => {
+                self.approved = true;
+                let r = self.client_frame(frame);
+                self.approved = false;
+                r
+            }
+            (Release::Run, Some(_)) => self.execute(frame, true),
+            (Release::Edit { sql, notice }, None) => {
+                self.notice(&notice, None);
+                self.approved = true;
+                let q = Frame::from_bytes(fe::query(sql.as_bytes()));
+                let r = self.client_frame(q);
+                self.approved = false;
+                r
+            }
+            (Release::Edit { sql, notice }, Some(bind)) => {
+                self.notice(&notice, None);
+                let (_, max_rows) = fe::parse_execute(frame.body()).map_err(RelayError::Client)?;
+                self.edits += 1;
+                let name = format!("portcullis_edit_{}", self.edits);
+                let name = name.as_bytes();
+                let frames = [
+                    fe::parse_typed(name, sql.as_bytes(), &held.param_types),
+                    fe::rebind(&bind[5..], name, name).map_err(RelayError::Client)?,
+                    fe::execute(name, max_rows),
+                    fe::close(b'S', name),
+                ];
+                self.approved = true;
+                let mut r = Ok(());
+                for (i, f) in frames.into_iter().enumerate() {
+                    // The client sees the edit's rows and completion in place of its
+                    // Execute's; the rest of what the gateway sent is answered to it.
+                    self.injecting = i != 2;
+                    r = self.client_frame(Frame::from_bytes(f));
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                self.injecting = false;
+                self.approved = false;
+                r
+            }
+            (Release::Refuse(refusal), None) => {
+                self.hooks.completed(Outcome::Refused);
+                // Nothing ran: the transaction, if any, is as it was.
+                self.expect.push_back(Expect::Answer {
+                    frames: refusal.to_error_response(),
+                    ready: true,
+                });
+                Ok(())
+            }
+            (Release::Refuse(refusal), Some(_)) => {
+                self.hooks.completed(Outcome::Refused);
+                if self.txn_status == b'I' {
+                    // Statements earlier in this batch must not commit at Sync when the
+                    // client is told the batch failed: make the server fail it too.
+                    self.send_server(fe::execute(REFUSED_PORTAL, 0));
+                    self.expect.push_back(Expect::Parse {
+                        refusal: Some(refusal.to_error_response()),
+                        quiet: false,
+                    });
+                } else {
+                    // Inside a transaction block nothing ran and nothing failed on the
+                    // server: the block stays usable.
+                    self.expect.push_back(Expect::Answer {
+                        frames: refusal.to_error_response(),
+                        ready: false,
+                    });
+                }
+                self.skip_to_sync = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a `NoticeResponse` of the gateway's own for the client, at the next frame
+    /// boundary of the server stream.
+    pub fn notice(&mut self, message: &str, detail: Option<&str>) {
+        let n = be::notice_response(message, detail);
+        if self.server_pass == 0 && self.notices.is_empty() {
+            self.send_client(n);
+        } else {
+            self.notices.push(n);
+        }
+    }
+
+    fn flush_notices(&mut self) {
+        if self.server_pass == 0 && !self.notices.is_empty() {
+            for n in std::mem::take(&mut self.notices) {
+                self.send_client(n);
+            }
+        }
+    }
+
+    /// Sends the gateway's own answers that have reached the front of the queue.
+    fn settle_answers(&mut self) {
+        while let Some(Expect::Answer { .. }) = self.expect.front() {
+            let Some(Expect::Answer { frames, ready }) = self.expect.pop_front() else {
+                break;
+            };
+            self.send_client(frames);
+            if ready {
+                self.send_client(be::ready_for_query(self.txn_status));
+            }
         }
     }
 
@@ -267,6 +522,9 @@ impl<H: Hooks> Relay<H> {
             if from == Origin::Server && self.stalled.is_some() {
                 break;
             }
+            if from == Origin::Client && self.held.is_some() {
+                break;
+            }
             let pass = match from {
                 Origin::Client => &mut self.client_pass,
                 Origin::Server => &mut self.server_pass,
@@ -320,6 +578,9 @@ impl<H: Hooks> Relay<H> {
         if run > 0 {
             self.forward(from, buf.split_to(run).freeze());
         }
+        if from == Origin::Server {
+            self.flush_notices();
+        }
         Ok(())
     }
 
@@ -340,27 +601,64 @@ impl<H: Hooks> Relay<H> {
         match tag {
             fe::QUERY => {
                 let sql = fe::parse_query(frame.body()).map_err(err)?;
-                self.tracker.simple_query();
-                match self.hooks.statement(sql, Via::SimpleQuery) {
-                    Verdict::Allow => {
+                let verdict = if self.approved {
+                    self.hooks.approved_statement(sql, Via::SimpleQuery)
+                } else {
+                    self.hooks.statement(sql, Via::SimpleQuery)
+                };
+                match verdict {
+                    Verdict::Hold(hold) if !self.approved => {
+                        self.held = Some(Held {
+                            sql: frame.as_bytes().slice_ref(sql),
+                            bind: None,
+                            hold,
+                            frame: frame.into_bytes(),
+                            param_types: Vec::new(),
+                        });
+                        return Ok(());
+                    }
+                    Verdict::Allow | Verdict::Hold(_) => {
+                        self.tracker.simple_query();
+                        self.remember(sql);
                         let sql = frame.as_bytes().slice_ref(sql);
                         self.expect.push_back(Expect::Query { sql, refusal: None });
                         self.send_server(frame.into_bytes());
                     }
-                    Verdict::Deny(r) => self.refuse_query(r),
+                    Verdict::Deny(r) => {
+                        self.tracker.simple_query();
+                        self.refuse_query(r)
+                    }
                 }
             }
             fe::PARSE => {
                 let p = fe::parse_parse(frame.body()).map_err(err)?;
-                match self.hooks.statement(p.sql, Via::Parse(p.name)) {
-                    Verdict::Allow => {
+                let verdict = if self.approved {
+                    self.hooks.approved_statement(p.sql, Via::Parse(p.name))
+                } else {
+                    self.hooks.statement(p.sql, Via::Parse(p.name))
+                };
+                match verdict {
+                    Verdict::Allow | Verdict::Hold(_) => {
+                        // A held statement is prepared (that runs nothing); what waits
+                        // is the Execute of a portal bound to it.
+                        let hold = match verdict {
+                            Verdict::Hold(h) if !self.approved => Some(h),
+                            _ => None,
+                        };
+                        if hold.is_none() {
+                            self.remember(p.sql);
+                        }
                         let bytes = frame.as_bytes();
                         self.tracker.parse(
                             bytes.slice_ref(p.name),
                             bytes.slice_ref(p.sql),
                             p.param_types,
+                            hold,
                         );
-                        self.expect.push_back(Expect::Parse { refusal: None });
+                        self.expect.push_back(Expect::Parse {
+                            refusal: None,
+                            quiet: self.injecting,
+                        });
                         self.send_server(frame.into_bytes());
                     }
                     Verdict::Deny(r) => {
@@ -368,6 +666,7 @@ impl<H: Hooks> Relay<H> {
                         self.send_server(fe::parse(b"", REFUSED_SQL));
                         self.expect.push_back(Expect::Parse {
                             refusal: Some(r.to_error_response()),
+                            quiet: false,
                         });
                         self.skip_to_sync = true;
                     }
@@ -382,7 +681,9 @@ impl<H: Hooks> Relay<H> {
                     bytes.clone(),
                     b.result_formats,
                 );
-                self.expect.push_back(Expect::Bind);
+                self.expect.push_back(Expect::Bind {
+                    quiet: self.injecting,
+                });
                 self.send_server(frame.into_bytes());
             }
             fe::DESCRIBE => {
@@ -404,35 +705,7 @@ impl<H: Hooks> Relay<H> {
                 });
                 self.send_server(frame.into_bytes());
             }
-            fe::EXECUTE => {
-                let (name, _) = fe::parse_execute(frame.body()).map_err(err)?;
-                let wants_columns = self.hooks.wants_columns();
-                let (sql, slot, formats, inject) = match self.tracker.portal_mut(name) {
-                    Some(p) => {
-                        let inject = wants_columns && !p.describe_sent;
-                        p.describe_sent |= inject;
-                        (
-                            p.sql.clone(),
-                            Some(p.described.clone()),
-                            p.result_formats.clone(),
-                            inject,
-                        )
-                    }
-                    None => (Bytes::new(), None, Vec::new(), false),
-                };
-                // The client never asked what this portal returns and a stage needs to
-                // know, so the gateway asks on its behalf and keeps the answer to itself.
-                if inject {
-                    self.send_server(fe::describe_portal(name));
-                    self.expect.push_back(Expect::DescribePortal {
-                        slot: slot.clone(),
-                        injected: true,
-                    });
-                }
-                self.expect
-                    .push_back(Expect::Execute { sql, slot, formats });
-                self.send_server(frame.into_bytes());
-            }
+            fe::EXECUTE => self.execute(frame, false)?,
             fe::CLOSE => {
                 match fe::parse_target(tag, frame.body()).map_err(err)? {
                     fe::Target::Statement(n) => {
@@ -441,7 +714,9 @@ impl<H: Hooks> Relay<H> {
                     }
                     fe::Target::Portal(n) => self.tracker.close_portal(n),
                 }
-                self.expect.push_back(Expect::Close);
+                self.expect.push_back(Expect::Close {
+                    quiet: self.injecting,
+                });
                 self.send_server(frame.into_bytes());
             }
             fe::SYNC => {
@@ -461,6 +736,7 @@ impl<H: Hooks> Relay<H> {
                     }
                     // Answered like a refused simple query: error, then ReadyForQuery.
                     Verdict::Deny(r) => self.refuse_query(r),
+                    Verdict::Hold(h) => self.refuse_query(h.without_approvals()),
                 }
             }
             fe::FLUSH | fe::COPY_DONE | fe::COPY_FAIL => self.send_server(frame.into_bytes()),
@@ -475,6 +751,55 @@ impl<H: Hooks> Relay<H> {
                 }));
             }
         }
+        Ok(())
+    }
+
+    /// An `Execute`: held when its portal's statement is, unless `released`.
+    fn execute(&mut self, frame: Frame, released: bool) -> Result<(), RelayError> {
+        let (name, _) = fe::parse_execute(frame.body()).map_err(RelayError::Client)?;
+        if !released
+            && let Some(p) = self.tracker.portal(name)
+            && let Some(hold) = &p.hold
+        {
+            self.held = Some(Held {
+                sql: p.sql.clone(),
+                bind: Some(p.bind.clone()),
+                hold: (**hold).clone(),
+                param_types: p.param_types.clone(),
+                frame: frame.into_bytes(),
+            });
+            return Ok(());
+        }
+        if released && let Some(p) = self.tracker.portal(name) {
+            let sql = p.sql.clone();
+            self.remember(&sql);
+        }
+        let wants_columns = self.hooks.wants_columns();
+        let (sql, slot, formats, inject) = match self.tracker.portal_mut(name) {
+            Some(p) => {
+                let inject = wants_columns && !p.describe_sent;
+                p.describe_sent |= inject;
+                (
+                    p.sql.clone(),
+                    Some(p.described.clone()),
+                    p.result_formats.clone(),
+                    inject,
+                )
+            }
+            None => (Bytes::new(), None, Vec::new(), false),
+        };
+        // The client never asked what this portal returns and a stage needs to
+        // know, so the gateway asks on its behalf and keeps the answer to itself.
+        if inject {
+            self.send_server(fe::describe_portal(name));
+            self.expect.push_back(Expect::DescribePortal {
+                slot: slot.clone(),
+                injected: true,
+            });
+        }
+        self.expect
+            .push_back(Expect::Execute { sql, slot, formats });
+        self.send_server(frame.into_bytes());
         Ok(())
     }
 
@@ -570,6 +895,18 @@ impl<H: Hooks> Relay<H> {
     }
 
     fn server_frame(&mut self, frame: Frame, side_query_done: bool) -> Result<(), RelayError> {
+        let r = self.server_frame_inner(frame, side_query_done);
+        if let Some(Expect::Answer { .. }) = self.expect.front() {
+            self.settle_answers();
+        }
+        r
+    }
+
+    fn server_frame_inner(
+        &mut self,
+        frame: Frame,
+        side_query_done: bool,
+    ) -> Result<(), RelayError> {
         let tag = frame.tag();
         if (tag == be::ROW_DESCRIPTION || tag == be::COPY_OUT_RESPONSE)
             && !side_query_done
@@ -588,7 +925,7 @@ impl<H: Hooks> Relay<H> {
             self.drop_expected_to_sync();
         }
         if tag == be::ERROR_RESPONSE
-            && let Some(Expect::Query { refusal, .. } | Expect::Parse { refusal }) =
+            && let Some(Expect::Query { refusal, .. } | Expect::Parse { refusal, .. }) =
                 self.expect.front_mut()
             && let Some(ours) = refusal.take()
         {
@@ -610,8 +947,17 @@ impl<H: Hooks> Relay<H> {
                 _ => self.send_client(frame.into_bytes()),
             },
             be::PARSE_COMPLETE | be::BIND_COMPLETE | be::CLOSE_COMPLETE => {
-                self.expect.pop_front();
-                self.send_client(frame.into_bytes());
+                let quiet = matches!(
+                    self.expect.pop_front(),
+                    Some(
+                        Expect::Parse { quiet: true, .. }
+                            | Expect::Bind { quiet: true }
+                            | Expect::Close { quiet: true }
+                    )
+                );
+                if !quiet {
+                    self.send_client(frame.into_bytes());
+                }
             }
             be::PARAMETER_DESCRIPTION => self.send_client(frame.into_bytes()),
             be::ROW_DESCRIPTION | be::NO_DATA => {
@@ -1043,6 +1389,183 @@ mod tests {
         r.on_server_bytes(&mut s).unwrap();
         assert_eq!(tags(&drain_client(&mut r)), b"12DCZ");
         assert!(r.is_idle());
+    }
+
+    /// Holds statements starting with `drop`, like a policy with a hold rule.
+    struct HoldDrop;
+    impl Hooks for HoldDrop {
+        fn statement(&mut self, sql: &[u8], _via: Via<'_>) -> Verdict {
+            if sql.starts_with(b"drop") {
+                Verdict::Hold(Hold {
+                    rule: Some("hold-drop".into()),
+                    message: "drops wait".into(),
+                    facts: String::new(),
+                    approvers: 1,
+                    timeout_secs: None,
+                    explainable: false,
+                })
+            } else {
+                Verdict::Allow
+            }
+        }
+    }
+
+    fn denied() -> Release {
+        Release::Refuse(Refusal::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "denied by alice",
+        ))
+    }
+
+    #[test]
+    fn a_held_query_stops_the_client_stream_until_released() {
+        let mut r = Relay::new(RelayLimits::default(), HoldDrop);
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::QUERY, b"select 1\0"));
+        c.extend_from_slice(&msg(fe::QUERY, b"drop table t\0"));
+        c.extend_from_slice(&msg(fe::QUERY, b"select 2\0"));
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(
+            tags(&drain_server(&mut r)),
+            b"Q",
+            "only the statement before the hold"
+        );
+        assert_eq!(&r.held().unwrap().sql[..], b"drop table t");
+        // What the client sent after the held query stays unread.
+        assert_eq!(tags(&c), b"Q");
+        r.on_client_bytes(&mut c).unwrap();
+        assert!(drain_server(&mut r).is_empty());
+        // Approved: the held query goes, then what followed it.
+        r.release(Release::Run, &mut c).unwrap();
+        let to_server = drain_server(&mut r);
+        assert_eq!(tags(&to_server), b"QQ");
+        assert!(has(&to_server, b"drop table t") && has(&to_server, b"select 2"));
+        assert!(r.held().is_none() && c.is_empty());
+    }
+
+    #[test]
+    fn a_denied_query_runs_nothing_and_keeps_the_transaction() {
+        let mut r = Relay::new(RelayLimits::default(), HoldDrop);
+        let mut c = BytesMut::from(&msg(fe::QUERY, b"select 1\0")[..]);
+        c.extend_from_slice(&msg(fe::QUERY, b"drop table t\0"));
+        r.on_client_bytes(&mut c).unwrap();
+        drain_server(&mut r);
+        r.release(denied(), &mut c).unwrap();
+        assert!(
+            drain_server(&mut r).is_empty(),
+            "nothing of a denied query reaches the server"
+        );
+        // The answer waits its turn behind the first query's result.
+        assert!(drain_client(&mut r).is_empty());
+        let mut s = BytesMut::from(&server_result(1)[..]);
+        s.truncate(s.len() - 6);
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"T"));
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"TDCZEZ");
+        assert!(has(&out, b"denied by alice"));
+        assert_eq!(out.last(), Some(&b'T'), "the open transaction is as it was");
+        assert!(r.is_idle());
+    }
+
+    fn extended_drop() -> BytesMut {
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::PARSE, b"s1\0drop t\0\0\0"));
+        c.extend_from_slice(&msg(fe::BIND, b"\0s1\0\0\0\0\x01\0\0\0\x0242\0\0"));
+        c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
+        c.extend_from_slice(&fe::sync());
+        c
+    }
+
+    #[test]
+    fn an_extended_hold_waits_at_execute_with_its_parameters() {
+        let mut r = Relay::new(RelayLimits::default(), HoldDrop);
+        let mut c = extended_drop();
+        r.on_client_bytes(&mut c).unwrap();
+        // Parse and Bind run nothing and go; the Execute waits.
+        assert_eq!(tags(&drain_server(&mut r)), b"PB");
+        let held = r.held().unwrap();
+        assert!(held.is_extended());
+        let params = fe::bind_params(&held.bind.as_ref().unwrap()[5..]).unwrap();
+        assert_eq!(params, [(0, Some(&b"42"[..]))]);
+        r.release(Release::Run, &mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"ES");
+    }
+
+    #[test]
+    fn an_extended_denial_fails_the_batch_outside_a_block_and_not_inside() {
+        for status in [b'I', b'T'] {
+            let mut r = Relay::new(RelayLimits::default(), HoldDrop);
+            r.txn_status = status;
+            let mut c = extended_drop();
+            r.on_client_bytes(&mut c).unwrap();
+            drain_server(&mut r);
+            r.release(denied(), &mut c).unwrap();
+            let to_server = drain_server(&mut r);
+            let mut s = BytesMut::new();
+            s.extend_from_slice(&msg(be::PARSE_COMPLETE, b""));
+            s.extend_from_slice(&msg(be::BIND_COMPLETE, b""));
+            if status == b'I' {
+                // A failing Execute, so the implicit transaction rolls back at Sync.
+                assert_eq!(tags(&to_server), b"ES");
+                assert!(has(&to_server, REFUSED_PORTAL));
+                s.extend_from_slice(&server_error());
+            } else {
+                assert_eq!(tags(&to_server), b"S");
+            }
+            s.extend_from_slice(&msg(be::READY_FOR_QUERY, &[status]));
+            r.on_server_bytes(&mut s).unwrap();
+            let out = drain_client(&mut r);
+            assert_eq!(tags(&out), b"12EZ", "status {}", status as char);
+            assert!(has(&out, b"denied by alice") && !has(&out, b"portcullis_refused"));
+            assert!(r.is_idle());
+        }
+    }
+
+    #[test]
+    fn an_edit_runs_in_place_and_the_client_sees_only_its_answer() {
+        let mut r = Relay::new(RelayLimits::default(), HoldDrop);
+        let mut c = extended_drop();
+        r.on_client_bytes(&mut c).unwrap();
+        drain_server(&mut r);
+        let edit = Release::Edit {
+            sql: "delete from t where id = $1".into(),
+            notice: "alice edited it".into(),
+        };
+        r.release(edit, &mut c).unwrap();
+        let to_server = drain_server(&mut r);
+        assert_eq!(tags(&to_server), b"PBECS");
+        assert!(has(&to_server, b"delete from t where id = $1") && has(&to_server, b"42"));
+        let mut s = BytesMut::new();
+        for t in [
+            be::PARSE_COMPLETE,
+            be::BIND_COMPLETE,
+            be::PARSE_COMPLETE,
+            be::BIND_COMPLETE,
+        ] {
+            s.extend_from_slice(&msg(t, b""));
+        }
+        s.extend_from_slice(&msg(be::COMMAND_COMPLETE, b"DELETE 1\0"));
+        s.extend_from_slice(&msg(be::CLOSE_COMPLETE, b""));
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        // The notice, the client's own Parse and Bind completions, the edit's result.
+        assert_eq!(tags(&out), b"N12CZ");
+        assert!(has(&out, b"alice edited it"));
+        assert!(r.is_idle());
+
+        // A simple query's edit is judged again: a hold then counts as the reviewer's.
+        let mut r = Relay::new(RelayLimits::default(), HoldDrop);
+        let mut c = BytesMut::from(&msg(fe::QUERY, b"drop table t\0")[..]);
+        r.on_client_bytes(&mut c).unwrap();
+        let edit = Release::Edit {
+            sql: "drop table t2".into(),
+            notice: "edited".into(),
+        };
+        r.release(edit, &mut c).unwrap();
+        let to_server = drain_server(&mut r);
+        assert!(has(&to_server, b"drop table t2") && !has(&to_server, b"drop table t\0"));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Stages {
     standard_conforming_strings: Option<bool>,
     /// The session's `client_encoding` when it is one masking cannot work in.
     unsafe_encoding: Option<String>,
+    /// Someone can approve held statements (`[approvals]`); otherwise they are refused.
+    approvals: bool,
 }
 
 /// PostgreSQL's client-only encodings: a byte below 0x80 can be the second half of a
@@ -84,7 +86,14 @@ impl Stages {
             statement_stats: Rc::default(),
             standard_conforming_strings: None,
             unsafe_encoding: None,
+            approvals: false,
         }
+    }
+
+    /// Held statements wait for a reviewer instead of being refused.
+    pub fn with_approvals(mut self, on: bool) -> Self {
+        self.approvals = on;
+        self
     }
 
     /// Masking is refused in an encoding where ASCII bytes are not always characters.
@@ -119,10 +128,14 @@ impl Stages {
 
 impl Hooks for Stages {
     fn statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
-        match self.gate.check(sql, via) {
-            Ok(()) => Verdict::Allow,
-            Err(r) => Verdict::Deny(r),
+        match self.gate.verdict(sql, via) {
+            Verdict::Hold(h) if !self.approvals => Verdict::Deny(h.without_approvals()),
+            v => v,
         }
+    }
+
+    fn approved_statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
+        self.gate.verdict_approved(sql, via)
     }
 
     fn function_call(&mut self, oid: u32) -> Verdict {

@@ -14,6 +14,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use super::hooks::Hold;
+
 /// Bound on tracked names: past it, stale entries go (a later `Execute` of a dropped
 /// portal is then treated as undescribed, which fails closed where it matters).
 const MAX_TRACKED: usize = 10_000;
@@ -29,6 +31,8 @@ pub struct Statement {
     pub param_types: Vec<u32>,
     /// Formats in the server's description are not yet known (they come with `Bind`).
     pub described: Described,
+    /// The policy holds it: an `Execute` of a portal bound to it waits for a person.
+    pub hold: Option<Rc<Hold>>,
 }
 
 /// A portal created by `Bind`.
@@ -42,6 +46,10 @@ pub struct Portal {
     pub described: Described,
     /// A `Describe` for this binding is on its way (the client's or the gateway's).
     pub describe_sent: bool,
+    /// Its statement's hold.
+    pub hold: Option<Rc<Hold>>,
+    /// The statement's declared parameter types (to prepare an edit of it).
+    pub param_types: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -51,7 +59,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn parse(&mut self, name: Bytes, sql: Bytes, param_types: Vec<u32>) {
+    pub fn parse(&mut self, name: Bytes, sql: Bytes, param_types: Vec<u32>, hold: Option<Hold>) {
         if self.statements.len() >= MAX_TRACKED {
             self.statements.clear();
         }
@@ -61,6 +69,7 @@ impl Tracker {
                 sql,
                 param_types,
                 described: Described::default(),
+                hold: hold.map(Rc::new),
             },
         );
     }
@@ -69,10 +78,18 @@ impl Tracker {
         if self.portals.len() >= MAX_TRACKED {
             self.portals.clear();
         }
-        let sql = self
+        let (sql, hold, param_types) = self
             .statements
             .get(&statement)
-            .map(|s| s.sql.clone())
+            .map(|s| {
+                // Types are kept only where an edit may need them: no copy per Bind.
+                let types = if s.hold.is_some() {
+                    s.param_types.clone()
+                } else {
+                    Vec::new()
+                };
+                (s.sql.clone(), s.hold.clone(), types)
+            })
             .unwrap_or_default();
         self.portals.insert(
             portal,
@@ -83,6 +100,8 @@ impl Tracker {
                 result_formats,
                 described: Described::default(),
                 describe_sent: false,
+                hold,
+                param_types,
             },
         );
     }

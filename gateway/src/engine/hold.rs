@@ -1,0 +1,366 @@
+//! The driver's part of a held statement: ask the planner for an estimate, file the
+//! request with the approvals hub, keep the agent informed while it waits, and hand the
+//! decision back to the relay core.
+//!
+//! While a statement is held nothing more is read from the client (what it pipelined
+//! stays in the kernel's socket buffer, so memory stays bounded), but the session still
+//! notices a hang-up (`POLLRDHUP`, asked without reading) and a `CancelRequest` (the
+//! session's [`SessionCancel`]); either withdraws the request. The server half of the
+//! session goes on meanwhile: results of earlier statements keep streaming.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tracing::info;
+
+use super::Shared;
+use super::cancel::SessionCancel;
+use super::conn::{Connect, Flow, Side, side_exchange};
+use super::transport::Transport;
+use crate::approvals::Resolution;
+use crate::approvals::explain::{explain_sql, read_plan};
+use crate::approvals::model::{Estimate, NewRequest, Origin, Param};
+use crate::mask::wire::{data_row_start, read_field};
+use crate::protocol::frontend as fe;
+use crate::protocol::sqlstate;
+use crate::session::handshake::Agent;
+use crate::session::hooks::{Hooks, Refusal};
+use crate::session::relay::Release;
+
+/// How often a held session looks for a hang-up.
+const HANGUP_POLL: Duration = Duration::from_millis(250);
+/// Longest the estimate may take before the request is filed without one.
+const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a session tells the hub about itself.
+pub struct HoldContext {
+    origin: Option<Origin>,
+    signal: Arc<SessionCancel>,
+}
+
+impl HoldContext {
+    pub fn new(
+        shared: &Shared,
+        agent: &Agent,
+        peer: SocketAddr,
+        signal: Arc<SessionCancel>,
+    ) -> Self {
+        let origin = shared.approvals.as_ref().map(|a| Origin {
+            gateway: a.settings().gateway.clone(),
+            session: format!("{:016x}", rand::random::<u64>()),
+            identity: agent.identity.name.clone(),
+            roles: agent.identity.roles.clone(),
+            source: peer.to_string(),
+            application_name: agent
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            database: agent.database.clone(),
+        });
+        HoldContext { origin, signal }
+    }
+}
+
+/// The client left while its statement was held.
+pub struct Gone;
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn one_line(sql: &str) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > 200 {
+        format!("{}…", flat.chars().take(200).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+/// Waits for the decision on the statement the relay holds and hands it back.
+pub(super) async fn wait<C: Connect, H: Hooks>(
+    shared: &Shared,
+    database: &str,
+    flow: &Flow<H>,
+    client: &impl Transport,
+    server: &impl Transport,
+    buf: &mut BytesMut,
+    ctx: &HoldContext,
+) -> Result<(), Gone> {
+    let (Some(approvals), Some(origin)) = (shared.approvals.as_ref(), ctx.origin.as_ref()) else {
+        // Holds are refused by the stages when no one can approve; never wait here.
+        let r = Refusal::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "portcullis held this statement and approvals are not configured",
+        );
+        return finish(flow, client, server, Release::Refuse(r), buf).await;
+    };
+    let settings = approvals.settings();
+    let (mut new, explain) = {
+        let relay = flow.relay.borrow();
+        let Some(held) = relay.held() else {
+            return Ok(());
+        };
+        let params = match &held.bind {
+            Some(b) => fe::bind_params(&b[5..])
+                .map(|ps| {
+                    ps.iter()
+                        .map(|(f, v)| Param {
+                            value: v.map(|v| {
+                                if *f == 0 {
+                                    String::from_utf8_lossy(v).into_owned()
+                                } else {
+                                    hex::encode(v)
+                                }
+                            }),
+                            binary: *f != 0,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let sql = String::from_utf8_lossy(&held.sql).into_owned();
+        let explain = held.hold.explainable.then(|| {
+            let text = explain_sql(&sql);
+            match &held.bind {
+                None => fe::query(text.as_bytes()),
+                Some(b) => {
+                    let ps = fe::bind_params(&b[5..]).unwrap_or_default();
+                    let mut m = BytesMut::new();
+                    m.extend_from_slice(&fe::parse_typed(b"", text.as_bytes(), held.param_types()));
+                    m.extend_from_slice(&fe::bind(b"", b"", &ps));
+                    m.extend_from_slice(&fe::execute(b"", 0));
+                    m.extend_from_slice(&fe::sync());
+                    m.freeze()
+                }
+            }
+        });
+        let new = NewRequest {
+            origin: origin.clone(),
+            sql,
+            params,
+            protocol: if held.is_extended() {
+                "extended"
+            } else {
+                "simple"
+            }
+            .into(),
+            rule: held.hold.rule.clone(),
+            message: held.hold.message.clone(),
+            recent: relay.recent().map(str::to_owned).collect(),
+            estimate: None,
+            approvers: held.hold.approvers,
+            timeout_secs: held
+                .hold
+                .timeout_secs
+                .unwrap_or(settings.default_timeout.as_secs())
+                .max(1),
+        };
+        (new, explain)
+    };
+    if let Some(messages) = explain {
+        new.estimate = Some(estimate::<C>(shared, database, messages).await);
+    }
+    let statement = one_line(&new.sql);
+    let ticket = match approvals.submit(new).await {
+        Ok(t) => t,
+        Err(e) => {
+            let r = Refusal::new(
+                "58000",
+                format!("portcullis could not record the approval request, so the held statement did not run: {e}"),
+            )
+            .with_hint("An operator should check the approvals store ([approvals] in the gateway's configuration); the gateway's log has the details.");
+            return finish(flow, client, server, Release::Refuse(r), buf).await;
+        }
+    };
+    let id = ticket.request.id;
+    let how_to = match &settings.page_url {
+        Some(url) => {
+            format!("A reviewer can decide at {url} or with `portcullis approvals approve {id}`.")
+        }
+        None => format!(
+            "A reviewer can decide with `portcullis approvals approve {id}` (or deny/edit)."
+        ),
+    };
+    let timeout = Duration::from_secs(ticket.request.new.timeout_secs);
+    let message = ticket.request.new.message.clone();
+    flow.relay.borrow_mut().notice(
+        &format!("portcullis: waiting for approval #{id}: {message}"),
+        Some(&format!(
+            "{statement} is held until a reviewer decides (at most {}). {how_to}",
+            human(timeout)
+        )),
+    );
+    if flow.drain(Side::Client, client).await.is_err() {
+        approvals.withdraw(id, "the agent disconnected");
+        return Err(Gone);
+    }
+
+    ctx.signal.set_holding(true);
+    let seen = ctx.signal.count();
+    let started = tokio::time::Instant::now();
+    let mut next_notice = started + settings.notice_interval;
+    let mut poll = tokio::time::interval(HANGUP_POLL);
+    let mut outcome = ticket.outcome;
+    let mut cancelled = false;
+    let resolution = loop {
+        tokio::select! {
+            r = &mut outcome => break r.unwrap_or(Resolution::Withdrawn {
+                reason: "the approvals hub stopped".into(),
+            }),
+            () = ctx.signal.cancelled(seen), if !cancelled => {
+                cancelled = true;
+                approvals.withdraw(id, "the agent cancelled it (CancelRequest)");
+            }
+            _ = poll.tick() => {
+                if client.peer_closed() || flow.server_done.get() {
+                    ctx.signal.set_holding(false);
+                    let why = if flow.server_done.get() {
+                        "the database closed the session's connection"
+                    } else {
+                        "the agent disconnected"
+                    };
+                    approvals.withdraw(id, why);
+                    info!(id, "{why} while a statement was held");
+                    return Err(Gone);
+                }
+                let now = tokio::time::Instant::now();
+                if now >= next_notice {
+                    next_notice = now + settings.notice_interval;
+                    flow.relay.borrow_mut().notice(
+                        &format!(
+                            "portcullis: still waiting for approval #{id} ({} so far): {message}",
+                            human(now - started)
+                        ),
+                        Some(&how_to),
+                    );
+                    if flow.drain(Side::Client, client).await.is_err() {
+                        ctx.signal.set_holding(false);
+                        approvals.withdraw(id, "the agent disconnected");
+                        return Err(Gone);
+                    }
+                }
+            }
+        }
+    };
+    ctx.signal.set_holding(false);
+    let release = match resolution {
+        Resolution::Run {
+            edited: false,
+            reviewers,
+            ..
+        } => {
+            flow.relay.borrow_mut().notice(
+                &format!("portcullis: approval #{id} granted by {}; running the statement", reviewers.join(", ")),
+                None,
+            );
+            Release::Run
+        }
+        Resolution::Run {
+            sql,
+            edited: true,
+            reviewers,
+        } => Release::Edit {
+            notice: format!(
+                "portcullis: approval #{id}: {} edited the statement; what runs instead: {}",
+                reviewers.join(", "),
+                one_line(&sql)
+            ),
+            sql,
+        },
+        Resolution::Denied { reviewer, reason } => Release::Refuse(
+            Refusal::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("portcullis: approval #{id} was denied by {reviewer}: {reason}"),
+            )
+            .with_detail(format!("statement: {statement}"))
+            .with_hint("The statement did not run; the session and any open transaction are as they were before it."),
+        ),
+        Resolution::TimedOut { after_secs } => Release::Refuse(
+            Refusal::new(
+                sqlstate::QUERY_CANCELED,
+                format!(
+                    "canceling statement: no reviewer decided on approval #{id} within {}",
+                    human(Duration::from_secs(after_secs))
+                ),
+            )
+            .with_detail(format!("statement: {statement}"))
+            .with_hint("The statement did not run. Send it again to file a new request; the rule's approval_timeout_secs sets how long it waits."),
+        ),
+        Resolution::Withdrawn { .. } if cancelled => Release::Refuse(
+            Refusal::new(sqlstate::QUERY_CANCELED, "canceling statement due to user request")
+                .with_detail(format!("approval #{id} was withdrawn; the statement did not run")),
+        ),
+        Resolution::Withdrawn { reason } => Release::Refuse(
+            Refusal::new(
+                sqlstate::QUERY_CANCELED,
+                format!("portcullis withdrew approval #{id}: {reason}"),
+            )
+            .with_detail(format!("statement: {statement}; it did not run")),
+        ),
+    };
+    finish(flow, client, server, release, buf).await
+}
+
+/// Hands the decision to the core and writes what it produced.
+async fn finish<H: Hooks>(
+    flow: &Flow<H>,
+    client: &impl Transport,
+    server: &impl Transport,
+    release: Release,
+    buf: &mut BytesMut,
+) -> Result<(), Gone> {
+    let res = flow.relay.borrow_mut().release(release, buf);
+    if flow.drain(Side::Server, server).await.is_err()
+        || flow.drain(Side::Client, client).await.is_err()
+    {
+        return Err(Gone);
+    }
+    res.map_err(|_| Gone)
+}
+
+/// The planner's estimate, from the gateway's own connection.
+async fn estimate<C: Connect>(shared: &Shared, database: &str, messages: Bytes) -> Estimate {
+    let unavailable = |why: String| Estimate {
+        rows: None,
+        node: None,
+        unavailable: Some(why),
+    };
+    match tokio::time::timeout(
+        EXPLAIN_TIMEOUT,
+        side_exchange::<C>(shared, database, messages),
+    )
+    .await
+    {
+        Err(_) => unavailable(format!(
+            "EXPLAIN took longer than {}s",
+            EXPLAIN_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => unavailable(format!("EXPLAIN failed: {e}")),
+        Ok(Ok(rows)) => {
+            let text: String = rows
+                .iter()
+                .filter_map(|r| {
+                    let start = data_row_start(r, 1).ok()?;
+                    let ((from, to), _) = match read_field(r, start, "DataRow").ok()? {
+                        (Some(range), next) => (range, next),
+                        (None, _) => return None,
+                    };
+                    Some(String::from_utf8_lossy(&r[from..to]).into_owned())
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            read_plan(&text)
+        }
+    }
+}
