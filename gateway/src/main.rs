@@ -426,6 +426,7 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
                     .unwrap_or_else(|| default_gateway_id(addr)),
                 notice_interval: Duration::from_secs(a.notice_interval_secs.max(1)),
                 default_timeout: Duration::from_secs(a.timeout_secs),
+                preview_max: Duration::from_secs(a.preview_max_secs.max(1)),
                 recent: a.recent_statements,
                 page_url: a.http.as_ref().map(|h| {
                     h.public_url

@@ -41,6 +41,14 @@ approval_timeout_secs = 2
 message = "scratch DDL waits two seconds at most"
 
 [[policy.rule]]
+name = "preview-ledger"
+relations = ["ledger"]
+class = ["write"]
+action = "hold"
+preview = true
+message = "ledger writes are previewed for the reviewer"
+
+[[policy.rule]]
 name = "hold-destructive"
 properties = ["drop", "truncate", "unbounded"]
 action = "hold"
@@ -59,7 +67,8 @@ fn start(engine: Engine) -> Env {
             "CREATE TABLE t (id int PRIMARY KEY, v text);
              INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g;
              CREATE TABLE vault (id int, v text); INSERT INTO vault VALUES (1, 'gold');
-             CREATE TABLE scratch (id int); CREATE TABLE junk (id int);",
+             CREATE TABLE scratch (id int); CREATE TABLE junk (id int);
+             CREATE TABLE ledger (id int); INSERT INTO ledger SELECT generate_series(1, 7);",
         )
         .expect("create tables");
     env
@@ -341,6 +350,67 @@ fn held_statements_wait_for_the_reviewer(engine: Engine) {
         let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
         assert_eq!(one, 1);
     });
+
+    // Previewed: the write runs uncommitted while the reviewer looks at its row count.
+    let agent = psql_background(&env, "DELETE FROM ledger WHERE id > 2");
+    let req = wait_pending(&env, 1)[0].clone();
+    assert_eq!(req["preview"]["rows"], 5, "{req}");
+    assert_eq!(
+        direct(&env, "SELECT count(*) FROM ledger"),
+        "7",
+        "uncommitted while held"
+    );
+    approvals_ok(&env, &["approve", &id(&req), "--reviewer", "alice"]);
+    let out = finish(agent);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "",
+        "psql -At prints no rows for a DELETE"
+    );
+    assert_eq!(direct(&env, "SELECT count(*) FROM ledger"), "2");
+    // ... and denied inside the agent's transaction, it is rolled back to its savepoint.
+    // Separate queries (psql runs each -c alone), no ON_ERROR_STOP: the block goes on.
+    let agent = common::psql_at(&env.uri())
+        .args(["-X", "-At"])
+        .args([
+            "-c",
+            "BEGIN",
+            "-c",
+            "INSERT INTO ledger VALUES (100)",
+            "-c",
+            "DELETE FROM ledger",
+        ])
+        .args(["-c", "SELECT count(*) FROM ledger", "-c", "COMMIT"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let req = wait_pending(&env, 1)[0].clone();
+    assert_eq!(req["preview"]["rows"], 3, "{req}");
+    approvals_ok(
+        &env,
+        &[
+            "deny",
+            &id(&req),
+            "--reviewer",
+            "alice",
+            "--reason",
+            "keep them",
+        ],
+    );
+    let out = finish(agent);
+    assert!(stderr(&out).contains("keep them"), "{}", stderr(&out));
+    assert!(
+        stdout(&out).lines().any(|l| l == "3"),
+        "the block saw its rows back: {}",
+        stdout(&out)
+    );
+    assert_eq!(
+        direct(&env, "SELECT count(*) FROM ledger"),
+        "3",
+        "the insert committed, the delete did not"
+    );
 
     // The agent hangs up while held: the request is withdrawn.
     let mut agent = psql_background(&env, "TRUNCATE t");

@@ -46,6 +46,7 @@ fn new(gateway: &str, sql: &str) -> NewRequest {
         message: "deletes need a reviewer".into(),
         recent: vec!["SELECT 1".into()],
         estimate: None,
+        preview: None,
         approvers: 1,
         timeout_secs: 120,
     }
@@ -65,6 +66,7 @@ async fn hub(pg: &PgCluster, gateway: &str) -> Approvals {
             gateway: gateway.into(),
             notice_interval: Duration::from_secs(10),
             default_timeout: Duration::from_secs(120),
+            preview_max: Duration::from_secs(120),
             recent: 3,
             page_url: None,
         },

@@ -67,6 +67,10 @@ pub struct ApprovalsConfig {
     /// How long a held statement waits for a decision when its rule does not say.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// Longest a previewed statement (a rule's `preview = true`) waits, holding its row
+    /// locks, whatever the rule's timeout.
+    #[serde(default = "default_preview_max")]
+    pub preview_max_secs: u64,
     /// How often the waiting agent gets a `NoticeResponse` saying why it waits.
     #[serde(default = "default_notice_interval")]
     pub notice_interval_secs: u64,
@@ -131,6 +135,10 @@ fn default_state_dir() -> PathBuf {
 
 fn default_timeout() -> u64 {
     15 * 60
+}
+
+fn default_preview_max() -> u64 {
+    5 * 60
 }
 
 fn default_notice_interval() -> u64 {

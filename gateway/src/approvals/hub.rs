@@ -35,6 +35,8 @@ pub struct Settings {
     pub gateway: String,
     pub notice_interval: Duration,
     pub default_timeout: Duration,
+    /// Cap on the wait of a previewed statement (it holds row locks meanwhile).
+    pub preview_max: Duration,
     /// Earlier statements of the session shown with a request.
     pub recent: usize,
     /// Where reviewers open the page, for notices and notifications.
@@ -534,6 +536,7 @@ mod tests {
             message: "m".into(),
             recent: vec![],
             estimate: None,
+            preview: None,
             approvers,
             timeout_secs,
         }
@@ -546,6 +549,7 @@ mod tests {
                 gateway: "g".into(),
                 notice_interval: Duration::from_secs(10),
                 default_timeout: Duration::from_secs(60),
+                preview_max: Duration::from_secs(60),
                 recent: 3,
                 page_url: None,
             },

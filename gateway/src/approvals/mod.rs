@@ -18,4 +18,4 @@ pub mod store;
 
 pub use config::ApprovalsConfig;
 pub use hub::{ApprovalError, Approvals, Event, EventKind, Resolution, Settings, Ticket};
-pub use model::{Action, NewRequest, Origin, Param, Request, Status};
+pub use model::{Action, NewRequest, Origin, Param, Preview, Request, Status};

@@ -28,6 +28,21 @@ pub struct Estimate {
     pub unavailable: Option<String>,
 }
 
+/// What the statement did when it ran as a preview (inside a transaction or savepoint
+/// the gateway rolls back unless it is approved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preview {
+    /// Rows it inserted, updated or deleted.
+    pub rows: Option<u64>,
+    /// Its command tag (`DELETE 12`).
+    pub tag: Option<String>,
+    /// Why there is no count: the statement failed, or its answer was too large.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the preview's locks may be held: the request's timeout.
+    pub holds_locks_secs: u64,
+}
+
 /// Who is asking, from where: fixed when the request is made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
@@ -54,6 +69,9 @@ pub struct NewRequest {
     /// The session's previous statements, oldest first.
     pub recent: Vec<String>,
     pub estimate: Option<Estimate>,
+    /// The statement ran as a preview and waits, uncommitted, for the decision.
+    #[serde(default)]
+    pub preview: Option<Preview>,
     /// Distinct reviewers who must approve.
     pub approvers: u32,
     pub timeout_secs: u64,
@@ -348,6 +366,7 @@ mod tests {
                 message: "needs a reviewer".into(),
                 recent: vec![],
                 estimate: None,
+                preview: None,
                 approvers,
                 timeout_secs: 60,
             },

@@ -984,6 +984,7 @@ mod tests {
                 gateway: "gw".into(),
                 notice_interval: Duration::from_secs(10),
                 default_timeout: Duration::from_secs(60),
+                preview_max: Duration::from_secs(60),
                 recent: 3,
                 page_url: None,
             },
@@ -1038,6 +1039,7 @@ mod tests {
                         message: "m".into(),
                         recent: vec![],
                         estimate: None,
+                        preview: None,
                         approvers: 1,
                         timeout_secs: 60,
                     })

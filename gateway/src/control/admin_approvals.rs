@@ -478,6 +478,29 @@ pub fn render_table(list: &[Request], all: bool, now_ms: u64) -> String {
     out
 }
 
+/// What the statement did as a preview, and what that costs while the reviewer thinks.
+fn preview(r: &Request) -> String {
+    let Some(p) = &r.new.preview else {
+        return "none (nothing ran)".into();
+    };
+    if let Some(why) = &p.error {
+        return format!("failed: {why} (rolled back)");
+    }
+    let what = match (&p.tag, p.rows) {
+        (Some(tag), _) => tag.clone(),
+        (None, Some(rows)) => format!("{rows} rows"),
+        (None, None) => "ran".into(),
+    };
+    match r.status {
+        Status::Pending => format!(
+            "{what}, uncommitted; its row locks are held until a decision (at most {})",
+            human_duration(p.holds_locks_secs * 1000)
+        ),
+        Status::Approved => format!("{what}, committed when approved"),
+        _ => format!("{what}, rolled back"),
+    }
+}
+
 /// Everything a reviewer is shown about one request.
 pub fn render_request(r: &Request, now_ms: u64) -> String {
     let o = &r.new.origin;
@@ -524,6 +547,7 @@ pub fn render_request(r: &Request, now_ms: u64) -> String {
         ("session", format!("{} on gateway {}", o.session, o.gateway)),
         ("rule", rule),
         ("estimate", estimate),
+        ("preview", preview(r)),
         (
             "approvals",
             format!("{} of {}", r.approvals(), r.new.approvers.max(1)),
@@ -596,6 +620,9 @@ pub fn render_preview(r: &Request, verb: Verb) -> String {
     out += &indented(&r.effective_sql, "    ");
     for (i, p) in r.new.params.iter().enumerate() {
         out += &format!("    {}\n", param(i, p));
+    }
+    if r.new.preview.is_some() {
+        out += &format!("  preview {}\n", terminal_safe(&preview(r), false));
     }
     out += &format!("  digest {}\n", r.digest);
     out
@@ -672,6 +699,7 @@ mod tests {
                     node: Some("Update on accounts".into()),
                     unavailable: None,
                 }),
+                preview: None,
                 approvers: 2,
                 timeout_secs: 60,
             },
@@ -827,6 +855,7 @@ mod tests {
             "  session      s7 on gateway gw-a\n",
             "  rule         hold-writes: writes need a reviewer\n",
             "  estimate     ~1200 rows (Update on accounts)\n",
+            "  preview      none (nothing ran)\n",
             "  approvals    1 of 2\n",
             &format!("  digest       {}\n", r.digest),
             "  statement (extended protocol):\n    UPDATE accounts\n       SET closed = $1\n     WHERE id = $2\n",
@@ -858,6 +887,25 @@ mod tests {
         let preview = render_preview(&edited, Verb::Approve);
         assert!(preview.starts_with("approving request #42 (agent on bank, pending):\n    UPDATE accounts SET closed = $1 WHERE id = 1\n    $1 = 'it''s'\n"), "{preview}");
         assert!(preview.ends_with(&format!("  digest {}\n", edited.digest)));
+
+        let mut held = request();
+        held.new.preview = Some(crate::approvals::Preview {
+            rows: Some(12),
+            tag: Some("UPDATE 12".into()),
+            error: None,
+            holds_locks_secs: 300,
+        });
+        let text = render_request(&held, 1_133_000);
+        assert!(
+            text.contains("  preview      UPDATE 12, uncommitted; its row locks are held until a decision (at most 5m00s)\n"),
+            "{text}"
+        );
+        assert!(render_preview(&held, Verb::Approve).contains("  preview UPDATE 12, uncommitted;"));
+        held.new.preview.as_mut().unwrap().error = Some("deadlock detected".into());
+        assert!(
+            render_request(&held, 0)
+                .contains("  preview      failed: deadlock detected (rolled back)\n")
+        );
     }
 
     #[test]
@@ -919,6 +967,7 @@ mod tests {
                 gateway: "gw-a".into(),
                 notice_interval: std::time::Duration::from_secs(10),
                 default_timeout: std::time::Duration::from_secs(60),
+                preview_max: std::time::Duration::from_secs(60),
                 recent: 3,
                 page_url: None,
             },

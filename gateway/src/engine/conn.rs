@@ -198,7 +198,8 @@ async fn run<C: Connect>(
     let stages = stages.with_approvals(shared.approvals.is_some());
     let recent = shared.approvals.as_ref().map_or(0, |a| a.settings().recent);
     let relay = Relay::new(shared.limits, stages).with_recent(recent);
-    let ctx = HoldContext::new(shared, &agent, peer, signal);
+    let upstream_key = session.cancel_key.map(|(pid, secret)| (addr, pid, secret));
+    let ctx = HoldContext::new(shared, &agent, peer, signal, upstream_key);
     relay_session::<C, _>(
         shared,
         &agent.database,

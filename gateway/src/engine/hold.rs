@@ -21,7 +21,7 @@ use super::conn::{Connect, Flow, Side, side_exchange};
 use super::transport::Transport;
 use crate::approvals::Resolution;
 use crate::approvals::explain::{explain_sql, read_plan};
-use crate::approvals::model::{Estimate, NewRequest, Origin, Param};
+use crate::approvals::model::{Estimate, NewRequest, Origin, Param, Preview};
 use crate::mask::wire::{data_row_start, read_field};
 use crate::protocol::frontend as fe;
 use crate::protocol::sqlstate;
@@ -31,6 +31,10 @@ use crate::session::relay::Release;
 
 /// How often a held session looks for a hang-up.
 const HANGUP_POLL: Duration = Duration::from_millis(250);
+/// How long a preview may run before the gateway cancels it on the server.
+const PREVIEW_RUN: Duration = Duration::from_secs(30);
+/// How often a running preview is looked at.
+const PREVIEW_POLL: Duration = Duration::from_millis(5);
 /// Longest the estimate may take before the request is filed without one.
 const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -38,6 +42,8 @@ const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HoldContext {
     origin: Option<Origin>,
     signal: Arc<SessionCancel>,
+    /// The server session's own cancel key, to stop a preview that runs too long.
+    upstream: Option<(SocketAddr, i32, i32)>,
 }
 
 impl HoldContext {
@@ -46,6 +52,7 @@ impl HoldContext {
         agent: &Agent,
         peer: SocketAddr,
         signal: Arc<SessionCancel>,
+        upstream: Option<(SocketAddr, i32, i32)>,
     ) -> Self {
         let origin = shared.approvals.as_ref().map(|a| Origin {
             gateway: a.settings().gateway.clone(),
@@ -61,7 +68,11 @@ impl HoldContext {
                 .unwrap_or_default(),
             database: agent.database.clone(),
         });
-        HoldContext { origin, signal }
+        HoldContext {
+            origin,
+            signal,
+            upstream,
+        }
     }
 }
 
@@ -159,6 +170,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
             message: held.hold.message.clone(),
             recent: relay.recent().map(str::to_owned).collect(),
             estimate: None,
+            preview: None,
             approvers: held.hold.approvers,
             timeout_secs: held
                 .hold
@@ -170,6 +182,10 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
     };
     if let Some(messages) = explain {
         new.estimate = Some(estimate::<C>(shared, database, messages).await);
+    }
+    if flow.relay.borrow_mut().start_preview() {
+        new.timeout_secs = new.timeout_secs.min(settings.preview_max.as_secs().max(1));
+        new.preview = Some(preview::<C, H>(flow, client, server, ctx, new.timeout_secs).await?);
     }
     let statement = one_line(&new.sql);
     let ticket = match approvals.submit(new).await {
@@ -327,6 +343,52 @@ async fn finish<H: Hooks>(
         return Err(Gone);
     }
     res.map_err(|_| Gone)
+}
+
+/// Runs the held write as a preview on the session's own connection and waits for its
+/// answer; a statement still running after [`PREVIEW_RUN`] is cancelled on the server.
+async fn preview<C: Connect, H: Hooks>(
+    flow: &Flow<H>,
+    client: &impl Transport,
+    server: &impl Transport,
+    ctx: &HoldContext,
+    holds_locks_secs: u64,
+) -> Result<Preview, Gone> {
+    if flow.drain(Side::Server, server).await.is_err() {
+        return Err(Gone);
+    }
+    let started = tokio::time::Instant::now();
+    let mut cancel_sent = false;
+    loop {
+        if let Some(done) = flow.relay.borrow().preview_done() {
+            return Ok(Preview {
+                rows: done
+                    .tag
+                    .as_deref()
+                    .and_then(|t| t.rsplit(' ').next())
+                    .and_then(|n| n.parse().ok()),
+                tag: done.tag.clone(),
+                error: done.error.clone(),
+                holds_locks_secs,
+            });
+        }
+        if client.peer_closed() || flow.server_done.get() {
+            return Err(Gone);
+        }
+        if !cancel_sent
+            && started.elapsed() > PREVIEW_RUN
+            && let Some((addr, pid, secret)) = ctx.upstream
+        {
+            // Blocked on a lock, or slow: the preview gives up; the statement's error
+            // ends it, the transaction is rolled back at the decision.
+            cancel_sent = true;
+            if let Ok(s) = C::connect(addr).await {
+                let _ = s.write_all(fe::cancel_request(pid, secret)).await;
+                let _ = s.read(BytesMut::with_capacity(16), 16).await;
+            }
+        }
+        tokio::time::sleep(PREVIEW_POLL).await;
+    }
 }
 
 /// The planner's estimate, from the gateway's own connection.

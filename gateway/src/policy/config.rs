@@ -158,4 +158,10 @@ pub struct PolicyRuleConfig {
     /// (default `[approvals] timeout_secs`).
     #[serde(default)]
     pub approval_timeout_secs: Option<u64>,
+    /// `hold` only: run a held `INSERT`/`UPDATE`/`DELETE`/`MERGE` sent as a simple query
+    /// inside a transaction (or a savepoint of the agent's) while the reviewer decides,
+    /// and show them how many rows it changed; approval commits (releases) it, anything
+    /// else rolls it back. It holds its row locks while the reviewer decides.
+    #[serde(default)]
+    pub preview: bool,
 }

@@ -588,6 +588,10 @@ impl StatementGate {
                 explainable: count == 1
                     && matches!(reading.class, Class::Read | Class::Write)
                     && reading.executes.is_none(),
+                preview: decision.preview
+                    && count == 1
+                    && reading.class == Class::Write
+                    && reading.executes.is_none(),
             }));
         }
         let refusal = match (verdict, rule) {

@@ -117,6 +117,7 @@ struct Rule {
     message: Option<String>,
     approvers: u32,
     approval_timeout_secs: Option<u64>,
+    preview: bool,
 }
 
 #[derive(Debug)]
@@ -150,6 +151,8 @@ pub struct Decision {
     /// For a hold: reviewers needed, and how long it may wait (`None`: the default).
     pub approvers: u32,
     pub approval_timeout_secs: Option<u64>,
+    /// For a hold: preview the write inside a transaction while the reviewer decides.
+    pub preview: bool,
 }
 
 fn strictness(a: Action) -> u8 {
@@ -278,6 +281,7 @@ impl StatementPolicy {
                 logged,
                 approvers: rule.approvers,
                 approval_timeout_secs: rule.approval_timeout_secs,
+                preview: rule.preview,
             };
         }
         Decision {
@@ -287,6 +291,7 @@ impl StatementPolicy {
             logged,
             approvers: 1,
             approval_timeout_secs: None,
+            preview: false,
         }
     }
 }
@@ -338,6 +343,7 @@ fn compile_rule(rc: &PolicyRuleConfig) -> Result<Rule, String> {
         message: rc.message.clone(),
         approvers: rc.approvers.unwrap_or(1),
         approval_timeout_secs: rc.approval_timeout_secs,
+        preview: rc.preview,
     })
 }
 

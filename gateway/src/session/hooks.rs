@@ -90,6 +90,8 @@ pub struct Hold {
     pub timeout_secs: Option<u64>,
     /// One statement the planner can estimate (`EXPLAIN` without `ANALYZE`).
     pub explainable: bool,
+    /// One write the rule wants previewed (run and rolled back unless approved).
+    pub preview: bool,
 }
 
 impl Hold {
@@ -111,6 +113,7 @@ impl Hold {
             (a, b) => a.or(b),
         };
         self.explainable = false;
+        self.preview = false;
         if self.rule != other.rule {
             self.facts = format!("{}; {}", self.facts, other.facts);
         }

@@ -103,8 +103,52 @@ enum Expect {
     Query {
         sql: Bytes,
         refusal: Option<Bytes>,
+        mode: QueryMode,
+    },
+    /// A previewed statement's captured answer, owed the client once the preview's
+    /// transaction is committed: sent when it reaches the front, with `ReadyForQuery`.
+    Replay {
+        frames: Vec<Bytes>,
     },
 }
+
+/// Whose a simple query's answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueryMode {
+    Client,
+    /// The gateway's own (opening or ending a preview's transaction): dropped, its
+    /// error kept in [`Relay::quiet_error`].
+    Quiet,
+    /// A held statement run as a preview: kept in [`Preview::captured`].
+    Capture,
+}
+
+/// A held write run inside a transaction (or a savepoint of the agent's) while the
+/// reviewer decides.
+#[derive(Debug)]
+struct Preview {
+    /// The agent was in a transaction block: a savepoint, not a transaction of ours.
+    in_block: bool,
+    captured: Vec<Bytes>,
+    captured_bytes: usize,
+    /// More than [`PREVIEW_CAPTURE`] came back: the preview is not replayed.
+    overflow: bool,
+    done: Option<PreviewDone>,
+}
+
+/// What a preview showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewDone {
+    /// The statement's command tag (`DELETE 12`).
+    pub tag: Option<String>,
+    /// The server's error, if the statement failed.
+    pub error: Option<String>,
+}
+
+/// Most of a previewed statement's answer the gateway keeps to replay (its `RETURNING`
+/// rows); beyond this the preview is rolled back and the statement runs again once
+/// approved.
+const PREVIEW_CAPTURE: usize = 1 << 20;
 
 /// What the gateway sends the server in place of a refused statement: text that fails to
 /// parse, so the server answers with an error exactly where the refused statement would
@@ -155,6 +199,31 @@ pub enum Release {
     Refuse(Refusal),
 }
 
+/// Reads a preview's captured answer: its command tag, or its error.
+fn preview_outcome(captured: &[Bytes], overflow: bool) -> PreviewDone {
+    let mut done = PreviewDone {
+        tag: None,
+        error: overflow.then(|| {
+            format!(
+                "its answer is over the {} KiB the gateway keeps for a preview",
+                PREVIEW_CAPTURE >> 10
+            )
+        }),
+    };
+    for f in captured {
+        match f.first() {
+            Some(&be::COMMAND_COMPLETE) => {
+                let body = &f[5..];
+                let body = body.strip_suffix(&[0]).unwrap_or(body);
+                done.tag = Some(String::from_utf8_lossy(body).into_owned());
+            }
+            Some(&be::ERROR_RESPONSE) => done.error = Some(be::error_summary(&f[5..]).1),
+            _ => {}
+        }
+    }
+    done
+}
+
 /// How rows of the current result are handled.
 enum Rows {
     /// Not decided yet for this result.
@@ -199,6 +268,12 @@ pub struct Relay<H: Hooks> {
     /// The session's last few statements, for a reviewer (allocations reused).
     recent: VecDeque<String>,
     recent_max: usize,
+    preview: Option<Preview>,
+    /// Queued queries whose answer is not the client's: while there are none, output
+    /// goes straight to the client.
+    diverted: usize,
+    /// The error of the gateway's own last quiet query.
+    quiet_error: Option<Bytes>,
 }
 
 /// Longest statement text kept in [`Relay::recent`].
@@ -230,6 +305,9 @@ impl<H: Hooks> Relay<H> {
             edits: 0,
             recent: VecDeque::new(),
             recent_max: 0,
+            preview: None,
+            diverted: 0,
+            quiet_error: None,
         }
     }
 
@@ -296,6 +374,9 @@ impl<H: Hooks> Relay<H> {
     }
 
     fn release_held(&mut self, held: Held, how: Release) -> Result<(), RelayError> {
+        if let Some(p) = self.preview.take() {
+            return self.release_previewed(held, how, p);
+        }
         let frame = Frame::from_bytes(held.frame.clone());
         match (how, held.bind) {
             (Release::Run, None) => {
@@ -373,12 +454,49 @@ impl<H: Hooks> Relay<H> {
         }
     }
 
+    /// The decision on a statement that ran as a preview: approval commits it and replays
+    /// its answer; anything else rolls it back first.
+    fn release_previewed(
+        &mut self,
+        held: Held,
+        how: Release,
+        p: Preview,
+    ) -> Result<(), RelayError> {
+        let replayable = p
+            .done
+            .as_ref()
+            .is_some_and(|d| d.error.is_none() && !p.overflow);
+        if how == Release::Run && replayable {
+            // Judged again like any approved statement: a rule tightened meanwhile wins.
+            match self.hooks.approved_statement(&held.sql, Via::SimpleQuery) {
+                Verdict::Deny(r) => {
+                    self.roll_back_preview(&p);
+                    return self.release_held(held, Release::Refuse(r));
+                }
+                Verdict::Allow | Verdict::Hold(_) => {}
+            }
+            self.tracker.simple_query();
+            self.remember(&held.sql.clone());
+            self.quiet_query(if p.in_block {
+                "RELEASE SAVEPOINT portcullis_preview"
+            } else {
+                "COMMIT"
+            });
+            let mut frames = p.captured;
+            frames.retain(|f| f.first() != Some(&be::READY_FOR_QUERY));
+            self.expect.push_back(Expect::Replay { frames });
+            return Ok(());
+        }
+        self.roll_back_preview(&p);
+        self.release_held(held, how)
+    }
+
     /// Queues a `NoticeResponse` of the gateway's own for the client, at the next frame
     /// boundary of the server stream.
     pub fn notice(&mut self, message: &str, detail: Option<&str>) {
         let n = be::notice_response(message, detail);
         if self.server_pass == 0 && self.notices.is_empty() {
-            self.send_client(n);
+            self.push_client(n);
         } else {
             self.notices.push(n);
         }
@@ -387,20 +505,35 @@ impl<H: Hooks> Relay<H> {
     fn flush_notices(&mut self) {
         if self.server_pass == 0 && !self.notices.is_empty() {
             for n in std::mem::take(&mut self.notices) {
-                self.send_client(n);
+                self.push_client(n);
             }
         }
     }
 
     /// Sends the gateway's own answers that have reached the front of the queue.
     fn settle_answers(&mut self) {
-        while let Some(Expect::Answer { .. }) = self.expect.front() {
-            let Some(Expect::Answer { frames, ready }) = self.expect.pop_front() else {
-                break;
-            };
-            self.send_client(frames);
-            if ready {
-                self.send_client(be::ready_for_query(self.txn_status));
+        while let Some(Expect::Answer { .. } | Expect::Replay { .. }) = self.expect.front() {
+            match self.expect.pop_front() {
+                Some(Expect::Answer { frames, ready }) => {
+                    self.push_client(frames);
+                    if ready {
+                        self.push_client(be::ready_for_query(self.txn_status));
+                    }
+                }
+                Some(Expect::Replay { frames }) => {
+                    // The commit of the preview's transaction failed (a deferred
+                    // constraint): that error is the statement's outcome.
+                    match self.quiet_error.take() {
+                        Some(e) => self.push_client(e),
+                        None => {
+                            for f in frames {
+                                self.push_client(f);
+                            }
+                        }
+                    }
+                    self.push_client(be::ready_for_query(self.txn_status));
+                }
+                _ => {}
             }
         }
     }
@@ -472,11 +605,125 @@ impl<H: Hooks> Relay<H> {
         }
     }
 
+    /// Queues output of the server stream for the client, unless the answer it belongs
+    /// to is the gateway's own (a preview's).
+    #[inline]
     fn send_client(&mut self, b: Bytes) {
+        if self.diverted > 0 && self.divert(&b) {
+            return;
+        }
+        self.push_client(b);
+    }
+
+    /// Queues bytes for the client as they are.
+    fn push_client(&mut self, b: Bytes) {
         if !b.is_empty() {
             self.to_client_bytes += b.len();
             self.to_client.push_back(b);
         }
+    }
+
+    /// Keeps or drops output of the answer at the front when it is not the client's;
+    /// `false`: it is the client's.
+    fn divert(&mut self, b: &Bytes) -> bool {
+        let mode = match self.expect.front() {
+            Some(Expect::Query { mode, .. }) => *mode,
+            _ => return false,
+        };
+        match mode {
+            QueryMode::Client => false,
+            QueryMode::Quiet => {
+                if b.first() == Some(&be::ERROR_RESPONSE) {
+                    self.quiet_error = Some(b.clone());
+                }
+                true
+            }
+            QueryMode::Capture => {
+                if let Some(p) = &mut self.preview {
+                    p.captured_bytes += b.len();
+                    if p.captured_bytes > PREVIEW_CAPTURE {
+                        p.overflow = true;
+                        p.captured.clear();
+                    } else if !p.overflow {
+                        p.captured.push(b.clone());
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Sends the gateway's own simple query, whose answer the client never sees.
+    fn quiet_query(&mut self, sql: &str) {
+        self.quiet_error = None;
+        self.diverted += 1;
+        self.send_server(fe::query(sql.as_bytes()));
+        self.expect.push_back(Expect::Query {
+            sql: Bytes::new(),
+            refusal: None,
+            mode: QueryMode::Quiet,
+        });
+    }
+
+    /// Runs the held statement as a preview: inside a transaction of the gateway's (or a
+    /// savepoint, when the agent is in a block), its answer kept, not sent. `false` when
+    /// it cannot be previewed: not a simple query the rule previews, a failed
+    /// transaction, or earlier statements still in flight.
+    pub fn start_preview(&mut self) -> bool {
+        let Some(held) = &self.held else {
+            return false;
+        };
+        if held.bind.is_some()
+            || !held.hold.preview
+            || self.preview.is_some()
+            || !self.expect.is_empty()
+            || !matches!(self.txn_status, b'I' | b'T')
+        {
+            return false;
+        }
+        let frame = held.frame.clone();
+        let sql = held.sql.clone();
+        let in_block = self.txn_status == b'T';
+        self.tracker.simple_query();
+        self.quiet_query(if in_block {
+            "SAVEPOINT portcullis_preview"
+        } else {
+            "BEGIN"
+        });
+        self.preview = Some(Preview {
+            in_block,
+            captured: Vec::new(),
+            captured_bytes: 0,
+            overflow: false,
+            done: None,
+        });
+        self.diverted += 1;
+        self.send_server(frame);
+        self.expect.push_back(Expect::Query {
+            sql,
+            refusal: None,
+            mode: QueryMode::Capture,
+        });
+        true
+    }
+
+    /// The preview's outcome, once the server has answered it.
+    pub fn preview_done(&self) -> Option<&PreviewDone> {
+        self.preview.as_ref()?.done.as_ref()
+    }
+
+    /// Whether a preview was started and is not over yet.
+    pub fn previewing(&self) -> bool {
+        self.preview.as_ref().is_some_and(|p| p.done.is_none())
+    }
+
+    /// Undoes a preview: the agent's transaction (if any) is as before the statement.
+    fn roll_back_preview(&mut self, p: &Preview) {
+        self.quiet_query(if p.in_block {
+            "ROLLBACK TO SAVEPOINT portcullis_preview; RELEASE SAVEPOINT portcullis_preview"
+        } else {
+            "ROLLBACK"
+        });
     }
 
     fn send_server(&mut self, b: Bytes) {
@@ -621,7 +868,11 @@ impl<H: Hooks> Relay<H> {
                         self.tracker.simple_query();
                         self.remember(sql);
                         let sql = frame.as_bytes().slice_ref(sql);
-                        self.expect.push_back(Expect::Query { sql, refusal: None });
+                        self.expect.push_back(Expect::Query {
+                            sql,
+                            refusal: None,
+                            mode: QueryMode::Client,
+                        });
                         self.send_server(frame.into_bytes());
                     }
                     Verdict::Deny(r) => {
@@ -731,6 +982,7 @@ impl<H: Hooks> Relay<H> {
                         self.expect.push_back(Expect::Query {
                             sql: Bytes::new(),
                             refusal: None,
+                            mode: QueryMode::Client,
                         });
                         self.send_server(frame.into_bytes());
                     }
@@ -811,6 +1063,7 @@ impl<H: Hooks> Relay<H> {
         self.expect.push_back(Expect::Query {
             sql: Bytes::new(),
             refusal: Some(r.to_error_response()),
+            mode: QueryMode::Client,
         });
     }
 
@@ -896,7 +1149,7 @@ impl<H: Hooks> Relay<H> {
 
     fn server_frame(&mut self, frame: Frame, side_query_done: bool) -> Result<(), RelayError> {
         let r = self.server_frame_inner(frame, side_query_done);
-        if let Some(Expect::Answer { .. }) = self.expect.front() {
+        if let Some(Expect::Answer { .. } | Expect::Replay { .. }) = self.expect.front() {
             self.settle_answers();
         }
         r
@@ -1035,12 +1288,26 @@ impl<H: Hooks> Relay<H> {
             be::READY_FOR_QUERY => {
                 self.txn_status = be::ready_status(frame.body()).map_err(RelayError::Server)?;
                 self.rows = Rows::Unknown;
+                let mut mode = QueryMode::Client;
                 while let Some(e) = self.expect.pop_front() {
-                    if matches!(e, Expect::Sync | Expect::Query { .. }) {
+                    if let Expect::Query { mode: m, .. } = e {
+                        mode = m;
+                        break;
+                    }
+                    if matches!(e, Expect::Sync) {
                         break;
                     }
                 }
-                self.send_client(frame.into_bytes());
+                match mode {
+                    QueryMode::Client => self.send_client(frame.into_bytes()),
+                    QueryMode::Quiet => self.diverted -= 1,
+                    QueryMode::Capture => {
+                        self.diverted -= 1;
+                        if let Some(p) = &mut self.preview {
+                            p.done = Some(preview_outcome(&p.captured, p.overflow));
+                        }
+                    }
+                }
             }
             be::PARAMETER_STATUS => {
                 self.hooks.parameter_status(frame.as_bytes());
@@ -1403,6 +1670,7 @@ mod tests {
                     approvers: 1,
                     timeout_secs: None,
                     explainable: false,
+                    preview: false,
                 })
             } else {
                 Verdict::Allow
@@ -1566,6 +1834,109 @@ mod tests {
         r.release(edit, &mut c).unwrap();
         let to_server = drain_server(&mut r);
         assert!(has(&to_server, b"drop table t2") && !has(&to_server, b"drop table t\0"));
+    }
+
+    /// Holds statements starting with `delete` and previews them.
+    struct PreviewDeletes;
+    impl Hooks for PreviewDeletes {
+        fn statement(&mut self, sql: &[u8], _via: Via<'_>) -> Verdict {
+            if sql.starts_with(b"delete") {
+                Verdict::Hold(Hold {
+                    rule: None,
+                    message: "deletes wait".into(),
+                    facts: String::new(),
+                    approvers: 1,
+                    timeout_secs: None,
+                    explainable: true,
+                    preview: true,
+                })
+            } else {
+                Verdict::Allow
+            }
+        }
+    }
+
+    fn answer(tags_and_bodies: &[(u8, &[u8])]) -> BytesMut {
+        let mut s = BytesMut::new();
+        for (t, b) in tags_and_bodies {
+            s.extend_from_slice(&msg(*t, b));
+        }
+        s
+    }
+
+    #[test]
+    fn a_previewed_write_commits_on_approval_and_the_client_gets_its_answer_then() {
+        let mut r = Relay::new(RelayLimits::default(), PreviewDeletes);
+        let mut c = BytesMut::from(&msg(fe::QUERY, b"delete from t\0")[..]);
+        r.on_client_bytes(&mut c).unwrap();
+        assert!(r.start_preview());
+        let to_server = drain_server(&mut r);
+        assert_eq!(tags(&to_server), b"QQ");
+        assert!(has(&to_server, b"BEGIN") && has(&to_server, b"delete from t"));
+        let mut s = answer(&[
+            (be::COMMAND_COMPLETE, b"BEGIN\0"),
+            (be::READY_FOR_QUERY, b"T"),
+            (be::COMMAND_COMPLETE, b"DELETE 3\0"),
+            (be::READY_FOR_QUERY, b"T"),
+        ]);
+        r.on_server_bytes(&mut s).unwrap();
+        assert!(
+            drain_client(&mut r).is_empty(),
+            "the preview's answer waits for the decision"
+        );
+        assert_eq!(r.preview_done().unwrap().tag.as_deref(), Some("DELETE 3"));
+        r.release(Release::Run, &mut c).unwrap();
+        let to_server = drain_server(&mut r);
+        assert_eq!(tags(&to_server), b"Q");
+        assert!(has(&to_server, b"COMMIT"));
+        let mut s = answer(&[
+            (be::COMMAND_COMPLETE, b"COMMIT\0"),
+            (be::READY_FOR_QUERY, b"I"),
+        ]);
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"CZ");
+        assert!(has(&out, b"DELETE 3") && !has(&out, b"COMMIT"));
+        assert_eq!(out.last(), Some(&b'I'));
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn a_previewed_write_denied_in_a_block_is_rolled_back_to_its_savepoint() {
+        let mut r = Relay::new(RelayLimits::default(), PreviewDeletes);
+        r.txn_status = b'T';
+        let mut c = BytesMut::from(&msg(fe::QUERY, b"delete from t\0")[..]);
+        c.extend_from_slice(&msg(fe::QUERY, b"select 1\0"));
+        r.on_client_bytes(&mut c).unwrap();
+        assert!(r.start_preview());
+        assert!(has(&drain_server(&mut r), b"SAVEPOINT portcullis_preview"));
+        let mut s = answer(&[
+            (be::COMMAND_COMPLETE, b"SAVEPOINT\0"),
+            (be::READY_FOR_QUERY, b"T"),
+            (be::COMMAND_COMPLETE, b"DELETE 3\0"),
+            (be::READY_FOR_QUERY, b"T"),
+        ]);
+        r.on_server_bytes(&mut s).unwrap();
+        r.release(denied(), &mut c).unwrap();
+        let to_server = drain_server(&mut r);
+        assert!(has(&to_server, b"ROLLBACK TO SAVEPOINT portcullis_preview"));
+        assert!(
+            has(&to_server, b"select 1"),
+            "what the client sent next goes on"
+        );
+        let mut s = answer(&[
+            (be::COMMAND_COMPLETE, b"ROLLBACK\0"),
+            (be::COMMAND_COMPLETE, b"RELEASE\0"),
+            (be::READY_FOR_QUERY, b"T"),
+        ]);
+        s.extend_from_slice(&server_result(1)[..]);
+        let n = s.len();
+        s[n - 1] = b'T';
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"EZTDCZ");
+        assert!(has(&out, b"denied by alice") && !has(&out, b"DELETE 3"));
+        assert!(r.is_idle());
     }
 
     #[test]

@@ -171,6 +171,7 @@ mod tests {
             message: "m".into(),
             recent: vec![],
             estimate: None,
+            preview: None,
             approvers: 1,
             timeout_secs: 5,
         }
