@@ -1,4 +1,5 @@
-//! The `portcullis` binary: `serve`, `reload`, `status`, `hash-secret`, `check-config`.
+//! The `portcullis` binary: `serve`, `reload`, `status`, `approvals`, `hash-secret`,
+//! `check-config`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use portcullis::approvals::Request;
 use portcullis::auth::{Verifier, scram};
 use portcullis::config::{Config, IoEngine, LogFormat};
 use portcullis::control::admin::{self, AdminSocket, Control, Trigger};
+use portcullis::control::admin_approvals::{
+    self as review, ApprovalsCommand, ListArgs, Verb, VoteArgs,
+};
 use portcullis::control::{http, webhook};
 use portcullis::engine::{self, Shared};
 use tracing::{info, warn};
@@ -59,6 +64,12 @@ enum Cmd {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Review held statements through the running gateway's admin socket. A vote is
+    /// recorded as `unix:<your user>` unless --reviewer names someone.
+    Approvals {
+        #[command(subcommand)]
+        cmd: ApprovalsCmd,
+    },
     /// Print the SCRAM-SHA-256 verifier of an agent secret, for an [[identity]] entry.
     /// Reads the secret from standard input when not given.
     HashSecret {
@@ -71,6 +82,70 @@ enum Cmd {
         #[arg(long, env = "PORTCULLIS_CONFIG")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// The pending requests, newest first (--all: decided ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        /// Print JSON (an array of requests) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = review::DEFAULT_LIMIT)]
+        limit: usize,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Everything about one request: who, from where, the statement and its parameters,
+    /// the rule, recent statements, the estimate, votes, digest.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Approve a request: prints what it approves and sends the digest of exactly that,
+    /// so a request edited meanwhile is not approved unseen.
+    Approve {
+        id: i64,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Record the vote under this name instead of `unix:<user>`.
+        #[arg(long)]
+        reviewer: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Deny a request; the agent gets an error with your name and reason.
+    Deny {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        reviewer: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Replace the statement with yours (`--sql -` reads it from standard input); it runs
+    /// once the request has its approvals, yours counting as one.
+    Edit {
+        id: i64,
+        #[arg(long)]
+        sql: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        reviewer: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Make a reviewer's API token (32 random bytes, base64url) or take the one given
+    /// (`-` reads it from standard input), and print its `token_sha256` line for the
+    /// reviewer's [[approvals.reviewer]] entry.
+    HashToken { token: Option<String> },
 }
 
 /// Which gateway `reload` and `status` talk to.
@@ -106,6 +181,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Reload { target } => ask(target, "reload"),
+        Cmd::Approvals { cmd } => approvals(cmd),
         Cmd::Status { target } => ask(target, "status"),
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
@@ -154,23 +230,38 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Where reviewers open the page when `public_url` is not set: the listen address, or
+/// this host's name for a wildcard one (`0.0.0.0` is no address to open).
+fn page_url(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("http://{}:{}", host_name(), a.port()),
+        _ => format!("http://{listen}"),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 /// This gateway's name in a shared approvals queue when `gateway_id` is not set.
 fn default_gateway_id(listen: std::net::SocketAddr) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "gateway".into());
-    format!("{host}:{}", listen.port())
+    format!("{}:{}", host_name(), listen.port())
+}
+
+fn socket_of(target: &AdminTarget) -> anyhow::Result<PathBuf> {
+    Ok(match (&target.admin_socket, &target.config) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(config)) => admin::socket_from_config(config)?,
+        (None, None) => bail!("give --config or --admin-socket"),
+    })
 }
 
 /// Sends one admin command and relays the answer: stdout and exit 0 for `ok:`, stderr
 /// and exit 1 for `error:`.
 fn ask(target: AdminTarget, command: &str) -> anyhow::Result<()> {
-    let socket = match (target.admin_socket, target.config) {
-        (Some(socket), _) => socket,
-        (None, Some(config)) => admin::socket_from_config(&config)?,
-        (None, None) => bail!("give --config or --admin-socket"),
-    };
-    let answer = admin::request(&socket, command)?;
+    let answer = admin::request(&socket_of(&target)?, command)?;
     if answer.ok {
         println!("{}", answer.line);
         Ok(())
@@ -178,6 +269,150 @@ fn ask(target: AdminTarget, command: &str) -> anyhow::Result<()> {
         eprintln!("{}", answer.line);
         std::process::exit(1)
     }
+}
+
+/// One approvals command: the JSON of its `ok:` answer, or exit 1 with the gateway's
+/// `error:` line on stderr.
+fn call<T: serde::de::DeserializeOwned>(
+    target: &AdminTarget,
+    cmd: &ApprovalsCommand,
+) -> anyhow::Result<T> {
+    let line = cmd.to_line();
+    if line.len() > review::MAX_LINE {
+        bail!(
+            "the command is longer than the admin socket takes ({} bytes)",
+            review::MAX_LINE
+        );
+    }
+    let answer = admin::request(&socket_of(target)?, &line)?;
+    if !answer.ok {
+        eprintln!("{}", answer.line);
+        std::process::exit(1);
+    }
+    let json = answer.line.strip_prefix("ok:").unwrap_or_default().trim();
+    serde_json::from_str(json).with_context(|| {
+        format!(
+            "the gateway's answer is not what this portcullis expects (is it another version?): {}",
+            json.chars().take(200).collect::<String>()
+        )
+    })
+}
+
+fn now_ms() -> u64 {
+    portcullis::approvals::model::now_ms()
+}
+
+/// `-` is standard input (without its final line break).
+fn arg_or_stdin(value: String) -> anyhow::Result<String> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .context("reading standard input")?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn approvals(cmd: ApprovalsCmd) -> anyhow::Result<()> {
+    match cmd {
+        ApprovalsCmd::List {
+            all,
+            json,
+            limit,
+            target,
+        } => {
+            let list: Vec<Request> = call(
+                &target,
+                &ApprovalsCommand::List(ListArgs {
+                    all,
+                    limit: Some(limit),
+                }),
+            )?;
+            let now = now_ms();
+            if json {
+                let flat: Vec<_> = list.iter().map(|r| review::flat_json(r, now)).collect();
+                println!("{}", serde_json::to_string_pretty(&flat)?);
+            } else {
+                print!("{}", review::render_table(&list, all, now));
+            }
+        }
+        ApprovalsCmd::Show { id, json, target } => {
+            let r: Request = call(&target, &ApprovalsCommand::Show(id))?;
+            if json {
+                let flat = review::flat_json(&r, now_ms());
+                println!("{}", serde_json::to_string_pretty(&flat)?);
+            } else {
+                print!("{}", review::render_request(&r, now_ms()));
+            }
+        }
+        ApprovalsCmd::Approve {
+            id,
+            reason,
+            reviewer,
+            target,
+        } => vote(&target, Verb::Approve, id, reviewer, reason, None)?,
+        ApprovalsCmd::Deny {
+            id,
+            reason,
+            reviewer,
+            target,
+        } => vote(&target, Verb::Deny, id, reviewer, Some(reason), None)?,
+        ApprovalsCmd::Edit {
+            id,
+            sql,
+            reason,
+            reviewer,
+            target,
+        } => {
+            let sql = arg_or_stdin(sql)?;
+            vote(&target, Verb::Edit, id, reviewer, reason, Some(sql))?
+        }
+        ApprovalsCmd::HashToken { token } => {
+            let token = match token {
+                Some(t) => arg_or_stdin(t)?,
+                None => review::new_token(),
+            };
+            if token.is_empty() {
+                bail!("the token is empty");
+            }
+            println!("token: {token}");
+            println!("token_sha256 = \"{}\"", review::token_sha256(&token));
+            eprintln!(
+                "give the token to the reviewer; the gateway keeps only the token_sha256 line, in their [[approvals.reviewer]] entry"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Fetches the request, prints what the vote acts on, and sends the vote bound to the
+/// digest of what was printed.
+fn vote(
+    target: &AdminTarget,
+    verb: Verb,
+    id: i64,
+    reviewer: Option<String>,
+    reason: Option<String>,
+    sql: Option<String>,
+) -> anyhow::Result<()> {
+    let shown: Request = call(target, &ApprovalsCommand::Show(id))?;
+    print!("{}", review::render_preview(&shown, verb));
+    let after: Request = call(
+        target,
+        &ApprovalsCommand::Vote {
+            verb,
+            id,
+            args: VoteArgs {
+                reviewer,
+                reason,
+                sql,
+                digest: Some(shown.digest),
+            },
+        },
+    )?;
+    print!("{}", review::render_outcome(&after));
+    Ok(())
 }
 
 fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
@@ -206,11 +441,10 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
                 default_timeout: Duration::from_secs(a.timeout_secs),
                 preview_max: Duration::from_secs(a.preview_max_secs.max(1)),
                 recent: a.recent_statements,
-                page_url: a.http.as_ref().map(|h| {
-                    h.public_url
-                        .clone()
-                        .unwrap_or_else(|| format!("http://{}", h.listen))
-                }),
+                page_url: a
+                    .http
+                    .as_ref()
+                    .map(|h| h.public_url.clone().unwrap_or_else(|| page_url(&h.listen))),
             };
             let (handle, hub) = portcullis::approvals::Approvals::new(settings, store);
             shared.approvals = Some(Arc::new(handle));

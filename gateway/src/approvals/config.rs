@@ -5,6 +5,7 @@
 //! state_dir = "/var/lib/portcullis"   # the embedded store: approvals.sqlite in here
 //! # store = "postgres"                # several gateways, one queue:
 //! # postgres_url_env = "PORTCULLIS_APPROVALS_URL"
+//! # postgres_ca = "/etc/portcullis/store-ca.pem"   # verify the store's certificate
 //! timeout_secs = 900                  # per rule: approval_timeout_secs
 //! notice_interval_secs = 10
 //!
@@ -60,6 +61,11 @@ pub struct ApprovalsConfig {
     pub postgres_url: Option<String>,
     #[serde(default)]
     pub postgres_url_env: Option<String>,
+    /// CA bundle (PEM) that signs the shared store's certificate: TLS is then required
+    /// and the server verified (libpq's `verify-full`). Without it the URL's `sslmode`
+    /// decides, as libpq reads it (`require` encrypts without checking the server).
+    #[serde(default)]
+    pub postgres_ca: Option<PathBuf>,
     /// This gateway's name in the shared queue; default: host name and listen port.
     #[serde(default)]
     pub gateway_id: Option<String>,

@@ -7,9 +7,11 @@
 //!
 //! # Protocol
 //!
-//! One command per connection, one line each way. The client sends `reload\n` or
-//! `status\n`; the gateway answers one line starting with `ok: ` or `error: ` and closes.
-//! A command longer than [`MAX_REQUEST`] bytes, or one not finished within the read
+//! One command per connection, one line each way. The client sends `reload\n`,
+//! `status\n` or an `approvals …` line (a reviewer's command, see
+//! [`super::admin_approvals`]); the gateway answers one line starting with `ok: ` or
+//! `error: ` and closes. A command longer than [`MAX_REQUEST`] bytes
+//! ([`admin_approvals::MAX_LINE`] for `approvals`), or one not finished within the read
 //! timeout, gets an `error:` answer, so a stuck client cannot hold a handler open.
 //!
 //! # Where it lives
@@ -22,7 +24,8 @@
 //! wrong somewhere: `/run/portcullis` exists only where a service manager made it, and two
 //! gateways on one host (tests, a quickstart next to a service) would fight over it. The
 //! socket is created mode 0600: file permissions are the only access control, and the
-//! only users who should reload the gateway are its own user and root.
+//! only users who should reload the gateway (or decide held statements through it) are
+//! its own user and root.
 
 use std::convert::Infallible;
 use std::io::{ErrorKind, Read, Write};
@@ -34,6 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, error, info, warn};
 
+use super::admin_approvals::{self, ApprovalsCommand, Peer};
 use crate::config::{Config, ConfigError, IoEngine};
 use crate::engine::Shared;
 use crate::engine::shared::SharedError;
@@ -44,8 +48,9 @@ pub const MAX_REQUEST: usize = 256;
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time `portcullis reload` waits for an answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest answer the client reads; status lines are a few hundred bytes.
-const MAX_ANSWER: usize = 64 << 10;
+/// Longest answer the client reads: status lines are a few hundred bytes, but `approvals
+/// list --all` answers with up to a thousand requests, statements and all.
+const MAX_ANSWER: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -85,6 +90,8 @@ pub enum AdminError {
     NoAnswer { path: PathBuf },
     #[error("admin socket {}: not a Portcullis answer: {answer:?}", path.display())]
     BadAnswer { path: PathBuf, answer: String },
+    #[error("admin socket {}: the answer is longer than {} MiB", path.display(), MAX_ANSWER >> 20)]
+    AnswerTooLong { path: PathBuf },
     #[error("cannot read {}: {source}", path.display())]
     ReadConfig {
         path: PathBuf,
@@ -160,27 +167,42 @@ impl Trigger {
 }
 
 /// A command read from the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Reload,
     Status,
+    Approvals(ApprovalsCommand),
 }
 
 /// Why a request is not a command; the text goes back to the client after `error: `.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("empty command (commands: reload, status)")]
+    #[error("empty command (commands: reload, status, approvals)")]
     Empty,
-    #[error("unknown command {0:?} (commands: reload, status)")]
+    #[error("unknown command {0:?} (commands: reload, status, approvals)")]
     Unknown(String),
     #[error("command longer than {MAX_REQUEST} bytes")]
     TooLong,
+    #[error("approvals command longer than {} bytes", admin_approvals::MAX_LINE)]
+    ApprovalsTooLong,
+    #[error(transparent)]
+    Approvals(#[from] admin_approvals::CommandError),
+}
+
+/// Whether a request (or the start of one) is a reviewer's command, allowed a longer
+/// line.
+fn is_approvals(line: &[u8]) -> bool {
+    line == b"approvals" || line.starts_with(b"approvals ")
 }
 
 /// Parses one request line (its newline already stripped or not). Surrounding blanks and a
 /// `\r` are tolerated so `printf`, `socat` and `nc` all work.
 pub fn parse_command(line: &[u8]) -> Result<Command, RequestError> {
-    if line.len() > MAX_REQUEST {
+    let approvals = is_approvals(line.trim_ascii_start());
+    if approvals && line.len() > admin_approvals::MAX_LINE {
+        return Err(RequestError::ApprovalsTooLong);
+    }
+    if !approvals && line.len() > MAX_REQUEST {
         return Err(RequestError::TooLong);
     }
     let text = String::from_utf8_lossy(line);
@@ -188,6 +210,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, RequestError> {
         "reload" => Ok(Command::Reload),
         "status" => Ok(Command::Status),
         "" => Err(RequestError::Empty),
+        t if approvals => Ok(Command::Approvals(ApprovalsCommand::parse(
+            t.strip_prefix("approvals").unwrap_or(t),
+        )?)),
         // Echo a bounded, printable copy: this text goes back into a one-line answer.
         other => Err(RequestError::Unknown(other.chars().take(64).collect())),
     }
@@ -210,7 +235,12 @@ pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Op
         }
         buf.extend_from_slice(got);
         // Past the limit the command is refused whatever follows: stop reading.
-        if buf.len() > MAX_REQUEST {
+        let limit = if is_approvals(buf.trim_ascii_start()) {
+            admin_approvals::MAX_LINE
+        } else {
+            MAX_REQUEST
+        };
+        if buf.len() > limit {
             return Ok(Some(buf));
         }
     }
@@ -362,9 +392,12 @@ impl Control {
         result
     }
 
-    /// Runs one command and renders its answer line.
-    pub fn execute(&self, command: Command) -> String {
+    /// Runs one command for `peer` and renders its answer line.
+    pub async fn execute(&self, command: Command, peer: &Peer) -> String {
         match command {
+            Command::Approvals(cmd) => {
+                answer(admin_approvals::run(self.shared.approvals.as_deref(), cmd, peer).await)
+            }
             Command::Reload => answer(
                 self.reload(Trigger::Admin)
                     .map(|r| {
@@ -547,6 +580,7 @@ fn claim(path: &Path) -> Result<(), AdminError> {
 }
 
 async fn handle(mut stream: tokio::net::UnixStream, control: &Control, timeout: Duration) {
+    let peer = Peer::of(&stream);
     let request = match tokio::time::timeout(timeout, read_request(&mut stream)).await {
         Err(_) => Err(format!("no command within {}s", timeout.as_secs_f32())),
         Ok(Err(e)) => {
@@ -557,7 +591,7 @@ async fn handle(mut stream: tokio::net::UnixStream, control: &Control, timeout: 
         Ok(Ok(Some(line))) => parse_command(&line).map_err(|e| e.to_string()),
     };
     let reply = match request {
-        Ok(command) => control.execute(command),
+        Ok(command) => control.execute(command, &peer).await,
         Err(why) => answer(Err(why)),
     };
     // The answer fits in the socket buffer; the timeout only matters for a peer gone odd.
@@ -601,6 +635,9 @@ pub fn request(path: &Path, command: &str) -> Result<Answer, AdminError> {
     let mut raw = Vec::new();
     let mut reader = std::io::BufReader::new(stream.take(MAX_ANSWER as u64));
     std::io::BufRead::read_until(&mut reader, b'\n', &mut raw).map_err(io)?;
+    if raw.len() >= MAX_ANSWER && !raw.ends_with(b"\n") {
+        return Err(AdminError::AnswerTooLong { path: p() });
+    }
     let text = String::from_utf8_lossy(&raw);
     let line = text.lines().next().unwrap_or("").to_owned();
     let ok = line.starts_with("ok:");
@@ -847,7 +884,7 @@ mod tests {
                 let a = ask("frobnicate").await.unwrap();
                 assert_eq!(
                     a.line,
-                    "error: unknown command \"frobnicate\" (commands: reload, status)"
+                    "error: unknown command \"frobnicate\" (commands: reload, status, approvals)"
                 );
 
                 // A client that never finishes its line is answered and dropped at the
@@ -878,6 +915,189 @@ mod tests {
         });
         drop(admin);
         assert!(!sock.exists(), "the socket outlived its server");
+    }
+
+    #[test]
+    fn approvals_commands_parse_and_may_be_longer() {
+        assert_eq!(
+            parse_command(b"approvals show 3"),
+            Ok(Command::Approvals(ApprovalsCommand::Show(3)))
+        );
+        assert_eq!(
+            parse_command(b"  approvals list\r"),
+            Ok(Command::Approvals(ApprovalsCommand::List(
+                Default::default()
+            )))
+        );
+        // An edit carries a statement: far past the limit of the other commands.
+        let edit = format!("approvals edit 1 {{\"sql\":\"{}\"}}", "x".repeat(10_000));
+        assert!(matches!(
+            parse_command(edit.as_bytes()),
+            Ok(Command::Approvals(ApprovalsCommand::Vote { .. }))
+        ));
+        let huge = format!("approvals edit 1 {}", "x".repeat(admin_approvals::MAX_LINE));
+        assert_eq!(
+            parse_command(huge.as_bytes()),
+            Err(RequestError::ApprovalsTooLong)
+        );
+        // Only `approvals` itself buys the longer line.
+        let other = format!("approvalsx {}", "x".repeat(MAX_REQUEST));
+        assert_eq!(parse_command(other.as_bytes()), Err(RequestError::TooLong));
+        let e = parse_command(b"approvals").unwrap_err().to_string();
+        assert!(e.starts_with("approvals: no verb (usage: "), "{e}");
+        rt().block_on(async {
+            let line: &'static [u8] =
+                Box::leak(format!("{edit}\n").into_bytes().into_boxed_slice());
+            assert_eq!(
+                read_request(&mut &line[..]).await.unwrap().unwrap().len(),
+                edit.len()
+            );
+        });
+    }
+
+    #[test]
+    fn reviewers_decide_through_the_socket() {
+        use crate::approvals::{Approvals, NewRequest, Origin, Request, Resolution, Settings};
+
+        let dir = Scratch::new("review");
+        let config = dir.0.join("gw.toml");
+        std::fs::write(&config, config_text("")).unwrap();
+        let without = control(&config);
+        std::fs::write(
+            &config,
+            config_text(&format!(
+                "[approvals]\nstate_dir = \"{}\"\n",
+                dir.0.join("state").display()
+            )),
+        )
+        .unwrap();
+        let cfg = Config::load(&config).unwrap();
+        let rt = rt();
+        let mut shared = Shared::from_config(&cfg).unwrap();
+        let store = rt
+            .block_on(crate::approvals::store::Store::open(
+                cfg.approvals.as_ref().unwrap(),
+            ))
+            .unwrap();
+        let (handle, hub) = Approvals::new(
+            Settings {
+                gateway: "gw".into(),
+                notice_interval: Duration::from_secs(10),
+                default_timeout: Duration::from_secs(60),
+                preview_max: Duration::from_secs(60),
+                recent: 3,
+                page_url: None,
+            },
+            store,
+        );
+        rt.spawn(hub.run());
+        let handle = Arc::new(handle);
+        shared.approvals = Some(handle.clone());
+        let with = Arc::new(Control::new(
+            Arc::new(shared),
+            &cfg,
+            config.clone(),
+            IoEngine::Epoll,
+            1,
+            "127.0.0.1:0".into(),
+        ));
+
+        let sock = dir.0.join("admin.sock");
+        let sock_without = dir.0.join("without.sock");
+        let admin = bind(&rt, &sock).unwrap();
+        let admin_without = bind(&rt, &sock_without).unwrap();
+        let ask = |sock: &Path, line: String| {
+            let sock = sock.to_owned();
+            tokio::task::spawn_blocking(move || request(&sock, &line).unwrap())
+        };
+        rt.block_on(async {
+            let serving = admin.serve(with.clone());
+            let serving_without = admin_without.serve(without.clone());
+            tokio::pin!(serving, serving_without);
+            let script = async {
+                let a = ask(&sock_without, "approvals list".into()).await.unwrap();
+                assert_eq!(
+                    a.line,
+                    "error: approvals are not configured on this gateway ([approvals] section)"
+                );
+
+                let ticket = handle
+                    .submit(NewRequest {
+                        origin: Origin {
+                            gateway: "gw".into(),
+                            session: "s1".into(),
+                            identity: "agent".into(),
+                            roles: vec![],
+                            source: "127.0.0.1:1".into(),
+                            application_name: "psql".into(),
+                            database: "db".into(),
+                        },
+                        sql: "DROP TABLE t".into(),
+                        params: vec![],
+                        protocol: "simple".into(),
+                        rule: None,
+                        message: "m".into(),
+                        recent: vec![],
+                        estimate: None,
+                        preview: None,
+                        approvers: 1,
+                        timeout_secs: 60,
+                    })
+                    .await
+                    .unwrap();
+                let id = ticket.request.id;
+                let a = ask(&sock, "approvals list".into()).await.unwrap();
+                assert!(a.ok, "{a:?}");
+                let listed: Vec<Request> =
+                    serde_json::from_str(a.line.strip_prefix("ok: ").unwrap()).unwrap();
+                assert_eq!(listed.len(), 1);
+                assert_eq!(listed[0].id, id);
+
+                let a = ask(&sock, "approvals show 999".into()).await.unwrap();
+                assert_eq!(a.line, "error: there is no request #999");
+                let a = ask(&sock, format!("approvals approve {id} {{}}"))
+                    .await
+                    .unwrap();
+                assert!(
+                    a.line.starts_with("error: approve needs the digest"),
+                    "{a:?}"
+                );
+
+                // No --reviewer: the vote is the socket peer's, by its user name.
+                let line = ApprovalsCommand::Vote {
+                    verb: admin_approvals::Verb::Approve,
+                    id,
+                    args: admin_approvals::VoteArgs {
+                        reason: Some("fine".into()),
+                        digest: Some(ticket.request.digest.clone()),
+                        ..Default::default()
+                    },
+                }
+                .to_line();
+                let a = ask(&sock, line.clone()).await.unwrap();
+                assert!(a.ok, "{a:?}");
+                let after: Request =
+                    serde_json::from_str(a.line.strip_prefix("ok: ").unwrap()).unwrap();
+                // SAFETY: geteuid cannot fail.
+                let me = Peer::from_uid(unsafe { libc::geteuid() });
+                assert_eq!(Some(&after.votes[0].reviewer), me.reviewer().as_ref());
+                assert!(matches!(
+                    ticket.outcome.await.unwrap(),
+                    Resolution::Run { .. }
+                ));
+                let a = ask(&sock, line).await.unwrap();
+                assert!(a.line.contains("is approved already"), "{a:?}");
+                let a = ask(&sock, "approvals list {\"all\":true}".into())
+                    .await
+                    .unwrap();
+                assert!(a.line.contains("\"status\":\"approved\""), "{a:?}");
+            };
+            tokio::select! {
+                never = &mut serving => match never {},
+                never = &mut serving_without => match never {},
+                () = script => {}
+            }
+        });
     }
 
     #[test]

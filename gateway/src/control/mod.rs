@@ -2,11 +2,13 @@
 //! control thread and never on the data-path workers.
 //!
 //! - [`admin`]: the admin socket (`portcullis reload`, `status`, `approvals ...`).
+//! - [`admin_approvals`]: the reviewer's commands on it, and how the CLI prints them.
 //! - [`http`]: the reviewers' HTTP API and page (when `[approvals.http]` is set).
 //! - [`webhook`]: notifications of held statements and decisions
 //!   (`[[approvals.webhook]]`).
 
 pub mod admin;
+pub mod admin_approvals;
 pub mod http;
 pub mod webhook;
 

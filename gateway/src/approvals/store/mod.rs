@@ -53,7 +53,9 @@ impl Store {
                     (Some(url), None) => url.clone(),
                     (None, None) => return Err(StoreError::NoUrl),
                 };
-                Ok(Store::Postgres(PostgresStore::open(&url).await?))
+                Ok(Store::Postgres(
+                    PostgresStore::open(&url, cfg.postgres_ca.as_deref()).await?,
+                ))
             }
         }
     }
@@ -101,5 +103,41 @@ impl Store {
             Store::Sqlite(_) => None,
             Store::Postgres(s) => s.take_changes(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(toml_text: &str) -> ApprovalsConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    async fn open_err(toml_text: &str) -> String {
+        match Store::open(&cfg(toml_text)).await {
+            Ok(_) => panic!("opened with {toml_text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_postgres_store_without_a_reachable_url_says_what_to_fix() {
+        assert_eq!(
+            open_err("store = \"postgres\"").await,
+            "approvals.postgres_url or approvals.postgres_url_env must be set for store = \"postgres\""
+        );
+        assert_eq!(
+            open_err("store = \"postgres\"\npostgres_url_env = \"PORTCULLIS_TEST_UNSET_URL_VAR\"")
+                .await,
+            "approvals.postgres_url_env: the variable PORTCULLIS_TEST_UNSET_URL_VAR is not set"
+        );
+        let e = open_err("store = \"postgres\"\npostgres_url = \"postgres://gw:pw@127.0.0.1:1/q?sslmode=disable\"")
+            .await;
+        assert!(
+            e.starts_with("approvals store (PostgreSQL): 127.0.0.1:1/q: cannot connect: "),
+            "{e}"
+        );
+        assert!(!e.contains("pw"), "{e}");
     }
 }
