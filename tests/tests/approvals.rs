@@ -365,8 +365,8 @@ fn held_statements_wait_for_the_reviewer(engine: Engine) {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out).trim(),
-        "",
-        "psql -At prints no rows for a DELETE"
+        "DELETE 5",
+        "the agent gets the statement's own answer"
     );
     assert_eq!(direct(&env, "SELECT count(*) FROM ledger"), "2");
     // ... and denied inside the agent's transaction, it is rolled back to its savepoint.
@@ -377,7 +377,7 @@ fn held_statements_wait_for_the_reviewer(engine: Engine) {
             "-c",
             "BEGIN",
             "-c",
-            "INSERT INTO ledger VALUES (100)",
+            "INSERT INTO junk VALUES (100)",
             "-c",
             "DELETE FROM ledger",
         ])
@@ -387,7 +387,7 @@ fn held_statements_wait_for_the_reviewer(engine: Engine) {
         .spawn()
         .expect("psql");
     let req = wait_pending(&env, 1)[0].clone();
-    assert_eq!(req["preview"]["rows"], 3, "{req}");
+    assert_eq!(req["preview"]["rows"], 2, "{req}");
     approvals_ok(
         &env,
         &[
@@ -402,14 +402,19 @@ fn held_statements_wait_for_the_reviewer(engine: Engine) {
     let out = finish(agent);
     assert!(stderr(&out).contains("keep them"), "{}", stderr(&out));
     assert!(
-        stdout(&out).lines().any(|l| l == "3"),
+        stdout(&out).lines().any(|l| l == "2"),
         "the block saw its rows back: {}",
         stdout(&out)
     );
     assert_eq!(
         direct(&env, "SELECT count(*) FROM ledger"),
-        "3",
-        "the insert committed, the delete did not"
+        "2",
+        "the delete was rolled back"
+    );
+    assert_eq!(
+        direct(&env, "SELECT count(*) FROM junk"),
+        "1",
+        "the rest of the block committed"
     );
 
     // The agent hangs up while held: the request is withdrawn.

@@ -654,15 +654,17 @@ async fn side_query<C: Connect>(
 ) -> Result<Vec<Bytes>, String> {
     let mut query = BytesMut::new();
     postgres_protocol::message::frontend::query(sql, &mut query).map_err(|e| e.to_string())?;
-    side_exchange::<C>(shared, database, query.freeze()).await
+    side_exchange::<C>(shared, database, query.freeze(), be::DATA_ROW).await
 }
 
 /// Sends `messages` (ending in `Sync` or a `Query`) over a connection of the gateway's
-/// own and returns the `DataRow` frames of the answer, or the server's error.
+/// own and returns the answer's frames tagged `keep` (`DataRow`s, a
+/// `ParameterDescription`), or the server's error.
 pub(super) async fn side_exchange<C: Connect>(
     shared: &Shared,
     database: &str,
     messages: Bytes,
+    keep: u8,
 ) -> Result<Vec<Bytes>, String> {
     let (conn, _, _) = connect_upstream::<C>(shared, database, &[])
         .await
@@ -680,7 +682,7 @@ pub(super) async fn side_exchange<C: Connect>(
                 .map_err(|e| e.to_string())?
         {
             match frame.tag() {
-                be::DATA_ROW => rows.push(frame.into_bytes()),
+                t if t == keep => rows.push(frame.into_bytes()),
                 be::ERROR_RESPONSE => failure = Some(be::error_summary(frame.body()).1),
                 be::READY_FOR_QUERY => {
                     let _ = conn.write_all(fe::terminate()).await;

@@ -24,7 +24,7 @@ use crate::approvals::explain::{explain_sql, read_plan};
 use crate::approvals::model::{Estimate, NewRequest, Origin, Param, Preview};
 use crate::mask::wire::{data_row_start, read_field};
 use crate::protocol::frontend as fe;
-use crate::protocol::sqlstate;
+use crate::protocol::{backend as be, sqlstate};
 use crate::session::handshake::Agent;
 use crate::session::hooks::{Hooks, Refusal};
 use crate::session::relay::Release;
@@ -116,30 +116,30 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         return finish(flow, client, server, Release::Refuse(r), buf).await;
     };
     let settings = approvals.settings();
-    let (mut new, explain) = {
+    let (mut new, explain, raw_params, describe) = {
         let relay = flow.relay.borrow();
         let Some(held) = relay.held() else {
             return Ok(());
         };
-        let params = match &held.bind {
+        let raw_params: Vec<(i16, Option<Vec<u8>>)> = match &held.bind {
             Some(b) => fe::bind_params(&b[5..])
                 .map(|ps| {
                     ps.iter()
-                        .map(|(f, v)| Param {
-                            value: v.map(|v| {
-                                if *f == 0 {
-                                    String::from_utf8_lossy(v).into_owned()
-                                } else {
-                                    hex::encode(v)
-                                }
-                            }),
-                            binary: *f != 0,
-                        })
+                        .map(|(f, v)| (*f, v.map(<[u8]>::to_vec)))
                         .collect()
                 })
                 .unwrap_or_default(),
             None => Vec::new(),
         };
+        // Binary parameters are shown by their type, which the server says (drivers
+        // such as tokio-postgres send even text in binary).
+        let describe = raw_params.iter().any(|(f, _)| *f != 0).then(|| {
+            let mut m = BytesMut::new();
+            m.extend_from_slice(&fe::parse_typed(b"", &held.sql, held.param_types()));
+            m.extend_from_slice(&fe::describe_statement(b""));
+            m.extend_from_slice(&fe::sync());
+            m.freeze()
+        });
         let sql = String::from_utf8_lossy(&held.sql).into_owned();
         let explain = held.hold.explainable.then(|| {
             let text = explain_sql(&sql);
@@ -159,7 +159,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         let new = NewRequest {
             origin: origin.clone(),
             sql,
-            params,
+            params: Vec::new(),
             protocol: if held.is_extended() {
                 "extended"
             } else {
@@ -178,8 +178,21 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                 .unwrap_or(settings.default_timeout.as_secs())
                 .max(1),
         };
-        (new, explain)
+        (new, explain, raw_params, describe)
     };
+    let types = match describe {
+        Some(m) => side_exchange::<C>(shared, database, m, be::PARAMETER_DESCRIPTION)
+            .await
+            .ok()
+            .and_then(|frames| frames.first().map(|f| parameter_types(f)))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    new.params = raw_params
+        .iter()
+        .enumerate()
+        .map(|(i, (format, value))| render_param(*format, value.as_deref(), types.get(i).copied()))
+        .collect();
     if let Some(messages) = explain {
         new.estimate = Some(estimate::<C>(shared, database, messages).await);
     }
@@ -391,6 +404,75 @@ async fn preview<C: Connect, H: Hooks>(
     }
 }
 
+/// The type OIDs of a `ParameterDescription` frame.
+fn parameter_types(frame: &[u8]) -> Vec<u32> {
+    let body = frame.get(5..).unwrap_or_default();
+    let Some(n) = body
+        .get(..2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize)
+    else {
+        return Vec::new();
+    };
+    (0..n)
+        .filter_map(|i| body.get(2 + 4 * i..6 + 4 * i))
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// A bound parameter as the reviewer reads it: text as sent; binary decoded for the
+/// common types, hex otherwise.
+fn render_param(format: i16, value: Option<&[u8]>, oid: Option<u32>) -> Param {
+    let Some(v) = value else {
+        return Param {
+            value: None,
+            binary: false,
+        };
+    };
+    if format == 0 {
+        return Param {
+            value: Some(String::from_utf8_lossy(v).into_owned()),
+            binary: false,
+        };
+    }
+    let decoded = match (oid, v.len()) {
+        // text, varchar, bpchar, name, json, unknown: binary is the text itself
+        (Some(25 | 1043 | 1042 | 19 | 114 | 705), _) => {
+            std::str::from_utf8(v).ok().map(str::to_owned)
+        }
+        (Some(3802), _) if v.first() == Some(&1) => {
+            std::str::from_utf8(&v[1..]).ok().map(str::to_owned)
+        }
+        (Some(16), 1) => Some((v[0] != 0).to_string()),
+        (Some(21), 2) => Some(i16::from_be_bytes([v[0], v[1]]).to_string()),
+        (Some(23 | 26), 4) => Some(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        (Some(20), 8) => Some(i64::from_be_bytes(v.try_into().unwrap_or_default()).to_string()),
+        (Some(700), 4) => Some(f32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        (Some(701), 8) => Some(f64::from_be_bytes(v.try_into().unwrap_or_default()).to_string()),
+        (Some(2950), 16) => {
+            let h = hex::encode(v);
+            Some(format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            ))
+        }
+        _ => None,
+    };
+    match decoded {
+        Some(text) => Param {
+            value: Some(text),
+            binary: false,
+        },
+        None => Param {
+            value: Some(hex::encode(v)),
+            binary: true,
+        },
+    }
+}
+
 /// The planner's estimate, from the gateway's own connection.
 async fn estimate<C: Connect>(shared: &Shared, database: &str, messages: Bytes) -> Estimate {
     let unavailable = |why: String| Estimate {
@@ -400,7 +482,7 @@ async fn estimate<C: Connect>(shared: &Shared, database: &str, messages: Bytes) 
     };
     match tokio::time::timeout(
         EXPLAIN_TIMEOUT,
-        side_exchange::<C>(shared, database, messages),
+        side_exchange::<C>(shared, database, messages, be::DATA_ROW),
     )
     .await
     {
@@ -424,5 +506,33 @@ async fn estimate<C: Connect>(shared: &Shared, database: &str, messages: Bytes) 
                 .join("\n");
             read_plan(&text)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_parameters_are_shown_by_their_type() {
+        let text = |v: &[u8], oid| render_param(1, Some(v), oid).value.unwrap();
+        assert_eq!(text(b"x", Some(25)), "x");
+        assert_eq!(text(&42i32.to_be_bytes(), Some(23)), "42");
+        assert_eq!(text(&(-7i64).to_be_bytes(), Some(20)), "-7");
+        assert_eq!(text(&[1], Some(16)), "true");
+        assert_eq!(text(b"\x01{\"a\":1}", Some(3802)), "{\"a\":1}");
+        // An int4 whose bytes spell text is not shown as text without its type.
+        let unknown = render_param(1, Some(b"ABCD"), None);
+        assert_eq!(
+            (unknown.value.as_deref(), unknown.binary),
+            (Some("41424344"), true)
+        );
+        assert_eq!(
+            render_param(0, Some(b"7"), Some(23)).value.as_deref(),
+            Some("7")
+        );
+        assert_eq!(render_param(1, None, Some(23)).value, None);
+        let pd = [b't', 0, 0, 0, 14, 0, 2, 0, 0, 0, 25, 0, 0, 0, 23];
+        assert_eq!(parameter_types(&pd), [25, 23]);
     }
 }

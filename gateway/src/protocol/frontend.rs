@@ -200,6 +200,14 @@ pub fn describe_portal(name: &[u8]) -> Bytes {
     })
 }
 
+/// `Describe` of a prepared statement.
+pub fn describe_statement(name: &[u8]) -> Bytes {
+    build(DESCRIBE, |b| {
+        b.put_u8(b'S');
+        super::frame::put_cstr(b, name);
+    })
+}
+
 /// A simple `Query`.
 pub fn query(sql: &[u8]) -> Bytes {
     build(QUERY, |b| super::frame::put_cstr(b, sql))
