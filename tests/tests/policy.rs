@@ -505,7 +505,7 @@ fn multi_statement_refused_whole(env: &Env) {
         "{e}"
     );
     assert!(
-        e.contains("HINT:  Approvals are not enabled on this gateway yet"),
+        e.contains("HINT:  Approvals are not configured on this gateway ([approvals])"),
         "{e}"
     );
     // Nothing of a refused string runs, writes included.
