@@ -401,17 +401,7 @@ impl Hub {
             let current = match self.store.get(id).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
-                Err(e) => {
-                    warn!(target: "portcullis::approvals", id, "cannot end request: {e}");
-                    // The session must not wait forever on a store that fails: it is
-                    // told the request was withdrawn, and the statement does not run.
-                    if let Some(w) = self.forget(id) {
-                        let _ = w.tx.send(Resolution::Withdrawn {
-                            reason: format!("the approvals store failed: {e}"),
-                        });
-                    }
-                    return;
-                }
+                Err(e) => return self.store_failed(id, &e),
             };
             let Some(next) = current.end(status, reason) else {
                 self.settle(&current);
@@ -423,16 +413,19 @@ impl Hub {
                     return;
                 }
                 Ok(false) => continue,
-                Err(e) => {
-                    warn!(target: "portcullis::approvals", id, "cannot end request: {e}");
-                    if let Some(w) = self.forget(id) {
-                        let _ = w.tx.send(Resolution::Withdrawn {
-                            reason: format!("the approvals store failed: {e}"),
-                        });
-                    }
-                    return;
-                }
+                Err(e) => return self.store_failed(id, &e),
             }
+        }
+    }
+
+    /// The store cannot end a request. The session must not wait forever on a store that
+    /// fails: it is told the request was withdrawn, and the statement does not run.
+    fn store_failed(&mut self, id: i64, e: &StoreError) {
+        warn!(target: "portcullis::approvals", id, "cannot end request: {e}");
+        if let Some(w) = self.forget(id) {
+            let _ = w.tx.send(Resolution::Withdrawn {
+                reason: format!("the approvals store failed: {e}"),
+            });
         }
     }
 
@@ -515,31 +508,10 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::approvals::model::Origin;
     use crate::approvals::store::SqliteStore;
 
     fn new(timeout_secs: u64, approvers: u32) -> NewRequest {
-        NewRequest {
-            origin: Origin {
-                gateway: "g".into(),
-                session: "s".into(),
-                identity: "agent".into(),
-                roles: vec![],
-                source: "127.0.0.1:1".into(),
-                application_name: String::new(),
-                database: "db".into(),
-            },
-            sql: "DROP TABLE t".into(),
-            params: vec![],
-            protocol: "simple".into(),
-            rule: None,
-            message: "m".into(),
-            recent: vec![],
-            estimate: None,
-            preview: None,
-            approvers,
-            timeout_secs,
-        }
+        NewRequest::example("DROP TABLE t", approvers, timeout_secs)
     }
 
     fn hub(dir: &std::path::Path) -> Approvals {

@@ -195,6 +195,34 @@ pub fn digest(origin: &Origin, sql: &str, params: &[Param]) -> String {
     hex::encode(h.finalize())
 }
 
+impl NewRequest {
+    /// `sql` held from the `agent` identity's psql session: the tests' request.
+    #[cfg(test)]
+    pub(crate) fn example(sql: &str, approvers: u32, timeout_secs: u64) -> NewRequest {
+        NewRequest {
+            origin: Origin {
+                gateway: "g1".into(),
+                session: "s1".into(),
+                identity: "agent".into(),
+                roles: vec!["agent".into()],
+                source: "127.0.0.1:50000".into(),
+                application_name: "psql".into(),
+                database: "bank".into(),
+            },
+            sql: sql.into(),
+            params: vec![],
+            protocol: "simple".into(),
+            rule: Some("hold".into()),
+            message: "needs a reviewer".into(),
+            recent: vec![],
+            estimate: None,
+            preview: None,
+            approvers,
+            timeout_secs,
+        }
+    }
+}
+
 impl Request {
     pub fn new(id: i64, new: NewRequest) -> Request {
         let digest = digest(&new.origin, &new.sql, &new.params);
@@ -347,30 +375,7 @@ mod tests {
     use super::*;
 
     fn request(approvers: u32) -> Request {
-        Request::new(
-            7,
-            NewRequest {
-                origin: Origin {
-                    gateway: "g1".into(),
-                    session: "s1".into(),
-                    identity: "agent".into(),
-                    roles: vec!["agent".into()],
-                    source: "127.0.0.1:5555".into(),
-                    application_name: "psql".into(),
-                    database: "bank".into(),
-                },
-                sql: "DELETE FROM t".into(),
-                params: vec![],
-                protocol: "simple".into(),
-                rule: Some("hold".into()),
-                message: "needs a reviewer".into(),
-                recent: vec![],
-                estimate: None,
-                preview: None,
-                approvers,
-                timeout_secs: 60,
-            },
-        )
+        Request::new(7, NewRequest::example("DELETE FROM t", approvers, 60))
     }
 
     fn approve() -> Action {

@@ -957,7 +957,7 @@ mod tests {
 
     #[test]
     fn reviewers_decide_through_the_socket() {
-        use crate::approvals::{Approvals, NewRequest, Origin, Request, Resolution, Settings};
+        use crate::approvals::{Approvals, NewRequest, Request, Resolution, Settings};
 
         let dir = Scratch::new("review");
         let config = dir.0.join("gw.toml");
@@ -1022,27 +1022,7 @@ mod tests {
                 );
 
                 let ticket = handle
-                    .submit(NewRequest {
-                        origin: Origin {
-                            gateway: "gw".into(),
-                            session: "s1".into(),
-                            identity: "agent".into(),
-                            roles: vec![],
-                            source: "127.0.0.1:1".into(),
-                            application_name: "psql".into(),
-                            database: "db".into(),
-                        },
-                        sql: "DROP TABLE t".into(),
-                        params: vec![],
-                        protocol: "simple".into(),
-                        rule: None,
-                        message: "m".into(),
-                        recent: vec![],
-                        estimate: None,
-                        preview: None,
-                        approvers: 1,
-                        timeout_secs: 60,
-                    })
+                    .submit(NewRequest::example("DROP TABLE t", 1, 60))
                     .await
                     .unwrap();
                 let id = ticket.request.id;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::approvals::model::Origin;
 use crate::approvals::store::{SqliteStore, Store};
 use crate::approvals::{Approvals, NewRequest, Settings};
 
@@ -33,24 +32,9 @@ pub fn hub(dir: &std::path::Path, page_url: Option<&str>) -> Arc<Approvals> {
 /// `DROP TABLE accounts` from the `agent` identity, needing `approvers` approvals.
 pub fn held(approvers: u32) -> NewRequest {
     NewRequest {
-        origin: Origin {
-            gateway: "g1".into(),
-            session: "7".into(),
-            identity: "agent".into(),
-            roles: vec!["agent".into()],
-            source: "127.0.0.1:50000".into(),
-            application_name: "psql".into(),
-            database: "bank".into(),
-        },
-        sql: "DROP TABLE accounts".into(),
-        params: vec![],
-        protocol: "simple".into(),
         rule: Some("hold-ddl".into()),
         message: "DDL needs a reviewer".into(),
         recent: vec!["SELECT count(*) FROM accounts".into()],
-        estimate: None,
-        preview: None,
-        approvers,
-        timeout_secs: 60,
+        ..NewRequest::example("DROP TABLE accounts", approvers, 60)
     }
 }

@@ -151,30 +151,10 @@ fn decode(id: i64, body: &str) -> Result<Request, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::approvals::model::{Action, Origin, Status};
+    use crate::approvals::model::{Action, Status};
 
     fn new() -> NewRequest {
-        NewRequest {
-            origin: Origin {
-                gateway: "g".into(),
-                session: "s".into(),
-                identity: "agent".into(),
-                roles: vec![],
-                source: "127.0.0.1:1".into(),
-                application_name: String::new(),
-                database: "db".into(),
-            },
-            sql: "DROP TABLE t".into(),
-            params: vec![],
-            protocol: "simple".into(),
-            rule: None,
-            message: "m".into(),
-            recent: vec![],
-            estimate: None,
-            preview: None,
-            approvers: 1,
-            timeout_secs: 5,
-        }
+        NewRequest::example("DROP TABLE t", 1, 5)
     }
 
     #[test]
