@@ -285,6 +285,43 @@ fn held_statements_wait_for_the_reviewer(engine: Engine) {
         assert_eq!(n, 2);
         assert_eq!(direct(&env, "SELECT count(*) FROM t WHERE v = 'x'"), "2");
 
+        // Pipelined (tokio-postgres sends these without waiting): the statement before
+        // the held one completes, the one after it waits behind it, unread.
+        let (a, b, c) = (client.clone(), client.clone(), client.clone());
+        let before =
+            tokio::spawn(
+                async move { a.execute("INSERT INTO t VALUES (12, 'before')", &[]).await },
+            );
+        let held = tokio::spawn(async move { b.execute("DELETE FROM t", &[]).await });
+        let after = tokio::spawn(async move { c.query_one("SELECT count(*) FROM t", &[]).await });
+        assert_eq!(
+            before
+                .await
+                .unwrap()
+                .expect("the statement before the hold runs"),
+            1
+        );
+        let req = wait_pending_async(&env, 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !after.is_finished(),
+            "a statement pipelined behind the held one ran first"
+        );
+        approvals_ok(&env, &["approve", &id(&req), "--reviewer", "alice"]);
+        assert_eq!(held.await.unwrap().expect("approved"), 12);
+        let n: i64 = after
+            .await
+            .unwrap()
+            .expect("runs after the held one")
+            .get(0);
+        assert_eq!(n, 0, "it ran after the approved DELETE");
+        env.pg
+            .psql(
+                DB,
+                "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 11) g",
+            )
+            .unwrap();
+
         // Two distinct reviewers, never the agent itself.
         let vault = tokio::spawn({
             let c = client.clone();

@@ -569,6 +569,11 @@ impl StatementGate {
             );
             return Ok(Judged::Logged);
         }
+        let verb = if verdict == Action::Hold && self.approving {
+            "approved hold: runs"
+        } else {
+            verb
+        };
         self.log(reading, verb, rule, &quoted());
         let facts = facts(reading);
         if verdict == Action::Hold {
