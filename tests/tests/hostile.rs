@@ -144,13 +144,42 @@ fn garbage_and_bad_lengths_before_startup(engine: Engine) {
 
 /// Logs in over raw TCP with SCRAM, leaving the socket at ReadyForQuery.
 fn raw_login(env: &Env) -> TcpStream {
-    let mut s = dial(env);
     let mut out = BytesMut::new();
     frontend::startup_message([("user", "agent"), ("database", common::DB)], &mut out).unwrap();
-    s.write_all(&out).unwrap();
+    let (s, negotiated) = raw_login_with(env, &out);
+    assert!(
+        negotiated.is_none(),
+        "a 3.0 start-up got NegotiateProtocolVersion"
+    );
+    s
+}
+
+/// [`raw_login`] with the start-up packet given; also returns the body of a
+/// `NegotiateProtocolVersion` if the gateway sent one (postgres-protocol does not parse
+/// that message, so it is taken off the stream here).
+fn raw_login_with(env: &Env, startup: &[u8]) -> (TcpStream, Option<Vec<u8>>) {
+    let mut s = dial(env);
+    s.write_all(startup).unwrap();
     let mut inbuf = BytesMut::new();
     let mut scram = None;
+    let mut negotiated = None;
     loop {
+        let fill = |s: &mut TcpStream, buf: &mut BytesMut, want: usize| {
+            while buf.len() < want {
+                let mut chunk = [0u8; 8192];
+                let n = s.read(&mut chunk).expect("read from gateway");
+                assert!(n > 0, "gateway closed during login");
+                buf.put_slice(&chunk[..n]);
+            }
+        };
+        fill(&mut s, &mut inbuf, 1);
+        if inbuf[0] == b'v' {
+            fill(&mut s, &mut inbuf, 5);
+            let len = u32::from_be_bytes([inbuf[1], inbuf[2], inbuf[3], inbuf[4]]) as usize + 1;
+            fill(&mut s, &mut inbuf, len);
+            negotiated = Some(inbuf.split_to(len)[5..].to_vec());
+            continue;
+        }
         let msg = next_message(&mut s, &mut inbuf);
         let mut out = BytesMut::new();
         match msg {
@@ -172,7 +201,7 @@ fn raw_login(env: &Env) -> TcpStream {
                     .expect("server signature verifies");
             }
             backend::Message::ErrorResponse(_) => panic!("login refused"),
-            backend::Message::ReadyForQuery(_) => return s,
+            backend::Message::ReadyForQuery(_) => return (s, negotiated),
             _ => {}
         }
         if !out.is_empty() {
@@ -190,6 +219,38 @@ fn next_message(s: &mut TcpStream, buf: &mut BytesMut) -> backend::Message {
         let n = s.read(&mut chunk).expect("read from gateway");
         assert!(n > 0, "gateway closed during login");
         buf.put_slice(&chunk[..n]);
+    }
+}
+
+/// libpq 18 with `max_protocol_version=latest` asks for 3.2 and may send `_pq_.*`
+/// options: PostgreSQL 15 answers `NegotiateProtocolVersion` (3.0, the options it does
+/// not know) and goes on with authentication; so does the gateway.
+#[test]
+fn a_newer_protocol_minor_version_is_negotiated_down() {
+    let env = Env::start(Engine::Auto);
+    let body = b"user\0agent\0database\0app\0_pq_.future_feature\0on\0\0";
+    let mut p = ((8 + body.len()) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&[0, 3, 0, 2]);
+    p.extend_from_slice(body);
+    let (mut s, negotiated) = raw_login_with(&env, &p);
+    let v = negotiated.expect("NegotiateProtocolVersion before authentication");
+    assert_eq!(&v[..4], &0i32.to_be_bytes(), "newest minor version: 0");
+    assert_eq!(&v[4..8], &1i32.to_be_bytes());
+    assert_eq!(&v[8..], b"_pq_.future_feature\0");
+    let mut out = BytesMut::new();
+    frontend::query("SELECT 41 + 1", &mut out).unwrap();
+    s.write_all(&out).unwrap();
+    let mut inbuf = BytesMut::new();
+    loop {
+        match next_message(&mut s, &mut inbuf) {
+            backend::Message::DataRow(r) => {
+                let v = r.buffer();
+                assert!(v.ends_with(b"42"), "{v:?}");
+            }
+            backend::Message::ReadyForQuery(_) => break,
+            backend::Message::ErrorResponse(_) => panic!("the negotiated session fails"),
+            _ => {}
+        }
     }
 }
 

@@ -106,6 +106,18 @@ pub fn notice_response(message: &str, detail: Option<&str>) -> Bytes {
     })
 }
 
+/// `NegotiateProtocolVersion`: the newest minor version of protocol 3 the gateway speaks
+/// and the start-up options (`_pq_.*`) it does not know.
+pub fn negotiate_protocol_version(minor: i32, unknown: &[String]) -> Bytes {
+    build(NEGOTIATE_PROTOCOL_VERSION, |b| {
+        b.put_i32(minor);
+        b.put_i32(unknown.len() as i32);
+        for o in unknown {
+            put_cstr(b, o.as_bytes());
+        }
+    })
+}
+
 pub fn ready_for_query(status: u8) -> Bytes {
     build(READY_FOR_QUERY, |b| b.put_u8(status))
 }

@@ -32,8 +32,16 @@ const PROTOCOL_3_0: i32 = 196608;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: i32 },
-    Startup { params: Vec<(String, String)> },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    /// Protocol 3.`minor`: the gateway speaks 3.0 and says so to a client asking for
+    /// more (`NegotiateProtocolVersion`), as PostgreSQL 15 does.
+    Startup {
+        params: Vec<(String, String)>,
+        minor: u16,
+    },
 }
 
 impl StartupPacket {
@@ -49,7 +57,8 @@ impl StartupPacket {
                 let secret = c.i32().ok_or(ProtocolError::BadStartup("short cancel"))?;
                 Ok(Self::Cancel { pid, secret })
             }
-            PROTOCOL_3_0 => {
+            v if v >> 16 == PROTOCOL_3_0 >> 16 => {
+                let minor = v as u16;
                 let mut params = Vec::new();
                 loop {
                     let key = c
@@ -63,7 +72,7 @@ impl StartupPacket {
                         .ok_or(ProtocolError::BadStartup("unterminated parameter"))?;
                     params.push((utf8(key)?, utf8(value)?));
                 }
-                Ok(Self::Startup { params })
+                Ok(Self::Startup { params, minor })
             }
             v => Err(ProtocolError::UnsupportedVersion {
                 major: (v >> 16) as u16,
@@ -366,11 +375,22 @@ mod tests {
         p.extend_from_slice(b"user\0agent\0database\0bank\0\0");
         let len = p.len() as i32;
         p[..4].copy_from_slice(&len.to_be_bytes());
-        let StartupPacket::Startup { params } = StartupPacket::parse(&p).unwrap() else {
+        let StartupPacket::Startup { params, minor } = StartupPacket::parse(&p).unwrap() else {
             panic!("not a startup message")
         };
-        assert_eq!(params[0], ("user".into(), "agent".into()));
+        assert_eq!(
+            (params[0].clone(), minor),
+            (("user".into(), "agent".into()), 0)
+        );
         assert!(StartupPacket::parse(&p[..p.len() - 3]).is_err());
+        // A newer minor version parses (libpq 18 asks for 3.2); another major does not.
+        p[4..8].copy_from_slice(&(PROTOCOL_3_0 | 2).to_be_bytes());
+        assert!(matches!(
+            StartupPacket::parse(&p),
+            Ok(StartupPacket::Startup { minor: 2, .. })
+        ));
+        p[4..8].copy_from_slice(&(4i32 << 16).to_be_bytes());
+        assert!(StartupPacket::parse(&p).is_err());
     }
 
     #[test]

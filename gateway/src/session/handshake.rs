@@ -228,7 +228,7 @@ impl ClientHandshake {
                 self.state = State::AwaitStartup;
             }
             StartupPacket::Cancel { pid, secret } => steps.push(Step::Cancel { pid, secret }),
-            StartupPacket::Startup { params } => {
+            StartupPacket::Startup { params, minor } => {
                 if self.tls == TlsOffer::Required && !self.encrypted {
                     steps.push(Step::Reject(error_response(
                         Severity::Fatal,
@@ -242,6 +242,7 @@ impl ClientHandshake {
                 let mut user = None;
                 let mut database = None;
                 let mut rest = Vec::new();
+                let mut extensions = Vec::new();
                 for (k, v) in params {
                     match k.as_str() {
                         "user" => user = Some(v),
@@ -256,8 +257,8 @@ impl ClientHandshake {
                             )));
                             return;
                         }
-                        // Protocol extensions (_pq_.*) are not negotiated by the gateway.
-                        _ if k.starts_with("_pq_.") => {}
+                        // Protocol extensions the gateway does not know: listed back.
+                        _ if k.starts_with("_pq_.") => extensions.push(k),
                         _ => rest.push((k, v)),
                     }
                 }
@@ -275,6 +276,11 @@ impl ClientHandshake {
                     .filter(|d| !d.is_empty())
                     .unwrap_or_else(|| user.clone());
                 let (identity, verifier) = self.identities.verifier_for(&user);
+                // As PostgreSQL 15: a client asking for a newer minor version or for
+                // extensions is told what it gets (3.0, none of them), then goes on.
+                if minor > 0 || !extensions.is_empty() {
+                    steps.push(Step::Send(be::negotiate_protocol_version(0, &extensions)));
+                }
                 steps.push(Step::Send(be::authentication_sasl(&[scram::MECHANISM])));
                 self.state = State::AwaitSaslInitial(Login {
                     user,
@@ -415,6 +421,32 @@ mod tests {
             panic!("{steps:?}")
         };
         assert_eq!(be::error_summary(&e[5..]).0, "08P01");
+    }
+
+    #[test]
+    fn a_newer_minor_version_and_extensions_are_negotiated_down() {
+        let mut hs = ClientHandshake::new(store(), TlsOffer::None);
+        let mut p = BytesMut::new();
+        p.put_i32(0);
+        p.put_i32((3 << 16) | 2);
+        p.put_slice(b"user\0agent\0_pq_.test_ext\0on\0\0");
+        let len = p.len() as i32;
+        p[..4].copy_from_slice(&len.to_be_bytes());
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut p, &mut steps);
+        let [Step::Send(v), Step::Send(auth)] = &steps[..] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(
+            &v[..],
+            &be::negotiate_protocol_version(0, &["_pq_.test_ext".into()])[..]
+        );
+        assert_eq!(auth[0], be::AUTHENTICATION);
+        // A plain 3.0 start-up gets no negotiation.
+        let mut hs = ClientHandshake::new(store(), TlsOffer::None);
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut startup("agent"), &mut steps);
+        assert!(matches!(&steps[..], [Step::Send(a)] if a[0] == be::AUTHENTICATION));
     }
 
     #[test]
