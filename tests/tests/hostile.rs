@@ -146,7 +146,7 @@ fn garbage_and_bad_lengths_before_startup(engine: Engine) {
 fn raw_login(env: &Env) -> TcpStream {
     let mut out = BytesMut::new();
     frontend::startup_message([("user", "agent"), ("database", common::DB)], &mut out).unwrap();
-    let (s, negotiated) = raw_login_with(env, &out);
+    let (s, negotiated, _) = raw_login_with(env, &out);
     assert!(
         negotiated.is_none(),
         "a 3.0 start-up got NegotiateProtocolVersion"
@@ -156,13 +156,14 @@ fn raw_login(env: &Env) -> TcpStream {
 
 /// [`raw_login`] with the start-up packet given; also returns the body of a
 /// `NegotiateProtocolVersion` if the gateway sent one (postgres-protocol does not parse
-/// that message, so it is taken off the stream here).
-fn raw_login_with(env: &Env, startup: &[u8]) -> (TcpStream, Option<Vec<u8>>) {
+/// that message, so it is taken off the stream here), and the `BackendKeyData` pid.
+fn raw_login_with(env: &Env, startup: &[u8]) -> (TcpStream, Option<Vec<u8>>, Option<i32>) {
     let mut s = dial(env);
     s.write_all(startup).unwrap();
     let mut inbuf = BytesMut::new();
     let mut scram = None;
     let mut negotiated = None;
+    let mut pid = None;
     loop {
         let fill = |s: &mut TcpStream, buf: &mut BytesMut, want: usize| {
             while buf.len() < want {
@@ -201,7 +202,8 @@ fn raw_login_with(env: &Env, startup: &[u8]) -> (TcpStream, Option<Vec<u8>>) {
                     .expect("server signature verifies");
             }
             backend::Message::ErrorResponse(_) => panic!("login refused"),
-            backend::Message::ReadyForQuery(_) => return (s, negotiated),
+            backend::Message::BackendKeyData(k) => pid = Some(k.process_id()),
+            backend::Message::ReadyForQuery(_) => return (s, negotiated, pid),
             _ => {}
         }
         if !out.is_empty() {
@@ -232,7 +234,7 @@ fn a_newer_protocol_minor_version_is_negotiated_down() {
     let mut p = ((8 + body.len()) as u32).to_be_bytes().to_vec();
     p.extend_from_slice(&[0, 3, 0, 2]);
     p.extend_from_slice(body);
-    let (mut s, negotiated) = raw_login_with(&env, &p);
+    let (mut s, negotiated, _) = raw_login_with(&env, &p);
     let v = negotiated.expect("NegotiateProtocolVersion before authentication");
     assert_eq!(&v[..4], &0i32.to_be_bytes(), "newest minor version: 0");
     assert_eq!(&v[4..8], &1i32.to_be_bytes());
@@ -252,6 +254,45 @@ fn a_newer_protocol_minor_version_is_negotiated_down() {
             _ => {}
         }
     }
+}
+
+/// The pid in `BackendKeyData` is the server's, so a driver matches its own
+/// notifications and finds itself in `pg_stat_activity` (issue 10, item 5); the secret
+/// is the gateway's, and a cancel with it still reaches the backend.
+#[test]
+fn the_agent_sees_its_backends_real_pid() {
+    let env = Env::start(Engine::Auto);
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "agent"), ("database", common::DB)], &mut out).unwrap();
+    let (mut s, _, pid) = raw_login_with(&env, &out);
+    let pid = pid.expect("BackendKeyData");
+    let mut out = BytesMut::new();
+    frontend::query("LISTEN c; NOTIFY c, 'x'; SELECT pg_backend_pid()", &mut out).unwrap();
+    s.write_all(&out).unwrap();
+    let mut inbuf = BytesMut::new();
+    let (mut notified, mut selected) = (None, None);
+    loop {
+        match next_message(&mut s, &mut inbuf) {
+            backend::Message::NotificationResponse(n) => notified = Some(n.process_id()),
+            backend::Message::DataRow(r) => {
+                let b = r.buffer();
+                selected = Some(String::from_utf8_lossy(&b[4..]).parse::<i32>().unwrap());
+            }
+            backend::Message::ReadyForQuery(_) => break,
+            backend::Message::ErrorResponse(_) => panic!("the query failed"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        selected,
+        Some(pid),
+        "pg_backend_pid() differs from BackendKeyData"
+    );
+    assert_eq!(
+        notified,
+        Some(pid),
+        "the session's own notification has another pid"
+    );
 }
 
 fn oversized_and_broken_frames_after_login(engine: Engine) {

@@ -1,6 +1,9 @@
-//! Cancel keys: the gateway hands each agent a key of its own and maps it to the
-//! upstream server's real key, so a `CancelRequest` reaches the right backend and the
-//! agent never learns anything about the server's processes.
+//! Cancel keys: the gateway hands each agent the server's real process id with a secret
+//! of the gateway's own, and maps that pair to the server's real key, so a
+//! `CancelRequest` reaches the right backend and the server's secret never leaves the
+//! gateway. The pid is the server's so that what drivers compare it with matches: the pid
+//! in a `NotificationResponse` (a driver's own notifications), `pg_stat_activity`,
+//! `pg_locks`, `pg_terminate_backend(pid)`.
 //!
 //! Shared by every worker thread: a cancel request arrives on a new connection, which
 //! may land on any core.
@@ -81,12 +84,16 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    /// Issues a fresh agent-facing key for `target`.
+    /// Issues a fresh agent-facing key for `target`: its pid, and a secret of ours.
     pub fn register(&self, target: CancelTarget) -> (i32, i32) {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         let mut rng = rand::thread_rng();
         loop {
-            let key = (rng.gen_range(1..i32::MAX), rng.r#gen::<i32>());
+            let secret = rng.r#gen::<i32>();
+            if secret == target.secret {
+                continue;
+            }
+            let key = (target.pid, secret);
             if let std::collections::hash_map::Entry::Vacant(e) = keys.entry(key) {
                 e.insert(target);
                 return key;
@@ -139,6 +146,8 @@ mod tests {
             session: Arc::default(),
         };
         let k = r.register(t.clone());
+        assert_eq!(k.0, 42, "the agent sees the server's pid");
+        assert_ne!(k.1, 7, "but never the server's secret");
         assert_eq!(r.lookup(k.0, k.1), Some(t));
         assert_eq!(
             r.lookup(42, 7),

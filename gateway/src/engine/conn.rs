@@ -158,7 +158,8 @@ async fn run<C: Connect>(
         }
     };
 
-    // The agent's cancel key is the gateway's own; the server's stays here.
+    // The agent gets the server's pid with a secret of the gateway's own; the
+    // server's secret stays here.
     let signal = Arc::new(SessionCancel::default());
     let guard = session.cancel_key.map(|(pid, secret)| {
         let key = shared.cancels.register(CancelTarget {
