@@ -31,7 +31,13 @@ impl Hooks for HoldsD {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut relay = Relay::new(RelayLimits { max_message: 1 << 16 }, HoldsD).with_recent(3);
+    let mut relay = Relay::new(
+        RelayLimits {
+            max_message: 1 << 16,
+        },
+        HoldsD,
+    )
+    .with_recent(3);
     let mut client = BytesMut::new();
     let mut server = BytesMut::new();
     // Chunks: a control byte says whose bytes follow (and how many), or a decision.
@@ -46,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
                 let before = client.len();
                 let held = relay.held().is_some();
                 let r = relay.on_client_bytes(&mut client);
-                assert!(!held || client.len() == before, "client bytes consumed while held");
+                assert!(
+                    !held || client.len() == before,
+                    "client bytes consumed while held"
+                );
                 r
             }
             2 | 3 => {
@@ -65,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
                 },
                 &mut client,
             ),
-            _ => relay.release(Release::Refuse(Refusal::new("42501", "denied")), &mut client),
+            _ => relay.release(
+                Release::Refuse(Refusal::new("42501", "denied")),
+                &mut client,
+            ),
         };
         while relay.pop_to_server().is_some() {}
         while relay.pop_to_client().is_some() {}
