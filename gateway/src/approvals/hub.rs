@@ -508,27 +508,13 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::approvals::store::SqliteStore;
 
     fn new(timeout_secs: u64, approvers: u32) -> NewRequest {
         NewRequest::example("DROP TABLE t", approvers, timeout_secs)
     }
 
-    fn hub(dir: &std::path::Path) -> Approvals {
-        let store = Store::Sqlite(SqliteStore::open(&dir.join("a.sqlite")).unwrap());
-        let (a, hub) = Approvals::new(
-            Settings {
-                gateway: "g".into(),
-                notice_interval: Duration::from_secs(10),
-                default_timeout: Duration::from_secs(60),
-                preview_max: Duration::from_secs(60),
-                recent: 3,
-                page_url: None,
-            },
-            store,
-        );
-        tokio::spawn(hub.run());
-        a
+    fn hub(dir: &std::path::Path) -> std::sync::Arc<Approvals> {
+        crate::approvals::testkit::hub(dir, None)
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -15,6 +15,8 @@ pub mod explain;
 pub mod hub;
 pub mod model;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 pub use config::ApprovalsConfig;
 pub use hub::{ApprovalError, Approvals, Event, EventKind, Resolution, Settings, Ticket};

@@ -957,7 +957,7 @@ mod tests {
 
     #[test]
     fn reviewers_decide_through_the_socket() {
-        use crate::approvals::{Approvals, NewRequest, Request, Resolution, Settings};
+        use crate::approvals::{Approvals, NewRequest, Request, Resolution};
 
         let dir = Scratch::new("review");
         let config = dir.0.join("gw.toml");
@@ -979,17 +979,7 @@ mod tests {
                 cfg.approvals.as_ref().unwrap(),
             ))
             .unwrap();
-        let (handle, hub) = Approvals::new(
-            Settings {
-                gateway: "gw".into(),
-                notice_interval: Duration::from_secs(10),
-                default_timeout: Duration::from_secs(60),
-                preview_max: Duration::from_secs(60),
-                recent: 3,
-                page_url: None,
-            },
-            store,
-        );
+        let (handle, hub) = Approvals::new(crate::approvals::testkit::settings(None), store);
         rt.spawn(hub.run());
         let handle = Arc::new(handle);
         shared.approvals = Some(handle.clone());

@@ -11,6 +11,3 @@ pub mod admin;
 pub mod admin_approvals;
 pub mod http;
 pub mod webhook;
-
-#[cfg(test)]
-mod testkit;

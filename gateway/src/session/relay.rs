@@ -482,9 +482,9 @@ impl<H: Hooks> Relay<H> {
             } else {
                 "COMMIT"
             });
-            let mut frames = p.captured;
-            frames.retain(|f| f.first() != Some(&be::READY_FOR_QUERY));
-            self.expect.push_back(Expect::Replay { frames });
+            // The captured answer ends before its ReadyForQuery (never captured: the
+            // commit's says the session's status).
+            self.expect.push_back(Expect::Replay { frames: p.captured });
             return Ok(());
         }
         self.roll_back_preview(&p);

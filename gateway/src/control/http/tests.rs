@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::approvals::Resolution;
-use crate::control::testkit::{held, hub, settings, store};
+use crate::approvals::testkit::{held, hub, settings, store};
 
 const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-0123456789";

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::approvals::Action;
-use crate::control::testkit::{held, hub};
+use crate::approvals::testkit::{held, hub};
 
 const SECRET: &str = "webhook-secret";
 

@@ -1,4 +1,4 @@
-//! What the HTTP and webhook tests share: a real hub over a SQLite store in a temporary
+//! What the approvals, admin-socket, HTTP and webhook tests share: a real hub over a SQLite store in a temporary
 //! directory, and the request an agent's held statement would make.
 
 use std::sync::Arc;
