@@ -6,22 +6,11 @@ mod common;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DB, Env, psql_at, rt, run_timed, stderr, stdout};
+use common::{DB, Env, portcullis, psql_at, rt, run_timed, stderr, stdout};
 use portcullis_tests::{Engine, PgOptions, per_engine, scram};
-
-/// `portcullis <args>`, with nothing inherited that could point it elsewhere.
-fn portcullis(args: &[&str]) -> Command {
-    let mut c = Command::new(portcullis_tests::gateway::binary().expect("gateway binary"));
-    c.args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env_remove("PORTCULLIS_CONFIG")
-        .env_remove("PORTCULLIS_ADMIN_SOCKET")
-        .stdin(Stdio::null());
-    c
-}
 
 /// `portcullis <command> --config <config>`.
 fn admin(command: &str, config: &Path) -> Output {

@@ -77,16 +77,11 @@ fn start(engine: Engine) -> Env {
 /// `portcullis approvals <args> --admin-socket <the gateway's>`.
 fn approvals(env: &Env, args: &[&str]) -> Output {
     let socket = env.gw.admin_socket().expect("admin socket");
-    let bin = portcullis_tests::gateway::binary().expect("gateway binary");
     run_timed(
-        Command::new(bin)
-            .arg("approvals")
+        common::portcullis(&["approvals"])
             .args(args)
             .arg("--admin-socket")
-            .arg(socket)
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("PORTCULLIS_ADMIN_SOCKET")
-            .stdin(Stdio::null()),
+            .arg(socket),
     )
 }
 

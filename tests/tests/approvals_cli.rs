@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DB, Env, run_timed, stderr, stdout};
+use common::{DB, Env, portcullis, run_timed, stderr, stdout};
 use portcullis_tests::{Engine, Gateway, GatewayOptions, PgOptions};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -25,16 +25,6 @@ message = "destructive statements need a reviewer"
 "#;
 
 const STORE_DB: &str = "approvals_store";
-
-fn portcullis(args: &[&str]) -> Command {
-    let mut c = Command::new(portcullis_tests::gateway::binary().expect("gateway binary"));
-    c.args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env_remove("PORTCULLIS_CONFIG")
-        .env_remove("PORTCULLIS_ADMIN_SOCKET")
-        .stdin(Stdio::null());
-    c
-}
 
 /// `portcullis approvals <args> --admin-socket <gw's>`.
 fn cli(gw: &Gateway, args: &[&str]) -> Output {

@@ -165,3 +165,15 @@ pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
     });
     client
 }
+
+/// `portcullis <args>` (the binary under test), with nothing inherited that could point
+/// it at another gateway.
+pub fn portcullis(args: &[&str]) -> Command {
+    let mut c = Command::new(portcullis_tests::gateway::binary().expect("gateway binary"));
+    c.args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("PORTCULLIS_ADMIN_SOCKET")
+        .stdin(Stdio::null());
+    c
+}
