@@ -95,6 +95,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// No `[approvals]`: held statements are refused, saying approval is required.
     pub approvals: Option<crate::approvals::ApprovalsConfig>,
+    /// No `[audit]`: the gateway keeps no evidence (`check-config` says so).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +304,12 @@ impl Config {
             approvals
                 .validate()
                 .map_err(|e| invalid(e.key, e.problem))?;
+        }
+        if let Some(audit) = &self.audit {
+            audit.validate().map_err(|e| {
+                let (key, problem) = e.split_once(": ").unwrap_or(("audit", &e));
+                invalid(key, problem)
+            })?;
         }
         Ok(())
     }

@@ -14,10 +14,12 @@
 //! - [`engine`]: the two I/O drivers (io_uring and epoll) around the core.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`approvals`]: held statements waiting for a person: requests, decisions, their store.
+//! - [`audit`]: the audit log: records, the session trail, the group-commit writer.
 //! - [`control`]: the control plane (admin socket, reviewers' HTTP API and page).
 
 pub mod analysis;
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod control;

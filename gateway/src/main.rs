@@ -239,6 +239,11 @@ fn page_url(listen: &str) -> String {
     }
 }
 
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -452,6 +457,29 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(a) = &cfg.audit {
+        let gateway = a
+            .gateway_id
+            .clone()
+            .unwrap_or_else(|| default_gateway_id(addr));
+        let log = portcullis::audit::AuditLog::open(a, &gateway, None)
+            .context("opening the audit log")?;
+        let config_sha256 = std::fs::read(&path)
+            .map(|b| hex_sha256(&b))
+            .unwrap_or_default();
+        let t = log.record(&portcullis::audit::Body::GatewayStart {
+            version: env!("CARGO_PKG_VERSION"),
+            config_sha256,
+            pid: std::process::id(),
+        });
+        // A gateway that cannot write its first record would refuse every statement.
+        log.durable_blocking(t)
+            .context("writing the audit log's first record")?;
+        info!(dir = %a.dir.display(), gateway = %gateway, "audit log open");
+        shared.audit = Some(log);
+    } else {
+        warn!("no [audit] section: this gateway keeps no evidence of what agents run");
+    }
     // Bound now, before the workers: a taken port fails start-up instead of leaving a
     // gateway that holds statements nobody can reach.
     let page_listener = match cfg.approvals.as_ref().and_then(|a| a.http.as_ref()) {
@@ -554,10 +582,20 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
             sessions = left,
             "grace period over, closing remaining sessions"
         );
+        if let Some(log) = &shared.audit {
+            log.record(&portcullis::audit::Body::GatewayStop {
+                reason: "grace period over, sessions cut",
+            });
+            log.close();
+        }
         std::process::exit(0);
     }
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(log) = &shared.audit {
+        log.record(&portcullis::audit::Body::GatewayStop { reason: "signal" });
+        log.close();
     }
     info!("stopped");
     Ok(())

@@ -121,6 +121,9 @@ pub struct GatewayOptions {
     /// The `[approvals]` section after its `state_dir` line (which [`Gateway::start`]
     /// points into the gateway's temporary directory); `None`: no approvals.
     pub approvals_toml: Option<String>,
+    /// The `[audit]` section's lines; without a `dir` line [`Gateway::start`] adds one in
+    /// the gateway's temporary directory ([`Gateway::audit_dir`]). `None`: no audit.
+    pub audit_toml: Option<String>,
     pub startup_timeout: Duration,
 }
 
@@ -149,6 +152,7 @@ impl GatewayOptions {
             upstream_tls: vec!["tls = \"disable\"".into()],
             admin_socket: None,
             approvals_toml: None,
+            audit_toml: None,
             startup_timeout: Duration::from_secs(30),
         }
     }
@@ -166,6 +170,12 @@ impl GatewayOptions {
 
     /// Approvals on, with the embedded store in the gateway's temporary directory;
     /// `toml` is the rest of the section and what follows (`[[approvals.reviewer]]`, ...).
+    /// Keeps an audit log (`toml`: lines of `[audit]`, possibly empty).
+    pub fn audit(mut self, toml: &str) -> Self {
+        self.audit_toml = Some(toml.into());
+        self
+    }
+
     pub fn approvals(mut self, toml: &str) -> Self {
         self.approvals_toml = Some(toml.into());
         self
@@ -256,6 +266,11 @@ impl GatewayOptions {
             t.push_str(a);
             t.push('\n');
         }
+        if let Some(a) = &self.audit_toml {
+            t.push_str("\n[audit]\n");
+            t.push_str(a);
+            t.push('\n');
+        }
         if !self.extra_toml.is_empty() {
             t.push('\n');
             t.push_str(&self.extra_toml);
@@ -327,6 +342,15 @@ impl Gateway {
                 toml_str(&state.display().to_string())
             ));
         }
+        if let Some(a) = &opts.audit_toml
+            && !a.lines().any(|l| l.trim_start().starts_with("dir"))
+        {
+            let audit = dir.path().join("audit");
+            opts.audit_toml = Some(format!(
+                "dir = {}\n{a}",
+                toml_str(&audit.display().to_string())
+            ));
+        }
         let config = dir.path().join("portcullis.toml");
         std::fs::write(&config, opts.to_toml(addr)).map_err(GatewayError::TempDir)?;
         let log =
@@ -396,6 +420,12 @@ impl Gateway {
 
     pub fn host(&self) -> String {
         self.addr.ip().to_string()
+    }
+
+    /// The audit log's directory, when [`GatewayOptions::audit`] asked for one without
+    /// naming it.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("audit")
     }
 
     /// The config file it was started with (for tests that tweak and reload it).

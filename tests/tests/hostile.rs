@@ -9,10 +9,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
-use common::{Env, connect, rt};
+use bytes::BytesMut;
+use common::{Env, connect, next_message, raw_login, raw_login_with, rt};
 use portcullis_tests::{Engine, per_engine};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
 
 per_engine!(
@@ -139,88 +138,6 @@ fn garbage_and_bad_lengths_before_startup(engine: Engine) {
             env.gw.log_tail(30)
         );
         still_serves(&env, case);
-    }
-}
-
-/// Logs in over raw TCP with SCRAM, leaving the socket at ReadyForQuery.
-fn raw_login(env: &Env) -> TcpStream {
-    let mut out = BytesMut::new();
-    frontend::startup_message([("user", "agent"), ("database", common::DB)], &mut out).unwrap();
-    let (s, negotiated, _) = raw_login_with(env, &out);
-    assert!(
-        negotiated.is_none(),
-        "a 3.0 start-up got NegotiateProtocolVersion"
-    );
-    s
-}
-
-/// [`raw_login`] with the start-up packet given; also returns the body of a
-/// `NegotiateProtocolVersion` if the gateway sent one (postgres-protocol does not parse
-/// that message, so it is taken off the stream here), and the `BackendKeyData` pid.
-fn raw_login_with(env: &Env, startup: &[u8]) -> (TcpStream, Option<Vec<u8>>, Option<i32>) {
-    let mut s = dial(env);
-    s.write_all(startup).unwrap();
-    let mut inbuf = BytesMut::new();
-    let mut scram = None;
-    let mut negotiated = None;
-    let mut pid = None;
-    loop {
-        let fill = |s: &mut TcpStream, buf: &mut BytesMut, want: usize| {
-            while buf.len() < want {
-                let mut chunk = [0u8; 8192];
-                let n = s.read(&mut chunk).expect("read from gateway");
-                assert!(n > 0, "gateway closed during login");
-                buf.put_slice(&chunk[..n]);
-            }
-        };
-        fill(&mut s, &mut inbuf, 1);
-        if inbuf[0] == b'v' {
-            fill(&mut s, &mut inbuf, 5);
-            let len = u32::from_be_bytes([inbuf[1], inbuf[2], inbuf[3], inbuf[4]]) as usize + 1;
-            fill(&mut s, &mut inbuf, len);
-            negotiated = Some(inbuf.split_to(len)[5..].to_vec());
-            continue;
-        }
-        let msg = next_message(&mut s, &mut inbuf);
-        let mut out = BytesMut::new();
-        match msg {
-            backend::Message::AuthenticationSasl(_) => {
-                let sc = ScramSha256::new(b"agent-secret", ChannelBinding::unsupported());
-                frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut out).unwrap();
-                scram = Some(sc);
-            }
-            backend::Message::AuthenticationSaslContinue(body) => {
-                let sc = scram.as_mut().expect("SASL continue before SASL");
-                sc.update(body.data()).unwrap();
-                frontend::sasl_response(sc.message(), &mut out).unwrap();
-            }
-            backend::Message::AuthenticationSaslFinal(body) => {
-                scram
-                    .as_mut()
-                    .expect("SASL final before SASL")
-                    .finish(body.data())
-                    .expect("server signature verifies");
-            }
-            backend::Message::ErrorResponse(_) => panic!("login refused"),
-            backend::Message::BackendKeyData(k) => pid = Some(k.process_id()),
-            backend::Message::ReadyForQuery(_) => return (s, negotiated, pid),
-            _ => {}
-        }
-        if !out.is_empty() {
-            s.write_all(&out).unwrap();
-        }
-    }
-}
-
-fn next_message(s: &mut TcpStream, buf: &mut BytesMut) -> backend::Message {
-    loop {
-        if let Some(m) = backend::Message::parse(buf).expect("well-formed backend message") {
-            return m;
-        }
-        let mut chunk = [0u8; 8192];
-        let n = s.read(&mut chunk).expect("read from gateway");
-        assert!(n > 0, "gateway closed during login");
-        buf.put_slice(&chunk[..n]);
     }
 }
 

@@ -67,7 +67,10 @@ pub fn analyze(sql: &str) -> Result<Analysis, AnalysisError> {
         }
         statements.push(stmt);
     }
-    Ok(Analysis { statements })
+    Ok(Analysis {
+        statements,
+        fingerprint: Default::default(),
+    })
 }
 
 /// Bound on cached readings per thread: past it the cache starts over (agents repeat a

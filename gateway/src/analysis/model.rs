@@ -353,4 +353,16 @@ impl Statement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
     pub statements: Vec<Statement>,
+    /// PostgreSQL's fingerprint of the text (literal values ignored), computed when
+    /// audit first asks; a reading cached by shape stands for texts that share it.
+    pub fingerprint: std::cell::OnceCell<Option<String>>,
+}
+
+impl Analysis {
+    /// The fingerprint of `text`, which this is the reading of.
+    pub fn fingerprint(&self, text: &str) -> Option<&str> {
+        self.fingerprint
+            .get_or_init(|| super::parser::fingerprint(text))
+            .as_deref()
+    }
 }

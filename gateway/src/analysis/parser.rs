@@ -113,3 +113,9 @@ mod tests {
         }
     }
 }
+
+/// PostgreSQL's own fingerprint of a text (libpg_query's: the parse tree with literal
+/// values and aliases left out), as hex; `None` when it does not parse.
+pub fn fingerprint(sql: &str) -> Option<String> {
+    pg_query::fingerprint(sql).ok().map(|f| f.hex)
+}

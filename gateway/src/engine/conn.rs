@@ -198,10 +198,35 @@ async fn run<C: Connect>(
     }
     let stages = stages.with_approvals(shared.approvals.is_some());
     let recent = shared.approvals.as_ref().map_or(0, |a| a.settings().recent);
-    let relay = Relay::new(shared.limits, stages).with_recent(recent);
+    let mut relay = Relay::new(shared.limits, stages).with_recent(recent);
+    let started = std::time::Instant::now();
+    let session_id: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+    if let Some(log) = &shared.audit {
+        let app = agent
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.as_str());
+        log.record(&crate::audit::Body::SessionStart {
+            session: &session_id,
+            identity: &agent.identity.name,
+            auth: "scram-sha-256",
+            client_addr: peer.ip().to_string(),
+            client_port: peer.port(),
+            tls: client.tls_version(),
+            application_name: app,
+            database: &agent.database,
+            upstream_role: &shared.upstream.user,
+        });
+        relay = relay.with_audit(crate::audit::Trail::new(
+            log.clone(),
+            session_id.clone(),
+            shared.audit_params,
+        ));
+    }
     let upstream_key = session.cancel_key.map(|(pid, secret)| (addr, pid, secret));
     let ctx = HoldContext::new(shared, &agent, peer, signal, upstream_key);
-    relay_session::<C, _>(
+    let (reason, statements) = relay_session::<C, _>(
         shared,
         &agent.database,
         &client,
@@ -211,6 +236,14 @@ async fn run<C: Connect>(
         &ctx,
     )
     .await;
+    if let Some(log) = &shared.audit {
+        log.record(&crate::audit::Body::SessionEnd {
+            session: &session_id,
+            reason,
+            duration_ms: started.elapsed().as_millis() as u64,
+            statements,
+        });
+    }
     drop(guard);
     Ok(())
 }
@@ -426,6 +459,11 @@ pub(super) struct Flow<H: Hooks> {
     /// Signalled by a drainer after each write, for parties waiting on its progress.
     progress_client: tokio::sync::Notify,
     progress_server: tokio::sync::Notify,
+    audit: Option<crate::audit::AuditLog>,
+    /// The audit log could not record statements queued for the server.
+    pub(super) unrecorded: Cell<bool>,
+    /// The server's side ended first.
+    server_ended: Cell<bool>,
 }
 
 impl<H: Hooks> Flow<H> {
@@ -442,6 +480,23 @@ impl<H: Hooks> Flow<H> {
     /// (one drainer per socket, taking chunks in queue order) and a reader that is
     /// draining does not read more: that is the back-pressure.
     pub(super) async fn drain<T: Transport>(&self, side: Side, socket: &T) -> io::Result<()> {
+        // Evidence before action: what the server is about to receive is recorded first.
+        if let Some(log) = &self.audit {
+            let taken = self.relay.borrow_mut().take_audit();
+            if let Some((records, gate)) = taken {
+                let ticket = log.submit(records);
+                if gate && let Err(e) = log.durable(ticket).await {
+                    if log.fails_open() {
+                        warn!("{e}: forwarding anyway (audit.on_failure = \"continue\")");
+                    } else {
+                        error!("{e}: the session's pending statements are not run");
+                        self.unrecorded.set(true);
+                        self.relay.borrow_mut().fail_unrecorded(&e.to_string());
+                        return Err(io::Error::other(e));
+                    }
+                }
+            }
+        }
         let writing = self.writing(side);
         let progress = match side {
             Side::Client => &self.progress_client,
@@ -491,7 +546,7 @@ async fn relay_session<C: Connect, H: Hooks>(
     relay: Relay<H>,
     client_buf: BytesMut,
     ctx: &HoldContext,
-) {
+) -> (&'static str, u64) {
     let flow = Flow {
         relay: RefCell::new(relay),
         client_done: Cell::new(false),
@@ -500,6 +555,9 @@ async fn relay_session<C: Connect, H: Hooks>(
         writing_server: Cell::new(false),
         progress_client: tokio::sync::Notify::new(),
         progress_server: tokio::sync::Notify::new(),
+        audit: shared.audit.clone(),
+        unrecorded: Cell::new(false),
+        server_ended: Cell::new(false),
     };
     let read_size = shared.read_buffer;
 
@@ -524,6 +582,8 @@ async fn relay_session<C: Connect, H: Hooks>(
             let res = flow.relay.borrow_mut().on_client_bytes(&mut buf);
             if let Err(e) = flow.drain(Side::Server, server).await {
                 debug!("server write: {e}");
+                // An unrecorded batch: the client is told before the session ends.
+                let _ = flow.drain(Side::Client, client).await;
                 break;
             }
             if let Err(e) = flow.drain(Side::Client, client).await {
@@ -599,6 +659,7 @@ async fn relay_session<C: Connect, H: Hooks>(
             }
         }
         if !flow.client_done.get() {
+            flow.server_ended.set(true);
             let parsable = flow.relay.borrow_mut().on_server_eof() && clean;
             if parsable {
                 let _ = flow.drain(Side::Client, client).await;
@@ -613,6 +674,28 @@ async fn relay_session<C: Connect, H: Hooks>(
     };
 
     tokio::join!(client_half, server_half);
+    let mut r = flow.relay.into_inner();
+    let reason = if flow.unrecorded.get() {
+        "audit log unwritable"
+    } else if r.is_terminated() {
+        "client terminated"
+    } else if flow.server_ended.get() {
+        "server closed"
+    } else {
+        "client disconnected"
+    };
+    let statements = match r.audit_mut() {
+        Some(t) => {
+            t.close_all();
+            let n = t.statements();
+            if let (Some(log), Some((records, _))) = (&shared.audit, t.take()) {
+                log.submit(records);
+            }
+            n
+        }
+        None => 0,
+    };
+    (reason, statements)
 }
 
 #[derive(Clone, Copy)]

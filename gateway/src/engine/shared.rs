@@ -62,6 +62,9 @@ pub struct Shared {
     pub policy: Arc<ArcSwap<StatementPolicy>>,
     /// Held statements wait here; `None` without `[approvals]` (holds are refused).
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
+    /// Every session's evidence goes here; `None` without `[audit]`.
+    pub audit: Option<crate::audit::AuditLog>,
+    pub audit_params: crate::audit::config::Params,
     /// Table OID → names, one cache per upstream database, shared by its sessions.
     catalogs: Mutex<HashMap<String, Arc<Mutex<Catalog>>>>,
 }
@@ -116,6 +119,8 @@ impl Shared {
                 p
             })),
             approvals: None,
+            audit: None,
+            audit_params: cfg.audit.as_ref().map(|a| a.params).unwrap_or_default(),
             catalogs: Mutex::new(HashMap::new()),
         })
     }

@@ -51,6 +51,18 @@ impl<T: Transport> MaybeTls<T> {
     pub fn is_tls(&self) -> bool {
         matches!(self, MaybeTls::Tls(_))
     }
+
+    /// The negotiated TLS version (`TLSv1.3`), for the audit record of the session.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        match self {
+            MaybeTls::Plain(_) => None,
+            MaybeTls::Tls(t) => Some(match t.conn.borrow().protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "TLS",
+            }),
+        }
+    }
 }
 
 impl<T: Transport> Transport for MaybeTls<T> {

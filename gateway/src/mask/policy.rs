@@ -738,6 +738,20 @@ impl MaskStats {
 
 /// `rule=count` pairs, then `detector:kind=count` for scanning rules' findings: the
 /// form the audit log records.
+impl MaskStats {
+    /// Values masked per rule name and per detector (`detector:card`), for audit.
+    pub fn counts(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> =
+            self.per_rule().map(|(r, n)| (r.to_string(), n)).collect();
+        for (kind, n) in DetectorKind::ALL.iter().zip(self.per_detector) {
+            if n > 0 {
+                out.push((format!("detector:{}", kind.as_str()), n));
+            }
+        }
+        out
+    }
+}
+
 impl std::fmt::Display for MaskStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut sep = "";

@@ -60,6 +60,8 @@ pub struct StatementGate {
     client_encoding: String,
     /// Judging a statement a reviewer approved ([`StatementGate::verdict_approved`]).
     approving: bool,
+    /// The reading of the text judged last, for its audit record.
+    last: Option<Rc<Result<Analysis, AnalysisError>>>,
 }
 
 /// A prepared statement's reading: the statement in a cached analysis (no copy: clients
@@ -119,7 +121,55 @@ impl StatementGate {
             scs_off: false,
             client_encoding: "UTF8".into(),
             approving: false,
+            last: None,
         }
+    }
+
+    /// What the last judged text was, for the audit record of `sql` (that text) under
+    /// `verdict`.
+    pub fn facts(&self, sql: &[u8], verdict: &Verdict) -> crate::audit::StatementFacts {
+        let (verdict_name, rule) = match verdict {
+            Verdict::Allow if self.approving => ("approved", None),
+            Verdict::Allow => ("allow", None),
+            Verdict::Deny(_) => ("deny", None),
+            Verdict::Hold(h) => ("hold", h.rule.clone()),
+        };
+        let mut policy = crate::audit::PolicyFacts {
+            verdict: verdict_name,
+            rule,
+            ..Default::default()
+        };
+        let mut facts = crate::audit::StatementFacts::default();
+        if let Some(Ok(a)) = self.last.as_deref() {
+            let p = self.policy.load();
+            let mask = self.mask.load();
+            let res = Resolver {
+                search_path: self.search_path(&p),
+                user: &self.user,
+                also: &self.seen_schemas,
+            };
+            for st in &a.statements {
+                policy.class.push(st.class.as_str());
+                for r in &st.relations {
+                    let list = if r.write {
+                        &mut policy.writes
+                    } else {
+                        &mut policy.reads
+                    };
+                    let name = r.to_string();
+                    if !list.contains(&name) {
+                        list.push(name);
+                    }
+                }
+                facts.touches_masked |= masked::touches(st, &mask, &self.subject, &res);
+            }
+            facts.fingerprint = std::str::from_utf8(sql)
+                .ok()
+                .and_then(|t| a.fingerprint(t))
+                .map(str::to_owned);
+        }
+        facts.policy = Some(policy);
+        facts
     }
 
     /// A setting the server reported (`ParameterStatus`).
@@ -174,6 +224,7 @@ impl StatementGate {
     }
 
     fn judge_text(&mut self, sql: &[u8], source: Via<'_>) -> Result<Option<Hold>, Refusal> {
+        self.last = None;
         let policy = self.policy.load_full();
         let mask = Arc::as_ptr(&self.mask.load_full()) as usize;
         let versions = (Arc::as_ptr(&policy) as usize, mask);
@@ -207,6 +258,7 @@ impl StatementGate {
         }
         let text = self.readable(sql)?;
         let cached = analyze_cached(text);
+        self.last = Some(cached.clone());
         let analysis = match cached.as_ref() {
             Ok(a) => a,
             Err(e) => return Err(self.unparsed(e, text)),

@@ -124,6 +124,22 @@ pub fn check(
     Ok(())
 }
 
+/// Whether `stmt` uses any column under a masking rule for `who` (its bound values are
+/// then never kept raw in the audit log).
+pub fn touches(stmt: &Statement, mask: &Policy, who: &Subject, res: &Resolver) -> bool {
+    if mask.is_exempt(who) {
+        return false;
+    }
+    stmt.columns.iter().any(|u| {
+        u.sources.iter().any(|src| {
+            let rel = &stmt.relations[src.relation];
+            let schemas = res.candidates(rel.schema.as_deref());
+            mask.query_rule(who, &schemas, &rel.name, src.column.as_deref())
+                .is_some()
+        })
+    })
+}
+
 /// Whether every table column on the other side of `u`'s join equality is masked by rule
 /// `rule` too.
 fn joined_within(

@@ -13,3 +13,7 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const QUERY_CANCELED: &str = "57014";
+/// `io_error`: the audit log cannot be written.
+pub const IO_ERROR: &str = "58030";
+/// `insufficient_resources`: the audit log's buffer is full.
+pub const INSUFFICIENT_RESOURCES: &str = "53000";

@@ -193,8 +193,17 @@ pub trait Hooks {
         Ok(None)
     }
 
-    /// The server finished a statement (`CommandComplete` frame) or failed it.
-    fn completed(&mut self, _outcome: Outcome<'_>) {}
+    /// The server finished a statement (`CommandComplete` frame) or failed it. Returns
+    /// the values masked in its result, per rule and detector, for its audit record.
+    fn completed(&mut self, _outcome: Outcome<'_>) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// What the policy knew about the statement just judged (`sql`, with `verdict`),
+    /// for its audit record. Asked only when the session keeps an audit trail.
+    fn facts(&mut self, _sql: &[u8], _verdict: &Verdict) -> crate::audit::StatementFacts {
+        crate::audit::StatementFacts::default()
+    }
 
     /// An error, notice or notification from the server (whole frame), before it goes
     /// to the client: returns the frame to send instead (the same `Bytes` when nothing

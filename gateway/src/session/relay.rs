@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::hooks::{Hold, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use super::tracker::{Described, Tracker};
+use crate::audit::trail::{self, StatementFacts, Trail};
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::frame::{Frame, peek_header, split_frame};
 use crate::protocol::frontend as fe;
@@ -96,6 +97,8 @@ enum Expect {
         sql: Bytes,
         slot: Option<Described>,
         formats: Vec<i16>,
+        /// Its number in the session's audit trail.
+        audit: Option<u64>,
     },
     Sync,
     /// A simple query or function call: everything up to `ReadyForQuery`. `refusal` as
@@ -104,6 +107,7 @@ enum Expect {
         sql: Bytes,
         refusal: Option<Bytes>,
         mode: QueryMode,
+        audit: Option<u64>,
     },
     /// A previewed statement's captured answer, owed the client once the preview's
     /// transaction is committed: sent when it reaches the front, with `ReadyForQuery`.
@@ -274,6 +278,19 @@ pub struct Relay<H: Hooks> {
     diverted: usize,
     /// The error of the gateway's own last quiet query.
     quiet_error: Option<Bytes>,
+    /// The session's audit trail, when the gateway keeps one.
+    audit: Option<Box<Trail>>,
+}
+
+/// Facts of a statement the gateway itself sends on the agent's connection.
+fn gateway_facts(verdict: &'static str) -> StatementFacts {
+    StatementFacts {
+        policy: Some(crate::audit::PolicyFacts {
+            verdict,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Longest statement text kept in [`Relay::recent`].
@@ -308,6 +325,101 @@ impl<H: Hooks> Relay<H> {
             preview: None,
             diverted: 0,
             quiet_error: None,
+            audit: None,
+        }
+    }
+
+    /// Keeps an audit trail of every statement and outcome.
+    pub fn with_audit(mut self, trail: Trail) -> Self {
+        self.audit = Some(Box::new(trail));
+        self
+    }
+
+    pub fn audit_mut(&mut self) -> Option<&mut Trail> {
+        self.audit.as_deref_mut()
+    }
+
+    /// Audit records to write, and whether a statement queued for the server waits for
+    /// them to be durable (the driver must not write to the server before they are).
+    pub fn take_audit(&mut self) -> Option<(Vec<crate::audit::Encoded>, bool)> {
+        self.audit.as_mut()?.take()
+    }
+
+    /// The audit log could not record what is queued for the server: none of it is
+    /// sent, and the client is told why before the session ends.
+    pub fn fail_unrecorded(&mut self, why: &str) {
+        self.to_server.clear();
+        self.to_server_bytes = 0;
+        self.push_client(error_response(
+            Severity::Fatal,
+            sqlstate::IO_ERROR,
+            &format!("portcullis ended this session: {why}; the statements just sent were not run"),
+            None,
+            Some("Nothing runs unrecorded. An operator must make the audit log writable; then reconnect and send them again."),
+        ));
+        if let Some(t) = &mut self.audit {
+            t.batch_failed();
+        }
+    }
+
+    /// What the policy knew about the statement just judged, when audit wants it.
+    fn facts(&mut self, sql: &[u8], verdict: &Verdict) -> Option<StatementFacts> {
+        self.audit.as_ref()?;
+        let mut f = self.hooks.facts(sql, verdict);
+        if self.approved
+            && let Some(p) = &mut f.policy
+            && p.verdict == "allow"
+        {
+            p.verdict = "approved";
+        }
+        Some(f)
+    }
+
+    fn audit_statement(
+        &mut self,
+        via: trail::Via,
+        sql: &[u8],
+        bind: Option<&[u8]>,
+        facts: Option<&StatementFacts>,
+    ) -> Option<u64> {
+        let t = self.audit.as_mut()?;
+        let empty = StatementFacts::default();
+        Some(t.statement(via, sql, bind, facts.unwrap_or(&empty), None))
+    }
+
+    fn audit_refusal(
+        &mut self,
+        via: trail::Via,
+        sql: &[u8],
+        r: &Refusal,
+        facts: Option<&StatementFacts>,
+    ) {
+        if let Some(t) = &mut self.audit {
+            let empty = StatementFacts::default();
+            t.refusal(via, sql, r, facts.unwrap_or(&empty));
+        }
+    }
+
+    /// `Err` when the audit log cannot record a statement now.
+    fn audit_check(&self) -> Result<(), Refusal> {
+        match &self.audit {
+            Some(t) => t.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// The audit number of the statement whose answer is at the front.
+    #[inline]
+    fn front_audit(&self) -> Option<u64> {
+        match self.expect.front() {
+            Some(Expect::Query { audit, .. } | Expect::Execute { audit, .. }) => *audit,
+            _ => None,
+        }
+    }
+
+    fn audit_close(&mut self, id: Option<u64>, ran: bool) {
+        if let (Some(t), Some(id)) = (&mut self.audit, id) {
+            t.close(id, ran);
         }
     }
 
@@ -423,6 +535,7 @@ impl<H: Hooks> Relay<H> {
             }
             (Release::Refuse(refusal), None) => {
                 self.hooks.completed(Outcome::Refused);
+                self.audit_refusal(trail::Via::Simple, &held.sql, &refusal, None);
                 // Nothing ran: the transaction, if any, is as it was.
                 self.expect.push_back(Expect::Answer {
                     frames: refusal.to_error_response(),
@@ -431,27 +544,35 @@ impl<H: Hooks> Relay<H> {
                 Ok(())
             }
             (Release::Refuse(refusal), Some(_)) => {
-                self.hooks.completed(Outcome::Refused);
-                if self.txn_status == b'I' {
-                    // Statements earlier in this batch must not commit at Sync when the
-                    // client is told the batch failed: make the server fail it too.
-                    self.send_server(fe::execute(REFUSED_PORTAL, 0));
-                    self.expect.push_back(Expect::Parse {
-                        refusal: Some(refusal.to_error_response()),
-                        quiet: false,
-                    });
-                } else {
-                    // Inside a transaction block nothing ran and nothing failed on the
-                    // server: the block stays usable.
-                    self.expect.push_back(Expect::Answer {
-                        frames: refusal.to_error_response(),
-                        ready: false,
-                    });
-                }
-                self.skip_to_sync = true;
+                self.audit_refusal(trail::Via::Extended, &held.sql, &refusal, None);
+                self.refuse_execute(refusal);
                 Ok(())
             }
         }
+    }
+
+    /// Refuses an `Execute` that has not been sent: outside a transaction block the
+    /// server is made to fail the batch (so nothing earlier in it commits at `Sync`),
+    /// inside one the client is answered and the block stays usable.
+    fn refuse_execute(&mut self, refusal: Refusal) {
+        self.hooks.completed(Outcome::Refused);
+        if self.txn_status == b'I' {
+            // Statements earlier in this batch must not commit at Sync when the client is
+            // told the batch failed: make the server fail it too.
+            self.send_server(fe::execute(REFUSED_PORTAL, 0));
+            self.expect.push_back(Expect::Parse {
+                refusal: Some(refusal.to_error_response()),
+                quiet: false,
+            });
+        } else {
+            // Inside a transaction block nothing ran and nothing failed on the server:
+            // the block stays usable.
+            self.expect.push_back(Expect::Answer {
+                frames: refusal.to_error_response(),
+                ready: false,
+            });
+        }
+        self.skip_to_sync = true;
     }
 
     /// The decision on a statement that ran as a preview: approval commits it and replays
@@ -617,6 +738,11 @@ impl<H: Hooks> Relay<H> {
 
     /// Queues bytes for the client as they are.
     fn push_client(&mut self, b: Bytes) {
+        if let Some(id) = self.audit.as_ref().and_then(|_| self.front_audit())
+            && let Some(t) = &mut self.audit
+        {
+            t.sent(id, &b);
+        }
         if !b.is_empty() {
             self.to_client_bytes += b.len();
             self.to_client.push_back(b);
@@ -657,11 +783,14 @@ impl<H: Hooks> Relay<H> {
     fn quiet_query(&mut self, sql: &str) {
         self.quiet_error = None;
         self.diverted += 1;
+        let facts = self.audit.as_ref().map(|_| gateway_facts("gateway"));
+        let audit = self.audit_statement(trail::Via::Simple, sql.as_bytes(), None, facts.as_ref());
         self.send_server(fe::query(sql.as_bytes()));
         self.expect.push_back(Expect::Query {
             sql: Bytes::new(),
             refusal: None,
             mode: QueryMode::Quiet,
+            audit,
         });
     }
 
@@ -698,11 +827,14 @@ impl<H: Hooks> Relay<H> {
             done: None,
         });
         self.diverted += 1;
+        let facts = self.audit.as_ref().map(|_| gateway_facts("preview"));
+        let audit = self.audit_statement(trail::Via::Simple, &sql, None, facts.as_ref());
         self.send_server(frame);
         self.expect.push_back(Expect::Query {
             sql,
             refusal: None,
             mode: QueryMode::Capture,
+            audit,
         });
         true
     }
@@ -848,10 +980,16 @@ impl<H: Hooks> Relay<H> {
         match tag {
             fe::QUERY => {
                 let sql = fe::parse_query(frame.body()).map_err(err)?;
-                let verdict = if self.approved {
+                let verdict = if let Err(r) = self.audit_check() {
+                    Verdict::Deny(r)
+                } else if self.approved {
                     self.hooks.approved_statement(sql, Via::SimpleQuery)
                 } else {
                     self.hooks.statement(sql, Via::SimpleQuery)
+                };
+                let facts = match &verdict {
+                    Verdict::Hold(_) if !self.approved => None,
+                    v => self.facts(sql, v),
                 };
                 match verdict {
                     Verdict::Hold(hold) if !self.approved => {
@@ -867,16 +1005,20 @@ impl<H: Hooks> Relay<H> {
                     Verdict::Allow | Verdict::Hold(_) => {
                         self.tracker.simple_query();
                         self.remember(sql);
+                        let audit =
+                            self.audit_statement(trail::Via::Simple, sql, None, facts.as_ref());
                         let sql = frame.as_bytes().slice_ref(sql);
                         self.expect.push_back(Expect::Query {
                             sql,
                             refusal: None,
                             mode: QueryMode::Client,
+                            audit,
                         });
                         self.send_server(frame.into_bytes());
                     }
                     Verdict::Deny(r) => {
                         self.tracker.simple_query();
+                        self.audit_refusal(trail::Via::Simple, sql, &r, facts.as_ref());
                         self.refuse_query(r)
                     }
                 }
@@ -888,6 +1030,7 @@ impl<H: Hooks> Relay<H> {
                 } else {
                     self.hooks.statement(p.sql, Via::Parse(p.name))
                 };
+                let facts = self.facts(p.sql, &verdict);
                 match verdict {
                     Verdict::Allow | Verdict::Hold(_) => {
                         // A held statement is prepared (that runs nothing); what waits
@@ -905,6 +1048,7 @@ impl<H: Hooks> Relay<H> {
                             bytes.slice_ref(p.sql),
                             p.param_types,
                             hold,
+                            facts.map(std::rc::Rc::new),
                         );
                         self.expect.push_back(Expect::Parse {
                             refusal: None,
@@ -914,6 +1058,7 @@ impl<H: Hooks> Relay<H> {
                     }
                     Verdict::Deny(r) => {
                         self.hooks.completed(Outcome::Refused);
+                        self.audit_refusal(trail::Via::Extended, p.sql, &r, facts.as_ref());
                         self.send_server(fe::parse(b"", REFUSED_SQL));
                         self.expect.push_back(Expect::Parse {
                             refusal: Some(r.to_error_response()),
@@ -977,18 +1122,53 @@ impl<H: Hooks> Relay<H> {
             }
             fe::FUNCTION_CALL => {
                 let oid = fe::parse_function_call(frame.body()).map_err(err)?;
-                match self.hooks.function_call(oid) {
+                let verdict = match self.audit_check() {
+                    Err(r) => Verdict::Deny(r),
+                    Ok(()) => self.hooks.function_call(oid),
+                };
+                let text = format!("-- fast-path function call, function OID {oid}");
+                let facts = self.audit.as_ref().map(|_| {
+                    gateway_facts(match &verdict {
+                        Verdict::Allow => "allow",
+                        _ => "deny",
+                    })
+                });
+                match verdict {
                     Verdict::Allow => {
+                        let audit = self.audit_statement(
+                            trail::Via::FunctionCall,
+                            text.as_bytes(),
+                            None,
+                            facts.as_ref(),
+                        );
                         self.expect.push_back(Expect::Query {
                             sql: Bytes::new(),
                             refusal: None,
                             mode: QueryMode::Client,
+                            audit,
                         });
                         self.send_server(frame.into_bytes());
                     }
                     // Answered like a refused simple query: error, then ReadyForQuery.
-                    Verdict::Deny(r) => self.refuse_query(r),
-                    Verdict::Hold(h) => self.refuse_query(h.without_approvals()),
+                    Verdict::Deny(r) => {
+                        self.audit_refusal(
+                            trail::Via::FunctionCall,
+                            text.as_bytes(),
+                            &r,
+                            facts.as_ref(),
+                        );
+                        self.refuse_query(r)
+                    }
+                    Verdict::Hold(h) => {
+                        let r = h.without_approvals();
+                        self.audit_refusal(
+                            trail::Via::FunctionCall,
+                            text.as_bytes(),
+                            &r,
+                            facts.as_ref(),
+                        );
+                        self.refuse_query(r)
+                    }
                 }
             }
             fe::FLUSH | fe::COPY_DONE | fe::COPY_FAIL => self.send_server(frame.into_bytes()),
@@ -1026,6 +1206,34 @@ impl<H: Hooks> Relay<H> {
             let sql = p.sql.clone();
             self.remember(&sql);
         }
+        if let Err(r) = self.audit_check() {
+            let sql = self
+                .tracker
+                .portal(name)
+                .map(|p| p.sql.clone())
+                .unwrap_or_default();
+            self.audit_refusal(trail::Via::Extended, &sql, &r, None);
+            self.refuse_execute(r);
+            return Ok(());
+        }
+        let audit = if self.audit.is_some() {
+            let (sql, bind, mut facts) = match self.tracker.portal(name) {
+                Some(p) => (
+                    p.sql.clone(),
+                    Some(p.bind.clone()),
+                    p.facts.as_deref().cloned().unwrap_or_default(),
+                ),
+                None => (Bytes::new(), None, StatementFacts::default()),
+            };
+            if (released || self.approved)
+                && let Some(p) = &mut facts.policy
+            {
+                p.verdict = "approved";
+            }
+            self.audit_statement(trail::Via::Extended, &sql, bind.as_deref(), Some(&facts))
+        } else {
+            None
+        };
         let wants_columns = self.hooks.wants_columns();
         let (sql, slot, formats, inject) = match self.tracker.portal_mut(name) {
             Some(p) => {
@@ -1049,8 +1257,12 @@ impl<H: Hooks> Relay<H> {
                 injected: true,
             });
         }
-        self.expect
-            .push_back(Expect::Execute { sql, slot, formats });
+        self.expect.push_back(Expect::Execute {
+            sql,
+            slot,
+            formats,
+            audit,
+        });
         self.send_server(frame.into_bytes());
         Ok(())
     }
@@ -1064,6 +1276,7 @@ impl<H: Hooks> Relay<H> {
             sql: Bytes::new(),
             refusal: Some(r.to_error_response()),
             mode: QueryMode::Client,
+            audit: None,
         });
     }
 
@@ -1133,6 +1346,11 @@ impl<H: Hooks> Relay<H> {
     /// server's output is dropped up to its `ReadyForQuery`.
     fn fail_result(&mut self, r: Refusal) {
         self.hooks.completed(Outcome::Refused);
+        if let Some(id) = self.front_audit()
+            && let Some(t) = &mut self.audit
+        {
+            t.refused(id, r.code);
+        }
         self.send_client(r.to_error_response());
         self.rows = Rows::Discard;
     }
@@ -1143,7 +1361,10 @@ impl<H: Hooks> Relay<H> {
             if matches!(e, Expect::Sync | Expect::Query { .. }) {
                 break;
             }
-            self.expect.pop_front();
+            // An Execute the server skips: recorded as not run.
+            if let Some(Expect::Execute { audit, .. }) = self.expect.pop_front() {
+                self.audit_close(audit, false);
+            }
         }
     }
 
@@ -1254,32 +1475,53 @@ impl<H: Hooks> Relay<H> {
                 self.send_client(frame.into_bytes());
             }
             be::COMMAND_COMPLETE | be::EMPTY_QUERY_RESPONSE | be::PORTAL_SUSPENDED => {
+                let id = self.front_audit();
                 if tag == be::COMMAND_COMPLETE {
                     let body = frame.body();
                     let tag_text = body.strip_suffix(&[0]).unwrap_or(body);
-                    self.hooks.completed(Outcome::Complete {
+                    let masked = self.hooks.completed(Outcome::Complete {
                         command_tag: tag_text,
                     });
+                    if let (Some(t), Some(id)) = (&mut self.audit, id) {
+                        t.command_complete(id, tag_text);
+                        if !masked.is_empty() {
+                            t.masked(id, masked);
+                        }
+                    }
                 }
                 self.rows = Rows::Unknown;
+                // Sent before the Execute leaves the queue: its completion is part of
+                // the answer the audit digest covers.
+                self.send_client(frame.into_bytes());
                 if let Some(Expect::Execute { .. }) = self.expect.front() {
                     self.expect.pop_front();
+                    self.audit_close(id, true);
                 }
-                self.send_client(frame.into_bytes());
             }
             be::ERROR_RESPONSE => {
                 let (code, _) = be::error_summary(frame.body());
                 // Before `completed`, so what the message had redacted counts for the
                 // statement that failed.
                 let frame = self.hooks.server_message(frame.into_bytes());
-                self.hooks.completed(Outcome::Error { sqlstate: &code });
+                let masked = self.hooks.completed(Outcome::Error { sqlstate: &code });
+                let id = self.front_audit();
+                if let (Some(t), Some(id)) = (&mut self.audit, id) {
+                    t.error(id, &code);
+                    if !masked.is_empty() {
+                        t.masked(id, masked);
+                    }
+                }
                 self.rows = Rows::Unknown;
+                self.send_client(frame);
                 // In the extended protocol the server now skips to Sync: so does the
                 // queue, and refusals queued in that stretch are void.
                 if !matches!(self.expect.front(), Some(Expect::Query { .. })) {
+                    if let Some(Expect::Execute { .. }) = self.expect.front() {
+                        self.expect.pop_front();
+                        self.audit_close(id, true);
+                    }
                     self.drop_expected_to_sync();
                 }
-                self.send_client(frame);
             }
             be::NOTICE_RESPONSE | be::NOTIFICATION_RESPONSE => {
                 let frame = self.hooks.server_message(frame.into_bytes());
@@ -1290,12 +1532,15 @@ impl<H: Hooks> Relay<H> {
                 self.rows = Rows::Unknown;
                 let mut mode = QueryMode::Client;
                 while let Some(e) = self.expect.pop_front() {
-                    if let Expect::Query { mode: m, .. } = e {
-                        mode = m;
-                        break;
-                    }
-                    if matches!(e, Expect::Sync) {
-                        break;
+                    match e {
+                        Expect::Query { mode: m, audit, .. } => {
+                            mode = m;
+                            self.audit_close(audit, true);
+                            break;
+                        }
+                        Expect::Sync => break,
+                        Expect::Execute { audit, .. } => self.audit_close(audit, false),
+                        _ => {}
                     }
                 }
                 match mode {

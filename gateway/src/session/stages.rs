@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tracing::info;
+use tracing::debug;
 
 use super::copy_target;
 use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
@@ -338,30 +338,27 @@ impl Hooks for Stages {
         }
     }
 
-    fn completed(&mut self, outcome: Outcome<'_>) {
+    fn facts(&mut self, sql: &[u8], verdict: &Verdict) -> crate::audit::StatementFacts {
+        self.gate.facts(sql, verdict)
+    }
+
+    fn completed(&mut self, outcome: Outcome<'_>) -> Vec<(String, u64)> {
         // A failed lookup explains refusals of this statement only.
         self.catalog_error = None;
         let stats = self.statement_stats.borrow_mut().take();
-        if stats.total() > 0 {
-            // Until the audit sink lands, per-statement masking counts go to the log
-            // under their own target, with the session span naming who asked.
-            let (status, tag) = match outcome {
-                Outcome::Complete { command_tag } => {
-                    ("complete", String::from_utf8_lossy(command_tag))
-                }
-                Outcome::Error { sqlstate } => ("error", sqlstate.into()),
-                Outcome::Refused => ("refused", "".into()),
-            };
-            info!(
+        let counts = if stats.total() > 0 {
+            // Also in the tracing log, for gateways that keep no audit log.
+            debug!(
                 target: "portcullis::audit",
-                status,
-                tag = %tag,
                 rows = stats.rows,
                 masked = stats.total(),
                 per_rule = %stats,
                 "statement masked"
             );
-        }
+            stats.counts()
+        } else {
+            Vec::new()
+        };
         if let Outcome::Complete { command_tag } = outcome {
             // Names and column numbers may have changed: forget what the cache knows.
             if [&b"ALTER"[..], b"DROP", b"CREATE", b"COMMENT"]
@@ -371,6 +368,7 @@ impl Hooks for Stages {
                 self.catalog().invalidate();
             }
         }
+        counts
     }
 }
 

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::hooks::Hold;
+use crate::audit::StatementFacts;
 
 /// Bound on tracked names: past it, stale entries go (a later `Execute` of a dropped
 /// portal is then treated as undescribed, which fails closed where it matters).
@@ -33,6 +34,8 @@ pub struct Statement {
     pub described: Described,
     /// The policy holds it: an `Execute` of a portal bound to it waits for a person.
     pub hold: Option<Rc<Hold>>,
+    /// What the policy knew, for the audit record of each `Execute` (audit on only).
+    pub facts: Option<Rc<StatementFacts>>,
 }
 
 /// A portal created by `Bind`.
@@ -50,6 +53,7 @@ pub struct Portal {
     pub hold: Option<Rc<Hold>>,
     /// The statement's declared parameter types (to prepare an edit of it).
     pub param_types: Vec<u32>,
+    pub facts: Option<Rc<StatementFacts>>,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +63,14 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn parse(&mut self, name: Bytes, sql: Bytes, param_types: Vec<u32>, hold: Option<Hold>) {
+    pub fn parse(
+        &mut self,
+        name: Bytes,
+        sql: Bytes,
+        param_types: Vec<u32>,
+        hold: Option<Hold>,
+        facts: Option<Rc<StatementFacts>>,
+    ) {
         if self.statements.len() >= MAX_TRACKED {
             self.statements.clear();
         }
@@ -70,6 +81,7 @@ impl Tracker {
                 param_types,
                 described: Described::default(),
                 hold: hold.map(Rc::new),
+                facts,
             },
         );
     }
@@ -78,7 +90,7 @@ impl Tracker {
         if self.portals.len() >= MAX_TRACKED {
             self.portals.clear();
         }
-        let (sql, hold, param_types) = self
+        let (sql, hold, param_types, facts) = self
             .statements
             .get(&statement)
             .map(|s| {
@@ -88,7 +100,7 @@ impl Tracker {
                 } else {
                     Vec::new()
                 };
-                (s.sql.clone(), s.hold.clone(), types)
+                (s.sql.clone(), s.hold.clone(), types, s.facts.clone())
             })
             .unwrap_or_default();
         self.portals.insert(
@@ -102,6 +114,7 @@ impl Tracker {
                 describe_sent: false,
                 hold,
                 param_types,
+                facts,
             },
         );
     }

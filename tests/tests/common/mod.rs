@@ -4,7 +4,13 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend, frontend};
 use std::time::Duration;
 
 use portcullis_tests::{Engine, Gateway, GatewayOptions, PgCluster, PgOptions};
@@ -176,4 +182,88 @@ pub fn portcullis(args: &[&str]) -> Command {
         .env_remove("PORTCULLIS_ADMIN_SOCKET")
         .stdin(Stdio::null());
     c
+}
+
+/// Logs in over raw TCP with SCRAM, leaving the socket at ReadyForQuery.
+pub fn raw_login(env: &Env) -> TcpStream {
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "agent"), ("database", DB)], &mut out).unwrap();
+    let (s, negotiated, _) = raw_login_with(env, &out);
+    assert!(
+        negotiated.is_none(),
+        "a 3.0 start-up got NegotiateProtocolVersion"
+    );
+    s
+}
+
+/// [`raw_login`] with the start-up packet given; also returns the body of a
+/// `NegotiateProtocolVersion` if the gateway sent one (postgres-protocol does not parse
+/// that message, so it is taken off the stream here), and the `BackendKeyData` pid.
+pub fn raw_login_with(env: &Env, startup: &[u8]) -> (TcpStream, Option<Vec<u8>>, Option<i32>) {
+    let mut s = TcpStream::connect(env.gw.addr).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(startup).unwrap();
+    let mut inbuf = BytesMut::new();
+    let mut scram = None;
+    let mut negotiated = None;
+    let mut pid = None;
+    loop {
+        let fill = |s: &mut TcpStream, buf: &mut BytesMut, want: usize| {
+            while buf.len() < want {
+                let mut chunk = [0u8; 8192];
+                let n = s.read(&mut chunk).expect("read from gateway");
+                assert!(n > 0, "gateway closed during login");
+                buf.put_slice(&chunk[..n]);
+            }
+        };
+        fill(&mut s, &mut inbuf, 1);
+        if inbuf[0] == b'v' {
+            fill(&mut s, &mut inbuf, 5);
+            let len = u32::from_be_bytes([inbuf[1], inbuf[2], inbuf[3], inbuf[4]]) as usize + 1;
+            fill(&mut s, &mut inbuf, len);
+            negotiated = Some(inbuf.split_to(len)[5..].to_vec());
+            continue;
+        }
+        let msg = next_message(&mut s, &mut inbuf);
+        let mut out = BytesMut::new();
+        match msg {
+            backend::Message::AuthenticationSasl(_) => {
+                let sc = ScramSha256::new(b"agent-secret", ChannelBinding::unsupported());
+                frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut out).unwrap();
+                scram = Some(sc);
+            }
+            backend::Message::AuthenticationSaslContinue(body) => {
+                let sc = scram.as_mut().expect("SASL continue before SASL");
+                sc.update(body.data()).unwrap();
+                frontend::sasl_response(sc.message(), &mut out).unwrap();
+            }
+            backend::Message::AuthenticationSaslFinal(body) => {
+                scram
+                    .as_mut()
+                    .expect("SASL final before SASL")
+                    .finish(body.data())
+                    .expect("server signature verifies");
+            }
+            backend::Message::ErrorResponse(_) => panic!("login refused"),
+            backend::Message::BackendKeyData(k) => pid = Some(k.process_id()),
+            backend::Message::ReadyForQuery(_) => return (s, negotiated, pid),
+            _ => {}
+        }
+        if !out.is_empty() {
+            s.write_all(&out).unwrap();
+        }
+    }
+}
+
+pub fn next_message(s: &mut TcpStream, buf: &mut BytesMut) -> backend::Message {
+    loop {
+        if let Some(m) = backend::Message::parse(buf).expect("well-formed backend message") {
+            return m;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).expect("read from gateway");
+        assert!(n > 0, "gateway closed during login");
+        buf.put_slice(&chunk[..n]);
+    }
 }

@@ -1,0 +1,21 @@
+//! Audit: evidence of every session, statement, result and decision, written before the
+//! statement runs and verifiable by an examiner who distrusts the operator.
+//!
+//! - [`record`]: the record schema (version 1) and its one-line JSON encoding.
+//! - [`trail`]: one session's records and open outcomes, kept by the relay core (sans-IO).
+//! - [`writer`]: the log writer thread: group commit, fail-closed health, the Merkle
+//!   seal after each sync.
+//! - [`config`]: the `[audit]` section.
+//!
+//! The log's storage, Merkle tree, checkpoints and verification are the
+//! `portcullis-auditlog` crate, shared with `portcullis-guard`.
+
+pub mod config;
+pub mod record;
+pub mod trail;
+pub mod writer;
+
+pub use config::AuditConfig;
+pub use record::{Body, Encoded, PolicyFacts};
+pub use trail::{StatementFacts, Trail};
+pub use writer::{AuditError, AuditLog, Ticket};

@@ -1,0 +1,479 @@
+//! The log writer: one thread per gateway that appends every session's records and makes
+//! them durable with group commit.
+//!
+//! Sessions hand encoded records to [`AuditLog::submit`] and get a [`Ticket`]; a
+//! statement is forwarded only once [`AuditLog::durable`] says its ticket is written.
+//! The thread takes whatever is queued, writes it with one `write`, then one
+//! `fdatasync` covers all of it: records that arrive while a sync is under way share the
+//! next, so under load many sessions' statements cost one sync. `group_commit_window_us`
+//! adds a bounded wait before each batch to gather more.
+//!
+//! When a write or sync fails (disk full, I/O error) the batch's tickets fail, the log
+//! turns unhealthy and, with `on_failure = "refuse"`, sessions refuse statements until a
+//! probe write succeeds again: nothing runs unrecorded. The records of a failed batch are
+//! counted and the count is itself recorded once the log recovers.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use portcullis_auditlog::segment::{self, Rotation};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::config::{AuditConfig, Durability, OnFailure};
+use super::record::{self, Body, Encoded};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot write the audit log in {dir}: {why}")]
+    Unwritable { dir: PathBuf, why: String },
+    #[error(
+        "the audit log in {dir} is not keeping up: {bytes} bytes of records are waiting to be written"
+    )]
+    Full { dir: PathBuf, bytes: usize },
+    #[error("the audit log is shut down")]
+    Closed,
+    #[error("audit log {dir}: {why}")]
+    Open { dir: PathBuf, why: String },
+}
+
+/// What the writer thread does after each sync with the records it made durable: the
+/// Merkle tree and checkpoints.
+pub trait Seal: Send {
+    /// A record made durable, in log order (the line as written, without `\n`).
+    fn add(&mut self, leaf: &[u8]);
+    /// Called after each batch and when idle: cuts a checkpoint when one is due.
+    fn tick(&mut self, now: Instant, force: bool) -> Result<(), String>;
+}
+
+/// A submission's place: durable once the writer has settled every ticket below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Every record submitted before this count has been written (or failed).
+    settled: u64,
+    /// Recent failed batches (`[from, to)` in submission counts) and why.
+    failed: VecDeque<(u64, u64, Arc<str>)>,
+}
+
+struct Queue {
+    records: Vec<Encoded>,
+    bytes: usize,
+    submitted: u64,
+    stop: bool,
+}
+
+/// Counters for `status`, metrics and the bench.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub syncs: AtomicU64,
+    pub lost: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    gateway: String,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    progress: watch::Sender<Progress>,
+    /// Records in the log (index of the next): what sinks may read up to.
+    written: watch::Sender<u64>,
+    healthy: AtomicBool,
+    queued: AtomicUsize,
+    buffer_bytes: usize,
+    on_failure: OnFailure,
+    last_error: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+/// The handle sessions and the control plane share.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Opens the log (recovering a torn tail) and starts the writer thread.
+    pub fn open(
+        cfg: &AuditConfig,
+        gateway: &str,
+        seal: Option<Box<dyn Seal>>,
+    ) -> Result<Self, AuditError> {
+        let rotation = Rotation {
+            max_bytes: cfg.segment_max_bytes,
+            max_age: Duration::from_secs(cfg.segment_max_secs),
+        };
+        let (writer, recovery) =
+            segment::Writer::open(&cfg.dir, rotation).map_err(|e| AuditError::Open {
+                dir: cfg.dir.clone(),
+                why: e.to_string(),
+            })?;
+        let inner = Arc::new(Inner {
+            dir: cfg.dir.clone(),
+            gateway: gateway.to_owned(),
+            queue: Mutex::new(Queue {
+                records: Vec::new(),
+                bytes: 0,
+                submitted: 0,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            progress: watch::Sender::new(Progress::default()),
+            written: watch::Sender::new(recovery.records),
+            healthy: AtomicBool::new(true),
+            queued: AtomicUsize::new(0),
+            buffer_bytes: cfg.buffer_bytes,
+            on_failure: cfg.on_failure,
+            last_error: Mutex::new(None),
+            counters: Counters::default(),
+        });
+        if let Some((moved_to, torn_bytes)) = &recovery.torn {
+            warn!(
+                "audit log: a torn record ({torn_bytes} bytes) at the end of the last segment was moved to {}",
+                moved_to.display()
+            );
+        }
+        let log = Self {
+            inner: inner.clone(),
+            thread: Arc::default(),
+        };
+        if let Some((moved_to, torn_bytes)) = recovery.torn {
+            log.record(&Body::LogRecovered {
+                torn_bytes,
+                moved_to: moved_to.display().to_string(),
+            });
+        }
+        let durability = cfg.durability;
+        let window = Duration::from_micros(cfg.group_commit_window_us);
+        let handle = std::thread::Builder::new()
+            .name("portcullis-audit".into())
+            .spawn(move || run(inner, writer, seal, durability, window))
+            .map_err(|e| AuditError::Open {
+                dir: cfg.dir.clone(),
+                why: format!("cannot start the writer thread: {e}"),
+            })?;
+        *log.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn gateway(&self) -> &str {
+        &self.inner.gateway
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Records in the log so far; changes as batches are written (sinks read up to it).
+    pub fn written(&self) -> watch::Receiver<u64> {
+        self.inner.written.subscribe()
+    }
+
+    /// Why the last write failed, while the log is unhealthy.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether a statement may be forwarded now; the error says why not.
+    pub fn accepting(&self) -> Result<(), AuditError> {
+        if self.inner.on_failure == OnFailure::Continue {
+            return Ok(());
+        }
+        if !self.inner.healthy.load(Ordering::Acquire) {
+            return Err(AuditError::Unwritable {
+                dir: self.inner.dir.clone(),
+                why: self.last_error().unwrap_or_else(|| "write failed".into()),
+            });
+        }
+        let bytes = self.inner.queued.load(Ordering::Relaxed);
+        if bytes > self.inner.buffer_bytes {
+            return Err(AuditError::Full {
+                dir: self.inner.dir.clone(),
+                bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether statements run when the log cannot record them (`on_failure = "continue"`).
+    pub fn fails_open(&self) -> bool {
+        self.inner.on_failure == OnFailure::Continue
+    }
+
+    /// Queues records; the ticket says when they are durable.
+    pub fn submit(&self, records: impl IntoIterator<Item = Encoded>) -> Ticket {
+        let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut added = 0usize;
+        for r in records {
+            added += r.len();
+            q.records.push(r);
+            q.submitted += 1;
+        }
+        q.bytes += added;
+        self.inner.queued.fetch_add(added, Ordering::Relaxed);
+        let t = Ticket(q.submitted);
+        drop(q);
+        self.inner.wake.notify_one();
+        t
+    }
+
+    /// Encodes and queues one record, not waiting for it.
+    pub fn record(&self, body: &Body<'_>) -> Ticket {
+        self.submit([record::encode(&self.inner.gateway, body)])
+    }
+
+    /// Waits until every record up to `t` is durable; `Err` when its batch failed.
+    pub async fn durable(&self, t: Ticket) -> Result<(), AuditError> {
+        let mut rx = self.inner.progress.subscribe();
+        let p = rx
+            .wait_for(|p| p.settled >= t.0)
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        match p
+            .failed
+            .iter()
+            .find(|(from, to, _)| *from < t.0 && t.0 <= *to)
+        {
+            None => Ok(()),
+            Some((_, _, why)) => Err(AuditError::Unwritable {
+                dir: self.inner.dir.clone(),
+                why: why.to_string(),
+            }),
+        }
+    }
+
+    /// Blocking form of [`AuditLog::durable`], for threads outside a runtime.
+    pub fn durable_blocking(&self, t: Ticket) -> Result<(), AuditError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|_| AuditError::Closed)?;
+        rt.block_on(self.durable(t))
+    }
+
+    /// Writes what is queued, cuts a last checkpoint and stops the thread.
+    pub fn close(&self) {
+        {
+            let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.stop = true;
+        }
+        self.inner.wake.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// How long the thread sleeps when idle before it syncs (`os` durability), probes a
+/// failed log or checks whether a checkpoint is due.
+const IDLE_TICK: Duration = Duration::from_millis(250);
+
+fn run(
+    inner: Arc<Inner>,
+    mut writer: segment::Writer,
+    mut seal: Option<Box<dyn Seal>>,
+    durability: Durability,
+    window: Duration,
+) {
+    let mut line = Vec::with_capacity(1 << 16);
+    let mut lines: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut ends: Vec<usize> = Vec::new();
+    let mut unsynced = false;
+    loop {
+        let (batch, base, stop) = {
+            let mut q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.records.is_empty() && !q.stop {
+                q = inner
+                    .wake
+                    .wait_timeout(q, IDLE_TICK)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if !q.records.is_empty() && !window.is_zero() && !q.stop {
+                drop(q);
+                std::thread::sleep(window);
+                q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            }
+            let batch = std::mem::take(&mut q.records);
+            let base = q.submitted - batch.len() as u64;
+            inner.queued.fetch_sub(q.bytes, Ordering::Relaxed);
+            q.bytes = 0;
+            (batch, base, q.stop)
+        };
+        if batch.is_empty() {
+            if unsynced && writer.sync().is_ok() {
+                unsynced = false;
+            }
+            if !inner.healthy.load(Ordering::Acquire)
+                && let Some(l) = probe(&inner, &mut writer)
+                && let Some(s) = &mut seal
+            {
+                s.add(&l);
+            }
+            if let Some(s) = &mut seal
+                && let Err(e) = s.tick(Instant::now(), stop)
+            {
+                warn!("audit checkpoint: {e}");
+            }
+            if stop {
+                let _ = writer.sync();
+                return;
+            }
+            continue;
+        }
+        lines.clear();
+        ends.clear();
+        let first = writer.next_index();
+        for (i, r) in batch.iter().enumerate() {
+            line.clear();
+            r.with_seq(first + i as u64, &mut line);
+            lines.extend_from_slice(&line);
+            ends.push(lines.len());
+        }
+        let mut start = 0;
+        let slices: Vec<&[u8]> = ends
+            .iter()
+            .map(|&end| {
+                let s = &lines[start..end];
+                start = end;
+                s
+            })
+            .collect();
+        let result = writer.append(slices.iter().copied()).and_then(|_| {
+            if durability == Durability::Fsync {
+                inner.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                writer.sync()
+            } else {
+                Ok(())
+            }
+        });
+        let to = base + batch.len() as u64;
+        match result {
+            Ok(()) => {
+                unsynced |= durability == Durability::Os;
+                inner
+                    .counters
+                    .records
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                inner.counters.batches.fetch_add(1, Ordering::Relaxed);
+                inner.written.send_replace(writer.next_index());
+                inner.progress.send_modify(|p| p.settled = to);
+                if !inner.healthy.load(Ordering::Acquire) {
+                    recovered(&inner);
+                }
+                if let Some(s) = &mut seal {
+                    for l in &slices {
+                        s.add(l);
+                    }
+                    if let Err(e) = s.tick(Instant::now(), false) {
+                        warn!("audit checkpoint: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                let why: Arc<str> = e.to_string().into();
+                fail(&inner, &why);
+                inner
+                    .counters
+                    .lost
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                inner.progress.send_modify(|p| {
+                    p.settled = to;
+                    p.failed.push_back((base, to, why.clone()));
+                    if p.failed.len() > 256 {
+                        p.failed.pop_front();
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn fail(inner: &Inner, why: &str) {
+    inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+    if inner.healthy.swap(false, Ordering::AcqRel) {
+        if inner.on_failure == OnFailure::Continue {
+            error!(
+                "AUDIT LOG UNWRITABLE ({why}); on_failure = \"continue\": statements run WITHOUT a record until it recovers"
+            );
+        } else {
+            error!("audit log unwritable ({why}): statements are refused until it recovers");
+        }
+    }
+    *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_owned());
+}
+
+fn recovered(inner: &Inner) {
+    inner.healthy.store(true, Ordering::Release);
+    *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let lost = inner.counters.lost.swap(0, Ordering::AcqRel);
+    info!("audit log writable again ({lost} records were lost while it was not)");
+    if lost > 0 {
+        let e = record::encode(
+            &inner.gateway,
+            &Body::RecordsLost {
+                count: lost,
+                reason: "the audit log could not be written",
+            },
+        );
+        let mut q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.bytes += e.len();
+        inner.queued.fetch_add(e.len(), Ordering::Relaxed);
+        q.records.push(e);
+        q.submitted += 1;
+    }
+}
+
+/// While unhealthy: tries to write the count of lost records; success means the log
+/// works again. Returns the line written.
+fn probe(inner: &Inner, writer: &mut segment::Writer) -> Option<Vec<u8>> {
+    let lost = inner.counters.lost.swap(0, Ordering::AcqRel);
+    let e = record::encode(
+        &inner.gateway,
+        &Body::RecordsLost {
+            count: lost,
+            reason: "the audit log could not be written",
+        },
+    );
+    let mut line = Vec::new();
+    e.with_seq(writer.next_index(), &mut line);
+    match writer.append([line.as_slice()]).and_then(|_| writer.sync()) {
+        Ok(()) => {
+            inner.written.send_replace(writer.next_index());
+            inner.healthy.store(true, Ordering::Release);
+            *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            info!("audit log writable again ({lost} records were lost while it was not)");
+            Some(line)
+        }
+        Err(e) => {
+            inner.counters.lost.fetch_add(lost, Ordering::AcqRel);
+            *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            None
+        }
+    }
+}

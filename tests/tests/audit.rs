@@ -1,0 +1,227 @@
+//! The audit log end to end: a real PostgreSQL, the gateway with `[audit]`, agents on
+//! psql, tokio-postgres and pgbench; the records read back from the log on disk.
+//!
+//! What an examiner would check: every statement the server ran has a record, written
+//! before it ran, in the order the server received it, with the agent's identity, the
+//! parameters as the audit policy keeps them, and an outcome with the right tag, rows,
+//! SQLSTATE and masking counts; a result's digest is the SHA-256 of the bytes the client
+//! received; refusals are recorded with their reason.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use common::{DB, Env, rt};
+use portcullis_auditlog::segment::{Item, Reader};
+use portcullis_tests::{Engine, per_engine};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+per_engine!(statements_and_outcomes_are_recorded_in_server_order);
+per_engine!(a_masked_results_digest_is_what_the_client_received);
+
+/// Every record in the log, in order.
+fn records(dir: &Path) -> Vec<Value> {
+    Reader::open(dir, 0)
+        .expect("open the audit log")
+        .map(|i| match i.expect("read the audit log") {
+            Item::Record { bytes, .. } => serde_json::from_slice(&bytes).expect("a JSON record"),
+            other => panic!("the log is not whole: {other:?}"),
+        })
+        .collect()
+}
+
+fn of_kind<'a>(all: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    all.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+/// The outcome of statement `stmt` of `session`.
+fn outcome<'a>(all: &'a [Value], session: &Value, stmt: &Value) -> &'a Value {
+    all.iter()
+        .find(|r| r["kind"] == "outcome" && &r["session"] == session && &r["stmt"] == stmt)
+        .unwrap_or_else(|| panic!("no outcome for statement {stmt} of {session}"))
+}
+
+/// Waits until the log holds a record matching `f` (outcomes are written after the
+/// answer, not before it, so a test reads them a moment later).
+fn wait_for(dir: &Path, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let all = records(dir);
+        if f(&all) {
+            return all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit log never got there: {all:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn statements_and_outcomes_are_recorded_in_server_order(engine: Engine) {
+    let env = Env::start_with(engine, Default::default(), |o| o.audit("params = \"keep\""));
+    env.ok(env.psql_direct().args([
+        "-c",
+        "CREATE TABLE t (id int primary key, name text); INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+    ]));
+    // Simple protocol, several statements, one failing.
+    let out = common::run_timed(env.psql_gw().args([
+        "-c",
+        "SELECT * FROM t ORDER BY id",
+        "-c",
+        "UPDATE t SET name = 'c' WHERE id = 2",
+        "-c",
+        "SELECT 1/0",
+    ]));
+    assert!(!out.status.success());
+    // Extended protocol, with parameters, pipelined by tokio-postgres.
+    let conninfo = env.conninfo();
+    rt().block_on(async {
+        let c = common::connect(&conninfo).await;
+        let (a, b) = futures_util::join!(
+            c.query("SELECT name FROM t WHERE id = $1", &[&1i32]),
+            c.execute("INSERT INTO t VALUES ($1, $2)", &[&3i32, &"three"]),
+        );
+        assert_eq!(a.unwrap().len(), 1);
+        assert_eq!(b.unwrap(), 1);
+    });
+    let dir = env.gw.audit_dir();
+    let all = wait_for(&dir, |all| of_kind(all, "session_end").len() >= 2);
+
+    assert_eq!(all[0]["kind"], "gateway_start");
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(r["v"], 1);
+        assert_eq!(r["seq"], i as u64, "records are numbered in log order");
+    }
+    let starts = of_kind(&all, "session_start");
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[0]["identity"], "agent");
+    assert_eq!(starts[0]["database"], DB);
+    assert_eq!(starts[0]["auth"], "scram-sha-256");
+    assert_eq!(starts[0]["client_addr"], "127.0.0.1");
+    let psql_session = &starts[0]["session"];
+
+    let stmts: Vec<&Value> = of_kind(&all, "statement")
+        .into_iter()
+        .filter(|s| &s["session"] == psql_session)
+        .collect();
+    let sqls: Vec<&str> = stmts.iter().map(|s| s["sql"].as_str().unwrap()).collect();
+    assert_eq!(
+        sqls,
+        [
+            "SELECT * FROM t ORDER BY id",
+            "UPDATE t SET name = 'c' WHERE id = 2",
+            "SELECT 1/0"
+        ]
+    );
+    assert_eq!(stmts[0]["policy"]["class"][0], "read");
+    assert_eq!(stmts[1]["policy"]["writes"][0], "t");
+    assert!(
+        stmts[0]["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.len() == 16)
+    );
+    let o = outcome(&all, psql_session, &stmts[0]["stmt"]);
+    assert_eq!(o["status"], "complete");
+    assert_eq!(o["tags"][0], "SELECT 2");
+    assert_eq!(o["rows"], 2);
+    let o = outcome(&all, psql_session, &stmts[1]["stmt"]);
+    assert_eq!(
+        (o["tags"][0].as_str(), o["rows"].as_u64()),
+        (Some("UPDATE 1"), Some(1))
+    );
+    let o = outcome(&all, psql_session, &stmts[2]["stmt"]);
+    assert_eq!(
+        (o["status"].as_str(), o["sqlstate"].as_str()),
+        (Some("error"), Some("22012"))
+    );
+
+    // Each statement's record comes before its outcome: written before it ran.
+    for s in &stmts {
+        let at = |r: &Value| r["seq"].as_u64().unwrap();
+        assert!(at(s) < at(outcome(&all, psql_session, &s["stmt"])));
+    }
+
+    let tp_session = &starts[1]["session"];
+    let ext: Vec<&Value> = of_kind(&all, "statement")
+        .into_iter()
+        .filter(|s| &s["session"] == tp_session)
+        .collect();
+    assert_eq!(ext.len(), 2, "{ext:#?}");
+    assert_eq!(ext[0]["via"], "extended");
+    assert_eq!(ext[0]["sql"], "SELECT name FROM t WHERE id = $1");
+    // tokio-postgres sends an int4 in binary: kept as base64 of its four bytes.
+    assert_eq!(ext[0]["params"][0]["base64"], "AAAAAQ==");
+    assert_eq!(ext[1]["params"][1]["base64"], "dGhyZWU=");
+    let o = outcome(&all, tp_session, &ext[1]["stmt"]);
+    assert_eq!(o["tags"][0], "INSERT 0 1");
+    let end = of_kind(&all, "session_end");
+    assert!(
+        end.iter()
+            .any(|e| &e["session"] == psql_session && e["statements"] == 3)
+    );
+}
+
+const MASKING: &str = r#"
+[[mask.rule]]
+name = "ssn"
+column = "public.people.ssn"
+strategy = "redact"
+text = "[MASKED]"
+"#;
+
+/// Sends one simple query over a raw connection (SCRAM done by the harness's client)
+/// and returns the bytes of its answer up to, not including, `ReadyForQuery`.
+fn raw_answer(env: &Env, sql: &str) -> Vec<u8> {
+    let mut s = common::raw_login(env);
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    s.write_all(&q).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+        // Walk whole frames to find ReadyForQuery.
+        let mut at = 0;
+        while at + 5 <= got.len() {
+            let len = u32::from_be_bytes(got[at + 1..at + 5].try_into().unwrap()) as usize;
+            if at + 1 + len > got.len() {
+                break;
+            }
+            if got[at] == b'Z' {
+                got.truncate(at);
+                return got;
+            }
+            at += 1 + len;
+        }
+    }
+}
+
+fn a_masked_results_digest_is_what_the_client_received(engine: Engine) {
+    let env = Env::start_with(engine, Default::default(), |o| {
+        o.audit("").extra_toml(MASKING)
+    });
+    env.ok(env.psql_direct().args([
+        "-c",
+        "CREATE TABLE people (id int, ssn text); INSERT INTO people SELECT g, '123-45-' || lpad(g::text, 4, '0') FROM generate_series(1, 500) g",
+    ]));
+    let sql = "SELECT id, ssn FROM people ORDER BY id";
+    let answer = raw_answer(&env, sql);
+    assert!(
+        !answer.windows(7).any(|w| w == b"123-45-"),
+        "the client saw a raw SSN"
+    );
+    let dir = env.gw.audit_dir();
+    let all = wait_for(&dir, |all| !of_kind(all, "outcome").is_empty());
+    let o = of_kind(&all, "outcome")[0];
+    assert_eq!(o["tags"][0], "SELECT 500");
+    assert_eq!(o["masked"][0], serde_json::json!(["ssn", 500]));
+    assert_eq!(o["bytes_to_agent"], answer.len() as u64);
+    assert_eq!(o["result_sha256"], hex::encode(Sha256::digest(&answer)));
+}
