@@ -4,5 +4,7 @@
 //! business (`portcullis::audit` for the gateway).
 //!
 //! - [`segment`]: the log on disk, one record a line, in rotated segment files.
+//! - [`merkle`]: RFC 6962 hashing, the incremental tree, inclusion and consistency proofs.
 
+pub mod merkle;
 pub mod segment;

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub enum SegmentError {
     #[error("audit log {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("audit log {dir}: segments do not follow each other: {expected} records expected before {found}")]
+    #[error(
+        "audit log {dir}: segments do not follow each other: {expected} records expected before {found}"
+    )]
     Gap {
         dir: PathBuf,
         expected: u64,
@@ -399,7 +401,10 @@ mod tests {
                 }
             );
         }
-        let from7: Vec<_> = Reader::open(d.path(), 7).unwrap().map(|r| r.unwrap()).collect();
+        let from7: Vec<_> = Reader::open(d.path(), 7)
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
         assert_eq!(from7.len(), 3);
         let (w2, rec) = Writer::open(d.path(), rot).unwrap();
         assert_eq!((rec.records, w2.next_index()), (10, 10));
@@ -451,7 +456,10 @@ mod tests {
     fn a_record_with_a_newline_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let (mut w, _) = Writer::open(d.path(), Rotation::default()).unwrap();
-        assert!(matches!(w.append([&b"a\nb"[..]]), Err(SegmentError::Newline)));
+        assert!(matches!(
+            w.append([&b"a\nb"[..]]),
+            Err(SegmentError::Newline)
+        ));
         assert_eq!(w.next_index(), 0);
     }
 }
