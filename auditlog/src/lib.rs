@@ -5,6 +5,9 @@
 //!
 //! - [`segment`]: the log on disk, one record a line, in rotated segment files.
 //! - [`merkle`]: RFC 6962 hashing, the incremental tree, inclusion and consistency proofs.
+//! - [`checkpoint`]: signed checkpoints (C2SP tlog-checkpoint in a signed note) and keys.
 
+pub mod checkpoint;
 pub mod merkle;
 pub mod segment;
+mod time;
