@@ -12,11 +12,16 @@
 //! - [`leaves`]: the leaf-hash index that lets the verifier name the record that changed.
 //! - [`witness`]: copies of the checkpoints kept elsewhere.
 //! - [`sealer`]: the writer's side: the tree, checkpoints cut by policy, witnesses fed.
+//! - [`verify`]: the offline verifier, naming the first record altered, removed, inserted
+//!   or reordered, and a tail cut off.
+//! - [`proof`]: inclusion and consistency proofs against checkpoints.
 
 pub mod checkpoint;
 pub mod leaves;
 pub mod merkle;
+pub mod proof;
 pub mod sealer;
 pub mod segment;
 mod time;
+pub mod verify;
 pub mod witness;
