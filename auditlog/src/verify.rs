@@ -210,6 +210,15 @@ impl Problem {
     }
 }
 
+/// `record 7` or `records 7..9`.
+fn span(from: u64, to_inclusive: u64) -> String {
+    if from == to_inclusive {
+        format!("record {from}")
+    } else {
+        format!("records {from}..{to_inclusive}")
+    }
+}
+
 fn plural(n: u64, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
@@ -236,9 +245,8 @@ impl fmt::Display for Problem {
                 checkpoint,
             } => write!(
                 f,
-                "records {}..{} ({record}, and the {} after it) differ from what the {checkpoint} sealed: rewritten or replaced{}",
-                record.index,
-                record.index + count - 1,
+                "{} ({record}, and the {} after it) differ from what the {checkpoint} sealed: rewritten or replaced{}",
+                span(record.index, record.index + count - 1),
                 count - 1,
                 if *count as usize >= WINDOW {
                     " (and perhaps more)"
@@ -254,8 +262,12 @@ impl fmt::Display for Problem {
                 checkpoint,
             } => write!(
                 f,
-                "{} removed at {index}: the record the {checkpoint} sealed as number {index} (leaf hash {sealed_leaf}) is missing; the log goes on with the one sealed as {}, now at {next}",
-                plural(*count, "record", "records"),
+                "{} removed: the record the {checkpoint} sealed as number {index} (leaf hash {sealed_leaf}) is missing; the log goes on with the one sealed as {}, now at {next}",
+                if *count == 1 {
+                    format!("record {index} was")
+                } else {
+                    format!("{} were", span(*index, index + count - 1))
+                },
                 index + count
             ),
             Problem::Inserted {
@@ -296,8 +308,8 @@ impl fmt::Display for Problem {
                 checkpoint,
             } => write!(
                 f,
-                "the log was cut short: it has {records} records but the {checkpoint} proves {sealed} existed; records {records}..{} are missing",
-                sealed - 1
+                "the log was cut short: it has {records} records but the {checkpoint} proves {sealed} existed; {} missing",
+                span(*records, sealed - 1)
             ),
             Problem::Gap {
                 expected,
@@ -305,8 +317,8 @@ impl fmt::Display for Problem {
                 first,
             } if first > expected => write!(
                 f,
-                "records {expected}..{} are missing: {segment} starts at record {first} but the segments before it hold only {expected} records (a segment was removed or cut)",
-                first - 1,
+                "{} missing: {segment} starts at record {first} but the segments before it hold only {expected} records (a segment was removed or cut)",
+                span(*expected, first - 1),
             ),
             Problem::Gap {
                 expected,
@@ -380,7 +392,7 @@ pub struct Report {
     pub sources: Vec<SourceTally>,
     /// The largest checkpoint signed by the key that the log matches.
     pub last_checkpoint: Option<CheckpointInfo>,
-    /// Records after `last_checkpoint`, which nothing vouches for yet.
+    /// Records past every checkpoint (no larger than the log): nothing vouches for them yet.
     pub unsealed: u64,
     /// Leaf hashes of the index that rebuild a signed root (0: no usable index).
     pub leaf_index_trusted: u64,
@@ -642,7 +654,10 @@ pub fn verify(dir: &Path, key: &VerifierKey, witnesses: &[PathBuf]) -> Result<Re
                 tree.root()
             };
             if valid[*ci].root == root {
-                *matched = Some(*ci);
+                // The first of equal checkpoints names it: the log's own copy sorts first.
+                if matched.is_none_or(|m| valid[m].info.size < tree.size()) {
+                    *matched = Some(*ci);
+                }
             } else if first_mismatch.is_none() {
                 *first_mismatch = Some((*ci, matched.map_or(0, |m| valid[m].info.size)));
             }
@@ -758,8 +773,14 @@ pub fn verify(dir: &Path, key: &VerifierKey, witnesses: &[PathBuf]) -> Result<Re
     problems.sort_by_key(Problem::at);
 
     let last_checkpoint = matched.map(|m| valid[m].info.clone());
-    let unsealed = records - last_checkpoint.as_ref().map_or(0, |c| c.size.min(records));
-    if unsealed > 0 && last_checkpoint.is_some() {
+    // Records past every checkpoint: nothing could tell if they were changed.
+    let covered = valid
+        .iter()
+        .map(|v| v.info.size)
+        .filter(|&s| s <= records)
+        .max();
+    let unsealed = records - covered.unwrap_or(0);
+    if unsealed > 0 && covered.is_some() {
         notes.push(format!(
             "{} after the last checkpoint not sealed yet: a change to them cannot be detected until the next checkpoint",
             plural(unsealed, "record", "records")
