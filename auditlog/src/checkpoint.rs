@@ -415,6 +415,18 @@ pub fn generate_key_file(path: &Path) -> Result<VerifyingKey, CheckpointError> {
     Ok(key.verifying_key())
 }
 
+/// `portcullis audit keygen --out FILE`: a new private key in `out` and the verifier key
+/// line to hand to auditors (`name` is the log's origin). The name is checked before
+/// anything is written.
+pub fn keygen(out: &Path, name: &str) -> Result<VerifierKey, CheckpointError> {
+    check_name(name)?;
+    let key = generate_key_file(out)?;
+    Ok(VerifierKey {
+        name: Some(name.to_owned()),
+        key,
+    })
+}
+
 /// A public key to check checkpoints with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifierKey {
@@ -687,7 +699,9 @@ mod tests {
     fn keys_round_trip_through_pkcs8_pem() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("key.pem");
-        let public = generate_key_file(&path).unwrap();
+        assert!(keygen(&path, "has space").is_err());
+        assert!(!path.exists());
+        let public = keygen(&path, "example.com/log").unwrap().key;
         assert!(
             generate_key_file(&path).is_err(),
             "an existing key is never replaced"

@@ -569,3 +569,57 @@ fn openssl_keys_are_accepted() {
     let r = verify(tmp.path(), &spki, &[]).unwrap();
     assert!(r.intact, "{r}");
 }
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The record position a problem names.
+    fn at(p: &Problem) -> Option<u64> {
+        match p {
+            Problem::Altered { record, .. }
+            | Problem::Inserted { record, .. }
+            | Problem::Reordered { record, .. } => Some(record.index),
+            Problem::Removed { index, .. } => Some(*index),
+            Problem::Truncated { records, .. } => Some(*records),
+            Problem::Gap { expected, .. } => Some(*expected),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Any one tampering of a sealed record is caught and the first problem names it.
+        #[test]
+        fn any_single_tampering_is_named(op in 0u8..4, i in 0u64..30, byte in any::<prop::sample::Index>(), with in 0x20u8..0x7f) {
+            let log = build(30);
+            let (seg, line) = (i / 10 * 10, (i % 10) as usize);
+            match op {
+                0 => log.edit(seg, |l| {
+                    let mut b = l[line].clone().into_bytes();
+                    let k = byte.index(b.len());
+                    b[k] = if b[k] == with { with ^ 1 } else { with };
+                    l[line] = String::from_utf8(b).unwrap();
+                }),
+                1 => log.edit(seg, |l| { l.remove(line); }),
+                2 => log.edit(seg, |l| l.insert(line, record(1000 + i))),
+                _ => log.edit(seg, |l| { let j = (line + 1) % l.len(); l.swap(line, j) }),
+            }
+            let r = log.verify();
+            prop_assert!(!r.intact, "{}", r);
+            let first = r.first_problem().unwrap();
+            let want = if op == 3 { i.min(seg + ((line + 1) % 10) as u64) } else { i };
+            prop_assert_eq!(at(first), Some(want), "{}", r);
+            let named = r.problems.iter().any(|p| match (op, p) {
+                (0, Problem::Altered { record, count: 1, .. }) => record.index == i,
+                (1, Problem::Removed { index, count: 1, .. }) => *index == i,
+                (1, Problem::Truncated { records: 29, sealed: 30, .. }) => i == 29,
+                (2, Problem::Inserted { record, count: 1, .. }) => record.index == i,
+                (3, Problem::Reordered { record, .. }) => record.index == want,
+                _ => false,
+            });
+            prop_assert!(named, "{}", r);
+        }
+    }
+}
