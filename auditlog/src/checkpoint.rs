@@ -29,6 +29,11 @@
 //! A file of checkpoints (`<log>/checkpoints`, a file witness) is one note after another,
 //! each followed by a blank line.
 //!
+//! Checking one by hand, with OpenSSL: the body is everything before the last blank line
+//! plus its `\n`; the signature is the base64 after the key name with its first 4 bytes
+//! dropped; then `openssl pkeyutl -verify -pubin -inkey pub.pem -rawin -in body -sigfile sig`
+//! (`pub.pem` from `openssl pkey -in key.pem -pubout`).
+//!
 //! # Keys
 //!
 //! - Private key: an Ed25519 key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), as
