@@ -3,6 +3,25 @@
 //! signs checkpoints and verifies all of it offline. What a record says is the writer's
 //! business (`portcullis::audit` for the gateway).
 //!
+//! A log directory holds `seg-*.jsonl` (the records), `checkpoints` (the signed checkpoints,
+//! one after another) and `leaves` (the leaf-hash index).
+//!
 //! - [`segment`]: the log on disk, one record a line, in rotated segment files.
+//! - [`merkle`]: RFC 6962 hashing, the incremental tree, inclusion and consistency proofs.
+//! - [`checkpoint`]: signed checkpoints (C2SP tlog-checkpoint in a signed note) and keys.
+//! - [`leaves`]: the leaf-hash index that lets the verifier name the record that changed.
+//! - [`witness`]: copies of the checkpoints kept elsewhere.
+//! - [`sealer`]: the writer's side: the tree, checkpoints cut by policy, witnesses fed.
+//! - [`verify`]: the offline verifier, naming the first record altered, removed, inserted
+//!   or reordered, and a tail cut off.
+//! - [`proof`]: inclusion and consistency proofs against checkpoints.
 
+pub mod checkpoint;
+pub mod leaves;
+pub mod merkle;
+pub mod proof;
+pub mod sealer;
 pub mod segment;
+mod time;
+pub mod verify;
+pub mod witness;

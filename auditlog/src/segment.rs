@@ -109,12 +109,13 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(dir: &Path, from: u64) -> Result<Self, SegmentError> {
-        let all = list(dir)?;
+        let mut all = list(dir)?;
         // Skip segments that end before `from`: the one holding `from` is the last whose
         // first index is <= from.
         let start = all.iter().rposition(|s| s.first <= from).unwrap_or(0);
+        all.drain(..start);
         Ok(Self {
-            segments: all[start..].to_vec().into_iter(),
+            segments: all.into_iter(),
             current: None,
             next: 0,
             from,
