@@ -66,6 +66,11 @@ enum Cmd {
     },
     /// Review held statements through the running gateway's admin socket. A vote is
     /// recorded as `unix:<your user>` unless --reviewer names someone.
+    /// The audit log: verify, prove, search and replay it (offline, from its directory).
+    Audit {
+        #[command(subcommand)]
+        cmd: portcullis::audit::cli::AuditCmd,
+    },
     Approvals {
         #[command(subcommand)]
         cmd: ApprovalsCmd,
@@ -182,6 +187,11 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Reload { target } => ask(target, "reload"),
         Cmd::Approvals { cmd } => approvals(cmd),
+        Cmd::Audit { cmd } => match portcullis::audit::cli::run(cmd) {
+            Ok(0) => Ok(()),
+            Ok(code) => std::process::exit(code),
+            Err(e) => bail!("{e}"),
+        },
         Cmd::Status { target } => ask(target, "status"),
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
@@ -462,8 +472,8 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
             .gateway_id
             .clone()
             .unwrap_or_else(|| default_gateway_id(addr));
-        let log = portcullis::audit::AuditLog::open(a, &gateway, None)
-            .context("opening the audit log")?;
+        let log =
+            portcullis::audit::AuditLog::open(a, &gateway).context("opening the audit log")?;
         let config_sha256 = std::fs::read(&path)
             .map(|b| hex_sha256(&b))
             .unwrap_or_default();

@@ -495,6 +495,22 @@ impl Gateway {
             libc::kill(self.pid() as i32, sig);
         }
     }
+
+    /// Sends `sig` and waits for the process to exit; `None` if it is still running after
+    /// `within`.
+    pub fn stop_with(&mut self, sig: i32, within: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(sig);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Gateway {

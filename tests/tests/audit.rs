@@ -225,3 +225,141 @@ fn a_masked_results_digest_is_what_the_client_received(engine: Engine) {
     assert_eq!(o["bytes_to_agent"], answer.len() as u64);
     assert_eq!(o["result_sha256"], hex::encode(Sha256::digest(&answer)));
 }
+
+per_engine!(the_log_verifies_and_tampering_is_named_by_the_cli);
+
+/// The CLI an examiner runs: `keygen`, then after traffic `verify` (intact), `search`,
+/// `show`, `prove`; then one byte changed in a record and the tail cut off, each found.
+fn the_log_verifies_and_tampering_is_named_by_the_cli(engine: Engine) {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("audit.key");
+    let witness = keys.path().join("witness");
+    std::fs::create_dir(&witness).unwrap();
+    let origin = "portcullis/test-gw";
+    let out = common::run_timed(&mut common::portcullis(&[
+        "audit",
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--origin",
+        origin,
+    ]));
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let vkey = common::stdout(&out).trim().to_owned();
+    let audit = format!(
+        "signing_key = {key:?}\ngateway_id = \"test-gw\"\ncheckpoint_every_records = 5\nwitnesses = [{witness:?}]\n"
+    );
+    let mut env = Env::start_with(engine, Default::default(), |o| o.audit(&audit));
+    env.ok(env.psql_direct().args(["-c", "CREATE TABLE t (id int)"]));
+    for i in 0..6 {
+        env.query_gw(&format!("INSERT INTO t VALUES ({i})"));
+    }
+    assert_eq!(env.query_gw("SELECT count(*) FROM t").trim(), "6");
+    let dir = env.gw.audit_dir();
+    assert!(
+        env.gw
+            .stop_with(libc::SIGTERM, std::time::Duration::from_secs(30))
+            .is_some(),
+        "the gateway did not stop"
+    );
+    let all = records(&dir);
+    assert_eq!(all.last().unwrap()["kind"], "gateway_stop");
+
+    let d = dir.to_str().unwrap();
+    let w = witness.to_str().unwrap();
+    let verify = || {
+        common::run_timed(&mut common::portcullis(&[
+            "audit",
+            "verify",
+            d,
+            "--public-key",
+            &vkey,
+            "--witness",
+            w,
+        ]))
+    };
+    let out = verify();
+    let text = common::stdout(&out);
+    assert!(out.status.success(), "{text}{}", common::stderr(&out));
+    assert!(
+        text.starts_with(&format!("intact: {} records", all.len())),
+        "{text}"
+    );
+
+    // What an auditor asks: every write by the agent, and one session replayed.
+    let out = common::run_timed(&mut common::portcullis(&[
+        "audit",
+        "search",
+        d,
+        "--identity",
+        "agent",
+        "--class",
+        "write",
+        "--json",
+    ]));
+    let hits: Vec<Value> = common::stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 6, "{hits:#?}");
+    assert!(hits.iter().all(|h| h["outcome"]["tags"][0] == "INSERT 0 1"));
+    let session = hits[0]["record"]["session"].as_str().unwrap();
+    let out = common::run_timed(&mut common::portcullis(&["audit", "show", d, session]));
+    let shown = common::stdout(&out);
+    assert!(
+        shown.contains("session start: agent (scram-sha-256)"),
+        "{shown}"
+    );
+    assert!(shown.contains("INSERT INTO t VALUES (0)"), "{shown}");
+    assert!(shown.contains("-> complete [\"INSERT 0 1\"]"), "{shown}");
+    let out = common::run_timed(&mut common::portcullis(&[
+        "audit",
+        "prove",
+        d,
+        "3",
+        "--public-key",
+        &vkey,
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let proof: Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(proof["index"], 3);
+
+    // One byte of record 7 changed: named.
+    let seg = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap();
+    let original = std::fs::read(&seg).unwrap();
+    let mut bytes = original.clone();
+    let line7 = bytes
+        .split(|b| *b == b'\n')
+        .take(7)
+        .map(|l| l.len() + 1)
+        .sum::<usize>();
+    let at = line7 + bytes[line7..].iter().position(|b| *b == b'"').unwrap() + 1;
+    bytes[at] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    let out = verify();
+    let text = common::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("record 7"), "{text}");
+
+    // The tail cut off, checkpoints and all: the witness still knows how long it was.
+    let cut = original
+        .split(|b| *b == b'\n')
+        .take(all.len() - 3)
+        .map(|l| l.len() + 1)
+        .sum::<usize>();
+    std::fs::write(&seg, &original[..cut]).unwrap();
+    std::fs::remove_file(dir.join("checkpoints")).unwrap();
+    let _ = std::fs::remove_file(dir.join("leaves"));
+    let out = verify();
+    let text = common::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the log was cut short") && text.contains("missing"),
+        "{text}"
+    );
+}

@@ -68,6 +68,10 @@ pub struct AuditConfig {
     /// This gateway's id in records; default: host name and listen port.
     #[serde(default)]
     pub gateway_id: Option<String>,
+    /// The checkpoints' origin line (and the key's name in `verify --public-key`);
+    /// default `portcullis/<gateway id>`.
+    #[serde(default)]
+    pub origin: Option<String>,
     #[serde(default)]
     pub durability: Durability,
     #[serde(default)]

@@ -5,13 +5,19 @@
 //! - [`trail`]: one session's records and open outcomes, kept by the relay core (sans-IO).
 //! - [`writer`]: the log writer thread: group commit, fail-closed health, the Merkle
 //!   seal after each sync.
+//! - [`seal`]: the Merkle tree and signed checkpoints over what the writer made durable.
+//! - [`search`]: finding statements and replaying a session, for auditors.
+//! - [`cli`]: `portcullis audit verify, prove, consistency, keygen, public-key, search, show`.
 //! - [`config`]: the `[audit]` section.
 //!
 //! The log's storage, Merkle tree, checkpoints and verification are the
 //! `portcullis-auditlog` crate, shared with `portcullis-guard`.
 
+pub mod cli;
 pub mod config;
 pub mod record;
+pub mod seal;
+pub mod search;
 pub mod trail;
 pub mod writer;
 

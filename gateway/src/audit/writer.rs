@@ -111,10 +111,15 @@ impl std::fmt::Debug for AuditLog {
 
 impl AuditLog {
     /// Opens the log (recovering a torn tail) and starts the writer thread.
-    pub fn open(
+    pub fn open(cfg: &AuditConfig, gateway: &str) -> Result<Self, AuditError> {
+        Self::open_with(cfg, gateway, Vec::new())
+    }
+
+    /// [`AuditLog::open`] with witnesses beyond the configured paths (syslog, HTTP).
+    pub fn open_with(
         cfg: &AuditConfig,
         gateway: &str,
-        seal: Option<Box<dyn Seal>>,
+        witnesses: Vec<Box<dyn portcullis_auditlog::witness::Witness>>,
     ) -> Result<Self, AuditError> {
         let rotation = Rotation {
             max_bytes: cfg.segment_max_bytes,
@@ -125,6 +130,7 @@ impl AuditLog {
                 dir: cfg.dir.clone(),
                 why: e.to_string(),
             })?;
+        let seal = super::seal::open(cfg, gateway, witnesses)?;
         let inner = Arc::new(Inner {
             dir: cfg.dir.clone(),
             gateway: gateway.to_owned(),
