@@ -22,6 +22,6 @@ pub mod merkle;
 pub mod proof;
 pub mod sealer;
 pub mod segment;
-mod time;
+pub mod time;
 pub mod verify;
 pub mod witness;

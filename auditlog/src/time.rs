@@ -23,6 +23,13 @@ pub fn format(secs: u64) -> String {
     )
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`: records' times, to the microsecond.
+pub fn format_micros(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let whole = format(d.as_secs());
+    format!("{}.{:06}Z", &whole[..whole.len() - 1], d.subsec_micros())
+}
+
 /// The inverse of [`format`]; `None` for anything else (offsets, fractions, lower-case
 /// letters, impossible dates, years past 9999 or before 1970).
 pub fn parse(s: &str) -> Option<u64> {

@@ -95,6 +95,8 @@ pub struct Trail {
     open: VecDeque<Open>,
     /// Statement numbers in the records last taken (`[from, to]`).
     taken: (u64, u64),
+    /// The approval request the next statement record runs under.
+    approval: Option<i64>,
 }
 
 impl Trail {
@@ -109,6 +111,7 @@ impl Trail {
             gate: false,
             open: VecDeque::new(),
             taken: (1, 0),
+            approval: None,
         }
     }
 
@@ -151,6 +154,7 @@ impl Trail {
         facts: &StatementFacts,
         approval: Option<i64>,
     ) -> u64 {
+        let approval = approval.or(self.approval.take());
         self.next += 1;
         let id = self.next;
         let params = bind.map(|b| self.params_of(b, facts.touches_masked));
@@ -193,6 +197,50 @@ impl Trail {
             message: &r.message,
             policy: facts.policy.as_ref(),
         });
+    }
+
+    /// A held statement became approval request `request`.
+    pub fn approval_request(
+        &mut self,
+        request: i64,
+        sql: &str,
+        rule: Option<&str>,
+        approvers: u32,
+    ) {
+        let session = self.session.clone();
+        self.push(&Body::ApprovalRequest {
+            session: &session,
+            request,
+            sql,
+            rule,
+            approvers,
+        });
+    }
+
+    /// The request was decided (`approve`, `edit`, `deny`, `timeout`, `withdrawn`). An
+    /// approval or edit marks the statement that runs next with the request.
+    pub fn approval_decision(
+        &mut self,
+        request: i64,
+        action: &str,
+        reviewers: &[String],
+        reason: Option<&str>,
+        sql: &str,
+        edited_sql: Option<&str>,
+    ) {
+        let session = self.session.clone();
+        self.push(&Body::ApprovalDecision {
+            session: &session,
+            request,
+            action,
+            reviewers,
+            reason,
+            sql,
+            edited_sql,
+        });
+        if matches!(action, "approve" | "edit") {
+            self.approval = Some(request);
+        }
     }
 
     fn params_of(&self, bind_frame: &[u8], touches_masked: bool) -> Vec<ParamRecord> {

@@ -289,6 +289,29 @@ struct LastReload {
 struct State {
     active: Reloaded,
     last: Option<LastReload>,
+    /// SHA-256 of the running `[policy]` and `[mask]` sections, for the audit record of
+    /// the next reload.
+    policy_digest: String,
+}
+
+/// SHA-256 (hex) of a configuration file's `[policy]` and `[mask]` sections, as TOML
+/// values (so comments and layout do not change it); empty if the file cannot be read.
+pub fn policy_digest(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let Ok(value) = text.parse::<toml::Table>() else {
+        return String::new();
+    };
+    let mut h = sha2::Sha256::new();
+    for key in ["policy", "mask"] {
+        if let Some(v) = value.get(key) {
+            h.update(key.as_bytes());
+            h.update(toml::to_string(v).unwrap_or_default().as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 /// The running gateway as the control thread sees it: what reloads change and what
@@ -318,6 +341,7 @@ impl Control {
         workers: usize,
         listen: String,
     ) -> Self {
+        let digest = policy_digest(&config);
         Control {
             shared,
             engine,
@@ -334,6 +358,7 @@ impl Control {
                     needs_restart: Vec::new(),
                 },
                 last: None,
+                policy_digest: digest,
             }),
         }
     }
@@ -342,7 +367,13 @@ impl Control {
     /// (identities, masking rules); on any error the running configuration stays.
     /// Logs the outcome itself, since SIGHUP has nobody else to tell.
     pub fn reload(&self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
+        self.reload_by(trigger, trigger.as_str())
+    }
+
+    /// [`Control::reload`], recording `by` (who asked) in the audit log.
+    pub fn reload_by(&self, trigger: Trigger, by: &str) -> Result<Reloaded, ReloadError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = state.policy_digest.clone();
         let result = Config::load(&self.config)
             .map_err(ReloadError::from)
             .and_then(|cfg| {
@@ -384,6 +415,22 @@ impl Control {
                 "reload refused, keeping the running configuration: {e}"
             ),
         }
+        let after = if result.is_ok() {
+            policy_digest(&self.config)
+        } else {
+            before.clone()
+        };
+        if let Some(log) = &self.shared.audit {
+            let error = result.as_ref().err().map(ReloadError::one_line);
+            log.record(&crate::audit::Body::ConfigReload {
+                by,
+                ok: result.is_ok(),
+                error: error.as_deref(),
+                policy_before_sha256: &before,
+                policy_after_sha256: &after,
+            });
+        }
+        state.policy_digest = after;
         state.last = Some(LastReload {
             at: Instant::now(),
             trigger,
@@ -399,23 +446,32 @@ impl Control {
                 answer(admin_approvals::run(self.shared.approvals.as_deref(), cmd, peer).await)
             }
             Command::Reload => answer(
-                self.reload(Trigger::Admin)
-                    .map(|r| {
-                        let mut line = format!("reloaded {r} from {}", self.config.display());
-                        if !r.needs_restart.is_empty() {
-                            line += &format!(
-                                "; changed but applied only at a restart: {}",
-                                r.needs_restart.join(", ")
-                            );
-                        }
-                        line
-                    })
-                    .map_err(|e| {
-                        format!(
-                            "reload refused, the running configuration is kept: {}",
-                            e.one_line()
-                        )
-                    }),
+                self.reload_by(
+                    Trigger::Admin,
+                    &format!(
+                        "admin socket ({})",
+                        peer.user
+                            .clone()
+                            .or(peer.uid.map(|u| format!("uid {u}")))
+                            .unwrap_or_else(|| "unknown peer".into())
+                    ),
+                )
+                .map(|r| {
+                    let mut line = format!("reloaded {r} from {}", self.config.display());
+                    if !r.needs_restart.is_empty() {
+                        line += &format!(
+                            "; changed but applied only at a restart: {}",
+                            r.needs_restart.join(", ")
+                        );
+                    }
+                    line
+                })
+                .map_err(|e| {
+                    format!(
+                        "reload refused, the running configuration is kept: {}",
+                        e.one_line()
+                    )
+                }),
             ),
             Command::Status => answer(Ok(self.status())),
         }

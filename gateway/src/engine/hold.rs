@@ -201,6 +201,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         new.preview = Some(preview::<C, H>(flow, client, server, ctx, new.timeout_secs).await?);
     }
     let statement = one_line(&new.sql);
+    let held_sql = new.sql.clone();
     let ticket = match approvals.submit(new).await {
         Ok(t) => t,
         Err(e) => {
@@ -213,6 +214,15 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         }
     };
     let id = ticket.request.id;
+    if let Some(t) = flow.relay.borrow_mut().audit_mut() {
+        let n = &ticket.request.new;
+        t.approval_request(id, &held_sql, n.rule.as_deref(), n.approvers);
+    }
+    let withdrawn = |why: &str| {
+        if let Some(t) = flow.relay.borrow_mut().audit_mut() {
+            t.approval_decision(id, "withdrawn", &[], Some(why), &held_sql, None);
+        }
+    };
     let how_to = match &settings.page_url {
         Some(url) => {
             format!("A reviewer can decide at {url} or with `portcullis approvals approve {id}`.")
@@ -232,6 +242,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
     );
     if flow.drain(Side::Client, client).await.is_err() {
         approvals.withdraw(id, "the agent disconnected");
+        withdrawn("the agent disconnected");
         return Err(Gone);
     }
 
@@ -260,6 +271,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                         "the agent disconnected"
                     };
                     approvals.withdraw(id, why);
+                    withdrawn(why);
                     info!(id, "{why} while a statement was held");
                     return Err(Gone);
                 }
@@ -276,6 +288,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                     if flow.drain(Side::Client, client).await.is_err() {
                         ctx.signal.set_holding(false);
                         approvals.withdraw(id, "the agent disconnected");
+                        withdrawn("the agent disconnected");
                         return Err(Gone);
                     }
                 }
@@ -283,6 +296,41 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         }
     };
     ctx.signal.set_holding(false);
+    if let Some(t) = flow.relay.borrow_mut().audit_mut() {
+        match &resolution {
+            Resolution::Run {
+                sql,
+                edited,
+                reviewers,
+            } => t.approval_decision(
+                id,
+                if *edited { "edit" } else { "approve" },
+                reviewers,
+                None,
+                &held_sql,
+                edited.then_some(sql.as_str()),
+            ),
+            Resolution::Denied { reviewer, reason } => t.approval_decision(
+                id,
+                "deny",
+                std::slice::from_ref(reviewer),
+                Some(reason),
+                &held_sql,
+                None,
+            ),
+            Resolution::TimedOut { after_secs } => t.approval_decision(
+                id,
+                "timeout",
+                &[],
+                Some(&format!("no decision within {after_secs} s")),
+                &held_sql,
+                None,
+            ),
+            Resolution::Withdrawn { reason } => {
+                t.approval_decision(id, "withdrawn", &[], Some(reason), &held_sql, None)
+            }
+        }
+    }
     let release = match resolution {
         Resolution::Run {
             edited: false,
