@@ -124,6 +124,9 @@ pub struct GatewayOptions {
     /// The `[audit]` section's lines; without a `dir` line [`Gateway::start`] adds one in
     /// the gateway's temporary directory ([`Gateway::audit_dir`]). `None`: no audit.
     pub audit_toml: Option<String>,
+    /// With [`GatewayOptions::audit`]: generate a checkpoint signing key (with the
+    /// gateway's own `audit keygen`) and a witness directory in the temporary directory.
+    pub audit_signed: bool,
     pub startup_timeout: Duration,
 }
 
@@ -153,6 +156,7 @@ impl GatewayOptions {
             admin_socket: None,
             approvals_toml: None,
             audit_toml: None,
+            audit_signed: false,
             startup_timeout: Duration::from_secs(30),
         }
     }
@@ -173,6 +177,14 @@ impl GatewayOptions {
     /// Keeps an audit log (`toml`: lines of `[audit]`, possibly empty).
     pub fn audit(mut self, toml: &str) -> Self {
         self.audit_toml = Some(toml.into());
+        self
+    }
+
+    /// [`GatewayOptions::audit`] with signed checkpoints and a witness directory (see
+    /// [`Gateway::audit_public_key`], [`Gateway::audit_witness`]).
+    pub fn audit_signed(mut self, toml: &str) -> Self {
+        self.audit_toml = Some(toml.into());
+        self.audit_signed = true;
         self
     }
 
@@ -279,6 +291,35 @@ impl GatewayOptions {
     }
 }
 
+/// Runs `bin serve --config config`, its output appended to `dir/gateway.log`.
+fn spawn(bin: &Path, config: &Path, dir: &Path, engine: Engine) -> Result<Child, GatewayError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .map_err(GatewayError::TempDir)?;
+    let log2 = log.try_clone().map_err(GatewayError::TempDir)?;
+    Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(["--io-engine", engine.as_str()])
+        .env_remove("PORTCULLIS_CONFIG")
+        .env_remove("PORTCULLIS_LISTEN")
+        .env_remove("PORTCULLIS_IO_ENGINE")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|source| GatewayError::Spawn {
+            bin: bin.to_owned(),
+            source,
+        })
+}
+
+/// The checkpoints' origin for gateways the harness starts with signed audit.
+pub const AUDIT_ORIGIN: &str = "portcullis/test-gateway";
+
 /// Every statement the built-in denials and masking allow: the data-path tests' policy.
 pub const ALLOW_ALL_POLICY: &str = "[policy]\ndefault = \"allow\"\n";
 
@@ -306,6 +347,8 @@ pub struct Gateway {
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub opts: GatewayOptions,
+    /// The checkpoint key's public half, with [`GatewayOptions::audit_signed`].
+    audit_vkey: Option<String>,
 }
 
 impl Gateway {
@@ -351,32 +394,44 @@ impl Gateway {
                 toml_str(&audit.display().to_string())
             ));
         }
+        let mut audit_vkey = None;
+        if opts.audit_signed
+            && let Some(a) = &opts.audit_toml
+        {
+            let key = dir.path().join("audit.key");
+            let witness = dir.path().join("audit-witness");
+            std::fs::create_dir_all(&witness).map_err(GatewayError::TempDir)?;
+            let out = Command::new(&bin)
+                .args(["audit", "keygen", "--origin", AUDIT_ORIGIN, "--out"])
+                .arg(&key)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|source| GatewayError::Spawn {
+                    bin: bin.clone(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(GatewayError::Exited {
+                    status: out.status.to_string(),
+                    log: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            audit_vkey = Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+            opts.audit_toml = Some(format!(
+                "signing_key = {}\norigin = \"{AUDIT_ORIGIN}\"\nwitnesses = [{}]\n{a}",
+                toml_str(&key.display().to_string()),
+                toml_str(&witness.display().to_string())
+            ));
+        }
         let config = dir.path().join("portcullis.toml");
         std::fs::write(&config, opts.to_toml(addr)).map_err(GatewayError::TempDir)?;
-        let log =
-            std::fs::File::create(dir.path().join("gateway.log")).map_err(GatewayError::TempDir)?;
-        let log2 = log.try_clone().map_err(GatewayError::TempDir)?;
-        let child = Command::new(&bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--io-engine", opts.engine.as_str()])
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("PORTCULLIS_LISTEN")
-            .env_remove("PORTCULLIS_IO_ENGINE")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|source| GatewayError::Spawn {
-                bin: bin.clone(),
-                source,
-            })?;
+        let child = spawn(&bin, &config, dir.path(), opts.engine)?;
         let mut gw = Gateway {
             child,
             dir,
             addr,
             opts,
+            audit_vkey,
         };
         gw.wait_ready()?;
         Ok(gw)
@@ -426,6 +481,30 @@ impl Gateway {
     /// naming it.
     pub fn audit_dir(&self) -> PathBuf {
         self.dir.path().join("audit")
+    }
+
+    /// Starts the gateway again, with the same configuration, directory and port, after
+    /// it exited (or was killed): what an operator's restart does.
+    pub fn restart(&mut self) -> Result<(), GatewayError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let bin = match &self.opts.binary {
+            Some(b) => b.clone(),
+            None => binary()?,
+        };
+        self.child = spawn(&bin, &self.config_path(), self.dir.path(), self.opts.engine)?;
+        self.wait_ready()
+    }
+
+    /// The public key `portcullis audit verify --public-key` takes, when the gateway
+    /// signs its checkpoints ([`GatewayOptions::audit_signed`]).
+    pub fn audit_public_key(&self) -> Option<&str> {
+        self.audit_vkey.as_deref()
+    }
+
+    /// Where copies of the checkpoints go ([`GatewayOptions::audit_signed`]).
+    pub fn audit_witness(&self) -> PathBuf {
+        self.dir.path().join("audit-witness")
     }
 
     /// The config file it was started with (for tests that tweak and reload it).

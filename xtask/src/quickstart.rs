@@ -84,6 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.no_mask {
         opts = opts.extra_toml(QUICKSTART_MASK_POLICY);
     }
+    opts = opts.audit_signed("params = \"hash\"\n");
     opts.binary = Some(bin.clone());
     opts.port = args.port;
     let gw = Gateway::start(opts).context("starting the gateway")?;
@@ -113,6 +114,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             sock.display()
         );
     }
+    let audit = gw.audit_dir();
+    println!("  audit:  {}   (signed checkpoints, copies in {})", audit.display(), gw.audit_witness().display());
+    println!("          public key: {}", gw.audit_public_key().unwrap_or("?"));
+    println!(
+        "          verify: {} audit verify {} --public-key '{}' --witness {}",
+        bin.display(),
+        audit.display(),
+        gw.audit_public_key().unwrap_or("?"),
+        gw.audit_witness().display()
+    );
+    println!(
+        "          search: {} audit search {} --identity agent   (--table accounts, --masked, --json, ...)",
+        bin.display(),
+        audit.display()
+    );
     println!("  config: {}", gw.config_path().display());
     println!("  log:    {}", gw.log_path().display());
     if let Some(sock) = gw.admin_socket() {
