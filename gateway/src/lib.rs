@@ -13,11 +13,13 @@
 //! - [`mask`]: column and value masking over `DataRow`s and `COPY` data.
 //! - [`engine`]: the two I/O drivers (io_uring and epoll) around the core.
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`audit`]: the audit log's export to SIEMs and collectors.
 //! - [`approvals`]: held statements waiting for a person: requests, decisions, their store.
 //! - [`control`]: the control plane (admin socket, reviewers' HTTP API and page).
 
 pub mod analysis;
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod control;
