@@ -98,7 +98,11 @@ impl Http {
             _ => target.url.clone(),
         };
         Ok(Http {
-            host: target.url.host().unwrap_or("?").to_owned(),
+            // Host and port, never the whole URL: it may carry credentials.
+            host: match target.url.port_u16() {
+                Some(p) => format!("{}:{p}", target.url.host().unwrap_or("?")),
+                None => target.url.host().unwrap_or("?").to_owned(),
+            },
             target,
             client,
             post_to,
