@@ -675,6 +675,24 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        #[derive(Deserialize)]
+        struct Audit {
+            sinks: Vec<SinkConfig>,
+        }
+        let doc = include_str!("../../../../docs/audit-siem.md");
+        let start = doc.find("```toml\n").unwrap() + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let text = doc[start..end].replace("[[audit.sinks]]", "[[sinks]]");
+        let sinks = toml::from_str::<Audit>(&text).unwrap().sinks;
+        assert_eq!(sinks.len(), 5);
+        assert_eq!(sinks[4].schema, Schema::Ocsf);
+        // The two that need no secret from the environment check out as written.
+        sinks[0].check(0).unwrap();
+        sinks[1].check(1).unwrap();
+    }
+
+    #[test]
     fn names_are_unique() {
         let s = parse("name = \"a\"\nkind = \"stdout\"");
         let e = check_all(&[s.clone(), s]).unwrap_err();
