@@ -95,7 +95,7 @@ pub struct SinkStatus {
     pub stopped: bool,
 }
 
-/// A running sink.
+/// A running sink. Dropping it stops its task, as [`Sink::stop`] does without waiting.
 pub struct Sink {
     name: String,
     status: Arc<Mutex<SinkStatus>>,
