@@ -8,6 +8,8 @@
 //! - [`seal`]: the Merkle tree and signed checkpoints over what the writer made durable.
 //! - [`search`]: finding statements and replaying a session, for auditors.
 //! - [`cli`]: `portcullis audit verify, prove, consistency, keygen, public-key, search, show`.
+//! - [`sinks`]: SIEM export of the durable log (stdout, syslog, Splunk, Elasticsearch,
+//!   signed JSON), at least once, in order, from a cursor that survives restarts.
 //! - [`config`]: the `[audit]` section.
 //!
 //! The log's storage, Merkle tree, checkpoints and verification are the
@@ -18,6 +20,7 @@ pub mod config;
 pub mod record;
 pub mod seal;
 pub mod search;
+pub mod sinks;
 pub mod trail;
 pub mod writer;
 

@@ -438,7 +438,7 @@ async fn attempt_once(
 }
 
 /// hyper's errors say little at the top ("client error (Connect)"); the cause is below.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
