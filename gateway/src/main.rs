@@ -467,13 +467,16 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mut sinks = Vec::new();
     if let Some(a) = &cfg.audit {
         let gateway = a
             .gateway_id
             .clone()
             .unwrap_or_else(|| default_gateway_id(addr));
-        let log =
-            portcullis::audit::AuditLog::open(a, &gateway).context("opening the audit log")?;
+        let witnesses = portcullis::audit::seal::sink_witnesses(a, rt.handle())
+            .context("setting up the audit witness sinks")?;
+        let log = portcullis::audit::AuditLog::open_with(a, &gateway, witnesses)
+            .context("opening the audit log")?;
         let config_sha256 = std::fs::read(&path)
             .map(|b| hex_sha256(&b))
             .unwrap_or_default();
@@ -486,6 +489,8 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         log.durable_blocking(t)
             .context("writing the audit log's first record")?;
         info!(dir = %a.dir.display(), gateway = %gateway, "audit log open");
+        sinks = portcullis::audit::sinks::spawn(rt.handle(), &a.sinks, &a.dir, log.written())
+            .context("starting the audit sinks")?;
         shared.audit = Some(log);
     } else {
         warn!("no [audit] section: this gateway keeps no evidence of what agents run");
@@ -606,6 +611,18 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
     if let Some(log) = &shared.audit {
         log.record(&portcullis::audit::Body::GatewayStop { reason: "signal" });
         log.close();
+        // What the log holds now is sent before the process ends (a sink that is down
+        // catches up from its cursor at the next start).
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while sinks.iter().any(|s| s.status().lag > 0) && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for s in sinks {
+                s.stop().await;
+            }
+        });
     }
     info!("stopped");
     Ok(())

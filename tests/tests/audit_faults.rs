@@ -32,7 +32,14 @@ fn records(dir: &Path) -> (Vec<Value>, Vec<Item>) {
 fn recorded_ids(recs: &[Value]) -> HashSet<i64> {
     recs.iter()
         .filter(|r| r["kind"] == "statement")
-        .filter_map(|r| r["sql"].as_str()?.strip_prefix("INSERT INTO k VALUES (")?.strip_suffix(')')?.parse().ok())
+        .filter_map(|r| {
+            r["sql"]
+                .as_str()?
+                .strip_prefix("INSERT INTO k VALUES (")?
+                .strip_suffix(')')?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -49,7 +56,9 @@ fn sigkill_under_load_leaves_a_record_of_everything_that_ran() {
     let mut env = Env::start_with(Engine::Auto, Default::default(), |o| {
         o.audit_signed("checkpoint_every_records = 200\n")
     });
-    env.ok(env.psql_direct().args(["-c", "CREATE TABLE k (id bigint primary key)"]));
+    env.ok(env
+        .psql_direct()
+        .args(["-c", "CREATE TABLE k (id bigint primary key)"]));
     let conninfo = env.conninfo();
     // Eight sessions insert as fast as they can; the gateway dies under them.
     let runtime = rt();
@@ -95,7 +104,11 @@ fn sigkill_under_load_leaves_a_record_of_everything_that_ran() {
 
     // A kill cannot tear one write(2) on a local file system; a power loss can. Tear the
     // last record as that would, then check verify reports it and a restart sets it aside.
-    let seg = portcullis_auditlog::segment::list(&dir).unwrap().pop().unwrap().path;
+    let seg = portcullis_auditlog::segment::list(&dir)
+        .unwrap()
+        .pop()
+        .unwrap()
+        .path;
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
     std::io::Write::write_all(&mut f, br#"{"v":1,"seq":"#).unwrap();
     drop(f);
@@ -111,7 +124,10 @@ fn sigkill_under_load_leaves_a_record_of_everything_that_ran() {
     };
     let out = verify(&dir, &key);
     let text = common::stdout(&out);
-    assert!(text.contains("torn"), "verify does not report the torn record:\n{text}");
+    assert!(
+        text.contains("without a newline") && text.contains("cut short by a crash"),
+        "verify does not report the torn record:\n{text}"
+    );
 
     // The same configuration again: the torn bytes are moved aside and recorded.
     env.gw.restart().expect("restart the gateway");
@@ -121,13 +137,19 @@ fn sigkill_under_load_leaves_a_record_of_everything_that_ran() {
         if recs.iter().any(|r| r["kind"] == "log_recovered") {
             break;
         }
-        assert!(Instant::now() < deadline, "no log_recovered record after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "no log_recovered record after the restart"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     env.gw.stop_with(libc::SIGTERM, Duration::from_secs(30));
     let out = verify(&dir, &key);
     let text = common::stdout(&out);
-    assert!(out.status.success(), "the log is not intact after recovery:\n{text}");
+    assert!(
+        out.status.success(),
+        "the log is not intact after recovery:\n{text}"
+    );
 }
 
 /// A tmpfs of `mib` MiB mounted at `at` (removed when dropped).
@@ -137,11 +159,21 @@ impl Tmpfs {
     fn mount(at: &Path, mib: u32) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "portcullis-audit-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m"),
+                "portcullis-audit-test",
+            ])
             .arg(at)
             .status()
             .expect("run mount");
-        assert!(ok.success(), "mount a tmpfs at {} (the tests run as root)", at.display());
+        assert!(
+            ok.success(),
+            "mount a tmpfs at {} (the tests run as root)",
+            at.display()
+        );
         Tmpfs(at.to_owned())
     }
 }
@@ -160,7 +192,9 @@ fn a_full_audit_disk_refuses_statements_until_space_returns() {
     let mut env = Env::start_with(Engine::Auto, Default::default(), |o| {
         o.audit(&format!("dir = {:?}\n", dir.display().to_string()))
     });
-    env.ok(env.psql_direct().args(["-c", "CREATE TABLE k (id bigint primary key)"]));
+    env.ok(env
+        .psql_direct()
+        .args(["-c", "CREATE TABLE k (id bigint primary key)"]));
     let conninfo = env.conninfo();
     // Leave a few KiB free.
     let filler = fs.0.join("filler");
@@ -173,10 +207,15 @@ fn a_full_audit_disk_refuses_statements_until_space_returns() {
         let mut errors = Vec::new();
         let mut client = common::connect(&conninfo).await;
         for id in 0..2000i64 {
-            match client.simple_query(&format!("INSERT INTO k VALUES ({id})")).await {
+            match client
+                .simple_query(&format!("INSERT INTO k VALUES ({id})"))
+                .await
+            {
                 Ok(_) => {}
                 Err(e) => {
-                    let db = e.as_db_error().map(|d| (d.code().code().to_owned(), d.message().to_owned()));
+                    let db = e
+                        .as_db_error()
+                        .map(|d| (d.code().code().to_owned(), d.message().to_owned()));
                     errors.push(db.unwrap_or_else(|| ("closed".into(), e.to_string())));
                     if client.is_closed() {
                         client = common::connect(&conninfo).await;
@@ -189,7 +228,10 @@ fn a_full_audit_disk_refuses_statements_until_space_returns() {
         }
         errors
     });
-    assert!(!refused.is_empty(), "nothing was refused with the audit disk full");
+    assert!(
+        !refused.is_empty(),
+        "nothing was refused with the audit disk full"
+    );
     for (code, message) in &refused {
         assert_eq!(code, "58030", "{refused:?}");
         assert!(message.contains(&dir.display().to_string()), "{message}");
@@ -217,7 +259,10 @@ fn a_full_audit_disk_refuses_statements_until_space_returns() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let (recs, _) = records(&dir);
-    assert!(recs.iter().any(|r| r["kind"] == "records_lost"), "the gap is not recorded");
+    assert!(
+        recs.iter().any(|r| r["kind"] == "records_lost"),
+        "the gap is not recorded"
+    );
     assert!(recorded_ids(&recs).contains(&999999));
     drop(env);
 }

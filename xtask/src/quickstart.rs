@@ -115,8 +115,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let audit = gw.audit_dir();
-    println!("  audit:  {}   (signed checkpoints, copies in {})", audit.display(), gw.audit_witness().display());
-    println!("          public key: {}", gw.audit_public_key().unwrap_or("?"));
+    println!(
+        "  audit:  {}   (signed checkpoints, copies in {})",
+        audit.display(),
+        gw.audit_witness().display()
+    );
+    println!(
+        "          public key: {}",
+        gw.audit_public_key().unwrap_or("?")
+    );
     println!(
         "          verify: {} audit verify {} --public-key '{}' --witness {}",
         bin.display(),

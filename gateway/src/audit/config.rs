@@ -96,6 +96,13 @@ pub struct AuditConfig {
     /// gateway's operator cannot rewrite them).
     #[serde(default)]
     pub witnesses: Vec<PathBuf>,
+    /// Sinks (by name) that also get a copy of every signed checkpoint: a syslog server
+    /// or HTTP collector the gateway's operator does not control is a witness too.
+    #[serde(default)]
+    pub witness_sinks: Vec<String>,
+    /// SIEM export: `[[audit.sinks]]` (see `docs/audit-siem.md`).
+    #[serde(default)]
+    pub sinks: Vec<super::sinks::SinkConfig>,
 }
 
 fn default_buffer() -> usize {
@@ -131,6 +138,14 @@ impl AuditConfig {
         }
         if self.checkpoint_every_records == 0 || self.checkpoint_every_secs == 0 {
             return Err("audit.checkpoint_every_records and checkpoint_every_secs: above 0".into());
+        }
+        super::sinks::check_all(&self.sinks).map_err(|e| e.to_string())?;
+        for w in &self.witness_sinks {
+            if !self.sinks.iter().any(|s| &s.name == w) {
+                return Err(format!(
+                    "audit.witness_sinks: no [[audit.sinks]] is named {w:?}"
+                ));
+            }
         }
         if let Some(id) = &self.gateway_id
             && (id.is_empty() || id.len() > 200)

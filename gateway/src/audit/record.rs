@@ -158,6 +158,9 @@ pub enum Body<'a> {
     /// A statement as the server received it (or, for `forwarded: false`, would have).
     Statement {
         session: &'a str,
+        /// Who asked (also in the session's `session_start`; here so each record stands
+        /// alone in a SIEM).
+        identity: &'a str,
         stmt: u64,
         /// `simple`, `extended` or `function_call`.
         via: &'a str,
@@ -192,6 +195,7 @@ pub enum Body<'a> {
     /// A statement the gateway refused before it reached the server.
     Refusal {
         session: &'a str,
+        identity: &'a str,
         stmt: u64,
         via: &'a str,
         sql: WireText<'a>,
@@ -271,6 +275,7 @@ mod tests {
             "g",
             &Body::Statement {
                 session: "s",
+                identity: "agent",
                 stmt: 1,
                 via: "simple",
                 sql: WireText(b"select '\xff\n'"),

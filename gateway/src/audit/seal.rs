@@ -93,3 +93,68 @@ pub(super) fn open(
     }
     Ok(Some(Box::new(Seal(sealer))))
 }
+
+/// A sink that gets checkpoints: the writer thread queues each one (it must never wait
+/// on a network) and a task on the control runtime sends it.
+struct QueuedWitness {
+    name: String,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Witness for QueuedWitness {
+    fn name(&self) -> String {
+        format!("sink {}", self.name)
+    }
+
+    fn push(
+        &mut self,
+        cp: &portcullis_auditlog::checkpoint::SignedCheckpoint,
+    ) -> Result<(), portcullis_auditlog::witness::WitnessError> {
+        self.tx
+            .send(cp.to_text())
+            .map_err(|_| portcullis_auditlog::witness::WitnessError::Other {
+                name: self.name(),
+                message: "the sender task has stopped".into(),
+            })
+    }
+}
+
+/// Witnesses for `[audit] witness_sinks`, their senders running on `rt`.
+pub fn sink_witnesses(
+    cfg: &AuditConfig,
+    rt: &tokio::runtime::Handle,
+) -> Result<Vec<Box<dyn Witness>>, super::sinks::SinkError> {
+    let mut out: Vec<Box<dyn Witness>> = Vec::new();
+    for name in &cfg.witness_sinks {
+        let Some(sink) = cfg.sinks.iter().find(|s| &s.name == name) else {
+            continue;
+        };
+        let mut w = super::sinks::Witness::new(sink)?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let label = name.clone();
+        rt.spawn(async move {
+            while let Some(text) = rx.recv().await {
+                // A few tries, then the copy is given up: the log's own checkpoints and
+                // the other witnesses still have it.
+                let mut delay = std::time::Duration::from_millis(200);
+                for attempt in 1..=5 {
+                    match w.send_text(&text).await {
+                        Ok(()) => break,
+                        Err(e) if attempt == 5 => {
+                            warn!("audit witness sink {label}: checkpoint not delivered: {e}")
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                        }
+                    }
+                }
+            }
+        });
+        out.push(Box::new(QueuedWitness {
+            name: name.clone(),
+            tx,
+        }));
+    }
+    Ok(out)
+}

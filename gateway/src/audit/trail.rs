@@ -87,6 +87,7 @@ pub struct Trail {
     log: AuditLog,
     gateway: Arc<str>,
     session: Arc<str>,
+    identity: Arc<str>,
     params: Params,
     next: u64,
     out: Vec<Encoded>,
@@ -100,11 +101,12 @@ pub struct Trail {
 }
 
 impl Trail {
-    pub fn new(log: AuditLog, session: Arc<str>, params: Params) -> Self {
+    pub fn new(log: AuditLog, session: Arc<str>, identity: &str, params: Params) -> Self {
         Self {
             gateway: log.gateway().into(),
             log,
             session,
+            identity: identity.into(),
             params,
             next: 0,
             out: Vec::new(),
@@ -159,8 +161,10 @@ impl Trail {
         let id = self.next;
         let params = bind.map(|b| self.params_of(b, facts.touches_masked));
         let session = self.session.clone();
+        let identity = self.identity.clone();
         self.push(&Body::Statement {
             session: &session,
+            identity: &identity,
             stmt: id,
             via: via.as_str(),
             sql: WireText(sql),
@@ -188,8 +192,10 @@ impl Trail {
     pub fn refusal(&mut self, via: Via, sql: &[u8], r: &Refusal, facts: &StatementFacts) {
         self.next += 1;
         let session = self.session.clone();
+        let identity = self.identity.clone();
         self.push(&Body::Refusal {
             session: &session,
+            identity: &identity,
             stmt: self.next,
             via: via.as_str(),
             sql: WireText(sql),

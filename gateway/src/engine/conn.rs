@@ -221,6 +221,7 @@ async fn run<C: Connect>(
         relay = relay.with_audit(crate::audit::Trail::new(
             log.clone(),
             session_id.clone(),
+            &agent.identity.name,
             shared.audit_params,
         ));
     }
