@@ -12,6 +12,7 @@ pub mod net;
 pub mod pg;
 pub mod policy;
 pub mod scram;
+pub mod syslog;
 
 pub use browser::Browser;
 pub use dataset::{

@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what the project needs on a Debian machine, idempotently —
-//! PostgreSQL 15 (server and client), pgbouncer, cargo-nextest, the browser the reviewers'
+//! PostgreSQL 15 (server and client), pgbouncer, rsyslog, cargo-nextest, the browser the reviewers'
 //! page is tested in (chromium, and playwright-core from `tests/browser`'s lock file) and
 //! the BPF toolchain — and
 //! says what it did. Every other command calls [`ensure`] first, so a fresh machine (CI's)
@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     // The reviewers' page is tested in a real browser (tests/tests/approvals_page.rs).
     "chromium",
+    // The audit log's syslog export is tested against a real rsyslogd.
+    "rsyslog",
 ];
 
 #[derive(clap::Args)]
@@ -168,9 +170,12 @@ fn ensure_apt() -> anyhow::Result<()> {
         ])
         .args(&missing))?;
     // pgbouncer's package enables a system service the bench starts its own copy of.
-    let _ = Command::new("systemctl")
-        .args(["disable", "--now", "pgbouncer"])
-        .output();
+    // So does rsyslog's; its tests start their own throwaway daemon.
+    for service in ["pgbouncer", "rsyslog"] {
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", service])
+            .output();
+    }
     Ok(())
 }
 

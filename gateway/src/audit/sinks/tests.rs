@@ -6,7 +6,7 @@
 //! `rsyslog`) with its own configuration: imudp, imtcp and imuxsock in, omfile out.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -440,121 +440,9 @@ async fn witnesses_get_checkpoints_signed() {
     );
 }
 
-/// A throwaway rsyslogd: UDP and TCP on loopback ports, a unix socket, all into one
-/// file, one line per message with the input's name and the parsed RFC 5424 fields.
-struct Rsyslogd {
-    dir: tempfile::TempDir,
-    udp: u16,
-    tcp: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Rsyslogd {
-    fn binary() -> PathBuf {
-        let found = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd", "/usr/bin/rsyslogd"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
-        found.expect(
-            "rsyslogd not found: this test runs a real rsyslog (apt-get install rsyslog; `cargo xtask setup` installs it)",
-        )
-    }
-
-    async fn new() -> Rsyslogd {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tcp = free_addr().await;
-        let r = Rsyslogd {
-            dir: tempfile::tempdir().unwrap(),
-            udp: udp.local_addr().unwrap().port(),
-            tcp: tcp.port(),
-            child: None,
-        };
-        let d = r.dir.path().display();
-        let conf = format!(
-            r#"global(workDirectory="{d}" maxMessageSize="64k")
-module(load="imudp")
-module(load="imtcp")
-module(load="imuxsock" SysSock.Use="off")
-input(type="imudp" address="127.0.0.1" port="{udp}")
-input(type="imtcp" address="127.0.0.1" port="{tcp}")
-input(type="imuxsock" Socket="{d}/log.sock" UseSpecialParser="off" ParseHostname="on")
-template(name="fields" type="string" string="%inputname% %pri% %protocol-version% %hostname% %app-name% %procid% %msgid% %msg%\n")
-action(type="omfile" file="{d}/out.log" template="fields")
-"#,
-            udp = r.udp,
-            tcp = r.tcp,
-        );
-        std::fs::write(r.dir.path().join("rsyslog.conf"), conf).unwrap();
-        r
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("log.sock")
-    }
-
-    async fn start(&mut self) {
-        let child = std::process::Command::new(Self::binary())
-            .arg("-n")
-            .arg("-f")
-            .arg(self.dir.path().join("rsyslog.conf"))
-            .arg("-i")
-            .arg(self.dir.path().join("rsyslogd.pid"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let tcp = self.tcp;
-        let sock = self.socket();
-        until("rsyslogd listening", || {
-            sock.exists() && std::net::TcpStream::connect(("127.0.0.1", tcp)).is_ok()
-        })
-        .await;
-    }
-
-    /// SIGTERM (so it flushes its file) and wait.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            child.wait().unwrap();
-        }
-    }
-
-    /// `(input, seq)` of every message received, and every line for other checks.
-    fn received(&self) -> (Vec<(String, u64)>, Vec<String>) {
-        let text = std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        let seqs = lines
-            .iter()
-            .filter_map(|l| {
-                let input = l.split(' ').next()?.to_owned();
-                let json = &l[l.find('{')?..];
-                let v: Value = serde_json::from_str(json).ok()?;
-                Some((input, v["seq"].as_u64()?))
-            })
-            .collect();
-        (seqs, lines)
-    }
-
-    fn seqs(&self, input: &str) -> Vec<u64> {
-        self.received()
-            .0
-            .into_iter()
-            .filter(|(i, _)| i == input)
-            .map(|(_, s)| s)
-            .collect()
-    }
-}
-
-impl Drop for Rsyslogd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsyslog_receives_everything_over_tcp_unix_and_udp_across_its_restarts() {
-    let mut rs = Rsyslogd::new().await;
+    let mut rs = portcullis_tests::syslog::Rsyslogd::new();
     let mut log = Log::new();
     let syslog = |name: &str, address: String| {
         let mut c = fast(SinkConfig::new(name, SinkKind::Syslog));
@@ -580,7 +468,7 @@ async fn rsyslog_receives_everything_over_tcp_unix_and_udp_across_its_restarts()
     })
     .await;
     log.append(10);
-    rs.start().await;
+    rs.start();
     until("20 over tcp and unix", || {
         rs.seqs("imtcp").len() >= 20 && rs.seqs("imuxsock").len() >= 20
     })
@@ -597,7 +485,7 @@ async fn rsyslog_receives_everything_over_tcp_unix_and_udp_across_its_restarts()
         sinks.iter().all(|s| s.status().failures >= 1)
     })
     .await;
-    rs.start().await;
+    rs.start();
     until("35 over tcp and unix", || {
         rs.seqs("imtcp").len() >= 35 && rs.seqs("imuxsock").len() >= 35
     })
