@@ -266,3 +266,71 @@ fn a_full_audit_disk_refuses_statements_until_space_returns() {
     assert!(recorded_ids(&recs).contains(&999999));
     drop(env);
 }
+
+/// pgbench's built-in select-only script through the gateway for a minute while the
+/// syslog collector (a real rsyslogd) is down; then it comes up and everything in the
+/// log arrives, in order, and every transaction pgbench counted has its statement record.
+#[test]
+fn a_syslog_collector_down_for_a_minute_under_load_gets_everything_after() {
+    let mut rs = portcullis_tests::syslog::Rsyslogd::new();
+    let sink = format!(
+        "[[audit.sinks]]\nname = \"siem\"\nkind = \"syslog\"\naddress = \"tcp:127.0.0.1:{}\"\nretry_max_ms = 1000\n",
+        rs.tcp
+    );
+    let env = Env::start_with(Engine::Auto, Default::default(), |o| o.audit(&sink));
+    let mut init = Command::new("pgbench");
+    init.args([
+        "-i",
+        "-q",
+        "-s",
+        "1",
+        "-d",
+        &env.pg.superuser_uri(common::DB),
+    ]);
+    env.ok(&mut init);
+    let mut bench = Command::new("pgbench");
+    bench
+        .args(["-n", "-S", "-c", "4", "-j", "2", "-T", "60"])
+        .arg(env.uri());
+    let out = common::stdout(&env.ok(&mut bench));
+    let processed: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in:\n{out}"));
+    assert!(processed > 1000, "{out}");
+
+    let dir = env.gw.audit_dir();
+    let (recs, _) = records(&dir);
+    let selects = recs
+        .iter()
+        .filter(|r| {
+            r["kind"] == "statement"
+                && r["sql"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("SELECT abalance"))
+        })
+        .count() as u64;
+    assert!(
+        (processed..=processed + 4).contains(&selects),
+        "pgbench ran {processed} transactions, the log has {selects} of its statements"
+    );
+
+    rs.start();
+    let total = records(&dir).0.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = rs.seqs("imtcp");
+        if got.len() >= total {
+            let want: Vec<u64> = (0..got.len() as u64).collect();
+            assert_eq!(got, want, "records arrived out of order or twice");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} records reached the collector",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
