@@ -20,6 +20,16 @@ pub const POLICY_TPS_SHARE: f64 = 0.95;
 /// Policy on adds at most this many µs to the policy-off `SELECT 1` p50.
 pub const POLICY_ADDED_P50_US: f64 = 3.0;
 
+/// Audit on keeps at least this share of the audit-off TPS.
+pub const AUDIT_TPS_SHARE: f64 = 0.95;
+/// Audit on adds at most this many µs to the audit-off `SELECT 1` p50.
+pub const AUDIT_ADDED_P50_US: f64 = 5.0;
+/// Audit targets and the audit-off gateway (same engine and policy) they are taken against.
+pub const AUDIT_PAIRS: [(&str, &str); 2] = [
+    ("gateway-audit", "gateway-uring"),
+    ("gateway-audit-os", "gateway-uring"),
+];
+
 /// One line of the goals table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
@@ -156,8 +166,42 @@ pub fn verdicts(r: &Report) -> Vec<Verdict> {
             met: lo.zip(hi).map(|(a, b)| b - a <= 32 * 1024),
         });
         policy_goals(r, t, &mut out);
+        audit_goals(r, t, &mut out);
     }
     out
+}
+
+/// What writing evidence before each statement costs: pgbench TPS, `SELECT 1` p50 and the
+/// large result's time against the same gateway without `[audit]`, in the same run.
+fn audit_goals(r: &Report, t: &TargetInfo, out: &mut Vec<Verdict>) {
+    let Some((_, base)) = AUDIT_PAIRS.iter().find(|(a, _)| *a == t.name) else {
+        return;
+    };
+    let pair = tps(r, PGBENCH_C8, &t.name).zip(tps(r, PGBENCH_C8, base));
+    out.push(Verdict {
+        goal: "audit on, pgbench -S 8 clients: >= x0.95 of audit-off TPS",
+        target: t.name.clone(),
+        figure: pair.map_or("-".into(), |(on, off)| {
+            format!("x{:.3} ({} / {} tps)", on / off, fmt_tps(on), fmt_tps(off))
+        }),
+        met: pair.map(|(on, off)| on >= AUDIT_TPS_SHARE * off),
+    });
+    let lat = added_latency(r, &t.name, base);
+    out.push(Verdict {
+        goal: "audit on, SELECT 1 p50: <= audit-off + 5 µs",
+        target: t.name.clone(),
+        figure: lat.map_or("-".into(), |(p50, _)| format!("{p50:+.1} µs")),
+        met: lat.map(|(p50, _)| p50 <= AUDIT_ADDED_P50_US),
+    });
+    let on = worst_ratio(r, &t.name, "narrow/");
+    let off = worst_ratio(r, base, "narrow/");
+    let ratio = on.zip(off).map(|(a, b)| a / b);
+    out.push(Verdict {
+        goal: "audit on, 1M-row result: <= x1.05 of audit-off time",
+        target: t.name.clone(),
+        figure: ratio.map_or("-".into(), |v| format!("x{v:.3}")),
+        met: ratio.map(|v| v <= 1.05),
+    });
 }
 
 /// The policy-off gateway `t`'s policy cost is taken against: a gateway target with

@@ -42,7 +42,7 @@ pub enum ManagedError {
 
 /// The targets of a managed run, in the order they start. Reports, goals and `--targets`
 /// name them; keep them stable.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 10] = [
     "direct",
     "pgbouncer",
     "pgbouncer-pktbuf",
@@ -51,6 +51,8 @@ pub const TARGETS: [&str; 8] = [
     "gateway-nopolicy",
     "gateway-masked",
     "gateway-approvals",
+    "gateway-audit",
+    "gateway-audit-os",
 ];
 
 /// `[policy]` of the pass-through target: no statement analysis at all, so its figures
@@ -70,6 +72,9 @@ struct GatewaySpec {
     /// `[approvals]` on (the quickstart's): what holding costs statements that are not
     /// held, against `gateway-uring`.
     approvals: bool,
+    /// `[audit]` on with this durability (`fsync`, `os`): what evidence before action
+    /// costs, against `gateway-uring`.
+    audit: Option<&'static str>,
 }
 
 /// The gateways, policy on unless named otherwise. Agents log in as `agent` (the harness's
@@ -85,6 +90,7 @@ fn gateway_specs(mask: MaskSpec) -> Vec<GatewaySpec> {
         policy_on,
         mask,
         approvals: false,
+        audit: None,
     };
     vec![
         spec("gateway-epoll", Engine::Epoll, true, None),
@@ -94,6 +100,14 @@ fn gateway_specs(mask: MaskSpec) -> Vec<GatewaySpec> {
         GatewaySpec {
             approvals: true,
             ..spec("gateway-approvals", Engine::Uring, true, None)
+        },
+        GatewaySpec {
+            audit: Some("fsync"),
+            ..spec("gateway-audit", Engine::Uring, true, None)
+        },
+        GatewaySpec {
+            audit: Some("os"),
+            ..spec("gateway-audit-os", Engine::Uring, true, None)
         },
     ]
 }
@@ -276,6 +290,11 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
         }
         if spec.approvals {
             opts = opts.approvals(portcullis_tests::QUICKSTART_APPROVALS);
+        }
+        if let Some(durability) = spec.audit {
+            // Signed checkpoints as a deployment has them; the log in the gateway's
+            // temporary directory (the machine's disk, not a tmpfs).
+            opts = opts.audit_signed(&format!("durability = \"{durability}\"\n"));
         }
         match Gateway::start(opts) {
             Ok(gw) => {
