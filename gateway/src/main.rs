@@ -196,6 +196,20 @@ fn main() -> anyhow::Result<()> {
         Cmd::CheckConfig { config } => {
             let cfg = Config::load(&config)?;
             Shared::from_config(&cfg)?;
+            match &cfg.audit {
+                Some(a) => {
+                    let signed = match &a.signing_key {
+                        Some(k) => {
+                            portcullis_auditlog::checkpoint::load_signing_key(k)
+                                .with_context(|| format!("audit.signing_key {}", k.display()))?;
+                            "signed checkpoints"
+                        }
+                        None => "NO signing_key: checkpoints are not signed",
+                    };
+                    println!("audit: {} ({signed})", a.dir.display());
+                }
+                None => println!("audit: no [audit] section, no evidence is kept"),
+            }
             match &cfg.policy {
                 Some(p) => println!(
                     "{}: ok ({} identities, {} masking rules, {} policy rules{})",

@@ -363,3 +363,142 @@ fn the_log_verifies_and_tampering_is_named_by_the_cli(engine: Engine) {
         "{text}"
     );
 }
+
+per_engine!(copy_and_cursors_are_recorded_with_their_row_counts);
+
+fn copy_and_cursors_are_recorded_with_their_row_counts(engine: Engine) {
+    let env = Env::start_with(engine, Default::default(), |o| o.audit(""));
+    env.ok(env
+        .psql_direct()
+        .args(["-c", "CREATE TABLE t (id int, name text)"]));
+    let conninfo = env.conninfo();
+    rt().block_on(async {
+        use futures_util::SinkExt;
+        let c = common::connect(&conninfo).await;
+        let sink = c.copy_in("COPY t FROM STDIN").await.unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from_static(b"1\ta\n2\tb\n3\tc\n"))
+            .await
+            .unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 3);
+        let out = c.copy_out("COPY t TO STDOUT").await.unwrap();
+        futures_util::pin_mut!(out);
+        let mut got = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut out).await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got, b"1\ta\n2\tb\n3\tc\n");
+        c.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT * FROM t ORDER BY id")
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            c.simple_query("FETCH 2 FROM c").await.unwrap();
+        }
+        c.batch_execute("CLOSE c; COMMIT").await.unwrap();
+    });
+    let dir = env.gw.audit_dir();
+    let all = wait_for(&dir, |all| !of_kind(all, "session_end").is_empty());
+    let stmt_outcome = |sql: &str| -> Vec<&Value> {
+        of_kind(&all, "statement")
+            .into_iter()
+            .filter(|s| s["sql"] == sql)
+            .map(|s| outcome(&all, &s["session"], &s["stmt"]))
+            .collect()
+    };
+    let o = stmt_outcome("COPY t FROM STDIN");
+    assert_eq!(
+        (o[0]["tags"][0].as_str(), o[0]["rows"].as_u64()),
+        (Some("COPY 3"), Some(3))
+    );
+    let o = stmt_outcome("COPY t TO STDOUT");
+    assert_eq!(o[0]["tags"][0], "COPY 3");
+    let fetches = stmt_outcome("FETCH 2 FROM c");
+    let tags: Vec<&str> = fetches
+        .iter()
+        .map(|o| o["tags"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["FETCH 2", "FETCH 1"]);
+    let o = stmt_outcome("BEGIN; DECLARE c CURSOR FOR SELECT * FROM t ORDER BY id");
+    assert_eq!(o[0]["tags"], serde_json::json!(["BEGIN", "DECLARE CURSOR"]));
+}
+
+const HOLD_POLICY: &str = r#"[policy]
+default = "allow"
+
+[[policy.rule]]
+name = "hold-destructive"
+properties = ["unbounded"]
+action = "hold"
+message = "unbounded writes need a reviewer"
+"#;
+
+#[test]
+fn an_approval_is_recorded_with_the_statement_it_released() {
+    let env = Env::start_with(Engine::Auto, Default::default(), |o| {
+        o.policy(HOLD_POLICY)
+            .approvals("notice_interval_secs = 1\ntimeout_secs = 60\n")
+            .admin_socket()
+            .audit("")
+    });
+    env.ok(env.psql_direct().args([
+        "-c",
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 5)",
+    ]));
+    let mut held = env.psql_gw();
+    held.args(["-c", "DELETE FROM t"]);
+    let agent = std::thread::spawn(move || common::run_timed(&mut held));
+    let dir = env.gw.audit_dir();
+    let all = wait_for(&dir, |all| !of_kind(all, "approval_request").is_empty());
+    let request = of_kind(&all, "approval_request")[0]["request"]
+        .as_i64()
+        .unwrap();
+    let socket = env.gw.admin_socket().unwrap().to_owned();
+    let out = common::run_timed(
+        common::portcullis(&[
+            "approvals",
+            "approve",
+            &request.to_string(),
+            "--reviewer",
+            "alice",
+        ])
+        .arg("--admin-socket")
+        .arg(&socket),
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = agent.join().unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let all = wait_for(&dir, |all| {
+        of_kind(all, "statement")
+            .iter()
+            .any(|s| s["sql"] == "DELETE FROM t")
+            && !of_kind(all, "session_end").is_empty()
+    });
+    let decision = of_kind(&all, "approval_decision")[0];
+    assert_eq!(decision["action"], "approve");
+    assert_eq!(decision["reviewers"], serde_json::json!(["alice"]));
+    let stmt = of_kind(&all, "statement")
+        .into_iter()
+        .find(|s| s["sql"] == "DELETE FROM t")
+        .unwrap();
+    assert_eq!(stmt["approval"], request);
+    assert_eq!(stmt["policy"]["verdict"], "approved");
+    assert!(decision["seq"].as_u64() < stmt["seq"].as_u64());
+    assert_eq!(
+        outcome(&all, &stmt["session"], &stmt["stmt"])["tags"][0],
+        "DELETE 5"
+    );
+    let out = common::run_timed(&mut common::portcullis(&[
+        "audit",
+        "search",
+        dir.to_str().unwrap(),
+        "--approved-by",
+        "alice",
+        "--json",
+    ]));
+    let hits: Vec<Value> = common::stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["record"]["sql"], "DELETE FROM t");
+}

@@ -65,9 +65,20 @@ fn example_config_passes_check_config() {
         .expect("run openssl");
     assert!(out.status.success(), "openssl: {out:?}");
     std::fs::copy(d.join("cert.pem"), d.join("upstream-ca.pem")).unwrap();
+    // The audit signing key as the example says to make it, with OpenSSL.
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(d.join("audit.key"))
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl: {out:?}");
     let filled = text
         .replace(PLACEHOLDER, &portcullis_tests::scram::verifier("example"))
-        .replace("/etc/portcullis/tls/", &format!("{}/", d.display()));
+        .replace("/etc/portcullis/tls/", &format!("{}/", d.display()))
+        .replace(
+            "/etc/portcullis/audit.key",
+            &d.join("audit.key").display().to_string(),
+        );
     let path = d.join("portcullis.toml");
     std::fs::write(&path, &filled).unwrap();
     assert_policy_counted(&check(&path), &filled);
