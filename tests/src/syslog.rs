@@ -15,6 +15,12 @@ pub struct Rsyslogd {
     child: Option<std::process::Child>,
 }
 
+impl Default for Rsyslogd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Rsyslogd {
     pub fn binary() -> PathBuf {
         let found = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd", "/usr/bin/rsyslogd"]

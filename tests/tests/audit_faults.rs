@@ -189,7 +189,7 @@ fn a_full_audit_disk_refuses_statements_until_space_returns() {
     let mnt = tempfile::tempdir().unwrap();
     let fs = Tmpfs::mount(mnt.path(), 2);
     let dir = fs.0.join("audit");
-    let mut env = Env::start_with(Engine::Auto, Default::default(), |o| {
+    let env = Env::start_with(Engine::Auto, Default::default(), |o| {
         o.audit(&format!("dir = {:?}\n", dir.display().to_string()))
     });
     env.ok(env

@@ -79,6 +79,12 @@ pub fn parse_json(sql: &str) -> Result<String, ParseError> {
     }
 }
 
+/// PostgreSQL's own fingerprint of a text (libpg_query's: the parse tree with literal
+/// values and aliases left out), as hex; `None` when it does not parse.
+pub fn fingerprint(sql: &str) -> Option<String> {
+    pg_query::fingerprint(sql).ok().map(|f| f.hex)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,10 +118,4 @@ mod tests {
             h.join().unwrap();
         }
     }
-}
-
-/// PostgreSQL's own fingerprint of a text (libpg_query's: the parse tree with literal
-/// values and aliases left out), as hex; `None` when it does not parse.
-pub fn fingerprint(sql: &str) -> Option<String> {
-    pg_query::fingerprint(sql).ok().map(|f| f.hex)
 }
