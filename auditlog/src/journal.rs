@@ -23,9 +23,6 @@ use crate::sealer::{CheckpointPolicy, Opened, SealError, Sealed, Sealer};
 use crate::segment::{Recovery, Rotation, SegmentError, Writer};
 use crate::witness::Witness;
 
-/// Every record's schema version, as the gateway writes it.
-pub const VERSION: u32 = 1;
-
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error(transparent)]

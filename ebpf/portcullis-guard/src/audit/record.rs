@@ -1,6 +1,6 @@
 //! The guard's audit records, schema version 1, in the gateway's envelope: `v`, `seq`,
 //! `time`, `gateway` (here the guard's source id) and `kind`, then the kind's fields
-//! (`docs/audit.md` of the gateway describes the envelope). Field names are the schema.
+//! (the gateway's `audit::record` describes the envelope). Field names are the schema.
 
 use std::net::IpAddr;
 use std::time::SystemTime;
