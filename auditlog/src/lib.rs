@@ -12,11 +12,14 @@
 //! - [`leaves`]: the leaf-hash index that lets the verifier name the record that changed.
 //! - [`witness`]: copies of the checkpoints kept elsewhere.
 //! - [`sealer`]: the writer's side: the tree, checkpoints cut by policy, witnesses fed.
+//! - [`journal`]: a synchronous writer (records numbered, written, synced, sealed) for
+//!   processes that log little from one thread, such as `portcullis-guard`.
 //! - [`verify`]: the offline verifier, naming the first record altered, removed, inserted
 //!   or reordered, and a tail cut off.
 //! - [`proof`]: inclusion and consistency proofs against checkpoints.
 
 pub mod checkpoint;
+pub mod journal;
 pub mod leaves;
 pub mod merkle;
 pub mod proof;

@@ -346,6 +346,24 @@ impl Guard {
         }
     }
 
+    /// SIGTERM, as systemd stops it, and waits for the exit (nsenter execs the guard, so
+    /// the child is the guard itself).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("the guard is running");
+        sh(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("the guard did not exit on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Asserts that the counters and at least one event name `addr`.
     fn assert_recorded(&self, addr: IpAddr, port: u16) {
         let status = self.status();
@@ -737,6 +755,161 @@ fn local_mode_refuses_connects_outside_allowed_cgroups() {
     let status = guard.status();
     assert!(status.contains("\"local_denied\": 2"), "{status}");
     assert!(status.contains("\"local_allowed\": 1"), "{status}");
+}
+
+/// The guard's own audit log: the agent's attempts become aggregated `guard_bypass` records
+/// between `guard_start` and `guard_stop` (on SIGTERM), with exact counts, and the
+/// gateway's `portcullis audit verify` calls the log intact.
+#[test]
+fn bypass_attempts_land_in_the_guards_verifiable_audit_log() {
+    let lan = Lan::new(12);
+    let db = start_db(&lan);
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let agent = IpAddr::V4(lan.v4(Host::Agent));
+    let files = tempfile::tempdir().unwrap();
+    let key = files.path().join("guard.key");
+    let log = files.path().join("audit");
+    let witness = files.path().join("witness.txt");
+    let origin = "portcullis-guard/e2e-db";
+    let portcullis = gateway_binary().expect("the portcullis binary (cargo build -p portcullis)");
+    let out = sh(Command::new(&portcullis).args([
+        "audit",
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--origin",
+        origin,
+    ]));
+    let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let config = files.path().join("guard.toml");
+    fs::write(
+        &config,
+        format!(
+            "[audit]\ndir = {log:?}\nsigning_key = {key:?}\norigin = {origin:?}\n\
+             aggregate_ms = 2000\ncheckpoint_every_records = 3\nwitnesses = [{witness:?}]\n"
+        ),
+    )
+    .unwrap();
+
+    let mut guard = Guard::start(
+        &lan,
+        db.port,
+        Mode::Xdp,
+        &["--config".into(), config.display().to_string()],
+    );
+    assert!(
+        guard.log().contains("\"signed\":true"),
+        "the start line does not report a signed audit log: {}",
+        guard.log()
+    );
+    // Three attempts at once: their SYNs (and retransmissions) land in the same windows.
+    std::thread::scope(|s| {
+        let tries: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| lan.can_connect(Host::Agent, dbaddr, db.port)))
+            .collect();
+        for t in tries {
+            assert!(
+                !t.join().unwrap(),
+                "the agent reached the database directly"
+            );
+        }
+    });
+    guard.assert_recorded(agent, db.port);
+    let src = format!("\"src\":\"{agent}\"");
+    wait_until("a guard_bypass record in the guard's audit log", 10, || {
+        segments_text(&log).contains(&src)
+    });
+    let status = guard.terminate();
+    assert!(status.success(), "the guard exited with {status}");
+    let stdout = guard.log();
+    assert!(stdout.contains("\"event\":\"guard_stopped\""), "{stdout}");
+
+    let records: Vec<serde_json::Value> = segments_text(&log)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["v"], 1, "{r}");
+        assert_eq!(r["seq"], i as u64, "seq is not the log position: {r}");
+        assert_eq!(r["gateway"], origin, "{r}");
+    }
+    let first = &records[0];
+    assert_eq!(first["kind"], "guard_start", "{first}");
+    assert_eq!(first["interfaces"][0], lan.iface(Host::Db), "{first}");
+    assert_eq!(first["ports"][0], db.port, "{first}");
+    assert_eq!(first["config_sha256"].as_str().map(str::len), Some(64));
+    let last = records.last().unwrap();
+    assert_eq!(last["kind"], "guard_stop", "{last}");
+    assert_eq!(last["reason"], "signalled", "{last}");
+
+    let bypass: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "guard_bypass" && r["src"] == agent.to_string())
+        .collect();
+    assert!(!bypass.is_empty(), "no guard_bypass record for {agent}");
+    for r in &bypass {
+        assert_eq!(r["dst"], lan.iface(Host::Db), "{r}");
+        assert_eq!(r["dport"], db.port, "{r}");
+        assert_eq!(
+            (
+                r["proto"].as_str(),
+                r["hook"].as_str(),
+                r["reason"].as_str()
+            ),
+            (Some("tcp"), Some("xdp"), Some("syn")),
+            "{r}"
+        );
+        assert!(r["first"].as_str() <= r["last"].as_str(), "{r}");
+        assert!(r.get("pid").is_none(), "{r}");
+    }
+    // Exact counts: every event printed on stdout for the agent is counted once in the log.
+    let printed = stdout
+        .lines()
+        .filter(|l| l.contains(&format!("\"address\":\"{agent}\"")))
+        .count() as u64;
+    let counted: u64 = bypass.iter().map(|r| r["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, printed, "{records:#?}");
+    let all_events = stdout
+        .lines()
+        .filter(|l| l.contains("\"event\":\"bypass\""))
+        .count();
+    assert_eq!(last["events"], all_events as u64, "{last}");
+    // Aggregated: the SYN retries of two connection attempts are far fewer records.
+    assert!(
+        bypass.len() < printed as usize || printed == 1,
+        "{records:#?}"
+    );
+
+    let out = Command::new(&portcullis)
+        .args(["audit", "verify"])
+        .arg(&log)
+        .args(["--public-key", &vkey, "--witness"])
+        .arg(&witness)
+        .output()
+        .expect("run portcullis audit verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with(&format!("intact: {} records", records.len())),
+        "portcullis audit verify: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every segment of an audit log, in order.
+fn segments_text(dir: &Path) -> String {
+    let mut names: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".jsonl"))
+    });
+    names.sort();
+    names
+        .iter()
+        .map(|p| fs::read_to_string(p).unwrap_or_default())
+        .collect()
 }
 
 /// When XDP cannot attach (here: the interface already has an XDP program, in another pin

@@ -10,6 +10,14 @@
 //! [local]                      # refuse local connect() from other cgroups; off by default
 //! enabled = true
 //! allow_cgroups = ["/sys/fs/cgroup/system.slice/portcullis.service"]
+//!
+//! [audit]                      # a tamper-evident log of its own; off without this section
+//! dir = "/var/lib/portcullis-guard/audit"
+//! signing_key = "/etc/portcullis-guard/audit.key"   # Ed25519, PKCS#8 PEM
+//! origin = "portcullis-guard/db1"                   # default: portcullis-guard/<hostname>
+//! checkpoint_every_records = 1000
+//! checkpoint_every_secs = 60
+//! witnesses = ["/mnt/worm/guard-checkpoints"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -39,6 +47,8 @@ pub enum ConfigError {
     NoPorts,
     #[error("event_rate {0} is above the maximum of {MAX_EVENT_RATE} per second per CPU")]
     EventRate(u64),
+    #[error("audit.{0}")]
+    Audit(&'static str),
 }
 
 /// The ingress hook.
@@ -52,7 +62,7 @@ pub enum Mode {
     Tc,
 }
 
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub mode: Mode,
@@ -66,9 +76,11 @@ pub struct Config {
     pub event_rate: u64,
     pub event_burst: u64,
     pub local: LocalConfig,
+    /// The guard's own audit log; `None`: events go to stdout only.
+    pub audit: Option<AuditConfig>,
 }
 
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalConfig {
     pub enabled: bool,
@@ -76,6 +88,67 @@ pub struct LocalConfig {
     pub cgroup: Option<PathBuf>,
     /// Cgroups (with their subtrees) whose processes may connect locally.
     pub allow_cgroups: Vec<PathBuf>,
+}
+
+/// The `[audit]` section: the same log format, signing and checkpoints as the gateway's
+/// `[audit]`, so `portcullis audit verify` checks it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    /// Ed25519 private key (PKCS#8 PEM; `portcullis audit keygen` writes one). Without it
+    /// the log is written but no checkpoint is signed, so nothing proves it unaltered.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// The checkpoints' origin (the key's name for `verify --public-key`) and the records'
+    /// `gateway` field; default `portcullis-guard/<hostname>`.
+    #[serde(default)]
+    pub origin: Option<String>,
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_every_records: u64,
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_every_secs: u64,
+    /// Files or directories that get a copy of every checkpoint.
+    #[serde(default)]
+    pub witnesses: Vec<PathBuf>,
+    /// Identical events (source, port, reason, hook) within this window become one record
+    /// with a count, so a flood writes a bounded number of records.
+    #[serde(default = "default_aggregate_ms")]
+    pub aggregate_ms: u64,
+}
+
+fn default_checkpoint_records() -> u64 {
+    1000
+}
+fn default_checkpoint_secs() -> u64 {
+    60
+}
+fn default_aggregate_ms() -> u64 {
+    1000
+}
+
+impl AuditConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(ConfigError::Audit("dir: must name a directory"));
+        }
+        if self.checkpoint_every_records == 0 || self.checkpoint_every_secs == 0 {
+            return Err(ConfigError::Audit(
+                "checkpoint_every_records and checkpoint_every_secs: above 0",
+            ));
+        }
+        if !(1..=60_000).contains(&self.aggregate_ms) {
+            return Err(ConfigError::Audit("aggregate_ms: 1 to 60000"));
+        }
+        if let Some(o) = &self.origin
+            && (o.is_empty() || o.chars().any(|c| c.is_whitespace() || c == '+'))
+        {
+            return Err(ConfigError::Audit(
+                "origin: not empty, no spaces, no '+' (a signed-note key name)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -90,6 +163,7 @@ impl Default for Config {
             event_rate: DEFAULT_EVENT_RATE,
             event_burst: DEFAULT_EVENT_BURST,
             local: LocalConfig::default(),
+            audit: None,
         }
     }
 }
@@ -121,6 +195,9 @@ impl Config {
         if self.event_rate > MAX_EVENT_RATE {
             return Err(ConfigError::EventRate(self.event_rate));
         }
+        if let Some(a) = &self.audit {
+            a.validate()?;
+        }
         Ok(())
     }
 }
@@ -135,6 +212,7 @@ mod tests {
         assert_eq!(c.ports, vec![5432]);
         assert_eq!(c.mode, Mode::Xdp);
         assert!(!c.local.enabled);
+        assert!(c.audit.is_none());
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_ROOT));
         c.validate().unwrap();
     }
@@ -150,12 +228,41 @@ mod tests {
             [local]
             enabled = true
             allow_cgroups = ["/sys/fs/cgroup/gw"]
+            [audit]
+            dir = "/var/lib/portcullis-guard/audit"
+            signing_key = "/etc/portcullis-guard/audit.key"
+            witnesses = ["/mnt/worm/w.txt"]
             "#,
         )
         .unwrap();
         assert_eq!(c.mode, Mode::Tc);
         assert_eq!(c.allow.len(), 2);
         assert!(c.local.enabled);
+        let a = c.audit.as_ref().unwrap();
+        assert_eq!(
+            (
+                a.checkpoint_every_records,
+                a.checkpoint_every_secs,
+                a.aggregate_ms
+            ),
+            (1000, 60, 1000)
+        );
+        assert_eq!(a.origin, None);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn audit_section_is_checked() {
+        let base = "interfaces = [\"eth0\"]\n[audit]\ndir = \"/a\"\n";
+        assert!(Config::from_toml(&format!("{base}signing_kye = \"/k\"")).is_err());
+        for bad in [
+            "checkpoint_every_records = 0",
+            "aggregate_ms = 0",
+            "origin = \"a b\"",
+        ] {
+            let c = Config::from_toml(&format!("{base}{bad}")).unwrap();
+            assert!(matches!(c.validate(), Err(ConfigError::Audit(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -31,9 +31,13 @@ pub enum FollowEnd {
     Signalled,
 }
 
-/// Streams events from the pinned ring buffer to `out` as JSON lines until the guard is
-/// detached or the process is told to stop.
-pub async fn follow(pins: &Pins, out: &mut impl Write) -> Result<FollowEnd, EventError> {
+/// Streams events from the pinned ring buffer to `out` as JSON lines, and hands each to
+/// `each` (the audit log), until the guard is detached or the process is told to stop.
+pub async fn follow(
+    pins: &Pins,
+    out: &mut impl Write,
+    mut each: impl FnMut(&BypassEvent),
+) -> Result<FollowEnd, EventError> {
     use tokio::{
         io::unix::AsyncFd,
         signal::unix::{SignalKind, signal},
@@ -58,6 +62,7 @@ pub async fn follow(pins: &Pins, out: &mut impl Write) -> Result<FollowEnd, Even
                         Ok(e) => {
                             let line = serde_json::to_string(&e).map_err(std::io::Error::other)?;
                             writeln!(out, "{line}")?;
+                            each(&e);
                         }
                         Err(e) => eprintln!("portcullis-guard: skipping event: {e}"),
                     }
@@ -81,6 +86,9 @@ pub async fn follow(pins: &Pins, out: &mut impl Write) -> Result<FollowEnd, Even
 pub struct BypassEvent {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
+    /// The same instant, for the audit log's microsecond times.
+    #[serde(skip)]
+    pub at: SystemTime,
     /// "bypass" for packets, "local_connect_refused" for connect().
     pub event: &'static str,
     pub hook: &'static str,
@@ -104,8 +112,10 @@ pub fn decode(bytes: &[u8]) -> Result<BypassEvent, EventError> {
     // SAFETY: length checked; `Event` is plain data valid for any bytes; unaligned read.
     let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let local = e.reason == reason::LOCAL_CONNECT;
+    let at = boot_ns_to_wall(e.ts_ns);
     Ok(BypassEvent {
-        time: rfc3339(boot_ns_to_wall(e.ts_ns)),
+        time: rfc3339(at),
+        at,
         event: if local {
             "local_connect_refused"
         } else {

@@ -3,8 +3,10 @@
 //!
 //! The kernel programs (crate `portcullis-ebpf`) do the enforcing; this library loads them,
 //! attaches them per a [`config::Config`], pins everything under bpffs so enforcement outlives
-//! the loader, and reads their maps and events. The binary in `main.rs` is a thin CLI on top.
+//! the loader, reads their maps and events, and keeps its own tamper-evident audit log
+//! ([`audit`]). The binary in `main.rs` is a thin CLI on top.
 
+pub mod audit;
 pub mod cgroup;
 pub mod cidr;
 pub mod config;

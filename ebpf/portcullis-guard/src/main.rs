@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis_guard::{
+    audit::Audit,
     cidr::Cidr,
     config::{Config, Mode},
     events::{FollowEnd, follow},
@@ -168,8 +169,16 @@ fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
     }
     cfg.local.allow_cgroups.extend(args.local_allow_cgroups);
     cfg.mount_bpffs |= args.mount_bpffs;
+    cfg.validate()?;
 
+    // Before attaching: a log that cannot be opened stops the guard before it touches the
+    // kernel.
+    let audit = cfg.audit.as_ref().map(Audit::open).transpose()?;
+    let audit_line = audit.as_ref().map(
+        |a| serde_json::json!({ "dir": a.dir(), "origin": a.origin(), "signed": a.is_signed() }),
+    );
     let report = loader::attach(&cfg)?;
+    let audit = audit.map(|a| Audit::start(a, &cfg, &report)).transpose()?;
     let started = serde_json::json!({
         "event": "guard_started",
         "pin_dir": cfg.pin_dir,
@@ -179,27 +188,62 @@ fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
         "adopted": report.adopted,
         "removed": report.removed,
         "xdp_modes": report.xdp_modes,
+        "audit": audit_line,
     });
     println!("{started}");
+    let pins = Pins::new(&cfg.pin_dir);
     if args.no_follow {
+        stop_audit(audit, "no_follow", &pins)?;
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let pins = Pins::new(&cfg.pin_dir);
     let mut stdout = std::io::stdout().lock();
-    let end = runtime.block_on(follow(&pins, &mut stdout))?;
-    let why = match end {
-        FollowEnd::Detached => "detached",
-        FollowEnd::Signalled => "signalled; enforcement stays pinned",
+    let end = runtime.block_on(follow(&pins, &mut stdout, |e| {
+        if let Some(a) = &audit {
+            a.event(e);
+        }
+    }));
+    let end = match end {
+        Ok(end) => end,
+        Err(e) => {
+            stop_audit(audit, &format!("error: {e}"), &pins)?;
+            return Err(e.into());
+        }
     };
+    let (why, reason) = match end {
+        FollowEnd::Detached => ("detached", "detached"),
+        FollowEnd::Signalled => ("signalled; enforcement stays pinned", "signalled"),
+    };
+    let summary = stop_audit(audit, reason, &pins)?;
     println!(
         "{}",
-        serde_json::json!({ "event": "guard_stopped", "why": why })
+        serde_json::json!({ "event": "guard_stopped", "why": why, "audit": summary })
     );
     Ok(())
+}
+
+/// Closes the audit log: open windows, `guard_stop` with the kernel's counters (when the
+/// pins are still there), a final checkpoint.
+fn stop_audit(
+    audit: Option<Audit>,
+    reason: &str,
+    pins: &Pins,
+) -> anyhow::Result<Option<portcullis_guard::audit::Summary>> {
+    let Some(audit) = audit else {
+        return Ok(None);
+    };
+    let kernel = State::open(pins).and_then(|s| s.counters()).ok();
+    let summary = audit.stop(reason, kernel)?;
+    if summary.unwritten > 0 {
+        eprintln!(
+            "portcullis-guard: audit log: {} records could not be written before exit",
+            summary.unwritten
+        );
+    }
+    Ok(Some(summary))
 }
 
 fn print_status(s: &portcullis_guard::state::Status) {
