@@ -49,18 +49,21 @@ pub fn encode(gateway: &str, body: &Body<'_>) -> Encoded {
 }
 
 pub fn encode_at(gateway: &str, at: SystemTime, body: &Body<'_>) -> Encoded {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"\"time\":\"");
-    out.extend_from_slice(rfc3339(at).as_bytes());
-    out.extend_from_slice(b"\",\"gateway\":");
-    // Serialising a &str or a plain enum into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, gateway);
-    out.push(b',');
-    let body_at = out.len();
-    let _ = serde_json::to_writer(&mut out, body);
-    // Drop the body's own opening brace: its fields continue the header's object.
-    out.remove(body_at);
-    Encoded(out)
+    // Serialising these types cannot fail (no maps with non-string keys, no I/O); the
+    // fallback keeps the log whole should it ever.
+    Encoded(
+        portcullis_auditlog::journal::body(at, gateway, body).unwrap_or_else(|e| {
+            portcullis_auditlog::journal::body(
+                at,
+                gateway,
+                &Body::RecordsLost {
+                    count: 1,
+                    reason: &format!("a record could not be encoded: {e}"),
+                },
+            )
+            .unwrap_or_default()
+        }),
+    )
 }
 
 /// `2026-12-01T14:00:00.123456Z`.
