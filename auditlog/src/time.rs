@@ -72,7 +72,8 @@ fn days_in_month(y: u64, m: u64) -> u64 {
 }
 
 // Howard Hinnant's algorithms (proleptic Gregorian calendar, eras of 400 years).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -82,7 +83,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(z: i64) -> (i64, u64, u64) {
+/// The inverse of [`days_from_civil`]: (year, month, day).
+pub fn civil_from_days(z: i64) -> (i64, u64, u64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
