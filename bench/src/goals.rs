@@ -234,7 +234,12 @@ fn fmt_tps(v: f64) -> String {
 /// policy-off partner. Without a partner in the run, reported as not measured only when the
 /// run has no policy-off gateway at all (one on another engine is not `t`'s partner).
 fn policy_goals(r: &Report, t: &TargetInfo, out: &mut Vec<Verdict>) {
-    if t.kind != Kind::Gateway || t.masked || t.policy != Some(true) {
+    // Audit targets are taken against the same gateway without audit (audit_goals).
+    if t.kind != Kind::Gateway
+        || t.masked
+        || t.policy != Some(true)
+        || AUDIT_PAIRS.iter().any(|(a, _)| *a == t.name)
+    {
         return;
     }
     let base = match policy_baseline(r, t) {

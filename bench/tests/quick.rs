@@ -144,6 +144,14 @@ fn quick_mode_end_to_end() {
             "{v:?}"
         );
     }
+    // The audit targets are taken against gateway-uring: three goals each, all measured
+    // (whether they are met on a loaded test machine is the bench's report, not a test).
+    let audit: Vec<_> = goals::verdicts(&r)
+        .into_iter()
+        .filter(|v| v.goal.starts_with("audit on"))
+        .collect();
+    assert_eq!(audit.len(), 6, "{audit:?}");
+    assert!(audit.iter().all(|v| v.met.is_some()), "{audit:?}");
 
     // Wide rows are 8 KiB of text each: the payload must say so.
     let wide = r.result("wide/simple-text", "direct").unwrap();

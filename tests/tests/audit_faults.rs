@@ -203,26 +203,23 @@ fn a_full_audit_disk_refuses_statements_until_space_returns() {
         let chunk = vec![0u8; 4096];
         while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
     }
-    let refused = rt().block_on(async {
+    // One session throughout: refusals keep it.
+    let runtime = rt();
+    let client = runtime.block_on(common::connect(&conninfo));
+    let refused = runtime.block_on(async {
         let mut errors = Vec::new();
-        let mut client = common::connect(&conninfo).await;
         for id in 0..2000i64 {
-            match client
+            if let Err(e) = client
                 .simple_query(&format!("INSERT INTO k VALUES ({id})"))
                 .await
             {
-                Ok(_) => {}
-                Err(e) => {
-                    let db = e
-                        .as_db_error()
-                        .map(|d| (d.code().code().to_owned(), d.message().to_owned()));
-                    errors.push(db.unwrap_or_else(|| ("closed".into(), e.to_string())));
-                    if client.is_closed() {
-                        client = common::connect(&conninfo).await;
-                    }
-                    if errors.len() >= 3 {
-                        break;
-                    }
+                let d = e
+                    .as_db_error()
+                    .unwrap_or_else(|| panic!("the session did not survive the refusal: {e}"));
+                assert_eq!(d.severity(), "ERROR", "{}", d.message());
+                errors.push((d.code().code().to_owned(), d.message().to_owned()));
+                if errors.len() >= 3 {
+                    break;
                 }
             }
         }
@@ -244,20 +241,21 @@ fn a_full_audit_disk_refuses_statements_until_space_returns() {
     for id in &in_db {
         assert!(recorded.contains(id), "row {id} ran without a record");
     }
-    // Space is back: the gateway records and runs statements again, by itself.
+    // Space is back: the gateway records and runs statements again, by itself, in the
+    // same session.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = common::run_timed(env.psql_gw().args(["-c", "INSERT INTO k VALUES (999999)"]));
-        if out.status.success() {
-            break;
+    runtime.block_on(async {
+        loop {
+            match client.simple_query("INSERT INTO k VALUES (999999)").await {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "still refused after space returned: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "still refused after space returned: {}",
-            common::stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     let (recs, _) = records(&dir);
     assert!(
         recs.iter().any(|r| r["kind"] == "records_lost"),

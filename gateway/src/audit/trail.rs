@@ -129,17 +129,12 @@ impl Trail {
     /// `Err` with the refusal to give when no statement may run because the log cannot
     /// record it.
     pub fn check(&self) -> Result<(), Refusal> {
-        self.log.accepting().map_err(|e| {
-            Refusal::new(
-                if matches!(e, super::writer::AuditError::Full { .. }) {
-                    sqlstate::INSUFFICIENT_RESOURCES
-                } else {
-                    sqlstate::IO_ERROR
-                },
-                format!("portcullis refused this statement: {e}, and nothing runs unrecorded"),
-            )
-            .with_hint("An operator must make the audit log writable again (free space, fix the device); statements run again as soon as it is. The session is still open.")
-        })
+        self.log.accepting().map_err(|e| refusal(&e))
+    }
+
+    /// Statement numbers in the records [`Trail::take`] returned last.
+    pub fn last_taken(&self) -> (u64, u64) {
+        self.taken
     }
 
     fn push(&mut self, body: &Body<'_>) {
@@ -402,6 +397,19 @@ impl Trail {
     pub fn log(&self) -> &AuditLog {
         &self.log
     }
+}
+
+/// What the agent is told when the log cannot record its statement.
+pub fn refusal(e: &super::writer::AuditError) -> Refusal {
+    Refusal::new(
+        if matches!(e, super::writer::AuditError::Full { .. }) {
+            sqlstate::INSUFFICIENT_RESOURCES
+        } else {
+            sqlstate::IO_ERROR
+        },
+        format!("portcullis refused this statement: {e}, and nothing runs unrecorded"),
+    )
+    .with_hint("An operator must make the audit log writable again (free space, fix the device); statements run again as soon as it is. The session is still open.")
 }
 
 /// Rows returned or affected, from a command tag (`SELECT 3`, `INSERT 0 2`, `COPY 10`).

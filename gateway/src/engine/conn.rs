@@ -461,8 +461,6 @@ pub(super) struct Flow<H: Hooks> {
     progress_client: tokio::sync::Notify,
     progress_server: tokio::sync::Notify,
     audit: Option<crate::audit::AuditLog>,
-    /// The audit log could not record statements queued for the server.
-    pub(super) unrecorded: Cell<bool>,
     /// The server's side ended first.
     server_ended: Cell<bool>,
 }
@@ -490,10 +488,9 @@ impl<H: Hooks> Flow<H> {
                     if log.fails_open() {
                         warn!("{e}: forwarding anyway (audit.on_failure = \"continue\")");
                     } else {
-                        error!("{e}: the session's pending statements are not run");
-                        self.unrecorded.set(true);
-                        self.relay.borrow_mut().fail_unrecorded(&e.to_string());
-                        return Err(io::Error::other(e));
+                        error!("{e}: the statements just sent are refused, not run");
+                        let refusal = crate::audit::trail::refusal(&e);
+                        self.relay.borrow_mut().fail_unrecorded(&refusal);
                     }
                 }
             }
@@ -557,7 +554,6 @@ async fn relay_session<C: Connect, H: Hooks>(
         progress_client: tokio::sync::Notify::new(),
         progress_server: tokio::sync::Notify::new(),
         audit: shared.audit.clone(),
-        unrecorded: Cell::new(false),
         server_ended: Cell::new(false),
     };
     let read_size = shared.read_buffer;
@@ -583,8 +579,6 @@ async fn relay_session<C: Connect, H: Hooks>(
             let res = flow.relay.borrow_mut().on_client_bytes(&mut buf);
             if let Err(e) = flow.drain(Side::Server, server).await {
                 debug!("server write: {e}");
-                // An unrecorded batch: the client is told before the session ends.
-                let _ = flow.drain(Side::Client, client).await;
                 break;
             }
             if let Err(e) = flow.drain(Side::Client, client).await {
@@ -676,9 +670,7 @@ async fn relay_session<C: Connect, H: Hooks>(
 
     tokio::join!(client_half, server_half);
     let mut r = flow.relay.into_inner();
-    let reason = if flow.unrecorded.get() {
-        "audit log unwritable"
-    } else if r.is_terminated() {
+    let reason = if r.is_terminated() {
         "client terminated"
     } else if flow.server_ended.get() {
         "server closed"

@@ -345,21 +345,48 @@ impl<H: Hooks> Relay<H> {
         self.audit.as_mut()?.take()
     }
 
-    /// The audit log could not record what is queued for the server: none of it is
-    /// sent, and the client is told why before the session ends.
-    pub fn fail_unrecorded(&mut self, why: &str) {
-        self.to_server.clear();
-        self.to_server_bytes = 0;
-        self.push_client(error_response(
-            Severity::Fatal,
-            sqlstate::IO_ERROR,
-            &format!("portcullis ended this session: {why}; the statements just sent were not run"),
-            None,
-            Some("Nothing runs unrecorded. An operator must make the audit log writable; then reconnect and send them again."),
-        ));
-        if let Some(t) = &mut self.audit {
-            t.batch_failed();
+    /// The audit log could not record the statements queued for the server: none of them
+    /// may run. What is queued is this batch's frames; each statement in it is swapped
+    /// for a placeholder that fails (so the server's transaction state follows an error
+    /// there, as for any refusal) and the client gets `refusal` in place of its answer.
+    /// `Parse`, `Bind` and the like run nothing and go as they are; so does `COPY` data,
+    /// which the server ignores outside a `COPY`.
+    pub fn fail_unrecorded(&mut self, refusal: &Refusal) {
+        for b in self.to_server.iter_mut() {
+            match b.first() {
+                Some(&fe::QUERY) | Some(&fe::FUNCTION_CALL) => *b = fe::query(REFUSED_SQL),
+                Some(&fe::EXECUTE) => *b = fe::execute(REFUSED_PORTAL, 0),
+                _ => {}
+            }
         }
+        self.to_server_bytes = self.to_server.iter().map(Bytes::len).sum();
+        let Some(t) = &mut self.audit else {
+            return;
+        };
+        let (from, to) = t.last_taken();
+        let batch = |id: &Option<u64>| id.is_some_and(|id| (from..=to).contains(&id));
+        let error = refusal.to_error_response();
+        for e in self.expect.iter_mut() {
+            match e {
+                Expect::Query {
+                    audit,
+                    refusal,
+                    mode: QueryMode::Client,
+                    ..
+                } if batch(audit) => {
+                    *refusal = Some(error.clone());
+                    *audit = None;
+                }
+                Expect::Execute { audit, .. } if batch(audit) => {
+                    *e = Expect::Parse {
+                        refusal: Some(error.clone()),
+                        quiet: false,
+                    };
+                }
+                _ => {}
+            }
+        }
+        t.batch_failed();
     }
 
     /// What the policy knew about the statement just judged, when audit wants it.
@@ -1740,6 +1767,85 @@ mod tests {
         assert!(has(&out, b"no drops") && !has(&out, b"portcullis_refused"));
         assert_eq!(out.last(), Some(&b'T'));
         assert!(r.is_idle());
+    }
+
+    /// A relay with an audit trail on a real log in a temporary directory.
+    fn audited() -> (
+        Relay<crate::session::hooks::PassThrough>,
+        tempfile::TempDir,
+        crate::audit::AuditLog,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: crate::audit::AuditConfig =
+            toml::from_str(&format!("dir = {:?}", dir.path().display().to_string())).unwrap();
+        let log = crate::audit::AuditLog::open(&cfg, "test").unwrap();
+        let trail = Trail::new(
+            log.clone(),
+            "s".into(),
+            "agent",
+            crate::audit::config::Params::Hash,
+        );
+        (
+            Relay::new(RelayLimits::default(), crate::session::hooks::PassThrough)
+                .with_audit(trail),
+            dir,
+            log,
+        )
+    }
+
+    #[test]
+    fn statements_the_log_could_not_record_are_refused_and_the_session_lives() {
+        let (mut r, _dir, log) = audited();
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::QUERY, b"delete from t where id = 1\0"));
+        c.extend_from_slice(&extended_drop());
+        r.on_client_bytes(&mut c).unwrap();
+        let (records, gate) = r.take_audit().unwrap();
+        assert!(
+            gate && records.len() == 2,
+            "two statement records gate the batch"
+        );
+        // The driver's durable wait failed: nothing of the batch may run.
+        r.fail_unrecorded(&Refusal::new(sqlstate::IO_ERROR, "the audit log is full"));
+        let to_server = drain_server(&mut r);
+        assert!(!has(&to_server, b"delete from t"));
+        assert_eq!(tags(&to_server), b"QPBES");
+        let execute_at = to_server.len() - fe::sync().len() - fe::execute(REFUSED_PORTAL, 0).len();
+        assert!(
+            has(&to_server[..execute_at], REFUSED_SQL),
+            "the query is a placeholder"
+        );
+        assert!(
+            has(&to_server[execute_at..], REFUSED_PORTAL),
+            "so is the Execute"
+        );
+        // The server fails both placeholders; the client gets the refusal for each.
+        let mut s = BytesMut::new();
+        s.extend_from_slice(&server_error());
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        s.extend_from_slice(&msg(be::PARSE_COMPLETE, b""));
+        s.extend_from_slice(&msg(be::BIND_COMPLETE, b""));
+        s.extend_from_slice(&server_error());
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"EZ12EZ");
+        assert!(has(&out, b"the audit log is full") && !has(&out, b"portcullis_refused"));
+        assert!(r.is_idle());
+        // Both statements are recorded as not run.
+        let (records, _) = r.take_audit().unwrap();
+        let text: Vec<String> = records
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.0).into_owned())
+            .collect();
+        assert_eq!(
+            text.iter()
+                .filter(|t| t.contains(r#""status":"not_run""#))
+                .count(),
+            2,
+            "{text:?}"
+        );
+        log.close();
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tracing::debug;
+use tracing::info;
 
 use super::copy_target;
 use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
@@ -347,9 +347,19 @@ impl Hooks for Stages {
         self.catalog_error = None;
         let stats = self.statement_stats.borrow_mut().take();
         let counts = if stats.total() > 0 {
-            // Also in the tracing log, for gateways that keep no audit log.
-            debug!(
+            // Also in the tracing log under their own target, with the session span
+            // naming who asked: a gateway without [audit] still shows what it masked.
+            let (status, tag) = match outcome {
+                Outcome::Complete { command_tag } => {
+                    ("complete", String::from_utf8_lossy(command_tag))
+                }
+                Outcome::Error { sqlstate } => ("error", sqlstate.into()),
+                Outcome::Refused => ("refused", "".into()),
+            };
+            info!(
                 target: "portcullis::audit",
+                status,
+                tag = %tag,
                 rows = stats.rows,
                 masked = stats.total(),
                 per_rule = %stats,
