@@ -66,6 +66,8 @@ struct Queue {
     bytes: usize,
     submitted: u64,
     stop: bool,
+    /// A record someone waits for is queued: the thread must not sleep.
+    urgent: bool,
 }
 
 /// Counters for `status`, metrics and the bench.
@@ -139,6 +141,7 @@ impl AuditLog {
                 bytes: 0,
                 submitted: 0,
                 stop: false,
+                urgent: false,
             }),
             wake: Condvar::new(),
             progress: watch::Sender::new(Progress::default()),
@@ -233,6 +236,17 @@ impl AuditLog {
 
     /// Queues records; the ticket says when they are durable.
     pub fn submit(&self, records: impl IntoIterator<Item = Encoded>) -> Ticket {
+        self.enqueue(records, true)
+    }
+
+    /// Queues records nobody waits for (outcomes) without waking the writer: they go
+    /// with the next batch, or at the writer's next tick ([`LAZY_TICK`]), so a statement
+    /// costs one wake-up of the writer, not two.
+    pub fn submit_lazy(&self, records: impl IntoIterator<Item = Encoded>) -> Ticket {
+        self.enqueue(records, false)
+    }
+
+    fn enqueue(&self, records: impl IntoIterator<Item = Encoded>, wake: bool) -> Ticket {
         let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
         let mut added = 0usize;
         for r in records {
@@ -241,10 +255,15 @@ impl AuditLog {
             q.submitted += 1;
         }
         q.bytes += added;
-        self.inner.queued.fetch_add(added, Ordering::Relaxed);
         let t = Ticket(q.submitted);
+        // A lazy queue that has grown large is written now rather than at the tick.
+        let wake = wake || q.bytes > LAZY_MAX;
+        q.urgent |= wake;
         drop(q);
-        self.inner.wake.notify_one();
+        self.inner.queued.fetch_add(added, Ordering::Relaxed);
+        if wake {
+            self.inner.wake.notify_one();
+        }
         t
     }
 
@@ -298,6 +317,10 @@ impl AuditLog {
 /// How long the thread sleeps when idle before it syncs (`os` durability), probes a
 /// failed log or checks whether a checkpoint is due.
 const IDLE_TICK: Duration = Duration::from_millis(250);
+/// Longest a record queued with [`AuditLog::submit_lazy`] waits for a batch.
+pub const LAZY_TICK: Duration = Duration::from_millis(50);
+/// Lazily queued bytes past which the writer is woken anyway.
+const LAZY_MAX: usize = 256 << 10;
 
 fn run(
     inner: Arc<Inner>,
@@ -313,13 +336,21 @@ fn run(
     loop {
         let (batch, base, stop) = {
             let mut q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if q.records.is_empty() && !q.stop {
+            // Nothing anyone waits for: sleep until someone does (woken), or the tick
+            // (records queued lazily, an idle sync, a probe, a checkpoint due).
+            if !q.stop && !q.urgent {
+                let tick = if q.records.is_empty() {
+                    IDLE_TICK
+                } else {
+                    LAZY_TICK
+                };
                 q = inner
                     .wake
-                    .wait_timeout(q, IDLE_TICK)
+                    .wait_timeout(q, tick)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
+            q.urgent = false;
             if !q.records.is_empty() && !window.is_zero() && !q.stop {
                 drop(q);
                 std::thread::sleep(window);

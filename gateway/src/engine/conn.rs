@@ -483,7 +483,12 @@ impl<H: Hooks> Flow<H> {
         if let Some(log) = &self.audit {
             let taken = self.relay.borrow_mut().take_audit();
             if let Some((records, gate)) = taken {
-                let ticket = log.submit(records);
+                // Outcomes alone are not waited for: they ride with the next batch.
+                let ticket = if gate {
+                    log.submit(records)
+                } else {
+                    log.submit_lazy(records)
+                };
                 if gate && let Err(e) = log.durable(ticket).await {
                     if log.fails_open() {
                         warn!("{e}: forwarding anyway (audit.on_failure = \"continue\")");

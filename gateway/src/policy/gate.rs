@@ -62,6 +62,16 @@ pub struct StatementGate {
     approving: bool,
     /// The reading of the text judged last, for its audit record.
     last: Option<Rc<Result<Analysis, AnalysisError>>>,
+    /// Audit facts by reading (the `Rc` keeps the address from being reused) and the
+    /// generation they were worked out in: texts of one shape share them.
+    facts: HashMap<
+        usize,
+        (
+            Rc<Result<Analysis, AnalysisError>>,
+            u64,
+            crate::audit::StatementFacts,
+        ),
+    >,
 }
 
 /// A prepared statement's reading: the statement in a cached analysis (no copy: clients
@@ -122,25 +132,55 @@ impl StatementGate {
             client_encoding: "UTF8".into(),
             approving: false,
             last: None,
+            facts: HashMap::new(),
         }
     }
 
     /// What the last judged text was, for the audit record of `sql` (that text) under
     /// `verdict`.
-    pub fn facts(&self, sql: &[u8], verdict: &Verdict) -> crate::audit::StatementFacts {
+    pub fn facts(&mut self, sql: &[u8], verdict: &Verdict) -> crate::audit::StatementFacts {
         let (verdict_name, rule) = match verdict {
             Verdict::Allow if self.approving => ("approved", None),
             Verdict::Allow => ("allow", None),
             Verdict::Deny(_) => ("deny", None),
             Verdict::Hold(h) => ("hold", h.rule.clone()),
         };
-        let mut policy = crate::audit::PolicyFacts {
-            verdict: verdict_name,
-            rule,
-            ..Default::default()
+        let mut facts = match self.last.clone() {
+            Some(last) if last.is_ok() => {
+                let key = Rc::as_ptr(&last) as usize;
+                match self.facts.get(&key) {
+                    Some((_, generation, f)) if *generation == self.generation => f.clone(),
+                    _ => {
+                        let f = self.work_out_facts(&last, sql);
+                        if self.facts.len() >= MAX_ALLOWED {
+                            self.facts.clear();
+                        }
+                        self.facts.insert(key, (last, self.generation, f.clone()));
+                        f
+                    }
+                }
+            }
+            _ => crate::audit::StatementFacts {
+                policy: Some(crate::audit::PolicyFacts::default()),
+                ..Default::default()
+            },
         };
+        if let Some(p) = &mut facts.policy {
+            p.verdict = verdict_name;
+            p.rule = rule;
+        }
+        facts
+    }
+
+    /// Class, tables, masked-column use and fingerprint of a reading of `sql`.
+    fn work_out_facts(
+        &self,
+        reading: &Result<Analysis, AnalysisError>,
+        sql: &[u8],
+    ) -> crate::audit::StatementFacts {
+        let mut policy = crate::audit::PolicyFacts::default();
         let mut facts = crate::audit::StatementFacts::default();
-        if let Some(Ok(a)) = self.last.as_deref() {
+        if let Ok(a) = reading {
             let p = self.policy.load();
             let mask = self.mask.load();
             let res = Resolver {
