@@ -359,6 +359,18 @@ impl Writer {
         Ok(())
     }
 
+    /// A second handle on the segment being written, to sync it without holding the
+    /// writer (the directory entry of a new segment is synced here first).
+    pub fn sync_handle(&mut self) -> Result<File, SegmentError> {
+        if self.dir_dirty {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
+            self.dir_dirty = false;
+        }
+        self.file.try_clone().map_err(io_err(&self.path))
+    }
+
     /// Closes the current segment (synced) and begins the next.
     pub fn rotate(&mut self) -> Result<(), SegmentError> {
         self.file.sync_data().map_err(io_err(&self.path))?;

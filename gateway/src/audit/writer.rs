@@ -80,9 +80,22 @@ pub struct Counters {
     pub failures: AtomicU64,
 }
 
+/// The log file and what the writer thread still has to do with what was written.
+/// Locked before the queue wherever both are: batches are taken and written in ticket
+/// order whoever writes them.
+struct State {
+    writer: segment::Writer,
+    /// Lines written and not yet added to the Merkle tree (the writer thread seals).
+    unsealed: Vec<Vec<u8>>,
+    /// Written since the last sync (`os` durability).
+    unsynced: bool,
+}
+
 struct Inner {
     dir: PathBuf,
     gateway: String,
+    durability: Durability,
+    state: Mutex<State>,
     queue: Mutex<Queue>,
     wake: Condvar,
     progress: watch::Sender<Progress>,
@@ -136,6 +149,12 @@ impl AuditLog {
         let inner = Arc::new(Inner {
             dir: cfg.dir.clone(),
             gateway: gateway.to_owned(),
+            durability: cfg.durability,
+            state: Mutex::new(State {
+                writer,
+                unsealed: Vec::new(),
+                unsynced: false,
+            }),
             queue: Mutex::new(Queue {
                 records: Vec::new(),
                 bytes: 0,
@@ -173,7 +192,7 @@ impl AuditLog {
         let window = Duration::from_micros(cfg.group_commit_window_us);
         let handle = std::thread::Builder::new()
             .name("portcullis-audit".into())
-            .spawn(move || run(inner, writer, seal, durability, window))
+            .spawn(move || run(inner, seal, durability, window))
             .map_err(|e| AuditError::Open {
                 dir: cfg.dir.clone(),
                 why: format!("cannot start the writer thread: {e}"),
@@ -259,9 +278,15 @@ impl AuditLog {
         // A lazy queue that has grown large is written now rather than at the tick.
         let wake = wake || q.bytes > LAZY_MAX;
         q.urgent |= wake;
-        drop(q);
+        // Under the lock: the writer subtracts what it takes under it too.
         self.inner.queued.fetch_add(added, Ordering::Relaxed);
-        if wake {
+        drop(q);
+        if wake && self.inner.durability == Durability::Os {
+            // Written by the session itself: one write(2), no hand-over to the writer
+            // thread and back, which on a busy machine costs more than the write.
+            let mut st = lock(&self.inner.state);
+            write_queued(&self.inner, &mut st, false);
+        } else if wake {
             self.inner.wake.notify_one();
         }
         t
@@ -322,24 +347,93 @@ pub const LAZY_TICK: Duration = Duration::from_millis(50);
 /// Lazily queued bytes past which the writer is woken anyway.
 const LAZY_MAX: usize = 256 << 10;
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes everything queued and writes it (one `write`), synced when `sync`; settles its
+/// tickets either way. Call with the state locked. Returns whether anything was queued.
+fn write_queued(inner: &Inner, st: &mut State, sync: bool) -> bool {
+    let (batch, base) = {
+        let mut q = lock(&inner.queue);
+        let batch = std::mem::take(&mut q.records);
+        let base = q.submitted - batch.len() as u64;
+        inner.queued.fetch_sub(q.bytes, Ordering::Relaxed);
+        q.bytes = 0;
+        (batch, base)
+    };
+    if batch.is_empty() {
+        return false;
+    }
+    let first = st.writer.next_index();
+    let lines: Vec<Vec<u8>> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut line = Vec::with_capacity(r.len() + 24);
+            r.with_seq(first + i as u64, &mut line);
+            line
+        })
+        .collect();
+    let result = st
+        .writer
+        .append(lines.iter().map(Vec::as_slice))
+        .and_then(|_| {
+            if sync {
+                inner.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                st.writer.sync()
+            } else {
+                Ok(())
+            }
+        });
+    let to = base + batch.len() as u64;
+    match result {
+        Ok(_) => {
+            st.unsynced |= !sync;
+            inner
+                .counters
+                .records
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            inner.counters.batches.fetch_add(1, Ordering::Relaxed);
+            inner.progress.send_modify(|p| p.settled = to);
+            if !inner.healthy.load(Ordering::Acquire) {
+                recovered(inner);
+            }
+            st.unsealed.extend(lines);
+        }
+        Err(e) => {
+            let why: Arc<str> = e.to_string().into();
+            fail(inner, &why);
+            inner
+                .counters
+                .lost
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            inner.progress.send_modify(|p| {
+                p.settled = to;
+                p.failed.push_back((base, to, why.clone()));
+                if p.failed.len() > 256 {
+                    p.failed.pop_front();
+                }
+            });
+        }
+    }
+    true
+}
+
 fn run(
     inner: Arc<Inner>,
-    mut writer: segment::Writer,
     mut seal: Option<Box<dyn Seal>>,
     durability: Durability,
     window: Duration,
 ) {
-    let mut line = Vec::with_capacity(1 << 16);
-    let mut lines: Vec<u8> = Vec::with_capacity(1 << 16);
-    let mut ends: Vec<usize> = Vec::new();
-    let mut unsynced = false;
     loop {
-        let (batch, base, stop) = {
-            let mut q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let stop = {
+            let mut q = lock(&inner.queue);
             // Nothing anyone waits for: sleep until someone does (woken), or the tick
-            // (records queued lazily, an idle sync, a probe, a checkpoint due).
+            // (records queued lazily, sessions' own writes to seal and publish, an idle
+            // sync, a probe, a checkpoint due).
             if !q.stop && !q.urgent {
-                let tick = if q.records.is_empty() {
+                let tick = if q.records.is_empty() && durability == Durability::Fsync {
                     IDLE_TICK
                 } else {
                     LAZY_TICK
@@ -354,99 +448,51 @@ fn run(
             if !q.records.is_empty() && !window.is_zero() && !q.stop {
                 drop(q);
                 std::thread::sleep(window);
-                q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+                q = lock(&inner.queue);
             }
-            let batch = std::mem::take(&mut q.records);
-            let base = q.submitted - batch.len() as u64;
-            inner.queued.fetch_sub(q.bytes, Ordering::Relaxed);
-            q.bytes = 0;
-            (batch, base, q.stop)
+            q.stop
         };
-        if batch.is_empty() {
-            if unsynced && writer.sync().is_ok() {
-                unsynced = false;
-            }
+        let (lines, written, sync_handle) = {
+            let mut st = lock(&inner.state);
+            let wrote = write_queued(&inner, &mut st, durability == Durability::Fsync || stop);
             if !inner.healthy.load(Ordering::Acquire)
-                && let Some(l) = probe(&inner, &mut writer)
-                && let Some(s) = &mut seal
+                && let Some(l) = probe(&inner, &mut st.writer)
             {
-                s.add(&l);
+                st.unsealed.push(l);
             }
-            if let Some(s) = &mut seal
-                && let Err(e) = s.tick(Instant::now(), stop)
-            {
+            // An idle `os` log is synced outside the lock, so sessions keep writing.
+            let handle = (st.unsynced && (!wrote || stop))
+                .then(|| st.writer.sync_handle().ok())
+                .flatten();
+            if handle.is_some() {
+                st.unsynced = false;
+            }
+            (
+                std::mem::take(&mut st.unsealed),
+                st.writer.next_index(),
+                handle,
+            )
+        };
+        if let Some(f) = sync_handle {
+            let _ = f.sync_data();
+        }
+        inner.written.send_if_modified(|w| {
+            let changed = *w != written;
+            *w = written;
+            changed
+        });
+        if let Some(s) = &mut seal {
+            for l in &lines {
+                s.add(l);
+            }
+            if let Err(e) = s.tick(Instant::now(), stop) {
                 warn!("audit checkpoint: {e}");
             }
-            if stop {
-                let _ = writer.sync();
-                return;
-            }
-            continue;
         }
-        lines.clear();
-        ends.clear();
-        let first = writer.next_index();
-        for (i, r) in batch.iter().enumerate() {
-            line.clear();
-            r.with_seq(first + i as u64, &mut line);
-            lines.extend_from_slice(&line);
-            ends.push(lines.len());
-        }
-        let mut start = 0;
-        let slices: Vec<&[u8]> = ends
-            .iter()
-            .map(|&end| {
-                let s = &lines[start..end];
-                start = end;
-                s
-            })
-            .collect();
-        let result = writer.append(slices.iter().copied()).and_then(|_| {
-            if durability == Durability::Fsync {
-                inner.counters.syncs.fetch_add(1, Ordering::Relaxed);
-                writer.sync()
-            } else {
-                Ok(())
-            }
-        });
-        let to = base + batch.len() as u64;
-        match result {
-            Ok(()) => {
-                unsynced |= durability == Durability::Os;
-                inner
-                    .counters
-                    .records
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                inner.counters.batches.fetch_add(1, Ordering::Relaxed);
-                inner.written.send_replace(writer.next_index());
-                inner.progress.send_modify(|p| p.settled = to);
-                if !inner.healthy.load(Ordering::Acquire) {
-                    recovered(&inner);
-                }
-                if let Some(s) = &mut seal {
-                    for l in &slices {
-                        s.add(l);
-                    }
-                    if let Err(e) = s.tick(Instant::now(), false) {
-                        warn!("audit checkpoint: {e}");
-                    }
-                }
-            }
-            Err(e) => {
-                let why: Arc<str> = e.to_string().into();
-                fail(&inner, &why);
-                inner
-                    .counters
-                    .lost
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                inner.progress.send_modify(|p| {
-                    p.settled = to;
-                    p.failed.push_back((base, to, why.clone()));
-                    if p.failed.len() > 256 {
-                        p.failed.pop_front();
-                    }
-                });
-            }
+        if stop {
+            let mut st = lock(&inner.state);
+            let _ = st.writer.sync();
+            return;
         }
     }
 }
@@ -501,7 +547,6 @@ fn probe(inner: &Inner, writer: &mut segment::Writer) -> Option<Vec<u8>> {
     e.with_seq(writer.next_index(), &mut line);
     match writer.append([line.as_slice()]).and_then(|_| writer.sync()) {
         Ok(()) => {
-            inner.written.send_replace(writer.next_index());
             inner.healthy.store(true, Ordering::Release);
             *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             info!("audit log writable again ({lost} records were lost while it was not)");
@@ -511,6 +556,60 @@ fn probe(inner: &Inner, writer: &mut segment::Writer) -> Option<Vec<u8>> {
             inner.counters.lost.fetch_add(lost, Ordering::AcqRel);
             *inner.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_auditlog::segment::{Item, Reader};
+
+    fn config(dir: &Path, durability: Durability) -> AuditConfig {
+        let mut c: AuditConfig =
+            toml::from_str(&format!("dir = {:?}", dir.display().to_string())).unwrap();
+        c.durability = durability;
+        c
+    }
+
+    /// Sessions on several threads, waited-for and lazy records mixed: every record is in
+    /// the log once, numbered in order, and the log never reports itself full.
+    #[test]
+    fn concurrent_sessions_write_every_record_once_in_order() {
+        for durability in [Durability::Os, Durability::Fsync] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = AuditLog::open(&config(dir.path(), durability), "t").unwrap();
+            let threads: Vec<_> = (0..4)
+                .map(|n| {
+                    let log = log.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..300 {
+                            assert!(log.accepting().is_ok(), "{:?}", log.accepting());
+                            let reason = format!("{n}-{i}");
+                            let e = record::encode("t", &Body::GatewayStop { reason: &reason });
+                            if i % 3 == 0 {
+                                log.submit_lazy([e]);
+                            } else {
+                                log.durable_blocking(log.submit([e])).unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            log.close();
+            let mut seen = std::collections::HashSet::new();
+            for (i, item) in Reader::open(dir.path(), 0).unwrap().enumerate() {
+                let Item::Record { index, bytes } = item.unwrap() else {
+                    panic!("not a record");
+                };
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!((index, v["seq"].as_u64()), (i as u64, Some(i as u64)));
+                assert!(seen.insert(v["reason"].as_str().unwrap().to_owned()));
+            }
+            assert_eq!(seen.len(), 1200, "{durability:?}");
         }
     }
 }
