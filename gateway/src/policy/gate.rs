@@ -64,14 +64,7 @@ pub struct StatementGate {
     last: Option<Rc<Result<Analysis, AnalysisError>>>,
     /// Audit facts by reading (the `Rc` keeps the address from being reused) and the
     /// generation they were worked out in: texts of one shape share them.
-    facts: HashMap<
-        usize,
-        (
-            Rc<Result<Analysis, AnalysisError>>,
-            u64,
-            crate::audit::StatementFacts,
-        ),
-    >,
+    facts: HashMap<usize, CachedFacts>,
 }
 
 /// A prepared statement's reading: the statement in a cached analysis (no copy: clients
@@ -91,6 +84,14 @@ impl Prepared {
         }
     }
 }
+
+/// A reading's audit facts: the reading (kept so its address is not reused), the
+/// generation they were worked out in, the facts.
+type CachedFacts = (
+    Rc<Result<Analysis, AnalysisError>>,
+    u64,
+    crate::audit::StatementFacts,
+);
 
 /// Bound on remembered allowed texts per session.
 const MAX_ALLOWED: usize = 1024;
