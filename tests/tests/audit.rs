@@ -502,3 +502,29 @@ fn an_approval_is_recorded_with_the_statement_it_released() {
     assert_eq!(hits.len(), 1, "{hits:#?}");
     assert_eq!(hits[0]["record"]["sql"], "DELETE FROM t");
 }
+
+/// What a security team looks for first: logins that failed, with who they claimed to be
+/// and where they came from.
+#[test]
+fn refused_logins_are_recorded() {
+    let env = Env::start_with(Engine::Auto, Default::default(), |o| o.audit(""));
+    let bad = env.gw.uri("agent", "wrong-secret", DB);
+    let out = common::run_timed(common::psql_at(&bad).args(["-c", "SELECT 1"]));
+    assert!(!out.status.success());
+    let unknown = env.gw.uri("mallory", "guess", DB);
+    let out = common::run_timed(common::psql_at(&unknown).args(["-c", "SELECT 1"]));
+    assert!(!out.status.success());
+    let dir = env.gw.audit_dir();
+    let all = wait_for(&dir, |all| of_kind(all, "login_refused").len() >= 2);
+    let refused = of_kind(&all, "login_refused");
+    let who: Vec<&str> = refused
+        .iter()
+        .map(|r| r["identity"].as_str().unwrap())
+        .collect();
+    assert_eq!(who, ["agent", "mallory"]);
+    for r in &refused {
+        assert_eq!(r["client_addr"], "127.0.0.1");
+        assert!(r["reason"].as_str().unwrap().contains("28P01"), "{r}");
+    }
+    assert!(of_kind(&all, "session_start").is_empty());
+}

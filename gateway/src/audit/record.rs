@@ -152,6 +152,17 @@ pub enum Body<'a> {
         database: &'a str,
         upstream_role: &'a str,
     },
+    /// A connection that did not become a session: authentication failed, start-up was
+    /// refused or took too long.
+    LoginRefused {
+        /// The user name it gave, if it got that far.
+        identity: Option<&'a str>,
+        auth: &'a str,
+        client_addr: String,
+        client_port: u16,
+        tls: Option<&'a str>,
+        reason: &'a str,
+    },
     SessionEnd {
         session: &'a str,
         reason: &'a str,

@@ -113,8 +113,22 @@ async fn run<C: Connect>(
                 client = MaybeTls::Tls(Box::new(tls));
                 hs.tls_established();
             }
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => {
+                if let (Some(log), ConnError::Rejected(why)) = (&shared.audit, &e) {
+                    log_refused(log, hs.user(), peer, &client, why);
+                }
+                return Err(e);
+            }
             Err(_) => {
+                if let Some(log) = &shared.audit {
+                    log_refused(
+                        log,
+                        hs.user(),
+                        peer,
+                        &client,
+                        "start-up and authentication took too long",
+                    );
+                }
                 let _ = client
                     .write_all(error_response(
                         Severity::Fatal,
@@ -247,6 +261,24 @@ async fn run<C: Connect>(
     }
     drop(guard);
     Ok(())
+}
+
+/// The audit record of a connection refused before it became a session.
+fn log_refused<S: Transport>(
+    log: &crate::audit::AuditLog,
+    user: Option<&str>,
+    peer: SocketAddr,
+    client: &MaybeTls<S>,
+    why: &str,
+) {
+    log.record(&crate::audit::Body::LoginRefused {
+        identity: user,
+        auth: "scram-sha-256",
+        client_addr: peer.ip().to_string(),
+        client_port: peer.port(),
+        tls: client.tls_version(),
+        reason: why,
+    });
 }
 
 enum Startup {

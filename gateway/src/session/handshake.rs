@@ -75,6 +75,8 @@ pub struct ClientHandshake {
     tls: TlsOffer,
     encrypted: bool,
     state: State,
+    /// The user name the start-up packet gave, for the audit record of a refused login.
+    user: Option<String>,
 }
 
 impl ClientHandshake {
@@ -84,7 +86,13 @@ impl ClientHandshake {
             tls,
             encrypted: false,
             state: State::AwaitStartup,
+            user: None,
         }
+    }
+
+    /// The user name the client gave, once its start-up packet has been read.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// The driver switched the connection to TLS.
@@ -282,6 +290,7 @@ impl ClientHandshake {
                     steps.push(Step::Send(be::negotiate_protocol_version(0, &extensions)));
                 }
                 steps.push(Step::Send(be::authentication_sasl(&[scram::MECHANISM])));
+                self.user = Some(user.clone());
                 self.state = State::AwaitSaslInitial(Login {
                     user,
                     identity,

@@ -115,8 +115,9 @@ pub fn render(r: &Record) -> Value {
             e.insert("query_info".into(), query);
             e
         }
-        "session_start" | "session_end" => {
-            let logon = r.kind == "session_start";
+        "session_start" | "session_end" | "login_refused" => {
+            let refused = r.kind == "login_refused";
+            let logon = r.kind == "session_start" || refused;
             let (id, name) = if logon { (1, "Logon") } else { (2, "Logoff") };
             let mut e = base(
                 3002,
@@ -154,7 +155,11 @@ pub fn render(r: &Record) -> Value {
                     "is_cleartext".into(),
                     json!(rec.get("tls").is_none_or(Value::is_null)),
                 );
-                status(&mut e, true, None, None);
+                if refused {
+                    status(&mut e, false, None, rec.get("reason"));
+                } else {
+                    status(&mut e, true, None, None);
+                }
                 for k in ["tls", "application_name", "database", "upstream_role"] {
                     keep(k);
                 }
@@ -458,5 +463,19 @@ mod tests {
         assert_eq!(operation_name("INSERT 0 1"), "INSERT");
         assert_eq!(operation_name(""), "");
         assert_eq!(activity("DROP TABLE x"), (99, "DROP".into()));
+    }
+
+    #[test]
+    fn a_refused_login_is_a_failed_logon() {
+        let v = event(
+            r#"{"v":1,"seq":3,"kind":"login_refused","time":"2026-12-01T14:00:00Z","gateway":"gw1","identity":"mallory","auth":"scram-sha-256","client_addr":"10.0.0.9","client_port":50000,"tls":null,"reason":"password authentication failed (28P01)"}"#,
+        );
+        assert_eq!(
+            (v["class_uid"].as_i64(), v["activity_id"].as_i64()),
+            (Some(3002), Some(1))
+        );
+        assert_eq!(v["status"], "Failure");
+        assert_eq!(v["status_detail"], "password authentication failed (28P01)");
+        assert_eq!(v["src_endpoint"]["ip"], "10.0.0.9");
     }
 }
