@@ -501,6 +501,11 @@ fn an_approval_is_recorded_with_the_statement_it_released() {
         .collect();
     assert_eq!(hits.len(), 1, "{hits:#?}");
     assert_eq!(hits[0]["record"]["sql"], "DELETE FROM t");
+    // The operator's view: the log is healthy and counting.
+    let out = common::run_timed(common::portcullis(&["status", "--admin-socket"]).arg(&socket));
+    let status = common::stdout(&out);
+    assert!(status.contains(" audit=ok audit_records="), "{status}");
+    assert!(status.contains(" audit_lost=0 "), "{status}");
 }
 
 /// What a security team looks for first: logins that failed, with who they claimed to be

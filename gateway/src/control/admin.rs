@@ -511,6 +511,23 @@ impl Control {
                 last.at.elapsed().as_secs()
             )),
         }
+        match &self.shared.audit {
+            None => s.push_str(" audit=off"),
+            Some(log) => {
+                let c = log.counters();
+                s.push_str(&format!(
+                    " audit={} audit_records={} audit_syncs={} audit_lost={}",
+                    if log.accepting().is_ok() {
+                        "ok"
+                    } else {
+                        "refusing"
+                    },
+                    c.records.load(std::sync::atomic::Ordering::Relaxed),
+                    c.syncs.load(std::sync::atomic::Ordering::Relaxed),
+                    c.lost.load(std::sync::atomic::Ordering::Relaxed),
+                ));
+            }
+        }
         // Free text last and quoted, so the fields before it split on blanks.
         s.push_str(&format!(" config={:?}", self.config.display().to_string()));
         if let Some(Some(why)) = state.last.as_ref().map(|l| &l.refused) {
@@ -903,6 +920,7 @@ mod tests {
                 assert!(a.ok, "{a:?}");
                 assert!(a.line.contains(" identities=1 "), "{a:?}");
                 assert!(a.line.contains(" last_reload=never "), "{a:?}");
+                assert!(a.line.contains(" audit=off "), "{a:?}");
 
                 let a = ask("reload").await.unwrap();
                 assert!(a.ok, "{a:?}");
