@@ -23,11 +23,8 @@ pub struct Encoded(pub Vec<u8>);
 
 impl Encoded {
     /// The record as it goes into the log, with its index.
-    pub fn with_seq(&self, seq: u64, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"v\":1,\"seq\":");
-        out.extend_from_slice(itoa(seq).as_bytes());
-        out.push(b',');
-        out.extend_from_slice(&self.0);
+    pub fn with_seq(&self, seq: u64) -> Vec<u8> {
+        portcullis_auditlog::journal::with_seq(seq, &self.0)
     }
 
     pub fn len(&self) -> usize {
@@ -37,10 +34,6 @@ impl Encoded {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 /// Encodes a record body of `kind` for `gateway`, stamped now.
@@ -272,9 +265,7 @@ mod tests {
                 statements: 3,
             },
         );
-        let mut line = Vec::new();
-        e.with_seq(42, &mut line);
-        let text = String::from_utf8(line).unwrap();
+        let text = String::from_utf8(e.with_seq(42)).unwrap();
         assert_eq!(
             text,
             r#"{"v":1,"seq":42,"time":"2025-12-01T14:00:00.123456Z","gateway":"gw-1","kind":"session_end","session":"gw-1/7","reason":"client closed","duration_ms":12,"statements":3}"#

@@ -2,7 +2,7 @@
 //! checkpoints are cut every N records or T seconds and copied to the witnesses.
 
 use std::path::Path;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use portcullis_auditlog::checkpoint::LogSigner;
 use portcullis_auditlog::sealer::{CheckpointPolicy, Sealer};
@@ -37,7 +37,7 @@ impl writer::Seal for Seal {
         self.0.add(leaf);
     }
 
-    fn tick(&mut self, _now: Instant, force: bool) -> Result<(), String> {
+    fn tick(&mut self, force: bool) -> Result<(), String> {
         let now = SystemTime::now();
         if !(self.0.due(now) || force && self.0.unsealed() > 0) {
             return Ok(());

@@ -117,10 +117,6 @@ impl Trail {
         }
     }
 
-    pub fn session(&self) -> &str {
-        &self.session
-    }
-
     /// Statements recorded so far.
     pub fn statements(&self) -> u64 {
         self.next
@@ -288,10 +284,8 @@ impl Trail {
     /// Bytes of statement `id`'s answer went to the agent.
     #[inline]
     pub fn sent(&mut self, id: u64, bytes: &[u8]) {
-        if let Some(o) = self.open.front_mut().filter(|o| o.id == id) {
-            o.hasher.update(bytes);
-            o.bytes += bytes.len() as u64;
-        } else if let Some(o) = self.find(id) {
+        // The answer streaming is nearly always the oldest open one: found first.
+        if let Some(o) = self.find(id) {
             o.hasher.update(bytes);
             o.bytes += bytes.len() as u64;
         }
@@ -383,6 +377,14 @@ impl Trail {
         }
     }
 
+    /// [`Trail::take`] when no statement record is waiting; `None` otherwise.
+    pub fn take_outcomes(&mut self) -> Option<(Vec<Encoded>, bool)> {
+        if self.gate {
+            return None;
+        }
+        self.take()
+    }
+
     /// Records to write, and whether a statement among them waits for them to be durable.
     pub fn take(&mut self) -> Option<(Vec<Encoded>, bool)> {
         if self.out.is_empty() {
@@ -392,10 +394,6 @@ impl Trail {
         self.taken = (from, self.next);
         let gate = std::mem::take(&mut self.gate);
         Some((std::mem::take(&mut self.out), gate))
-    }
-
-    pub fn log(&self) -> &AuditLog {
-        &self.log
     }
 }
 

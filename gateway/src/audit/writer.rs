@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use portcullis_auditlog::segment::{self, Rotation};
 use tokio::sync::watch;
@@ -45,8 +45,9 @@ pub enum AuditError {
 pub trait Seal: Send {
     /// A record made durable, in log order (the line as written, without `\n`).
     fn add(&mut self, leaf: &[u8]);
-    /// Called after each batch and when idle: cuts a checkpoint when one is due.
-    fn tick(&mut self, now: Instant, force: bool) -> Result<(), String>;
+    /// Called after each batch and when idle: cuts a checkpoint when one is due (and,
+    /// with `force`, whenever anything is unsealed).
+    fn tick(&mut self, force: bool) -> Result<(), String>;
 }
 
 /// A submission's place: durable once the writer has settled every ticket below it.
@@ -74,10 +75,8 @@ struct Queue {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub records: AtomicU64,
-    pub batches: AtomicU64,
     pub syncs: AtomicU64,
     pub lost: AtomicU64,
-    pub failures: AtomicU64,
 }
 
 /// The log file and what the writer thread still has to do with what was written.
@@ -369,11 +368,7 @@ fn write_queued(inner: &Inner, st: &mut State, sync: bool) -> bool {
     let lines: Vec<Vec<u8>> = batch
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            let mut line = Vec::with_capacity(r.len() + 24);
-            r.with_seq(first + i as u64, &mut line);
-            line
-        })
+        .map(|(i, r)| r.with_seq(first + i as u64))
         .collect();
     let result = st
         .writer
@@ -394,7 +389,6 @@ fn write_queued(inner: &Inner, st: &mut State, sync: bool) -> bool {
                 .counters
                 .records
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            inner.counters.batches.fetch_add(1, Ordering::Relaxed);
             inner.progress.send_modify(|p| p.settled = to);
             if !inner.healthy.load(Ordering::Acquire) {
                 recovered(inner);
@@ -485,7 +479,7 @@ fn run(
             for l in &lines {
                 s.add(l);
             }
-            if let Err(e) = s.tick(Instant::now(), stop) {
+            if let Err(e) = s.tick(stop) {
                 warn!("audit checkpoint: {e}");
             }
         }
@@ -498,7 +492,6 @@ fn run(
 }
 
 fn fail(inner: &Inner, why: &str) {
-    inner.counters.failures.fetch_add(1, Ordering::Relaxed);
     if inner.healthy.swap(false, Ordering::AcqRel) {
         if inner.on_failure == OnFailure::Continue {
             error!(
@@ -543,8 +536,7 @@ fn probe(inner: &Inner, writer: &mut segment::Writer) -> Option<Vec<u8>> {
             reason: "the audit log could not be written",
         },
     );
-    let mut line = Vec::new();
-    e.with_seq(writer.next_index(), &mut line);
+    let line = e.with_seq(writer.next_index());
     match writer.append([line.as_slice()]).and_then(|_| writer.sync()) {
         Ok(()) => {
             inner.healthy.store(true, Ordering::Release);

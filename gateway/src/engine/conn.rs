@@ -513,7 +513,12 @@ impl<H: Hooks> Flow<H> {
     pub(super) async fn drain<T: Transport>(&self, side: Side, socket: &T) -> io::Result<()> {
         // Evidence before action: what the server is about to receive is recorded first.
         if let Some(log) = &self.audit {
-            let taken = self.relay.borrow_mut().take_audit();
+            // Statement records are taken only by whoever writes to the server, so no
+            // other writer can find them gone and send the statements unrecorded.
+            let taken = match side {
+                Side::Server => self.relay.borrow_mut().take_audit(),
+                Side::Client => self.relay.borrow_mut().take_audit_outcomes(),
+            };
             if let Some((records, gate)) = taken {
                 // Outcomes alone are not waited for: they ride with the next batch.
                 let ticket = if gate {

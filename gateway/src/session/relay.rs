@@ -345,6 +345,12 @@ impl<H: Hooks> Relay<H> {
         self.audit.as_mut()?.take()
     }
 
+    /// [`Relay::take_audit`], unless a statement record is among them (those are for
+    /// the driver about to write to the server).
+    pub fn take_audit_outcomes(&mut self) -> Option<(Vec<crate::audit::Encoded>, bool)> {
+        self.audit.as_mut()?.take_outcomes()
+    }
+
     /// The audit log could not record the statements queued for the server: none of them
     /// may run. What is queued is this batch's frames; each statement in it is swapped
     /// for a placeholder that fails (so the server's transaction state follows an error
