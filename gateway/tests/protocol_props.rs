@@ -89,7 +89,7 @@ proptest! {
             while r.pop_to_client().is_some() {}
             ok
         });
-        let _ = r.on_server_eof();
+        let _ = r.on_server_eof(true);
     }
 
     #[test]

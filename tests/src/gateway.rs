@@ -106,6 +106,8 @@ pub struct GatewayOptions {
     pub log_level: String,
     /// Appended to the generated config as is: masking rules and the like.
     pub extra_toml: String,
+    /// More `[server]` lines (`handshake_timeout_secs = 1`, ...).
+    pub server_lines: Vec<String>,
     /// The `[policy]` section; `None` writes none (the gateway then refuses everything).
     /// Defaults to [`ALLOW_ALL_POLICY`], for tests of the data path rather than the policy.
     pub policy_toml: Option<String>,
@@ -149,6 +151,7 @@ impl GatewayOptions {
             workers: None,
             log_level: "info".into(),
             extra_toml: String::new(),
+            server_lines: Vec::new(),
             policy_toml: Some(ALLOW_ALL_POLICY.into()),
             tls: None,
             tls_required: false,
@@ -213,6 +216,12 @@ impl GatewayOptions {
         self
     }
 
+    /// Adds a line to the `[server]` section.
+    pub fn server_setting(mut self, line: &str) -> Self {
+        self.server_lines.push(line.into());
+        self
+    }
+
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push_str(toml);
         self.extra_toml.push('\n');
@@ -227,6 +236,9 @@ impl GatewayOptions {
         let _ = writeln!(t, "io_engine = {}", q(self.engine.as_str()));
         if let Some(w) = self.workers {
             let _ = writeln!(t, "workers = {w}");
+        }
+        for line in &self.server_lines {
+            let _ = writeln!(t, "{line}");
         }
         if let Some((cert, key)) = &self.tls {
             let _ = writeln!(

@@ -18,7 +18,7 @@ pub use browser::Browser;
 pub use dataset::{
     GATEWAY_ROLE, aba_valid, create_gateway_role, iban_valid, load_financial, luhn_valid, ssn_valid,
 };
-pub use gateway::{ALLOW_ALL_POLICY, Engine, Gateway, GatewayOptions, Identity};
+pub use gateway::{ALLOW_ALL_POLICY, Engine, Gateway, GatewayOptions, Identity, workspace_root};
 pub use net::{NetNs, free_port};
 pub use pg::{PgCluster, PgOptions};
 pub use policy::{

@@ -1,7 +1,9 @@
 //! Hostile and broken clients on raw TCP: garbage instead of a start-up packet, impossible
-//! lengths, oversized messages before and after authentication, truncated frames and idle
-//! sockets. Each must get an ErrorResponse (08P01 for framing errors) or a closed socket
-//! promptly, and must not disturb other sessions on the same gateway.
+//! lengths, oversized messages before and after authentication, truncated frames, idle
+//! sockets, abandoned handshakes, sessions the server ends. Before start-up the gateway
+//! answers exactly as PostgreSQL 15 does (the same error, or the same silent close, checked
+//! against a direct connection); after it, framing errors get 08P01. Nothing may disturb
+//! other sessions or keep a socket open.
 
 mod common;
 
@@ -12,10 +14,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::{Env, connect, next_message, raw_login, raw_login_with, rt};
 use portcullis_tests::{Engine, per_engine};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
 
 per_engine!(
     garbage_and_bad_lengths_before_startup,
+    server_ended_sessions_end_as_the_server_ended_them,
+    abandoned_handshakes_are_closed_at_the_timeout,
     oversized_and_broken_frames_after_login,
     idle_sockets_do_not_block_others,
 );
@@ -93,8 +98,29 @@ fn still_serves(env: &Env, case: &str) {
     );
 }
 
+/// What a peer answers to bytes sent first, read until it closes: the bytes before any
+/// message (an `SSLRequest`'s `N`), the SQLSTATEs of its ErrorResponses, and how many
+/// bytes it sent in all.
+fn answer(addr: &str, bytes: &[u8], case: &str) -> (Vec<u8>, Vec<String>, usize) {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{case}: connect {addr}: {e}"));
+    s.set_read_timeout(Some(REJECT_WITHIN)).unwrap();
+    let mut w = &s;
+    // The peer may close before reading everything; that is a valid answer.
+    let _ = w.write_all(bytes);
+    let got = read_all_until_closed(s, case);
+    let prefix: Vec<u8> = got.iter().take_while(|b| **b == b'N').copied().collect();
+    let codes = sqlstates(&got[prefix.len()..]);
+    (prefix, codes, got.len())
+}
+
 fn garbage_and_bad_lengths_before_startup(engine: Engine) {
     let mut env = Env::start(engine);
+    let startup = {
+        let mut v = BytesMut::new();
+        frontend::startup_message([("user", "agent"), ("database", common::DB)], &mut v).unwrap();
+        v.to_vec()
+    };
+    let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "HTTP request",
@@ -112,6 +138,17 @@ fn garbage_and_bad_lengths_before_startup(engine: Engine) {
             v.extend_from_slice(b"user\0agent\0");
             v
         }),
+        // node-postgres writes Terminate when `end()` is called during connect.
+        ("Terminate before the start-up packet", {
+            let mut v = b"X\0\0\0\x04".to_vec();
+            v.extend_from_slice(&startup);
+            v
+        }),
+        ("cancel request of the wrong size", {
+            let mut v = vec![0, 0, 0, 20, 0x04, 0xd2, 0x16, 0x2e];
+            v.extend_from_slice(&[0; 12]);
+            v
+        }),
         ("start-up without terminator", {
             let body = b"user\0agent\0database\0app";
             let mut v = ((8 + body.len()) as u32).to_be_bytes().to_vec();
@@ -119,18 +156,32 @@ fn garbage_and_bad_lengths_before_startup(engine: Engine) {
             v.extend_from_slice(body);
             v
         }),
+        ("start-up with bytes after its terminator", {
+            let body = b"user\0agent\0\0junk";
+            let mut v = ((8 + body.len()) as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(&[0, 3, 0, 0]);
+            v.extend_from_slice(body);
+            v
+        }),
         ("unknown protocol version", vec![0, 0, 0, 8, 0, 9, 0, 0]),
+        ("SSLRequest twice", [ssl, ssl].concat()),
     ];
+    let direct = format!("{}:{}", env.pg.host, env.pg.port);
+    let gateway = env.gw.addr.to_string();
     for (case, bytes) in cases {
-        let mut s = dial(&env);
-        // The gateway may close before reading everything; that is a valid answer.
-        let _ = s.write_all(&bytes);
-        let codes = read_until_closed(s, case);
-        if case == "unknown protocol version" {
-            // PostgreSQL answers 0A000 here; any error or a close is fine.
-            assert!(codes.len() <= 1, "{case}: {codes:?}");
-        } else {
-            assert_protocol_rejection(&codes, case);
+        // PostgreSQL 15 is the reference: the same answer, or the same silence.
+        let (pg_prefix, pg_codes, pg_len) = answer(&direct, &bytes, case);
+        let (gw_prefix, gw_codes, gw_len) = answer(&gateway, &bytes, case);
+        assert_eq!(
+            (&gw_prefix, &gw_codes),
+            (&pg_prefix, &pg_codes),
+            "{case}: the gateway answered unlike PostgreSQL"
+        );
+        if pg_len == 0 {
+            assert_eq!(
+                gw_len, 0,
+                "{case}: PostgreSQL sends nothing, the gateway did"
+            );
         }
         assert!(
             env.gw.is_alive(),
@@ -139,6 +190,136 @@ fn garbage_and_bad_lengths_before_startup(engine: Engine) {
         );
         still_serves(&env, case);
     }
+}
+
+/// Everything a peer sends until it closes; panics if it is still open after
+/// [`REJECT_WITHIN`].
+fn read_all_until_closed(mut s: TcpStream, case: &str) -> Vec<u8> {
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!(
+                    "{case}: connection still open after {:?}, having sent {buf:?}",
+                    start.elapsed()
+                )
+            }
+            // A reset is a close too.
+            Err(_) => return buf,
+        }
+    }
+}
+
+/// A session the server ends gets the server's own error and then EOF: nothing the
+/// gateway adds, whether it was idle or running a statement.
+fn server_ended_sessions_end_as_the_server_ended_them(engine: Engine) {
+    let env = Env::start(engine);
+    for idle in [false, true] {
+        let (mut s, _, pid) = raw_login_with(&env, &{
+            let mut v = BytesMut::new();
+            frontend::startup_message([("user", "agent"), ("database", common::DB)], &mut v)
+                .unwrap();
+            v
+        });
+        let pid = pid.expect("BackendKeyData");
+        if !idle {
+            let mut q = BytesMut::new();
+            frontend::query("SELECT pg_sleep(60)", &mut q).unwrap();
+            s.write_all(&q).unwrap();
+        }
+        // From a direct connection, as an operator would (agents may not signal
+        // backends); when running, once the server has started the statement.
+        let wait = if idle { "idle" } else { "active" };
+        let out = common::run_timed(env.psql_direct().args([
+            "-At",
+            "-c",
+            &format!(
+                "DO $$ BEGIN
+                   FOR i IN 1..200 LOOP
+                     EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE pid = {pid} AND state = '{wait}');
+                     PERFORM pg_sleep(0.05);
+                   END LOOP;
+                 END $$;
+                 SELECT pg_terminate_backend({pid})"
+            ),
+        ]));
+        let said = common::stdout(&out);
+        assert_eq!(said.lines().last(), Some("t"), "{}", common::stderr(&out));
+        let case = if idle { "idle" } else { "in a statement" };
+        let got = read_all_until_closed(s, case);
+        let mut rest = &got[..];
+        let mut last = None;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize + 1;
+            last = Some(rest[0]);
+            rest = &rest[len.min(rest.len())..];
+        }
+        assert_eq!(sqlstates(&got), ["57P01"], "{case}: {got:?}");
+        assert_eq!(
+            last,
+            Some(b'E'),
+            "{case}: the server's error is the last message"
+        );
+    }
+    still_serves(&env, "terminated sessions");
+}
+
+/// Connections that stop speaking during start-up are closed at the handshake timeout:
+/// the client sees the FATAL and EOF, and the gateway holds no descriptor for them.
+fn abandoned_handshakes_are_closed_at_the_timeout(engine: Engine) {
+    let env = Env::start_with(engine, Default::default(), |o| {
+        o.server_setting("handshake_timeout_secs = 1")
+    });
+    still_serves(&env, "a first session");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", env.gw.pid()))
+            .expect("the gateway's descriptors")
+            .count()
+    };
+    let baseline = fds();
+    let mut startup = BytesMut::new();
+    frontend::startup_message([("user", "agent"), ("database", common::DB)], &mut startup).unwrap();
+    let abandoned: Vec<TcpStream> = (0..200)
+        .map(|i| {
+            let mut s = dial(&env);
+            s.write_all(&startup).unwrap();
+            let mut buf = BytesMut::new();
+            assert!(matches!(
+                next_message(&mut s, &mut buf),
+                backend::Message::AuthenticationSasl(_)
+            ));
+            // Half stop after the first SCRAM message, with the exchange under way.
+            if i % 2 == 1 {
+                let sc = ScramSha256::new(b"agent-secret", ChannelBinding::unsupported());
+                let mut out = BytesMut::new();
+                frontend::sasl_initial_response("SCRAM-SHA-256", sc.message(), &mut out).unwrap();
+                s.write_all(&out).unwrap();
+                assert!(matches!(
+                    next_message(&mut s, &mut buf),
+                    backend::Message::AuthenticationSaslContinue(_)
+                ));
+            }
+            s
+        })
+        .collect();
+    for (i, s) in abandoned.into_iter().enumerate() {
+        let got = read_all_until_closed(s, &format!("abandoned handshake {i}"));
+        assert_eq!(sqlstates(&got), ["08P01"], "handshake {i}");
+    }
+    let deadline = Instant::now() + REJECT_WITHIN;
+    while fds() > baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        fds() <= baseline,
+        "the gateway holds {} descriptors, {baseline} before the abandoned handshakes",
+        fds()
+    );
+    still_serves(&env, "200 abandoned handshakes");
 }
 
 /// libpq 18 with `max_protocol_version=latest` asks for 3.2 and may send `_pq_.*`

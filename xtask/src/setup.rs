@@ -42,7 +42,7 @@ pub fn ensure(with_bpf: bool) -> anyhow::Result<()> {
     ensure_apt()?;
     ensure_nextest()?;
     ensure_python_drivers()?;
-    ensure_browser_driver()?;
+    ensure_node_packages()?;
     if with_bpf {
         crate::bpf::ensure_toolchain().context("installing the BPF toolchain")?;
         println!("setup: BPF toolchain (nightly rust-src, bpf-linker) present");
@@ -78,13 +78,19 @@ fn ensure_python_drivers() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Oldest Node.js playwright-core (tests/browser/package-lock.json) runs on.
+/// Oldest Node.js the Node packages of the tests (playwright-core, node-postgres) run on.
 const NODE_MAJOR: u32 = 20;
 
-/// `npm ci` in tests/browser when its node_modules is missing or older than the lock file
-/// (npm writes `node_modules/.package-lock.json` on every install).
-fn ensure_browser_driver() -> anyhow::Result<()> {
-    let dir = portcullis_tests::browser::driver_dir();
+/// The tests' Node packages: a directory with a lock file, and a module that shows the
+/// install is there.
+const NODE_PACKAGES: [(&str, &str, &str); 2] = [
+    ("tests/browser", "playwright-core", "the browser driver"),
+    ("tests/drivers/node", "pg", "node-postgres"),
+];
+
+/// `npm ci` in each of [`NODE_PACKAGES`] whose node_modules is missing or older than its
+/// lock file (npm writes `node_modules/.package-lock.json` on every install).
+fn ensure_node_packages() -> anyhow::Result<()> {
     let major = Command::new("node")
         .arg("--version")
         .output()
@@ -101,28 +107,33 @@ fn ensure_browser_driver() -> anyhow::Result<()> {
     match major {
         Some(m) if m >= NODE_MAJOR => {}
         Some(m) => bail!(
-            "Node.js {m} is too old for the browser tests (tests/browser needs {NODE_MAJOR} or newer)"
+            "Node.js {m} is too old for the browser and driver tests (they need {NODE_MAJOR} or newer)"
         ),
         None => bail!(
-            "no Node.js: the browser tests (tests/browser) need node {NODE_MAJOR} or newer and npm"
+            "no Node.js: the browser and driver tests need node {NODE_MAJOR} or newer and npm"
         ),
     }
     let modified = |p: std::path::PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let lock =
-        modified(dir.join("package-lock.json")).context("tests/browser/package-lock.json")?;
-    let current = modified(dir.join("node_modules/.package-lock.json")).is_some_and(|t| t >= lock)
-        && dir.join("node_modules/playwright-core").exists();
-    if current {
-        println!("setup: browser driver (tests/browser: playwright-core) present");
-        return Ok(());
+    for (rel, module, what) in NODE_PACKAGES {
+        let dir = portcullis_tests::workspace_root().join(rel);
+        let lock = modified(dir.join("package-lock.json"))
+            .with_context(|| format!("{rel}/package-lock.json"))?;
+        let current = modified(dir.join("node_modules/.package-lock.json"))
+            .is_some_and(|t| t >= lock)
+            && dir.join("node_modules").join(module).exists();
+        if current {
+            println!("setup: {what} ({rel}: {module}) present");
+            continue;
+        }
+        println!("setup: installing {what} (npm ci in {rel})");
+        sh(Command::new("npm").current_dir(&dir).args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ]))?;
     }
-    println!("setup: installing the browser driver (npm ci in tests/browser)");
-    sh(Command::new("npm").current_dir(&dir).args([
-        "ci",
-        "--no-audit",
-        "--no-fund",
-        "--loglevel=error",
-    ]))
+    Ok(())
 }
 
 fn installed(pkg: &str) -> bool {

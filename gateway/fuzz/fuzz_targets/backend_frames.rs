@@ -23,5 +23,5 @@ fuzz_target!(|data: &[u8]| {
         }
         while relay.pop_to_client().is_some() {}
     }
-    let _ = relay.on_server_eof();
+    let _ = relay.on_server_eof(!buf.is_empty());
 });

@@ -316,6 +316,7 @@ async fn client_startup<C: Connect>(
                     let _ = client.write_all(frame).await;
                     return Err(ConnError::Rejected(format!("{msg} ({code})")));
                 }
+                Step::Close(why) => return Err(ConnError::Rejected(why)),
             }
         }
     }
@@ -697,11 +698,14 @@ async fn relay_session<C: Connect, H: Hooks>(
         }
         if !flow.client_done.get() {
             flow.server_ended.set(true);
-            let parsable = flow.relay.borrow_mut().on_server_eof() && clean;
+            let parsable = flow.relay.borrow_mut().on_server_eof(!buf.is_empty()) && clean;
             if parsable {
                 let _ = flow.drain(Side::Client, client).await;
             }
-            if !flow.relay.borrow().is_terminated() {
+            let relay = flow.relay.borrow();
+            if relay.server_ended_session() {
+                info!("the database ended the session");
+            } else if !relay.is_terminated() {
                 warn!("the database closed the connection");
             }
         }

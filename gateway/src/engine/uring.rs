@@ -18,6 +18,16 @@ use super::transport::Transport;
 
 pub struct UringStream(tokio_uring::net::TcpStream);
 
+impl Drop for UringStream {
+    fn drop(&mut self) {
+        // An operation still in flight keeps the descriptor open until it completes:
+        // a read abandoned by a timeout, on a peer that never sends again, would hold
+        // the socket forever. Shutting it down completes that read, so the descriptor
+        // is released and the peer sees EOF now, as on the epoll engine.
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 impl Transport for UringStream {
     async fn read(&self, mut buf: BytesMut, min_room: usize) -> (io::Result<usize>, BytesMut) {
         buf.reserve(min_room);

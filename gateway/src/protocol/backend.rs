@@ -284,6 +284,19 @@ pub fn error_summary(body: &[u8]) -> (String, String) {
     (get(b'C'), get(b'M'))
 }
 
+/// Whether an `ErrorResponse` body ends the session (`FATAL` or `PANIC`). Reads the
+/// untranslated severity (`V`, sent since 9.6) and falls back to the localized one.
+pub fn ends_session(body: &[u8]) -> bool {
+    let Ok(fields) = error_fields(body) else {
+        return false;
+    };
+    let severity = fields
+        .iter()
+        .find(|(c, _)| *c == b'V')
+        .or_else(|| fields.iter().find(|(c, _)| *c == b'S'));
+    matches!(severity, Some((_, b"FATAL" | b"PANIC")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,8 @@ use super::ProtocolError;
 
 /// Tag byte plus the 4-byte length.
 pub const HEADER_LEN: usize = 5;
-/// Start-up packets (untagged) are small; PostgreSQL itself caps them at 10000 bytes.
+/// Start-up packets (untagged) are small; PostgreSQL caps what follows their length
+/// field at 10000 bytes.
 pub const MAX_STARTUP_LEN: usize = 10_000;
 
 /// A message's tag and the length of its whole frame (tag and length field included).
@@ -96,9 +97,10 @@ pub fn split_startup_packet(buf: &mut BytesMut) -> Result<Option<Bytes>, Protoco
         return Ok(None);
     };
     let len = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-    if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
-        return Err(ProtocolError::BadStartup(
-            "length out of range (this does not look like a PostgreSQL client)",
+    // PostgreSQL's bounds: a version code at least, MAX_STARTUP_LEN after the length.
+    if !(8..=4 + MAX_STARTUP_LEN as i32).contains(&len) {
+        return Err(ProtocolError::ImpossibleStartup(
+            "invalid length of startup packet",
         ));
     }
     let len = len as usize;

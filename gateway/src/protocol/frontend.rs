@@ -45,32 +45,38 @@ pub enum StartupPacket {
 }
 
 impl StartupPacket {
-    /// Parses a whole packet (length included) as cut by `split_startup_packet`.
+    /// Parses a whole packet (length included) as cut by `split_startup_packet`. Its
+    /// errors are PostgreSQL's, so a client meets the same refusals it would directly.
     pub fn parse(packet: &[u8]) -> Result<Self, ProtocolError> {
-        let mut c = Cursor::new(packet.get(4..).unwrap_or_default());
-        let code = c.i32().ok_or(ProtocolError::BadStartup("too short"))?;
+        let body = packet.get(4..).unwrap_or_default();
+        let mut c = Cursor::new(body);
+        let code = c
+            .i32()
+            .ok_or(ProtocolError::ImpossibleStartup(INVALID_LENGTH))?;
         match code {
             SSL_REQUEST_CODE => Ok(Self::SslRequest),
             GSSENC_REQUEST_CODE => Ok(Self::GssEncRequest),
-            CANCEL_REQUEST_CODE => {
-                let pid = c.i32().ok_or(ProtocolError::BadStartup("short cancel"))?;
-                let secret = c.i32().ok_or(ProtocolError::BadStartup("short cancel"))?;
-                Ok(Self::Cancel { pid, secret })
-            }
+            CANCEL_REQUEST_CODE => match (c.i32(), c.i32(), c.remaining().is_empty()) {
+                (Some(pid), Some(secret), true) => Ok(Self::Cancel { pid, secret }),
+                _ => Err(ProtocolError::ImpossibleStartup(INVALID_LENGTH)),
+            },
             v if v >> 16 == PROTOCOL_3_0 >> 16 => {
                 let minor = v as u16;
+                let layout = ProtocolError::BadStartup(
+                    "invalid startup packet layout: expected terminator as last byte",
+                );
                 let mut params = Vec::new();
                 loop {
-                    let key = c
-                        .cstr()
-                        .ok_or(ProtocolError::BadStartup("unterminated parameter"))?;
+                    let key = c.cstr().ok_or(layout.clone())?;
                     if key.is_empty() {
                         break;
                     }
-                    let value = c
-                        .cstr()
-                        .ok_or(ProtocolError::BadStartup("unterminated parameter"))?;
+                    let value = c.cstr().ok_or(layout.clone())?;
                     params.push((utf8(key)?, utf8(value)?));
+                }
+                // The terminator must be the packet's last byte.
+                if !c.remaining().is_empty() {
+                    return Err(layout);
                 }
                 Ok(Self::Startup { params, minor })
             }
@@ -80,10 +86,27 @@ impl StartupPacket {
             }),
         }
     }
+
+    /// The request code of a repeated `SSLRequest`/`GSSENCRequest`, which PostgreSQL
+    /// refuses as an unknown protocol version.
+    pub fn repeated(&self) -> ProtocolError {
+        let code = match self {
+            Self::GssEncRequest => GSSENC_REQUEST_CODE,
+            _ => SSL_REQUEST_CODE,
+        };
+        ProtocolError::UnsupportedVersion {
+            major: (code >> 16) as u16,
+            minor: code as u16,
+        }
+    }
 }
 
+/// PostgreSQL's words for a packet whose length no client would send.
+const INVALID_LENGTH: &str = "invalid length of startup packet";
+
 fn utf8(b: &[u8]) -> Result<String, ProtocolError> {
-    String::from_utf8(b.to_vec()).map_err(|_| ProtocolError::BadStartup("parameter is not UTF-8"))
+    String::from_utf8(b.to_vec())
+        .map_err(|_| ProtocolError::BadStartup("invalid startup packet: a parameter is not UTF-8"))
 }
 
 fn malformed(tag: u8, what: &'static str) -> ProtocolError {
@@ -383,6 +406,20 @@ mod tests {
             (("user".into(), "agent".into()), 0)
         );
         assert!(StartupPacket::parse(&p[..p.len() - 3]).is_err());
+        // Bytes after the terminator are a layout error too, as in PostgreSQL.
+        let mut trailing = p.clone();
+        trailing.push(b'x');
+        assert!(matches!(
+            StartupPacket::parse(&trailing),
+            Err(ProtocolError::BadStartup(_))
+        ));
+        // A cancel request of any other size is no client's.
+        let mut cancel = cancel_request(7, 9).to_vec();
+        cancel.extend_from_slice(b"xx");
+        assert!(matches!(
+            StartupPacket::parse(&cancel),
+            Err(ProtocolError::ImpossibleStartup(_))
+        ));
         // A newer minor version parses (libpq 18 asks for 3.2); another major does not.
         p[4..8].copy_from_slice(&(PROTOCOL_3_0 | 2).to_be_bytes());
         assert!(matches!(

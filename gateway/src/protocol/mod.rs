@@ -11,7 +11,7 @@ pub mod frontend;
 pub mod sqlstate;
 
 /// What can be wrong with bytes received from a peer.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
     #[error("invalid message length {len} in a '{tag}' message", tag = char::from(*.tag))]
     BadLength { tag: u8, len: i64 },
@@ -21,9 +21,14 @@ pub enum ProtocolError {
     Malformed { tag: u8, what: &'static str },
     #[error("unexpected message type '{tag}' ({state})", tag = char::from(*.tag).escape_default())]
     Unexpected { tag: u8, state: &'static str },
-    #[error("invalid start-up packet: {0}")]
+    /// A start-up packet a client could have meant, laid out wrongly: answered.
+    #[error("{0}")]
     BadStartup(&'static str),
-    #[error("unsupported frontend protocol {major}.{minor}: the gateway speaks 3.0")]
+    /// Bytes no PostgreSQL client opens with (an impossible length, a cancel request of
+    /// the wrong size): PostgreSQL closes without a word, and so does the gateway.
+    #[error("{0}")]
+    ImpossibleStartup(&'static str),
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
     UnsupportedVersion { major: u16, minor: u16 },
 }
 

@@ -32,6 +32,9 @@ pub enum Step {
     Authenticated(Box<Agent>),
     /// Write this error and close.
     Reject(Bytes),
+    /// Close without a word, as PostgreSQL does with bytes no client opens with; the
+    /// reason is for the gateway's log.
+    Close(String),
 }
 
 /// An authenticated agent and what it asked for.
@@ -77,6 +80,10 @@ pub struct ClientHandshake {
     state: State,
     /// The user name the start-up packet gave, for the audit record of a refused login.
     user: Option<String>,
+    /// Each encryption request is answered once, as by PostgreSQL; a second one is an
+    /// unknown protocol version.
+    ssl_asked: bool,
+    gss_asked: bool,
 }
 
 impl ClientHandshake {
@@ -87,6 +94,8 @@ impl ClientHandshake {
             encrypted: false,
             state: State::AwaitStartup,
             user: None,
+            ssl_asked: false,
+            gss_asked: false,
         }
     }
 
@@ -98,6 +107,8 @@ impl ClientHandshake {
     /// The driver switched the connection to TLS.
     pub fn tls_established(&mut self) {
         self.encrypted = true;
+        // As PostgreSQL: inside TLS, a GSSAPI encryption request is no longer valid.
+        self.gss_asked = true;
     }
 
     /// Consumes the agent's bytes and appends the steps to take, in order. Stops after a
@@ -109,9 +120,17 @@ impl ClientHandshake {
                 Ok(more) => more,
                 Err(e) => {
                     self.state = State::Done;
+                    let code = match e {
+                        ProtocolError::ImpossibleStartup(_) => {
+                            steps.push(Step::Close(e.to_string()));
+                            return;
+                        }
+                        ProtocolError::UnsupportedVersion { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
+                        _ => sqlstate::PROTOCOL_VIOLATION,
+                    };
                     steps.push(Step::Reject(error_response(
                         Severity::Fatal,
-                        sqlstate::PROTOCOL_VIOLATION,
+                        code,
                         &e.to_string(),
                         None,
                         None,
@@ -122,7 +141,11 @@ impl ClientHandshake {
             let last_ends = matches!(
                 steps.last(),
                 Some(
-                    Step::StartTls | Step::Cancel { .. } | Step::Authenticated(_) | Step::Reject(_)
+                    Step::StartTls
+                        | Step::Cancel { .. }
+                        | Step::Authenticated(_)
+                        | Step::Reject(_)
+                        | Step::Close(_)
                 )
             );
             if !more || last_ends || steps.len() == before && buf.is_empty() {
@@ -138,7 +161,19 @@ impl ClientHandshake {
                     self.state = State::AwaitStartup;
                     return Ok(false);
                 };
-                self.startup(StartupPacket::parse(&packet)?, buf, steps);
+                let packet = StartupPacket::parse(&packet)?;
+                match packet {
+                    StartupPacket::SslRequest if std::mem::replace(&mut self.ssl_asked, true) => {
+                        return Err(packet.repeated());
+                    }
+                    StartupPacket::GssEncRequest
+                        if std::mem::replace(&mut self.gss_asked, true) =>
+                    {
+                        return Err(packet.repeated());
+                    }
+                    _ => {}
+                }
+                self.startup(packet, buf, steps);
                 Ok(true)
             }
             State::AwaitSaslInitial(mut login) => {
@@ -210,29 +245,30 @@ impl ClientHandshake {
 
     fn startup(&mut self, packet: StartupPacket, buf: &BytesMut, steps: &mut Vec<Step>) {
         match packet {
-            StartupPacket::SslRequest => {
-                if self.tls != TlsOffer::None && !self.encrypted {
-                    // Bytes after SSLRequest but before the TLS handshake would be
-                    // plaintext smuggled into the encrypted session (CVE-2021-23214).
-                    if !buf.is_empty() {
-                        steps.push(Step::Reject(error_response(
-                            Severity::Fatal,
-                            sqlstate::PROTOCOL_VIOLATION,
-                            "received unencrypted data after SSL request",
-                            None,
-                            None,
-                        )));
-                        return;
-                    }
-                    steps.push(Step::Send(Bytes::from_static(b"S")));
-                    steps.push(Step::StartTls);
-                } else {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let tls = matches!(packet, StartupPacket::SslRequest)
+                    && self.tls != TlsOffer::None
+                    && !self.encrypted;
+                // Bytes sent before the answer was read would be plaintext smuggled into
+                // what follows (CVE-2021-23214). PostgreSQL refuses them whatever it
+                // answered; with TLS offered the gateway does not even start it.
+                if !tls {
                     steps.push(Step::Send(Bytes::from_static(b"N")));
                 }
-                self.state = State::AwaitStartup;
-            }
-            StartupPacket::GssEncRequest => {
-                steps.push(Step::Send(Bytes::from_static(b"N")));
+                if !buf.is_empty() {
+                    steps.push(Step::Reject(error_response(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "received unencrypted data after SSL request",
+                        Some("This could be either a client-software bug or evidence of an attempted man-in-the-middle attack."),
+                        None,
+                    )));
+                    return;
+                }
+                if tls {
+                    steps.push(Step::Send(Bytes::from_static(b"S")));
+                    steps.push(Step::StartTls);
+                }
                 self.state = State::AwaitStartup;
             }
             StartupPacket::Cancel { pid, secret } => steps.push(Step::Cancel { pid, secret }),
@@ -418,18 +454,70 @@ mod tests {
         }
     }
 
-    #[test]
-    fn garbage_before_startup_is_a_protocol_violation() {
-        let mut hs = ClientHandshake::new(store(), TlsOffer::None);
+    fn first_steps(tls: TlsOffer, bytes: &[u8]) -> Vec<Step> {
+        let mut hs = ClientHandshake::new(store(), tls);
         let mut steps = Vec::new();
-        hs.on_bytes(
-            &mut BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]),
-            &mut steps,
-        );
+        hs.on_bytes(&mut BytesMut::from(bytes), &mut steps);
+        steps
+    }
+
+    fn rejected_with(steps: &[Step]) -> String {
         let Some(Step::Reject(e)) = steps.last() else {
             panic!("{steps:?}")
         };
-        assert_eq!(be::error_summary(&e[5..]).0, "08P01");
+        be::error_summary(&e[5..]).0
+    }
+
+    #[test]
+    fn bytes_no_client_opens_with_are_closed_on_without_a_word() {
+        // An HTTP request, a Terminate sent before the start-up packet (node-postgres
+        // does when ended mid-connect), lengths out of range, a cancel of the wrong
+        // size: PostgreSQL only logs these, and answers nothing.
+        let mut odd_cancel = fe::cancel_request(1, 2).to_vec();
+        odd_cancel[3] = 20;
+        odd_cancel.extend_from_slice(&[0; 4]);
+        for bytes in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            &b"X\0\0\0\x04"[..],
+            &[0, 0, 0, 7, 0, 3, 0, 0][..],
+            &[0, 0, 0x27, 0x15][..],
+            &odd_cancel[..],
+        ] {
+            let steps = first_steps(TlsOffer::None, bytes);
+            assert!(
+                matches!(&steps[..], [Step::Close(_)]),
+                "{bytes:?}: {steps:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn start_up_refusals_are_postgresqls() {
+        // Another protocol: 0A000, PostgreSQL's message.
+        let steps = first_steps(TlsOffer::None, &[0, 0, 0, 8, 0, 9, 0, 0]);
+        let Some(Step::Reject(e)) = steps.last() else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(
+            be::error_summary(&e[5..]),
+            (
+                "0A000".into(),
+                "unsupported frontend protocol 9.0: server supports 3.0 to 3.0".into()
+            )
+        );
+        // A second SSLRequest after the first was answered.
+        let mut hs = ClientHandshake::new(store(), TlsOffer::None);
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut BytesMut::from(&fe::ssl_request()[..]), &mut steps);
+        hs.on_bytes(&mut BytesMut::from(&fe::ssl_request()[..]), &mut steps);
+        assert!(matches!(&steps[0], Step::Send(n) if &n[..] == b"N"));
+        assert_eq!(rejected_with(&steps), "0A000");
+        // A start-up packet whose terminator is not its last byte.
+        let mut p = startup("agent");
+        p.extend_from_slice(b"x");
+        let len = (p.len() as i32).to_be_bytes();
+        p[..4].copy_from_slice(&len);
+        assert_eq!(rejected_with(&first_steps(TlsOffer::None, &p)), "08P01");
     }
 
     #[test]
@@ -469,8 +557,14 @@ mod tests {
         let mut hs = ClientHandshake::new(store(), TlsOffer::None);
         let mut steps = Vec::new();
         let mut b = BytesMut::from(&fe::ssl_request()[..]);
-        b.extend_from_slice(&startup("agent"));
         hs.on_bytes(&mut b, &mut steps);
+        hs.on_bytes(&mut startup("agent"), &mut steps);
         assert!(matches!(&steps[..], [Step::Send(s), Step::Send(_)] if &s[..] == b"N"));
+        // A start-up packet sent before the answer was read: refused, as by PostgreSQL.
+        let mut b = BytesMut::from(&fe::ssl_request()[..]);
+        b.extend_from_slice(&startup("agent"));
+        let steps = first_steps(TlsOffer::None, &b);
+        assert!(matches!(&steps[0], Step::Send(n) if &n[..] == b"N"));
+        assert_eq!(rejected_with(&steps), "08P01");
     }
 }

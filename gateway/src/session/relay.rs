@@ -255,6 +255,9 @@ pub struct Relay<H: Hooks> {
     rows: Rows,
     txn_status: u8,
     terminated: bool,
+    /// The server sent a `FATAL` or `PANIC`: it is ending the session, and that error
+    /// is all the client should hear about it.
+    server_fatal: bool,
     /// A `RowDescription` or `CopyOutResponse` the hooks cannot judge until the driver
     /// has run their side query: server processing waits here.
     stalled: Option<Frame>,
@@ -313,6 +316,7 @@ impl<H: Hooks> Relay<H> {
             rows: Rows::Unknown,
             txn_status: b'I',
             terminated: false,
+            server_fatal: false,
             stalled: None,
             side_query: None,
             held: None,
@@ -1424,6 +1428,16 @@ impl<H: Hooks> Relay<H> {
             self.side_query = Some(sql);
             return Ok(());
         }
+        if tag == be::ERROR_RESPONSE && be::ends_session(frame.body()) {
+            self.server_fatal = true;
+            // Whatever the gateway was doing with the stream (dropping a refused result,
+            // reading an answer of its own), the client must hear why its session ends.
+            if matches!(self.rows, Rows::Discard) || self.diverted > 0 {
+                let frame = self.hooks.server_message(frame.into_bytes());
+                self.push_client(frame);
+                return Ok(());
+            }
+        }
         if let Rows::Discard = self.rows {
             if tag != be::READY_FOR_QUERY {
                 return Ok(());
@@ -1606,14 +1620,22 @@ impl<H: Hooks> Relay<H> {
         Ok(())
     }
 
-    /// The server's connection ended. Queues an error for the client if a frame was cut
-    /// or the server owed it an answer. Returns whether the client can still parse what
-    /// it received (false when the server died inside a frame already partly forwarded).
-    pub fn on_server_eof(&mut self) -> bool {
+    /// The server's connection ended. `cut`: the server's last bytes stopped inside a
+    /// frame the gateway had not forwarded yet.
+    ///
+    /// The client gets an error of the gateway's only where a direct connection would
+    /// have left it wondering: a frame cut off, or an answer it was owed and never got.
+    /// A server that ended the session with `FATAL`/`PANIC` has said why, and an idle
+    /// session's end is a plain close, as it is from PostgreSQL itself.
+    ///
+    /// Returns whether the client can still parse what it received (false when the
+    /// server died inside a frame already partly forwarded).
+    pub fn on_server_eof(&mut self, cut: bool) -> bool {
         if self.server_pass > 0 {
             return false;
         }
-        if !self.terminated {
+        let owed = !self.expect.is_empty() || self.held.is_some();
+        if !self.terminated && !self.server_fatal && (cut || owed) {
             self.send_client(error_response(
                 Severity::Fatal,
                 sqlstate::CONNECTION_FAILURE,
@@ -1623,6 +1645,11 @@ impl<H: Hooks> Relay<H> {
             ));
         }
         true
+    }
+
+    /// Whether the server ended the session with an error of its own (`FATAL`/`PANIC`).
+    pub fn server_ended_session(&self) -> bool {
+        self.server_fatal
     }
 }
 
@@ -1703,6 +1730,65 @@ mod tests {
             assert_eq!(out, stream, "cut at {cut}");
             assert!(r.is_idle());
         }
+    }
+
+    fn fatal(code: &str) -> Bytes {
+        be::fields_message(
+            be::ERROR_RESPONSE,
+            &[
+                (b'S', b"FATAL"),
+                (b'V', b"FATAL"),
+                (b'C', code.as_bytes()),
+                (b'M', b"terminating connection due to administrator command"),
+            ],
+        )
+    }
+
+    /// What the client receives when the server's connection ends after `stream`
+    /// (with `cut` more bytes of an unfinished frame), a `Query` outstanding or not.
+    fn end_of_server(stream: &[u8], cut: &[u8], query: bool) -> Vec<u8> {
+        let mut r = Relay::new(RelayLimits::default(), super::super::hooks::PassThrough);
+        if query {
+            r.on_client_bytes(&mut BytesMut::from(&msg(fe::QUERY, b"select\0")[..]))
+                .unwrap();
+        }
+        let mut buf = BytesMut::from(stream);
+        buf.extend_from_slice(cut);
+        r.on_server_bytes(&mut buf).unwrap();
+        assert!(r.on_server_eof(!buf.is_empty()));
+        drain_client(&mut r)
+    }
+
+    #[test]
+    fn a_server_that_ends_the_session_is_heard_alone() {
+        let f = fatal("57P01");
+        // Terminated while idle, and while a statement ran: the server's FATAL only.
+        assert_eq!(end_of_server(&f, b"", false), f[..]);
+        assert_eq!(end_of_server(&f, b"", true), f[..]);
+        // An idle session whose server just went away: a plain close, as direct.
+        assert!(end_of_server(b"", b"", false).is_empty());
+        // The server owed an answer, or stopped inside a frame: the gateway says so.
+        for (cut, query) in [(&b""[..], true), (&b"Z\0\0"[..], false)] {
+            let out = end_of_server(b"", cut, query);
+            assert_eq!(tags(&out), [be::ERROR_RESPONSE]);
+            assert_eq!(be::error_summary(&out[5..]).0, "08006");
+        }
+    }
+
+    #[test]
+    fn a_fatal_reaches_the_client_while_a_refused_result_is_dropped() {
+        let mut r = Relay::new(RelayLimits::default(), super::super::hooks::PassThrough);
+        r.on_client_bytes(&mut BytesMut::from(&msg(fe::QUERY, b"select\0")[..]))
+            .unwrap();
+        r.fail_result(Refusal::new(sqlstate::INSUFFICIENT_PRIVILEGE, "no"));
+        let refusal = drain_client(&mut r);
+        let f = fatal("57P01");
+        let mut buf = BytesMut::from(&row(&[b"secret"])[..]);
+        buf.extend_from_slice(&f);
+        r.on_server_bytes(&mut buf).unwrap();
+        assert!(r.on_server_eof(false));
+        assert_eq!(be::error_summary(&refusal[5..]).0, "42501");
+        assert_eq!(drain_client(&mut r), f[..]);
     }
 
     #[test]
