@@ -95,6 +95,14 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
                     },
                 }
             }
+            // The accept `select!` abandoned is still in flight and holds the listener
+            // open: a connection arriving now would be taken and never served. Shutting
+            // the socket down ends that accept, so the port closes at once.
+            {
+                use std::os::fd::AsRawFd;
+                // SAFETY: shutdown(2) on a descriptor this listener owns and still holds.
+                unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+            }
             drop(listener);
             super::epoll::wait_for_sessions(&shared).await;
         })
