@@ -163,6 +163,13 @@ fn garbage_and_bad_lengths_before_startup(engine: Engine) {
             v.extend_from_slice(body);
             v
         }),
+        ("start-up without a user", {
+            let body = b"database\0app\0\0";
+            let mut v = ((8 + body.len()) as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(&[0, 3, 0, 0]);
+            v.extend_from_slice(body);
+            v
+        }),
         ("unknown protocol version", vec![0, 0, 0, 8, 0, 9, 0, 0]),
         ("SSLRequest twice", [ssl, ssl].concat()),
     ];

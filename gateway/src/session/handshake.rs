@@ -310,7 +310,7 @@ impl ClientHandshake {
                     steps.push(Step::Reject(error_response(
                         Severity::Fatal,
                         sqlstate::INVALID_AUTHORIZATION,
-                        "no user name specified in the start-up packet",
+                        "no PostgreSQL user name specified in startup packet",
                         None,
                         Some("Connect with user=<your agent identity>."),
                     )));
