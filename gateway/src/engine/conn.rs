@@ -496,6 +496,9 @@ pub(super) struct Flow<H: Hooks> {
     audit: Option<crate::audit::AuditLog>,
     /// The server's side ended first.
     server_ended: Cell<bool>,
+    /// Signalled by the server half after each read it handled, for a client half
+    /// whose messages wait on an answer ([`Relay::client_waits`]).
+    answered: tokio::sync::Notify,
 }
 
 impl<H: Hooks> Flow<H> {
@@ -598,6 +601,7 @@ async fn relay_session<C: Connect, H: Hooks>(
         progress_server: tokio::sync::Notify::new(),
         audit: shared.audit.clone(),
         server_ended: Cell::new(false),
+        answered: tokio::sync::Notify::new(),
     };
     let read_size = shared.read_buffer;
 
@@ -647,6 +651,14 @@ async fn relay_session<C: Connect, H: Hooks>(
             if gone || flow.relay.borrow().is_terminated() || flow.server_done.get() {
                 break;
             }
+            // A statement whose result may be refused is in flight: what the client sent
+            // after it stays in `buf` until its answer is judged, then is fed again.
+            if flow.relay.borrow().client_waits() {
+                while flow.relay.borrow().client_waits() && !flow.server_done.get() {
+                    flow.answered.notified().await;
+                }
+                first = !buf.is_empty();
+            }
         }
         flow.client_done.set(true);
         // Wakes the other half out of its read: the session is over.
@@ -687,6 +699,16 @@ async fn relay_session<C: Connect, H: Hooks>(
                 debug!("client write: {e}");
                 break;
             }
+            // What the core sends the server on its own after a refusal (a failing
+            // placeholder, a COMMIT or ROLLBACK of its own).
+            if flow.pending(Side::Server) > 0
+                && let Err(e) = flow.drain(Side::Server, server).await
+            {
+                debug!("server write: {e}");
+                break;
+            }
+            // A permit is kept when nobody waits: no wake-up is lost.
+            flow.answered.notify_one();
             if let Err(e) = res {
                 error!("{e}");
                 clean = false;
@@ -710,6 +732,7 @@ async fn relay_session<C: Connect, H: Hooks>(
             }
         }
         flow.server_done.set(true);
+        flow.answered.notify_one();
         // The agent's reader must stop too: nothing it sends can be answered.
         client.shutdown();
     };

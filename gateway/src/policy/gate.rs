@@ -23,7 +23,7 @@ use crate::analysis::{
 };
 use crate::mask::{Policy as MaskPolicy, Subject};
 use crate::protocol::sqlstate;
-use crate::session::hooks::{Hold, Refusal, Verdict, Via};
+use crate::session::hooks::{Effects, Hold, Refusal, Verdict, Via};
 
 use super::builtin;
 use super::config::Action;
@@ -134,6 +134,24 @@ impl StatementGate {
             approving: false,
             last: None,
             facts: HashMap::new(),
+        }
+    }
+
+    /// What the text judged last can leave behind if it runs: nothing when every
+    /// statement reads, undoable when they read or change rows, otherwise not known.
+    pub fn effects(&self) -> Effects {
+        let Some(Ok(a)) = self.last.as_deref() else {
+            return Effects::Other;
+        };
+        let mut classes = a.statements.iter().map(|s| s.class);
+        if a.statements.is_empty() {
+            Effects::Other
+        } else if classes.clone().all(|c| c == Class::Read) {
+            Effects::None
+        } else if classes.all(|c| matches!(c, Class::Read | Class::Write)) {
+            Effects::Undoable
+        } else {
+            Effects::Other
         }
     }
 

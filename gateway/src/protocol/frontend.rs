@@ -258,6 +258,10 @@ pub fn sync() -> Bytes {
     build(SYNC, |_| {})
 }
 
+pub fn flush() -> Bytes {
+    build(FLUSH, |_| {})
+}
+
 pub fn terminate() -> Bytes {
     build(TERMINATE, |_| {})
 }

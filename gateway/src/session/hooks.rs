@@ -158,6 +158,13 @@ pub trait Hooks {
         false
     }
 
+    /// What the statement judged last can leave behind on the server if it runs. Asked
+    /// when [`Hooks::wants_columns`]: a result refused after the server ran its
+    /// statement must be undone, and how depends on this.
+    fn effects(&mut self) -> Effects {
+        Effects::Other
+    }
+
     /// The server described a result (`RowDescription` of a query, a portal or a
     /// statement) or started a `COPY` out (`CopyOutResponse`; `sql` is the statement).
     /// Returns a catalog query the hooks need answered before they can decide on it; the
@@ -217,6 +224,19 @@ pub trait Hooks {
     /// and whenever the session changes one that clients are told about
     /// (`client_encoding`, `standard_conforming_strings`, ...).
     fn parameter_status(&mut self, _frame: &Bytes) {}
+}
+
+/// What a statement can leave behind on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Effects {
+    /// It only reads: a refusal of its result leaves nothing to undo.
+    None,
+    /// It changes rows and may run inside a transaction block, so a transaction of the
+    /// gateway's can keep it undoable until its result is judged.
+    Undoable,
+    /// Anything else, or not known.
+    #[default]
+    Other,
 }
 
 /// How a statement ended, for audit.

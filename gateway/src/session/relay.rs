@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::hooks::{Hold, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
+use super::hooks::{Effects, Hold, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use super::tracker::{Described, Tracker};
 use crate::audit::trail::{self, StatementFacts, Trail};
 use crate::protocol::backend::{self as be, Severity, error_response};
@@ -99,6 +99,8 @@ enum Expect {
         formats: Vec<i16>,
         /// Its number in the session's audit trail.
         audit: Option<u64>,
+        /// The statement [`Relay::guard`] watches.
+        guarded: bool,
     },
     Sync,
     /// A simple query or function call: everything up to `ReadyForQuery`. `refusal` as
@@ -108,6 +110,7 @@ enum Expect {
         refusal: Option<Bytes>,
         mode: QueryMode,
         audit: Option<u64>,
+        guarded: bool,
     },
     /// A previewed statement's captured answer, owed the client once the preview's
     /// transaction is committed: sent when it reaches the front, with `ReadyForQuery`.
@@ -125,6 +128,45 @@ enum QueryMode {
     Quiet,
     /// A held statement run as a preview: kept in [`Preview::captured`].
     Capture,
+    /// The gateway's own, settling the server's state after a guarded statement (see
+    /// [`Guard`]): its `ReadyForQuery` is the client's, and with `errors` so is its
+    /// error (a `COMMIT` that failed); the rest is dropped.
+    Settle {
+        errors: bool,
+    },
+}
+
+/// A statement whose result a stage may refuse after the server ran it. Until its
+/// answer is judged the client's next messages wait (the driver reads on when
+/// [`Relay::client_waits`] turns false), so a refusal can still decide what the server
+/// does next and the server's outcome is the one the client is told:
+///
+/// - a simple query in a transaction block fails the block (the gateway's failing
+///   placeholder runs after it), so the client sees `ReadyForQuery('E')` and its
+///   `COMMIT` rolls back;
+/// - a simple query that changes rows outside a block runs in a transaction of the
+///   gateway's, committed only when its result went through whole;
+/// - an `Execute` is followed by a failing one of the gateway's, so the server skips the
+///   batch's later messages and rolls the batch back at `Sync` (or fails the block).
+///
+/// A read outside a block followed by its `Sync` leaves nothing to undo and is not
+/// guarded: the common one-statement batch costs nothing.
+#[derive(Debug, Clone, Copy)]
+struct Guard {
+    settle: Settle,
+    refused: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// A simple query inside the gateway's own `BEGIN`.
+    Wrapped,
+    /// A simple query inside the client's transaction block.
+    Block,
+    /// An `Execute` (extended protocol).
+    Batch,
+    /// The gateway's settling query is running.
+    Settling,
 }
 
 /// A held write run inside a transaction (or a savepoint of the agent's) while the
@@ -283,6 +325,12 @@ pub struct Relay<H: Hooks> {
     quiet_error: Option<Bytes>,
     /// The session's audit trail, when the gateway keeps one.
     audit: Option<Box<Trail>>,
+    guard: Option<Guard>,
+    /// A simple query of a session whose results may be refused waits until earlier
+    /// answers are in, so the transaction status it is guarded by is current.
+    query_waits: bool,
+    /// The tag of the client frame after the one being handled, when it has arrived.
+    next_client_tag: Option<u8>,
 }
 
 /// Facts of a statement the gateway itself sends on the agent's connection.
@@ -330,6 +378,9 @@ impl<H: Hooks> Relay<H> {
             diverted: 0,
             quiet_error: None,
             audit: None,
+            guard: None,
+            query_waits: false,
+            next_client_tag: None,
         }
     }
 
@@ -801,6 +852,7 @@ impl<H: Hooks> Relay<H> {
                 }
                 true
             }
+            QueryMode::Settle { errors } => !(errors && b.first() == Some(&be::ERROR_RESPONSE)),
             QueryMode::Capture => {
                 if let Some(p) = &mut self.preview {
                     p.captured_bytes += b.len();
@@ -818,16 +870,21 @@ impl<H: Hooks> Relay<H> {
 
     /// Sends the gateway's own simple query, whose answer the client never sees.
     fn quiet_query(&mut self, sql: &str) {
+        self.gateway_query(sql.as_bytes(), QueryMode::Quiet);
+    }
+
+    fn gateway_query(&mut self, sql: &[u8], mode: QueryMode) {
         self.quiet_error = None;
         self.diverted += 1;
         let facts = self.audit.as_ref().map(|_| gateway_facts("gateway"));
-        let audit = self.audit_statement(trail::Via::Simple, sql.as_bytes(), None, facts.as_ref());
-        self.send_server(fe::query(sql.as_bytes()));
+        let audit = self.audit_statement(trail::Via::Simple, sql, None, facts.as_ref());
+        self.send_server(fe::query(sql));
         self.expect.push_back(Expect::Query {
             sql: Bytes::new(),
             refusal: None,
-            mode: QueryMode::Quiet,
+            mode,
             audit,
+            guarded: false,
         });
     }
 
@@ -872,6 +929,7 @@ impl<H: Hooks> Relay<H> {
             refusal: None,
             mode: QueryMode::Capture,
             audit,
+            guarded: false,
         });
         true
     }
@@ -934,11 +992,14 @@ impl<H: Hooks> Relay<H> {
             Origin::Server => RelayError::Server(e),
         };
         let mut run = 0usize;
+        if from == Origin::Client {
+            self.query_waits = false;
+        }
         loop {
             if from == Origin::Server && self.stalled.is_some() {
                 break;
             }
-            if from == Origin::Client && self.held.is_some() {
+            if from == Origin::Client && (self.held.is_some() || self.guard.is_some()) {
                 break;
             }
             let pass = match from {
@@ -979,6 +1040,15 @@ impl<H: Hooks> Relay<H> {
             if buf.len() - run < h.frame_len {
                 break;
             }
+            if from == Origin::Client
+                && h.tag == fe::QUERY
+                && !self.expect.is_empty()
+                && !self.injecting
+                && self.hooks.wants_columns()
+            {
+                self.query_waits = true;
+                break;
+            }
             if run > 0 {
                 self.forward(from, buf.split_to(run).freeze());
                 run = 0;
@@ -987,7 +1057,10 @@ impl<H: Hooks> Relay<H> {
                 .map_err(wrap)?
                 .expect("whole frame checked above");
             match from {
-                Origin::Client => self.client_frame(frame)?,
+                Origin::Client => {
+                    self.next_client_tag = peek_header(buf).ok().flatten().map(|h| h.tag);
+                    self.client_frame(frame)?
+                }
                 Origin::Server => self.server_frame(frame, false)?,
             }
         }
@@ -1042,6 +1115,10 @@ impl<H: Hooks> Relay<H> {
                     Verdict::Allow | Verdict::Hold(_) => {
                         self.tracker.simple_query();
                         self.remember(sql);
+                        let settle = self.guard_for_query();
+                        if settle == Some(Settle::Wrapped) {
+                            self.quiet_query("BEGIN");
+                        }
                         let audit =
                             self.audit_statement(trail::Via::Simple, sql, None, facts.as_ref());
                         let sql = frame.as_bytes().slice_ref(sql);
@@ -1050,8 +1127,13 @@ impl<H: Hooks> Relay<H> {
                             refusal: None,
                             mode: QueryMode::Client,
                             audit,
+                            guarded: settle.is_some(),
                         });
                         self.send_server(frame.into_bytes());
+                        self.guard = settle.map(|settle| Guard {
+                            settle,
+                            refused: false,
+                        });
                     }
                     Verdict::Deny(r) => {
                         self.tracker.simple_query();
@@ -1080,12 +1162,18 @@ impl<H: Hooks> Relay<H> {
                             self.remember(p.sql);
                         }
                         let bytes = frame.as_bytes();
+                        let effects = if self.hooks.wants_columns() {
+                            self.hooks.effects()
+                        } else {
+                            Effects::Other
+                        };
                         self.tracker.parse(
                             bytes.slice_ref(p.name),
                             bytes.slice_ref(p.sql),
                             p.param_types,
                             hold,
                             facts.map(std::rc::Rc::new),
+                            effects,
                         );
                         self.expect.push_back(Expect::Parse {
                             refusal: None,
@@ -1183,6 +1271,7 @@ impl<H: Hooks> Relay<H> {
                             refusal: None,
                             mode: QueryMode::Client,
                             audit,
+                            guarded: false,
                         });
                         self.send_server(frame.into_bytes());
                     }
@@ -1272,7 +1361,7 @@ impl<H: Hooks> Relay<H> {
             None
         };
         let wants_columns = self.hooks.wants_columns();
-        let (sql, slot, formats, inject) = match self.tracker.portal_mut(name) {
+        let (sql, slot, formats, inject, effects) = match self.tracker.portal_mut(name) {
             Some(p) => {
                 let inject = wants_columns && !p.describe_sent;
                 p.describe_sent |= inject;
@@ -1281,9 +1370,10 @@ impl<H: Hooks> Relay<H> {
                     Some(p.described.clone()),
                     p.result_formats.clone(),
                     inject,
+                    p.effects,
                 )
             }
-            None => (Bytes::new(), None, Vec::new(), false),
+            None => (Bytes::new(), None, Vec::new(), false, Effects::Other),
         };
         // The client never asked what this portal returns and a stage needs to
         // know, so the gateway asks on its behalf and keeps the answer to itself.
@@ -1294,14 +1384,64 @@ impl<H: Hooks> Relay<H> {
                 injected: true,
             });
         }
+        let guarded = wants_columns && self.guards_execute(effects);
         self.expect.push_back(Expect::Execute {
             sql,
             slot,
             formats,
             audit,
+            guarded,
         });
         self.send_server(frame.into_bytes());
+        if guarded {
+            // The server keeps its output until Sync or Flush, and Sync waits.
+            self.send_server(fe::flush());
+            self.guard = Some(Guard {
+                settle: Settle::Batch,
+                refused: false,
+            });
+        }
         Ok(())
+    }
+
+    /// How a simple query about to be sent must be guarded, if at all (see [`Guard`]).
+    fn guard_for_query(&mut self) -> Option<Settle> {
+        if self.injecting || self.preview.is_some() || !self.hooks.wants_columns() {
+            return None;
+        }
+        // The status is current only with nothing in flight (see `query_waits`).
+        let current = self.expect.is_empty();
+        match self.txn_status {
+            b'T' => Some(Settle::Block),
+            b'I' if current && self.hooks.effects() == Effects::Undoable => Some(Settle::Wrapped),
+            _ => None,
+        }
+    }
+
+    /// Whether an `Execute` of a statement with `effects` must be guarded.
+    fn guards_execute(&self, effects: Effects) -> bool {
+        if self.injecting || self.preview.is_some() || self.txn_status == b'E' {
+            return false;
+        }
+        // Outside a block (as of the last ReadyForQuery, with no statement since), a
+        // read whose Sync is next leaves nothing behind and nothing after it can run.
+        let since_ready = self.expect.iter().any(|e| {
+            matches!(
+                e,
+                Expect::Execute { .. } | Expect::Query { .. } | Expect::Sync
+            )
+        });
+        !(effects == Effects::None
+            && self.txn_status == b'I'
+            && !since_ready
+            && self.next_client_tag == Some(fe::SYNC))
+    }
+
+    /// Whether the client's next messages must wait: a guarded statement's answer is not
+    /// judged yet, or a simple query waits for earlier answers. The driver feeds the
+    /// client's bytes again once this turns false.
+    pub fn client_waits(&self) -> bool {
+        self.guard.is_some() || (self.query_waits && !self.expect.is_empty())
     }
 
     /// Refuses a simple query or function call: the server gets [`REFUSED_SQL`] in its
@@ -1314,6 +1454,7 @@ impl<H: Hooks> Relay<H> {
             refusal: Some(r.to_error_response()),
             mode: QueryMode::Client,
             audit: None,
+            guarded: false,
         });
     }
 
@@ -1390,6 +1531,23 @@ impl<H: Hooks> Relay<H> {
         }
         self.send_client(r.to_error_response());
         self.rows = Rows::Discard;
+        let front_guarded = matches!(
+            self.expect.front(),
+            Some(Expect::Execute { guarded: true, .. } | Expect::Query { guarded: true, .. })
+        );
+        if let Some(g) = &mut self.guard
+            && front_guarded
+        {
+            g.refused = true;
+            if g.settle == Settle::Batch {
+                // The server ran (or is running) the refused Execute: a failing one
+                // after it makes the server skip the rest of the batch and fail it at
+                // Sync, as its own error would. Its error is dropped with the rest.
+                self.send_server(fe::execute(REFUSED_PORTAL, 0));
+                self.skip_to_sync = true;
+                self.guard = None;
+            }
+        }
     }
 
     /// After an error the server skips to `Sync`: what it owed before then is void.
@@ -1406,11 +1564,51 @@ impl<H: Hooks> Relay<H> {
     }
 
     fn server_frame(&mut self, frame: Frame, side_query_done: bool) -> Result<(), RelayError> {
+        let tag = frame.tag();
         let r = self.server_frame_inner(frame, side_query_done);
         if let Some(Expect::Answer { .. } | Expect::Replay { .. }) = self.expect.front() {
             self.settle_answers();
         }
+        // A guarded Execute's answer is in once it has left the queue (completed,
+        // failed, or skipped after an error). Rows cannot end it: not looked at.
+        if let Some(Guard {
+            settle: Settle::Batch,
+            ..
+        }) = self.guard
+            && tag != be::DATA_ROW
+            && tag != be::COPY_DATA
+            && !self
+                .expect
+                .iter()
+                .any(|e| matches!(e, Expect::Execute { guarded: true, .. }))
+        {
+            self.guard = None;
+        }
         r
+    }
+
+    /// A guarded simple query's `ReadyForQuery` (status already read): `true` when the
+    /// gateway settles the server's state first, the client's `ReadyForQuery` then
+    /// being the settling query's.
+    fn settle_guarded_query(&mut self) -> bool {
+        let Some(g) = self.guard else {
+            return false;
+        };
+        let (sql, errors): (&[u8], bool) = match g.settle {
+            Settle::Wrapped if g.refused || self.txn_status != b'T' => (b"ROLLBACK", false),
+            Settle::Wrapped => (b"COMMIT", true),
+            Settle::Block if g.refused && self.txn_status == b'T' => (REFUSED_SQL, false),
+            _ => {
+                self.guard = None;
+                return false;
+            }
+        };
+        self.gateway_query(sql, QueryMode::Settle { errors });
+        self.guard = Some(Guard {
+            settle: Settle::Settling,
+            ..g
+        });
+        true
     }
 
     fn server_frame_inner(
@@ -1578,10 +1776,17 @@ impl<H: Hooks> Relay<H> {
                 self.txn_status = be::ready_status(frame.body()).map_err(RelayError::Server)?;
                 self.rows = Rows::Unknown;
                 let mut mode = QueryMode::Client;
+                let mut was_guarded = false;
                 while let Some(e) = self.expect.pop_front() {
                     match e {
-                        Expect::Query { mode: m, audit, .. } => {
+                        Expect::Query {
+                            mode: m,
+                            audit,
+                            guarded,
+                            ..
+                        } => {
                             mode = m;
+                            was_guarded = guarded;
                             self.audit_close(audit, true);
                             break;
                         }
@@ -1591,7 +1796,13 @@ impl<H: Hooks> Relay<H> {
                     }
                 }
                 match mode {
+                    QueryMode::Client if was_guarded && self.settle_guarded_query() => {}
                     QueryMode::Client => self.send_client(frame.into_bytes()),
+                    QueryMode::Settle { .. } => {
+                        self.diverted -= 1;
+                        self.guard = None;
+                        self.send_client(frame.into_bytes());
+                    }
                     QueryMode::Quiet => self.diverted -= 1,
                     QueryMode::Capture => {
                         self.diverted -= 1;
@@ -2014,6 +2225,9 @@ mod tests {
         fn wants_columns(&mut self) -> bool {
             true
         }
+        fn effects(&mut self) -> Effects {
+            Effects::None
+        }
         fn result(&mut self, _d: &Bytes, _f: &[i16]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
             Ok(Some(Box::new(Blank)))
         }
@@ -2027,30 +2241,36 @@ mod tests {
     }
 
     #[test]
-    fn pipelined_rebinds_of_the_unnamed_portal_are_all_staged() {
+    fn rebinds_of_the_unnamed_portal_are_all_staged() {
         let mut r = Relay::new(RelayLimits::default(), Masking);
         let mut c = BytesMut::new();
         c.extend_from_slice(&msg(fe::PARSE, b"s1\0select 1\0\0\0"));
         c.extend_from_slice(&fe::sync());
-        for _ in 0..3 {
-            c.extend_from_slice(&msg(fe::BIND, b"\0s1\0\0\0\0\0\0\0"));
-            c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
-            c.extend_from_slice(&fe::sync());
-        }
         r.on_client_bytes(&mut c).unwrap();
-        assert_eq!(tags(&drain_server(&mut r)), b"PSBDESBDESBDES");
+        let mut sent = drain_server(&mut r);
         let mut s = BytesMut::new();
         s.extend_from_slice(&msg(be::PARSE_COMPLETE, b""));
         s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        r.on_server_bytes(&mut s).unwrap();
+        let mut out = drain_client(&mut r);
         for _ in 0..3 {
+            let mut c = BytesMut::new();
+            c.extend_from_slice(&msg(fe::BIND, b"\0s1\0\0\0\0\0\0\0"));
+            c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
+            c.extend_from_slice(&fe::sync());
+            r.on_client_bytes(&mut c).unwrap();
+            sent.extend(drain_server(&mut r));
+            let mut s = BytesMut::new();
             s.extend_from_slice(&msg(be::BIND_COMPLETE, b""));
             s.extend_from_slice(&describe_reply());
             s.extend_from_slice(&row(&[b"secret"]));
             s.extend_from_slice(&msg(be::COMMAND_COMPLETE, b"SELECT 1\0"));
             s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+            r.on_server_bytes(&mut s).unwrap();
+            out.extend(drain_client(&mut r));
         }
-        r.on_server_bytes(&mut s).unwrap();
-        let out = drain_client(&mut r);
+        // A read outside a block with its Sync right after is not guarded: one round trip.
+        assert_eq!(tags(&sent), b"PSBDESBDESBDES");
         assert_eq!(tags(&out), b"1Z2DCZ2DCZ2DCZ");
         assert!(
             !out.windows(6).any(|w| w == b"secret"),
@@ -2098,6 +2318,220 @@ mod tests {
         s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
         r.on_server_bytes(&mut s).unwrap();
         assert_eq!(tags(&drain_client(&mut r)), b"12DCZ");
+        assert!(r.is_idle());
+    }
+
+    /// Wants columns; refuses every result when `refuse`, else passes it. What a
+    /// statement leaves behind is read off its first word, as the analysis would.
+    struct Judging {
+        refuse: bool,
+        last: Vec<u8>,
+    }
+    impl Judging {
+        fn new(refuse: bool) -> Self {
+            Judging {
+                refuse,
+                last: Vec::new(),
+            }
+        }
+    }
+    impl Hooks for Judging {
+        fn statement(&mut self, sql: &[u8], _via: Via<'_>) -> Verdict {
+            self.last = sql.to_vec();
+            Verdict::Allow
+        }
+        fn wants_columns(&mut self) -> bool {
+            true
+        }
+        fn effects(&mut self) -> Effects {
+            if self.last.starts_with(b"select") {
+                Effects::None
+            } else if self.last.starts_with(b"insert") {
+                Effects::Undoable
+            } else {
+                Effects::Other
+            }
+        }
+        fn result(&mut self, _d: &Bytes, _f: &[i16]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
+            if self.refuse {
+                Err(Refusal::new(sqlstate::INSUFFICIENT_PRIVILEGE, "refused"))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+
+    fn feed_server<H: Hooks>(r: &mut Relay<H>, frames: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut s = answer(frames);
+        r.on_server_bytes(&mut s).unwrap();
+        drain_client(r)
+    }
+
+    /// Queries sent one by one, as a client does: what the server got, each time.
+    fn query<H: Hooks>(r: &mut Relay<H>, sql: &str) -> Vec<u8> {
+        let mut text = sql.as_bytes().to_vec();
+        text.push(0);
+        r.on_client_bytes(&mut BytesMut::from(&msg(fe::QUERY, &text)[..]))
+            .unwrap();
+        drain_server(r)
+    }
+
+    const INSERTED: [(u8, &[u8]); 4] = [
+        (
+            be::ROW_DESCRIPTION,
+            b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+        ),
+        (be::DATA_ROW, b"\0\x01\0\0\0\x06secret"),
+        (be::COMMAND_COMPLETE, b"INSERT 0 1\0"),
+        (be::READY_FOR_QUERY, b"T"),
+    ];
+
+    #[test]
+    fn a_result_refused_in_a_block_fails_the_block() {
+        let mut r = Relay::new(RelayLimits::default(), Judging::new(true));
+        query(&mut r, "begin");
+        feed_server(
+            &mut r,
+            &[
+                (be::COMMAND_COMPLETE, b"BEGIN\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        assert_eq!(
+            tags(&query(&mut r, "insert into t select 1 returning t")),
+            b"Q"
+        );
+        let out = feed_server(&mut r, &INSERTED);
+        assert_eq!(tags(&out), b"E", "the refusal; ReadyForQuery waits");
+        assert!(r.client_waits());
+        // The gateway fails the block on the server before the client may go on.
+        let settle = drain_server(&mut r);
+        assert!(has(&settle, b"portcullis_refused"));
+        let out = feed_server(
+            &mut r,
+            &[
+                (be::ERROR_RESPONSE, b"C42601\0\0"),
+                (be::READY_FOR_QUERY, b"E"),
+            ],
+        );
+        assert_eq!(out, &be::ready_for_query(b'E')[..]);
+        assert!(!r.client_waits() && r.is_idle());
+    }
+
+    #[test]
+    fn a_write_refused_outside_a_block_is_rolled_back() {
+        let mut r = Relay::new(RelayLimits::default(), Judging::new(true));
+        let sent = query(&mut r, "insert into t select 1 returning t");
+        assert!(has(&sent, b"BEGIN") && tags(&sent) == b"QQ");
+        assert!(
+            r.client_waits(),
+            "nothing more goes until the result is judged"
+        );
+        let mut out = feed_server(
+            &mut r,
+            &[
+                (be::COMMAND_COMPLETE, b"BEGIN\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        out.extend(feed_server(&mut r, &INSERTED));
+        assert!(has(&drain_server(&mut r), b"ROLLBACK"));
+        out.extend(feed_server(
+            &mut r,
+            &[
+                (be::COMMAND_COMPLETE, b"ROLLBACK\0"),
+                (be::READY_FOR_QUERY, b"I"),
+            ],
+        ));
+        assert_eq!(tags(&out), b"EZ");
+        assert!(!has(&out, b"secret") && out.ends_with(&be::ready_for_query(b'I')));
+        assert!(!r.client_waits() && r.is_idle());
+        // A read outside a block is not wrapped: nothing to undo.
+        assert_eq!(tags(&query(&mut r, "select 1")), b"Q");
+        assert!(!r.client_waits());
+    }
+
+    #[test]
+    fn a_write_passed_whole_outside_a_block_is_committed_and_a_failed_commit_told() {
+        for commit_fails in [false, true] {
+            let mut r = Relay::new(RelayLimits::default(), Judging::new(false));
+            query(&mut r, "insert into t select 1 returning t");
+            let mut out = feed_server(
+                &mut r,
+                &[
+                    (be::COMMAND_COMPLETE, b"BEGIN\0"),
+                    (be::READY_FOR_QUERY, b"T"),
+                ],
+            );
+            out.extend(feed_server(&mut r, &INSERTED));
+            assert!(has(&drain_server(&mut r), b"COMMIT"));
+            let commit: &[(u8, &[u8])] = if commit_fails {
+                &[
+                    (be::ERROR_RESPONSE, b"SERROR\0C23505\0Mduplicate\0\0"),
+                    (be::READY_FOR_QUERY, b"I"),
+                ]
+            } else {
+                &[
+                    (be::COMMAND_COMPLETE, b"COMMIT\0"),
+                    (be::READY_FOR_QUERY, b"I"),
+                ]
+            };
+            out.extend(feed_server(&mut r, commit));
+            let want: &[u8] = if commit_fails { b"TDCEZ" } else { b"TDCZ" };
+            assert_eq!(tags(&out), want);
+            assert!(out.ends_with(&be::ready_for_query(b'I')));
+        }
+    }
+
+    #[test]
+    fn an_execute_refused_mid_batch_fails_the_batch_and_the_rest_never_runs() {
+        let mut r = Relay::new(RelayLimits::default(), Judging::new(true));
+        let mut c = BytesMut::new();
+        for sql in [
+            &b"insert into t select 1 returning t"[..],
+            b"insert into t values (2)",
+        ] {
+            let mut body = b"\0".to_vec();
+            body.extend_from_slice(sql);
+            body.extend_from_slice(b"\0\0\0");
+            c.extend_from_slice(&msg(fe::PARSE, &body));
+            c.extend_from_slice(&msg(fe::BIND, b"\0\0\0\0\0\0\0\0"));
+            c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
+        }
+        c.extend_from_slice(&fe::sync());
+        r.on_client_bytes(&mut c).unwrap();
+        // The first Execute, a Flush so its answer comes, and nothing after it.
+        assert_eq!(tags(&drain_server(&mut r)), b"PBDEH");
+        assert!(r.client_waits() && !c.is_empty());
+        let mut out = feed_server(
+            &mut r,
+            &[
+                (be::PARSE_COMPLETE, b""),
+                (be::BIND_COMPLETE, b""),
+                INSERTED[0],
+                INSERTED[1],
+            ],
+        );
+        // Refused: a failing Execute of the gateway's fails the batch on the server.
+        let failing = drain_server(&mut r);
+        assert_eq!(tags(&failing), b"E");
+        assert!(has(&failing, REFUSED_PORTAL));
+        assert!(!r.client_waits());
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(
+            tags(&drain_server(&mut r)),
+            b"S",
+            "the rest of the batch is dropped"
+        );
+        out.extend(feed_server(
+            &mut r,
+            &[
+                INSERTED[2],
+                (be::ERROR_RESPONSE, b"C34000\0\0"),
+                (be::READY_FOR_QUERY, b"I"),
+            ],
+        ));
+        assert_eq!(tags(&out), b"12EZ");
         assert!(r.is_idle());
     }
 

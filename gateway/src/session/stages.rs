@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tracing::info;
 
 use super::copy_target;
-use super::hooks::{Hooks, Outcome, Refusal, RowStage, Verdict, Via};
+use super::hooks::{Effects, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use crate::mask::wire::{data_row_start, read_field};
 use crate::mask::{
     Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan,
@@ -147,6 +147,10 @@ impl Hooks for Stages {
 
     fn close_statement(&mut self, name: &[u8]) {
         self.gate.closed(name);
+    }
+
+    fn effects(&mut self) -> Effects {
+        self.gate.effects()
     }
 
     fn wants_columns(&mut self) -> bool {

@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::hooks::Hold;
+use super::hooks::{Effects, Hold};
 use crate::audit::StatementFacts;
 
 /// Bound on tracked names: past it, stale entries go (a later `Execute` of a dropped
@@ -36,6 +36,8 @@ pub struct Statement {
     pub hold: Option<Rc<Hold>>,
     /// What the policy knew, for the audit record of each `Execute` (audit on only).
     pub facts: Option<Rc<StatementFacts>>,
+    /// What running it can leave behind, when a stage may refuse its result.
+    pub effects: Effects,
 }
 
 /// A portal created by `Bind`.
@@ -54,6 +56,7 @@ pub struct Portal {
     /// The statement's declared parameter types (to prepare an edit of it).
     pub param_types: Vec<u32>,
     pub facts: Option<Rc<StatementFacts>>,
+    pub effects: Effects,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +73,7 @@ impl Tracker {
         param_types: Vec<u32>,
         hold: Option<Hold>,
         facts: Option<Rc<StatementFacts>>,
+        effects: Effects,
     ) {
         if self.statements.len() >= MAX_TRACKED {
             self.statements.clear();
@@ -82,6 +86,7 @@ impl Tracker {
                 described: Described::default(),
                 hold: hold.map(Rc::new),
                 facts,
+                effects,
             },
         );
     }
@@ -90,7 +95,7 @@ impl Tracker {
         if self.portals.len() >= MAX_TRACKED {
             self.portals.clear();
         }
-        let (sql, hold, param_types, facts) = self
+        let (sql, hold, param_types, facts, effects) = self
             .statements
             .get(&statement)
             .map(|s| {
@@ -100,7 +105,13 @@ impl Tracker {
                 } else {
                     Vec::new()
                 };
-                (s.sql.clone(), s.hold.clone(), types, s.facts.clone())
+                (
+                    s.sql.clone(),
+                    s.hold.clone(),
+                    types,
+                    s.facts.clone(),
+                    s.effects,
+                )
             })
             .unwrap_or_default();
         self.portals.insert(
@@ -115,6 +126,7 @@ impl Tracker {
                 hold,
                 param_types,
                 facts,
+                effects,
             },
         );
     }
