@@ -549,6 +549,10 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         };
         (signals, admin)
     };
+    // After the admin socket's bind (it narrows the umask while no other thread runs),
+    // before the listeners: databases named in reserve_databases have their reserved
+    // connections before anyone can connect.
+    engine::side::start(shared.clone()).context("starting the reserved connections")?;
     let listeners = engine::bind_listeners(addr, workers)?;
     let bound = listeners[0].local_addr()?;
     info!(

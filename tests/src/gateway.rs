@@ -115,6 +115,10 @@ pub struct GatewayOptions {
     /// Lines of the `[upstream]` section about TLS (`tls = …`, `ca = …`,
     /// `tls_server_name = …`); plaintext by default.
     pub upstream_tls: Vec<String>,
+    /// More lines of the `[server]` section (`shutdown_grace_secs = 2`, ...).
+    pub server_lines: Vec<String>,
+    /// More lines of the `[upstream]` section (`reserved_connections = 1`, ...).
+    pub upstream_lines: Vec<String>,
     /// `[admin] socket`; a relative path is taken inside the gateway's temporary
     /// directory ([`Gateway::start`] resolves it). `None`: no admin socket.
     pub admin_socket: Option<PathBuf>,
@@ -153,6 +157,8 @@ impl GatewayOptions {
             tls: None,
             tls_required: false,
             upstream_tls: vec!["tls = \"disable\"".into()],
+            server_lines: Vec::new(),
+            upstream_lines: Vec::new(),
             admin_socket: None,
             approvals_toml: None,
             audit_toml: None,
@@ -213,6 +219,18 @@ impl GatewayOptions {
         self
     }
 
+    /// Adds a line to the `[server]` section.
+    pub fn server_line(mut self, line: &str) -> Self {
+        self.server_lines.push(line.into());
+        self
+    }
+
+    /// Adds a line to the `[upstream]` section.
+    pub fn upstream_line(mut self, line: &str) -> Self {
+        self.upstream_lines.push(line.into());
+        self
+    }
+
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push_str(toml);
         self.extra_toml.push('\n');
@@ -227,6 +245,9 @@ impl GatewayOptions {
         let _ = writeln!(t, "io_engine = {}", q(self.engine.as_str()));
         if let Some(w) = self.workers {
             let _ = writeln!(t, "workers = {w}");
+        }
+        for line in &self.server_lines {
+            let _ = writeln!(t, "{line}");
         }
         if let Some((cert, key)) = &self.tls {
             let _ = writeln!(
@@ -246,6 +267,9 @@ impl GatewayOptions {
             q(&self.upstream_password),
             self.upstream_tls.join("\n")
         );
+        for line in &self.upstream_lines {
+            let _ = writeln!(t, "{line}");
+        }
         for id in &self.identities {
             let roles: Vec<String> = id.roles.iter().map(|r| q(r)).collect();
             let _ = writeln!(

@@ -498,6 +498,18 @@ impl Control {
                 .map_or_else(|| "none".to_owned(), |n| n.to_string()),
             self.started.elapsed().as_secs(),
         );
+        // The server slots the gateway holds for its own questions (catalog lookups,
+        // approvals' estimates): open of wanted, then per database.
+        let side = self.shared.side.status();
+        s.push_str(&format!(" reserved={}/{}", side.open, side.target));
+        if !side.databases.is_empty() {
+            let per: Vec<String> = side
+                .databases
+                .iter()
+                .map(|(db, open, target)| format!("{db}:{open}/{target}"))
+                .collect();
+            s.push_str(&format!(" reserved_by_database={}", per.join(",")));
+        }
         match &state.last {
             None => s.push_str(" last_reload=never"),
             Some(last) => s.push_str(&format!(

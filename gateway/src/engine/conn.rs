@@ -43,7 +43,7 @@ pub trait Connect: 'static {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ConnError {
+pub(super) enum ConnError {
     #[error("client i/o: {0}")]
     ClientIo(io::Error),
     #[error("upstream i/o: {0}")]
@@ -169,6 +169,38 @@ async fn run<C: Connect>(
             };
             let _ = client.write_all(frame).await;
             return Err(e.into());
+        }
+    };
+
+    // The database's reserved connections are claimed before the session is answered:
+    // from here on it never needs a free slot on the server.
+    let _reservation = match shared.side.reserve(&agent.database).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("{e}");
+            if let Some(log) = &shared.audit {
+                log_refused(
+                    log,
+                    Some(&agent.identity.name),
+                    peer,
+                    &client,
+                    &e.to_string(),
+                );
+            }
+            let _ = upstream.write_all(fe::terminate()).await;
+            let message = format!(
+                "the gateway could not reserve its connection for this session's catalog lookups: {e}"
+            );
+            let _ = client
+                .write_all(error_response(
+                    Severity::Fatal,
+                    e.sqlstate(),
+                    &message,
+                    Some("The gateway keeps [upstream] reserved_connections per database open for masking and approvals, so that open sessions never need a free slot."),
+                    Some("Retry later; an operator can raise the server's max_connections or lower reserved_connections."),
+                ))
+                .await;
+            return Err(ConnError::Rejected(message));
         }
     };
 
@@ -352,7 +384,7 @@ async fn cancel<C: Connect>(shared: &Shared, pid: i32, secret: i32) {
     }
 }
 
-enum UpstreamStartError {
+pub(super) enum UpstreamStartError {
     Refused(Bytes),
     Other(ConnError),
 }
@@ -374,7 +406,7 @@ impl From<ConnError> for UpstreamStartError {
     }
 }
 
-async fn connect_upstream<C: Connect>(
+pub(super) async fn connect_upstream<C: Connect>(
     shared: &Shared,
     database: &str,
     params: &[(String, String)],
@@ -676,7 +708,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                 if flow.drain(Side::Client, client).await.is_err() {
                     break;
                 }
-                let rows = side_query::<C>(shared, database, &sql).await;
+                let rows = side_query(shared, database, &sql).await;
                 res = flow
                     .relay
                     .borrow_mut()
@@ -764,60 +796,13 @@ fn next_chunk<H: Hooks>(relay: &RefCell<Relay<H>>, side: Side) -> Option<Bytes> 
     Some(acc.freeze())
 }
 
-/// Runs a catalog query over a connection of the gateway's own, so the session's
-/// connection (busy streaming a result) is never interleaved.
-async fn side_query<C: Connect>(
-    shared: &Shared,
-    database: &str,
-    sql: &str,
-) -> Result<Vec<Bytes>, String> {
-    let mut query = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut query).map_err(|e| e.to_string())?;
-    side_exchange::<C>(shared, database, query.freeze(), be::DATA_ROW).await
-}
-
-/// Sends `messages` (ending in `Sync` or a `Query`) over a connection of the gateway's
-/// own and returns the answer's frames tagged `keep` (`DataRow`s, a
-/// `ParameterDescription`), or the server's error.
-pub(super) async fn side_exchange<C: Connect>(
-    shared: &Shared,
-    database: &str,
-    messages: Bytes,
-    keep: u8,
-) -> Result<Vec<Bytes>, String> {
-    let (conn, _, _) = connect_upstream::<C>(shared, database, &[])
+/// Runs a catalog query on one of the database's reserved connections, so the session's
+/// connection (busy streaming a result) is never interleaved and a full server does not
+/// stop the session.
+async fn side_query(shared: &Shared, database: &str, sql: &str) -> Result<Vec<Bytes>, String> {
+    shared
+        .side
+        .query(database, sql)
         .await
-        .map_err(|e| match e {
-            UpstreamStartError::Refused(f) => be::error_summary(&f[5..]).1,
-            UpstreamStartError::Other(e) => e.to_string(),
-        })?;
-    conn.write_all(messages).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(8192);
-    let mut rows = Vec::new();
-    let mut failure = None;
-    loop {
-        while let Some(frame) =
-            crate::protocol::frame::split_frame(&mut buf, shared.limits.max_message)
-                .map_err(|e| e.to_string())?
-        {
-            match frame.tag() {
-                t if t == keep => rows.push(frame.into_bytes()),
-                be::ERROR_RESPONSE => failure = Some(be::error_summary(frame.body()).1),
-                be::READY_FOR_QUERY => {
-                    let _ = conn.write_all(fe::terminate()).await;
-                    conn.shutdown();
-                    return match failure {
-                        Some(f) => Err(f),
-                        None => Ok(rows),
-                    };
-                }
-                _ => {}
-            }
-        }
-        let (res, b) = conn.read(buf, 8192).await;
-        buf = b;
-        if res.map_err(|e| e.to_string())? == 0 {
-            return Err("the database closed the catalog connection".into());
-        }
-    }
+        .map_err(|e| e.to_string())
 }

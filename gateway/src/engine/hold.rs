@@ -17,7 +17,8 @@ use tracing::info;
 
 use super::Shared;
 use super::cancel::SessionCancel;
-use super::conn::{Connect, Flow, Side, side_exchange};
+use super::conn::{Connect, Flow, Side};
+use super::side::SideError;
 use super::transport::Transport;
 use crate::approvals::Resolution;
 use crate::approvals::explain::{explain_sql, read_plan};
@@ -181,7 +182,9 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         (new, explain, raw_params, describe)
     };
     let types = match describe {
-        Some(m) => side_exchange::<C>(shared, database, m, be::PARAMETER_DESCRIPTION)
+        Some(m) => shared
+            .side
+            .ask(database, m, be::PARAMETER_DESCRIPTION, EXPLAIN_TIMEOUT)
             .await
             .ok()
             .and_then(|frames| frames.first().map(|f| parameter_types(f)))
@@ -194,7 +197,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         .map(|(i, (format, value))| render_param(*format, value.as_deref(), types.get(i).copied()))
         .collect();
     if let Some(messages) = explain {
-        new.estimate = Some(estimate::<C>(shared, database, messages).await);
+        new.estimate = Some(estimate(shared, database, messages).await);
     }
     if flow.relay.borrow_mut().start_preview() {
         new.timeout_secs = new.timeout_secs.min(settings.preview_max.as_secs().max(1));
@@ -289,7 +292,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                         ctx.signal.set_holding(false);
                         approvals.withdraw(id, "the agent disconnected");
                         withdrawn("the agent disconnected");
-                        return Err(Gone);
+                    return Err(Gone);
                     }
                 }
             }
@@ -521,25 +524,23 @@ fn render_param(format: i16, value: Option<&[u8]>, oid: Option<u32>) -> Param {
     }
 }
 
-/// The planner's estimate, from the gateway's own connection.
-async fn estimate<C: Connect>(shared: &Shared, database: &str, messages: Bytes) -> Estimate {
+/// The planner's estimate, from one of the database's reserved connections.
+async fn estimate(shared: &Shared, database: &str, messages: Bytes) -> Estimate {
     let unavailable = |why: String| Estimate {
         rows: None,
         node: None,
         unavailable: Some(why),
     };
-    match tokio::time::timeout(
-        EXPLAIN_TIMEOUT,
-        side_exchange::<C>(shared, database, messages, be::DATA_ROW),
-    )
-    .await
+    match shared
+        .side
+        .ask(database, messages, be::DATA_ROW, EXPLAIN_TIMEOUT)
+        .await
     {
-        Err(_) => unavailable(format!(
-            "EXPLAIN took longer than {}s",
-            EXPLAIN_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => unavailable(format!("EXPLAIN failed: {e}")),
-        Ok(Ok(rows)) => {
+        Err(SideError::TimedOut(limit)) => {
+            unavailable(format!("EXPLAIN took longer than {}s", limit.as_secs()))
+        }
+        Err(e) => unavailable(format!("EXPLAIN failed: {e}")),
+        Ok(rows) => {
             let text: String = rows
                 .iter()
                 .filter_map(|r| {

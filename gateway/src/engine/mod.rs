@@ -9,13 +9,15 @@
 //!   that block io_uring.
 //!
 //! Everything else is shared: [`conn`] is the whole life of one connection, written
-//! once against the [`transport::Transport`] trait both engines implement.
+//! once against the [`transport::Transport`] trait both engines implement; [`side`]
+//! holds the upstream connections the gateway reserves for its own questions.
 
 pub mod cancel;
 pub mod conn;
 pub mod epoll;
 mod hold;
 pub mod shared;
+pub mod side;
 pub mod transport;
 pub mod uring;
 
