@@ -16,14 +16,15 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tracing::{Instrument, debug, error, info, warn};
 
-use super::Shared;
 use super::cancel::{CancelGuard, CancelTarget, SessionCancel};
 use super::hold::{self, HoldContext};
 use super::transport::{MaybeTls, TlsTransport, Transport};
+use super::{Phase, Shared};
 use crate::config::UpstreamTls;
 use crate::mask::Subject;
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::{frontend as fe, sqlstate};
+use crate::session::drain::{self, DrainGreeter, DrainStep, SHUTTING_DOWN};
 use crate::session::handshake::{Agent, ClientHandshake, Step};
 use crate::session::hooks::Hooks;
 use crate::session::relay::Relay;
@@ -63,6 +64,15 @@ pub(super) enum ConnError {
 /// Serves one accepted connection to its end. Never panics on peer input; logs how the
 /// session ended, at a level matching whether anything went wrong.
 pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: SocketAddr) {
+    if shared.lifecycle.is_stopping() {
+        // Not counted as a session: a client that never sends its start-up must not
+        // hold the drain up.
+        let span = tracing::info_span!("refused", %peer);
+        refuse_draining::<C>(&shared, stream, peer)
+            .instrument(span)
+            .await;
+        return;
+    }
     let _count = shared.lifecycle.session_started();
     let span = tracing::info_span!("session", %peer, identity = tracing::field::Empty, database = tracing::field::Empty);
     async move {
@@ -145,6 +155,22 @@ async fn run<C: Connect>(
     let span = tracing::Span::current();
     span.record("identity", agent.identity.name.as_str());
     span.record("database", agent.database.as_str());
+
+    // Authenticated after the drain began: refused as PostgreSQL refuses it, before the
+    // server is asked for anything.
+    if shared.lifecycle.is_stopping() {
+        if let Some(log) = &shared.audit {
+            log_refused(
+                log,
+                Some(&agent.identity.name),
+                peer,
+                &client,
+                SHUTTING_DOWN,
+            );
+        }
+        let _ = client.write_all(drain::shutting_down()).await;
+        return Err(ConnError::Rejected(SHUTTING_DOWN.into()));
+    }
 
     let (upstream, session, addr) = match connect_upstream::<C>(
         shared,
@@ -311,6 +337,81 @@ fn log_refused<S: Transport>(
         tls: client.tls_version(),
         reason: why,
     });
+}
+
+/// Longest a connection that arrives during the drain may take to send its start-up.
+const DRAIN_STARTUP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A connection that arrived during the drain: its start-up is answered with FATAL
+/// 57P03, after TLS when the gateway offers it; a cancel request is forwarded.
+async fn refuse_draining<C: Connect>(shared: &Shared, stream: C::Stream, peer: SocketAddr) {
+    let mut client = MaybeTls::Plain(stream);
+    let mut greeter = DrainGreeter::new(shared.server_tls.is_some());
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout.min(DRAIN_STARTUP);
+    loop {
+        let step = tokio::time::timeout_at(deadline, greet(&client, &mut greeter, &mut buf)).await;
+        let step = match step {
+            Ok(Ok(step)) => step,
+            Ok(Err(e)) => return debug!("during the drain: {e}"),
+            Err(_) => return debug!("during the drain: no start-up in time"),
+        };
+        match step {
+            DrainStep::StartTls => {
+                let (MaybeTls::Plain(plain), Some(cfg)) = (client, shared.server_tls.clone())
+                else {
+                    return;
+                };
+                if plain.write_all(Bytes::from_static(b"S")).await.is_err() {
+                    return;
+                }
+                let Ok(tls) = TlsTransport::server(plain, cfg) else {
+                    return;
+                };
+                match tokio::time::timeout_at(deadline, tls.handshake()).await {
+                    Ok(Ok(())) => {}
+                    _ => return debug!("during the drain: TLS handshake failed"),
+                }
+                client = MaybeTls::Tls(Box::new(tls));
+                greeter.tls_established();
+            }
+            DrainStep::Cancel { pid, secret } => return cancel::<C>(shared, pid, secret).await,
+            DrainStep::Refuse { frame, user } => {
+                if let Some(log) = &shared.audit {
+                    log_refused(log, user.as_deref(), peer, &client, SHUTTING_DOWN);
+                }
+                info!(
+                    user = user.as_deref().unwrap_or(""),
+                    "refused: {SHUTTING_DOWN}"
+                );
+                let _ = client.write_all(frame).await;
+                return;
+            }
+            DrainStep::Close(why) => return debug!("during the drain: {why}"),
+            DrainStep::Send(_) => {}
+        }
+    }
+}
+
+/// Reads until the greeter has a step other than bytes to send (those it writes).
+async fn greet<S: Transport>(
+    client: &MaybeTls<S>,
+    greeter: &mut DrainGreeter,
+    buf: &mut BytesMut,
+) -> io::Result<DrainStep> {
+    loop {
+        while let Some(step) = greeter.on_bytes(buf) {
+            match step {
+                DrainStep::Send(b) => client.write_all(b).await?,
+                other => return Ok(other),
+            }
+        }
+        let (res, b) = client.read(std::mem::take(buf), 1024).await;
+        *buf = b;
+        if res? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client left"));
+        }
+    }
 }
 
 enum Startup {
@@ -527,6 +628,9 @@ pub(super) struct Flow<H: Hooks> {
     audit: Option<crate::audit::AuditLog>,
     /// The server's side ended first.
     server_ended: Cell<bool>,
+    /// The gateway's shutdown is ending the session: nothing more is written, and the
+    /// halves stop once the writer in progress has finished its chunk.
+    cut: Cell<bool>,
 }
 
 impl<H: Hooks> Flow<H> {
@@ -543,6 +647,9 @@ impl<H: Hooks> Flow<H> {
     /// (one drainer per socket, taking chunks in queue order) and a reader that is
     /// draining does not read more: that is the back-pressure.
     pub(super) async fn drain<T: Transport>(&self, side: Side, socket: &T) -> io::Result<()> {
+        if self.cut.get() {
+            return Ok(());
+        }
         // Evidence before action: what the server is about to receive is recorded first.
         if let Some(log) = &self.audit {
             // Statement records are taken only by whoever writes to the server, so no
@@ -588,7 +695,9 @@ impl<H: Hooks> Flow<H> {
             }
         }
         let mut result = Ok(());
-        while let Some(chunk) = next_chunk(&self.relay, side) {
+        while !self.cut.get()
+            && let Some(chunk) = next_chunk(&self.relay, side)
+        {
             let r = socket.write_all(chunk).await;
             progress.notify_waiters();
             if let Err(e) = r {
@@ -629,6 +738,7 @@ async fn relay_session<C: Connect, H: Hooks>(
         progress_server: tokio::sync::Notify::new(),
         audit: shared.audit.clone(),
         server_ended: Cell::new(false),
+        cut: Cell::new(false),
     };
     let read_size = shared.read_buffer;
 
@@ -659,6 +769,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                 debug!("client write: {e}");
                 break;
             }
+            park_if_cut(&flow).await;
             if let Err(e) = res {
                 warn!("{e}");
                 break;
@@ -718,6 +829,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                 debug!("client write: {e}");
                 break;
             }
+            park_if_cut(&flow).await;
             if let Err(e) = res {
                 error!("{e}");
                 clean = false;
@@ -742,9 +854,61 @@ async fn relay_session<C: Connect, H: Hooks>(
         client.shutdown();
     };
 
-    tokio::join!(client_half, server_half);
+    let mut both = Box::pin(async { tokio::join!(client_half, server_half) });
+    let cut = tokio::select! {
+        _ = &mut both => false,
+        () = shared.lifecycle.reached(Phase::Cutting) => true,
+    };
+    if cut {
+        flow.cut.set(true);
+        // The writer towards the client finishes the chunk it is writing (half a frame
+        // would leave the client nothing it can parse), then the halves are dropped.
+        let settled = async {
+            loop {
+                let notified = flow.progress_client.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if !flow.writing_client.get() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::select! {
+            _ = &mut both => {}
+            () = settled => {}
+            () = tokio::time::sleep(CUT_WRITE) => {}
+        }
+        let (busy, tail) = {
+            let mut r = flow.relay.borrow_mut();
+            let busy = !r.is_idle();
+            let mut tail = BytesMut::new();
+            if !flow.writing_client.get() && r.client_at_frame_boundary() {
+                while let Some(b) = r.pop_to_client() {
+                    tail.extend_from_slice(&b);
+                }
+                tail.extend_from_slice(&drain::terminating());
+            }
+            (busy, tail)
+        };
+        // What the server runs for this session stops too, as a fast shutdown's backends
+        // do; closing the connection alone would not interrupt a long statement.
+        if busy && let Some((addr, pid, secret)) = ctx.upstream() {
+            let _ = tokio::time::timeout(CUT_WRITE, send_cancel::<C>(addr, pid, secret)).await;
+        }
+        if !tail.is_empty() {
+            let _ = tokio::time::timeout(CUT_WRITE, client.write_all(tail.freeze())).await;
+        }
+        drop(both);
+        server.shutdown();
+        client.shutdown();
+    } else {
+        drop(both);
+    }
     let mut r = flow.relay.into_inner();
-    let reason = if r.is_terminated() {
+    let reason = if cut {
+        "gateway shutdown"
+    } else if r.is_terminated() {
         "client terminated"
     } else if flow.server_ended.get() {
         "server closed"
@@ -763,6 +927,35 @@ async fn relay_session<C: Connect, H: Hooks>(
         None => 0,
     };
     (reason, statements)
+}
+
+/// How long a cut session's last writes (the chunk in progress, then the queue and the
+/// 57P01) may take: a client that reads nothing is closed without them.
+const CUT_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Once the session is being cut a half waits here to be dropped, so it neither reads
+/// more nor closes a socket the 57P01 still has to go through.
+async fn park_if_cut<H: Hooks>(flow: &Flow<H>) {
+    if flow.cut.get() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sends a cancel request for one server backend (no connection slot needed: the
+/// server reads it before any limit applies) and waits until the server closed it.
+pub(super) async fn send_cancel<C: Connect>(addr: SocketAddr, pid: i32, secret: i32) {
+    match C::connect(addr).await {
+        Ok(s) => {
+            if let Err(e) = s.write_all(fe::cancel_request(pid, secret)).await {
+                warn!("sending a cancel request failed: {e}");
+            } else {
+                // PostgreSQL closes after reading the request; wait for that so the
+                // request is not cut off by our own close.
+                let _ = s.read(BytesMut::with_capacity(16), 16).await;
+            }
+        }
+        Err(e) => warn!("cannot reach the database to send a cancel request: {e}"),
+    }
 }
 
 #[derive(Clone, Copy)]

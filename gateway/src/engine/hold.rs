@@ -77,6 +77,38 @@ impl HoldContext {
     }
 }
 
+impl HoldContext {
+    /// The server session's cancel key and address.
+    pub(super) fn upstream(&self) -> Option<(SocketAddr, i32, i32)> {
+        self.upstream
+    }
+}
+
+/// Withdraws a filed request when the wait is dropped before a decision: the gateway's
+/// shutdown cut the session.
+struct WithdrawOnDrop<'a, H: Hooks> {
+    approvals: &'a crate::approvals::Approvals,
+    flow: &'a Flow<H>,
+    id: i64,
+    sql: &'a str,
+    armed: bool,
+}
+
+impl<H: Hooks> Drop for WithdrawOnDrop<'_, H> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        const WHY: &str = "the gateway shut down";
+        self.approvals.withdraw(self.id, WHY);
+        if let Ok(mut relay) = self.flow.relay.try_borrow_mut()
+            && let Some(t) = relay.audit_mut()
+        {
+            t.approval_decision(self.id, "withdrawn", &[], Some(WHY), self.sql, None);
+        }
+    }
+}
+
 /// The client left while its statement was held.
 pub struct Gone;
 
@@ -221,6 +253,13 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         let n = &ticket.request.new;
         t.approval_request(id, &held_sql, n.rule.as_deref(), n.approvers);
     }
+    let mut on_drop = WithdrawOnDrop {
+        approvals,
+        flow,
+        id,
+        sql: &held_sql,
+        armed: true,
+    };
     let withdrawn = |why: &str| {
         if let Some(t) = flow.relay.borrow_mut().audit_mut() {
             t.approval_decision(id, "withdrawn", &[], Some(why), &held_sql, None);
@@ -246,6 +285,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
     if flow.drain(Side::Client, client).await.is_err() {
         approvals.withdraw(id, "the agent disconnected");
         withdrawn("the agent disconnected");
+        on_drop.armed = false;
         return Err(Gone);
     }
 
@@ -276,6 +316,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                     approvals.withdraw(id, why);
                     withdrawn(why);
                     info!(id, "{why} while a statement was held");
+                    on_drop.armed = false;
                     return Err(Gone);
                 }
                 let now = tokio::time::Instant::now();
@@ -292,12 +333,14 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                         ctx.signal.set_holding(false);
                         approvals.withdraw(id, "the agent disconnected");
                         withdrawn("the agent disconnected");
+                        on_drop.armed = false;
                     return Err(Gone);
                     }
                 }
             }
         }
     };
+    on_drop.armed = false;
     ctx.signal.set_holding(false);
     if let Some(t) = flow.relay.borrow_mut().audit_mut() {
         match &resolution {
