@@ -591,6 +591,11 @@ impl Gateway {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended, once it has (reaping it: no zombie is left behind).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends a signal (e.g. `libc::SIGHUP` to reload, `libc::SIGTERM` to drain).
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid; the worst case is ESRCH.
