@@ -25,6 +25,9 @@ use crate::mask::Subject;
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::{frontend as fe, sqlstate};
 use crate::session::drain::{self, DrainGreeter, DrainStep, SHUTTING_DOWN};
+
+/// The reason a connection refused during the drain is recorded with, as refused logins are.
+const REFUSED_DRAINING: &str = "the database system is shutting down (57P03)";
 use crate::session::handshake::{Agent, ClientHandshake, Step};
 use crate::session::hooks::Hooks;
 use crate::session::relay::Relay;
@@ -165,7 +168,7 @@ async fn run<C: Connect>(
                 Some(&agent.identity.name),
                 peer,
                 &client,
-                SHUTTING_DOWN,
+                REFUSED_DRAINING,
             );
         }
         let _ = client.write_all(drain::shutting_down()).await;
@@ -210,7 +213,7 @@ async fn run<C: Connect>(
                     Some(&agent.identity.name),
                     peer,
                     &client,
-                    &e.to_string(),
+                    &format!("{e} ({})", e.sqlstate()),
                 );
             }
             let _ = upstream.write_all(fe::terminate()).await;
@@ -378,7 +381,7 @@ async fn refuse_draining<C: Connect>(shared: &Shared, stream: C::Stream, peer: S
             DrainStep::Cancel { pid, secret } => return cancel::<C>(shared, pid, secret).await,
             DrainStep::Refuse { frame, user } => {
                 if let Some(log) = &shared.audit {
-                    log_refused(log, user.as_deref(), peer, &client, SHUTTING_DOWN);
+                    log_refused(log, user.as_deref(), peer, &client, REFUSED_DRAINING);
                 }
                 info!(
                     user = user.as_deref().unwrap_or(""),
