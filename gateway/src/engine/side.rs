@@ -170,9 +170,13 @@ impl SidePool {
         }
     }
 
-    fn slots_of(&self, database: &str) -> Arc<Slots> {
+    /// The database's slots, claimed for a session when `claim`: under the map's lock, so
+    /// housekeeping (which decides under the same lock) never gives back a pool between
+    /// the look-up and the claim.
+    fn slots_of(&self, database: &str, claim: bool) -> Arc<Slots> {
         let mut all = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(database.to_owned())
+        let slots = all
+            .entry(database.to_owned())
             .or_insert_with(|| {
                 Arc::new(Slots {
                     database: database.to_owned(),
@@ -183,7 +187,11 @@ impl SidePool {
                     last_error: Mutex::new(None),
                 })
             })
-            .clone()
+            .clone();
+        if claim {
+            slots.sessions.fetch_add(1, Ordering::SeqCst);
+        }
+        slots
     }
 
     fn send(&self, job: Job) -> Result<(), SideError> {
@@ -198,13 +206,7 @@ impl SidePool {
     /// answered, opening them if none is open. An error means the server cannot give the
     /// gateway the slot it needs for this session's lookups: refuse the session.
     pub async fn reserve(&self, database: &str) -> Result<Reservation, SideError> {
-        let claim = {
-            // Under the map's lock, so a lingering pool is never released between the
-            // look-up and the claim (housekeeping decides under the same lock).
-            let slots = self.slots_of(database);
-            slots.sessions.fetch_add(1, Ordering::SeqCst);
-            Reservation(slots)
-        };
+        let claim = Reservation(self.slots_of(database, true));
         if claim.0.open.load(Ordering::SeqCst) > 0 {
             return Ok(claim);
         }
@@ -367,7 +369,7 @@ fn db_of(shared: &Shared, dbs: &Dbs, database: &str) -> Rc<Db> {
         .entry(database.to_owned())
         .or_insert_with(|| {
             Rc::new(Db {
-                slots: shared.side.slots_of(database),
+                slots: shared.side.slots_of(database, false),
                 idle: RefCell::new(Vec::new()),
                 filling: Cell::new(false),
                 closed: Cell::new(false),
