@@ -6,6 +6,11 @@
 //! the core and then writes what the core queued before it reads again, so no half ever
 //! holds more than one read's worth of output: back-pressure reaches both ends and
 //! memory per session is bounded by the read buffers.
+//!
+//! A shutdown reaches a connection here too: one that arrives during the drain is
+//! answered with 57P03 after its start-up packet and never counts as a session; a session
+//! still open when the grace period ends is cut at a frame boundary with 57P01, its
+//! statement cancelled on the server, and ends with its audit record like any other.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
