@@ -151,6 +151,16 @@ pub struct UpstreamConfig {
     pub tls_server_name: Option<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
+    /// Connections per database the gateway keeps open for its own questions (catalog
+    /// lookups for masking, approvals' estimates), so that an open session never needs a
+    /// free slot on the server: they open before a database's first session is answered.
+    #[serde(default = "default_reserved_connections")]
+    pub reserved_connections: usize,
+    /// Databases whose reserved connections open at start-up, before the gateway accepts
+    /// anyone, and stay open; the others' open with their first session and close a
+    /// minute after their last.
+    #[serde(default)]
+    pub reserve_databases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +220,11 @@ fn default_pg_port() -> u16 {
 fn default_connect_timeout() -> u64 {
     5000
 }
+fn default_reserved_connections() -> usize {
+    2
+}
+/// Most reserved connections per database: they are slots taken from sessions.
+pub const MAX_RESERVED_CONNECTIONS: usize = 16;
 fn default_level() -> String {
     "info".into()
 }
@@ -260,6 +275,25 @@ impl Config {
             return Err(invalid("upstream.user", "must not be empty"));
         }
         self.upstream_password()?;
+        if !(1..=MAX_RESERVED_CONNECTIONS).contains(&self.upstream.reserved_connections) {
+            return Err(invalid(
+                "upstream.reserved_connections",
+                format!(
+                    "must be between 1 and {MAX_RESERVED_CONNECTIONS}: catalog lookups and approvals' estimates run on these"
+                ),
+            ));
+        }
+        if let Some(i) = self
+            .upstream
+            .reserve_databases
+            .iter()
+            .position(String::is_empty)
+        {
+            return Err(invalid(
+                format!("upstream.reserve_databases[{i}]"),
+                "must not be empty",
+            ));
+        }
         if self.identities.is_empty() {
             return Err(invalid(
                 "identity",

@@ -16,7 +16,7 @@ use portcullis::control::admin_approvals::{
     self as review, ApprovalsCommand, ListArgs, Verb, VoteArgs,
 };
 use portcullis::control::{http, webhook};
-use portcullis::engine::{self, Shared};
+use portcullis::engine::{self, Phase, Shared};
 use tracing::{info, warn};
 
 #[global_allocator]
@@ -549,6 +549,10 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         };
         (signals, admin)
     };
+    // After the admin socket's bind (it narrows the umask while no other thread runs),
+    // before the listeners: databases named in reserve_databases have their reserved
+    // connections before anyone can connect.
+    engine::side::start(shared.clone()).context("starting the reserved connections")?;
     let listeners = engine::bind_listeners(addr, workers)?;
     let bound = listeners[0].local_addr()?;
     info!(
@@ -571,59 +575,38 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         bound.to_string(),
     ));
 
-    rt.block_on(async {
-        let (mut term, mut int, mut hup) = signals;
-        let admin_loop = async {
-            match &admin {
-                Some(a) => a.serve(control.clone()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(admin_loop);
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
-                    // The outcome is logged inside; a signal has nobody to answer.
-                    let _ = control.reload(Trigger::Signal);
-                }
-                never = &mut admin_loop => match never {},
-            }
-        }
-    });
-    // Gone before the drain: a reload while sessions wind down would be for nothing,
-    // and the grace period may end in exit() which skips destructors.
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let (how, signalled) = rt.block_on(control_loop(
+        &shared,
+        &control,
+        admin.as_ref(),
+        signals,
+        grace,
+    ));
+    // Gone before the exit, which may skip destructors: the file goes with the socket.
     drop(admin);
-
-    info!(
-        sessions = shared.lifecycle.sessions(),
-        "stopping: no new connections"
-    );
-    shared.lifecycle.stop();
-    let deadline = Instant::now() + Duration::from_secs(cfg.server.shutdown_grace_secs);
-    while shared.lifecycle.sessions() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    let cut = shared.lifecycle.sessions();
+    // Workers end once their sessions have; one that cannot (a start-up stalled in the
+    // kernel) is left to the process's exit.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let left = shared.lifecycle.sessions();
-    if left > 0 {
-        warn!(
-            sessions = left,
-            "grace period over, closing remaining sessions"
-        );
-        if let Some(log) = &shared.audit {
-            log.record(&portcullis::audit::Body::GatewayStop {
-                reason: "grace period over, sessions cut",
-            });
-            log.close();
+    let finished = handles.iter().all(|h| h.is_finished());
+    if finished {
+        for h in handles {
+            let _ = h.join();
         }
-        std::process::exit(0);
-    }
-    for h in handles {
-        let _ = h.join();
+        info!(
+            since_signal_ms = signalled.elapsed().as_millis() as u64,
+            "listeners closed"
+        );
     }
     if let Some(log) = &shared.audit {
-        log.record(&portcullis::audit::Body::GatewayStop { reason: "signal" });
+        log.record(&portcullis::audit::Body::GatewayStop {
+            reason: how.reason(),
+        });
+        // Syncs what is queued, the cut sessions' session_end records with it.
         log.close();
         // What the log holds now is sent before the process ends (a sink that is down
         // catches up from its cursor at the next start).
@@ -638,6 +621,136 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
             }
         });
     }
+    if !finished || cut > 0 {
+        warn!(connections = cut, "exiting with connections still open");
+        info!("stopped");
+        std::process::exit(0);
+    }
     info!("stopped");
     Ok(())
+}
+
+/// How the gateway came to stop: its `gateway_stop` record's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// Every session ended within the grace period.
+    Drained,
+    /// The grace period ended with sessions open; they were sent 57P01.
+    GraceOver,
+    /// SIGINT or a second SIGTERM: sessions were sent 57P01 without waiting.
+    Fast,
+}
+
+impl Stopped {
+    fn reason(self) -> &'static str {
+        match self {
+            Stopped::Drained => "signal",
+            Stopped::GraceOver => "grace period over, sessions cut",
+            Stopped::Fast => "fast shutdown (SIGINT or a second SIGTERM), sessions cut",
+        }
+    }
+}
+
+/// After the cut, how long the sessions have to send their 57P01 and write their
+/// `session_end` records before the process goes anyway.
+const CUT_WAIT: Duration = Duration::from_secs(3);
+
+/// Signals and the admin socket until the gateway has drained, as PostgreSQL's
+/// shutdown modes go: SIGTERM stops new sessions (they are refused with 57P03) and lets
+/// open ones finish within `grace`, then sends them FATAL 57P01; SIGINT, or SIGTERM
+/// again, sends it at once (pg_ctl's fast mode); another signal after that exits
+/// without waiting for anyone. Returns how it stopped and when the first signal came.
+async fn control_loop(
+    shared: &Shared,
+    control: &Arc<Control>,
+    admin: Option<&AdminSocket>,
+    signals: (
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    ),
+    grace: Duration,
+) -> (Stopped, Instant) {
+    let (mut term, mut int, mut hup) = signals;
+    let admin_loop = async {
+        match admin {
+            Some(a) => a.serve(control.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(admin_loop);
+    let lifecycle = &shared.lifecycle;
+    let mut signalled = Instant::now();
+    let mut grace_end = tokio::time::Instant::now();
+    let mut cut_at = tokio::time::Instant::now();
+    let mut how = Stopped::Drained;
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let cut = |how: Stopped, cut_at: &mut tokio::time::Instant| {
+        warn!(
+            sessions = lifecycle.sessions(),
+            "{}: sending 57P01 to the sessions still open",
+            match how {
+                Stopped::GraceOver => "grace period over",
+                _ => "fast shutdown",
+            }
+        );
+        *cut_at = tokio::time::Instant::now();
+        lifecycle.advance(Phase::Cutting);
+    };
+    loop {
+        let phase = lifecycle.phase();
+        tokio::select! {
+            _ = term.recv() => match phase {
+                Phase::Running => {
+                    signalled = Instant::now();
+                    grace_end = tokio::time::Instant::now() + grace;
+                    lifecycle.advance(Phase::Draining);
+                    info!(
+                        sessions = lifecycle.sessions(),
+                        grace_secs = grace.as_secs(),
+                        "SIGTERM: draining, new connections are refused (57P03)"
+                    );
+                }
+                Phase::Draining => {
+                    how = Stopped::Fast;
+                    cut(how, &mut cut_at);
+                }
+                _ => break,
+            },
+            _ = int.recv() => match phase {
+                Phase::Running | Phase::Draining => {
+                    if phase == Phase::Running {
+                        signalled = Instant::now();
+                    }
+                    how = Stopped::Fast;
+                    cut(how, &mut cut_at);
+                }
+                _ => break,
+            },
+            _ = hup.recv() => {
+                // The outcome is logged inside; a signal has nobody to answer.
+                let _ = control.reload(Trigger::Signal);
+            }
+            never = &mut admin_loop => match never {},
+            () = tokio::time::sleep_until(grace_end), if phase == Phase::Draining => {
+                how = Stopped::GraceOver;
+                cut(how, &mut cut_at);
+            }
+            _ = poll.tick(), if phase >= Phase::Draining => {
+                if lifecycle.sessions() == 0 {
+                    info!(
+                        since_signal_ms = signalled.elapsed().as_millis() as u64,
+                        "last session closed"
+                    );
+                    break;
+                }
+                if phase == Phase::Cutting && cut_at.elapsed() >= CUT_WAIT {
+                    break;
+                }
+            }
+        }
+    }
+    lifecycle.advance(Phase::Exiting);
+    (how, signalled)
 }

@@ -106,8 +106,6 @@ pub struct GatewayOptions {
     pub log_level: String,
     /// Appended to the generated config as is: masking rules and the like.
     pub extra_toml: String,
-    /// More `[server]` lines (`handshake_timeout_secs = 1`, ...).
-    pub server_lines: Vec<String>,
     /// The `[policy]` section; `None` writes none (the gateway then refuses everything).
     /// Defaults to [`ALLOW_ALL_POLICY`], for tests of the data path rather than the policy.
     pub policy_toml: Option<String>,
@@ -117,6 +115,10 @@ pub struct GatewayOptions {
     /// Lines of the `[upstream]` section about TLS (`tls = …`, `ca = …`,
     /// `tls_server_name = …`); plaintext by default.
     pub upstream_tls: Vec<String>,
+    /// More lines of the `[server]` section (`shutdown_grace_secs = 2`, ...).
+    pub server_lines: Vec<String>,
+    /// More lines of the `[upstream]` section (`reserved_connections = 1`, ...).
+    pub upstream_lines: Vec<String>,
     /// `[admin] socket`; a relative path is taken inside the gateway's temporary
     /// directory ([`Gateway::start`] resolves it). `None`: no admin socket.
     pub admin_socket: Option<PathBuf>,
@@ -151,11 +153,12 @@ impl GatewayOptions {
             workers: None,
             log_level: "info".into(),
             extra_toml: String::new(),
-            server_lines: Vec::new(),
             policy_toml: Some(ALLOW_ALL_POLICY.into()),
             tls: None,
             tls_required: false,
             upstream_tls: vec!["tls = \"disable\"".into()],
+            server_lines: Vec::new(),
+            upstream_lines: Vec::new(),
             admin_socket: None,
             approvals_toml: None,
             audit_toml: None,
@@ -217,8 +220,14 @@ impl GatewayOptions {
     }
 
     /// Adds a line to the `[server]` section.
-    pub fn server_setting(mut self, line: &str) -> Self {
+    pub fn server_line(mut self, line: &str) -> Self {
         self.server_lines.push(line.into());
+        self
+    }
+
+    /// Adds a line to the `[upstream]` section.
+    pub fn upstream_line(mut self, line: &str) -> Self {
+        self.upstream_lines.push(line.into());
         self
     }
 
@@ -258,6 +267,9 @@ impl GatewayOptions {
             q(&self.upstream_password),
             self.upstream_tls.join("\n")
         );
+        for line in &self.upstream_lines {
+            let _ = writeln!(t, "{line}");
+        }
         for id in &self.identities {
             let roles: Vec<String> = id.roles.iter().map(|r| q(r)).collect();
             let _ = writeln!(
@@ -577,6 +589,11 @@ impl Gateway {
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How the process ended, once it has (reaping it: no zombie is left behind).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Sends a signal (e.g. `libc::SIGHUP` to reload, `libc::SIGTERM` to drain).

@@ -279,7 +279,7 @@ fn server_ended_sessions_end_as_the_server_ended_them(engine: Engine) {
 /// the client sees the FATAL and EOF, and the gateway holds no descriptor for them.
 fn abandoned_handshakes_are_closed_at_the_timeout(engine: Engine) {
     let env = Env::start_with(engine, Default::default(), |o| {
-        o.server_setting("handshake_timeout_secs = 1")
+        o.server_line("handshake_timeout_secs = 1")
     });
     still_serves(&env, "a first session");
     let fds = || {

@@ -134,8 +134,67 @@ fn upstream_with_an_untrusted_certificate_is_refused(engine: Engine) {
     let _ = DB;
 }
 
+per_engine!(tls_clients_read_the_drains_refusal_over_tls);
 per_engine!(
     agents_over_tls,
     upstream_over_verified_tls,
     upstream_with_an_untrusted_certificate_is_refused,
 );
+
+/// During the drain a TLS client is refused as PostgreSQL refuses it, over TLS: the
+/// handshake completes and `sslmode=verify-full` psql reads 57P03, not a TLS failure.
+fn tls_clients_read_the_drains_refusal_over_tls(engine: Engine) {
+    let certs = Certs::new();
+    let (cert, key) = (certs.path("server.pem"), certs.path("server.key"));
+    let env = Env::start_with(engine, PgOptions::default(), |mut o| {
+        o.tls = Some((cert, key));
+        o.tls_required = true;
+        o.server_line("shutdown_grace_secs = 60")
+    });
+    let uri = env.uri().replace("@127.0.0.1:", "@localhost:");
+    let uri = with_tls(
+        &uri,
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            certs.path("ca.pem").display()
+        ),
+    );
+    // An open session keeps the gateway draining.
+    let mut open = psql_at(&uri)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start psql");
+    {
+        use std::io::{BufRead, Write};
+        let stdin = open.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"\\pset tuples_only on\nSELECT 'open';\n")
+            .unwrap();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(open.stdout.take().unwrap());
+        while !line.contains("open") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "psql ended");
+        }
+    }
+    env.gw.signal(libc::SIGTERM);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = run_timed(psql_at(&uri).args(["-At", "-c", "SELECT 1"]));
+        let err = stderr(&out);
+        if err.contains("FATAL:  the database system is shutting down") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 57P03 over TLS: {err}\n{}",
+            env.gw.log_tail(20)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    env.gw.signal(libc::SIGINT);
+    drop(open.stdin.take());
+    let _ = open.wait();
+}

@@ -1,12 +1,17 @@
 //! `cargo xtask quickstart`: a throwaway PostgreSQL with the sample financial dataset in
 //! database `bank`, a release-built gateway in front, and a URI to paste. Runs until Ctrl-C,
-//! then stops both and removes their directories, leaving nothing behind.
+//! then stops both and removes their directories, leaving nothing behind. A gateway that
+//! exits meanwhile is reaped, reported and started again on Enter.
 //!
 //! It runs the way a deployment should: the gateway logs in upstream as a least-privilege
 //! role (`portcullis_agent`: row access to the sample tables, nothing more) and applies the
 //! example statement policy, so what the demo shows is what the README recommends.
 
+use std::io::BufRead;
+use std::path::Path;
 use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use anyhow::Context;
 use portcullis_tests::{
@@ -87,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     opts = opts.audit_signed("params = \"hash\"\n");
     opts.binary = Some(bin.clone());
     opts.port = args.port;
-    let gw = Gateway::start(opts).context("starting the gateway")?;
+    let mut gw = Gateway::start(opts).context("starting the gateway")?;
 
     let uri = gw.agent_uri();
     println!();
@@ -138,6 +143,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  config: {}", gw.config_path().display());
     println!("  log:    {}", gw.log_path().display());
+    println!(
+        "  pid:    {}   (stop it by hand and the quickstart says so; Enter starts it again)",
+        gw.pid()
+    );
     if let Some(sock) = gw.admin_socket() {
         println!(
             "  reload: edit the config, then: {} reload --admin-socket {}",
@@ -174,7 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    let sig = wait_for_signal();
+    let sig = supervise(&mut gw, &bin);
     println!("\nquickstart: got signal {sig}, stopping the gateway and PostgreSQL");
     drop(gw);
     drop(pg);
@@ -182,20 +191,74 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks until SIGINT, SIGTERM or SIGHUP. The signals are blocked and taken with
-/// `sigwait` instead of a handler, so shutdown runs as ordinary code with destructors.
-/// They are blocked only now, after the children started: a blocked mask is inherited.
-fn wait_for_signal() -> i32 {
+/// How often the quickstart looks at its gateway while it waits for a signal.
+const WATCH: Duration = Duration::from_millis(200);
+
+/// Blocks until SIGINT, SIGTERM or SIGHUP and returns it, watching the gateway meanwhile:
+/// one that exits on its own (stopped by hand, or failed) is reaped at once, so no zombie
+/// is left, and the quickstart says so, where its log is and how to start it again;
+/// Enter starts it again with the same configuration and port.
+///
+/// The signals are blocked and taken with `sigtimedwait` instead of a handler, so
+/// shutdown runs as ordinary code with destructors. They are blocked only now, after the
+/// children started (a blocked mask is inherited), and before the thread that reads
+/// standard input starts, so that thread never takes one.
+fn supervise(gw: &mut Gateway, bin: &Path) -> i32 {
     // SAFETY: plain libc signal-set calls on a local, zero-initialised sigset_t.
-    unsafe {
+    let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let mut sig = 0;
-        libc::sigwait(&set, &mut sig);
-        sig
+        set
+    };
+    let (tx, enter) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() || tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut down = false;
+    loop {
+        let timeout = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: WATCH.as_nanos() as libc::c_long,
+        };
+        // SAFETY: `set` is initialised above; no siginfo is asked for.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+        if sig > 0 {
+            return sig;
+        }
+        if !down && let Some(status) = gw.exit_status() {
+            down = true;
+            println!();
+            println!(
+                "quickstart: the gateway exited on its own ({status}); PostgreSQL is still up."
+            );
+            println!("  its log:   {}", gw.log_path().display());
+            println!(
+                "  press Enter to start it again (same configuration and port), Ctrl-C to stop everything"
+            );
+            println!(
+                "  or run it yourself: {} serve --config {}   (the quickstart removes that directory when it stops)",
+                bin.display(),
+                gw.config_path().display()
+            );
+        }
+        let pressed = enter.try_iter().count() > 0;
+        if down && pressed {
+            println!("quickstart: starting the gateway again");
+            match gw.restart() {
+                Ok(()) => {
+                    down = false;
+                    println!("quickstart: the gateway is up again: {}", gw.agent_uri());
+                }
+                Err(e) => println!("quickstart: it did not start: {e}\n  press Enter to try again"),
+            }
+        }
     }
 }

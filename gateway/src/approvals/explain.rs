@@ -1,6 +1,7 @@
 //! The reviewer's estimate of a held statement: the gateway runs `EXPLAIN (FORMAT JSON)`
-//! (never `ANALYZE`: nothing executes) on a connection of its own and reads the plan's
-//! top node and row estimate. Pure: building the statement and reading the plan.
+//! (never `ANALYZE`: nothing executes) on one of its reserved connections
+//! (`engine::side`) and reads the plan's top node and row estimate. Pure: building the
+//! statement and reading the plan.
 
 use serde_json::Value;
 

@@ -39,8 +39,8 @@ use tracing::{debug, error, info, warn};
 
 use super::admin_approvals::{self, ApprovalsCommand, Peer};
 use crate::config::{Config, ConfigError, IoEngine};
-use crate::engine::Shared;
 use crate::engine::shared::SharedError;
+use crate::engine::{Phase, Shared};
 
 /// Longest command line accepted; real commands are a few bytes.
 pub const MAX_REQUEST: usize = 256;
@@ -498,6 +498,23 @@ impl Control {
                 .map_or_else(|| "none".to_owned(), |n| n.to_string()),
             self.started.elapsed().as_secs(),
         );
+        s.push_str(match self.shared.lifecycle.phase() {
+            Phase::Running => " state=running",
+            Phase::Draining => " state=draining",
+            Phase::Cutting | Phase::Exiting => " state=stopping",
+        });
+        // The server slots the gateway holds for its own questions (catalog lookups,
+        // approvals' estimates): open of wanted, then per database.
+        let side = self.shared.side.status();
+        s.push_str(&format!(" reserved={}/{}", side.open, side.target));
+        if !side.databases.is_empty() {
+            let per: Vec<String> = side
+                .databases
+                .iter()
+                .map(|(db, open, target)| format!("{db}:{open}/{target}"))
+                .collect();
+            s.push_str(&format!(" reserved_by_database={}", per.join(",")));
+        }
         match &state.last {
             None => s.push_str(" last_reload=never"),
             Some(last) => s.push_str(&format!(

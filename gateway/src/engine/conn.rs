@@ -6,6 +6,11 @@
 //! the core and then writes what the core queued before it reads again, so no half ever
 //! holds more than one read's worth of output: back-pressure reaches both ends and
 //! memory per session is bounded by the read buffers.
+//!
+//! A shutdown reaches a connection here too: one that arrives during the drain is
+//! answered with 57P03 after its start-up packet and never counts as a session; a session
+//! still open when the grace period ends is cut at a frame boundary with 57P01, its
+//! statement cancelled on the server, and ends with its audit record like any other.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -16,14 +21,18 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tracing::{Instrument, debug, error, info, warn};
 
-use super::Shared;
 use super::cancel::{CancelGuard, CancelTarget, SessionCancel};
 use super::hold::{self, HoldContext};
 use super::transport::{MaybeTls, TlsTransport, Transport};
+use super::{Phase, Shared};
 use crate::config::UpstreamTls;
 use crate::mask::Subject;
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::{frontend as fe, sqlstate};
+use crate::session::drain::{self, DrainGreeter, DrainStep, SHUTTING_DOWN};
+
+/// The reason a connection refused during the drain is recorded with, as refused logins are.
+const REFUSED_DRAINING: &str = "the database system is shutting down (57P03)";
 use crate::session::handshake::{Agent, ClientHandshake, Step};
 use crate::session::hooks::Hooks;
 use crate::session::relay::Relay;
@@ -43,7 +52,7 @@ pub trait Connect: 'static {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ConnError {
+pub(super) enum ConnError {
     #[error("client i/o: {0}")]
     ClientIo(io::Error),
     #[error("upstream i/o: {0}")]
@@ -63,6 +72,15 @@ enum ConnError {
 /// Serves one accepted connection to its end. Never panics on peer input; logs how the
 /// session ended, at a level matching whether anything went wrong.
 pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: SocketAddr) {
+    if shared.lifecycle.is_stopping() {
+        // Not counted as a session: a client that never sends its start-up must not
+        // hold the drain up.
+        let span = tracing::info_span!("refused", %peer);
+        refuse_draining::<C>(&shared, stream, peer)
+            .instrument(span)
+            .await;
+        return;
+    }
     let _count = shared.lifecycle.session_started();
     let span = tracing::info_span!("session", %peer, identity = tracing::field::Empty, database = tracing::field::Empty);
     async move {
@@ -146,6 +164,22 @@ async fn run<C: Connect>(
     span.record("identity", agent.identity.name.as_str());
     span.record("database", agent.database.as_str());
 
+    // Authenticated after the drain began: refused as PostgreSQL refuses it, before the
+    // server is asked for anything.
+    if shared.lifecycle.is_stopping() {
+        if let Some(log) = &shared.audit {
+            log_refused(
+                log,
+                Some(&agent.identity.name),
+                peer,
+                &client,
+                REFUSED_DRAINING,
+            );
+        }
+        let _ = client.write_all(drain::shutting_down()).await;
+        return Err(ConnError::Rejected(SHUTTING_DOWN.into()));
+    }
+
     let (upstream, session, addr) = match connect_upstream::<C>(
         shared,
         &agent.database,
@@ -169,6 +203,38 @@ async fn run<C: Connect>(
             };
             let _ = client.write_all(frame).await;
             return Err(e.into());
+        }
+    };
+
+    // The database's reserved connections are claimed before the session is answered:
+    // from here on it never needs a free slot on the server.
+    let _reservation = match shared.side.reserve(&agent.database).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("{e}");
+            if let Some(log) = &shared.audit {
+                log_refused(
+                    log,
+                    Some(&agent.identity.name),
+                    peer,
+                    &client,
+                    &format!("{e} ({})", e.sqlstate()),
+                );
+            }
+            let _ = upstream.write_all(fe::terminate()).await;
+            let message = format!(
+                "the gateway could not reserve its connection for this session's catalog lookups: {e}"
+            );
+            let _ = client
+                .write_all(error_response(
+                    Severity::Fatal,
+                    e.sqlstate(),
+                    &message,
+                    Some("The gateway keeps [upstream] reserved_connections per database open for masking and approvals, so that open sessions never need a free slot."),
+                    Some("Retry later; an operator can raise the server's max_connections or lower reserved_connections."),
+                ))
+                .await;
+            return Err(ConnError::Rejected(message));
         }
     };
 
@@ -281,6 +347,81 @@ fn log_refused<S: Transport>(
     });
 }
 
+/// Longest a connection that arrives during the drain may take to send its start-up.
+const DRAIN_STARTUP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A connection that arrived during the drain: its start-up is answered with FATAL
+/// 57P03, after TLS when the gateway offers it; a cancel request is forwarded.
+async fn refuse_draining<C: Connect>(shared: &Shared, stream: C::Stream, peer: SocketAddr) {
+    let mut client = MaybeTls::Plain(stream);
+    let mut greeter = DrainGreeter::new(shared.server_tls.is_some());
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout.min(DRAIN_STARTUP);
+    loop {
+        let step = tokio::time::timeout_at(deadline, greet(&client, &mut greeter, &mut buf)).await;
+        let step = match step {
+            Ok(Ok(step)) => step,
+            Ok(Err(e)) => return debug!("during the drain: {e}"),
+            Err(_) => return debug!("during the drain: no start-up in time"),
+        };
+        match step {
+            DrainStep::StartTls => {
+                let (MaybeTls::Plain(plain), Some(cfg)) = (client, shared.server_tls.clone())
+                else {
+                    return;
+                };
+                if plain.write_all(Bytes::from_static(b"S")).await.is_err() {
+                    return;
+                }
+                let Ok(tls) = TlsTransport::server(plain, cfg) else {
+                    return;
+                };
+                match tokio::time::timeout_at(deadline, tls.handshake()).await {
+                    Ok(Ok(())) => {}
+                    _ => return debug!("during the drain: TLS handshake failed"),
+                }
+                client = MaybeTls::Tls(Box::new(tls));
+                greeter.tls_established();
+            }
+            DrainStep::Cancel { pid, secret } => return cancel::<C>(shared, pid, secret).await,
+            DrainStep::Refuse { frame, user } => {
+                if let Some(log) = &shared.audit {
+                    log_refused(log, user.as_deref(), peer, &client, REFUSED_DRAINING);
+                }
+                info!(
+                    user = user.as_deref().unwrap_or(""),
+                    "refused: {SHUTTING_DOWN}"
+                );
+                let _ = client.write_all(frame).await;
+                return;
+            }
+            DrainStep::Close(why) => return debug!("during the drain: {why}"),
+            DrainStep::Send(_) => {}
+        }
+    }
+}
+
+/// Reads until the greeter has a step other than bytes to send (those it writes).
+async fn greet<S: Transport>(
+    client: &MaybeTls<S>,
+    greeter: &mut DrainGreeter,
+    buf: &mut BytesMut,
+) -> io::Result<DrainStep> {
+    loop {
+        while let Some(step) = greeter.on_bytes(buf) {
+            match step {
+                DrainStep::Send(b) => client.write_all(b).await?,
+                other => return Ok(other),
+            }
+        }
+        let (res, b) = client.read(std::mem::take(buf), 1024).await;
+        *buf = b;
+        if res? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "client left"));
+        }
+    }
+}
+
 enum Startup {
     Agent(Agent),
     StartTls,
@@ -353,7 +494,7 @@ async fn cancel<C: Connect>(shared: &Shared, pid: i32, secret: i32) {
     }
 }
 
-enum UpstreamStartError {
+pub(super) enum UpstreamStartError {
     Refused(Bytes),
     Other(ConnError),
 }
@@ -375,7 +516,7 @@ impl From<ConnError> for UpstreamStartError {
     }
 }
 
-async fn connect_upstream<C: Connect>(
+pub(super) async fn connect_upstream<C: Connect>(
     shared: &Shared,
     database: &str,
     params: &[(String, String)],
@@ -499,6 +640,9 @@ pub(super) struct Flow<H: Hooks> {
     /// Signalled by the server half after each read it handled, for a client half
     /// whose messages wait on an answer ([`Relay::client_waits`]).
     answered: tokio::sync::Notify,
+    /// The gateway's shutdown is ending the session: nothing more is written, and the
+    /// halves stop once the writer in progress has finished its chunk.
+    cut: Cell<bool>,
 }
 
 impl<H: Hooks> Flow<H> {
@@ -515,6 +659,9 @@ impl<H: Hooks> Flow<H> {
     /// (one drainer per socket, taking chunks in queue order) and a reader that is
     /// draining does not read more: that is the back-pressure.
     pub(super) async fn drain<T: Transport>(&self, side: Side, socket: &T) -> io::Result<()> {
+        if self.cut.get() {
+            return Ok(());
+        }
         // Evidence before action: what the server is about to receive is recorded first.
         if let Some(log) = &self.audit {
             // Statement records are taken only by whoever writes to the server, so no
@@ -560,7 +707,9 @@ impl<H: Hooks> Flow<H> {
             }
         }
         let mut result = Ok(());
-        while let Some(chunk) = next_chunk(&self.relay, side) {
+        while !self.cut.get()
+            && let Some(chunk) = next_chunk(&self.relay, side)
+        {
             let r = socket.write_all(chunk).await;
             progress.notify_waiters();
             if let Err(e) = r {
@@ -602,6 +751,7 @@ async fn relay_session<C: Connect, H: Hooks>(
         audit: shared.audit.clone(),
         server_ended: Cell::new(false),
         answered: tokio::sync::Notify::new(),
+        cut: Cell::new(false),
     };
     let read_size = shared.read_buffer;
 
@@ -632,6 +782,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                 debug!("client write: {e}");
                 break;
             }
+            park_if_cut(&flow).await;
             if let Err(e) = res {
                 warn!("{e}");
                 break;
@@ -689,7 +840,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                 if flow.drain(Side::Client, client).await.is_err() {
                     break;
                 }
-                let rows = side_query::<C>(shared, database, &sql).await;
+                let rows = side_query(shared, database, &sql).await;
                 res = flow
                     .relay
                     .borrow_mut()
@@ -699,6 +850,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                 debug!("client write: {e}");
                 break;
             }
+            park_if_cut(&flow).await;
             // What the core sends the server on its own after a refusal (a failing
             // placeholder, a COMMIT or ROLLBACK of its own).
             if flow.pending(Side::Server) > 0
@@ -737,9 +889,61 @@ async fn relay_session<C: Connect, H: Hooks>(
         client.shutdown();
     };
 
-    tokio::join!(client_half, server_half);
+    let mut both = Box::pin(async { tokio::join!(client_half, server_half) });
+    let cut = tokio::select! {
+        _ = &mut both => false,
+        () = shared.lifecycle.reached(Phase::Cutting) => true,
+    };
+    if cut {
+        flow.cut.set(true);
+        // The writer towards the client finishes the chunk it is writing (half a frame
+        // would leave the client nothing it can parse), then the halves are dropped.
+        let settled = async {
+            loop {
+                let notified = flow.progress_client.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if !flow.writing_client.get() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::select! {
+            _ = &mut both => {}
+            () = settled => {}
+            () = tokio::time::sleep(CUT_WRITE) => {}
+        }
+        let (busy, tail) = {
+            let mut r = flow.relay.borrow_mut();
+            let busy = !r.is_idle();
+            let mut tail = BytesMut::new();
+            if !flow.writing_client.get() && r.client_at_frame_boundary() {
+                while let Some(b) = r.pop_to_client() {
+                    tail.extend_from_slice(&b);
+                }
+                tail.extend_from_slice(&drain::terminating());
+            }
+            (busy, tail)
+        };
+        // What the server runs for this session stops too, as a fast shutdown's backends
+        // do; closing the connection alone would not interrupt a long statement.
+        if busy && let Some((addr, pid, secret)) = ctx.upstream() {
+            let _ = tokio::time::timeout(CUT_WRITE, send_cancel::<C>(addr, pid, secret)).await;
+        }
+        if !tail.is_empty() {
+            let _ = tokio::time::timeout(CUT_WRITE, client.write_all(tail.freeze())).await;
+        }
+        drop(both);
+        server.shutdown();
+        client.shutdown();
+    } else {
+        drop(both);
+    }
     let mut r = flow.relay.into_inner();
-    let reason = if r.is_terminated() {
+    let reason = if cut {
+        "gateway shutdown"
+    } else if r.is_terminated() {
         "client terminated"
     } else if flow.server_ended.get() {
         "server closed"
@@ -758,6 +962,35 @@ async fn relay_session<C: Connect, H: Hooks>(
         None => 0,
     };
     (reason, statements)
+}
+
+/// How long a cut session's last writes (the chunk in progress, then the queue and the
+/// 57P01) may take: a client that reads nothing is closed without them.
+const CUT_WRITE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Once the session is being cut a half waits here to be dropped, so it neither reads
+/// more nor closes a socket the 57P01 still has to go through.
+async fn park_if_cut<H: Hooks>(flow: &Flow<H>) {
+    if flow.cut.get() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sends a cancel request for one server backend (no connection slot needed: the
+/// server reads it before any limit applies) and waits until the server closed it.
+pub(super) async fn send_cancel<C: Connect>(addr: SocketAddr, pid: i32, secret: i32) {
+    match C::connect(addr).await {
+        Ok(s) => {
+            if let Err(e) = s.write_all(fe::cancel_request(pid, secret)).await {
+                warn!("sending a cancel request failed: {e}");
+            } else {
+                // PostgreSQL closes after reading the request; wait for that so the
+                // request is not cut off by our own close.
+                let _ = s.read(BytesMut::with_capacity(16), 16).await;
+            }
+        }
+        Err(e) => warn!("cannot reach the database to send a cancel request: {e}"),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -791,60 +1024,13 @@ fn next_chunk<H: Hooks>(relay: &RefCell<Relay<H>>, side: Side) -> Option<Bytes> 
     Some(acc.freeze())
 }
 
-/// Runs a catalog query over a connection of the gateway's own, so the session's
-/// connection (busy streaming a result) is never interleaved.
-async fn side_query<C: Connect>(
-    shared: &Shared,
-    database: &str,
-    sql: &str,
-) -> Result<Vec<Bytes>, String> {
-    let mut query = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut query).map_err(|e| e.to_string())?;
-    side_exchange::<C>(shared, database, query.freeze(), be::DATA_ROW).await
-}
-
-/// Sends `messages` (ending in `Sync` or a `Query`) over a connection of the gateway's
-/// own and returns the answer's frames tagged `keep` (`DataRow`s, a
-/// `ParameterDescription`), or the server's error.
-pub(super) async fn side_exchange<C: Connect>(
-    shared: &Shared,
-    database: &str,
-    messages: Bytes,
-    keep: u8,
-) -> Result<Vec<Bytes>, String> {
-    let (conn, _, _) = connect_upstream::<C>(shared, database, &[])
+/// Runs a catalog query on one of the database's reserved connections, so the session's
+/// connection (busy streaming a result) is never interleaved and a full server does not
+/// stop the session.
+async fn side_query(shared: &Shared, database: &str, sql: &str) -> Result<Vec<Bytes>, String> {
+    shared
+        .side
+        .query(database, sql)
         .await
-        .map_err(|e| match e {
-            UpstreamStartError::Refused(f) => be::error_summary(&f[5..]).1,
-            UpstreamStartError::Other(e) => e.to_string(),
-        })?;
-    conn.write_all(messages).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(8192);
-    let mut rows = Vec::new();
-    let mut failure = None;
-    loop {
-        while let Some(frame) =
-            crate::protocol::frame::split_frame(&mut buf, shared.limits.max_message)
-                .map_err(|e| e.to_string())?
-        {
-            match frame.tag() {
-                t if t == keep => rows.push(frame.into_bytes()),
-                be::ERROR_RESPONSE => failure = Some(be::error_summary(frame.body()).1),
-                be::READY_FOR_QUERY => {
-                    let _ = conn.write_all(fe::terminate()).await;
-                    conn.shutdown();
-                    return match failure {
-                        Some(f) => Err(f),
-                        None => Ok(rows),
-                    };
-                }
-                _ => {}
-            }
-        }
-        let (res, b) = conn.read(buf, 8192).await;
-        buf = b;
-        if res.map_err(|e| e.to_string())? == 0 {
-            return Err("the database closed the catalog connection".into());
-        }
-    }
+        .map_err(|e| e.to_string())
 }

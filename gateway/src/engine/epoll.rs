@@ -110,7 +110,7 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
         };
         loop {
             tokio::select! {
-                _ = shared.lifecycle.stopped() => break,
+                _ = shared.lifecycle.reached(super::Phase::Exiting) => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);

@@ -17,7 +17,8 @@ use tracing::info;
 
 use super::Shared;
 use super::cancel::SessionCancel;
-use super::conn::{Connect, Flow, Side, side_exchange};
+use super::conn::{Connect, Flow, Side};
+use super::side::SideError;
 use super::transport::Transport;
 use crate::approvals::Resolution;
 use crate::approvals::explain::{explain_sql, read_plan};
@@ -72,6 +73,38 @@ impl HoldContext {
             origin,
             signal,
             upstream,
+        }
+    }
+}
+
+impl HoldContext {
+    /// The server session's cancel key and address.
+    pub(super) fn upstream(&self) -> Option<(SocketAddr, i32, i32)> {
+        self.upstream
+    }
+}
+
+/// Withdraws a filed request when the wait is dropped before a decision: the gateway's
+/// shutdown cut the session.
+struct WithdrawOnDrop<'a, H: Hooks> {
+    approvals: &'a crate::approvals::Approvals,
+    flow: &'a Flow<H>,
+    id: i64,
+    sql: &'a str,
+    armed: bool,
+}
+
+impl<H: Hooks> Drop for WithdrawOnDrop<'_, H> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        const WHY: &str = "the gateway shut down";
+        self.approvals.withdraw(self.id, WHY);
+        if let Ok(mut relay) = self.flow.relay.try_borrow_mut()
+            && let Some(t) = relay.audit_mut()
+        {
+            t.approval_decision(self.id, "withdrawn", &[], Some(WHY), self.sql, None);
         }
     }
 }
@@ -181,7 +214,9 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         (new, explain, raw_params, describe)
     };
     let types = match describe {
-        Some(m) => side_exchange::<C>(shared, database, m, be::PARAMETER_DESCRIPTION)
+        Some(m) => shared
+            .side
+            .ask(database, m, be::PARAMETER_DESCRIPTION, EXPLAIN_TIMEOUT)
             .await
             .ok()
             .and_then(|frames| frames.first().map(|f| parameter_types(f)))
@@ -194,7 +229,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         .map(|(i, (format, value))| render_param(*format, value.as_deref(), types.get(i).copied()))
         .collect();
     if let Some(messages) = explain {
-        new.estimate = Some(estimate::<C>(shared, database, messages).await);
+        new.estimate = Some(estimate(shared, database, messages).await);
     }
     if flow.relay.borrow_mut().start_preview() {
         new.timeout_secs = new.timeout_secs.min(settings.preview_max.as_secs().max(1));
@@ -218,6 +253,13 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         let n = &ticket.request.new;
         t.approval_request(id, &held_sql, n.rule.as_deref(), n.approvers);
     }
+    let mut on_drop = WithdrawOnDrop {
+        approvals,
+        flow,
+        id,
+        sql: &held_sql,
+        armed: true,
+    };
     let withdrawn = |why: &str| {
         if let Some(t) = flow.relay.borrow_mut().audit_mut() {
             t.approval_decision(id, "withdrawn", &[], Some(why), &held_sql, None);
@@ -243,6 +285,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
     if flow.drain(Side::Client, client).await.is_err() {
         approvals.withdraw(id, "the agent disconnected");
         withdrawn("the agent disconnected");
+        on_drop.armed = false;
         return Err(Gone);
     }
 
@@ -273,6 +316,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                     approvals.withdraw(id, why);
                     withdrawn(why);
                     info!(id, "{why} while a statement was held");
+                    on_drop.armed = false;
                     return Err(Gone);
                 }
                 let now = tokio::time::Instant::now();
@@ -289,12 +333,14 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                         ctx.signal.set_holding(false);
                         approvals.withdraw(id, "the agent disconnected");
                         withdrawn("the agent disconnected");
-                        return Err(Gone);
+                        on_drop.armed = false;
+                    return Err(Gone);
                     }
                 }
             }
         }
     };
+    on_drop.armed = false;
     ctx.signal.set_holding(false);
     if let Some(t) = flow.relay.borrow_mut().audit_mut() {
         match &resolution {
@@ -521,25 +567,23 @@ fn render_param(format: i16, value: Option<&[u8]>, oid: Option<u32>) -> Param {
     }
 }
 
-/// The planner's estimate, from the gateway's own connection.
-async fn estimate<C: Connect>(shared: &Shared, database: &str, messages: Bytes) -> Estimate {
+/// The planner's estimate, from one of the database's reserved connections.
+async fn estimate(shared: &Shared, database: &str, messages: Bytes) -> Estimate {
     let unavailable = |why: String| Estimate {
         rows: None,
         node: None,
         unavailable: Some(why),
     };
-    match tokio::time::timeout(
-        EXPLAIN_TIMEOUT,
-        side_exchange::<C>(shared, database, messages, be::DATA_ROW),
-    )
-    .await
+    match shared
+        .side
+        .ask(database, messages, be::DATA_ROW, EXPLAIN_TIMEOUT)
+        .await
     {
-        Err(_) => unavailable(format!(
-            "EXPLAIN took longer than {}s",
-            EXPLAIN_TIMEOUT.as_secs()
-        )),
-        Ok(Err(e)) => unavailable(format!("EXPLAIN failed: {e}")),
-        Ok(Ok(rows)) => {
+        Err(SideError::TimedOut(limit)) => {
+            unavailable(format!("EXPLAIN took longer than {}s", limit.as_secs()))
+        }
+        Err(e) => unavailable(format!("EXPLAIN failed: {e}")),
+        Ok(rows) => {
             let text: String = rows
                 .iter()
                 .filter_map(|r| {

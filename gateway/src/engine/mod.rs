@@ -9,19 +9,21 @@
 //!   that block io_uring.
 //!
 //! Everything else is shared: [`conn`] is the whole life of one connection, written
-//! once against the [`transport::Transport`] trait both engines implement.
+//! once against the [`transport::Transport`] trait both engines implement; [`side`]
+//! holds the upstream connections the gateway reserves for its own questions.
 
 pub mod cancel;
 pub mod conn;
 pub mod epoll;
 mod hold;
 pub mod shared;
+pub mod side;
 pub mod transport;
 pub mod uring;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::IoEngine;
 pub use shared::Shared;
@@ -124,31 +126,63 @@ pub fn worker_count(configured: usize) -> usize {
     }
 }
 
-/// Stop signal and live-session count, shared by all workers.
-#[derive(Debug, Default)]
+/// Where the gateway is in its life, in order: each phase includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Phase {
+    #[default]
+    Running,
+    /// SIGTERM: open sessions go on, new connections are refused with 57P03.
+    Draining,
+    /// The grace period is over (or SIGINT, or a second SIGTERM): open sessions are sent
+    /// FATAL 57P01 and closed.
+    Cutting,
+    /// The listeners close and the workers end.
+    Exiting,
+}
+
+/// The gateway's phase and live-session count, shared by all workers. A `watch` channel
+/// rather than a runtime's primitive: workers run on io_uring and epoll runtimes alike.
+#[derive(Debug)]
 pub struct Lifecycle {
-    stopping: AtomicBool,
-    stop: tokio::sync::Notify,
+    phase: tokio::sync::watch::Sender<Phase>,
     sessions: AtomicUsize,
 }
 
-impl Lifecycle {
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop.notify_waiters();
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once `stop` has been called.
-    pub async fn stopped(&self) {
-        let notified = self.stop.notified();
-        if self.is_stopping() {
-            return;
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            phase: tokio::sync::watch::Sender::new(Phase::Running),
+            sessions: AtomicUsize::new(0),
         }
-        notified.await;
+    }
+}
+
+impl Lifecycle {
+    /// Moves to `phase` (never back).
+    pub fn advance(&self, phase: Phase) {
+        self.phase.send_if_modified(|p| {
+            let later = phase > *p;
+            if later {
+                *p = phase;
+            }
+            later
+        });
+    }
+
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Whether new connections are refused (draining or later).
+    pub fn is_stopping(&self) -> bool {
+        self.phase() >= Phase::Draining
+    }
+
+    /// Resolves once the gateway has reached `phase`.
+    pub async fn reached(&self, phase: Phase) {
+        let mut rx = self.phase.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while borrowed.
+        let _ = rx.wait_for(|p| *p >= phase).await;
     }
 
     pub fn sessions(&self) -> usize {

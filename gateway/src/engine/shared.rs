@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Lifecycle;
 use super::cancel::CancelRegistry;
@@ -67,6 +68,10 @@ pub struct Shared {
     pub audit_params: crate::audit::config::Params,
     /// Table OID → names, one cache per upstream database, shared by its sessions.
     catalogs: Mutex<HashMap<String, Arc<Mutex<Catalog>>>>,
+    /// How long catalog entries are trusted (`[mask] catalog_ttl_secs`), in seconds.
+    catalog_ttl: AtomicU64,
+    /// The upstream connections reserved for the gateway's own questions.
+    pub side: super::side::SidePool,
 }
 
 impl Shared {
@@ -122,13 +127,18 @@ impl Shared {
             audit: None,
             audit_params: cfg.audit.as_ref().map(|a| a.params).unwrap_or_default(),
             catalogs: Mutex::new(HashMap::new()),
+            catalog_ttl: AtomicU64::new(catalog_ttl(&cfg.mask).as_secs()),
+            side: super::side::SidePool::new(up.reserved_connections, &up.reserve_databases),
         })
     }
 
     /// The catalog cache of one upstream database.
     pub fn catalog(&self, database: &str) -> Arc<Mutex<Catalog>> {
+        let ttl = Duration::from_secs(self.catalog_ttl.load(Ordering::Relaxed));
         let mut all = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(database.to_owned()).or_default().clone()
+        all.entry(database.to_owned())
+            .or_insert_with(|| Arc::new(Mutex::new(Catalog::with_ttl(ttl))))
+            .clone()
     }
 
     /// Applies what a reload may change: identities, masking rules and the statement
@@ -141,8 +151,23 @@ impl Shared {
             .store(Arc::new(IdentityStore::new(cfg.identities())));
         self.mask.store(Arc::new(policy));
         self.policy.store(Arc::new(statements));
+        let ttl = catalog_ttl(&cfg.mask);
+        self.catalog_ttl.store(ttl.as_secs(), Ordering::Relaxed);
+        for c in self
+            .catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            c.lock().unwrap_or_else(|p| p.into_inner()).set_ttl(ttl);
+        }
         Ok(())
     }
+}
+
+fn catalog_ttl(mask: &crate::mask::MaskConfig) -> Duration {
+    mask.catalog_ttl_secs
+        .map_or(crate::mask::catalog::DEFAULT_TTL, Duration::from_secs)
 }
 
 /// A gateway that analyses nothing, or refuses everything, says so at every load.

@@ -82,7 +82,7 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
             let listener = tokio_uring::net::TcpListener::from_std(listener);
             loop {
                 tokio::select! {
-                    _ = shared.lifecycle.stopped() => break,
+                    _ = shared.lifecycle.reached(super::Phase::Exiting) => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);

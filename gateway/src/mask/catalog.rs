@@ -111,6 +111,11 @@ impl Catalog {
         self.ttl
     }
 
+    /// Changes how long entries are trusted (a reload's `[mask] catalog_ttl_secs`).
+    pub fn set_ttl(&mut self, ttl: Duration) {
+        self.ttl = ttl;
+    }
+
     fn entry(&self, table_oid: u32) -> Option<&Entry> {
         self.tables
             .get(&table_oid)

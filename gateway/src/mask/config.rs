@@ -54,6 +54,9 @@ pub struct MaskConfig {
     /// (expressions such as `ssn || ''`, `row_to_json(a)`, function results, view
     /// columns), while any rule applies to the reader.
     pub unattributed: Unattributed,
+    /// Seconds a table's names stay cached without DDL seen through the gateway (a
+    /// rename made directly on the database is noticed within this); default 60.
+    pub catalog_ttl_secs: Option<u64>,
 }
 
 /// A use of a masked column in a statement that a rule allows (`permit = [...]`).

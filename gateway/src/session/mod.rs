@@ -12,10 +12,12 @@
 //! - [`tracker`]: prepared statements and portals, by name.
 //! - [`hooks`]: where policy, masking and audit plug into the relay.
 //! - [`stages`]: the gateway's stages behind those hooks (masking).
+//! - [`drain`]: what a gateway that is shutting down tells clients (57P03, 57P01).
 //!
 //! Nothing here touches a socket; the engines in [`crate::engine`] move the bytes.
 
 pub mod copy_target;
+pub mod drain;
 pub mod handshake;
 pub mod hooks;
 pub mod relay;

@@ -786,6 +786,13 @@ impl<H: Hooks> Relay<H> {
         self.expect.is_empty() && self.server_pass == 0
     }
 
+    /// Whether what is queued for the client ends at a frame boundary, so a frame of the
+    /// gateway's own may follow it (false inside a pass-through frame forwarded in
+    /// pieces).
+    pub fn client_at_frame_boundary(&self) -> bool {
+        self.server_pass == 0
+    }
+
     /// A catalog query the driver must run (on the gateway's own connection) before the
     /// server stream can go on; see [`Hooks::side_query`].
     pub fn take_side_query(&mut self) -> Option<String> {
