@@ -772,7 +772,6 @@ async fn relay_session<C: Connect, H: Hooks>(
                     }
                 }
             }
-            first = false;
             let res = flow.relay.borrow_mut().on_client_bytes(&mut buf);
             if let Err(e) = flow.drain(Side::Server, server).await {
                 debug!("server write: {e}");
@@ -804,12 +803,30 @@ async fn relay_session<C: Connect, H: Hooks>(
             }
             // A statement whose result may be refused is in flight: what the client sent
             // after it stays in `buf` until its answer is judged, then is fed again.
+            // What the core queues for the server meanwhile (a failing placeholder, its
+            // own COMMIT or ROLLBACK) is written from here: this half is the only writer
+            // towards the server, so its records are always durable first.
             if flow.relay.borrow().client_waits() {
+                let mut gone = false;
                 while flow.relay.borrow().client_waits() && !flow.server_done.get() {
                     flow.answered.notified().await;
+                    if flow.pending(Side::Server) > 0
+                        && flow.drain(Side::Server, server).await.is_err()
+                    {
+                        gone = true;
+                        break;
+                    }
                 }
-                first = !buf.is_empty();
+                if gone
+                    || flow.pending(Side::Server) > 0
+                        && flow.drain(Side::Server, server).await.is_err()
+                {
+                    break;
+                }
             }
+            // Frames left waiting are fed again before anything more is read, also when
+            // their wait ended while this half was still writing.
+            first = flow.relay.borrow().client_parked() && !buf.is_empty();
         }
         flow.client_done.set(true);
         // Wakes the other half out of its read: the session is over.
@@ -851,14 +868,6 @@ async fn relay_session<C: Connect, H: Hooks>(
                 break;
             }
             park_if_cut(&flow).await;
-            // What the core sends the server on its own after a refusal (a failing
-            // placeholder, a COMMIT or ROLLBACK of its own).
-            if flow.pending(Side::Server) > 0
-                && let Err(e) = flow.drain(Side::Server, server).await
-            {
-                debug!("server write: {e}");
-                break;
-            }
             // A permit is kept when nobody waits: no wake-up is lost.
             flow.answered.notify_one();
             if let Err(e) = res {

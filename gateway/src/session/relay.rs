@@ -155,6 +155,9 @@ enum QueryMode {
 struct Guard {
     settle: Settle,
     refused: bool,
+    /// The statement is a `COPY … FROM STDIN`: it reads the client's data and returns no
+    /// rows, so the client is not held (its data is what the server waits for).
+    copy_in: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +334,9 @@ pub struct Relay<H: Hooks> {
     query_waits: bool,
     /// The tag of the client frame after the one being handled, when it has arrived.
     next_client_tag: Option<u8>,
+    /// The last scan of client bytes stopped at a whole frame that must wait (see
+    /// [`Relay::client_parked`]).
+    parked: bool,
 }
 
 /// Facts of a statement the gateway itself sends on the agent's connection.
@@ -381,6 +387,7 @@ impl<H: Hooks> Relay<H> {
             guard: None,
             query_waits: false,
             next_client_tag: None,
+            parked: false,
         }
     }
 
@@ -1001,12 +1008,17 @@ impl<H: Hooks> Relay<H> {
         let mut run = 0usize;
         if from == Origin::Client {
             self.query_waits = false;
+            self.parked = false;
         }
         loop {
             if from == Origin::Server && self.stalled.is_some() {
                 break;
             }
-            if from == Origin::Client && (self.held.is_some() || self.guard.is_some()) {
+            if from == Origin::Client && self.held.is_some() {
+                break;
+            }
+            if from == Origin::Client && self.guard.is_some_and(|g| !g.copy_in) {
+                self.parked = true;
                 break;
             }
             let pass = match from {
@@ -1054,6 +1066,7 @@ impl<H: Hooks> Relay<H> {
                 && self.hooks.wants_columns()
             {
                 self.query_waits = true;
+                self.parked = true;
                 break;
             }
             if run > 0 {
@@ -1140,6 +1153,7 @@ impl<H: Hooks> Relay<H> {
                         self.guard = settle.map(|settle| Guard {
                             settle,
                             refused: false,
+                            copy_in: false,
                         });
                     }
                     Verdict::Deny(r) => {
@@ -1406,6 +1420,7 @@ impl<H: Hooks> Relay<H> {
             self.guard = Some(Guard {
                 settle: Settle::Batch,
                 refused: false,
+                copy_in: false,
             });
         }
         Ok(())
@@ -1447,8 +1462,15 @@ impl<H: Hooks> Relay<H> {
     /// Whether the client's next messages must wait: a guarded statement's answer is not
     /// judged yet, or a simple query waits for earlier answers. The driver feeds the
     /// client's bytes again once this turns false.
+    /// Whether the last feed of client bytes left frames unread because they must wait
+    /// ([`Relay::client_waits`]): once that is over they are to be fed again before the
+    /// driver reads more, even if it is over already.
+    pub fn client_parked(&self) -> bool {
+        self.parked
+    }
+
     pub fn client_waits(&self) -> bool {
-        self.guard.is_some() || (self.query_waits && !self.expect.is_empty())
+        self.guard.is_some_and(|g| !g.copy_in) || (self.query_waits && !self.expect.is_empty())
     }
 
     /// Refuses a simple query or function call: the server gets [`REFUSED_SQL`] in its
@@ -1572,6 +1594,11 @@ impl<H: Hooks> Relay<H> {
 
     fn server_frame(&mut self, frame: Frame, side_query_done: bool) -> Result<(), RelayError> {
         let tag = frame.tag();
+        if matches!(tag, be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE)
+            && let Some(g) = &mut self.guard
+        {
+            g.copy_in = true;
+        }
         let r = self.server_frame_inner(frame, side_query_done);
         if let Some(Expect::Answer { .. } | Expect::Replay { .. }) = self.expect.front() {
             self.settle_answers();
@@ -2540,6 +2567,76 @@ mod tests {
         ));
         assert_eq!(tags(&out), b"12EZ");
         assert!(r.is_idle());
+    }
+
+    #[test]
+    fn copy_from_stdin_in_a_guarded_block_is_not_held() {
+        let mut r = Relay::new(RelayLimits::default(), Judging::new(true));
+        query(&mut r, "begin");
+        feed_server(
+            &mut r,
+            &[
+                (be::COMMAND_COMPLETE, b"BEGIN\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        query(&mut r, "copy t from stdin");
+        assert!(r.client_waits());
+        // The server asks for the client's data: that is what it waits for.
+        feed_server(&mut r, &[(be::COPY_IN_RESPONSE, b"\0\0\0")]);
+        assert!(!r.client_waits());
+        let mut c = BytesMut::from(&msg(fe::COPY_DATA, b"1\n")[..]);
+        c.extend_from_slice(&msg(fe::COPY_DONE, b""));
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"dc");
+        let out = feed_server(
+            &mut r,
+            &[
+                (be::COMMAND_COMPLETE, b"COPY 1\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        assert_eq!(tags(&out), b"CZ");
+        assert!(!r.client_waits() && r.is_idle());
+    }
+
+    #[test]
+    fn pipelined_batches_of_a_guarded_session_go_through_one_after_another() {
+        let mut r = Relay::new(RelayLimits::default(), Judging::new(false));
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::PARSE, b"s1\0select 1\0\0\0"));
+        c.extend_from_slice(&fe::sync());
+        for _ in 0..3 {
+            c.extend_from_slice(&msg(fe::BIND, b"\0s1\0\0\0\0\0\0\0"));
+            c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
+            c.extend_from_slice(&fe::sync());
+        }
+        r.on_client_bytes(&mut c).unwrap();
+        let mut sent = drain_server(&mut r);
+        let mut out = feed_server(
+            &mut r,
+            &[(be::PARSE_COMPLETE, b""), (be::READY_FOR_QUERY, b"I")],
+        );
+        let batch: [(u8, &[u8]); 5] = [
+            (be::BIND_COMPLETE, b""),
+            INSERTED[0],
+            INSERTED[1],
+            (be::COMMAND_COMPLETE, b"SELECT 1\0"),
+            (be::READY_FOR_QUERY, b"I"),
+        ];
+        for i in 0..3 {
+            // The server answers what it got: the Execute (and its Sync when it came).
+            out.extend(feed_server(&mut r, &batch[..4]));
+            if r.client_waits() {
+                panic!("batch {i}: still waiting; sent {:?}", tags(&sent));
+            }
+            r.on_client_bytes(&mut c).unwrap();
+            sent.extend(drain_server(&mut r));
+            out.extend(feed_server(&mut r, &batch[4..]));
+        }
+        assert!(c.is_empty());
+        assert_eq!(tags(&out), b"1Z2DCZ2DCZ2DCZ");
+        let _ = sent;
     }
 
     /// Holds statements starting with `drop`, like a policy with a hold rule.
