@@ -138,7 +138,9 @@ impl StatementGate {
     }
 
     /// What the text judged last can leave behind if it runs: nothing when every
-    /// statement reads, undoable when they read or change rows, otherwise not known.
+    /// statement reads or is transaction control (which returns no rows, so no result
+    /// of it is ever refused), undoable when they read or change rows, otherwise not
+    /// known.
     pub fn effects(&self) -> Effects {
         let Some(Ok(a)) = self.last.as_deref() else {
             return Effects::Other;
@@ -146,7 +148,10 @@ impl StatementGate {
         let mut classes = a.statements.iter().map(|s| s.class);
         if a.statements.is_empty() {
             Effects::Other
-        } else if classes.clone().all(|c| c == Class::Read) {
+        } else if classes
+            .clone()
+            .all(|c| matches!(c, Class::Read | Class::Txn))
+        {
             Effects::None
         } else if classes.all(|c| matches!(c, Class::Read | Class::Write)) {
             Effects::Undoable

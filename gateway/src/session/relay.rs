@@ -158,6 +158,24 @@ struct Guard {
     /// The statement is a `COPY … FROM STDIN`: it reads the client's data and returns no
     /// rows, so the client is not held (its data is what the server waits for).
     copy_in: bool,
+    /// [`Settle::AfterSync`]: the batch's `Sync` has gone; what follows it waits.
+    sync_seen: bool,
+}
+
+impl Guard {
+    fn new(settle: Settle) -> Self {
+        Guard {
+            settle,
+            refused: false,
+            copy_in: false,
+            sync_seen: false,
+        }
+    }
+
+    /// Whether the client's next frames must wait now.
+    fn blocks(&self) -> bool {
+        !self.copy_in && (self.settle != Settle::AfterSync || self.sync_seen)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +184,12 @@ enum Settle {
     Wrapped,
     /// A simple query inside the client's transaction block.
     Block,
-    /// An `Execute` (extended protocol).
+    /// An `Execute` (extended protocol) with more of its batch to come, or outside a
+    /// block: what follows it waits, its `Sync` too.
     Batch,
+    /// An `Execute` in the client's block with its `Sync` next: the batch goes as sent,
+    /// and a refusal fails the block after it, before the client's next batch.
+    AfterSync,
     /// The gateway's settling query is running.
     Settling,
 }
@@ -1017,7 +1039,7 @@ impl<H: Hooks> Relay<H> {
             if from == Origin::Client && self.held.is_some() {
                 break;
             }
-            if from == Origin::Client && self.guard.is_some_and(|g| !g.copy_in) {
+            if from == Origin::Client && self.guard.is_some_and(|g| g.blocks()) {
                 self.parked = true;
                 break;
             }
@@ -1150,11 +1172,7 @@ impl<H: Hooks> Relay<H> {
                             guarded: settle.is_some(),
                         });
                         self.send_server(frame.into_bytes());
-                        self.guard = settle.map(|settle| Guard {
-                            settle,
-                            refused: false,
-                            copy_in: false,
-                        });
+                        self.guard = settle.map(Guard::new);
                     }
                     Verdict::Deny(r) => {
                         self.tracker.simple_query();
@@ -1265,6 +1283,11 @@ impl<H: Hooks> Relay<H> {
                 self.skip_to_sync = false;
                 self.expect.push_back(Expect::Sync);
                 self.send_server(frame.into_bytes());
+                if let Some(g) = &mut self.guard
+                    && g.settle == Settle::AfterSync
+                {
+                    g.sync_seen = true;
+                }
             }
             fe::FUNCTION_CALL => {
                 let oid = fe::parse_function_call(frame.body()).map_err(err)?;
@@ -1405,24 +1428,24 @@ impl<H: Hooks> Relay<H> {
                 injected: true,
             });
         }
-        let guarded = wants_columns && self.guards_execute(effects);
+        let settle = if wants_columns {
+            self.guard_for_execute(effects)
+        } else {
+            None
+        };
         self.expect.push_back(Expect::Execute {
             sql,
             slot,
             formats,
             audit,
-            guarded,
+            guarded: settle.is_some(),
         });
         self.send_server(frame.into_bytes());
-        if guarded {
+        if settle == Some(Settle::Batch) {
             // The server keeps its output until Sync or Flush, and Sync waits.
             self.send_server(fe::flush());
-            self.guard = Some(Guard {
-                settle: Settle::Batch,
-                refused: false,
-                copy_in: false,
-            });
         }
+        self.guard = settle.map(Guard::new);
         Ok(())
     }
 
@@ -1440,23 +1463,28 @@ impl<H: Hooks> Relay<H> {
         }
     }
 
-    /// Whether an `Execute` of a statement with `effects` must be guarded.
-    fn guards_execute(&self, effects: Effects) -> bool {
+    /// How an `Execute` of a statement with `effects` must be guarded, if at all.
+    fn guard_for_execute(&self, effects: Effects) -> Option<Settle> {
         if self.injecting || self.preview.is_some() || self.txn_status == b'E' {
-            return false;
+            return None;
         }
-        // Outside a block (as of the last ReadyForQuery, with no statement since), a
-        // read whose Sync is next leaves nothing behind and nothing after it can run.
+        // The status is current when no statement went since the last ReadyForQuery.
         let since_ready = self.expect.iter().any(|e| {
             matches!(
                 e,
                 Expect::Execute { .. } | Expect::Query { .. } | Expect::Sync
             )
         });
-        !(effects == Effects::None
-            && self.txn_status == b'I'
-            && !since_ready
-            && self.next_client_tag == Some(fe::SYNC))
+        let sync_next = !since_ready && self.next_client_tag == Some(fe::SYNC);
+        match self.txn_status {
+            // Outside a block a read whose Sync is next leaves nothing behind and
+            // nothing after it can run.
+            b'I' if sync_next && effects == Effects::None => None,
+            // In a block whatever ran is undone with the block: failing it after the
+            // Sync is enough, and costs no round trip.
+            b'T' if sync_next => Some(Settle::AfterSync),
+            _ => Some(Settle::Batch),
+        }
     }
 
     /// Whether the client's next messages must wait: a guarded statement's answer is not
@@ -1470,7 +1498,7 @@ impl<H: Hooks> Relay<H> {
     }
 
     pub fn client_waits(&self) -> bool {
-        self.guard.is_some_and(|g| !g.copy_in) || (self.query_waits && !self.expect.is_empty())
+        self.guard.is_some_and(|g| g.blocks()) || (self.query_waits && !self.expect.is_empty())
     }
 
     /// Refuses a simple query or function call: the server gets [`REFUSED_SQL`] in its
@@ -1629,6 +1657,7 @@ impl<H: Hooks> Relay<H> {
             return false;
         };
         let (sql, errors): (&[u8], bool) = match g.settle {
+            Settle::AfterSync if g.refused && self.txn_status == b'T' => (REFUSED_SQL, false),
             Settle::Wrapped if g.refused || self.txn_status != b'T' => (b"ROLLBACK", false),
             Settle::Wrapped => (b"COMMIT", true),
             Settle::Block if g.refused && self.txn_status == b'T' => (REFUSED_SQL, false),
@@ -1810,6 +1839,7 @@ impl<H: Hooks> Relay<H> {
                 self.txn_status = be::ready_status(frame.body()).map_err(RelayError::Server)?;
                 self.rows = Rows::Unknown;
                 let mut mode = QueryMode::Client;
+                // A Sync's: guarded when it ends the batch of an AfterSync guard.
                 let mut was_guarded = false;
                 while let Some(e) = self.expect.pop_front() {
                     match e {
@@ -1824,7 +1854,10 @@ impl<H: Hooks> Relay<H> {
                             self.audit_close(audit, true);
                             break;
                         }
-                        Expect::Sync => break,
+                        Expect::Sync => {
+                            was_guarded = self.guard.is_some_and(|g| g.sync_seen);
+                            break;
+                        }
                         Expect::Execute { audit, .. } => self.audit_close(audit, false),
                         _ => {}
                     }
@@ -2567,6 +2600,55 @@ mod tests {
         ));
         assert_eq!(tags(&out), b"12EZ");
         assert!(r.is_idle());
+    }
+
+    #[test]
+    fn an_execute_refused_in_a_block_with_its_sync_next_fails_the_block_after_it() {
+        let mut r = Relay::new(RelayLimits::default(), Judging::new(true));
+        query(&mut r, "begin");
+        feed_server(
+            &mut r,
+            &[
+                (be::COMMAND_COMPLETE, b"BEGIN\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::PARSE, b"\0select 1\0\0\0"));
+        c.extend_from_slice(&msg(fe::BIND, b"\0\0\0\0\0\0\0\0"));
+        c.extend_from_slice(&msg(fe::EXECUTE, b"\0\0\0\0\0"));
+        c.extend_from_slice(&fe::sync());
+        // The client's next batch, already sent.
+        c.extend_from_slice(&msg(fe::QUERY, b"select 2\0"));
+        r.on_client_bytes(&mut c).unwrap();
+        // The batch goes as sent, no Flush and no wait; what follows its Sync waits.
+        assert_eq!(tags(&drain_server(&mut r)), b"PBDES");
+        assert!(r.client_waits() && r.client_parked() && !c.is_empty());
+        let mut out = feed_server(
+            &mut r,
+            &[
+                (be::PARSE_COMPLETE, b""),
+                (be::BIND_COMPLETE, b""),
+                INSERTED[0],
+                INSERTED[1],
+                (be::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        // The block is failed before the next batch may go.
+        assert!(has(&drain_server(&mut r), b"portcullis_refused"));
+        out.extend(feed_server(
+            &mut r,
+            &[
+                (be::ERROR_RESPONSE, b"C42601\0\0"),
+                (be::READY_FOR_QUERY, b"E"),
+            ],
+        ));
+        assert_eq!(tags(&out), b"12EZ");
+        assert!(out.ends_with(&be::ready_for_query(b'E')));
+        assert!(!r.client_waits());
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"Q");
     }
 
     #[test]
