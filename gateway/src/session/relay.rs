@@ -147,7 +147,9 @@ enum QueryMode {
 /// - a simple query that changes rows outside a block runs in a transaction of the
 ///   gateway's, committed only when its result went through whole;
 /// - an `Execute` is followed by a failing one of the gateway's, so the server skips the
-///   batch's later messages and rolls the batch back at `Sync` (or fails the block).
+///   batch's later messages and rolls the batch back at `Sync` (or fails the block);
+/// - an `Execute` in the client's block with its `Sync` next goes as sent, and a refusal
+///   fails the block after that `Sync`, before the client's next batch (no round trip).
 ///
 /// A read outside a block followed by its `Sync` leaves nothing to undo and is not
 /// guarded: the common one-statement batch costs nothing.
