@@ -37,25 +37,8 @@ fn dial(env: &Env) -> TcpStream {
 
 /// Reads until the gateway closes; returns the SQLSTATEs of any ErrorResponses it sent.
 /// Panics if the connection is still open after [`REJECT_WITHIN`].
-fn read_until_closed(mut s: TcpStream, case: &str) -> Vec<String> {
-    let start = Instant::now();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("{case}: connection still open after {:?}", start.elapsed())
-            }
-            // A reset is a close too.
-            Err(_) => break,
-        }
-        if start.elapsed() > REJECT_WITHIN {
-            panic!("{case}: gateway kept talking for {:?}", start.elapsed());
-        }
-    }
-    sqlstates(&buf)
+fn read_until_closed(s: TcpStream, case: &str) -> Vec<String> {
+    sqlstates(&read_all_until_closed(s, case))
 }
 
 /// SQLSTATEs of the ErrorResponses in a byte stream of backend messages.
@@ -208,7 +191,12 @@ fn read_all_until_closed(mut s: TcpStream, case: &str) -> Vec<u8> {
     loop {
         match s.read(&mut chunk) {
             Ok(0) => return buf,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if start.elapsed() > REJECT_WITHIN {
+                    panic!("{case}: the peer kept talking for {:?}", start.elapsed());
+                }
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 panic!(
                     "{case}: connection still open after {:?}, having sent {buf:?}",

@@ -2445,6 +2445,18 @@ mod tests {
         drain_server(r)
     }
 
+    /// Opens a transaction block, as the client would.
+    fn begin<H: Hooks>(r: &mut Relay<H>) {
+        query(r, "begin");
+        feed_server(
+            r,
+            &[
+                (be::COMMAND_COMPLETE, b"BEGIN\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+    }
+
     const INSERTED: [(u8, &[u8]); 4] = [
         (
             be::ROW_DESCRIPTION,
@@ -2458,14 +2470,7 @@ mod tests {
     #[test]
     fn a_result_refused_in_a_block_fails_the_block() {
         let mut r = Relay::new(RelayLimits::default(), Judging::new(true));
-        query(&mut r, "begin");
-        feed_server(
-            &mut r,
-            &[
-                (be::COMMAND_COMPLETE, b"BEGIN\0"),
-                (be::READY_FOR_QUERY, b"T"),
-            ],
-        );
+        begin(&mut r);
         assert_eq!(
             tags(&query(&mut r, "insert into t select 1 returning t")),
             b"Q"
@@ -2607,14 +2612,7 @@ mod tests {
     #[test]
     fn an_execute_refused_in_a_block_with_its_sync_next_fails_the_block_after_it() {
         let mut r = Relay::new(RelayLimits::default(), Judging::new(true));
-        query(&mut r, "begin");
-        feed_server(
-            &mut r,
-            &[
-                (be::COMMAND_COMPLETE, b"BEGIN\0"),
-                (be::READY_FOR_QUERY, b"T"),
-            ],
-        );
+        begin(&mut r);
         let mut c = BytesMut::new();
         c.extend_from_slice(&msg(fe::PARSE, b"\0select 1\0\0\0"));
         c.extend_from_slice(&msg(fe::BIND, b"\0\0\0\0\0\0\0\0"));
@@ -2656,14 +2654,7 @@ mod tests {
     #[test]
     fn copy_from_stdin_in_a_guarded_block_is_not_held() {
         let mut r = Relay::new(RelayLimits::default(), Judging::new(true));
-        query(&mut r, "begin");
-        feed_server(
-            &mut r,
-            &[
-                (be::COMMAND_COMPLETE, b"BEGIN\0"),
-                (be::READY_FOR_QUERY, b"T"),
-            ],
-        );
+        begin(&mut r);
         query(&mut r, "copy t from stdin");
         assert!(r.client_waits());
         // The server asks for the client's data: that is what it waits for.
