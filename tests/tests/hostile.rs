@@ -21,6 +21,7 @@ per_engine!(
     garbage_and_bad_lengths_before_startup,
     server_ended_sessions_end_as_the_server_ended_them,
     abandoned_handshakes_are_closed_at_the_timeout,
+    messages_over_the_limit_are_refused_and_the_session_goes_on,
     oversized_and_broken_frames_after_login,
     idle_sockets_do_not_block_others,
 );
@@ -261,6 +262,64 @@ fn server_ended_sessions_end_as_the_server_ended_them(engine: Engine) {
         );
     }
     still_serves(&env, "terminated sessions");
+}
+
+/// A `Bind` or `Query` over `max_message_bytes` (here 1 MiB) gets 54000 naming the
+/// limit and the setting, read off the wire without being held, and the same session
+/// runs its next statement; also inside a transaction, which the refusal fails.
+fn messages_over_the_limit_are_refused_and_the_session_goes_on(engine: Engine) {
+    let env = Env::start_with(engine, Default::default(), |o| {
+        o.server_line("max_message_bytes = 1048576")
+    });
+    rt().block_on(async {
+        let mut c = connect(&env.conninfo()).await;
+        let big = "x".repeat(3 << 20);
+        let check = |e: tokio_postgres::Error| {
+            let db = e
+                .as_db_error()
+                .unwrap_or_else(|| panic!("not a server error: {e}"));
+            assert_eq!(db.code().code(), "54000", "{db:?}");
+            assert!(
+                db.message().contains("max_message_bytes"),
+                "{}",
+                db.message()
+            );
+        };
+        // Extended protocol: the 3 MiB parameter is in the Bind.
+        check(
+            c.query_one("SELECT length($1::text)", &[&big])
+                .await
+                .unwrap_err(),
+        );
+        let n: i32 = c
+            .query_one("SELECT length($1::text)", &[&"ok"])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
+        // Simple protocol: the text itself.
+        check(
+            c.simple_query(&format!("SELECT '{big}'"))
+                .await
+                .unwrap_err(),
+        );
+        let t = c.transaction().await.unwrap();
+        check(
+            t.query_one("SELECT length($1::text)", &[&big])
+                .await
+                .unwrap_err(),
+        );
+        let e = t.query_one("SELECT 1", &[]).await.unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some("25P02"), "{e}");
+        t.rollback().await.unwrap();
+        let n: i64 = c
+            .query_one("SELECT 41::int8 + 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 42);
+    });
+    still_serves(&env, "messages over the limit");
 }
 
 /// Connections that stop speaking during start-up are closed at the handshake timeout:

@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::hooks::{Effects, Hold, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use super::tracker::{Described, Tracker};
@@ -236,6 +236,10 @@ pub const REFUSED_SQL: &[u8] = b"-- portcullis refused the client's statement; t
 /// batch back at `Sync` as it would after its own error.
 const REFUSED_PORTAL: &[u8] = b"portcullis_refused";
 
+/// The largest `Query`, `Parse` or `Bind` frame PostgreSQL reads: a body of up to
+/// `PQ_LARGE_MESSAGE_LIMIT` (1 GB less a byte) after the tag and length.
+const PG_MAX_MESSAGE: usize = (1 << 30) - 1 + crate::protocol::frame::HEADER_LEN;
+
 /// A statement waiting for a person.
 #[derive(Debug)]
 pub struct Held {
@@ -361,6 +365,8 @@ pub struct Relay<H: Hooks> {
     /// The last scan of client bytes stopped at a whole frame that must wait (see
     /// [`Relay::client_parked`]).
     parked: bool,
+    /// Bytes still to drop of a client message over the size limit, refused unread.
+    client_discard: usize,
 }
 
 /// Facts of a statement the gateway itself sends on the agent's connection.
@@ -412,6 +418,7 @@ impl<H: Hooks> Relay<H> {
             query_waits: false,
             next_client_tag: None,
             parked: false,
+            client_discard: 0,
         }
     }
 
@@ -1038,6 +1045,19 @@ impl<H: Hooks> Relay<H> {
             if from == Origin::Server && self.stalled.is_some() {
                 break;
             }
+            if from == Origin::Client && self.client_discard > 0 {
+                if run > 0 {
+                    self.forward(from, buf.split_to(run).freeze());
+                    run = 0;
+                }
+                let n = self.client_discard.min(buf.len());
+                buf.advance(n);
+                self.client_discard -= n;
+                if self.client_discard > 0 {
+                    break;
+                }
+                continue;
+            }
             if from == Origin::Client && self.held.is_some() {
                 break;
             }
@@ -1073,6 +1093,26 @@ impl<H: Hooks> Relay<H> {
                 }
                 run = buf.len();
                 break;
+            }
+            // Up to PostgreSQL's own bound a message is one a client may send it: over
+            // the gateway's limit it is refused, not treated as a broken stream.
+            if from == Origin::Client
+                && h.frame_len > self.limits.max_message
+                && h.frame_len <= PG_MAX_MESSAGE
+                && matches!(h.tag, fe::QUERY | fe::PARSE | fe::BIND)
+            {
+                // Refused unread, its bytes dropped as they come: the client is told
+                // why and its session goes on.
+                if run > 0 {
+                    self.forward(from, buf.split_to(run).freeze());
+                    run = 0;
+                }
+                // Skipping to Sync already: the batch has its error.
+                if !self.skip_to_sync {
+                    self.refuse_oversized(h.tag, h.frame_len);
+                }
+                self.client_discard = h.frame_len;
+                continue;
             }
             if h.frame_len > self.limits.max_message {
                 return Err(wrap(ProtocolError::TooLarge {
@@ -1501,6 +1541,36 @@ impl<H: Hooks> Relay<H> {
 
     pub fn client_waits(&self) -> bool {
         self.guard.is_some_and(|g| g.blocks()) || (self.query_waits && !self.expect.is_empty())
+    }
+
+    /// Refuses a client message over [`RelayLimits::max_message`] without reading it: as
+    /// a refused query, or for `Parse`/`Bind` as a refused `Parse` (the batch skips to
+    /// `Sync`).
+    fn refuse_oversized(&mut self, tag: u8, len: usize) {
+        let r = Refusal::new(
+            "54000",
+            format!(
+                "portcullis refused this message: its '{}' message is {len} bytes, over the {} bytes the gateway reads whole ([server] max_message_bytes)",
+                char::from(tag),
+                self.limits.max_message
+            ),
+        )
+        .with_hint("Send large values with COPY ... FROM STDIN, or ask an operator to raise max_message_bytes.");
+        let text = format!("-- a {len}-byte message the gateway did not read");
+        if tag == fe::QUERY {
+            self.tracker.simple_query();
+            self.audit_refusal(trail::Via::Simple, text.as_bytes(), &r, None);
+            self.refuse_query(r);
+        } else {
+            self.hooks.completed(Outcome::Refused);
+            self.audit_refusal(trail::Via::Extended, text.as_bytes(), &r, None);
+            self.send_server(fe::parse(b"", REFUSED_SQL));
+            self.expect.push_back(Expect::Parse {
+                refusal: Some(r.to_error_response()),
+                quiet: false,
+            });
+            self.skip_to_sync = true;
+        }
     }
 
     /// Refuses a simple query or function call: the server gets [`REFUSED_SQL`] in its
@@ -2069,6 +2139,36 @@ mod tests {
         assert!(r.on_server_eof(false));
         assert_eq!(be::error_summary(&refusal[5..]).0, "42501");
         assert_eq!(drain_client(&mut r), f[..]);
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused_unread_and_the_session_goes_on() {
+        let mut r = Relay::new(
+            RelayLimits { max_message: 1024 },
+            super::super::hooks::PassThrough,
+        );
+        let mut big = b"select '".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 5000));
+        big.extend_from_slice(b"'\0");
+        let q = msg(fe::QUERY, &big);
+        // It arrives in pieces; nothing of it is kept or forwarded.
+        for chunk in q.chunks(700) {
+            let mut buf = BytesMut::from(chunk);
+            r.on_client_bytes(&mut buf).unwrap();
+            assert!(buf.is_empty());
+        }
+        let sent = drain_server(&mut r);
+        assert!(has(&sent, b"portcullis_refused") && sent.len() < 200);
+        let mut s = BytesMut::from(&server_error()[..]);
+        s.extend_from_slice(&msg(be::READY_FOR_QUERY, b"I"));
+        r.on_server_bytes(&mut s).unwrap();
+        let out = drain_client(&mut r);
+        assert_eq!(tags(&out), b"EZ");
+        assert_eq!(be::error_summary(&out[5..]).0, "54000");
+        // The next statement goes as usual.
+        r.on_client_bytes(&mut BytesMut::from(&msg(fe::QUERY, b"select 1\0")[..]))
+            .unwrap();
+        assert_eq!(drain_server(&mut r), msg(fe::QUERY, b"select 1\0")[..]);
     }
 
     #[test]
