@@ -595,6 +595,8 @@ impl<H: Hooks> Relay<H> {
         let Some(held) = self.held.take() else {
             return self.on_client_bytes(buf);
         };
+        // What followed the held frame is not known here: a guard must assume more.
+        self.next_client_tag = None;
         let r = self.release_held(held, how);
         if let Err(RelayError::Client(e)) = &r {
             self.send_client(error_response(
