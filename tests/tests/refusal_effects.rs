@@ -50,25 +50,17 @@ fn count(env: &Env, id: i64) -> String {
 fn a_refused_write_in_a_block_fails_the_block(engine: Engine) {
     let env = env(engine);
     // The psql session: the refused row must not be committed.
-    let script = format!(
-        "BEGIN;\n{};\nSELECT 'after refusal';\nCOMMIT;\n",
-        refused_insert(1_000_001)
-    );
-    let mut child = std::process::Command::new("psql")
-        .args(["-X", "-d", &env.uri(), "-f", "-"])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    // One psql session, one statement a `-c`, going on after errors as a script does.
+    let out = common::run_timed(env.psql_gw().args([
+        "-c",
+        "BEGIN",
+        "-c",
+        &refused_insert(1_000_001),
+        "-c",
+        "SELECT 'after refusal'",
+        "-c",
+        "COMMIT",
+    ]));
     let (said, err) = (stdout(&out), stderr(&out));
     assert!(err.contains("portcullis refused this result"), "{err}");
     assert!(

@@ -132,21 +132,19 @@ async fn run<C: Connect>(
                 hs.tls_established();
             }
             Ok(Err(e)) => {
-                if let (Some(log), ConnError::Rejected(why)) = (&shared.audit, &e) {
-                    log_refused(log, hs.user(), peer, &client, why);
+                if let ConnError::Rejected(why) = &e {
+                    log_refused(shared, hs.user(), peer, &client, why);
                 }
                 return Err(e);
             }
             Err(_) => {
-                if let Some(log) = &shared.audit {
-                    log_refused(
-                        log,
-                        hs.user(),
-                        peer,
-                        &client,
-                        "start-up and authentication took too long",
-                    );
-                }
+                log_refused(
+                    shared,
+                    hs.user(),
+                    peer,
+                    &client,
+                    "start-up and authentication took too long",
+                );
                 let _ = client
                     .write_all(error_response(
                         Severity::Fatal,
@@ -167,15 +165,13 @@ async fn run<C: Connect>(
     // Authenticated after the drain began: refused as PostgreSQL refuses it, before the
     // server is asked for anything.
     if shared.lifecycle.is_stopping() {
-        if let Some(log) = &shared.audit {
-            log_refused(
-                log,
-                Some(&agent.identity.name),
-                peer,
-                &client,
-                REFUSED_DRAINING,
-            );
-        }
+        log_refused(
+            shared,
+            Some(&agent.identity.name),
+            peer,
+            &client,
+            REFUSED_DRAINING,
+        );
         let _ = client.write_all(drain::shutting_down()).await;
         return Err(ConnError::Rejected(SHUTTING_DOWN.into()));
     }
@@ -212,15 +208,13 @@ async fn run<C: Connect>(
         Ok(r) => r,
         Err(e) => {
             warn!("{e}");
-            if let Some(log) = &shared.audit {
-                log_refused(
-                    log,
-                    Some(&agent.identity.name),
-                    peer,
-                    &client,
-                    &format!("{e} ({})", e.sqlstate()),
-                );
-            }
+            log_refused(
+                shared,
+                Some(&agent.identity.name),
+                peer,
+                &client,
+                &format!("{e} ({})", e.sqlstate()),
+            );
             let _ = upstream.write_all(fe::terminate()).await;
             let message = format!(
                 "the gateway could not reserve its connection for this session's catalog lookups: {e}"
@@ -329,14 +323,18 @@ async fn run<C: Connect>(
     Ok(())
 }
 
-/// The audit record of a connection refused before it became a session.
+/// The audit record of a connection refused before it became a session, when the
+/// gateway keeps an audit log.
 fn log_refused<S: Transport>(
-    log: &crate::audit::AuditLog,
+    shared: &Shared,
     user: Option<&str>,
     peer: SocketAddr,
     client: &MaybeTls<S>,
     why: &str,
 ) {
+    let Some(log) = &shared.audit else {
+        return;
+    };
     log.record(&crate::audit::Body::LoginRefused {
         identity: user,
         auth: "scram-sha-256",
@@ -385,9 +383,7 @@ async fn refuse_draining<C: Connect>(shared: &Shared, stream: C::Stream, peer: S
             }
             DrainStep::Cancel { pid, secret } => return cancel::<C>(shared, pid, secret).await,
             DrainStep::Refuse { frame, user } => {
-                if let Some(log) = &shared.audit {
-                    log_refused(log, user.as_deref(), peer, &client, REFUSED_DRAINING);
-                }
+                log_refused(shared, user.as_deref(), peer, &client, REFUSED_DRAINING);
                 info!(
                     user = user.as_deref().unwrap_or(""),
                     "refused: {SHUTTING_DOWN}"

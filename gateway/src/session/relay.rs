@@ -1265,14 +1265,8 @@ impl<H: Hooks> Relay<H> {
                         self.send_server(frame.into_bytes());
                     }
                     Verdict::Deny(r) => {
-                        self.hooks.completed(Outcome::Refused);
                         self.audit_refusal(trail::Via::Extended, p.sql, &r, facts.as_ref());
-                        self.send_server(fe::parse(b"", REFUSED_SQL));
-                        self.expect.push_back(Expect::Parse {
-                            refusal: Some(r.to_error_response()),
-                            quiet: false,
-                        });
-                        self.skip_to_sync = true;
+                        self.refuse_parse(&r);
                     }
                 }
             }
@@ -1564,15 +1558,22 @@ impl<H: Hooks> Relay<H> {
             self.audit_refusal(trail::Via::Simple, text.as_bytes(), &r, None);
             self.refuse_query(r);
         } else {
-            self.hooks.completed(Outcome::Refused);
             self.audit_refusal(trail::Via::Extended, text.as_bytes(), &r, None);
-            self.send_server(fe::parse(b"", REFUSED_SQL));
-            self.expect.push_back(Expect::Parse {
-                refusal: Some(r.to_error_response()),
-                quiet: false,
-            });
-            self.skip_to_sync = true;
+            self.refuse_parse(&r);
         }
+    }
+
+    /// Refuses a `Parse` (or a message standing for one): the server gets a `Parse` of
+    /// [`REFUSED_SQL`] in its place, whose error the client gets as `r`, and the rest of
+    /// the batch is dropped up to `Sync`.
+    fn refuse_parse(&mut self, r: &Refusal) {
+        self.hooks.completed(Outcome::Refused);
+        self.send_server(fe::parse(b"", REFUSED_SQL));
+        self.expect.push_back(Expect::Parse {
+            refusal: Some(r.to_error_response()),
+            quiet: false,
+        });
+        self.skip_to_sync = true;
     }
 
     /// Refuses a simple query or function call: the server gets [`REFUSED_SQL`] in its
@@ -2550,14 +2551,14 @@ mod tests {
     /// Opens a transaction block, as the client would.
     fn begin<H: Hooks>(r: &mut Relay<H>) {
         query(r, "begin");
-        feed_server(
-            r,
-            &[
-                (be::COMMAND_COMPLETE, b"BEGIN\0"),
-                (be::READY_FOR_QUERY, b"T"),
-            ],
-        );
+        feed_server(r, &BEGAN);
     }
+
+    /// The server's answer to a `BEGIN`.
+    const BEGAN: [(u8, &[u8]); 2] = [
+        (be::COMMAND_COMPLETE, b"BEGIN\0"),
+        (be::READY_FOR_QUERY, b"T"),
+    ];
 
     const INSERTED: [(u8, &[u8]); 4] = [
         (
@@ -2603,13 +2604,7 @@ mod tests {
             r.client_waits(),
             "nothing more goes until the result is judged"
         );
-        let mut out = feed_server(
-            &mut r,
-            &[
-                (be::COMMAND_COMPLETE, b"BEGIN\0"),
-                (be::READY_FOR_QUERY, b"T"),
-            ],
-        );
+        let mut out = feed_server(&mut r, &BEGAN);
         out.extend(feed_server(&mut r, &INSERTED));
         assert!(has(&drain_server(&mut r), b"ROLLBACK"));
         out.extend(feed_server(
@@ -2632,13 +2627,7 @@ mod tests {
         for commit_fails in [false, true] {
             let mut r = Relay::new(RelayLimits::default(), Judging::new(false));
             query(&mut r, "insert into t select 1 returning t");
-            let mut out = feed_server(
-                &mut r,
-                &[
-                    (be::COMMAND_COMPLETE, b"BEGIN\0"),
-                    (be::READY_FOR_QUERY, b"T"),
-                ],
-            );
+            let mut out = feed_server(&mut r, &BEGAN);
             out.extend(feed_server(&mut r, &INSERTED));
             assert!(has(&drain_server(&mut r), b"COMMIT"));
             let commit: &[(u8, &[u8])] = if commit_fails {
