@@ -754,7 +754,101 @@ fn null_strategy_end_to_end(engine: Engine) {
     }
 }
 
+/// A card number as the quickstart's `card` rule (`public.*.card_number`, partial, last
+/// four kept) leaves it.
+const CARD: &str = "4111 1111 1111 1111";
+const CARD_MASKED: &str = "**** **** **** 1111";
+
+/// Tables the agent's open transaction created or altered are invisible to the
+/// gateway's own catalog connection: the gateway looks them up on the agent's
+/// connection, so they read masked inside the transaction, under their new names after
+/// a rename, and after `COMMIT` (no miss was cached). The aliases keep the name rules
+/// out of it: only the table's own column name, resolved through the catalog, can
+/// match `public.*.card_number`.
+fn tables_of_the_open_transaction_read_masked(engine: Engine) {
+    let env = Env::with_dataset(engine, QUICKSTART_MASK_POLICY, 10, 7);
+    // Simple protocol (psql), one statement per Query.
+    let out = env.ok(psql_at(&env.uri()).args([
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-At",
+        "-c",
+        "BEGIN",
+        "-c",
+        "CREATE TABLE fresh (id int, cn text, card_number text)",
+        "-c",
+        &format!("INSERT INTO fresh VALUES (1, '{CARD}', '{CARD}')"),
+        "-c",
+        "SELECT 'new', card_number AS c, cn AS raw FROM fresh",
+        "-c",
+        "ALTER TABLE fresh RENAME COLUMN card_number TO old",
+        "-c",
+        "ALTER TABLE fresh RENAME COLUMN cn TO card_number",
+        "-c",
+        "SELECT 'renamed', card_number AS c, old AS raw FROM fresh",
+        "-c",
+        "COMMIT",
+        "-c",
+        "SELECT 'committed', card_number AS c FROM fresh",
+    ]));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert!(
+        lines.contains(&format!("new|{CARD_MASKED}|{CARD}")),
+        "created in the transaction: {lines:?}"
+    );
+    assert!(
+        lines.contains(&format!("renamed|{CARD_MASKED}|{CARD}")),
+        "renamed in the transaction: {lines:?}"
+    );
+    assert!(
+        lines.contains(&format!("committed|{CARD_MASKED}")),
+        "after COMMIT: {lines:?}"
+    );
+
+    // Extended protocol (tokio-postgres: Parse/Bind/Execute/Sync per statement), in a
+    // transaction, the way drivers that default to one work; then a fresh session
+    // after COMMIT, and a rolled-back table that leaves nothing behind.
+    rt().block_on(async {
+        let mut client = common::connect(&env.conninfo()).await;
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute(&format!(
+            "CREATE TABLE fresh2 (id int, card_number text); INSERT INTO fresh2 VALUES (1, '{CARD}')"
+        ))
+        .await
+        .unwrap();
+        let row = tx
+            .query_one("SELECT card_number AS c FROM fresh2 WHERE id = $1", &[&1i32])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), CARD_MASKED);
+        tx.commit().await.unwrap();
+
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute("CREATE TABLE gone (card_number text)")
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+
+        let other = common::connect(&env.conninfo()).await;
+        let row = other
+            .query_one("SELECT card_number AS c FROM fresh2", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), CARD_MASKED);
+        let err = other
+            .query_one("SELECT card_number AS c FROM gone", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE),
+            "{err}"
+        );
+    });
+}
+
 per_engine!(
+    tables_of_the_open_transaction_read_masked,
     agent_sees_no_valid_identifiers,
     auditor_sees_raw_values,
     every_result_path_is_masked,

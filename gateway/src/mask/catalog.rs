@@ -12,12 +12,21 @@
 //! policy.plan(..) again
 //! ```
 //!
-//! OIDs the query did not return (dropped tables) are remembered as missing, so the
-//! retry resolves instead of asking again; a rule that may apply to such a column then
-//! fails closed. Call [`Catalog::invalidate`] after DDL (`ALTER`, `DROP`, `CREATE` command
-//! tags) seen through the gateway. DDL that does not pass through it (a migration run
-//! directly) cannot be seen, so entries also expire after [`Catalog::ttl`] and are fetched
-//! again: a rename is noticed within that time.
+//! OIDs the query did not return are not kept in the shared cache: a table the
+//! gateway's connection cannot see may be one a session created in its open
+//! transaction, visible to everyone after its `COMMIT`. The session keeps such misses
+//! for the statement at hand ([`Catalog::mark_missing`]), so the retry resolves instead
+//! of asking again and a rule that may apply to such a column fails closed.
+//!
+//! What a session's own transaction created or changed is visible only on its own
+//! connection: the session looks those tables up there, by the names its statement uses
+//! ([`CatalogFill::named`]), into a catalog of its own that sits over the shared one
+//! ([`Layered`]) until the transaction ends.
+//!
+//! Call [`Catalog::invalidate`] after DDL (`ALTER`, `DROP`, `CREATE` command tags) seen
+//! through the gateway, and again when the transaction that ran it ends. DDL that does
+//! not pass through it (a migration run directly) cannot be seen, so entries also expire
+//! after [`Catalog::ttl`] and are fetched again: a rename is noticed within that time.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -72,6 +81,61 @@ pub enum Lookup<'a> {
         table: &'a str,
         column: &'a str,
     },
+}
+
+/// Table names as a plan reads them: [`Catalog`] itself, or a session's [`Layered`] view.
+pub trait TableNames {
+    /// Whether this OID has been fetched (found or not) and has not expired.
+    fn contains(&self, table_oid: u32) -> bool;
+    fn lookup(&self, table_oid: u32, attnum: i16) -> Lookup<'_>;
+    /// Whether this OID is known to be a view or materialized view.
+    fn is_derived(&self, table_oid: u32) -> bool;
+}
+
+/// A session's view: its own entries (tables of its open transaction, misses of the
+/// statement at hand) before the gateway's shared cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Layered<'a> {
+    pub session: &'a Catalog,
+    pub shared: &'a Catalog,
+}
+
+impl Layered<'_> {
+    fn pick(&self, table_oid: u32) -> &Catalog {
+        if self.session.contains(table_oid) {
+            self.session
+        } else {
+            self.shared
+        }
+    }
+}
+
+impl TableNames for Layered<'_> {
+    fn contains(&self, table_oid: u32) -> bool {
+        self.pick(table_oid).contains(table_oid)
+    }
+
+    fn lookup(&self, table_oid: u32, attnum: i16) -> Lookup<'_> {
+        self.pick(table_oid).lookup(table_oid, attnum)
+    }
+
+    fn is_derived(&self, table_oid: u32) -> bool {
+        self.pick(table_oid).is_derived(table_oid)
+    }
+}
+
+impl TableNames for Catalog {
+    fn contains(&self, table_oid: u32) -> bool {
+        Catalog::contains(self, table_oid)
+    }
+
+    fn lookup(&self, table_oid: u32, attnum: i16) -> Lookup<'_> {
+        Catalog::lookup(self, table_oid, attnum)
+    }
+
+    fn is_derived(&self, table_oid: u32) -> bool {
+        Catalog::is_derived(self, table_oid)
+    }
 }
 
 /// The table-name cache. Cheap to clone per session if wanted; one per upstream
@@ -197,6 +261,19 @@ impl Catalog {
         self.tables.clear();
     }
 
+    /// Remembers these OIDs as not found (a session's misses; see the module docs).
+    pub fn mark_missing(&mut self, oids: &[u32]) {
+        let now = Instant::now();
+        for &oid in oids {
+            self.tables.insert(oid, (Entry::Missing, now));
+        }
+    }
+
+    /// Forgets the OIDs remembered as not found.
+    pub fn forget_missing(&mut self) {
+        self.tables.retain(|_, (e, _)| !matches!(e, Entry::Missing));
+    }
+
     /// Forgets one table.
     pub fn invalidate_oid(&mut self, table_oid: u32) {
         self.tables.remove(&table_oid);
@@ -208,37 +285,96 @@ impl Catalog {
         requested.sort_unstable();
         requested.dedup();
         CatalogFill {
-            requested,
+            requested: Some(requested),
             tables: HashMap::new(),
+            sql: None,
         }
     }
 
-    /// Applies a finished fill: returned tables replace their old entries, requested OIDs
-    /// that came back empty become missing.
-    pub fn complete(&mut self, fill: CatalogFill) {
+    /// Applies a finished fill: returned tables replace their old entries. Returns the
+    /// requested OIDs that came back empty, which are not stored (see the module docs).
+    pub fn complete(&mut self, fill: CatalogFill) -> Vec<u32> {
         let CatalogFill {
-            requested,
-            mut tables,
+            requested, tables, ..
         } = fill;
         let now = Instant::now();
-        for oid in requested {
-            let entry = tables.remove(&oid).map_or(Entry::Missing, Entry::Known);
-            self.tables.insert(oid, (entry, now));
+        let missing = requested
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|oid| !tables.contains_key(oid))
+            .collect();
+        for (oid, t) in tables {
+            self.tables.insert(oid, (Entry::Known(t), now));
         }
+        missing
     }
 }
 
-/// An in-progress catalog fetch for a set of OIDs.
+/// Most relations one by-name lookup asks for; a statement naming more is looked up by
+/// its first ones (the rest fall back to the shared cache, and fail closed there).
+const MAX_NAMED: usize = 64;
+
+/// `name` quoted as an identifier inside an `E''` literal, which reads the same whatever
+/// the session's `standard_conforming_strings`.
+fn quoted_identifier_literal(out: &mut String, name: &str) {
+    out.push('"');
+    for ch in name.chars() {
+        match ch {
+            '"' => out.push_str("\"\""),
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// An in-progress catalog fetch for a set of OIDs, or for relations by name.
 #[derive(Debug, Clone)]
 pub struct CatalogFill {
-    requested: Vec<u32>,
+    /// `None`: a lookup by name, which may return any OID.
+    requested: Option<Vec<u32>>,
     tables: HashMap<u32, TableInfo>,
+    /// The query of a lookup by name.
+    sql: Option<String>,
 }
 
 impl CatalogFill {
-    /// The OIDs being fetched, sorted.
+    /// A lookup of relations by the names a statement uses (`(schema, name)` as the
+    /// parser read them), resolved as the session resolves them: run it on the
+    /// session's own connection, where its open transaction's tables are visible. Names
+    /// that resolve to nothing return no rows; the query never fails on them.
+    pub fn named<'a>(relations: impl IntoIterator<Item = (Option<&'a str>, &'a str)>) -> Self {
+        let mut list = String::new();
+        for (i, (schema, name)) in relations.into_iter().take(MAX_NAMED).enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            list.push_str("pg_catalog.to_regclass(E'");
+            if let Some(schema) = schema {
+                quoted_identifier_literal(&mut list, schema);
+                list.push('.');
+            }
+            quoted_identifier_literal(&mut list, name);
+            list.push_str("')::pg_catalog.oid");
+        }
+        let sql = format!(
+            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, c.relkind \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+             WHERE c.oid = ANY (ARRAY[{list}]::pg_catalog.oid[]) AND NOT a.attisdropped"
+        );
+        CatalogFill {
+            requested: None,
+            tables: HashMap::new(),
+            sql: Some(sql),
+        }
+    }
+
+    /// The OIDs being fetched, sorted (none for a lookup by name).
     pub fn oids(&self) -> &[u32] {
-        &self.requested
+        self.requested.as_deref().unwrap_or_default()
     }
 
     /// The query to run (simple Query protocol, text results). Columns: table OID,
@@ -246,8 +382,11 @@ impl CatalogFill {
     /// so `ctid` and friends resolve; dropped columns are not. The OID list is formatted
     /// from integers, so nothing from a client reaches this SQL.
     pub fn sql(&self) -> String {
+        if let Some(sql) = &self.sql {
+            return sql.clone();
+        }
         let list = self
-            .requested
+            .oids()
             .iter()
             .map(u32::to_string)
             .collect::<Vec<_>>()
@@ -292,7 +431,11 @@ impl CatalogFill {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| MaskError::malformed(WHAT, "bad attnum"))?;
-        if self.requested.binary_search(&oid).is_err() {
+        if self
+            .requested
+            .as_ref()
+            .is_some_and(|r| r.binary_search(&oid).is_err())
+        {
             return Err(MaskError::malformed(
                 WHAT,
                 "row for an OID that was not asked for",
@@ -366,7 +509,11 @@ mod tests {
         ]))
         .unwrap();
         assert!(cat.is_empty(), "nothing changes before complete");
-        cat.complete(fill);
+        assert_eq!(
+            cat.complete(fill),
+            vec![16390],
+            "the miss is returned, not kept"
+        );
         assert_eq!(
             cat.lookup(16384, 3),
             Lookup::Column {
@@ -380,10 +527,25 @@ mod tests {
             Lookup::Column { column: "ctid", .. }
         ));
         assert_eq!(cat.lookup(16384, 9), Lookup::Unresolvable);
-        assert_eq!(cat.lookup(16390, 1), Lookup::Unresolvable);
-        assert_eq!(cat.lookup(1, 1), Lookup::Unknown);
-        cat.invalidate_oid(16390);
         assert_eq!(cat.lookup(16390, 1), Lookup::Unknown);
+        assert_eq!(cat.lookup(1, 1), Lookup::Unknown);
+
+        // A session keeps its misses over the shared cache, for one statement.
+        let mut session = Catalog::new();
+        session.mark_missing(&[16390]);
+        let view = Layered {
+            session: &session,
+            shared: &cat,
+        };
+        assert_eq!(view.lookup(16390, 1), Lookup::Unresolvable);
+        assert!(matches!(
+            view.lookup(16384, 3),
+            Lookup::Column { column: "ssn", .. }
+        ));
+        session.forget_missing();
+        assert!(session.is_empty());
+        cat.invalidate_oid(16384);
+        assert_eq!(cat.lookup(16384, 3), Lookup::Unknown);
         cat.invalidate();
         assert!(cat.is_empty());
     }
@@ -405,6 +567,26 @@ mod tests {
         assert!(!stale.contains(16384), "expired: the plan asks again");
         assert_eq!(stale.lookup(16384, 1), Lookup::Unknown);
         assert!(!stale.is_derived(16384));
+    }
+
+    #[test]
+    fn a_lookup_by_name_quotes_every_name_and_takes_any_oid() {
+        let fill = CatalogFill::named([(Some("public"), "t"), (None, "Odd\"na'me\\")]);
+        let sql = fill.sql();
+        assert!(
+            sql.contains(r#"pg_catalog.to_regclass(E'"public"."t"')::pg_catalog.oid"#),
+            "{sql}"
+        );
+        assert!(sql.contains(r#"to_regclass(E'"Odd""na''me\\"')"#), "{sql}");
+        let mut fill = fill;
+        fill.ingest_data_row(&data_row(&[b"99999", b"public", b"t", b"1", b"ssn", b"r"]))
+            .unwrap();
+        let mut own = Catalog::new();
+        assert!(own.complete(fill).is_empty());
+        assert!(matches!(
+            own.lookup(99999, 1),
+            Lookup::Column { column: "ssn", .. }
+        ));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod policy;
 pub mod strategy;
 pub mod wire;
 
-pub use catalog::{Catalog, CatalogFill};
+pub use catalog::{Catalog, CatalogFill, Layered, TableNames};
 pub use config::{DetectorKind, MaskConfig, Permit, RuleConfig, StrategyKind, Unattributed};
 pub use copy::{CopyFormat, CopyPlan};
 pub use policy::{MaskStats, Policy, QueryRule, RowPlan, Subject};

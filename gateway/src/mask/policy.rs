@@ -27,7 +27,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::MaskError;
-use super::catalog::{Catalog, Lookup};
+use super::catalog::{Lookup, TableNames};
 use super::config::{DetectorKind, MaskConfig, Permit, RuleConfig, StrategyKind, Unattributed};
 use super::copy::{CopyFormat, CopyPlan};
 use super::detect::{DetectorSet, Finding, Scanner};
@@ -289,7 +289,7 @@ impl Policy {
         &self,
         who: &Subject,
         columns: &[ColumnDesc],
-        catalog: &Catalog,
+        catalog: &dyn TableNames,
     ) -> Result<RowPlan, MaskError> {
         let inner = &self.inner;
         let passthrough = || RowPlan::new(self.inner.clone(), vec![None; columns.len()], true);
@@ -407,7 +407,7 @@ impl Policy {
         &self,
         who: &Subject,
         columns: Option<&[ColumnDesc]>,
-        catalog: &Catalog,
+        catalog: &dyn TableNames,
         copy_out_response: &[u8],
         format: CopyFormat,
     ) -> Result<CopyPlan, MaskError> {
@@ -1120,6 +1120,7 @@ impl JsonCursor {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::mask::catalog::{Catalog, Layered};
     use crate::mask::wire::tests::row_description;
     use crate::mask::{parse_row_description, wire};
 
@@ -1220,8 +1221,14 @@ pub(crate) mod tests {
         let err = p.plan(&who(), &cols, &cat).unwrap_err();
         assert_eq!(err.needed_oids(), Some(&[20000, 20001][..]));
         let fill = cat.start_fill(err.needed_oids().unwrap());
-        cat.complete(fill); // both came back empty: dropped tables
-        let err = p.plan(&who(), &cols, &cat).unwrap_err();
+        // Both came back empty (dropped tables): the session keeps the misses.
+        let mut own = Catalog::new();
+        own.mark_missing(&cat.complete(fill));
+        let view = Layered {
+            session: &own,
+            shared: &cat,
+        };
+        let err = p.plan(&who(), &cols, &view).unwrap_err();
         assert!(
             matches!(err, MaskError::Unresolvable { ref rule, .. } if rule == "ssn"),
             "{err}"

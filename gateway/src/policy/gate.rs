@@ -19,7 +19,8 @@ use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
 use crate::analysis::{
-    self, Analysis, AnalysisError, Class, Effect, ParseError, Property, Statement, analyze_cached,
+    self, Analysis, AnalysisError, Class, Effect, ParseError, Property, Relation, Statement,
+    analyze_cached,
 };
 use crate::mask::{Policy as MaskPolicy, Subject};
 use crate::protocol::sqlstate;
@@ -158,6 +159,20 @@ impl StatementGate {
         } else {
             Effects::Other
         }
+    }
+
+    /// The relations the text judged last names, each once, as written.
+    pub fn relations(&self) -> Vec<&Relation> {
+        let Some(Ok(a)) = self.last.as_deref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<&Relation> = Vec::new();
+        for r in a.statements.iter().flat_map(|s| &s.relations) {
+            if !out.iter().any(|o| o.name == r.name && o.schema == r.schema) {
+                out.push(r);
+            }
+        }
+        out
     }
 
     /// What the last judged text was, for the audit record of `sql` (that text) under

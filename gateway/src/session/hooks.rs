@@ -178,6 +178,22 @@ pub trait Hooks {
     /// it could not.
     fn side_query_done(&mut self, _rows: Result<Vec<Bytes>, String>) {}
 
+    /// Asked after a statement is allowed, when [`Hooks::wants_columns`]: a catalog query
+    /// to run on the session's own connection just before it, for what only the
+    /// session can see (tables its open transaction created or changed). Its answer
+    /// never reaches the client; its rows come back through [`Hooks::lookup_done`], in
+    /// order, before the statement's own answer.
+    fn lookup(&mut self) -> Option<String> {
+        None
+    }
+
+    /// The rows of a [`Hooks::lookup`] query (`DataRow` frames), or the server's error.
+    fn lookup_done(&mut self, _rows: Result<Vec<Bytes>, String>) {}
+
+    /// The server is ready for the next query, with this transaction status (`I`, `T`
+    /// or `E`).
+    fn ready(&mut self, _status: u8) {}
+
     /// A result set is starting. `row_description` is the whole frame; `formats` the
     /// result formats the client asked for in `Bind` (empty for a simple query, where
     /// the description's own format codes are right). Returning a stage makes the relay

@@ -134,6 +134,9 @@ enum QueryMode {
     Settle {
         errors: bool,
     },
+    /// The gateway's own catalog lookup before a client statement ([`Hooks::lookup`]):
+    /// its rows go to the hooks, nothing to the client.
+    Lookup,
 }
 
 /// A statement whose result a stage may refuse after the server ran it. Until its
@@ -367,6 +370,12 @@ pub struct Relay<H: Hooks> {
     parked: bool,
     /// Bytes still to drop of a client message over the size limit, refused unread.
     client_discard: usize,
+    /// An extended-protocol batch is open (messages since the last `Sync`): a query of
+    /// the gateway's cannot go in before its next `Parse` without joining the batch.
+    batch_open: bool,
+    /// Rows, or the error, of the lookup at the front ([`QueryMode::Lookup`]).
+    lookup_rows: Vec<Bytes>,
+    lookup_error: Option<String>,
 }
 
 /// Facts of a statement the gateway itself sends on the agent's connection.
@@ -419,6 +428,9 @@ impl<H: Hooks> Relay<H> {
             next_client_tag: None,
             parked: false,
             client_discard: 0,
+            batch_open: false,
+            lookup_rows: Vec::new(),
+            lookup_error: None,
         }
     }
 
@@ -891,8 +903,28 @@ impl<H: Hooks> Relay<H> {
             Some(Expect::Query { mode, .. }) => *mode,
             _ => return false,
         };
+        // Asynchronous messages are the session's whoever's query they arrived during.
+        if mode != QueryMode::Capture
+            && matches!(
+                b.first(),
+                Some(&(be::NOTIFICATION_RESPONSE | be::PARAMETER_STATUS))
+            )
+        {
+            return false;
+        }
         match mode {
             QueryMode::Client => false,
+            QueryMode::Lookup => {
+                match b.first() {
+                    Some(&be::DATA_ROW) => self.lookup_rows.push(b.clone()),
+                    Some(&be::ERROR_RESPONSE) => {
+                        let (code, message) = be::error_summary(&b[5.min(b.len())..]);
+                        self.lookup_error = Some(format!("{code} {message}"));
+                    }
+                    _ => {}
+                }
+                true
+            }
             QueryMode::Quiet => {
                 if b.first() == Some(&be::ERROR_RESPONSE) {
                     self.quiet_error = Some(b.clone());
@@ -913,6 +945,28 @@ impl<H: Hooks> Relay<H> {
                 true
             }
         }
+    }
+
+    /// Sends the catalog lookup the hooks want run before the statement just allowed
+    /// (see [`Hooks::lookup`]). Not in a failed transaction, where it could only fail.
+    fn lookup_first(&mut self) {
+        if self.txn_status != b'E'
+            && self.hooks.wants_columns()
+            && let Some(sql) = self.hooks.lookup()
+        {
+            self.gateway_query(sql.as_bytes(), QueryMode::Lookup);
+        }
+    }
+
+    /// Whether the answer at the front is a lookup of the gateway's.
+    fn lookup_front(&self) -> bool {
+        matches!(
+            self.expect.front(),
+            Some(Expect::Query {
+                mode: QueryMode::Lookup,
+                ..
+            })
+        )
     }
 
     /// Sends the gateway's own simple query, whose answer the client never sees.
@@ -1168,6 +1222,20 @@ impl<H: Hooks> Relay<H> {
     }
 
     fn client_frame(&mut self, frame: Frame) -> Result<(), RelayError> {
+        // Set after the frame is handled: a Parse opening a batch may still be preceded
+        // by a query of the gateway's.
+        let opens = matches!(
+            frame.tag(),
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH
+        );
+        let r = self.client_message(frame);
+        if opens && r.is_ok() {
+            self.batch_open = true;
+        }
+        r
+    }
+
+    fn client_message(&mut self, frame: Frame) -> Result<(), RelayError> {
         let tag = frame.tag();
         if self.skip_to_sync && tag != fe::SYNC && tag != fe::TERMINATE {
             return Ok(());
@@ -1201,6 +1269,7 @@ impl<H: Hooks> Relay<H> {
                     Verdict::Allow | Verdict::Hold(_) => {
                         self.tracker.simple_query();
                         self.remember(sql);
+                        self.lookup_first();
                         let settle = self.guard_for_query();
                         if settle == Some(Settle::Wrapped) {
                             self.quiet_query("BEGIN");
@@ -1250,6 +1319,9 @@ impl<H: Hooks> Relay<H> {
                         } else {
                             Effects::Other
                         };
+                        if !self.batch_open && !self.injecting {
+                            self.lookup_first();
+                        }
                         self.tracker.parse(
                             bytes.slice_ref(p.name),
                             bytes.slice_ref(p.sql),
@@ -1319,6 +1391,7 @@ impl<H: Hooks> Relay<H> {
             }
             fe::SYNC => {
                 self.skip_to_sync = false;
+                self.batch_open = false;
                 self.expect.push_back(Expect::Sync);
                 self.send_server(frame.into_bytes());
                 if let Some(g) = &mut self.guard
@@ -1605,6 +1678,8 @@ impl<H: Hooks> Relay<H> {
             return tag == fe::COPY_DATA && !self.skip_to_sync;
         }
         match tag {
+            // A lookup's rows are the gateway's, read whole.
+            be::DATA_ROW if self.lookup_front() => false,
             be::DATA_ROW => {
                 if let Rows::Unknown = self.rows {
                     self.rows = self.rows_for_execute();
@@ -1758,6 +1833,7 @@ impl<H: Hooks> Relay<H> {
         if (tag == be::ROW_DESCRIPTION || tag == be::COPY_OUT_RESPONSE)
             && !side_query_done
             && !matches!(self.rows, Rows::Discard)
+            && !self.lookup_front()
             && let Some(sql) = self.hooks.side_query(frame.as_bytes(), &self.current_sql())
         {
             self.stalled = Some(frame);
@@ -1836,7 +1912,9 @@ impl<H: Hooks> Relay<H> {
                         }
                     }
                     _ => {
-                        if let Some(desc) = desc {
+                        if let Some(desc) = desc
+                            && !self.lookup_front()
+                        {
                             self.rows = self.start_result(&desc, &[]);
                         }
                         if !matches!(self.rows, Rows::Discard) {
@@ -1912,6 +1990,7 @@ impl<H: Hooks> Relay<H> {
             }
             be::READY_FOR_QUERY => {
                 self.txn_status = be::ready_status(frame.body()).map_err(RelayError::Server)?;
+                self.hooks.ready(self.txn_status);
                 self.rows = Rows::Unknown;
                 let mut mode = QueryMode::Client;
                 // A Sync's: guarded when it ends the batch of an AfterSync guard.
@@ -1946,6 +2025,15 @@ impl<H: Hooks> Relay<H> {
                         self.send_client(frame.into_bytes());
                     }
                     QueryMode::Quiet => self.diverted -= 1,
+                    QueryMode::Lookup => {
+                        self.diverted -= 1;
+                        let rows = std::mem::take(&mut self.lookup_rows);
+                        let answer = match self.lookup_error.take() {
+                            Some(e) => Err(e),
+                            None => Ok(rows),
+                        };
+                        self.hooks.lookup_done(answer);
+                    }
                     QueryMode::Capture => {
                         self.diverted -= 1;
                         if let Some(p) = &mut self.preview {
@@ -2881,6 +2969,79 @@ mod tests {
         assert!(has(&out, b"denied by alice"));
         assert_eq!(out.last(), Some(&b'T'), "the open transaction is as it was");
         assert!(r.is_idle());
+    }
+
+    /// Wants a lookup before every statement, and keeps what comes back.
+    #[derive(Default)]
+    struct LookingUp {
+        found: Vec<Result<Vec<Bytes>, String>>,
+    }
+    impl Hooks for LookingUp {
+        fn wants_columns(&mut self) -> bool {
+            true
+        }
+        fn effects(&mut self) -> Effects {
+            Effects::None
+        }
+        fn lookup(&mut self) -> Option<String> {
+            Some("lookup".into())
+        }
+        fn lookup_done(&mut self, rows: Result<Vec<Bytes>, String>) {
+            self.found.push(rows);
+        }
+    }
+
+    #[test]
+    fn a_lookup_runs_before_its_statement_and_only_the_hooks_see_it() {
+        let mut r = Relay::new(RelayLimits::default(), LookingUp::default());
+        let sent = [msg(fe::QUERY, b"lookup\0"), msg(fe::QUERY, b"select\0")].concat();
+        assert_eq!(query(&mut r, "select"), sent);
+        let row = msg(be::DATA_ROW, b"\0\x01\0\0\0\x01x");
+        let out = feed_server(
+            &mut r,
+            &[
+                INSERTED[0],
+                (be::DATA_ROW, &row[5..]),
+                (be::NOTIFICATION_RESPONSE, b"\0\0\0\x07ch\0hi\0"),
+                (be::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        assert_eq!(tags(&out), b"A", "only the notification reaches the client");
+        assert_eq!(r.hooks().found, vec![Ok(vec![row])]);
+
+        // The statement's own answer is the client's, whole.
+        let out = feed_server(
+            &mut r,
+            &[
+                (be::COMMAND_COMPLETE, b"SELECT 0\0"),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        assert_eq!(tags(&out), b"CZ");
+
+        // In the extended protocol it goes before a batch, never inside one; a lookup
+        // that fails is the hooks' to know, not the client's.
+        let mut c = BytesMut::new();
+        c.extend_from_slice(&msg(fe::PARSE, b"\0select\0\0\0"));
+        c.extend_from_slice(&msg(fe::BIND, b"\0\0\0\0\0\0\0\0"));
+        c.extend_from_slice(&msg(fe::PARSE, b"\0select\0\0\0"));
+        c.extend_from_slice(&fe::sync());
+        r.on_client_bytes(&mut c).unwrap();
+        assert_eq!(tags(&drain_server(&mut r)), b"QPBPS");
+        let out = feed_server(
+            &mut r,
+            &[
+                (be::ERROR_RESPONSE, b"SERROR\0C42P01\0Mno\0\0"),
+                (be::READY_FOR_QUERY, b"T"),
+                (be::PARSE_COMPLETE, b""),
+                (be::BIND_COMPLETE, b""),
+                (be::PARSE_COMPLETE, b""),
+                (be::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        assert_eq!(tags(&out), b"121Z");
+        assert_eq!(r.hooks().found[1], Err("42P01 no".into()));
     }
 
     fn extended_drop() -> BytesMut {

@@ -4,6 +4,12 @@
 //! Sans-IO like the rest of the session: when masking needs to know which table a
 //! result column comes from and the catalog cache does not, it asks the relay to stall
 //! and the driver fetches the rows over the gateway's own connection.
+//!
+//! The gateway's connection cannot see what the session's open transaction created or
+//! altered. After such DDL, and until the transaction ends, each statement is preceded
+//! on the session's own connection by a lookup of the relations it names
+//! ([`Hooks::lookup`]); what it finds is the session's alone and sits over the shared
+//! cache, and the shared cache is forgotten again when that transaction ends.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -17,8 +23,8 @@ use super::copy_target;
 use super::hooks::{Effects, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use crate::mask::wire::{data_row_start, read_field};
 use crate::mask::{
-    Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, MaskError, MaskStats, Policy, RowPlan,
-    Subject, apply_result_formats, parse_row_description,
+    Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, Layered, MaskError, MaskStats, Policy,
+    RowPlan, Subject, TableNames, apply_result_formats, parse_row_description,
 };
 use crate::policy::{StatementGate, StatementPolicy};
 use crate::protocol::backend as be;
@@ -30,6 +36,14 @@ pub struct Stages {
     policy: Arc<ArcSwap<Policy>>,
     subject: Subject,
     catalog: Arc<Mutex<Catalog>>,
+    /// This session's own names over the shared `catalog`: tables its open transaction
+    /// created or changed (looked up on its connection), and the misses of the
+    /// statement at hand.
+    own: Catalog,
+    /// DDL completed in the transaction still open: statements are looked up first.
+    ddl_open: bool,
+    /// Lookups sent on the session's connection whose rows have not come back, in order.
+    lookups: std::collections::VecDeque<CatalogFill>,
     /// Why the last catalog fetch failed, to explain a refusal.
     catalog_error: Option<String>,
     /// The side query under way, and what its rows are for.
@@ -80,6 +94,9 @@ impl Stages {
             policy,
             subject,
             catalog,
+            own: Catalog::with_ttl(std::time::Duration::MAX),
+            ddl_open: false,
+            lookups: Default::default(),
             catalog_error: None,
             pending: None,
             copy_columns: None,
@@ -114,6 +131,15 @@ impl Stages {
         self.catalog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` with the names as this session sees them.
+    fn with_names<R>(&self, f: impl FnOnce(&dyn TableNames) -> R) -> R {
+        let shared = self.catalog();
+        f(&Layered {
+            session: &self.own,
+            shared: &shared,
+        })
+    }
+
     fn refusal(&self, e: &MaskError) -> Refusal {
         let mut r = Refusal::new(
             sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -121,6 +147,9 @@ impl Stages {
         );
         if let Some(why) = &self.catalog_error {
             r = r.with_detail(format!("the catalog lookup failed: {why}"));
+        }
+        if self.ddl_open && matches!(e, MaskError::Unresolvable { .. }) {
+            return r.with_hint("This transaction changed tables, and the gateway looks up the ones a statement names just before it; a table created in the same query string (or an unsynced pipeline) cannot be. Send the statement on its own, or COMMIT first.");
         }
         r.with_hint("Masking rules apply to this result and the gateway could not apply them safely; ask an operator or select other columns.")
     }
@@ -171,7 +200,7 @@ impl Hooks for Stages {
             return Some(query);
         }
         let columns = parse_row_description(frame).ok()?;
-        let needed = match policy.plan(&self.subject, &columns, &self.catalog()) {
+        let needed = match self.with_names(|names| policy.plan(&self.subject, &columns, names)) {
             Err(MaskError::NeedCatalog { oids }) => oids,
             _ => return None,
         };
@@ -194,7 +223,10 @@ impl Hooks for Stages {
             Some(Pending::Catalog(mut fill)) => rows
                 .iter()
                 .try_for_each(|r| fill.ingest_data_row(r))
-                .map(|()| self.catalog().complete(fill)),
+                .map(|()| {
+                    let missing = self.catalog().complete(fill);
+                    self.own.mark_missing(&missing);
+                }),
             Some(Pending::CopyColumns(wanted)) => self.copy_columns_from(&rows, wanted),
             None => Ok(()),
         };
@@ -215,7 +247,7 @@ impl Hooks for Stages {
             if !formats.is_empty() {
                 apply_result_formats(&mut columns, formats)?;
             }
-            policy.plan(&self.subject, &columns, &self.catalog())
+            self.with_names(|names| policy.plan(&self.subject, &columns, names))
         })()
         .map_err(|e| self.refusal(&e))?;
         if plan.is_passthrough() {
@@ -250,14 +282,16 @@ impl Hooks for Stages {
             // plan_copy refuses unknown columns below.
             None => CopyFormat::text(),
         };
-        let plan = policy
-            .plan_copy(
-                &self.subject,
-                columns.as_deref(),
-                &self.catalog(),
-                copy_out_response,
-                format,
-            )
+        let plan = self
+            .with_names(|names| {
+                policy.plan_copy(
+                    &self.subject,
+                    columns.as_deref(),
+                    names,
+                    copy_out_response,
+                    format,
+                )
+            })
             .map_err(|e| self.refusal(&e))?;
         if plan.is_passthrough() {
             return Ok(None);
@@ -346,9 +380,53 @@ impl Hooks for Stages {
         self.gate.facts(sql, verdict)
     }
 
+    fn lookup(&mut self) -> Option<String> {
+        if !self.ddl_open || self.policy.load().is_exempt(&self.subject) {
+            return None;
+        }
+        let relations = self.gate.relations();
+        if relations.is_empty() {
+            return None;
+        }
+        let fill = CatalogFill::named(
+            relations
+                .iter()
+                .map(|r| (r.schema.as_deref(), r.name.as_str())),
+        );
+        let sql = fill.sql();
+        self.lookups.push_back(fill);
+        Some(sql)
+    }
+
+    fn lookup_done(&mut self, rows: Result<Vec<Bytes>, String>) {
+        let Some(mut fill) = self.lookups.pop_front() else {
+            return;
+        };
+        // A failed lookup leaves the shared cache to answer: its misses fail closed.
+        if let Ok(rows) = rows
+            && rows.iter().all(|r| fill.ingest_data_row(r).is_ok())
+        {
+            self.own.complete(fill);
+        }
+    }
+
+    fn ready(&mut self, status: u8) {
+        if status == b'I' {
+            if self.ddl_open {
+                // What the transaction did is everyone's now (or nobody's): entries
+                // fetched while it was open may describe the tables before it.
+                self.catalog().invalidate();
+            }
+            self.ddl_open = false;
+            self.own.invalidate();
+        }
+    }
+
     fn completed(&mut self, outcome: Outcome<'_>) -> Vec<(String, u64)> {
-        // A failed lookup explains refusals of this statement only.
+        // A failed lookup explains refusals of this statement only, and its misses
+        // hold for it alone.
         self.catalog_error = None;
+        self.own.forget_missing();
         let stats = self.statement_stats.borrow_mut().take();
         let counts = if stats.total() > 0 {
             // Also in the tracing log under their own target, with the session span
@@ -380,6 +458,8 @@ impl Hooks for Stages {
                 .any(|p| command_tag.starts_with(p))
             {
                 self.catalog().invalidate();
+                self.own.invalidate();
+                self.ddl_open = true;
             }
         }
         counts
@@ -441,6 +521,7 @@ impl Stages {
         for f in &catalog_rows {
             fill.ingest_row(&f[..5])?;
         }
+        // Every OID came from a row, so none is missing.
         self.catalog().complete(fill);
         let columns = match wanted {
             None => all,
