@@ -116,6 +116,38 @@ pub fn read(sql: &str) -> Result<CopyStatement, CopyReadError> {
     from_tree(stmt)
 }
 
+/// The text of the query in `COPY (query) …`, as the server's own lexer splits the
+/// statement: from after the parenthesis that follows `COPY` to just before its match
+/// (parentheses inside literals, quoted names and comments are not tokens). `None` when
+/// the text does not start that way or does not lex.
+pub fn query_text(sql: &str) -> Option<&str> {
+    use pg_query::protobuf::Token;
+    let scan = pg_query::scan(sql).ok()?;
+    let is = |t: &pg_query::protobuf::ScanToken, k: Token| t.token == k as i32;
+    let mut tokens = scan
+        .tokens
+        .iter()
+        .filter(|t| !is(t, Token::SqlComment) && !is(t, Token::CComment));
+    if !tokens.next().is_some_and(|t| is(t, Token::Copy)) {
+        return None;
+    }
+    let open = tokens.next().filter(|t| is(t, Token::Ascii40))?;
+    let mut depth = 1u32;
+    for t in tokens {
+        if is(t, Token::Ascii40) {
+            depth += 1;
+        } else if is(t, Token::Ascii41) {
+            depth -= 1;
+            if depth == 0 {
+                let start = usize::try_from(open.end).ok()?;
+                let end = usize::try_from(t.start).ok()?;
+                return sql.get(start..end);
+            }
+        }
+    }
+    None
+}
+
 /// Reads a statement node of the parse tree (`{"CopyStmt": {…}}`).
 pub fn from_tree(stmt: &J<'_>) -> Result<CopyStatement, CopyReadError> {
     let copy = stmt.as_node("CopyStmt").ok_or(CopyReadError::NotCopy)?;

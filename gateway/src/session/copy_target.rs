@@ -12,9 +12,13 @@
 //! them, so there is no second SQL parser here to disagree with it. This module gives the
 //! options their meaning as the server's `ProcessCopyOptions` does (defaults, repeated and
 //! conflicting options, which values are allowed) and refuses what masking cannot follow:
-//! `COPY (query) TO …`, a file or program, `COPY FROM`, unknown or `COPY FROM`-only
-//! options, a value in a form it does not read, more than one statement. The masking stage
-//! then refuses the `COPY` while rules apply. Nothing here panics, whatever the input.
+//! a file or program, `COPY FROM`, unknown or `COPY FROM`-only options, a value in a form
+//! it does not read, more than one statement. The masking stage then refuses the `COPY`
+//! while rules apply. Nothing here panics, whatever the input.
+//!
+//! `COPY (query) TO STDOUT` carries the query's result: its text is cut out with the
+//! server's lexer ([`grammar::query_text`]) so the session can have the server describe
+//! it, never run it, before the `COPY` goes.
 //!
 //! The grammar reads string literals with `standard_conforming_strings` on. The statement
 //! gate refuses statements in sessions that turned it off; when the policy is disabled
@@ -31,9 +35,13 @@ use crate::mask::{ColumnDesc, CopyFormat, MaskError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyTarget {
     pub schema: Option<String>,
+    /// Empty for `COPY (query)`.
     pub table: String,
     /// Columns in copy order, folded as PostgreSQL folds them; `None` = all columns.
     pub columns: Option<Vec<String>>,
+    /// `COPY (query)`: the query's text. Its rows are the query's result, described
+    /// by the server on the session's own connection, not a relation's columns.
+    pub query: Option<String>,
     pub options: CopyOptions,
 }
 
@@ -261,16 +269,31 @@ fn quote_literal(s: &str) -> String {
 pub fn parse_statement(sql: &[u8]) -> Result<CopyTarget, CopyStatementError> {
     let sql = std::str::from_utf8(sql).map_err(|_| CopyStatementError::NotUtf8)?;
     let stmt = grammar::read(sql)?;
-    let CopySource::Relation(rel) = stmt.source else {
-        // The rows of a query have no relation to look the columns up in.
-        return Err(CopyStatementError::Unsupported("COPY (query)"));
-    };
     if stmt.is_from {
         return Err(CopyStatementError::Unsupported("COPY FROM"));
     }
     if stmt.endpoint != Endpoint::Client {
         return Err(CopyStatementError::Unsupported("COPY to a file or program"));
     }
+    let rel = match stmt.source {
+        CopySource::Relation(rel) => rel,
+        CopySource::Query => {
+            let query = grammar::query_text(sql).ok_or(CopyStatementError::Unsupported(
+                "a COPY (query) whose query the gateway cannot delimit",
+            ))?;
+            let mut raw = RawOptions::default();
+            for o in &stmt.options {
+                raw.apply(&o.name, &o.arg)?;
+            }
+            return Ok(CopyTarget {
+                schema: None,
+                table: String::new(),
+                columns: None,
+                query: Some(query.to_owned()),
+                options: raw.finish()?,
+            });
+        }
+    };
     if rel.catalog.is_some() {
         // The side query looks names up in the gateway's database; a catalog name is
         // only legal when it names that same database, and nobody writes it.
@@ -286,6 +309,7 @@ pub fn parse_statement(sql: &[u8]) -> Result<CopyTarget, CopyStatementError> {
         schema: rel.schema,
         table: rel.name,
         columns: (!stmt.columns.is_empty()).then_some(stmt.columns),
+        query: None,
         options: raw.finish()?,
     })
 }
@@ -716,10 +740,28 @@ mod tests {
     }
 
     #[test]
+    fn a_query_is_cut_out_as_the_lexer_reads_it() {
+        let t = parse(
+            b"copy /* ( */ ( SELECT ')', \"a)\" FROM (SELECT 1 AS \"a)\") s -- )\n ) TO STDOUT (FORMAT csv)",
+        )
+        .unwrap();
+        assert_eq!(
+            t.query.as_deref(),
+            Some(" SELECT ')', \"a)\" FROM (SELECT 1 AS \"a)\") s -- )\n ")
+        );
+        assert_eq!(t.options.format, Format::Csv);
+        assert!(t.table.is_empty() && t.columns.is_none());
+        assert_eq!(parse(b"COPY t TO STDOUT").unwrap().query, None);
+    }
+
+    #[test]
     fn what_masking_cannot_follow_is_refused_by_name() {
         use CopyStatementError as E;
         for (sql, want) in [
-            ("COPY (SELECT 1) TO STDOUT", E::Unsupported("COPY (query)")),
+            (
+                "COPY (SELECT 1) TO '/tmp/f'",
+                E::Unsupported("COPY to a file or program"),
+            ),
             ("COPY t FROM STDIN", E::Unsupported("COPY FROM")),
             (
                 "COPY t TO 'file'",
@@ -834,7 +876,7 @@ mod tests {
             "COPY t TO 'file'",
             "COPY t TO PROGRAM 'cat'",
             "COPY t FROM STDIN",
-            "COPY (SELECT 1) TO STDOUT",
+            "COPY (SELECT 1) TO PROGRAM 'cat'",
             "COPY t () TO STDOUT",
             "COPY t (a TO STDOUT",
             "COPY a.b.c TO STDOUT",

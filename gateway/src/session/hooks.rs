@@ -183,11 +183,12 @@ pub trait Hooks {
     /// session can see (tables its open transaction created or changed). Its answer
     /// never reaches the client; its rows come back through [`Hooks::lookup_done`], in
     /// order, before the statement's own answer.
-    fn lookup(&mut self) -> Option<String> {
+    fn lookup(&mut self) -> Option<Ask> {
         None
     }
 
-    /// The rows of a [`Hooks::lookup`] query (`DataRow` frames), or the server's error.
+    /// The answer to a [`Hooks::lookup`]: its `RowDescription` and `DataRow` frames (a
+    /// described statement that returns no rows has none), or the server's error.
     fn lookup_done(&mut self, _rows: Result<Vec<Bytes>, String>) {}
 
     /// The server is ready for the next query, with this transaction status (`I`, `T`
@@ -240,6 +241,16 @@ pub trait Hooks {
     /// and whenever the session changes one that clients are told about
     /// (`client_encoding`, `standard_conforming_strings`, ...).
     fn parameter_status(&mut self, _frame: &Bytes) {}
+}
+
+/// What the gateway asks on the session's own connection before a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    /// A simple query; its rows come back.
+    Query(String),
+    /// A statement to describe, never run (prepared under a name of the gateway's and
+    /// closed again): its `RowDescription` comes back.
+    Describe(String),
 }
 
 /// What a statement can leave behind on the server.

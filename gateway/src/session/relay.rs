@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::hooks::{Effects, Hold, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
+use super::hooks::{Ask, Effects, Hold, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use super::tracker::{Described, Tracker};
 use crate::audit::trail::{self, StatementFacts, Trail};
 use crate::protocol::backend::{self as be, Severity, error_response};
@@ -377,6 +377,10 @@ pub struct Relay<H: Hooks> {
     lookup_rows: Vec<Bytes>,
     lookup_error: Option<String>,
 }
+
+/// The prepared statement a [`Ask::Describe`] runs under (parsed, described and closed
+/// in one batch of the gateway's).
+const DESCRIBE_NAME: &[u8] = b"portcullis.describe";
 
 /// Facts of a statement the gateway itself sends on the agent's connection.
 fn gateway_facts(verdict: &'static str) -> StatementFacts {
@@ -914,17 +918,8 @@ impl<H: Hooks> Relay<H> {
         }
         match mode {
             QueryMode::Client => false,
-            QueryMode::Lookup => {
-                match b.first() {
-                    Some(&be::DATA_ROW) => self.lookup_rows.push(b.clone()),
-                    Some(&be::ERROR_RESPONSE) => {
-                        let (code, message) = be::error_summary(&b[5.min(b.len())..]);
-                        self.lookup_error = Some(format!("{code} {message}"));
-                    }
-                    _ => {}
-                }
-                true
-            }
+            // Read whole by `lookup_frame`; nothing of it is forwarded.
+            QueryMode::Lookup => true,
             QueryMode::Quiet => {
                 if b.first() == Some(&be::ERROR_RESPONSE) {
                     self.quiet_error = Some(b.clone());
@@ -950,12 +945,85 @@ impl<H: Hooks> Relay<H> {
     /// Sends the catalog lookup the hooks want run before the statement just allowed
     /// (see [`Hooks::lookup`]). Not in a failed transaction, where it could only fail.
     fn lookup_first(&mut self) {
-        if self.txn_status != b'E'
-            && self.hooks.wants_columns()
-            && let Some(sql) = self.hooks.lookup()
-        {
-            self.gateway_query(sql.as_bytes(), QueryMode::Lookup);
+        if self.txn_status == b'E' || !self.hooks.wants_columns() {
+            return;
         }
+        match self.hooks.lookup() {
+            None => {}
+            Some(Ask::Query(sql)) => self.gateway_query(sql.as_bytes(), QueryMode::Lookup),
+            // A client statement of that name would make the Parse fail: answer with no
+            // description instead, which the hooks refuse on.
+            Some(Ask::Describe(_)) if self.tracker.statement(DESCRIBE_NAME).is_some() => {
+                self.gateway_query(b"SELECT WHERE false", QueryMode::Lookup)
+            }
+            Some(Ask::Describe(sql)) => {
+                self.diverted += 1;
+                let facts = self.audit.as_ref().map(|_| gateway_facts("gateway"));
+                let audit = self.audit_statement(
+                    trail::Via::Extended,
+                    sql.as_bytes(),
+                    None,
+                    facts.as_ref(),
+                );
+                for frame in [
+                    fe::parse(DESCRIBE_NAME, sql.as_bytes()),
+                    fe::describe_statement(DESCRIBE_NAME),
+                    fe::close(b'S', DESCRIBE_NAME),
+                    fe::sync(),
+                ] {
+                    self.send_server(frame);
+                }
+                self.expect.push_back(Expect::Query {
+                    sql: Bytes::new(),
+                    refusal: None,
+                    mode: QueryMode::Lookup,
+                    audit,
+                    guarded: false,
+                });
+            }
+        }
+    }
+
+    /// The answer to a lookup of the gateway's, up to its `ReadyForQuery`: kept for the
+    /// hooks, except what is the session's whoever asked (notifications, parameters).
+    fn lookup_frame(&mut self, frame: Frame) -> Result<(), RelayError> {
+        match frame.tag() {
+            be::DATA_ROW | be::ROW_DESCRIPTION => self.lookup_rows.push(frame.into_bytes()),
+            be::ERROR_RESPONSE if be::ends_session(frame.body()) => {
+                self.server_fatal = true;
+                let frame = self.hooks.server_message(frame.into_bytes());
+                self.push_client(frame);
+            }
+            be::ERROR_RESPONSE => {
+                let (code, message) = be::error_summary(frame.body());
+                self.lookup_error = Some(format!("{code} {message}"));
+            }
+            be::NOTIFICATION_RESPONSE => {
+                let frame = self.hooks.server_message(frame.into_bytes());
+                self.push_client(frame);
+            }
+            be::PARAMETER_STATUS => {
+                self.hooks.parameter_status(frame.as_bytes());
+                self.push_client(frame.into_bytes());
+            }
+            be::READY_FOR_QUERY => {
+                self.txn_status = be::ready_status(frame.body()).map_err(RelayError::Server)?;
+                self.hooks.ready(self.txn_status);
+                if let Some(Expect::Query { audit, .. }) = self.expect.pop_front() {
+                    self.audit_close(audit, true);
+                }
+                self.diverted -= 1;
+                let rows = std::mem::take(&mut self.lookup_rows);
+                let answer = match self.lookup_error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(rows),
+                };
+                self.hooks.lookup_done(answer);
+            }
+            // Completions, notices: the gateway's own.
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Whether the answer at the front is a lookup of the gateway's.
@@ -1830,10 +1898,12 @@ impl<H: Hooks> Relay<H> {
         side_query_done: bool,
     ) -> Result<(), RelayError> {
         let tag = frame.tag();
+        if self.lookup_front() {
+            return self.lookup_frame(frame);
+        }
         if (tag == be::ROW_DESCRIPTION || tag == be::COPY_OUT_RESPONSE)
             && !side_query_done
             && !matches!(self.rows, Rows::Discard)
-            && !self.lookup_front()
             && let Some(sql) = self.hooks.side_query(frame.as_bytes(), &self.current_sql())
         {
             self.stalled = Some(frame);
@@ -1912,9 +1982,7 @@ impl<H: Hooks> Relay<H> {
                         }
                     }
                     _ => {
-                        if let Some(desc) = desc
-                            && !self.lookup_front()
-                        {
+                        if let Some(desc) = desc {
                             self.rows = self.start_result(&desc, &[]);
                         }
                         if !matches!(self.rows, Rows::Discard) {
@@ -2025,15 +2093,8 @@ impl<H: Hooks> Relay<H> {
                         self.send_client(frame.into_bytes());
                     }
                     QueryMode::Quiet => self.diverted -= 1,
-                    QueryMode::Lookup => {
-                        self.diverted -= 1;
-                        let rows = std::mem::take(&mut self.lookup_rows);
-                        let answer = match self.lookup_error.take() {
-                            Some(e) => Err(e),
-                            None => Ok(rows),
-                        };
-                        self.hooks.lookup_done(answer);
-                    }
+                    // Answered in `lookup_frame`.
+                    QueryMode::Lookup => {}
                     QueryMode::Capture => {
                         self.diverted -= 1;
                         if let Some(p) = &mut self.preview {
@@ -2983,8 +3044,8 @@ mod tests {
         fn effects(&mut self) -> Effects {
             Effects::None
         }
-        fn lookup(&mut self) -> Option<String> {
-            Some("lookup".into())
+        fn lookup(&mut self) -> Option<Ask> {
+            Some(Ask::Query("lookup".into()))
         }
         fn lookup_done(&mut self, rows: Result<Vec<Bytes>, String>) {
             self.found.push(rows);
@@ -3008,7 +3069,10 @@ mod tests {
             ],
         );
         assert_eq!(tags(&out), b"A", "only the notification reaches the client");
-        assert_eq!(r.hooks().found, vec![Ok(vec![row])]);
+        assert_eq!(
+            r.hooks().found,
+            vec![Ok(vec![msg(INSERTED[0].0, INSERTED[0].1), row])]
+        );
 
         // The statement's own answer is the client's, whole.
         let out = feed_server(

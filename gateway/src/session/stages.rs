@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tracing::info;
 
 use super::copy_target;
-use super::hooks::{Effects, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
+use super::hooks::{Ask, Effects, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use crate::mask::wire::{data_row_start, read_field};
 use crate::mask::{
     Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, Layered, MaskError, MaskStats, Policy,
@@ -42,8 +42,12 @@ pub struct Stages {
     own: Catalog,
     /// DDL completed in the transaction still open: statements are looked up first.
     ddl_open: bool,
-    /// Lookups sent on the session's connection whose rows have not come back, in order.
-    lookups: std::collections::VecDeque<CatalogFill>,
+    /// Lookups sent on the session's connection whose answer has not come back, in order.
+    lookups: std::collections::VecDeque<Lookup>,
+    /// The query of the `COPY (query) TO STDOUT` just allowed, to describe before it runs.
+    copy_query: Option<String>,
+    /// Its result's columns, as the server described them.
+    copy_described: Option<Vec<ColumnDesc>>,
     /// Why the last catalog fetch failed, to explain a refusal.
     catalog_error: Option<String>,
     /// The side query under way, and what its rows are for.
@@ -75,6 +79,14 @@ const UNSAFE_ENCODINGS: [&str; 7] = [
     "JOHAB",
 ];
 
+/// A question asked on the session's own connection ([`Hooks::lookup`]).
+enum Lookup {
+    /// Relations by name, after DDL in the open transaction.
+    Names(CatalogFill),
+    /// The query of a `COPY (query)`.
+    Describe,
+}
+
 enum Pending {
     Catalog(CatalogFill),
     CopyColumns(Option<Vec<String>>),
@@ -97,6 +109,8 @@ impl Stages {
             own: Catalog::with_ttl(std::time::Duration::MAX),
             ddl_open: false,
             lookups: Default::default(),
+            copy_query: None,
+            copy_described: None,
             catalog_error: None,
             pending: None,
             copy_columns: None,
@@ -157,14 +171,18 @@ impl Stages {
 
 impl Hooks for Stages {
     fn statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
-        match self.gate.verdict(sql, via) {
+        let v = match self.gate.verdict(sql, via) {
             Verdict::Hold(h) if !self.approvals => Verdict::Deny(h.without_approvals()),
             v => v,
-        }
+        };
+        self.note_copy_query(sql, &v);
+        v
     }
 
     fn approved_statement(&mut self, sql: &[u8], via: Via<'_>) -> Verdict {
-        self.gate.verdict_approved(sql, via)
+        let v = self.gate.verdict_approved(sql, via);
+        self.note_copy_query(sql, &v);
+        v
     }
 
     fn function_call(&mut self, oid: u32) -> Verdict {
@@ -195,6 +213,20 @@ impl Hooks for Stages {
             self.copy_columns = None;
             let target =
                 copy_target::parse_statement_as(sql, self.standard_conforming_strings).ok()?;
+            if target.query.is_some() {
+                // Described before it ran; the catalog may still need the tables.
+                let columns = self.copy_described.take()?;
+                let needed =
+                    match self.with_names(|names| policy.plan(&self.subject, &columns, names)) {
+                        Err(MaskError::NeedCatalog { oids }) => Some(oids),
+                        _ => None,
+                    };
+                self.copy_columns = Some(columns);
+                let fill = self.catalog().start_fill(&needed?);
+                let query = fill.sql();
+                self.pending = Some(Pending::Catalog(fill));
+                return Some(query);
+            }
             let query = target.columns_sql();
             self.pending = Some(Pending::CopyColumns(target.columns));
             return Some(query);
@@ -380,7 +412,11 @@ impl Hooks for Stages {
         self.gate.facts(sql, verdict)
     }
 
-    fn lookup(&mut self) -> Option<String> {
+    fn lookup(&mut self) -> Option<Ask> {
+        if let Some(query) = self.copy_query.take() {
+            self.lookups.push_back(Lookup::Describe);
+            return Some(Ask::Describe(query));
+        }
         if !self.ddl_open || self.policy.load().is_exempt(&self.subject) {
             return None;
         }
@@ -394,19 +430,34 @@ impl Hooks for Stages {
                 .map(|r| (r.schema.as_deref(), r.name.as_str())),
         );
         let sql = fill.sql();
-        self.lookups.push_back(fill);
-        Some(sql)
+        self.lookups.push_back(Lookup::Names(fill));
+        Some(Ask::Query(sql))
     }
 
     fn lookup_done(&mut self, rows: Result<Vec<Bytes>, String>) {
-        let Some(mut fill) = self.lookups.pop_front() else {
-            return;
-        };
-        // A failed lookup leaves the shared cache to answer: its misses fail closed.
-        if let Ok(rows) = rows
-            && rows.iter().all(|r| fill.ingest_data_row(r).is_ok())
-        {
-            self.own.complete(fill);
+        match self.lookups.pop_front() {
+            None => {}
+            // A failed lookup leaves the shared cache to answer: its misses fail closed.
+            Some(Lookup::Names(mut fill)) => {
+                if let Ok(frames) = rows
+                    && frames
+                        .iter()
+                        .filter(|f| f.first() == Some(&be::DATA_ROW))
+                        .all(|r| fill.ingest_data_row(r).is_ok())
+                {
+                    self.own.complete(fill);
+                }
+            }
+            // No description (an error, a statement the server would not prepare) leaves
+            // the COPY's columns unknown, which refuses it while rules apply.
+            Some(Lookup::Describe) => {
+                self.copy_described = rows.ok().and_then(|frames| {
+                    let desc = frames
+                        .iter()
+                        .find(|f| f.first() == Some(&be::ROW_DESCRIPTION))?;
+                    parse_row_description(desc).ok()
+                });
+            }
         }
     }
 
@@ -467,6 +518,25 @@ impl Hooks for Stages {
 }
 
 impl Stages {
+    /// Remembers the query of an allowed `COPY (query) TO STDOUT`, for
+    /// [`Hooks::lookup`] to have it described first, when masking applies.
+    fn note_copy_query(&mut self, sql: &[u8], verdict: &Verdict) {
+        self.copy_query = None;
+        let starts_copy = sql
+            .trim_ascii_start()
+            .get(..4)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"copy"));
+        if !starts_copy
+            || !matches!(verdict, Verdict::Allow)
+            || self.policy.load().is_exempt(&self.subject)
+        {
+            return;
+        }
+        if let Ok(target) = copy_target::parse_statement_as(sql, self.standard_conforming_strings) {
+            self.copy_query = target.query;
+        }
+    }
+
     /// Builds the copied columns from the side query's rows (table OID, schema, table,
     /// attnum, name, type OID), in the statement's column order, and caches the names.
     fn copy_columns_from(
