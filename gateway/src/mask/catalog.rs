@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::MaskError;
+use super::binary::{TypeFill, TypeKind, TypeKinds};
 use super::wire::{data_row_start, read_field};
 
 /// One table's names.
@@ -83,8 +84,11 @@ pub enum Lookup<'a> {
     },
 }
 
-/// Table names as a plan reads them: [`Catalog`] itself, or a session's [`Layered`] view.
-pub trait TableNames {
+/// Table names and type layouts as a plan reads them: [`Catalog`] itself, or a
+/// session's [`Layered`] view.
+pub trait TableNames: TypeKinds {
+    /// Every fetched type kind, for a plan that walks binary values row by row.
+    fn known_types(&self) -> HashMap<u32, TypeKind>;
     /// Whether this OID has been fetched (found or not) and has not expired.
     fn contains(&self, table_oid: u32) -> bool;
     fn lookup(&self, table_oid: u32, attnum: i16) -> Lookup<'_>;
@@ -110,7 +114,32 @@ impl Layered<'_> {
     }
 }
 
+impl TypeKinds for Layered<'_> {
+    fn type_kind(&self, oid: u32) -> Option<TypeKind> {
+        self.session
+            .type_kind(oid)
+            .or_else(|| self.shared.type_kind(oid))
+    }
+}
+
+impl TypeKinds for Catalog {
+    fn type_kind(&self, oid: u32) -> Option<TypeKind> {
+        super::binary::builtin(oid).or_else(|| {
+            self.types
+                .get(&oid)
+                .filter(|(_, at)| at.elapsed() < self.ttl)
+                .map(|(k, _)| *k)
+        })
+    }
+}
+
 impl TableNames for Layered<'_> {
+    fn known_types(&self) -> HashMap<u32, TypeKind> {
+        let mut all = self.shared.known_types();
+        all.extend(self.session.known_types());
+        all
+    }
+
     fn contains(&self, table_oid: u32) -> bool {
         self.pick(table_oid).contains(table_oid)
     }
@@ -125,6 +154,14 @@ impl TableNames for Layered<'_> {
 }
 
 impl TableNames for Catalog {
+    fn known_types(&self) -> HashMap<u32, TypeKind> {
+        self.types
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < self.ttl)
+            .map(|(oid, (k, _))| (*oid, *k))
+            .collect()
+    }
+
     fn contains(&self, table_oid: u32) -> bool {
         Catalog::contains(self, table_oid)
     }
@@ -143,6 +180,8 @@ impl TableNames for Catalog {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalog {
     tables: HashMap<u32, (Entry, Instant)>,
+    /// How binary values of user and other non-fixed types hold text.
+    types: HashMap<u32, (TypeKind, Instant)>,
     ttl: Duration,
 }
 
@@ -153,6 +192,7 @@ impl Default for Catalog {
     fn default() -> Self {
         Catalog {
             tables: HashMap::new(),
+            types: HashMap::new(),
             ttl: DEFAULT_TTL,
         }
     }
@@ -167,6 +207,7 @@ impl Catalog {
     pub fn with_ttl(ttl: Duration) -> Self {
         Catalog {
             tables: HashMap::new(),
+            types: HashMap::new(),
             ttl,
         }
     }
@@ -259,6 +300,30 @@ impl Catalog {
     /// Forgets everything.
     pub fn invalidate(&mut self) {
         self.tables.clear();
+        self.types.clear();
+    }
+
+    /// Applies a finished type fetch; returns the requested OIDs that came back empty.
+    pub fn complete_types(&mut self, fill: TypeFill) -> Vec<u32> {
+        let requested = fill.oids().to_vec();
+        let found = fill.into_found();
+        let now = Instant::now();
+        let missing = requested
+            .into_iter()
+            .filter(|oid| !found.contains_key(oid))
+            .collect();
+        for (oid, kind) in found {
+            self.types.insert(oid, (kind, now));
+        }
+        missing
+    }
+
+    /// Remembers types as unreadable (a session's misses: a binary value of one is refused).
+    pub fn mark_types_unreadable(&mut self, oids: &[u32]) {
+        let now = Instant::now();
+        for &oid in oids {
+            self.types.insert(oid, (TypeKind::Unsupported, now));
+        }
     }
 
     /// Remembers these OIDs as not found (a session's misses; see the module docs).
@@ -272,6 +337,7 @@ impl Catalog {
     /// Forgets the OIDs remembered as not found.
     pub fn forget_missing(&mut self) {
         self.tables.retain(|_, (e, _)| !matches!(e, Entry::Missing));
+        self.types.retain(|_, (k, _)| *k != TypeKind::Unsupported);
     }
 
     /// Forgets one table.

@@ -21,6 +21,7 @@
 //! cannot be resolved, a binary value the strategy cannot rewrite safely, or a malformed
 //! frame is an error, never a silent pass.
 
+pub mod binary;
 pub mod catalog;
 pub mod config;
 pub mod copy;
@@ -30,6 +31,7 @@ pub mod policy;
 pub mod strategy;
 pub mod wire;
 
+pub use binary::{TypeFill, TypeKind, TypeKinds};
 pub use catalog::{Catalog, CatalogFill, Layered, TableNames};
 pub use config::{DetectorKind, MaskConfig, Permit, RuleConfig, StrategyKind, Unattributed};
 pub use copy::{CopyFormat, CopyPlan};
@@ -52,6 +54,16 @@ pub enum MaskError {
     /// them with [`Catalog::start_fill`] and call [`Policy::plan`] again.
     #[error("need catalog entries for table OIDs {oids:?}")]
     NeedCatalog { oids: Vec<u32> },
+    /// Not an error of the data: binary values of these types hold text, and the plan
+    /// needs their layout from the catalog ([`TypeFill`]) to scan it.
+    #[error("need catalog entries for type OIDs {oids:?}")]
+    NeedTypes { oids: Vec<u32> },
+    /// A binary value of a type whose layout the gateway does not know or read: it may
+    /// hold text that cannot be scanned.
+    #[error(
+        "a binary value of type OID {type_oid} may hold text the gateway cannot read; refusing"
+    )]
+    UnknownType { type_oid: u32 },
     /// A rule may cover this column but its source table/column cannot be resolved, so
     /// masking cannot be decided: the result set must not be forwarded.
     #[error(

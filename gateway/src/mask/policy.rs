@@ -22,11 +22,13 @@
 //! that are bare JSON numbers, and whole-value replacements, become JSON strings, so the
 //! document stays valid.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::MaskError;
+use super::binary::{self, TypeKind};
 use super::catalog::{Lookup, TableNames};
 use super::config::{DetectorKind, MaskConfig, Permit, RuleConfig, StrategyKind, Unattributed};
 use super::copy::{CopyFormat, CopyPlan};
@@ -381,18 +383,32 @@ impl Policy {
                             column: col.name_lossy(),
                         });
                     }
+                    // A binary value whose type holds no text has nothing to scan.
+                    Unattributed::Scan if value_kind(col, catalog)?.is_none() => None,
                     Unattributed::Scan => {
                         let i = inner.configured;
-                        Some(col_plan(&inner.rules[i], i, col)?)
+                        Some(col_plan(&inner.rules[i], i, col, catalog)?)
                     }
                 };
                 plans.push(plan);
                 continue;
             };
-            plans.push(Some(col_plan(&inner.rules[i], i, col)?));
+            plans.push(Some(col_plan(&inner.rules[i], i, col, catalog)?));
         }
         let passthrough = plans.iter().all(Option::is_none);
-        Ok(RowPlan::new(self.inner.clone(), plans, passthrough))
+        let mut plan = RowPlan::new(self.inner.clone(), plans, passthrough);
+        if plan.columns.iter().any(|c| {
+            matches!(
+                c,
+                Some(ColPlan {
+                    kind: ValueKind::Structured(_),
+                    ..
+                })
+            )
+        }) {
+            plan.types = Arc::new(catalog.known_types());
+        }
+        Ok(plan)
     }
 
     /// Plans a `COPY ... TO STDOUT` from its `CopyOutResponse` frame.
@@ -602,11 +618,13 @@ fn unattributed_rule() -> Rule {
 /// 16384). Numbers, dates and the like are left alone: they cannot hold separators or
 /// letters, and redacting them would break the client's parsing.
 fn may_carry_text(type_oid: u32) -> bool {
-    const OTHERS: [u32; 10] = [
+    const OTHERS: [u32; 17] = [
         JSONB, 142,  // xml
         2249, // record
-        1009, 1015, 1014, 1003, 199, 3807,
-        2287, // text[], varchar[], bpchar[], name[], json[], jsonb[], record[]
+        1009, 1015, 1014, 1003, 1002, 199, 3807, 143,
+        2287, // text[], varchar[], bpchar[], name[], char[], json[], jsonb[], xml[], record[]
+        3614, 3615, 3643, 3645, // tsvector, tsquery and their arrays
+        1790, // refcursor
     ];
     TEXT_LIKE.contains(&type_oid) || OTHERS.contains(&type_oid) || type_oid >= 16384
 }
@@ -620,6 +638,9 @@ enum ValueKind {
     JsonbBinary,
     /// Binary of a non-text type: only `null` can touch it.
     Opaque,
+    /// Binary of this type, holding text leaves (arrays, records, enums, ranges,
+    /// domains): walked by [`super::binary`], each leaf masked as text.
+    Structured(u32),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -633,14 +654,32 @@ const TEXT_LIKE: [u32; 7] = [25, 1043, 1042, 19, 18, 114, 705];
 const JSON: u32 = 114;
 const JSONB: u32 = 3802;
 
-fn col_plan(rule: &Rule, idx: usize, col: &ColumnDesc) -> Result<ColPlan, MaskError> {
-    let kind = if !col.is_binary() || TEXT_LIKE.contains(&col.type_oid) {
-        ValueKind::Text
-    } else if col.type_oid == JSONB {
-        ValueKind::JsonbBinary
-    } else {
-        ValueKind::Opaque
-    };
+/// How a column's values are read for masking; `Ok(None)`: binary values of a type that
+/// holds no text (nothing for a scan to find).
+fn value_kind(col: &ColumnDesc, types: &dyn TableNames) -> Result<Option<ValueKind>, MaskError> {
+    if !col.is_binary() || TEXT_LIKE.contains(&col.type_oid) {
+        return Ok(Some(ValueKind::Text));
+    }
+    if col.type_oid == JSONB {
+        return Ok(Some(ValueKind::JsonbBinary));
+    }
+    match binary::needs(types, col.type_oid) {
+        Ok(true) => match types.type_kind(col.type_oid) {
+            Some(TypeKind::Unsupported) => Ok(Some(ValueKind::Opaque)),
+            _ => Ok(Some(ValueKind::Structured(col.type_oid))),
+        },
+        Ok(false) => Ok(None),
+        Err(oids) => Err(MaskError::NeedTypes { oids }),
+    }
+}
+
+fn col_plan(
+    rule: &Rule,
+    idx: usize,
+    col: &ColumnDesc,
+    types: &dyn TableNames,
+) -> Result<ColPlan, MaskError> {
+    let kind = value_kind(col, types)?.unwrap_or(ValueKind::Opaque);
     // Opaque bytes can only be dropped, and a scan cannot read them.
     if kind == ValueKind::Opaque && matches!(rule.selector, Selector::Unattributed) {
         return Err(MaskError::UnattributedBinary {
@@ -810,6 +849,11 @@ pub struct RowPlan {
     columns: Arc<[Option<ColPlan>]>,
     passthrough: bool,
     work: Work,
+    /// Layouts of the non-fixed types that structured columns may hold, as the catalog
+    /// knew them when the plan was made.
+    types: Arc<HashMap<u32, TypeKind>>,
+    /// A structured value being rewritten.
+    structured: BytesMut,
     /// Masked rows are written one after another into this buffer and split off as
     /// `Bytes` sharing it, so a result costs one allocation per [`ARENA_BYTES`] of
     /// masked rows instead of one per row. A chunk lives until the last row cut from it
@@ -838,6 +882,8 @@ impl RowPlan {
             columns: columns.into(),
             passthrough,
             work: Work::default(),
+            types: Arc::default(),
+            structured: BytesMut::new(),
             arena: BytesMut::new(),
         }
     }
@@ -889,8 +935,22 @@ impl RowPlan {
                 let (Some(cp), Some((s, e))) = (col, range) else {
                     continue;
                 };
+                let structured = match cp.kind {
+                    ValueKind::Structured(oid) => Some(structured(
+                        &self.policy,
+                        cp,
+                        oid,
+                        &self.types,
+                        &buf[s..e],
+                        &mut self.work,
+                        &mut self.structured,
+                        stats,
+                    )?),
+                    _ => None,
+                };
                 let (prefix, text) = split_value(cp, &buf[s..e])?;
-                let decision = decide(&self.policy, cp, text, &mut self.work, stats);
+                let decision = structured
+                    .unwrap_or_else(|| decide(&self.policy, cp, text, &mut self.work, stats));
                 if decision == Decision::Keep {
                     continue;
                 }
@@ -907,8 +967,12 @@ impl RowPlan {
                 } else {
                     let len_at = o.len();
                     o.put_i32(0);
-                    o.extend_from_slice(prefix);
-                    write(&self.policy, cp, text, &mut self.work, o)?;
+                    if structured.is_some() {
+                        o.extend_from_slice(&self.structured);
+                    } else {
+                        o.extend_from_slice(prefix);
+                        write(&self.policy, cp, text, &mut self.work, o)?;
+                    }
                     let len = i32::try_from(o.len() - len_at - 4)
                         .map_err(|_| MaskError::malformed(WHAT, "masked value too large"))?;
                     o[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
@@ -952,6 +1016,29 @@ impl RowPlan {
         let Some(Some(cp)) = self.columns.get(col) else {
             return Ok(Outcome::Keep);
         };
+        if let ValueKind::Structured(oid) = cp.kind {
+            let mut out = BytesMut::new();
+            return Ok(
+                match structured(
+                    &self.policy,
+                    cp,
+                    oid,
+                    &self.types,
+                    value,
+                    &mut scratch.work,
+                    &mut out,
+                    stats,
+                )? {
+                    Decision::Keep => Outcome::Keep,
+                    Decision::Null => Outcome::Null,
+                    Decision::Write => {
+                        scratch.out.clear();
+                        scratch.out.extend_from_slice(&out);
+                        Outcome::Replaced
+                    }
+                },
+            );
+        }
         let (prefix, text) = split_value(cp, value)?;
         match decide(&self.policy, cp, text, &mut scratch.work, stats) {
             Decision::Keep => Ok(Outcome::Keep),
@@ -964,6 +1051,55 @@ impl RowPlan {
             }
         }
     }
+}
+
+/// Masks the text leaves of a binary structured value into `out` (cleared first): `Keep`
+/// when no leaf needed it, `Null` when the rule's strategy is `null` and some leaf did
+/// (the whole value goes), `Write` with the rewritten value in `out`.
+#[allow(clippy::too_many_arguments)]
+fn structured(
+    policy: &Inner,
+    cp: &ColPlan,
+    oid: u32,
+    types: &HashMap<u32, TypeKind>,
+    value: &[u8],
+    work: &mut Work,
+    out: &mut BytesMut,
+    stats: &mut MaskStats,
+) -> Result<Decision, MaskError> {
+    out.clear();
+    let mut null = false;
+    let changed = binary::rewrite(
+        types,
+        oid,
+        value,
+        &mut |leaf: binary::Leaf<'_>, o: &mut BytesMut| {
+            let leaf_plan = ColPlan {
+                rule: cp.rule,
+                kind: ValueKind::Text,
+                json: leaf.json,
+            };
+            Ok(match decide(policy, &leaf_plan, leaf.text, work, stats) {
+                Decision::Keep => binary::LeafOut::Keep,
+                Decision::Null => {
+                    null = true;
+                    binary::LeafOut::Keep
+                }
+                Decision::Write => {
+                    write(policy, &leaf_plan, leaf.text, work, o)?;
+                    binary::LeafOut::Written
+                }
+            })
+        },
+        out,
+    )?;
+    Ok(if null {
+        Decision::Null
+    } else if changed {
+        Decision::Write
+    } else {
+        Decision::Keep
+    })
 }
 
 /// Decides what happens to a value; a scanning rule leaves its findings in `work`.

@@ -338,6 +338,8 @@ pub struct Relay<H: Hooks> {
     /// has run their side query: server processing waits here.
     stalled: Option<Frame>,
     side_query: Option<String>,
+    /// Side queries asked for the stalled frame so far.
+    side_rounds: u8,
     held: Option<Held>,
     /// Re-judging an approved statement (or an edit): a hold now means go.
     approved: bool,
@@ -378,6 +380,9 @@ pub struct Relay<H: Hooks> {
     lookup_error: Option<String>,
 }
 
+/// Most side queries for one frame (table names, then type layouts, then a spare).
+const MAX_SIDE_ROUNDS: u8 = 3;
+
 /// The prepared statement a [`Ask::Describe`] runs under (parsed, described and closed
 /// in one batch of the gateway's).
 const DESCRIBE_NAME: &[u8] = b"portcullis.describe";
@@ -416,6 +421,7 @@ impl<H: Hooks> Relay<H> {
             server_fatal: false,
             stalled: None,
             side_query: None,
+            side_rounds: 0,
             held: None,
             approved: false,
             injecting: false,
@@ -864,8 +870,14 @@ impl<H: Hooks> Relay<H> {
     ) -> Result<(), RelayError> {
         self.hooks.side_query_done(rows);
         if let Some(frame) = self.stalled.take() {
-            self.server_frame(frame, true)?;
+            // The hooks may need another round (types after tables), a few at most.
+            let last = self.side_rounds >= MAX_SIDE_ROUNDS;
+            self.server_frame(frame, last)?;
+            if self.stalled.is_some() {
+                return Ok(());
+            }
         }
+        self.side_rounds = 0;
         self.on_server_bytes(buf)
     }
 
@@ -1908,6 +1920,7 @@ impl<H: Hooks> Relay<H> {
         {
             self.stalled = Some(frame);
             self.side_query = Some(sql);
+            self.side_rounds += 1;
             return Ok(());
         }
         if tag == be::ERROR_RESPONSE && be::ends_session(frame.body()) {

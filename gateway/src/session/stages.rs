@@ -24,7 +24,7 @@ use super::hooks::{Ask, Effects, Hooks, Outcome, Refusal, RowStage, Verdict, Via
 use crate::mask::wire::{data_row_start, read_field};
 use crate::mask::{
     Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, Layered, MaskError, MaskStats, Policy,
-    RowPlan, Subject, TableNames, apply_result_formats, parse_row_description,
+    RowPlan, Subject, TableNames, TypeFill, apply_result_formats, parse_row_description,
 };
 use crate::policy::{StatementGate, StatementPolicy};
 use crate::protocol::backend as be;
@@ -89,6 +89,7 @@ enum Lookup {
 
 enum Pending {
     Catalog(CatalogFill),
+    Types(TypeFill),
     CopyColumns(Option<Vec<String>>),
 }
 
@@ -206,7 +207,8 @@ impl Hooks for Stages {
 
     fn side_query(&mut self, frame: &Bytes, sql: &[u8]) -> Option<String> {
         let policy = self.policy.load();
-        if policy.is_exempt(&self.subject) {
+        // A failed lookup is not asked again for the same statement: it refuses.
+        if policy.is_exempt(&self.subject) || self.catalog_error.is_some() {
             return None;
         }
         if frame.first() == Some(&be::COPY_OUT_RESPONSE) {
@@ -216,30 +218,17 @@ impl Hooks for Stages {
             if target.query.is_some() {
                 // Described before it ran; the catalog may still need the tables.
                 let columns = self.copy_described.take()?;
-                let needed =
-                    match self.with_names(|names| policy.plan(&self.subject, &columns, names)) {
-                        Err(MaskError::NeedCatalog { oids }) => Some(oids),
-                        _ => None,
-                    };
+                let planned = self.with_names(|names| policy.plan(&self.subject, &columns, names));
                 self.copy_columns = Some(columns);
-                let fill = self.catalog().start_fill(&needed?);
-                let query = fill.sql();
-                self.pending = Some(Pending::Catalog(fill));
-                return Some(query);
+                return self.fetch_for(planned);
             }
             let query = target.columns_sql();
             self.pending = Some(Pending::CopyColumns(target.columns));
             return Some(query);
         }
         let columns = parse_row_description(frame).ok()?;
-        let needed = match self.with_names(|names| policy.plan(&self.subject, &columns, names)) {
-            Err(MaskError::NeedCatalog { oids }) => oids,
-            _ => return None,
-        };
-        let fill = self.catalog().start_fill(&needed);
-        let query = fill.sql();
-        self.pending = Some(Pending::Catalog(fill));
-        Some(query)
+        let planned = self.with_names(|names| policy.plan(&self.subject, &columns, names));
+        self.fetch_for(planned)
     }
 
     fn side_query_done(&mut self, rows: Result<Vec<Bytes>, String>) {
@@ -258,6 +247,13 @@ impl Hooks for Stages {
                 .map(|()| {
                     let missing = self.catalog().complete(fill);
                     self.own.mark_missing(&missing);
+                }),
+            Some(Pending::Types(mut fill)) => rows
+                .iter()
+                .try_for_each(|r| type_row(r, &mut fill))
+                .map(|()| {
+                    let missing = self.catalog().complete_types(fill);
+                    self.own.mark_types_unreadable(&missing);
                 }),
             Some(Pending::CopyColumns(wanted)) => self.copy_columns_from(&rows, wanted),
             None => Ok(()),
@@ -517,7 +513,37 @@ impl Hooks for Stages {
     }
 }
 
+/// One row of [`TypeFill::sql`] (seven text fields) into `fill`.
+fn type_row(row: &Bytes, fill: &mut TypeFill) -> Result<(), MaskError> {
+    let mut pos = data_row_start(row, 7)?;
+    let mut fields: [Option<&[u8]>; 7] = [None; 7];
+    for f in fields.iter_mut() {
+        let (range, next) = read_field(row, pos, "type row")?;
+        *f = range.map(|(s, e)| &row[s..e]);
+        pos = next;
+    }
+    fill.ingest_row(&fields)
+}
+
 impl Stages {
+    /// The side query a plan's outcome asks for: table names or type layouts the
+    /// catalog does not have yet.
+    fn fetch_for(&mut self, planned: Result<RowPlan, MaskError>) -> Option<String> {
+        let (query, pending) = match planned {
+            Err(MaskError::NeedCatalog { oids }) => {
+                let fill = self.catalog().start_fill(&oids);
+                (fill.sql(), Pending::Catalog(fill))
+            }
+            Err(MaskError::NeedTypes { oids }) => {
+                let fill = TypeFill::new(&oids);
+                (fill.sql(), Pending::Types(fill))
+            }
+            _ => return None,
+        };
+        self.pending = Some(pending);
+        Some(query)
+    }
+
     /// Remembers the query of an allowed `COPY (query) TO STDOUT`, for
     /// [`Hooks::lookup`] to have it described first, when masking applies.
     fn note_copy_query(&mut self, sql: &[u8], verdict: &Verdict) {
