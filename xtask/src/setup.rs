@@ -52,7 +52,10 @@ pub fn ensure(with_bpf: bool) -> anyhow::Result<()> {
 
 /// Python drivers the end-to-end tests run as agents (pinned: the tests assert what
 /// they print).
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("psycopg", "psycopg[binary]==3.2.3")];
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("psycopg", "psycopg[binary]==3.2.3"),
+    ("asyncpg", "asyncpg==0.30.0"),
+];
 
 fn ensure_python_drivers() -> anyhow::Result<()> {
     for (module, spec) in PYTHON_PACKAGES {

@@ -212,7 +212,11 @@ impl Hooks for Stages {
             return None;
         }
         if frame.first() == Some(&be::COPY_OUT_RESPONSE) {
-            self.copy_columns = None;
+            if let Some(columns) = &self.copy_columns {
+                // Found by an earlier round: the catalog may still lack their types.
+                let planned = self.with_names(|names| policy.plan(&self.subject, columns, names));
+                return self.fetch_for(planned);
+            }
             let target =
                 copy_target::parse_statement_as(sql, self.standard_conforming_strings).ok()?;
             if target.query.is_some() {
@@ -471,9 +475,11 @@ impl Hooks for Stages {
 
     fn completed(&mut self, outcome: Outcome<'_>) -> Vec<(String, u64)> {
         // A failed lookup explains refusals of this statement only, and its misses
-        // hold for it alone.
+        // and COPY columns hold for it alone.
         self.catalog_error = None;
         self.own.forget_missing();
+        self.copy_columns = None;
+        self.copy_described = None;
         let stats = self.statement_stats.borrow_mut().take();
         let counts = if stats.total() > 0 {
             // Also in the tracing log under their own target, with the session span
