@@ -202,8 +202,11 @@ impl Default for LogConfig {
 fn default_listen() -> String {
     "127.0.0.1:6432".into()
 }
+/// PostgreSQL's own bound on a message (`PQ_LARGE_MESSAGE_LIMIT`, just under 1 GiB): by
+/// default the gateway takes whatever the server would. The server holds such a message
+/// whole too, so an agent gains no memory it could not already make a backend spend.
 fn default_max_message() -> usize {
-    64 << 20
+    1 << 30
 }
 fn default_read_buffer() -> usize {
     128 << 10

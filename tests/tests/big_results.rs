@@ -4,7 +4,9 @@
 //! - a 1M-row `SELECT *` of the financial dataset arrives complete and byte-identical to
 //!   the direct connection, and its count and checksum match what PostgreSQL computes;
 //! - a ~1.6 GB result streams through without the gateway buffering it: its resident memory
-//!   stays within a fixed bound of where it started (a correctness bound, not a speed one).
+//!   stays within a fixed bound of where it started (a correctness bound, not a speed one);
+//! - a 70 MB `bytea` goes up as one `Bind` and comes back, byte for byte, for the masked
+//!   agent at the default limits (PostgreSQL's own).
 
 mod common;
 
@@ -18,7 +20,11 @@ use common::{Env, connect, rt};
 use futures_util::{StreamExt, pin_mut};
 use portcullis_tests::{Engine, PgOptions, load_financial, per_engine};
 
-per_engine!(big_select_1m_rows_matches_direct, big_result_memory_bounded);
+per_engine!(
+    big_select_1m_rows_matches_direct,
+    big_result_memory_bounded,
+    big_bytea_round_trips_at_the_default_limits
+);
 
 const ROWS: u64 = 1_000_000;
 /// How far above its idle level the gateway's RSS may go while relaying 1.6 GB.
@@ -151,4 +157,45 @@ fn big_result_memory_bounded(engine: Engine) {
             peak - before
         );
     });
+}
+
+fn big_bytea_round_trips_at_the_default_limits(engine: Engine) {
+    let env = Env::with_dataset(engine, portcullis_tests::QUICKSTART_MASK_POLICY, 10, 7);
+    env.pg
+        .psql(common::DB, "CREATE TABLE blobs (id int, b bytea)")
+        .expect("create table");
+    let blob: Vec<u8> = (0..70_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    rt().block_on(async {
+        let client = connect(&env.conninfo()).await;
+        client
+            .execute("INSERT INTO blobs VALUES (1, $1)", &[&blob])
+            .await
+            .expect("a 70 MB Bind goes through");
+        let back: Vec<u8> = client
+            .query_one("SELECT b FROM blobs WHERE id = 1", &[])
+            .await
+            .expect("and comes back")
+            .get(0);
+        assert!(back == blob, "the bytea came back changed");
+        let echoed: Vec<u8> = client
+            .query_one("SELECT $1::bytea", &[&blob])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(echoed == blob, "the echoed bytea came back changed");
+        // Masking still applies in the same session.
+        let ssn: String = client
+            .query_one("SELECT ssn FROM accounts WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!portcullis_tests::ssn_valid(&ssn), "{ssn}");
+    });
+    let direct = env
+        .pg
+        .psql(common::DB, "SELECT length(b) FROM blobs")
+        .expect("read back directly");
+    assert_eq!(direct.trim(), "70000000", "stored whole");
 }

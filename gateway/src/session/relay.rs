@@ -42,7 +42,7 @@ pub struct RelayLimits {
 impl Default for RelayLimits {
     fn default() -> Self {
         Self {
-            max_message: 64 << 20,
+            max_message: 1 << 30,
         }
     }
 }
