@@ -269,9 +269,15 @@ pub enum Effects {
 /// How a statement ended, for audit.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome<'a> {
-    Complete { command_tag: &'a [u8] },
-    Error { sqlstate: &'a str },
+    Complete {
+        command_tag: &'a [u8],
+    },
+    Error {
+        sqlstate: &'a str,
+    },
     Refused,
+    /// An `Execute` stopped at its row limit (`PortalSuspended`); a later one goes on.
+    Suspended,
 }
 
 /// No policy, no masking: everything passes.

@@ -2030,6 +2030,12 @@ impl<H: Hooks> Relay<H> {
                             t.masked(id, masked);
                         }
                     }
+                } else if tag == be::PORTAL_SUSPENDED {
+                    // The rows of this Execute are its own record's, whatever follows.
+                    let masked = self.hooks.completed(Outcome::Suspended);
+                    if let (Some(t), Some(id), false) = (&mut self.audit, id, masked.is_empty()) {
+                        t.masked(id, masked);
+                    }
                 }
                 self.rows = Rows::Unknown;
                 // Sent before the Execute leaves the queue: its completion is part of

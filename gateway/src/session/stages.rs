@@ -490,6 +490,7 @@ impl Hooks for Stages {
                 }
                 Outcome::Error { sqlstate } => ("error", sqlstate.into()),
                 Outcome::Refused => ("refused", "".into()),
+                Outcome::Suspended => ("suspended", "".into()),
             };
             info!(
                 target: "portcullis::audit",
