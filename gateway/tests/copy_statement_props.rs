@@ -531,8 +531,11 @@ proptest! {
 fn refusals_name_the_reason() {
     let e = parse_statement(b"COPY t TO STDOUT (FORMAT csv, FORCE_NOT_NULL (a))").unwrap_err();
     assert!(e.to_string().contains("COPY FROM only"), "{e}");
-    let e = parse_statement(b"COPY (SELECT 1) TO STDOUT").unwrap_err();
-    assert!(e.to_string().contains("COPY (query)"), "{e}");
+    let e = parse_statement(b"COPY (SELECT 1) TO STDOUT WITH (FORMAT xml)").unwrap_err();
+    assert!(e.to_string().contains("FORMAT"), "{e}");
+    // A query is read with its text, for the server to describe.
+    let q = parse_statement(b"COPY (SELECT 1) TO STDOUT").unwrap();
+    assert_eq!(q.query.as_deref(), Some("SELECT 1"));
     // PostgreSQL's own message for what its grammar does not accept.
     let e = parse_statement(b"COPY t TO STDOUT WHERE a = 1").unwrap_err();
     assert!(e.to_string().contains("WHERE clause not allowed"), "{e}");

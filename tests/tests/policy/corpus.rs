@@ -228,8 +228,26 @@ async fn run_directly(conninfo: &str, b: &Block) -> Result<(), DbError> {
 
 /// One corpus block as the corpus means it to be sent.
 async fn run_block(c: &Client, b: &Block) -> Result<(), DbError> {
+    let copy_out = b.sql.trim_start().to_ascii_uppercase().starts_with("COPY")
+        && b.sql.to_ascii_uppercase().contains("TO STDOUT");
     let r = if b.is_parse_text() {
         c.prepare(&b.sql).await.map(drop)
+    } else if copy_out {
+        // A COPY that runs streams its rows: read them to the end, as a client does.
+        match c.copy_out(b.sql.as_str()).await {
+            Ok(stream) => {
+                futures_util::pin_mut!(stream);
+                let mut r = Ok(());
+                while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+                    if let Err(e) = chunk {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                r
+            }
+            Err(e) => Err(e),
+        }
     } else {
         c.batch_execute(&b.sql).await
     };
