@@ -26,6 +26,9 @@ use portcullis_tests::{
     gateway::{binary as gateway_binary, workspace_root},
 };
 
+#[path = "guard/tun.rs"]
+mod tun;
+
 // --- topology -------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug)]
@@ -280,19 +283,50 @@ impl Guard {
 
     /// Starts `run` (again) with the standard arguments and waits for it to report.
     fn run(&mut self, lan: &Lan, port: u16, mode: Mode, extra: &[String]) {
+        let mut args: Vec<String> = [
+            "--mode",
+            mode.as_str(),
+            "--interface",
+            &lan.iface(Host::Db),
+            "--port",
+            &port.to_string(),
+            "--allow",
+            &format!("{}/32", lan.v4(Host::Gw)),
+            "--allow",
+            &format!("{}/128", lan.v6(Host::Gw)),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().cloned());
+        self.spawn(&lan.ns(Host::Db), &args);
+    }
+
+    /// A guard with only the given `run` arguments, inside namespace `ns`.
+    fn start_in(ns: &str, n: u8, args: &[String]) -> Guard {
+        let mut g = Guard {
+            child: None,
+            pin_dir: Self::pin_dir(n),
+            dir: tempfile::tempdir().unwrap(),
+            runs: 0,
+        };
+        g.spawn(ns, args);
+        g
+    }
+
+    /// `run --mount-bpffs ARGS` in `ns`, then waits for its start line.
+    fn spawn(&mut self, ns: &str, args: &[String]) {
         self.runs += 1;
         let log = self.log_path();
         let out = fs::File::create(&log).unwrap();
         let err = fs::File::create(log.with_extension("err")).unwrap();
-        let mut cmd = lan.cmd(Host::Db, guard_binary());
-        cmd.arg("--pin-dir")
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(guard_binary())
+            .arg("--pin-dir")
             .arg(&self.pin_dir)
-            .args(["run", "--mount-bpffs", "--mode", mode.as_str()])
-            .args(["--interface", &lan.iface(Host::Db)])
-            .args(["--port", &port.to_string()])
-            .args(["--allow", &format!("{}/32", lan.v4(Host::Gw))])
-            .args(["--allow", &format!("{}/128", lan.v6(Host::Gw))])
-            .args(extra)
+            .args(["run", "--mount-bpffs"])
+            .args(args)
             .stdout(out)
             .stderr(err);
         let mut child = cmd.spawn().expect("spawn portcullis-guard");
@@ -608,9 +642,20 @@ fn allow_add_remove_without_restart(n: u8, mode: Mode) {
         "allow remove did not shut the agent out ({mode:?})"
     );
     let out = guard.cli(&["allow", "remove", &agent]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success(),
-        "removing an absent entry must say so"
+        !out.status.success()
+            && stderr.contains(&format!("{agent} is not in the allowlist (map ALLOW_V4)"))
+            && stderr.contains("allow list"),
+        "removing an absent entry must say what was wrong: {stderr}"
+    );
+    let agent6 = format!("{}/128", lan.v6(Host::Agent));
+    let out = guard.cli(&["allow", "remove", &agent6]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("{agent6} is not in the allowlist (map ALLOW_V6)")),
+        "the IPv6 branch must name the IPv6 map: {stderr}"
     );
 
     let child = guard.child.as_mut().unwrap();
@@ -619,6 +664,278 @@ fn allow_add_remove_without_restart(n: u8, mode: Mode) {
         child.try_wait().unwrap().is_none(),
         "the guard restarted or died"
     );
+}
+
+/// A namespace of its own for tests whose topology is not the bridged [`Lan`], removed on
+/// drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(Command::new("ip").args(["netns", "add", &name]));
+        sh(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// 8. An interface with no link-layer header (tun, as WireGuard and Tailscale are): the guard
+/// reads the packet from its IP header, so a SYN from outside the allowlist is dropped (and
+/// recorded) while the allowlisted peer's SYN is answered by PostgreSQL. An interface whose
+/// type the parser cannot read (here a tun device reporting itself as an ipip tunnel) is
+/// refused before anything is attached.
+fn tun_interface_is_guarded_from_its_ip_header(n: u8, mode: Mode) {
+    let ns = Netns::new(format!("pcg15-tun{n}"));
+    let iface = format!("pcg15tun{n}");
+    let db_addr = Ipv4Addr::new(10, 215, n, 1);
+    let peer = Ipv4Addr::new(10, 215, n, 2);
+    let stranger = Ipv4Addr::new(10, 215, n, 3);
+    let mut dev = tun::Tun::create(&ns.0, &iface, None);
+    sh(Command::new("ip").args([
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        &format!("{db_addr}/24"),
+        "dev",
+        &iface,
+    ]));
+    sh(Command::new("ip").args(["-n", &ns.0, "link", "set", &iface, "up"]));
+    let db = PgCluster::start(PgOptions {
+        listen_addresses: format!("{db_addr}"),
+        netns: Some(ns.0.clone()),
+        ..Default::default()
+    })
+    .expect("start PostgreSQL behind the tun device");
+    dev.send(&tun::syn(stranger, 40001, db_addr, db.port));
+    assert!(
+        dev.syn_ack(stranger, 40001, db.port, 10),
+        "without the guard PostgreSQL answers a SYN written into the tun device (topology sanity)"
+    );
+
+    let guard = Guard::start_in(
+        &ns.0,
+        n,
+        &[
+            "--mode".into(),
+            mode.as_str().into(),
+            "--interface".into(),
+            iface.clone(),
+            "--port".into(),
+            db.port.to_string(),
+            "--allow".into(),
+            format!("{peer}/32"),
+        ],
+    );
+    assert!(
+        guard.log().contains(&format!("[\"{iface}\",\"raw_ip\"]")),
+        "the start line does not say the tun device is read from its IP header: {}",
+        guard.log()
+    );
+    dev.send(&tun::syn(stranger, 40002, db_addr, db.port));
+    assert!(
+        !dev.syn_ack(stranger, 40002, db.port, 3),
+        "a SYN from outside the allowlist reached PostgreSQL through the tun device ({mode:?})"
+    );
+    guard.assert_recorded(IpAddr::V4(stranger), db.port);
+    dev.send(&tun::syn(peer, 40003, db_addr, db.port));
+    assert!(
+        dev.syn_ack(peer, 40003, db.port, 10),
+        "the allowlisted peer's SYN was not answered through the tun device ({mode:?})"
+    );
+
+    // The same device type with another link type: refused, nothing attached.
+    let odd = format!("pcg15odd{n}");
+    let _odd_dev = tun::Tun::create(&ns.0, &odd, Some(768));
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/portcullis-e2e-{}-{n}odd",
+        std::process::id()
+    ));
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.0))
+        .arg("--")
+        .arg(guard_binary())
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .args([
+            "run",
+            "--no-follow",
+            "--mode",
+            mode.as_str(),
+            "--interface",
+            &odd,
+        ])
+        .output()
+        .expect("run portcullis-guard");
+    let links = fs::read_dir(pin_dir.join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let _ = Command::new(guard_binary())
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("detach")
+        .output();
+    let _ = fs::remove_dir_all(&pin_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an ipip-typed interface was accepted"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "interface `{odd}` has link type 768 (ipip tunnel)"
+        )) && stderr.contains("cannot parse"),
+        "{stderr}"
+    );
+    assert_eq!(links, 0, "something was attached to a refused interface");
+}
+
+/// A flood keeps its evidence: with the event budget at zero (no burst, no refill), 3 SYNs
+/// from each of 30 sources leave exactly one event per source (its first drop) while the
+/// counters see all 90.
+#[test]
+fn flood_leaves_one_event_per_new_source() {
+    let n = 17;
+    let ns = Netns::new(format!("pcg15-fl{n}"));
+    let iface = format!("pcg15tun{n}");
+    let db_addr = Ipv4Addr::new(10, 215, n, 1);
+    let mut dev = tun::Tun::create(&ns.0, &iface, None);
+    sh(Command::new("ip").args([
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        &format!("{db_addr}/24"),
+        "dev",
+        &iface,
+    ]));
+    sh(Command::new("ip").args(["-n", &ns.0, "link", "set", &iface, "up"]));
+    let db = PgCluster::start(PgOptions {
+        listen_addresses: format!("{db_addr}"),
+        netns: Some(ns.0.clone()),
+        ..Default::default()
+    })
+    .expect("start PostgreSQL behind the tun device");
+    let files = tempfile::tempdir().unwrap();
+    let config = files.path().join("guard.toml");
+    fs::write(&config, "event_rate = 0\nevent_burst = 0\n").unwrap();
+    let guard = Guard::start_in(
+        &ns.0,
+        n,
+        &[
+            "--config".into(),
+            config.display().to_string(),
+            "--interface".into(),
+            iface.clone(),
+        ],
+    );
+    let sources: Vec<Ipv4Addr> = (10..40).map(|h| Ipv4Addr::new(10, 215, n, h)).collect();
+    for round in 0..3u16 {
+        for (i, src) in sources.iter().enumerate() {
+            dev.send(&tun::syn(
+                *src,
+                41000 + round * 100 + i as u16,
+                db_addr,
+                db.port,
+            ));
+        }
+    }
+    let counter = |name: &str| -> u64 {
+        let status: serde_json::Value = serde_json::from_str(&guard.status()).unwrap();
+        status["counters"][name].as_u64().unwrap()
+    };
+    wait_until("the guard to drop all 90 SYNs", 20, || {
+        counter("dropped") == 90
+    });
+    assert_eq!(counter("events_sent"), 30);
+    assert_eq!(counter("events_rate_limited"), 60);
+    let bypass_lines = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("\"event\":\"bypass\""))
+            .map(String::from)
+            .collect()
+    };
+    wait_until("30 bypass events on stdout", 10, || {
+        bypass_lines(&guard.log()).len() == 30
+    });
+    let lines = bypass_lines(&guard.log());
+    for src in &sources {
+        let want = format!("\"address\":\"{src}\"");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(&want)).count(),
+            1,
+            "not exactly one event for {src}:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
+/// PostgreSQL listening on two ports (two clusters) is protected on both without any
+/// `--port`; when one goes away, the next start says loudly that its port is no longer
+/// protected.
+#[test]
+fn every_port_postgres_listens_on_is_protected_by_default() {
+    let lan = Lan::new(16);
+    let first = start_db(&lan);
+    let mut second = start_db(&lan);
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let args: Vec<String> = [
+        "--mode",
+        "xdp",
+        "--interface",
+        &lan.iface(Host::Db),
+        "--allow",
+        &format!("{}/32", lan.v4(Host::Gw)),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut guard = Guard::start_in(&lan.ns(Host::Db), lan.n, &args);
+    let start: serde_json::Value =
+        serde_json::from_str(guard.log().lines().next().unwrap()).unwrap();
+    let mut both = vec![first.port, second.port];
+    both.sort();
+    assert_eq!(start["ports"], serde_json::json!(both), "{start}");
+    assert_eq!(
+        start["port_sources"]["discovered"],
+        serde_json::json!(both),
+        "{start}"
+    );
+    for port in [first.port, second.port] {
+        assert!(
+            !lan.can_connect(Host::Agent, dbaddr, port),
+            "the agent reached PostgreSQL on port {port}, which no --port named"
+        );
+        assert!(
+            lan.can_connect(Host::Gw, dbaddr, port),
+            "the gateway must reach port {port}"
+        );
+    }
+
+    second.stop().expect("stop the second cluster");
+    guard.terminate();
+    guard.spawn(&lan.ns(Host::Db), &args);
+    let start: serde_json::Value =
+        serde_json::from_str(guard.log().lines().next().unwrap()).unwrap();
+    assert_eq!(
+        start["ports_no_longer_protected"],
+        serde_json::json!([second.port]),
+        "{start}"
+    );
+    let stderr = fs::read_to_string(guard.log_path().with_extension("err")).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "WARNING: port(s) {} protected by the previous run are NOT protected any more",
+            second.port
+        )),
+        "{stderr}"
+    );
+    assert!(!lan.can_connect(Host::Agent, dbaddr, first.port));
 }
 
 macro_rules! per_mode {
@@ -638,12 +955,94 @@ macro_rules! per_mode {
     };
 }
 
-// 7. XDP and TC both pass 1-4.
+// 7. XDP and TC both pass 1-4 (and 8).
 per_mode! {
     direct_agent_is_dropped_and_recorded: 1, 5;
     agent_through_gateway_runs_queries: 2, 6;
     ipv6_agent_is_dropped: 3, 7;
     allow_add_remove_without_restart: 4, 8;
+    tun_interface_is_guarded_from_its_ip_header: 13, 14;
+}
+
+/// The allowlist is the configuration's: an entry taken out of the config file is revoked by
+/// the next start, while one added with `allow add` is marked as such, shown in `status`, and
+/// kept until `allow remove`.
+#[test]
+fn restart_revokes_entries_removed_from_the_config() {
+    let lan = Lan::new(15);
+    let db = start_db(&lan);
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let agent = format!("{}/32", lan.v4(Host::Agent));
+    let runtime = "192.0.2.77/32";
+    let files = tempfile::tempdir().unwrap();
+    let config = files.path().join("guard.toml");
+    let config_arg = ["--config".to_string(), config.display().to_string()];
+    fs::write(&config, format!("allow = [{agent:?}]\n")).unwrap();
+    let mut guard = Guard::start(&lan, db.port, Mode::Xdp, &config_arg);
+    assert!(
+        lan.can_connect(Host::Agent, dbaddr, db.port),
+        "the agent is in the config and must get in"
+    );
+    let out = guard.cli(&["allow", "add", runtime]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let origin_of = |guard: &Guard, cidr: &str| -> Option<String> {
+        let status: serde_json::Value = serde_json::from_str(&guard.status()).unwrap();
+        status["allowlist"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["cidr"] == cidr)
+            .map(|e| e["origin"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(origin_of(&guard, &agent).as_deref(), Some("config"));
+    assert_eq!(origin_of(&guard, runtime).as_deref(), Some("runtime"));
+    let out = guard.cli(&["allow", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(runtime) && l.ends_with("added at run time")),
+        "{list}"
+    );
+
+    // The agent leaves the config; the guard is restarted as systemd would.
+    guard.terminate();
+    fs::write(&config, "allow = []\n").unwrap();
+    guard.run(&lan, db.port, Mode::Xdp, &config_arg);
+    let started = guard.log();
+    let start: serde_json::Value = serde_json::from_str(started.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        start["allowlist"]["revoked"],
+        serde_json::json!([agent]),
+        "{start}"
+    );
+    assert_eq!(
+        start["allowlist"]["runtime"],
+        serde_json::json!([runtime]),
+        "{start}"
+    );
+    let stderr = fs::read_to_string(guard.log_path().with_extension("err")).unwrap();
+    assert!(
+        stderr.contains(&format!("revoked {agent}: no longer in the configuration")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("kept {runtime}, added at run time")),
+        "{stderr}"
+    );
+    assert!(
+        !lan.can_connect(Host::Agent, dbaddr, db.port),
+        "the agent still gets in after leaving the config and a restart"
+    );
+    assert!(
+        lan.can_connect(Host::Gw, dbaddr, db.port),
+        "the gateway (still configured) must get in"
+    );
+    assert_eq!(origin_of(&guard, &agent), None);
+    assert_eq!(origin_of(&guard, runtime).as_deref(), Some("runtime"));
 }
 
 /// Scenario 5: killing the guard leaves enforcement in place; a new run adopts it instead of

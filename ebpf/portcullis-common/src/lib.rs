@@ -44,8 +44,12 @@ pub mod maps {
 
 /// Program names (the functions' symbols in the object file).
 pub mod progs {
+    /// Ingress programs for Ethernet interfaces.
     pub const XDP: &str = "guard_xdp";
     pub const TC: &str = "guard_tc";
+    /// The same for interfaces whose packets start at the IP header (tun, WireGuard).
+    pub const XDP_IP: &str = "guard_xdp_ip";
+    pub const TC_IP: &str = "guard_tc_ip";
     pub const CONNECT4: &str = "guard_connect4";
     pub const CONNECT6: &str = "guard_connect6";
 }

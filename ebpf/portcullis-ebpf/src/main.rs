@@ -3,7 +3,9 @@
 //! ports from cgroups that are not allowed.
 //!
 //! Two ingress programs, `guard_xdp` and `guard_tc`, share one parser and one decision so the
-//! two attach modes cannot drift apart. All state lives in maps pinned by the loader; see
+//! two attach modes cannot drift apart. Each comes twice: for Ethernet interfaces, and (`_ip`)
+//! for interfaces whose packets start at the IP header (tun, WireGuard); the loader picks by
+//! the interface's type, so neither pays for a run-time check. All state lives in maps pinned by the loader; see
 //! `portcullis_common` for their layouts.
 #![no_std]
 #![no_main]
@@ -65,16 +67,47 @@ const CONNECT_REFUSE: i32 = 0;
 
 #[xdp]
 pub fn guard_xdp(ctx: XdpContext) -> u32 {
-    let bounds = Bounds::new(ctx.data(), ctx.data_end());
-    match parse::parse(&bounds) {
+    xdp_verdict::<false>(&ctx)
+}
+
+#[xdp]
+pub fn guard_xdp_ip(ctx: XdpContext) -> u32 {
+    xdp_verdict::<true>(&ctx)
+}
+
+#[classifier]
+pub fn guard_tc(ctx: TcContext) -> i32 {
+    tc_verdict::<false>(&ctx)
+}
+
+#[classifier]
+pub fn guard_tc_ip(ctx: TcContext) -> i32 {
+    tc_verdict::<true>(&ctx)
+}
+
+/// `RAW_IP`: the packet starts at its IP header. A const parameter rather than a function
+/// argument: passing the parser as a value gets it outlined into a BPF subprogram, which the
+/// verifier then rejects (it returns the packet through a spilled stack slot).
+#[inline(always)]
+fn parse<const RAW_IP: bool>(b: &Bounds) -> Option<Packet> {
+    if RAW_IP {
+        parse::raw_ip(b)
+    } else {
+        parse::ethernet(b)
+    }
+}
+
+#[inline(always)]
+fn xdp_verdict<const RAW_IP: bool>(ctx: &XdpContext) -> u32 {
+    match parse::<RAW_IP>(&Bounds::new(ctx.data(), ctx.data_end())) {
         Some(packet) if refuse(&packet, hook::XDP) => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
 }
 
-#[classifier]
-pub fn guard_tc(ctx: TcContext) -> i32 {
-    let mut packet = parse::parse(&Bounds::new(ctx.data(), ctx.data_end()));
+#[inline(always)]
+fn tc_verdict<const RAW_IP: bool>(ctx: &TcContext) -> i32 {
+    let mut packet = parse::<RAW_IP>(&Bounds::new(ctx.data(), ctx.data_end()));
     // A GRO'd or fragmented skb may hold its TCP header outside the linear area, which is
     // all direct packet access can see. Pull only then, so allowed bulk traffic is not copied.
     let linear = (ctx.data_end() - ctx.data()) as u32;
@@ -85,7 +118,7 @@ pub fn guard_tc(ctx: TcContext) -> i32 {
             TC_PULL_LEN
         };
         if ctx.pull_data(want).is_ok() {
-            packet = parse::parse(&Bounds::new(ctx.data(), ctx.data_end()));
+            packet = parse::<RAW_IP>(&Bounds::new(ctx.data(), ctx.data_end()));
         }
     }
     match packet {
@@ -147,12 +180,13 @@ fn record_drop(packet: &Packet, dport: u16, why: u8, hook: u8) {
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let syn = u64::from(why == reason::SYN);
-    match DROPS.get_ptr_mut(packet.src) {
+    let new_source = match DROPS.get_ptr_mut(packet.src) {
         // SAFETY: a per-CPU value: no other program touches this CPU's copy meanwhile.
         Some(s) => unsafe {
             (*s).packets += 1;
             (*s).syns += syn;
             (*s).last_ns = now;
+            false
         },
         None => {
             let first = DropStats {
@@ -162,13 +196,14 @@ fn record_drop(packet: &Packet, dport: u16, why: u8, hook: u8) {
             };
             // A full LRU map evicts; an error here only loses one count.
             let _ = DROPS.insert(packet.src, first, 0);
+            true
         }
-    }
+    };
     bump(stat::DROPPED);
     if why == reason::FRAGMENT || why == reason::UNPARSEABLE {
         bump(stat::UNPARSEABLE_DROPPED);
     }
-    emit(&Event {
+    let event = Event {
         ts_ns: now,
         cgroup_id: 0,
         addr: packet.src,
@@ -178,7 +213,16 @@ fn record_drop(packet: &Packet, dport: u16, why: u8, hook: u8) {
         hook,
         reason: why,
         _pad: [0; 7],
-    });
+    };
+    // A source not yet in DROPS (the key is shared by all CPUs) always gets its event,
+    // whatever the bucket holds: during a flood the one real attempt must still leave a
+    // trace. A spoofed flood of new sources is then bounded by the ring buffer, and what does
+    // not fit is counted as lost.
+    if new_source {
+        output(&event);
+    } else {
+        emit(&event);
+    }
 }
 
 #[inline(always)]
@@ -225,6 +269,11 @@ fn emit(event: &Event) {
         bump(stat::EVENTS_RATE_LIMITED);
         return;
     }
+    output(event);
+}
+
+#[inline(always)]
+fn output(event: &Event) {
     match EVENTS.output::<Event>(event, 0) {
         Ok(()) => bump(stat::EVENTS_SENT),
         Err(_) => bump(stat::EVENTS_LOST),

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cgroup;
 pub mod cidr;
 pub mod config;
+pub mod discover;
 pub mod events;
 pub mod loader;
 pub mod netif;

@@ -25,10 +25,10 @@ use crate::{
     OBJECT,
     cgroup::{self, CgroupError},
     config::{Config, ConfigError, Mode},
-    netif::{self, NetifError},
+    netif::{self, Framing, NetifError},
     pins::{Attachment, Pins},
     preflight::{self, PreflightError},
-    state::{State, StateError},
+    state::{Reconciled, State, StateError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,12 @@ pub struct Report {
     pub removed: Vec<Attachment>,
     /// For XDP attachments made now: "native" or "generic".
     pub xdp_modes: Vec<(String, &'static str)>,
+    /// Each configured interface's framing, i.e. which program variant guards it.
+    pub framings: Vec<(String, Framing)>,
+    /// How the pinned allowlist was brought in line with the configuration.
+    pub allowlist: Reconciled,
+    /// Ports the pinned state protected before this run and no longer does.
+    pub ports_removed: Vec<u16>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoaderError + '_ {
@@ -119,6 +125,9 @@ pub fn preflight(cfg: &Config) -> Result<(), LoaderError> {
     preflight::check_bpffs(&cfg.pin_dir, cfg.mount_bpffs)?;
     for iface in &cfg.interfaces {
         preflight::check_interface(iface)?;
+        // Before anything is attached: an interface whose packets the parser cannot read
+        // would be guarded in name only.
+        netif::framing(iface)?;
     }
     if OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
@@ -143,10 +152,13 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
 
     // Maps first: a program attached below must see the configured state from its first packet.
     let state = State::open(&pins)?;
+    let before = state.ports()?;
     state.set_ports(&cfg.ports)?;
-    for cidr in &cfg.allow {
-        state.allow_add(*cidr)?;
-    }
+    let ports_removed: Vec<u16> = before
+        .into_iter()
+        .filter(|p| !cfg.ports.contains(p))
+        .collect();
+    let allowlist = state.reconcile_allowlist(&cfg.allow)?;
     let local_root = match &cfg.local.cgroup {
         Some(p) => p.clone(),
         None => cgroup::cgroup2_root()?,
@@ -162,8 +174,18 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
         state.set_local_addresses(&netif::local_addresses()?)?;
     }
 
-    let mut report = Report::default();
+    let mut report = Report {
+        allowlist,
+        ports_removed,
+        ..Report::default()
+    };
     for iface in &cfg.interfaces {
+        let framing = netif::framing(iface)?;
+        report.framings.push((iface.clone(), framing));
+        let (xdp_name, tc_name) = match framing {
+            Framing::Ethernet => (progs::XDP, progs::TC),
+            Framing::RawIp => (progs::XDP_IP, progs::TC_IP),
+        };
         let (want, other) = match cfg.mode {
             Mode::Xdp => (
                 Attachment::Xdp {
@@ -188,11 +210,11 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
             let link = match cfg.mode {
                 Mode::Xdp => {
                     let prog: &mut Xdp = ebpf
-                        .program_mut(progs::XDP)
+                        .program_mut(xdp_name)
                         .ok_or(ProgramError::NotLoaded)
                         .and_then(|p| p.try_into())
-                        .map_err(program_err(progs::XDP))?;
-                    load_once(prog.fd().is_ok(), || prog.load(), progs::XDP)?;
+                        .map_err(program_err(xdp_name))?;
+                    load_once(prog.fd().is_ok(), || prog.load(), xdp_name)?;
                     let (id, how) = match prog.attach(iface, XdpMode::Driver) {
                         Ok(id) => (id, "native"),
                         Err(native) => match prog.attach(iface, XdpMode::Skb) {
@@ -207,8 +229,8 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
                         },
                     };
                     report.xdp_modes.push((iface.clone(), how));
-                    let link = prog.take_link(id).map_err(program_err(progs::XDP))?;
-                    repin_program(&pins, progs::XDP, |p| prog.pin(p))?;
+                    let link = prog.take_link(id).map_err(program_err(xdp_name))?;
+                    repin_program(&pins, xdp_name, |p| prog.pin(p))?;
                     FdLink::try_from(link).map_err(|source| LoaderError::Link {
                         what: format!("xdp@{iface}"),
                         source: Box::new(source),
@@ -216,16 +238,16 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
                 }
                 Mode::Tc => {
                     let prog: &mut SchedClassifier = ebpf
-                        .program_mut(progs::TC)
+                        .program_mut(tc_name)
                         .ok_or(ProgramError::NotLoaded)
                         .and_then(|p| p.try_into())
-                        .map_err(program_err(progs::TC))?;
-                    load_once(prog.fd().is_ok(), || prog.load(), progs::TC)?;
+                        .map_err(program_err(tc_name))?;
+                    load_once(prog.fd().is_ok(), || prog.load(), tc_name)?;
                     let id = prog
                         .attach(iface, TcAttachType::Ingress)
-                        .map_err(program_err(progs::TC))?;
-                    let link = prog.take_link(id).map_err(program_err(progs::TC))?;
-                    repin_program(&pins, progs::TC, |p| prog.pin(p))?;
+                        .map_err(program_err(tc_name))?;
+                    let link = prog.take_link(id).map_err(program_err(tc_name))?;
+                    repin_program(&pins, tc_name, |p| prog.pin(p))?;
                     FdLink::try_from(link).map_err(|source| LoaderError::TcxUnsupported {
                         interface: iface.clone(),
                         source: Box::new(source),

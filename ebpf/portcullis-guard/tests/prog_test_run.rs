@@ -76,6 +76,24 @@ fn load(event_rate: u64, event_burst: u64) -> Loaded {
         let tc: &mut SchedClassifier = l.ebpf.program_mut(progs::TC).unwrap().try_into().unwrap();
         tc.load().expect("verifier accepts guard_tc");
     }
+    {
+        let xdp: &mut Xdp = l
+            .ebpf
+            .program_mut(progs::XDP_IP)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        xdp.load().expect("verifier accepts guard_xdp_ip");
+    }
+    {
+        let tc: &mut SchedClassifier = l
+            .ebpf
+            .program_mut(progs::TC_IP)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.load().expect("verifier accepts guard_tc_ip");
+    }
     let mut ports: HashMap<_, u16, u8> =
         HashMap::try_from(l.ebpf.map_mut(maps::PORTS).unwrap()).unwrap();
     ports.insert(PORT, 1, 0).unwrap();
@@ -90,12 +108,11 @@ fn load(event_rate: u64, event_burst: u64) -> Loaded {
 
 impl Loaded {
     fn xdp(&mut self, pkt: &[u8]) -> Verdict {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(progs::XDP)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.xdp_named(progs::XDP, pkt)
+    }
+
+    fn xdp_named(&mut self, name: &str, pkt: &[u8]) -> Verdict {
+        let prog: &mut Xdp = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
         let opts = TestRunOptions {
             data_in: Some(pkt),
             ..Default::default()
@@ -108,12 +125,11 @@ impl Loaded {
     }
 
     fn tc(&mut self, pkt: &[u8]) -> Verdict {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(progs::TC)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.tc_named(progs::TC, pkt)
+    }
+
+    fn tc_named(&mut self, name: &str, pkt: &[u8]) -> Verdict {
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
         let opts = TestRunOptions {
             data_in: Some(pkt),
             ..Default::default()
@@ -130,6 +146,15 @@ impl Loaded {
         let x = self.xdp(pkt);
         let t = self.tc(pkt);
         assert_eq!(x, t, "XDP and TC disagree on {pkt:02x?}");
+        x
+    }
+
+    /// Runs both raw-IP programs (interfaces without a link-layer header) on `pkt`, which
+    /// starts at its IP header; they must agree.
+    fn both_ip(&mut self, pkt: &[u8]) -> Verdict {
+        let x = self.xdp_named(progs::XDP_IP, pkt);
+        let t = self.tc_named(progs::TC_IP, pkt);
+        assert_eq!(x, t, "raw-IP XDP and TC disagree on {pkt:02x?}");
         x
     }
 
@@ -500,6 +525,44 @@ fn vlan_tagged_frames_are_parsed() {
     assert_eq!(l.both(&arp), Verdict::Pass);
 }
 
+/// On a tun or WireGuard interface the packet starts at its IP header: the `_ip` programs
+/// judge it exactly as the Ethernet ones judge the same packet in a frame, and the Ethernet
+/// programs would have passed it (which is why the loader picks by link type).
+#[test]
+fn packets_without_a_link_layer_header_are_parsed_from_ip() {
+    let mut l = load(1000, 1000);
+    let cases = [
+        (V4::new(AGENT4).packet(&tcp(PORT, SYN)), Verdict::Drop),
+        (V4::new(GATEWAY4).packet(&tcp(PORT, SYN)), Verdict::Pass),
+        (V4::new(AGENT4).packet(&tcp(80, SYN)), Verdict::Pass),
+        (v6(AGENT6, 6, &[], &tcp(PORT, SYN)), Verdict::Drop),
+        (v6(GATEWAY6, 6, &[], &tcp(PORT, SYN)), Verdict::Pass),
+        (v6(AGENT6, 0, &ext_opts(6), &tcp(PORT, SYN)), Verdict::Drop),
+    ];
+    for (frame, want) in &cases {
+        assert_eq!(l.both(frame), *want, "framed {frame:02x?}");
+        let bare = &frame[14..];
+        assert_eq!(l.both_ip(bare), *want, "bare {bare:02x?}");
+    }
+    // The Ethernet programs read a bare packet's first bytes as MAC addresses and pass it:
+    // the hole the issue found on tun devices.
+    let bare_syn = V4::new(AGENT4).packet(&tcp(PORT, SYN));
+    assert_eq!(l.both(&bare_syn[14..]), Verdict::Pass);
+    let evs = l.events();
+    assert!(
+        evs.iter()
+            .any(|e| e.address == IpAddr::V4(Ipv4Addr::from(AGENT4))
+                && e.reason == "syn"
+                && e.dport == PORT),
+        "{evs:?}"
+    );
+    // Nothing but IP travels on such an interface: anything else means the layout is not
+    // what the loader assumed, and it is refused rather than let through.
+    let mut junk = vec![0x21u8; 60];
+    junk[0] = 0x00;
+    assert_eq!(l.both_ip(&junk), Verdict::Drop);
+}
+
 #[test]
 fn events_are_rate_limited_but_counters_see_everything() {
     // No refill, a burst of 5: a flood cannot push more than that to user space. The bucket
@@ -510,11 +573,33 @@ fn events_are_rate_limited_but_counters_see_everything() {
     for _ in 0..20 {
         assert_eq!(l.xdp(&pkt), Verdict::Drop);
     }
-    assert_eq!(l.events().len(), 5);
-    assert_eq!(l.stat(stat::EVENTS_SENT), 5);
-    assert_eq!(l.stat(stat::EVENTS_RATE_LIMITED), 15);
+    // The source's first drop, then the burst.
+    assert_eq!(l.events().len(), 6);
+    assert_eq!(l.stat(stat::EVENTS_SENT), 6);
+    assert_eq!(l.stat(stat::EVENTS_RATE_LIMITED), 14);
     assert_eq!(l.drops_from(v4_mapped(AGENT4)).packets, 20);
     assert_eq!(l.stat(stat::DROPPED), 20);
+}
+
+/// With the bucket empty from the start, a flood still leaves exactly one event per new
+/// source (its first drop), and nothing for its repeats.
+#[test]
+fn first_drop_of_each_new_source_is_an_event_whatever_the_rate_limit() {
+    pin_to_cpu0();
+    let mut l = load(0, 0);
+    for host in 1..=40u8 {
+        let pkt = V4::new([10, 9, 1, host]).packet(&tcp(PORT, SYN));
+        for _ in 0..5 {
+            assert_eq!(l.xdp(&pkt), Verdict::Drop);
+        }
+    }
+    let evs = l.events();
+    let mut sources: Vec<IpAddr> = evs.iter().map(|e| e.address).collect();
+    sources.sort();
+    sources.dedup();
+    assert_eq!((evs.len(), sources.len()), (40, 40), "{evs:?}");
+    assert_eq!(l.stat(stat::EVENTS_RATE_LIMITED), 40 * 4);
+    assert_eq!(l.stat(stat::DROPPED), 200);
 }
 
 fn pin_to_cpu0() {
