@@ -363,6 +363,19 @@ impl Guard {
             .expect("run portcullis-guard")
     }
 
+    /// As [`Self::cli`], inside namespace `ns` (interface names resolve there).
+    fn cli_in(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(guard_binary())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(args)
+            .output()
+            .expect("run portcullis-guard")
+    }
+
     fn status(&self) -> String {
         let out = self.cli(&["status", "--json"]);
         assert!(
@@ -938,6 +951,179 @@ fn every_port_postgres_listens_on_is_protected_by_default() {
     assert!(!lan.can_connect(Host::Agent, dbaddr, first.port));
 }
 
+/// `h`'s MAC address on the segment.
+fn mac_of(lan: &Lan, h: Host) -> String {
+    let out =
+        sh(Command::new("ip").args(["-n", &lan.ns(h), "-j", "link", "show", "dev", &lan.iface(h)]));
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    links[0]["address"].as_str().unwrap().to_owned()
+}
+
+/// Whether a TCP connection from `from`, bound to source address `src`, to `dst:port` is
+/// established within 3 s (bash's /dev/tcp cannot choose its source).
+fn connect_from_addr(lan: &Lan, from: Host, src: IpAddr, dst: IpAddr, port: u16) -> bool {
+    let family = if src.is_ipv4() { "AF_INET" } else { "AF_INET6" };
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.{family})\ns.settimeout(3)\ns.bind(('{src}',0))\n\
+         try:\n  s.connect(('{dst}',{port}))\nexcept OSError:\n  sys.exit(1)\n"
+    );
+    lan.cmd(from, "python3")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run python3")
+        .success()
+}
+
+/// 9. A neighbour claiming the gateway's address: with address-only entries it gets in once the
+/// database host's neighbour entry points at it (ARP/ND poisoning, done here directly); with
+/// entries that bind the gateway's MAC it is dropped, poisoned or not, and recorded as a
+/// binding mismatch, while the real gateway still gets in. An entry bound to an interface
+/// admits its source only there.
+fn neighbour_claiming_the_gateways_address(n: u8, mode: Mode) {
+    let lan = Lan::new(n);
+    let db = start_db(&lan);
+    let guard = Guard::start(&lan, db.port, mode, &[]);
+    let gw_mac = mac_of(&lan, Host::Gw);
+    let agent_mac = mac_of(&lan, Host::Agent);
+    let (db_ns, db_if) = (lan.ns(Host::Db), lan.iface(Host::Db));
+    let neigh = |addr: IpAddr, mac: &str, state: &str| {
+        sh(Command::new("ip").args([
+            "-n",
+            &db_ns,
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            &db_if,
+            "nud",
+            state,
+        ]));
+    };
+    let targets = [
+        (
+            IpAddr::V4(lan.v4(Host::Gw)),
+            IpAddr::V4(lan.v4(Host::Db)),
+            "32",
+        ),
+        (
+            IpAddr::V6(lan.v6(Host::Gw)),
+            IpAddr::V6(lan.v6(Host::Db)),
+            "128",
+        ),
+    ];
+    // The agent takes the gateway's addresses besides its own.
+    sh(Command::new("ip").args([
+        "-n",
+        &lan.ns(Host::Agent),
+        "addr",
+        "add",
+        &format!("{}/32", targets[0].0),
+        "dev",
+        &lan.iface(Host::Agent),
+    ]));
+    sh(Command::new("ip").args([
+        "-n",
+        &lan.ns(Host::Agent),
+        "addr",
+        "add",
+        &format!("{}/128", targets[1].0),
+        "dev",
+        &lan.iface(Host::Agent),
+        "nodad",
+    ]));
+
+    for (gw, dst, _) in targets {
+        neigh(gw, &agent_mac, "reachable");
+        assert!(
+            connect_from_addr(&lan, Host::Agent, gw, dst, db.port),
+            "with an address-only entry and a poisoned neighbour entry the spoof gets in \
+             (the weakness this binding closes; topology sanity) ({gw}, {mode:?})"
+        );
+    }
+    for (gw, _, len) in targets {
+        let out = guard.cli(&["allow", "add", &format!("{gw}/{len},mac={gw_mac}")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = guard.status();
+    assert!(
+        status.contains(&format!("\"mac\": \"{gw_mac}\"")),
+        "{status}"
+    );
+    for (gw, dst, _) in targets {
+        neigh(gw, &agent_mac, "reachable");
+        assert!(
+            !connect_from_addr(&lan, Host::Agent, gw, dst, db.port),
+            "a neighbour claiming {gw} got in although the entry binds the gateway's MAC \
+             (poisoned neighbour entry, {mode:?})"
+        );
+        // The deployment premise: a static neighbour entry for the gateway.
+        neigh(gw, &gw_mac, "permanent");
+        assert!(
+            !connect_from_addr(&lan, Host::Agent, gw, dst, db.port),
+            "a neighbour claiming {gw} got in (static neighbour entry, {mode:?})"
+        );
+        assert!(
+            connect_from_addr(&lan, Host::Gw, gw, dst, db.port),
+            "the real gateway must still get in from {gw} ({mode:?})"
+        );
+    }
+    wait_until("a binding_mismatch event", 10, || {
+        guard.log().lines().any(|l| {
+            l.contains("\"reason\":\"binding_mismatch\"")
+                && l.contains(&format!("\"address\":\"{}\"", targets[0].0))
+        })
+    });
+
+    // Interface binding: the agent's own address, allowed only on loopback, then on its
+    // real ingress interface.
+    let agent = IpAddr::V4(lan.v4(Host::Agent));
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let out = guard.cli_in(
+        &db_ns,
+        &["allow", "add", &format!("{agent}/32,interface=lo")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !lan.can_connect(Host::Agent, dbaddr, db.port),
+        "an entry bound to lo admitted a packet arriving on {db_if} ({mode:?})"
+    );
+    let out = guard.cli_in(
+        &db_ns,
+        &["allow", "add", &format!("{agent}/32,interface={db_if}")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lan.can_connect(Host::Agent, dbaddr, db.port),
+        "an entry bound to {db_if} refused a packet arriving there ({mode:?})"
+    );
+    let out = guard.cli_in(
+        &db_ns,
+        &["allow", "add", &format!("{agent}/32,interface=pcg-nope0")],
+    );
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("`pcg-nope0` does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 macro_rules! per_mode {
     ($($name:ident: $xdp_n:expr, $tc_n:expr;)+) => {
         $(
@@ -955,13 +1141,14 @@ macro_rules! per_mode {
     };
 }
 
-// 7. XDP and TC both pass 1-4 (and 8).
+// 7. XDP and TC both pass 1-4 (and 8, 9).
 per_mode! {
     direct_agent_is_dropped_and_recorded: 1, 5;
     agent_through_gateway_runs_queries: 2, 6;
     ipv6_agent_is_dropped: 3, 7;
     allow_add_remove_without_restart: 4, 8;
     tun_interface_is_guarded_from_its_ip_header: 13, 14;
+    neighbour_claiming_the_gateways_address: 18, 19;
 }
 
 /// The allowlist is the configuration's: an entry taken out of the config file is revoked by

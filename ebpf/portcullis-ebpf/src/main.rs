@@ -24,8 +24,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use portcullis_common::{
-    DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, DropStats, Event, MAX_CGROUP_DEPTH, RateState, hook,
-    reason, stat, v4_mapped,
+    AllowValue, DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, DropStats, Event, MAX_CGROUP_DEPTH,
+    RateState, bind, hook, reason, stat, v4_mapped,
 };
 
 use crate::parse::{Bounds, L4, Packet};
@@ -33,9 +33,9 @@ use crate::parse::{Bounds, L4, Packet};
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::pinned(64, 0);
 #[map]
-static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(4096, 0);
+static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::pinned(4096, 0);
 #[map]
-static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(4096, 0);
+static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::pinned(4096, 0);
 #[map]
 static DROPS: LruPerCpuHashMap<[u8; 16], DropStats> = LruPerCpuHashMap::pinned(8192, 0);
 #[map]
@@ -100,7 +100,9 @@ fn parse<const RAW_IP: bool>(b: &Bounds) -> Option<Packet> {
 #[inline(always)]
 fn xdp_verdict<const RAW_IP: bool>(ctx: &XdpContext) -> u32 {
     match parse::<RAW_IP>(&Bounds::new(ctx.data(), ctx.data_end())) {
-        Some(packet) if refuse(&packet, hook::XDP) => xdp_action::XDP_DROP,
+        Some(packet) if refuse(&packet, hook::XDP, ctx.ingress_ifindex() as u32) => {
+            xdp_action::XDP_DROP
+        }
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -121,8 +123,10 @@ fn tc_verdict<const RAW_IP: bool>(ctx: &TcContext) -> i32 {
             packet = parse::<RAW_IP>(&Bounds::new(ctx.data(), ctx.data_end()));
         }
     }
+    // SAFETY: the kernel hands a valid __sk_buff; ingress_ifindex is a readable field.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     match packet {
-        Some(packet) if refuse(&packet, hook::TC) => TC_ACT_SHOT,
+        Some(packet) if refuse(&packet, hook::TC, ifindex) => TC_ACT_SHOT,
         // UNSPEC is tcx's "next": later programs on the interface still see the packet.
         _ => TC_ACT_UNSPEC,
     }
@@ -140,9 +144,9 @@ fn needs_more(packet: &Option<Packet>) -> bool {
     }
 }
 
-/// The one decision both ingress hooks make.
+/// The one decision both ingress hooks make; `ifindex` is the interface it arrived on.
 #[inline(always)]
-fn refuse(packet: &Packet, hook: u8) -> bool {
+fn refuse(packet: &Packet, hook: u8, ifindex: u32) -> bool {
     let (dport, why) = match packet.l4 {
         L4::Other => return false,
         L4::Tcp { dport, syn } => {
@@ -153,26 +157,52 @@ fn refuse(packet: &Packet, hook: u8) -> bool {
         }
         L4::Unknown { reason } => (0, reason),
     };
-    if source_allowed(packet) {
-        if dport != 0 {
-            bump(stat::PASSED);
+    let entry = allow_entry(packet);
+    let why = match entry {
+        None => why,
+        Some(entry) if binding_holds(entry, packet, ifindex) => {
+            if dport != 0 {
+                bump(stat::PASSED);
+            }
+            return false;
         }
-        return false;
-    }
+        Some(_) => reason::BINDING,
+    };
     record_drop(packet, dport, why, hook);
     true
 }
 
+/// The longest allowlist prefix holding the source. Deliberately no fallback to a shorter
+/// one when its binding fails: the most specific entry is the operator's word.
 #[inline(always)]
-fn source_allowed(packet: &Packet) -> bool {
+fn allow_entry(packet: &Packet) -> Option<&AllowValue> {
     let s = &packet.src;
     if packet.family == 4 {
-        ALLOW_V4
-            .get(Key::new(32, [s[12], s[13], s[14], s[15]]))
-            .is_some()
+        ALLOW_V4.get(Key::new(32, [s[12], s[13], s[14], s[15]]))
     } else {
-        ALLOW_V6.get(Key::new(128, *s)).is_some()
+        ALLOW_V6.get(Key::new(128, *s))
     }
+}
+
+#[inline(always)]
+fn binding_holds(entry: &AllowValue, packet: &Packet, ifindex: u32) -> bool {
+    if entry.bind & bind::IFINDEX != 0 && entry.ifindex != ifindex {
+        return false;
+    }
+    if entry.bind & bind::MAC != 0 {
+        let Some(mac) = packet.mac else {
+            return false;
+        };
+        // Byte by byte, folded: an array `==` may become a memcmp call BPF cannot make.
+        let mut diff = 0u8;
+        for i in 0..6 {
+            diff |= mac[i] ^ entry.mac[i];
+        }
+        if diff != 0 {
+            return false;
+        }
+    }
+    true
 }
 
 #[inline(always)]

@@ -85,6 +85,8 @@ pub struct Packet {
     pub src: [u8; 16],
     pub family: u8,
     pub l4: L4,
+    /// The Ethernet source address; `None` on interfaces without a link-layer header.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// Walks the headers of an Ethernet frame. `None` means not IP, or an IP header too short to
@@ -104,11 +106,13 @@ pub fn ethernet(b: &Bounds) -> Option<Packet> {
         ether_type = u16::from_be_bytes(inner);
         off += 4;
     }
-    match ether_type {
+    let mut packet = match ether_type {
         ETH_P_IPV4 => parse_v4(b, off),
         ETH_P_IPV6 => parse_v6(b, off),
         _ => None,
-    }
+    }?;
+    packet.mac = Some(eth.src_addr);
+    Some(packet)
 }
 
 /// Walks the headers of a packet that starts at its IP header: what XDP and TC see on an
@@ -133,6 +137,7 @@ pub fn raw_ip(b: &Bounds) -> Option<Packet> {
             l4: L4::Unknown {
                 reason: reason::UNPARSEABLE,
             },
+            mac: None,
         }),
     }
 }
@@ -141,7 +146,14 @@ pub fn raw_ip(b: &Bounds) -> Option<Packet> {
 fn parse_v4(b: &Bounds, off: usize) -> Option<Packet> {
     let ip: Ipv4Hdr = b.read(off)?;
     let src = v4_mapped(ip.src_addr);
-    let packet = |l4| Some(Packet { src, family: 4, l4 });
+    let packet = |l4| {
+        Some(Packet {
+            src,
+            family: 4,
+            l4,
+            mac: None,
+        })
+    };
     if ip.proto != IPPROTO_TCP {
         return packet(L4::Other);
     }
@@ -164,7 +176,14 @@ fn parse_v4(b: &Bounds, off: usize) -> Option<Packet> {
 fn parse_v6(b: &Bounds, off: usize) -> Option<Packet> {
     let ip: Ipv6Hdr = b.read(off)?;
     let src = ip.src_addr;
-    let packet = |l4| Some(Packet { src, family: 6, l4 });
+    let packet = |l4| {
+        Some(Packet {
+            src,
+            family: 6,
+            l4,
+            mac: None,
+        })
+    };
     let mut next = ip.next_hdr;
     let mut off = off + Ipv6Hdr::LEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {

@@ -5,7 +5,7 @@
 //! interfaces = ["eth0"]
 //! ports = [6432]               # extra ports; every port PostgreSQL listens on is protected anyway
 //! discover_ports = true        # the default: protect the ports `postgres` processes listen on
-//! allow = ["10.0.1.10/32", "fd00:1::10/128"]   # the gateways
+//! allow = ["10.0.1.10/32,mac=02:00:0a:00:01:0a", "fd00:1::10/128"]   # the gateways
 //! pin_dir = "/sys/fs/bpf/portcullis"
 //!
 //! [local]                      # refuse local connect() from other cgroups; off by default
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use portcullis_common::{DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE};
 
-use crate::{cidr::Cidr, pins::DEFAULT_ROOT};
+use crate::{allow::AllowSpec, pins::DEFAULT_ROOT};
 
 /// PostgreSQL's default port: protected when discovery finds no server and none is configured.
 pub const DEFAULT_PG_PORT: u16 = 5432;
@@ -85,7 +85,8 @@ pub struct Config {
     pub ports: Vec<u16>,
     /// Protect every port a `postgres` process listens on in the guard's network namespace.
     pub discover_ports: bool,
-    pub allow: Vec<Cidr>,
+    /// Allowed sources: `CIDR[,mac=MAC][,interface=NAME]` (see [`crate::allow`]).
+    pub allow: Vec<AllowSpec>,
     pub pin_dir: PathBuf,
     /// Mount bpffs on the pin directory's parent when it is not mounted.
     pub mount_bpffs: bool,

@@ -12,6 +12,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
+    maps::MapData,
     pin::PinError,
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp,
@@ -19,7 +20,7 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use portcullis_common::{globals, progs};
+use portcullis_common::{AllowValue, globals, maps, progs};
 
 use crate::{
     OBJECT,
@@ -77,6 +78,15 @@ pub enum LoaderError {
     },
     #[error("pinning {what}: {source}")]
     Pin { what: String, source: Box<PinError> },
+    #[error(
+        "the state pinned under {root} was written by an older portcullis-guard (map {map} holds {found}-byte entries, this one needs {want}); save its allowlist (`portcullis-guard allow list`), then `portcullis-guard detach` and `run` again (the database is unguarded in between)"
+    )]
+    OldPins {
+        root: String,
+        map: &'static str,
+        found: u32,
+        want: usize,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -142,6 +152,7 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
     for dir in [pins.maps_dir(), pins.progs_dir(), pins.links_dir()] {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
     }
+    check_pinned_layout(&pins)?;
     let maps_dir = pins.maps_dir();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps_dir)
@@ -301,6 +312,28 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
         report.attached.push(att);
     }
     Ok(report)
+}
+
+/// aya adopts a pinned map without comparing its layout with the object's, so a map left by
+/// a guard whose allowlist values were smaller would only fail in the verifier, with a
+/// message nobody can act on. Say what it is instead.
+fn check_pinned_layout(pins: &Pins) -> Result<(), LoaderError> {
+    for map in [maps::ALLOW_V4, maps::ALLOW_V6] {
+        let path = pins.map(map);
+        let Ok(info) = MapData::from_pin(&path).and_then(|d| d.info()) else {
+            continue;
+        };
+        let want = std::mem::size_of::<AllowValue>();
+        if info.value_size() as usize != want {
+            return Err(LoaderError::OldPins {
+                root: pins.root().display().to_string(),
+                map,
+                found: info.value_size(),
+                want,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn load_once(

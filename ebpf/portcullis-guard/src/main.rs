@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis_guard::{
+    allow::AllowSpec,
     audit::Audit,
     cidr::Cidr,
     config::{Config, Mode},
@@ -50,8 +51,14 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AllowCmd {
-    Add { cidr: Cidr },
-    Remove { cidr: Cidr },
+    /// Allow a source: `CIDR[,mac=MAC][,interface=NAME]`.
+    Add {
+        spec: AllowSpec,
+    },
+    /// Revoke the entry for exactly this prefix (whatever it binds).
+    Remove {
+        cidr: Cidr,
+    },
     List,
 }
 
@@ -70,9 +77,9 @@ struct RunArgs {
     /// Protect only the ports listed, not those PostgreSQL is found listening on.
     #[arg(long)]
     no_discover_ports: bool,
-    /// Allowed source prefix, i.e. a gateway (repeatable).
+    /// Allowed source, i.e. a gateway: `CIDR[,mac=MAC][,interface=NAME]` (repeatable).
     #[arg(long = "allow", short = 'a')]
-    allow: Vec<Cidr>,
+    allow: Vec<AllowSpec>,
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
     /// Refuse local connect() to the protected ports from cgroups not allowed.
@@ -121,10 +128,10 @@ fn main() -> anyhow::Result<()> {
             preflight::check_root()?;
             let state = State::open(&pins(&cli.pin_dir))?;
             match cmd {
-                AllowCmd::Add { cidr } => {
-                    state.allow_add(cidr, Origin::Runtime)?;
+                AllowCmd::Add { spec } => {
+                    state.allow_add(&spec, Origin::Runtime)?;
                     println!(
-                        "allowed {cidr} (added at run time: a restart keeps it; `allow remove` revokes it)"
+                        "allowed {spec} (added at run time: a restart keeps it; `allow remove` revokes it)"
                     );
                 }
                 AllowCmd::Remove { cidr } => {
@@ -318,8 +325,15 @@ fn print_status(s: &portcullis_guard::state::Status) {
 }
 
 fn allow_line(e: &portcullis_guard::state::AllowEntry) -> String {
+    let mut what = e.cidr.to_string();
+    if let Some(mac) = &e.mac {
+        what.push_str(&format!(",mac={mac}"));
+    }
+    if let Some(i) = &e.interface {
+        what.push_str(&format!(",interface={i}"));
+    }
     match e.origin {
-        Origin::Config => e.cidr.to_string(),
-        Origin::Runtime => format!("{:<43} added at run time", e.cidr.to_string()),
+        Origin::Config => what,
+        Origin::Runtime => format!("{what:<43} added at run time"),
     }
 }

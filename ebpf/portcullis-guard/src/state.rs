@@ -13,13 +13,15 @@ use aya::{
     maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::links::{FdLink, PinnedLink},
 };
-use portcullis_common::{DropStats, maps, stat};
+use portcullis_common::{AllowValue, DropStats, bind, maps, origin, stat};
 
 use crate::{
+    allow::{AllowSpec, format_mac},
     cidr::Cidr,
     events::{boot_ns_to_wall, rfc3339},
     netif::{addr_key, key_addr},
     pins::{Attachment, Pins},
+    preflight::{PreflightError, check_interface},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,11 @@ pub enum StateError {
         "{cidr} is not in the allowlist (map {map}), so nothing was removed; entries are matched exactly as listed, prefix length included: see `portcullis-guard allow list`"
     )]
     NotAllowed { cidr: Cidr, map: &'static str },
+    #[error("allowlist entry {spec}: {source}")]
+    Interface {
+        spec: String,
+        source: PreflightError,
+    },
 }
 
 /// Who put an entry in the allowlist.
@@ -53,17 +60,17 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// The map value. An entry pinned before origins were recorded holds 1 and so counts as
-    /// configuration: a restart revokes it unless the config still lists it (fail closed).
     const fn value(self) -> u8 {
         match self {
-            Origin::Config => 1,
-            Origin::Runtime => 2,
+            Origin::Config => origin::CONFIG,
+            Origin::Runtime => origin::RUNTIME,
         }
     }
 
+    /// Anything but the run-time mark counts as configuration, so an unknown value is revoked
+    /// by the next restart rather than kept (fail closed).
     fn from_value(v: u8) -> Self {
-        if v == Origin::Runtime.value() {
+        if v == origin::RUNTIME {
             Origin::Runtime
         } else {
             Origin::Config
@@ -72,10 +79,39 @@ impl Origin {
 }
 
 /// One allowlist entry as `status` and `allow list` show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct AllowEntry {
     pub cidr: Cidr,
     pub origin: Origin,
+    /// The source MAC address the entry binds, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The ingress interface the entry binds, if any (its name now, or `ifindex N` when no
+    /// interface has that index any more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+impl AllowEntry {
+    fn from_value(cidr: Cidr, v: &AllowValue) -> Self {
+        AllowEntry {
+            cidr,
+            origin: Origin::from_value(v.origin),
+            mac: (v.bind & bind::MAC != 0).then(|| format_mac(&v.mac)),
+            interface: (v.bind & bind::IFINDEX != 0).then(|| interface_name(v.ifindex)),
+        }
+    }
+}
+
+fn interface_name(index: u32) -> String {
+    let mut buf = [0u8; libc::IFNAMSIZ];
+    // SAFETY: the buffer holds IFNAMSIZ bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return format!("ifindex {index}");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// What [`State::reconcile_allowlist`] changed.
@@ -145,24 +181,39 @@ impl State {
         T::try_from(self.map(name)?).map_err(|source| StateError::Map { name, source })
     }
 
-    fn v4(&self) -> Result<LpmTrie<MapData, [u8; 4], u8>, StateError> {
+    fn v4(&self) -> Result<LpmTrie<MapData, [u8; 4], AllowValue>, StateError> {
         self.typed(maps::ALLOW_V4)
     }
 
-    fn v6(&self) -> Result<LpmTrie<MapData, [u8; 16], u8>, StateError> {
+    fn v6(&self) -> Result<LpmTrie<MapData, [u8; 16], AllowValue>, StateError> {
         self.typed(maps::ALLOW_V6)
     }
 
-    /// Adds (or re-marks) an entry.
-    pub fn allow_add(&self, cidr: Cidr, origin: Origin) -> Result<(), StateError> {
+    /// Adds an entry, or replaces the one for the same prefix (binding and origin included).
+    pub fn allow_add(&self, spec: &AllowSpec, origin: Origin) -> Result<(), StateError> {
+        let mut value = AllowValue {
+            origin: origin.value(),
+            ..AllowValue::default()
+        };
+        if let Some(mac) = spec.mac {
+            value.bind |= bind::MAC;
+            value.mac = mac;
+        }
+        if let Some(name) = &spec.interface {
+            value.bind |= bind::IFINDEX;
+            value.ifindex = check_interface(name).map_err(|source| StateError::Interface {
+                spec: spec.to_string(),
+                source,
+            })?;
+        }
         let err = |name| move |source| StateError::Map { name, source };
-        if let Some(key) = cidr.v4_key() {
+        if let Some(key) = spec.cidr.v4_key() {
             self.v4()?
-                .insert(&key, origin.value(), 0)
+                .insert(&key, value, 0)
                 .map_err(err(maps::ALLOW_V4))?;
-        } else if let Some(key) = cidr.v6_key() {
+        } else if let Some(key) = spec.cidr.v6_key() {
             self.v6()?
-                .insert(&key, origin.value(), 0)
+                .insert(&key, value, 0)
                 .map_err(err(maps::ALLOW_V6))?;
         }
         Ok(())
@@ -194,16 +245,10 @@ impl State {
         let v6 = self.v6()?;
         let mut out = Vec::new();
         for (key, value) in v4.iter().flatten() {
-            out.push(AllowEntry {
-                cidr: Cidr::from_v4_key(&key),
-                origin: Origin::from_value(value),
-            });
+            out.push(AllowEntry::from_value(Cidr::from_v4_key(&key), &value));
         }
         for (key, value) in v6.iter().flatten() {
-            out.push(AllowEntry {
-                cidr: Cidr::from_v6_key(&key),
-                origin: Origin::from_value(value),
-            });
+            out.push(AllowEntry::from_value(Cidr::from_v6_key(&key), &value));
         }
         out.sort();
         Ok(out)
@@ -213,17 +258,17 @@ impl State {
     /// present (marked as configured), every configured entry not in it is removed, and
     /// entries added at run time stay. Additions go first, so an entry that stays is never
     /// missing for a moment.
-    pub fn reconcile_allowlist(&self, want: &[Cidr]) -> Result<Reconciled, StateError> {
+    pub fn reconcile_allowlist(&self, want: &[AllowSpec]) -> Result<Reconciled, StateError> {
         let before = self.allowlist()?;
         let mut report = Reconciled::default();
-        for cidr in want {
-            if !before.iter().any(|e| e.cidr == *cidr) {
-                report.added.push(*cidr);
+        for spec in want {
+            if !before.iter().any(|e| e.cidr == spec.cidr) {
+                report.added.push(spec.cidr);
             }
-            self.allow_add(*cidr, Origin::Config)?;
+            self.allow_add(spec, Origin::Config)?;
         }
         for e in &before {
-            if want.contains(&e.cidr) {
+            if want.iter().any(|w| w.cidr == e.cidr) {
                 continue;
             }
             match e.origin {

@@ -15,7 +15,7 @@ use aya::{
     maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use portcullis_common::{DropStats, globals, maps, progs, stat, v4_mapped};
+use portcullis_common::{AllowValue, DropStats, bind, globals, maps, progs, stat, v4_mapped};
 use portcullis_guard::{OBJECT, events, preflight};
 
 const PORT: u16 = 5432;
@@ -27,6 +27,12 @@ const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 const AGENT4: [u8; 4] = [10, 9, 0, 3];
 const GATEWAY4: [u8; 4] = [10, 9, 0, 2];
+/// Allowed only from [`SRC_MAC`].
+const GATEWAY4_MAC: [u8; 4] = [10, 9, 0, 4];
+/// Allowed only on interface 7, which no test run arrives on.
+const GATEWAY4_IF: [u8; 4] = [10, 9, 0, 5];
+/// The source MAC address of every frame `eth()` builds.
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 /// Outside the gateway's /64.
 const AGENT6: [u8; 16] = [0xfd, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3];
 const GATEWAY6: [u8; 16] = [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
@@ -97,12 +103,25 @@ fn load(event_rate: u64, event_burst: u64) -> Loaded {
     let mut ports: HashMap<_, u16, u8> =
         HashMap::try_from(l.ebpf.map_mut(maps::PORTS).unwrap()).unwrap();
     ports.insert(PORT, 1, 0).unwrap();
-    let mut v4: LpmTrie<_, [u8; 4], u8> =
+    let unbound = AllowValue {
+        origin: 1,
+        ..Default::default()
+    };
+    let mut v4: LpmTrie<_, [u8; 4], AllowValue> =
         LpmTrie::try_from(l.ebpf.map_mut(maps::ALLOW_V4).unwrap()).unwrap();
-    v4.insert(&Key::new(32, GATEWAY4), 1, 0).unwrap();
-    let mut v6: LpmTrie<_, [u8; 16], u8> =
+    v4.insert(&Key::new(32, GATEWAY4), unbound, 0).unwrap();
+    // The same gateway's other address, bound to the MAC address `eth()` sends from.
+    let mac_bound = AllowValue {
+        origin: 1,
+        bind: bind::MAC,
+        mac: SRC_MAC,
+        ifindex: 0,
+    };
+    v4.insert(&Key::new(32, GATEWAY4_MAC), mac_bound, 0)
+        .unwrap();
+    let mut v6: LpmTrie<_, [u8; 16], AllowValue> =
         LpmTrie::try_from(l.ebpf.map_mut(maps::ALLOW_V6).unwrap()).unwrap();
-    v6.insert(&Key::new(64, GATEWAY6), 1, 0).unwrap();
+    v6.insert(&Key::new(64, GATEWAY6), unbound, 0).unwrap();
     l
 }
 
@@ -193,7 +212,8 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
 fn eth(ether_type: u16) -> Vec<u8> {
-    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let mut p = vec![0x02, 0, 0, 0, 0, 1];
+    p.extend_from_slice(&SRC_MAC);
     p.extend_from_slice(&ether_type.to_be_bytes());
     p
 }
@@ -581,6 +601,53 @@ fn events_are_rate_limited_but_counters_see_everything() {
     assert_eq!(l.stat(stat::DROPPED), 20);
 }
 
+/// An entry that binds a MAC address lets its address in only from that MAC; one that binds
+/// an interface only on that interface. Otherwise the packet is dropped as a binding
+/// mismatch (someone else claiming the address), and on an interface without Ethernet
+/// header there is no MAC to match.
+#[test]
+fn entries_bound_to_a_mac_or_an_interface() {
+    let mut l = load(1000, 1000);
+    {
+        let mut v4: LpmTrie<_, [u8; 4], AllowValue> =
+            LpmTrie::try_from(l.ebpf.map_mut(maps::ALLOW_V4).unwrap()).unwrap();
+        let if_bound = AllowValue {
+            origin: 1,
+            bind: bind::IFINDEX,
+            mac: [0; 6],
+            ifindex: 7,
+        };
+        v4.insert(&Key::new(32, GATEWAY4_IF), if_bound, 0).unwrap();
+    }
+    let syn = V4::new(GATEWAY4_MAC).packet(&tcp(PORT, SYN));
+    assert_eq!(l.both(&syn), Verdict::Pass, "from the bound MAC");
+    let mut spoofed = syn.clone();
+    spoofed[11] = 0x66;
+    assert_eq!(l.both(&spoofed), Verdict::Drop, "from another MAC");
+    assert_eq!(l.both_ip(&syn[14..]), Verdict::Drop, "no MAC at all");
+    let evs = l.events();
+    assert!(!evs.is_empty());
+    assert!(
+        evs.iter().all(|e| e.reason == "binding_mismatch"
+            && e.address == IpAddr::V4(Ipv4Addr::from(GATEWAY4_MAC))),
+        "{evs:?}"
+    );
+    // BPF_PROG_TEST_RUN says the packet arrived on no interface (index 0): not interface 7.
+    assert_eq!(
+        l.both(&V4::new(GATEWAY4_IF).packet(&tcp(PORT, SYN))),
+        Verdict::Drop
+    );
+    // Unbound entries do not care about either.
+    assert_eq!(
+        l.both(&V4::new(GATEWAY4).packet(&tcp(PORT, SYN))),
+        Verdict::Pass
+    );
+    assert_eq!(
+        l.both_ip(&V4::new(GATEWAY4).packet(&tcp(PORT, SYN))[14..]),
+        Verdict::Pass
+    );
+}
+
 /// With the bucket empty from the start, a flood still leaves exactly one event per new
 /// source (its first drop), and nothing for its repeats.
 #[test]
@@ -627,6 +694,10 @@ fn cost_per_allowed_packet() {
             V4::new(GATEWAY4).packet(&tcp(PORT, ACK)),
         ),
         ("gateway v6 -> 5432", v6(GATEWAY6, 6, &[], &tcp(PORT, ACK))),
+        (
+            "gw v4 mac-bound",
+            V4::new(GATEWAY4_MAC).packet(&tcp(PORT, ACK)),
+        ),
         ("other v4 -> 443", V4::new(AGENT4).packet(&tcp(443, ACK))),
     ];
     for (name, pkt) in &cases {
