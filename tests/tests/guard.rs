@@ -890,13 +890,33 @@ fn flood_leaves_one_event_per_new_source() {
 }
 
 /// PostgreSQL listening on two ports (two clusters) is protected on both without any
-/// `--port`; when one goes away, the next start says loudly that its port is no longer
-/// protected.
+/// `--port`; the start warns about an interface that carries an address PostgreSQL listens
+/// on but is not guarded; when a cluster goes away, the next start says loudly that its port
+/// is no longer protected.
 #[test]
 fn every_port_postgres_listens_on_is_protected_by_default() {
     let lan = Lan::new(16);
     let first = start_db(&lan);
-    let mut second = start_db(&lan);
+    // The second listens everywhere, including on an interface the guard is not told about.
+    let db_ns = lan.ns(Host::Db);
+    sh(Command::new("ip").args([
+        "-n", &db_ns, "link", "add", "pcg16x0", "type", "veth", "peer", "name", "pcg16x1",
+    ]));
+    sh(Command::new("ip").args([
+        "-n",
+        &db_ns,
+        "addr",
+        "add",
+        "10.216.0.1/24",
+        "dev",
+        "pcg16x0",
+    ]));
+    let mut second = PgCluster::start(PgOptions {
+        listen_addresses: "*".into(),
+        netns: Some(db_ns.clone()),
+        ..Default::default()
+    })
+    .expect("start the second PostgreSQL");
     let dbaddr = IpAddr::V4(lan.v4(Host::Db));
     let args: Vec<String> = [
         "--mode",
@@ -918,6 +938,16 @@ fn every_port_postgres_listens_on_is_protected_by_default() {
         start["port_sources"]["discovered"],
         serde_json::json!(both),
         "{start}"
+    );
+    assert_eq!(
+        start["unguarded_interfaces"],
+        serde_json::json!(["pcg16x0"]),
+        "{start}"
+    );
+    let stderr = fs::read_to_string(guard.log_path().with_extension("err")).unwrap();
+    assert!(
+        stderr.contains("WARNING: PostgreSQL is reachable through interface(s) pcg16x0"),
+        "{stderr}"
     );
     for port in [first.port, second.port] {
         assert!(
@@ -947,6 +977,10 @@ fn every_port_postgres_listens_on_is_protected_by_default() {
             second.port
         )),
         "{stderr}"
+    );
+    assert!(
+        !stderr.contains("reachable through interface"),
+        "the first cluster listens on guarded addresses only: {stderr}"
     );
     assert!(!lan.can_connect(Host::Agent, dbaddr, first.port));
 }

@@ -6,7 +6,12 @@
 //! moved to another port is covered without anyone remembering to say so. A server started
 //! after the guard is not seen until the next `run`.
 
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoverError {
@@ -24,8 +29,15 @@ const LISTEN: &str = "0A";
 
 /// Ports, sorted, that a `postgres` process listens on in this network namespace.
 pub fn postgres_ports() -> Result<Vec<u16>, DiscoverError> {
+    let ports: BTreeSet<u16> = postgres_listeners()?.into_iter().map(|(_, p)| p).collect();
+    Ok(ports.into_iter().collect())
+}
+
+/// Every (address, port) a `postgres` process listens on in this network namespace; the
+/// unspecified address stands for all of them.
+pub fn postgres_listeners() -> Result<Vec<(IpAddr, u16)>, DiscoverError> {
     let inodes = postgres_socket_inodes(Path::new("/proc"));
-    let mut ports = BTreeSet::new();
+    let mut found = BTreeSet::new();
     for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         let text = match fs::read_to_string(table) {
             Ok(t) => t,
@@ -38,13 +50,39 @@ pub fn postgres_ports() -> Result<Vec<u16>, DiscoverError> {
                 });
             }
         };
-        ports.extend(
+        found.extend(
             listening(&text)
-                .filter(|(_, inode)| inodes.contains(inode))
-                .map(|(port, _)| port),
+                .filter(|(_, _, inode)| inodes.contains(inode))
+                .map(|(addr, port, _)| (addr, port)),
         );
     }
-    Ok(ports.into_iter().collect())
+    Ok(found.into_iter().collect())
+}
+
+/// Interfaces other than loopback (local mode's business) that carry an address PostgreSQL
+/// listens on, and that `guarded` does not name: a way around the guard. `addresses` is
+/// every (interface, address) of the namespace.
+pub fn unguarded_interfaces(
+    listeners: &[(IpAddr, u16)],
+    addresses: &[(String, IpAddr)],
+    guarded: &[String],
+) -> Vec<String> {
+    let mut out: Vec<String> = addresses
+        .iter()
+        .filter(|(name, addr)| {
+            !addr.is_loopback()
+                && !guarded.contains(name)
+                && listeners.iter().any(|(l, _)| {
+                    // An IPv4 wildcard covers IPv4 addresses only; an IPv6 one normally
+                    // covers both (dual-stack sockets), so count it for both.
+                    l == addr || (l.is_unspecified() && (l.is_ipv6() || addr.is_ipv4()))
+                })
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Socket inodes open in any process whose `comm` is `postgres`. Processes that exit while
@@ -92,19 +130,44 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// (local port, inode) of every listening socket in a /proc/net/tcp or tcp6 table.
-fn listening(table: &str) -> impl Iterator<Item = (u16, u64)> + '_ {
+/// (local address, local port, inode) of every listening socket in a /proc/net/tcp or tcp6
+/// table.
+fn listening(table: &str) -> impl Iterator<Item = (IpAddr, u16, u64)> + '_ {
     table.lines().skip(1).filter_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
         // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
         if cols.len() < 10 || cols[3] != LISTEN {
             return None;
         }
-        let (_, port) = cols[1].rsplit_once(':')?;
+        let (addr, port) = cols[1].rsplit_once(':')?;
+        let addr = proc_addr(addr)?;
         let port = u16::from_str_radix(port, 16).ok()?;
         let inode = cols[9].parse().ok()?;
-        Some((port, inode))
+        Some((addr, port, inode))
     })
+}
+
+/// /proc/net/tcp prints addresses as the kernel holds them: 32-bit words in host byte order.
+fn proc_addr(hex: &str) -> Option<IpAddr> {
+    match hex.len() {
+        8 => {
+            let w = u32::from_str_radix(hex, 16).ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(w.to_le_bytes())))
+        }
+        32 => {
+            let mut b = [0u8; 16];
+            for (i, chunk) in b.chunks_mut(4).enumerate() {
+                let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&w.to_le_bytes());
+            }
+            let v6 = Ipv6Addr::from(b);
+            Some(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            })
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -116,11 +179,53 @@ mod tests {
         let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
            0: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   105        0 4242 1 0 100 0 0 10 0\n\
            1: 0100007F:89DA 0100007F:1538 01 00000000:00000000 03:0000012B 00000000   105        0 4243 3 0\n";
-        assert_eq!(listening(v4).collect::<Vec<_>>(), vec![(5432, 4242)]);
+        let lo4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(listening(v4).collect::<Vec<_>>(), vec![(lo4, 5432, 4242)]);
         let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
            0: 00000000000000000000000001000000:1920 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000   105        0 777 1 0 100 0 0 10 0\n";
-        assert_eq!(listening(v6).collect::<Vec<_>>(), vec![(6432, 777)]);
+        let lo6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert_eq!(listening(v6).collect::<Vec<_>>(), vec![(lo6, 6432, 777)]);
         assert_eq!(listening("header only\n").count(), 0);
+    }
+
+    #[test]
+    fn addresses_read_as_the_kernel_prints_them() {
+        assert_eq!(proc_addr("0A00D20A"), Some("10.210.0.10".parse().unwrap()));
+        assert_eq!(
+            proc_addr("0002D2FD0A0000000000000001000000"),
+            Some("fdd2:200:0:a::1".parse().unwrap())
+        );
+        assert_eq!(proc_addr("00000000"), Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(proc_addr("zz"), None);
+    }
+
+    #[test]
+    fn interfaces_reachable_but_unguarded_are_named() {
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        let addrs = vec![
+            ("lo".to_string(), a("127.0.0.1")),
+            ("eth0".to_string(), a("10.0.0.5")),
+            ("eth1".to_string(), a("192.168.1.5")),
+            ("eth1".to_string(), a("fd00::5")),
+            ("wg0".to_string(), a("10.9.0.1")),
+        ];
+        let guarded = vec!["eth0".to_string()];
+        assert_eq!(
+            unguarded_interfaces(&[(a("10.0.0.5"), 5432)], &addrs, &guarded),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            unguarded_interfaces(&[(a("0.0.0.0"), 5432)], &addrs, &guarded),
+            vec!["eth1", "wg0"]
+        );
+        assert_eq!(
+            unguarded_interfaces(&[(a("::"), 5432)], &addrs, &guarded),
+            vec!["eth1", "wg0"]
+        );
+        assert_eq!(
+            unguarded_interfaces(&[(a("fd00::5"), 5433)], &addrs, &guarded),
+            vec!["eth1"]
+        );
     }
 
     #[test]

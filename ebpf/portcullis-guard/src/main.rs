@@ -12,7 +12,7 @@ use portcullis_guard::{
     config::{Config, Mode},
     discover,
     events::{FollowEnd, follow},
-    loader,
+    loader, netif,
     pins::{DEFAULT_ROOT, Pins},
     preflight,
     state::{Origin, State},
@@ -179,11 +179,21 @@ fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
     }
     cfg.local.allow_cgroups.extend(args.local_allow_cgroups);
     cfg.mount_bpffs |= args.mount_bpffs;
-    let discovered = if cfg.discover_ports {
-        discover::postgres_ports()?
-    } else {
-        Vec::new()
+    let listeners = discover::postgres_listeners()?;
+    let discovered: Vec<u16> = {
+        let mut p: Vec<u16> = listeners.iter().map(|(_, p)| *p).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
     };
+    let unguarded =
+        discover::unguarded_interfaces(&listeners, &netif::interface_addresses()?, &cfg.interfaces);
+    if !unguarded.is_empty() {
+        eprintln!(
+            "portcullis-guard: WARNING: PostgreSQL is reachable through interface(s) {} (they carry an address it listens on) which this guard does not watch: add them with --interface, or narrow listen_addresses",
+            unguarded.join(", ")
+        );
+    }
     let port_sources = cfg.resolve_ports(&discovered);
     if port_sources.fallback {
         eprintln!(
@@ -207,6 +217,7 @@ fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
         "mode": cfg.mode,
         "ports": cfg.ports,
         "port_sources": port_sources,
+        "unguarded_interfaces": unguarded,
         "ports_no_longer_protected": report.ports_removed,
         "attached": report.attached,
         "adopted": report.adopted,

@@ -129,6 +129,14 @@ fn link_type(interface: &str) -> Result<u16, NetifError> {
 
 /// Every address configured on an interface of the current network namespace.
 pub fn local_addresses() -> Result<Vec<IpAddr>, NetifError> {
+    let mut found: Vec<IpAddr> = interface_addresses()?.into_iter().map(|(_, a)| a).collect();
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+/// Every (interface name, address) of the current network namespace.
+pub fn interface_addresses() -> Result<Vec<(String, IpAddr)>, NetifError> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: out-pointer to a list the kernel allocates; freed below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -137,20 +145,24 @@ pub fn local_addresses() -> Result<Vec<IpAddr>, NetifError> {
     let mut found = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
-        // SAFETY: `cur` walks the list getifaddrs returned; each sockaddr matches its family.
+        // SAFETY: `cur` walks the list getifaddrs returned; each sockaddr matches its family
+        // and ifa_name is a NUL-terminated name.
         unsafe {
             let sa = (*cur).ifa_addr;
+            let name = std::ffi::CStr::from_ptr((*cur).ifa_name)
+                .to_string_lossy()
+                .into_owned();
             if !sa.is_null() {
                 match i32::from((*sa).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(sa as *const libc::sockaddr_in);
-                        found.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
+                        let a = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                        found.push((name, IpAddr::V4(a)));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(sa as *const libc::sockaddr_in6);
-                        found.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                        let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                        found.push((name, IpAddr::V6(a)));
                     }
                     _ => {}
                 }
@@ -160,8 +172,6 @@ pub fn local_addresses() -> Result<Vec<IpAddr>, NetifError> {
     }
     // SAFETY: the list came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
-    found.sort();
-    found.dedup();
     Ok(found)
 }
 
