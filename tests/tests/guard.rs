@@ -8,7 +8,9 @@
 //!   agent 10.210.N.3  fd00:210:N::3   someone trying to go around it
 //! ```
 //!
-//! Scenarios 1-4 run once with XDP and once with TC (scenario 7). Everything is torn down by
+//! Scenarios 1-4, 8 and 9 run once with XDP and once with TC (scenario 7). Tests of an
+//! interface without a link-layer header use a single namespace instead, with a tun device
+//! the test holds open (`guard/tun.rs`) standing in for a WireGuard link. Everything is torn down by
 //! `Drop` guards even when an assertion fails: namespaces, bpffs pins, cgroups, processes.
 //! Needs root, bpffs (mounted if missing), cgroup v2, and `portcullis-guard` + `portcullis`
 //! built (`cargo build -p portcullis-guard -p portcullis`).
@@ -698,7 +700,7 @@ impl Drop for Netns {
     }
 }
 
-/// 8. An interface with no link-layer header (tun, as WireGuard and Tailscale are): the guard
+/// Scenario 8: an interface with no link-layer header (tun, as WireGuard and Tailscale are): the guard
 /// reads the packet from its IP header, so a SYN from outside the allowlist is dropped (and
 /// recorded) while the allowlisted peer's SYN is answered by PostgreSQL. An interface whose
 /// type the parser cannot read (here a tun device reporting itself as an ipip tunnel) is
@@ -1010,7 +1012,7 @@ fn connect_from_addr(lan: &Lan, from: Host, src: IpAddr, dst: IpAddr, port: u16)
         .success()
 }
 
-/// 9. A neighbour claiming the gateway's address: with address-only entries it gets in once the
+/// Scenario 9: a neighbour claiming the gateway's address: with address-only entries it gets in once the
 /// database host's neighbour entry points at it (ARP/ND poisoning, done here directly); with
 /// entries that bind the gateway's MAC it is dropped, poisoned or not, and recorded as a
 /// binding mismatch, while the real gateway still gets in. An entry bound to an interface

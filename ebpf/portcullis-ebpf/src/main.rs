@@ -209,7 +209,9 @@ fn binding_holds(entry: &AllowValue, packet: &Packet, ifindex: u32) -> bool {
 fn record_drop(packet: &Packet, dport: u16, why: u8, hook: u8) {
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let syn = u64::from(why == reason::SYN);
+    // From the segment itself, not the reason: a SYN refused for its binding is still a
+    // connection attempt.
+    let syn = u64::from(matches!(packet.l4, L4::Tcp { syn: true, .. }));
     let new_source = match DROPS.get_ptr_mut(packet.src) {
         // SAFETY: a per-CPU value: no other program touches this CPU's copy meanwhile.
         Some(s) => unsafe {

@@ -221,12 +221,16 @@ impl State {
 
     /// Removes an entry; [`StateError::NotAllowed`] when it was not there.
     pub fn allow_remove(&self, cidr: Cidr) -> Result<(), StateError> {
-        let (result, map) = if let Some(key) = cidr.v4_key() {
-            (self.v4()?.remove(&key), maps::ALLOW_V4)
-        } else if let Some(key) = cidr.v6_key() {
-            (self.v6()?.remove(&key), maps::ALLOW_V6)
-        } else {
-            unreachable!("a Cidr is IPv4 or IPv6")
+        let (result, map) = match (cidr.v4_key(), cidr.v6_key()) {
+            (Some(key), _) => (self.v4()?.remove(&key), maps::ALLOW_V4),
+            (None, Some(key)) => (self.v6()?.remove(&key), maps::ALLOW_V6),
+            // A Cidr is one or the other; nothing to remove otherwise.
+            (None, None) => {
+                return Err(StateError::NotAllowed {
+                    cidr,
+                    map: maps::ALLOW_V4,
+                });
+            }
         };
         match result {
             Ok(()) => Ok(()),

@@ -625,6 +625,12 @@ fn entries_bound_to_a_mac_or_an_interface() {
     spoofed[11] = 0x66;
     assert_eq!(l.both(&spoofed), Verdict::Drop, "from another MAC");
     assert_eq!(l.both_ip(&syn[14..]), Verdict::Drop, "no MAC at all");
+    let d = l.drops_from(v4_mapped(GATEWAY4_MAC));
+    assert_eq!(
+        (d.packets, d.syns),
+        (4, 4),
+        "binding drops still count as SYNs"
+    );
     let evs = l.events();
     assert!(!evs.is_empty());
     assert!(
