@@ -5,8 +5,8 @@
 //! Two ingress programs, `guard_xdp` and `guard_tc`, share one parser and one decision so the
 //! two attach modes cannot drift apart. Each comes twice: for Ethernet interfaces, and (`_ip`)
 //! for interfaces whose packets start at the IP header (tun, WireGuard); the loader picks by
-//! the interface's type, so neither pays for a run-time check. All state lives in maps pinned by the loader; see
-//! `portcullis_common` for their layouts.
+//! the interface's type, so neither pays for a run-time check. All state lives in maps pinned
+//! by the loader; see `portcullis_common` for their layouts.
 #![no_std]
 #![no_main]
 

@@ -233,7 +233,7 @@ fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
     if !report.ports_removed.is_empty() {
         let ports: Vec<String> = report.ports_removed.iter().map(u16::to_string).collect();
         eprintln!(
-            "portcullis-guard: WARNING: port(s) {} protected by the previous run are NOT protected any more: no postgres process listens on them here and the configuration does not list them; add them with --port (or `ports`) if PostgreSQL will listen there again",
+            "portcullis-guard: WARNING: port(s) {} protected by the previous run are NOT protected any more: this run neither found PostgreSQL listening on them nor was told to protect them; add them with --port (or `ports`) if PostgreSQL will listen there again",
             ports.join(", ")
         );
     }
