@@ -149,6 +149,12 @@ pub struct UpstreamConfig {
     pub ca: Option<PathBuf>,
     /// Name to verify in the server's certificate (defaults to `host`).
     pub tls_server_name: Option<String>,
+    /// The gateway's TLS client certificate (PEM chain) for the upstream connection, so that
+    /// PostgreSQL can require it (`hostssl ... clientcert=verify-full`, CN = `user`) and an
+    /// address spoofed past the eBPF guard alone gets nowhere. With `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client_cert` (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub client_key: Option<PathBuf>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
     /// Connections per database the gateway keeps open for its own questions (catalog
@@ -324,6 +330,34 @@ impl Config {
                 }
             }
         }
+        match (&self.upstream.client_cert, &self.upstream.client_key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                if self.upstream.tls == UpstreamTls::Disable {
+                    return Err(invalid(
+                        "upstream.client_cert",
+                        "a client certificate needs TLS: set upstream.tls to \"verify-full\" (or \"require\")",
+                    ));
+                }
+                for (k, p) in [("upstream.client_cert", cert), ("upstream.client_key", key)] {
+                    if !p.exists() {
+                        return Err(invalid(k, format!("{} does not exist", p.display())));
+                    }
+                }
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "upstream.client_key",
+                    "upstream.client_cert is set: give its private key too",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "upstream.client_cert",
+                    "upstream.client_key is set: give its certificate too",
+                ));
+            }
+        }
         if let Some(ca) = &self.upstream.ca
             && !ca.exists()
         {
@@ -463,6 +497,36 @@ mod tests {
         assert!(e.to_string().contains("server2"), "{e}");
         let e = Config::parse(&good().replace("password = \"x\"", "")).unwrap_err();
         assert!(e.to_string().starts_with("upstream.password:"), "{e}");
+    }
+
+    #[test]
+    fn upstream_client_certificate_needs_its_key_and_tls() {
+        let cert = std::env::temp_dir().join(format!("pc-cc-{}.pem", std::process::id()));
+        std::fs::write(&cert, "x").unwrap();
+        let with = |tls: &str, lines: &str| {
+            Config::parse(&good().replace(
+                "password = \"x\"\n",
+                &format!("password = \"x\"\ntls = \"{tls}\"\nca = {cert:?}\n{lines}"),
+            ))
+        };
+        let both = format!("client_cert = {cert:?}\nclient_key = {cert:?}\n");
+        assert!(with("verify-full", &both).is_ok());
+        let e = with("disable", &both).unwrap_err();
+        assert!(e.to_string().starts_with("upstream.client_cert:"), "{e}");
+        let e = with("verify-full", &format!("client_cert = {cert:?}\n")).unwrap_err();
+        assert!(e.to_string().starts_with("upstream.client_key:"), "{e}");
+        let e = with("verify-full", "client_key = \"/nonexistent/k.pem\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("upstream.client_cert:"), "{e}");
+        let e = with(
+            "verify-full",
+            &format!("client_cert = {cert:?}\nclient_key = \"/nonexistent/k.pem\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/k.pem does not exist"),
+            "{e}"
+        );
+        let _ = std::fs::remove_file(&cert);
     }
 
     #[test]

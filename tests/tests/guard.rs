@@ -8,7 +8,9 @@
 //!   agent 10.210.N.3  fd00:210:N::3   someone trying to go around it
 //! ```
 //!
-//! Scenarios 1-4 run once with XDP and once with TC (scenario 7). Everything is torn down by
+//! Scenarios 1-4, 8 and 9 run once with XDP and once with TC (scenario 7). Tests of an
+//! interface without a link-layer header use a single namespace instead, with a tun device
+//! the test holds open (`guard/tun.rs`) standing in for a WireGuard link. Everything is torn down by
 //! `Drop` guards even when an assertion fails: namespaces, bpffs pins, cgroups, processes.
 //! Needs root, bpffs (mounted if missing), cgroup v2, and `portcullis-guard` + `portcullis`
 //! built (`cargo build -p portcullis-guard -p portcullis`).
@@ -25,6 +27,9 @@ use portcullis_tests::{
     GatewayOptions, PgCluster, PgOptions,
     gateway::{binary as gateway_binary, workspace_root},
 };
+
+#[path = "guard/tun.rs"]
+mod tun;
 
 // --- topology -------------------------------------------------------------------------------
 
@@ -280,19 +285,50 @@ impl Guard {
 
     /// Starts `run` (again) with the standard arguments and waits for it to report.
     fn run(&mut self, lan: &Lan, port: u16, mode: Mode, extra: &[String]) {
+        let mut args: Vec<String> = [
+            "--mode",
+            mode.as_str(),
+            "--interface",
+            &lan.iface(Host::Db),
+            "--port",
+            &port.to_string(),
+            "--allow",
+            &format!("{}/32", lan.v4(Host::Gw)),
+            "--allow",
+            &format!("{}/128", lan.v6(Host::Gw)),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().cloned());
+        self.spawn(&lan.ns(Host::Db), &args);
+    }
+
+    /// A guard with only the given `run` arguments, inside namespace `ns`.
+    fn start_in(ns: &str, n: u8, args: &[String]) -> Guard {
+        let mut g = Guard {
+            child: None,
+            pin_dir: Self::pin_dir(n),
+            dir: tempfile::tempdir().unwrap(),
+            runs: 0,
+        };
+        g.spawn(ns, args);
+        g
+    }
+
+    /// `run --mount-bpffs ARGS` in `ns`, then waits for its start line.
+    fn spawn(&mut self, ns: &str, args: &[String]) {
         self.runs += 1;
         let log = self.log_path();
         let out = fs::File::create(&log).unwrap();
         let err = fs::File::create(log.with_extension("err")).unwrap();
-        let mut cmd = lan.cmd(Host::Db, guard_binary());
-        cmd.arg("--pin-dir")
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(guard_binary())
+            .arg("--pin-dir")
             .arg(&self.pin_dir)
-            .args(["run", "--mount-bpffs", "--mode", mode.as_str()])
-            .args(["--interface", &lan.iface(Host::Db)])
-            .args(["--port", &port.to_string()])
-            .args(["--allow", &format!("{}/32", lan.v4(Host::Gw))])
-            .args(["--allow", &format!("{}/128", lan.v6(Host::Gw))])
-            .args(extra)
+            .args(["run", "--mount-bpffs"])
+            .args(args)
             .stdout(out)
             .stderr(err);
         let mut child = cmd.spawn().expect("spawn portcullis-guard");
@@ -322,6 +358,19 @@ impl Guard {
 
     fn cli(&self, args: &[&str]) -> Output {
         Command::new(guard_binary())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(args)
+            .output()
+            .expect("run portcullis-guard")
+    }
+
+    /// As [`Self::cli`], inside namespace `ns` (interface names resolve there).
+    fn cli_in(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(guard_binary())
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .args(args)
@@ -608,9 +657,20 @@ fn allow_add_remove_without_restart(n: u8, mode: Mode) {
         "allow remove did not shut the agent out ({mode:?})"
     );
     let out = guard.cli(&["allow", "remove", &agent]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success(),
-        "removing an absent entry must say so"
+        !out.status.success()
+            && stderr.contains(&format!("{agent} is not in the allowlist (map ALLOW_V4)"))
+            && stderr.contains("allow list"),
+        "removing an absent entry must say what was wrong: {stderr}"
+    );
+    let agent6 = format!("{}/128", lan.v6(Host::Agent));
+    let out = guard.cli(&["allow", "remove", &agent6]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("{agent6} is not in the allowlist (map ALLOW_V6)")),
+        "the IPv6 branch must name the IPv6 map: {stderr}"
     );
 
     let child = guard.child.as_mut().unwrap();
@@ -618,6 +678,485 @@ fn allow_add_remove_without_restart(n: u8, mode: Mode) {
     assert!(
         child.try_wait().unwrap().is_none(),
         "the guard restarted or died"
+    );
+}
+
+/// A namespace of its own for tests whose topology is not the bridged [`Lan`], removed on
+/// drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(Command::new("ip").args(["netns", "add", &name]));
+        sh(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Scenario 8: an interface with no link-layer header (tun, as WireGuard and Tailscale are): the guard
+/// reads the packet from its IP header, so a SYN from outside the allowlist is dropped (and
+/// recorded) while the allowlisted peer's SYN is answered by PostgreSQL. An interface whose
+/// type the parser cannot read (here a tun device reporting itself as an ipip tunnel) is
+/// refused before anything is attached.
+fn tun_interface_is_guarded_from_its_ip_header(n: u8, mode: Mode) {
+    let ns = Netns::new(format!("pcg15-tun{n}"));
+    let iface = format!("pcg15tun{n}");
+    let db_addr = Ipv4Addr::new(10, 215, n, 1);
+    let peer = Ipv4Addr::new(10, 215, n, 2);
+    let stranger = Ipv4Addr::new(10, 215, n, 3);
+    let mut dev = tun::Tun::create(&ns.0, &iface, None);
+    sh(Command::new("ip").args([
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        &format!("{db_addr}/24"),
+        "dev",
+        &iface,
+    ]));
+    sh(Command::new("ip").args(["-n", &ns.0, "link", "set", &iface, "up"]));
+    let db = PgCluster::start(PgOptions {
+        listen_addresses: format!("{db_addr}"),
+        netns: Some(ns.0.clone()),
+        ..Default::default()
+    })
+    .expect("start PostgreSQL behind the tun device");
+    dev.send(&tun::syn(stranger, 40001, db_addr, db.port));
+    assert!(
+        dev.syn_ack(stranger, 40001, db.port, 10),
+        "without the guard PostgreSQL answers a SYN written into the tun device (topology sanity)"
+    );
+
+    let guard = Guard::start_in(
+        &ns.0,
+        n,
+        &[
+            "--mode".into(),
+            mode.as_str().into(),
+            "--interface".into(),
+            iface.clone(),
+            "--port".into(),
+            db.port.to_string(),
+            "--allow".into(),
+            format!("{peer}/32"),
+        ],
+    );
+    assert!(
+        guard.log().contains(&format!("[\"{iface}\",\"raw_ip\"]")),
+        "the start line does not say the tun device is read from its IP header: {}",
+        guard.log()
+    );
+    dev.send(&tun::syn(stranger, 40002, db_addr, db.port));
+    assert!(
+        !dev.syn_ack(stranger, 40002, db.port, 3),
+        "a SYN from outside the allowlist reached PostgreSQL through the tun device ({mode:?})"
+    );
+    guard.assert_recorded(IpAddr::V4(stranger), db.port);
+    dev.send(&tun::syn(peer, 40003, db_addr, db.port));
+    assert!(
+        dev.syn_ack(peer, 40003, db.port, 10),
+        "the allowlisted peer's SYN was not answered through the tun device ({mode:?})"
+    );
+
+    // The same device type with another link type: refused, nothing attached.
+    let odd = format!("pcg15odd{n}");
+    let _odd_dev = tun::Tun::create(&ns.0, &odd, Some(768));
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/portcullis-e2e-{}-{n}odd",
+        std::process::id()
+    ));
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.0))
+        .arg("--")
+        .arg(guard_binary())
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .args([
+            "run",
+            "--no-follow",
+            "--mode",
+            mode.as_str(),
+            "--interface",
+            &odd,
+        ])
+        .output()
+        .expect("run portcullis-guard");
+    let links = fs::read_dir(pin_dir.join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let _ = Command::new(guard_binary())
+        .arg("--pin-dir")
+        .arg(&pin_dir)
+        .arg("detach")
+        .output();
+    let _ = fs::remove_dir_all(&pin_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an ipip-typed interface was accepted"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "interface `{odd}` has link type 768 (ipip tunnel)"
+        )) && stderr.contains("cannot parse"),
+        "{stderr}"
+    );
+    assert_eq!(links, 0, "something was attached to a refused interface");
+}
+
+/// A flood keeps its evidence: with the event budget at zero (no burst, no refill), 3 SYNs
+/// from each of 30 sources leave exactly one event per source (its first drop) while the
+/// counters see all 90.
+#[test]
+fn flood_leaves_one_event_per_new_source() {
+    let n = 17;
+    let ns = Netns::new(format!("pcg15-fl{n}"));
+    let iface = format!("pcg15tun{n}");
+    let db_addr = Ipv4Addr::new(10, 215, n, 1);
+    let mut dev = tun::Tun::create(&ns.0, &iface, None);
+    sh(Command::new("ip").args([
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        &format!("{db_addr}/24"),
+        "dev",
+        &iface,
+    ]));
+    sh(Command::new("ip").args(["-n", &ns.0, "link", "set", &iface, "up"]));
+    let db = PgCluster::start(PgOptions {
+        listen_addresses: format!("{db_addr}"),
+        netns: Some(ns.0.clone()),
+        ..Default::default()
+    })
+    .expect("start PostgreSQL behind the tun device");
+    let files = tempfile::tempdir().unwrap();
+    let config = files.path().join("guard.toml");
+    fs::write(&config, "event_rate = 0\nevent_burst = 0\n").unwrap();
+    let guard = Guard::start_in(
+        &ns.0,
+        n,
+        &[
+            "--config".into(),
+            config.display().to_string(),
+            "--interface".into(),
+            iface.clone(),
+        ],
+    );
+    let sources: Vec<Ipv4Addr> = (10..40).map(|h| Ipv4Addr::new(10, 215, n, h)).collect();
+    for round in 0..3u16 {
+        for (i, src) in sources.iter().enumerate() {
+            dev.send(&tun::syn(
+                *src,
+                41000 + round * 100 + i as u16,
+                db_addr,
+                db.port,
+            ));
+        }
+    }
+    let counter = |name: &str| -> u64 {
+        let status: serde_json::Value = serde_json::from_str(&guard.status()).unwrap();
+        status["counters"][name].as_u64().unwrap()
+    };
+    wait_until("the guard to drop all 90 SYNs", 20, || {
+        counter("dropped") == 90
+    });
+    assert_eq!(counter("events_sent"), 30);
+    assert_eq!(counter("events_rate_limited"), 60);
+    let bypass_lines = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("\"event\":\"bypass\""))
+            .map(String::from)
+            .collect()
+    };
+    wait_until("30 bypass events on stdout", 10, || {
+        bypass_lines(&guard.log()).len() == 30
+    });
+    let lines = bypass_lines(&guard.log());
+    for src in &sources {
+        let want = format!("\"address\":\"{src}\"");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(&want)).count(),
+            1,
+            "not exactly one event for {src}:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
+/// PostgreSQL listening on two ports (two clusters) is protected on both without any
+/// `--port`; the start warns about an interface that carries an address PostgreSQL listens
+/// on but is not guarded; when a cluster goes away, the next start says loudly that its port
+/// is no longer protected.
+#[test]
+fn every_port_postgres_listens_on_is_protected_by_default() {
+    let lan = Lan::new(16);
+    let first = start_db(&lan);
+    // The second listens everywhere, including on an interface the guard is not told about.
+    let db_ns = lan.ns(Host::Db);
+    sh(Command::new("ip").args([
+        "-n", &db_ns, "link", "add", "pcg16x0", "type", "veth", "peer", "name", "pcg16x1",
+    ]));
+    sh(Command::new("ip").args([
+        "-n",
+        &db_ns,
+        "addr",
+        "add",
+        "10.216.0.1/24",
+        "dev",
+        "pcg16x0",
+    ]));
+    let mut second = PgCluster::start(PgOptions {
+        listen_addresses: "*".into(),
+        netns: Some(db_ns.clone()),
+        ..Default::default()
+    })
+    .expect("start the second PostgreSQL");
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let args: Vec<String> = [
+        "--mode",
+        "xdp",
+        "--interface",
+        &lan.iface(Host::Db),
+        "--allow",
+        &format!("{}/32", lan.v4(Host::Gw)),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut guard = Guard::start_in(&lan.ns(Host::Db), lan.n, &args);
+    let start: serde_json::Value =
+        serde_json::from_str(guard.log().lines().next().unwrap()).unwrap();
+    let mut both = vec![first.port, second.port];
+    both.sort();
+    assert_eq!(start["ports"], serde_json::json!(both), "{start}");
+    assert_eq!(
+        start["port_sources"]["discovered"],
+        serde_json::json!(both),
+        "{start}"
+    );
+    assert_eq!(
+        start["unguarded_interfaces"],
+        serde_json::json!(["pcg16x0"]),
+        "{start}"
+    );
+    let stderr = fs::read_to_string(guard.log_path().with_extension("err")).unwrap();
+    assert!(
+        stderr.contains("WARNING: PostgreSQL is reachable through interface(s) pcg16x0"),
+        "{stderr}"
+    );
+    for port in [first.port, second.port] {
+        assert!(
+            !lan.can_connect(Host::Agent, dbaddr, port),
+            "the agent reached PostgreSQL on port {port}, which no --port named"
+        );
+        assert!(
+            lan.can_connect(Host::Gw, dbaddr, port),
+            "the gateway must reach port {port}"
+        );
+    }
+
+    second.stop().expect("stop the second cluster");
+    guard.terminate();
+    guard.spawn(&lan.ns(Host::Db), &args);
+    let start: serde_json::Value =
+        serde_json::from_str(guard.log().lines().next().unwrap()).unwrap();
+    assert_eq!(
+        start["ports_no_longer_protected"],
+        serde_json::json!([second.port]),
+        "{start}"
+    );
+    let stderr = fs::read_to_string(guard.log_path().with_extension("err")).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "WARNING: port(s) {} protected by the previous run are NOT protected any more",
+            second.port
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("reachable through interface"),
+        "the first cluster listens on guarded addresses only: {stderr}"
+    );
+    assert!(!lan.can_connect(Host::Agent, dbaddr, first.port));
+}
+
+/// `h`'s MAC address on the segment.
+fn mac_of(lan: &Lan, h: Host) -> String {
+    let out =
+        sh(Command::new("ip").args(["-n", &lan.ns(h), "-j", "link", "show", "dev", &lan.iface(h)]));
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    links[0]["address"].as_str().unwrap().to_owned()
+}
+
+/// Whether a TCP connection from `from`, bound to source address `src`, to `dst:port` is
+/// established within 3 s (bash's /dev/tcp cannot choose its source).
+fn connect_from_addr(lan: &Lan, from: Host, src: IpAddr, dst: IpAddr, port: u16) -> bool {
+    let family = if src.is_ipv4() { "AF_INET" } else { "AF_INET6" };
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.{family})\ns.settimeout(3)\ns.bind(('{src}',0))\n\
+         try:\n  s.connect(('{dst}',{port}))\nexcept OSError:\n  sys.exit(1)\n"
+    );
+    lan.cmd(from, "python3")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run python3")
+        .success()
+}
+
+/// Scenario 9: a neighbour claiming the gateway's address: with address-only entries it gets in once the
+/// database host's neighbour entry points at it (ARP/ND poisoning, done here directly); with
+/// entries that bind the gateway's MAC it is dropped, poisoned or not, and recorded as a
+/// binding mismatch, while the real gateway still gets in. An entry bound to an interface
+/// admits its source only there.
+fn neighbour_claiming_the_gateways_address(n: u8, mode: Mode) {
+    let lan = Lan::new(n);
+    let db = start_db(&lan);
+    let guard = Guard::start(&lan, db.port, mode, &[]);
+    let gw_mac = mac_of(&lan, Host::Gw);
+    let agent_mac = mac_of(&lan, Host::Agent);
+    let (db_ns, db_if) = (lan.ns(Host::Db), lan.iface(Host::Db));
+    let neigh = |addr: IpAddr, mac: &str, state: &str| {
+        sh(Command::new("ip").args([
+            "-n",
+            &db_ns,
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            &db_if,
+            "nud",
+            state,
+        ]));
+    };
+    let targets = [
+        (
+            IpAddr::V4(lan.v4(Host::Gw)),
+            IpAddr::V4(lan.v4(Host::Db)),
+            "32",
+        ),
+        (
+            IpAddr::V6(lan.v6(Host::Gw)),
+            IpAddr::V6(lan.v6(Host::Db)),
+            "128",
+        ),
+    ];
+    // The agent takes the gateway's addresses besides its own.
+    sh(Command::new("ip").args([
+        "-n",
+        &lan.ns(Host::Agent),
+        "addr",
+        "add",
+        &format!("{}/32", targets[0].0),
+        "dev",
+        &lan.iface(Host::Agent),
+    ]));
+    sh(Command::new("ip").args([
+        "-n",
+        &lan.ns(Host::Agent),
+        "addr",
+        "add",
+        &format!("{}/128", targets[1].0),
+        "dev",
+        &lan.iface(Host::Agent),
+        "nodad",
+    ]));
+
+    for (gw, dst, _) in targets {
+        neigh(gw, &agent_mac, "reachable");
+        assert!(
+            connect_from_addr(&lan, Host::Agent, gw, dst, db.port),
+            "with an address-only entry and a poisoned neighbour entry the spoof gets in \
+             (the weakness this binding closes; topology sanity) ({gw}, {mode:?})"
+        );
+    }
+    for (gw, _, len) in targets {
+        let out = guard.cli(&["allow", "add", &format!("{gw}/{len},mac={gw_mac}")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let status = guard.status();
+    assert!(
+        status.contains(&format!("\"mac\": \"{gw_mac}\"")),
+        "{status}"
+    );
+    for (gw, dst, _) in targets {
+        neigh(gw, &agent_mac, "reachable");
+        assert!(
+            !connect_from_addr(&lan, Host::Agent, gw, dst, db.port),
+            "a neighbour claiming {gw} got in although the entry binds the gateway's MAC \
+             (poisoned neighbour entry, {mode:?})"
+        );
+        // The deployment premise: a static neighbour entry for the gateway.
+        neigh(gw, &gw_mac, "permanent");
+        assert!(
+            !connect_from_addr(&lan, Host::Agent, gw, dst, db.port),
+            "a neighbour claiming {gw} got in (static neighbour entry, {mode:?})"
+        );
+        assert!(
+            connect_from_addr(&lan, Host::Gw, gw, dst, db.port),
+            "the real gateway must still get in from {gw} ({mode:?})"
+        );
+    }
+    wait_until("a binding_mismatch event", 10, || {
+        guard.log().lines().any(|l| {
+            l.contains("\"reason\":\"binding_mismatch\"")
+                && l.contains(&format!("\"address\":\"{}\"", targets[0].0))
+        })
+    });
+
+    // Interface binding: the agent's own address, allowed only on loopback, then on its
+    // real ingress interface.
+    let agent = IpAddr::V4(lan.v4(Host::Agent));
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let out = guard.cli_in(
+        &db_ns,
+        &["allow", "add", &format!("{agent}/32,interface=lo")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !lan.can_connect(Host::Agent, dbaddr, db.port),
+        "an entry bound to lo admitted a packet arriving on {db_if} ({mode:?})"
+    );
+    let out = guard.cli_in(
+        &db_ns,
+        &["allow", "add", &format!("{agent}/32,interface={db_if}")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lan.can_connect(Host::Agent, dbaddr, db.port),
+        "an entry bound to {db_if} refused a packet arriving there ({mode:?})"
+    );
+    let out = guard.cli_in(
+        &db_ns,
+        &["allow", "add", &format!("{agent}/32,interface=pcg-nope0")],
+    );
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("`pcg-nope0` does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -638,12 +1177,95 @@ macro_rules! per_mode {
     };
 }
 
-// 7. XDP and TC both pass 1-4.
+// 7. XDP and TC both pass 1-4 (and 8, 9).
 per_mode! {
     direct_agent_is_dropped_and_recorded: 1, 5;
     agent_through_gateway_runs_queries: 2, 6;
     ipv6_agent_is_dropped: 3, 7;
     allow_add_remove_without_restart: 4, 8;
+    tun_interface_is_guarded_from_its_ip_header: 13, 14;
+    neighbour_claiming_the_gateways_address: 18, 19;
+}
+
+/// The allowlist is the configuration's: an entry taken out of the config file is revoked by
+/// the next start, while one added with `allow add` is marked as such, shown in `status`, and
+/// kept until `allow remove`.
+#[test]
+fn restart_revokes_entries_removed_from_the_config() {
+    let lan = Lan::new(15);
+    let db = start_db(&lan);
+    let dbaddr = IpAddr::V4(lan.v4(Host::Db));
+    let agent = format!("{}/32", lan.v4(Host::Agent));
+    let runtime = "192.0.2.77/32";
+    let files = tempfile::tempdir().unwrap();
+    let config = files.path().join("guard.toml");
+    let config_arg = ["--config".to_string(), config.display().to_string()];
+    fs::write(&config, format!("allow = [{agent:?}]\n")).unwrap();
+    let mut guard = Guard::start(&lan, db.port, Mode::Xdp, &config_arg);
+    assert!(
+        lan.can_connect(Host::Agent, dbaddr, db.port),
+        "the agent is in the config and must get in"
+    );
+    let out = guard.cli(&["allow", "add", runtime]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let origin_of = |guard: &Guard, cidr: &str| -> Option<String> {
+        let status: serde_json::Value = serde_json::from_str(&guard.status()).unwrap();
+        status["allowlist"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["cidr"] == cidr)
+            .map(|e| e["origin"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(origin_of(&guard, &agent).as_deref(), Some("config"));
+    assert_eq!(origin_of(&guard, runtime).as_deref(), Some("runtime"));
+    let out = guard.cli(&["allow", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(runtime) && l.ends_with("added at run time")),
+        "{list}"
+    );
+
+    // The agent leaves the config; the guard is restarted as systemd would.
+    guard.terminate();
+    fs::write(&config, "allow = []\n").unwrap();
+    guard.run(&lan, db.port, Mode::Xdp, &config_arg);
+    let started = guard.log();
+    let start: serde_json::Value = serde_json::from_str(started.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        start["allowlist"]["revoked"],
+        serde_json::json!([agent]),
+        "{start}"
+    );
+    assert_eq!(
+        start["allowlist"]["runtime"],
+        serde_json::json!([runtime]),
+        "{start}"
+    );
+    let stderr = fs::read_to_string(guard.log_path().with_extension("err")).unwrap();
+    assert!(
+        stderr.contains(&format!("revoked {agent}: no longer in the configuration")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("kept {runtime}, added at run time")),
+        "{stderr}"
+    );
+    assert!(
+        !lan.can_connect(Host::Agent, dbaddr, db.port),
+        "the agent still gets in after leaving the config and a restart"
+    );
+    assert!(
+        lan.can_connect(Host::Gw, dbaddr, db.port),
+        "the gateway (still configured) must get in"
+    );
+    assert_eq!(origin_of(&guard, &agent), None);
+    assert_eq!(origin_of(&guard, runtime).as_deref(), Some("runtime"));
 }
 
 /// Scenario 5: killing the guard leaves enforcement in place; a new run adopts it instead of

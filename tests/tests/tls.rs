@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{DB, Env, psql_at, run_timed, stderr, stdout};
-use portcullis_tests::{Engine, PgOptions, per_engine};
+use portcullis_tests::{Engine, Gateway, GatewayOptions, PgOptions, per_engine};
 
-/// A throwaway CA and a server certificate for `localhost` / 127.0.0.1.
+/// A throwaway CA, a server certificate for `localhost` / 127.0.0.1, and a client
+/// certificate for the gateway's upstream user.
 struct Certs {
     dir: tempfile::TempDir,
 }
@@ -25,10 +26,14 @@ openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -su
 openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext 2>/dev/null
-chmod 600 server.key
+openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN={user} 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\\n' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null
+chmod 600 server.key client.key
 chown postgres server.key server.pem ca.pem
 chmod 755 .",
-            d = d.display()
+            d = d.display(),
+            user = portcullis_tests::pg::UPSTREAM_USER,
         );
         let out = Command::new("sh")
             .args(["-c", &sh])
@@ -134,7 +139,75 @@ fn upstream_with_an_untrusted_certificate_is_refused(engine: Engine) {
     let _ = DB;
 }
 
+/// PostgreSQL requiring the gateway's certificate (`hostssl ... clientcert=verify-full`, CN =
+/// the upstream user, the only TCP rule): the gateway with `upstream.client_cert` and
+/// `client_key` gets in and the server names its certificate; the same gateway without
+/// them is refused.
+fn upstream_client_certificate_meets_clientcert_verify_full(engine: Engine) {
+    let certs = Certs::new();
+    let pg_opts = PgOptions {
+        extra_conf: vec![
+            "ssl = on".into(),
+            format!("ssl_cert_file = '{}'", certs.path("server.pem").display()),
+            format!("ssl_key_file = '{}'", certs.path("server.key").display()),
+            format!("ssl_ca_file = '{}'", certs.path("ca.pem").display()),
+        ],
+        ..PgOptions::default()
+    };
+    let ca = certs.path("ca.pem");
+    let verify_full = |o: &mut GatewayOptions| {
+        o.upstream_tls = vec![
+            "tls = \"verify-full\"".into(),
+            format!("ca = \"{}\"", ca.display()),
+            "tls_server_name = \"localhost\"".into(),
+        ];
+    };
+    let mut env = Env::start_with(engine, pg_opts, |mut o| {
+        verify_full(&mut o);
+        o.upstream_tls.push(format!(
+            "client_cert = \"{}\"",
+            certs.path("client.pem").display()
+        ));
+        o.upstream_tls.push(format!(
+            "client_key = \"{}\"",
+            certs.path("client.key").display()
+        ));
+        o
+    });
+    std::fs::write(
+        env.pg.data_dir().join("pg_hba.conf"),
+        "local all all trust\n\
+         hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n\
+         hostssl all all ::1/128 scram-sha-256 clientcert=verify-full\n",
+    )
+    .unwrap();
+    // A restart, not a reload: the next connection must see the new rules for certain.
+    env.pg
+        .restart()
+        .expect("restart PostgreSQL with the new pg_hba.conf");
+    let out = env.query_gw("SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+    assert_eq!(
+        out.trim(),
+        format!("t|/CN={}", portcullis_tests::pg::UPSTREAM_USER)
+    );
+
+    let mut opts = GatewayOptions::new(&env.pg, DB).engine(engine);
+    verify_full(&mut opts);
+    let bare = Gateway::start(opts).expect("start a gateway without a client certificate");
+    let out = run_timed(psql_at(&bare.agent_uri()).args(["-c", "SELECT 1"]));
+    assert!(
+        !out.status.success(),
+        "PostgreSQL let in a gateway without a client certificate"
+    );
+    assert!(
+        stderr(&out).contains("could not open a session"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 per_engine!(tls_clients_read_the_drains_refusal_over_tls);
+per_engine!(upstream_client_certificate_meets_clientcert_verify_full);
 per_engine!(
     agents_over_tls,
     upstream_over_verified_tls,

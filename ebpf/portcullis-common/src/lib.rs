@@ -10,9 +10,9 @@
 pub mod maps {
     /// `HashMap<u16, u8>`: protected TCP ports (host byte order); the value is unused.
     pub const PORTS: &str = "PORTS";
-    /// `LpmTrie<[u8; 4], u8>`: allowed IPv4 source prefixes.
+    /// `LpmTrie<[u8; 4], AllowValue>`: allowed IPv4 source prefixes.
     pub const ALLOW_V4: &str = "ALLOW_V4";
-    /// `LpmTrie<[u8; 16], u8>`: allowed IPv6 source prefixes.
+    /// `LpmTrie<[u8; 16], AllowValue>`: allowed IPv6 source prefixes.
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// `LruPerCpuHashMap<[u8; 16], DropStats>`: drops per source (IPv4 as `::ffff:a.b.c.d`).
     /// LRU, so a flood of spoofed sources evicts old entries instead of failing inserts.
@@ -44,8 +44,12 @@ pub mod maps {
 
 /// Program names (the functions' symbols in the object file).
 pub mod progs {
+    /// Ingress programs for Ethernet interfaces.
     pub const XDP: &str = "guard_xdp";
     pub const TC: &str = "guard_tc";
+    /// The same for interfaces whose packets start at the IP header (tun, WireGuard).
+    pub const XDP_IP: &str = "guard_xdp_ip";
+    pub const TC_IP: &str = "guard_tc_ip";
     pub const CONNECT4: &str = "guard_connect4";
     pub const CONNECT6: &str = "guard_connect6";
 }
@@ -110,6 +114,37 @@ pub mod reason {
     pub const UNPARSEABLE: u8 = 4;
     /// A local `connect()` from a cgroup that is not allowed.
     pub const LOCAL_CONNECT: u8 = 5;
+    /// From an allowed address, but not with the source MAC address or on the interface its
+    /// entry binds: someone else claiming a gateway's address.
+    pub const BINDING: u8 = 6;
+}
+
+/// Who added an allowlist entry ([`AllowValue::origin`]); only user space reads it.
+pub mod origin {
+    /// `run`'s configuration. Entries pinned by a guard that predates origins hold 1 too.
+    pub const CONFIG: u8 = 1;
+    /// `allow add`.
+    pub const RUNTIME: u8 = 2;
+}
+
+/// What an allowlist entry binds besides the source address ([`AllowValue::bind`] bits).
+pub mod bind {
+    /// The Ethernet source address must be [`super::AllowValue::mac`].
+    pub const MAC: u8 = 1;
+    /// The packet must arrive on interface [`super::AllowValue::ifindex`].
+    pub const IFINDEX: u8 = 2;
+}
+
+/// The value of an allowlist entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowValue {
+    /// An [`origin`] constant.
+    pub origin: u8,
+    /// [`bind`] bits; 0: the address alone is enough.
+    pub bind: u8,
+    pub mac: [u8; 6],
+    pub ifindex: u32,
 }
 
 /// One refused packet or connect(), as written to the `EVENTS` ring buffer.
@@ -174,11 +209,12 @@ pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are `#[repr(C)]`, made only of integers and byte arrays, with the
+    // SAFETY: all of them are `#[repr(C)]`, made only of integers and byte arrays, with the
     // padding spelled out, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::DropStats {}
     unsafe impl aya::Pod for super::RateState {}
+    unsafe impl aya::Pod for super::AllowValue {}
 }
 
 #[cfg(test)]
@@ -191,6 +227,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>(), 48);
         assert_eq!(core::mem::size_of::<DropStats>(), 24);
         assert_eq!(core::mem::size_of::<RateState>(), 16);
+        assert_eq!(core::mem::size_of::<AllowValue>(), 12);
     }
 
     #[test]

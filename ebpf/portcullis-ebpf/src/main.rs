@@ -3,8 +3,10 @@
 //! ports from cgroups that are not allowed.
 //!
 //! Two ingress programs, `guard_xdp` and `guard_tc`, share one parser and one decision so the
-//! two attach modes cannot drift apart. All state lives in maps pinned by the loader; see
-//! `portcullis_common` for their layouts.
+//! two attach modes cannot drift apart. Each comes twice: for Ethernet interfaces, and (`_ip`)
+//! for interfaces whose packets start at the IP header (tun, WireGuard); the loader picks by
+//! the interface's type, so neither pays for a run-time check. All state lives in maps pinned
+//! by the loader; see `portcullis_common` for their layouts.
 #![no_std]
 #![no_main]
 
@@ -22,8 +24,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use portcullis_common::{
-    DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, DropStats, Event, MAX_CGROUP_DEPTH, RateState, hook,
-    reason, stat, v4_mapped,
+    AllowValue, DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE, DropStats, Event, MAX_CGROUP_DEPTH,
+    RateState, bind, hook, reason, stat, v4_mapped,
 };
 
 use crate::parse::{Bounds, L4, Packet};
@@ -31,9 +33,9 @@ use crate::parse::{Bounds, L4, Packet};
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::pinned(64, 0);
 #[map]
-static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(4096, 0);
+static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::pinned(4096, 0);
 #[map]
-static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(4096, 0);
+static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::pinned(4096, 0);
 #[map]
 static DROPS: LruPerCpuHashMap<[u8; 16], DropStats> = LruPerCpuHashMap::pinned(8192, 0);
 #[map]
@@ -65,16 +67,49 @@ const CONNECT_REFUSE: i32 = 0;
 
 #[xdp]
 pub fn guard_xdp(ctx: XdpContext) -> u32 {
-    let bounds = Bounds::new(ctx.data(), ctx.data_end());
-    match parse::parse(&bounds) {
-        Some(packet) if refuse(&packet, hook::XDP) => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
-    }
+    xdp_verdict::<false>(&ctx)
+}
+
+#[xdp]
+pub fn guard_xdp_ip(ctx: XdpContext) -> u32 {
+    xdp_verdict::<true>(&ctx)
 }
 
 #[classifier]
 pub fn guard_tc(ctx: TcContext) -> i32 {
-    let mut packet = parse::parse(&Bounds::new(ctx.data(), ctx.data_end()));
+    tc_verdict::<false>(&ctx)
+}
+
+#[classifier]
+pub fn guard_tc_ip(ctx: TcContext) -> i32 {
+    tc_verdict::<true>(&ctx)
+}
+
+/// `RAW_IP`: the packet starts at its IP header. A const parameter rather than a function
+/// argument: passing the parser as a value gets it outlined into a BPF subprogram, which the
+/// verifier then rejects (it returns the packet through a spilled stack slot).
+#[inline(always)]
+fn parse<const RAW_IP: bool>(b: &Bounds) -> Option<Packet> {
+    if RAW_IP {
+        parse::raw_ip(b)
+    } else {
+        parse::ethernet(b)
+    }
+}
+
+#[inline(always)]
+fn xdp_verdict<const RAW_IP: bool>(ctx: &XdpContext) -> u32 {
+    match parse::<RAW_IP>(&Bounds::new(ctx.data(), ctx.data_end())) {
+        Some(packet) if refuse(&packet, hook::XDP, ctx.ingress_ifindex() as u32) => {
+            xdp_action::XDP_DROP
+        }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn tc_verdict<const RAW_IP: bool>(ctx: &TcContext) -> i32 {
+    let mut packet = parse::<RAW_IP>(&Bounds::new(ctx.data(), ctx.data_end()));
     // A GRO'd or fragmented skb may hold its TCP header outside the linear area, which is
     // all direct packet access can see. Pull only then, so allowed bulk traffic is not copied.
     let linear = (ctx.data_end() - ctx.data()) as u32;
@@ -85,11 +120,13 @@ pub fn guard_tc(ctx: TcContext) -> i32 {
             TC_PULL_LEN
         };
         if ctx.pull_data(want).is_ok() {
-            packet = parse::parse(&Bounds::new(ctx.data(), ctx.data_end()));
+            packet = parse::<RAW_IP>(&Bounds::new(ctx.data(), ctx.data_end()));
         }
     }
+    // SAFETY: the kernel hands a valid __sk_buff; ingress_ifindex is a readable field.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     match packet {
-        Some(packet) if refuse(&packet, hook::TC) => TC_ACT_SHOT,
+        Some(packet) if refuse(&packet, hook::TC, ifindex) => TC_ACT_SHOT,
         // UNSPEC is tcx's "next": later programs on the interface still see the packet.
         _ => TC_ACT_UNSPEC,
     }
@@ -107,9 +144,9 @@ fn needs_more(packet: &Option<Packet>) -> bool {
     }
 }
 
-/// The one decision both ingress hooks make.
+/// The one decision both ingress hooks make; `ifindex` is the interface it arrived on.
 #[inline(always)]
-fn refuse(packet: &Packet, hook: u8) -> bool {
+fn refuse(packet: &Packet, hook: u8, ifindex: u32) -> bool {
     let (dport, why) = match packet.l4 {
         L4::Other => return false,
         L4::Tcp { dport, syn } => {
@@ -120,39 +157,68 @@ fn refuse(packet: &Packet, hook: u8) -> bool {
         }
         L4::Unknown { reason } => (0, reason),
     };
-    if source_allowed(packet) {
-        if dport != 0 {
-            bump(stat::PASSED);
+    let entry = allow_entry(packet);
+    let why = match entry {
+        None => why,
+        Some(entry) if binding_holds(entry, packet, ifindex) => {
+            if dport != 0 {
+                bump(stat::PASSED);
+            }
+            return false;
         }
-        return false;
-    }
+        Some(_) => reason::BINDING,
+    };
     record_drop(packet, dport, why, hook);
     true
 }
 
+/// The longest allowlist prefix holding the source. Deliberately no fallback to a shorter
+/// one when its binding fails: the most specific entry is the operator's word.
 #[inline(always)]
-fn source_allowed(packet: &Packet) -> bool {
+fn allow_entry(packet: &Packet) -> Option<&AllowValue> {
     let s = &packet.src;
     if packet.family == 4 {
-        ALLOW_V4
-            .get(Key::new(32, [s[12], s[13], s[14], s[15]]))
-            .is_some()
+        ALLOW_V4.get(Key::new(32, [s[12], s[13], s[14], s[15]]))
     } else {
-        ALLOW_V6.get(Key::new(128, *s)).is_some()
+        ALLOW_V6.get(Key::new(128, *s))
     }
+}
+
+#[inline(always)]
+fn binding_holds(entry: &AllowValue, packet: &Packet, ifindex: u32) -> bool {
+    if entry.bind & bind::IFINDEX != 0 && entry.ifindex != ifindex {
+        return false;
+    }
+    if entry.bind & bind::MAC != 0 {
+        let Some(mac) = packet.mac else {
+            return false;
+        };
+        // Byte by byte, folded: an array `==` may become a memcmp call BPF cannot make.
+        let mut diff = 0u8;
+        for i in 0..6 {
+            diff |= mac[i] ^ entry.mac[i];
+        }
+        if diff != 0 {
+            return false;
+        }
+    }
+    true
 }
 
 #[inline(always)]
 fn record_drop(packet: &Packet, dport: u16, why: u8, hook: u8) {
     // SAFETY: helper with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let syn = u64::from(why == reason::SYN);
-    match DROPS.get_ptr_mut(packet.src) {
+    // From the segment itself, not the reason: a SYN refused for its binding is still a
+    // connection attempt.
+    let syn = u64::from(matches!(packet.l4, L4::Tcp { syn: true, .. }));
+    let new_source = match DROPS.get_ptr_mut(packet.src) {
         // SAFETY: a per-CPU value: no other program touches this CPU's copy meanwhile.
         Some(s) => unsafe {
             (*s).packets += 1;
             (*s).syns += syn;
             (*s).last_ns = now;
+            false
         },
         None => {
             let first = DropStats {
@@ -162,13 +228,14 @@ fn record_drop(packet: &Packet, dport: u16, why: u8, hook: u8) {
             };
             // A full LRU map evicts; an error here only loses one count.
             let _ = DROPS.insert(packet.src, first, 0);
+            true
         }
-    }
+    };
     bump(stat::DROPPED);
     if why == reason::FRAGMENT || why == reason::UNPARSEABLE {
         bump(stat::UNPARSEABLE_DROPPED);
     }
-    emit(&Event {
+    let event = Event {
         ts_ns: now,
         cgroup_id: 0,
         addr: packet.src,
@@ -178,7 +245,16 @@ fn record_drop(packet: &Packet, dport: u16, why: u8, hook: u8) {
         hook,
         reason: why,
         _pad: [0; 7],
-    });
+    };
+    // A source not yet in DROPS (the key is shared by all CPUs) always gets its event,
+    // whatever the bucket holds: during a flood the one real attempt must still leave a
+    // trace. A spoofed flood of new sources is then bounded by the ring buffer, and what does
+    // not fit is counted as lost.
+    if new_source {
+        output(&event);
+    } else {
+        emit(&event);
+    }
 }
 
 #[inline(always)]
@@ -225,6 +301,11 @@ fn emit(event: &Event) {
         bump(stat::EVENTS_RATE_LIMITED);
         return;
     }
+    output(event);
+}
+
+#[inline(always)]
+fn output(event: &Event) {
     match EVENTS.output::<Event>(event, 0) {
         Ok(()) => bump(stat::EVENTS_SENT),
         Err(_) => bump(stat::EVENTS_LOST),

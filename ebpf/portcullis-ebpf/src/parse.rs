@@ -1,5 +1,6 @@
-//! Header walking shared by the XDP and TC programs: Ethernet (up to two VLAN tags), IPv4 with
-//! options, IPv6 with the extension headers that can be skipped safely, then TCP.
+//! Header walking shared by the XDP and TC programs: Ethernet (up to two VLAN tags) or, on
+//! interfaces without a link-layer header (tun, WireGuard), the IP header at offset 0; then IPv4
+//! with options, IPv6 with the extension headers that can be skipped safely, then TCP.
 //!
 //! The walk answers one question: is this TCP, and to which port? Where it cannot answer for a
 //! packet that is or may be TCP (non-first fragments, truncated headers, too long an extension
@@ -84,12 +85,14 @@ pub struct Packet {
     pub src: [u8; 16],
     pub family: u8,
     pub l4: L4,
+    /// The Ethernet source address; `None` on interfaces without a link-layer header.
+    pub mac: Option<[u8; 6]>,
 }
 
-/// Walks the headers. `None` means not IP, or an IP header too short to read, both of which
-/// pass untouched.
+/// Walks the headers of an Ethernet frame. `None` means not IP, or an IP header too short to
+/// read, both of which pass untouched.
 #[inline(always)]
-pub fn parse(b: &Bounds) -> Option<Packet> {
+pub fn ethernet(b: &Bounds) -> Option<Packet> {
     let eth: EthHdr = b.read(0)?;
     let mut ether_type = u16::from_be(eth.ether_type);
     let mut off = EthHdr::LEN;
@@ -103,10 +106,39 @@ pub fn parse(b: &Bounds) -> Option<Packet> {
         ether_type = u16::from_be_bytes(inner);
         off += 4;
     }
-    match ether_type {
+    let mut packet = match ether_type {
         ETH_P_IPV4 => parse_v4(b, off),
         ETH_P_IPV6 => parse_v6(b, off),
         _ => None,
+    }?;
+    packet.mac = Some(eth.src_addr);
+    Some(packet)
+}
+
+/// Walks the headers of a packet that starts at its IP header: what XDP and TC see on an
+/// interface with no link-layer header (`ARPHRD_NONE`: tun, WireGuard). The version nibble
+/// says which IP it is, as it does for the kernel's own receive path.
+///
+/// Unlike on Ethernet, where ARP and the rest are none of the guard's business, such an
+/// interface carries nothing but IP: anything else means the packet is not laid out as the
+/// loader expected. It has no source an allowlist could name (it is reported as `::`), so it
+/// is dropped: a misjudged interface stays closed instead of open.
+#[inline(always)]
+pub fn raw_ip(b: &Bounds) -> Option<Packet> {
+    // The smallest IP header, not one byte: LLVM turns a one-byte bounds check into a form
+    // the verifier cannot follow. Anything shorter is no IP packet; the stack discards it.
+    let head: [u8; Ipv4Hdr::LEN] = b.read(0)?;
+    match head[0] >> 4 {
+        4 => parse_v4(b, 0),
+        6 => parse_v6(b, 0),
+        _ => Some(Packet {
+            src: [0; 16],
+            family: 6,
+            l4: L4::Unknown {
+                reason: reason::UNPARSEABLE,
+            },
+            mac: None,
+        }),
     }
 }
 
@@ -114,7 +146,14 @@ pub fn parse(b: &Bounds) -> Option<Packet> {
 fn parse_v4(b: &Bounds, off: usize) -> Option<Packet> {
     let ip: Ipv4Hdr = b.read(off)?;
     let src = v4_mapped(ip.src_addr);
-    let packet = |l4| Some(Packet { src, family: 4, l4 });
+    let packet = |l4| {
+        Some(Packet {
+            src,
+            family: 4,
+            l4,
+            mac: None,
+        })
+    };
     if ip.proto != IPPROTO_TCP {
         return packet(L4::Other);
     }
@@ -137,7 +176,14 @@ fn parse_v4(b: &Bounds, off: usize) -> Option<Packet> {
 fn parse_v6(b: &Bounds, off: usize) -> Option<Packet> {
     let ip: Ipv6Hdr = b.read(off)?;
     let src = ip.src_addr;
-    let packet = |l4| Some(Packet { src, family: 6, l4 });
+    let packet = |l4| {
+        Some(Packet {
+            src,
+            family: 6,
+            l4,
+            mac: None,
+        })
+    };
     let mut next = ip.next_hdr;
     let mut off = off + Ipv6Hdr::LEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {

@@ -3,8 +3,9 @@
 //! ```toml
 //! mode = "xdp"                 # or "tc" where XDP does not fit the interface
 //! interfaces = ["eth0"]
-//! ports = [5432]
-//! allow = ["10.0.1.10/32", "fd00:1::10/128"]   # the gateways
+//! ports = [6432]               # extra ports; every port PostgreSQL listens on is protected anyway
+//! discover_ports = true        # the default: protect the ports `postgres` processes listen on
+//! allow = ["10.0.1.10/32,mac=02:00:0a:00:01:0a", "fd00:1::10/128"]   # the gateways
 //! pin_dir = "/sys/fs/bpf/portcullis"
 //!
 //! [local]                      # refuse local connect() from other cgroups; off by default
@@ -24,7 +25,19 @@ use std::path::{Path, PathBuf};
 
 use portcullis_common::{DEFAULT_EVENT_BURST, DEFAULT_EVENT_RATE};
 
-use crate::{cidr::Cidr, pins::DEFAULT_ROOT};
+use crate::{allow::AllowSpec, pins::DEFAULT_ROOT};
+
+/// PostgreSQL's default port: protected when discovery finds no server and none is configured.
+pub const DEFAULT_PG_PORT: u16 = 5432;
+
+/// Where the protected ports came from, for the start line.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ports {
+    pub configured: Vec<u16>,
+    pub discovered: Vec<u16>,
+    /// Nothing configured or discovered: 5432 alone.
+    pub fallback: bool,
+}
 
 /// The kernel's token bucket multiplies elapsed nanoseconds (< 1 s) by the rate in 64 bits.
 pub const MAX_EVENT_RATE: u64 = 1_000_000;
@@ -43,7 +56,7 @@ pub enum ConfigError {
     },
     #[error("no interface to guard: set `interfaces` or pass --interface")]
     NoInterfaces,
-    #[error("no protected port: `ports` must not be empty")]
+    #[error("no protected port: list them in `ports` (or --port), or leave discover_ports on")]
     NoPorts,
     #[error("event_rate {0} is above the maximum of {MAX_EVENT_RATE} per second per CPU")]
     EventRate(u64),
@@ -67,8 +80,13 @@ pub enum Mode {
 pub struct Config {
     pub mode: Mode,
     pub interfaces: Vec<String>,
+    /// Ports protected in addition to the discovered ones; after [`Config::resolve_ports`],
+    /// every protected port.
     pub ports: Vec<u16>,
-    pub allow: Vec<Cidr>,
+    /// Protect every port a `postgres` process listens on in the guard's network namespace.
+    pub discover_ports: bool,
+    /// Allowed sources: `CIDR[,mac=MAC][,interface=NAME]` (see [`crate::allow`]).
+    pub allow: Vec<AllowSpec>,
     pub pin_dir: PathBuf,
     /// Mount bpffs on the pin directory's parent when it is not mounted.
     pub mount_bpffs: bool,
@@ -156,7 +174,8 @@ impl Default for Config {
         Self {
             mode: Mode::Xdp,
             interfaces: Vec::new(),
-            ports: vec![5432],
+            ports: Vec::new(),
+            discover_ports: true,
             allow: Vec::new(),
             pin_dir: DEFAULT_ROOT.into(),
             mount_bpffs: false,
@@ -184,6 +203,33 @@ impl Config {
         toml::from_str(text)
     }
 
+    /// Makes `ports` every port to protect: the configured ones plus, with `discover_ports`,
+    /// those in `discovered`. With neither, PostgreSQL's default 5432, so a guard started
+    /// before its database still protects something; [`Ports::fallback`] says so.
+    pub fn resolve_ports(&mut self, discovered: &[u16]) -> Ports {
+        let configured = self.ports.clone();
+        let mut all: Vec<u16> = configured.clone();
+        if self.discover_ports {
+            all.extend_from_slice(discovered);
+        }
+        all.sort_unstable();
+        all.dedup();
+        let fallback = all.is_empty() && self.discover_ports;
+        if fallback {
+            all.push(DEFAULT_PG_PORT);
+        }
+        self.ports = all;
+        Ports {
+            configured,
+            discovered: if self.discover_ports {
+                discovered.to_vec()
+            } else {
+                Vec::new()
+            },
+            fallback,
+        }
+    }
+
     /// Checks what `run` needs; other subcommands only need `pin_dir`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interfaces.is_empty() {
@@ -207,14 +253,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_protect_5432_with_xdp_and_local_off() {
-        let c = Config::from_toml("interfaces = [\"eth0\"]").unwrap();
+    fn ports_are_the_discovered_ones_plus_the_configured_ones() {
+        let mut c = Config::from_toml("interfaces = [\"eth0\"]\nports = [6432]").unwrap();
+        let p = c.resolve_ports(&[5433, 5432]);
+        assert_eq!(c.ports, vec![5432, 5433, 6432]);
+        assert!(!p.fallback);
+        let mut c = Config::from_toml("interfaces = [\"eth0\"]").unwrap();
+        assert!(c.resolve_ports(&[]).fallback);
         assert_eq!(c.ports, vec![5432]);
+        let mut c =
+            Config::from_toml("interfaces = [\"eth0\"]\ndiscover_ports = false\nports = [7000]")
+                .unwrap();
+        c.resolve_ports(&[5432]);
+        assert_eq!(c.ports, vec![7000]);
+        let mut c = Config::from_toml("interfaces = [\"eth0\"]\ndiscover_ports = false").unwrap();
+        c.resolve_ports(&[5432]);
+        assert!(matches!(c.validate(), Err(ConfigError::NoPorts)));
+    }
+
+    #[test]
+    fn defaults_discover_ports_with_xdp_and_local_off() {
+        let c = Config::from_toml("interfaces = [\"eth0\"]").unwrap();
+        assert!(c.ports.is_empty() && c.discover_ports);
         assert_eq!(c.mode, Mode::Xdp);
         assert!(!c.local.enabled);
         assert!(c.audit.is_none());
         assert_eq!(c.pin_dir, PathBuf::from(DEFAULT_ROOT));
-        c.validate().unwrap();
     }
 
     #[test]
@@ -253,7 +317,7 @@ mod tests {
 
     #[test]
     fn audit_section_is_checked() {
-        let base = "interfaces = [\"eth0\"]\n[audit]\ndir = \"/a\"\n";
+        let base = "interfaces = [\"eth0\"]\nports = [5432]\n[audit]\ndir = \"/a\"\n";
         assert!(Config::from_toml(&format!("{base}signing_kye = \"/k\"")).is_err());
         for bad in [
             "checkpoint_every_records = 0",

@@ -92,7 +92,8 @@ pub struct BypassEvent {
     /// "bypass" for packets, "local_connect_refused" for connect().
     pub event: &'static str,
     pub hook: &'static str,
-    /// "syn", "mid_flow", "fragment", "unparseable" or "local_connect".
+    /// "syn", "mid_flow", "fragment", "unparseable", "binding_mismatch" (an allowed address
+    /// without the MAC or interface its entry binds) or "local_connect".
     pub reason: &'static str,
     /// The packet's source; for local connects, the destination the process asked for.
     pub address: IpAddr,
@@ -142,6 +143,7 @@ pub fn reason_name(r: u8) -> &'static str {
         reason::FRAGMENT => "fragment",
         reason::UNPARSEABLE => "unparseable",
         reason::LOCAL_CONNECT => "local_connect",
+        reason::BINDING => "binding_mismatch",
         _ => "unknown",
     }
 }

@@ -6,10 +6,12 @@
 //! the loader, reads their maps and events, and keeps its own tamper-evident audit log
 //! ([`audit`]). The binary in `main.rs` is a thin CLI on top.
 
+pub mod allow;
 pub mod audit;
 pub mod cgroup;
 pub mod cidr;
 pub mod config;
+pub mod discover;
 pub mod events;
 pub mod loader;
 pub mod netif;

@@ -12,6 +12,7 @@ use std::{
 
 use aya::{
     EbpfLoader,
+    maps::MapData,
     pin::PinError,
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp,
@@ -19,16 +20,16 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use portcullis_common::{globals, progs};
+use portcullis_common::{AllowValue, globals, maps, progs};
 
 use crate::{
     OBJECT,
     cgroup::{self, CgroupError},
     config::{Config, ConfigError, Mode},
-    netif::{self, NetifError},
+    netif::{self, Framing, NetifError},
     pins::{Attachment, Pins},
     preflight::{self, PreflightError},
-    state::{State, StateError},
+    state::{Reconciled, State, StateError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,15 @@ pub enum LoaderError {
     },
     #[error("pinning {what}: {source}")]
     Pin { what: String, source: Box<PinError> },
+    #[error(
+        "the state pinned under {root} was written by an older portcullis-guard (map {map} holds {found}-byte entries, this one needs {want}); save its allowlist (`portcullis-guard allow list`), then `portcullis-guard detach` and `run` again (the database is unguarded in between)"
+    )]
+    OldPins {
+        root: String,
+        map: &'static str,
+        found: u32,
+        want: usize,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -95,6 +105,12 @@ pub struct Report {
     pub removed: Vec<Attachment>,
     /// For XDP attachments made now: "native" or "generic".
     pub xdp_modes: Vec<(String, &'static str)>,
+    /// Each configured interface's framing, i.e. which program variant guards it.
+    pub framings: Vec<(String, Framing)>,
+    /// How the pinned allowlist was brought in line with the configuration.
+    pub allowlist: Reconciled,
+    /// Ports the pinned state protected before this run and no longer does.
+    pub ports_removed: Vec<u16>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoaderError + '_ {
@@ -119,6 +135,9 @@ pub fn preflight(cfg: &Config) -> Result<(), LoaderError> {
     preflight::check_bpffs(&cfg.pin_dir, cfg.mount_bpffs)?;
     for iface in &cfg.interfaces {
         preflight::check_interface(iface)?;
+        // Before anything is attached: an interface whose packets the parser cannot read
+        // would be guarded in name only.
+        netif::framing(iface)?;
     }
     if OBJECT.is_empty() {
         return Err(LoaderError::NoObject);
@@ -133,6 +152,7 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
     for dir in [pins.maps_dir(), pins.progs_dir(), pins.links_dir()] {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
     }
+    check_pinned_layout(&pins)?;
     let maps_dir = pins.maps_dir();
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps_dir)
@@ -143,10 +163,13 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
 
     // Maps first: a program attached below must see the configured state from its first packet.
     let state = State::open(&pins)?;
+    let before = state.ports()?;
     state.set_ports(&cfg.ports)?;
-    for cidr in &cfg.allow {
-        state.allow_add(*cidr)?;
-    }
+    let ports_removed: Vec<u16> = before
+        .into_iter()
+        .filter(|p| !cfg.ports.contains(p))
+        .collect();
+    let allowlist = state.reconcile_allowlist(&cfg.allow)?;
     let local_root = match &cfg.local.cgroup {
         Some(p) => p.clone(),
         None => cgroup::cgroup2_root()?,
@@ -162,8 +185,18 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
         state.set_local_addresses(&netif::local_addresses()?)?;
     }
 
-    let mut report = Report::default();
+    let mut report = Report {
+        allowlist,
+        ports_removed,
+        ..Report::default()
+    };
     for iface in &cfg.interfaces {
+        let framing = netif::framing(iface)?;
+        report.framings.push((iface.clone(), framing));
+        let (xdp_name, tc_name) = match framing {
+            Framing::Ethernet => (progs::XDP, progs::TC),
+            Framing::RawIp => (progs::XDP_IP, progs::TC_IP),
+        };
         let (want, other) = match cfg.mode {
             Mode::Xdp => (
                 Attachment::Xdp {
@@ -188,11 +221,11 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
             let link = match cfg.mode {
                 Mode::Xdp => {
                     let prog: &mut Xdp = ebpf
-                        .program_mut(progs::XDP)
+                        .program_mut(xdp_name)
                         .ok_or(ProgramError::NotLoaded)
                         .and_then(|p| p.try_into())
-                        .map_err(program_err(progs::XDP))?;
-                    load_once(prog.fd().is_ok(), || prog.load(), progs::XDP)?;
+                        .map_err(program_err(xdp_name))?;
+                    load_once(prog.fd().is_ok(), || prog.load(), xdp_name)?;
                     let (id, how) = match prog.attach(iface, XdpMode::Driver) {
                         Ok(id) => (id, "native"),
                         Err(native) => match prog.attach(iface, XdpMode::Skb) {
@@ -207,8 +240,8 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
                         },
                     };
                     report.xdp_modes.push((iface.clone(), how));
-                    let link = prog.take_link(id).map_err(program_err(progs::XDP))?;
-                    repin_program(&pins, progs::XDP, |p| prog.pin(p))?;
+                    let link = prog.take_link(id).map_err(program_err(xdp_name))?;
+                    repin_program(&pins, xdp_name, |p| prog.pin(p))?;
                     FdLink::try_from(link).map_err(|source| LoaderError::Link {
                         what: format!("xdp@{iface}"),
                         source: Box::new(source),
@@ -216,16 +249,16 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
                 }
                 Mode::Tc => {
                     let prog: &mut SchedClassifier = ebpf
-                        .program_mut(progs::TC)
+                        .program_mut(tc_name)
                         .ok_or(ProgramError::NotLoaded)
                         .and_then(|p| p.try_into())
-                        .map_err(program_err(progs::TC))?;
-                    load_once(prog.fd().is_ok(), || prog.load(), progs::TC)?;
+                        .map_err(program_err(tc_name))?;
+                    load_once(prog.fd().is_ok(), || prog.load(), tc_name)?;
                     let id = prog
                         .attach(iface, TcAttachType::Ingress)
-                        .map_err(program_err(progs::TC))?;
-                    let link = prog.take_link(id).map_err(program_err(progs::TC))?;
-                    repin_program(&pins, progs::TC, |p| prog.pin(p))?;
+                        .map_err(program_err(tc_name))?;
+                    let link = prog.take_link(id).map_err(program_err(tc_name))?;
+                    repin_program(&pins, tc_name, |p| prog.pin(p))?;
                     FdLink::try_from(link).map_err(|source| LoaderError::TcxUnsupported {
                         interface: iface.clone(),
                         source: Box::new(source),
@@ -279,6 +312,28 @@ pub fn attach(cfg: &Config) -> Result<Report, LoaderError> {
         report.attached.push(att);
     }
     Ok(report)
+}
+
+/// aya adopts a pinned map without comparing its layout with the object's, so a map left by
+/// a guard whose allowlist values were smaller would only fail in the verifier, with a
+/// message nobody can act on. Say what it is instead.
+fn check_pinned_layout(pins: &Pins) -> Result<(), LoaderError> {
+    for map in [maps::ALLOW_V4, maps::ALLOW_V6] {
+        let path = pins.map(map);
+        let Ok(info) = MapData::from_pin(&path).and_then(|d| d.info()) else {
+            continue;
+        };
+        let want = std::mem::size_of::<AllowValue>();
+        if info.value_size() as usize != want {
+            return Err(LoaderError::OldPins {
+                root: pins.root().display().to_string(),
+                map,
+                found: info.value_size(),
+                want,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn load_once(

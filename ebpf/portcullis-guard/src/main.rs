@@ -6,14 +6,16 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis_guard::{
+    allow::AllowSpec,
     audit::Audit,
     cidr::Cidr,
     config::{Config, Mode},
+    discover,
     events::{FollowEnd, follow},
-    loader,
+    loader, netif,
     pins::{DEFAULT_ROOT, Pins},
     preflight,
-    state::State,
+    state::{Origin, State},
 };
 
 #[derive(Parser)]
@@ -49,8 +51,14 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AllowCmd {
-    Add { cidr: Cidr },
-    Remove { cidr: Cidr },
+    /// Allow a source: `CIDR[,mac=MAC][,interface=NAME]`.
+    Add {
+        spec: AllowSpec,
+    },
+    /// Revoke the entry for exactly this prefix (whatever it binds).
+    Remove {
+        cidr: Cidr,
+    },
     List,
 }
 
@@ -62,12 +70,16 @@ struct RunArgs {
     /// Interface to guard (repeatable).
     #[arg(long = "interface", short = 'i')]
     interfaces: Vec<String>,
-    /// Protected TCP port (repeatable; default 5432).
+    /// Extra protected TCP port (repeatable); every port a `postgres` process listens on
+    /// here is protected anyway.
     #[arg(long = "port", short = 'p')]
     ports: Vec<u16>,
-    /// Allowed source prefix, i.e. a gateway (repeatable).
+    /// Protect only the ports listed, not those PostgreSQL is found listening on.
+    #[arg(long)]
+    no_discover_ports: bool,
+    /// Allowed source, i.e. a gateway: `CIDR[,mac=MAC][,interface=NAME]` (repeatable).
     #[arg(long = "allow", short = 'a')]
-    allow: Vec<Cidr>,
+    allow: Vec<AllowSpec>,
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
     /// Refuse local connect() to the protected ports from cgroups not allowed.
@@ -116,20 +128,19 @@ fn main() -> anyhow::Result<()> {
             preflight::check_root()?;
             let state = State::open(&pins(&cli.pin_dir))?;
             match cmd {
-                AllowCmd::Add { cidr } => {
-                    state.allow_add(cidr)?;
-                    println!("allowed {cidr}");
+                AllowCmd::Add { spec } => {
+                    state.allow_add(&spec, Origin::Runtime)?;
+                    println!(
+                        "allowed {spec} (added at run time: a restart keeps it; `allow remove` revokes it)"
+                    );
                 }
                 AllowCmd::Remove { cidr } => {
-                    if state.allow_remove(cidr)? {
-                        println!("removed {cidr}");
-                    } else {
-                        anyhow::bail!("{cidr} is not in the allowlist");
-                    }
+                    state.allow_remove(cidr)?;
+                    println!("removed {cidr}");
                 }
                 AllowCmd::List => {
-                    for c in state.allowlist()? {
-                        println!("{c}");
+                    for e in state.allowlist()? {
+                        println!("{}", allow_line(&e));
                     }
                 }
             }
@@ -153,9 +164,8 @@ fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
         cfg.pin_dir = dir;
     }
     cfg.interfaces.extend(args.interfaces);
-    if !args.ports.is_empty() {
-        cfg.ports = args.ports;
-    }
+    cfg.ports.extend(args.ports);
+    cfg.discover_ports &= !args.no_discover_ports;
     cfg.allow.extend(args.allow);
     if let Some(mode) = args.mode {
         cfg.mode = match mode {
@@ -169,6 +179,28 @@ fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
     }
     cfg.local.allow_cgroups.extend(args.local_allow_cgroups);
     cfg.mount_bpffs |= args.mount_bpffs;
+    let listeners = discover::postgres_listeners()?;
+    let discovered: Vec<u16> = {
+        let mut p: Vec<u16> = listeners.iter().map(|(_, p)| *p).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    };
+    let unguarded =
+        discover::unguarded_interfaces(&listeners, &netif::interface_addresses()?, &cfg.interfaces);
+    if !unguarded.is_empty() {
+        eprintln!(
+            "portcullis-guard: WARNING: PostgreSQL is reachable through interface(s) {} (they carry an address it listens on) which this guard does not watch: add them with --interface, or narrow listen_addresses",
+            unguarded.join(", ")
+        );
+    }
+    let port_sources = cfg.resolve_ports(&discovered);
+    if port_sources.fallback {
+        eprintln!(
+            "portcullis-guard: WARNING: no postgres process listens in this network namespace and no port is configured: protecting {} only; start the guard after PostgreSQL, or list its ports",
+            portcullis_guard::config::DEFAULT_PG_PORT
+        );
+    }
     cfg.validate()?;
 
     // Before attaching: a log that cannot be opened stops the guard before it touches the
@@ -184,13 +216,35 @@ fn run(pin_dir: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
         "pin_dir": cfg.pin_dir,
         "mode": cfg.mode,
         "ports": cfg.ports,
+        "port_sources": port_sources,
+        "unguarded_interfaces": unguarded,
+        "ports_no_longer_protected": report.ports_removed,
         "attached": report.attached,
         "adopted": report.adopted,
         "removed": report.removed,
         "xdp_modes": report.xdp_modes,
+        "framings": report.framings,
+        "allowlist": report.allowlist,
         "audit": audit_line,
     });
     println!("{started}");
+    // On stderr as well as in the start line: narrower coverage, or a shrinking or drifting
+    // allowlist, is what an operator must not miss.
+    if !report.ports_removed.is_empty() {
+        let ports: Vec<String> = report.ports_removed.iter().map(u16::to_string).collect();
+        eprintln!(
+            "portcullis-guard: WARNING: port(s) {} protected by the previous run are NOT protected any more: this run neither found PostgreSQL listening on them nor was told to protect them; add them with --port (or `ports`) if PostgreSQL will listen there again",
+            ports.join(", ")
+        );
+    }
+    for c in &report.allowlist.revoked {
+        eprintln!("portcullis-guard: revoked {c}: no longer in the configuration");
+    }
+    for c in &report.allowlist.runtime {
+        eprintln!(
+            "portcullis-guard: kept {c}, added at run time with `allow add` and not in the configuration (`allow remove {c}` revokes it)"
+        );
+    }
     let pins = Pins::new(&cfg.pin_dir);
     if args.no_follow {
         stop_audit(audit, "no_follow", &pins)?;
@@ -259,8 +313,8 @@ fn print_status(s: &portcullis_guard::state::Status) {
     let ports: Vec<String> = s.ports.iter().map(ToString::to_string).collect();
     println!("ports:     {}", ports.join(", "));
     println!("allowlist:");
-    for c in &s.allowlist {
-        println!("  {c}");
+    for e in &s.allowlist {
+        println!("  {}", allow_line(e));
     }
     if !s.local_allowed_cgroups.is_empty() {
         println!("local cgroups allowed: {:?}", s.local_allowed_cgroups);
@@ -278,5 +332,19 @@ fn print_status(s: &portcullis_guard::state::Status) {
             d.syns,
             d.last_seen
         );
+    }
+}
+
+fn allow_line(e: &portcullis_guard::state::AllowEntry) -> String {
+    let mut what = e.cidr.to_string();
+    if let Some(mac) = &e.mac {
+        what.push_str(&format!(",mac={mac}"));
+    }
+    if let Some(i) = &e.interface {
+        what.push_str(&format!(",interface={i}"));
+    }
+    match e.origin {
+        Origin::Config => what,
+        Origin::Runtime => format!("{what:<43} added at run time"),
     }
 }

@@ -1,6 +1,11 @@
 //! The guard's live state, read and changed through the pinned maps: allowlist, protected
 //! ports, local-mode tables, counters. Any process can do this while `run` is running or
 //! after it died, which is how `allow add` works without restarting anything.
+//!
+//! Each allowlist entry remembers where it came from (the map's value, which the kernel does
+//! not read): `run` owns the entries of its configuration and makes them exactly the
+//! configured set at every start, so an entry taken out of the config is revoked; entries
+//! added with `allow add` are left alone, and `status` names them.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -8,13 +13,15 @@ use aya::{
     maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::links::{FdLink, PinnedLink},
 };
-use portcullis_common::{DropStats, maps, stat};
+use portcullis_common::{AllowValue, DropStats, bind, maps, origin, stat};
 
 use crate::{
+    allow::{AllowSpec, format_mac},
     cidr::Cidr,
     events::{boot_ns_to_wall, rfc3339},
     netif::{addr_key, key_addr},
     pins::{Attachment, Pins},
+    preflight::{PreflightError, check_interface},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +38,91 @@ pub enum StateError {
         name: &'static str,
         source: MapError,
     },
+    #[error(
+        "{cidr} is not in the allowlist (map {map}), so nothing was removed; entries are matched exactly as listed, prefix length included: see `portcullis-guard allow list`"
+    )]
+    NotAllowed { cidr: Cidr, map: &'static str },
+    #[error("allowlist entry {spec}: {source}")]
+    Interface {
+        spec: String,
+        source: PreflightError,
+    },
+}
+
+/// Who put an entry in the allowlist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// `run`'s configuration (file or flags): reconciled at every start.
+    Config,
+    /// `allow add` on a running guard: kept across restarts until `allow remove`.
+    Runtime,
+}
+
+impl Origin {
+    const fn value(self) -> u8 {
+        match self {
+            Origin::Config => origin::CONFIG,
+            Origin::Runtime => origin::RUNTIME,
+        }
+    }
+
+    /// Anything but the run-time mark counts as configuration, so an unknown value is revoked
+    /// by the next restart rather than kept (fail closed).
+    fn from_value(v: u8) -> Self {
+        if v == origin::RUNTIME {
+            Origin::Runtime
+        } else {
+            Origin::Config
+        }
+    }
+}
+
+/// One allowlist entry as `status` and `allow list` show it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct AllowEntry {
+    pub cidr: Cidr,
+    pub origin: Origin,
+    /// The source MAC address the entry binds, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The ingress interface the entry binds, if any (its name now, or `ifindex N` when no
+    /// interface has that index any more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+impl AllowEntry {
+    fn from_value(cidr: Cidr, v: &AllowValue) -> Self {
+        AllowEntry {
+            cidr,
+            origin: Origin::from_value(v.origin),
+            mac: (v.bind & bind::MAC != 0).then(|| format_mac(&v.mac)),
+            interface: (v.bind & bind::IFINDEX != 0).then(|| interface_name(v.ifindex)),
+        }
+    }
+}
+
+fn interface_name(index: u32) -> String {
+    let mut buf = [0u8; libc::IFNAMSIZ];
+    // SAFETY: the buffer holds IFNAMSIZ bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return format!("ifindex {index}");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// What [`State::reconcile_allowlist`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reconciled {
+    /// Configured entries that were not in the map before.
+    pub added: Vec<Cidr>,
+    /// Entries of an earlier configuration that this one no longer lists: revoked.
+    pub revoked: Vec<Cidr>,
+    /// Entries added at run time, left in place.
+    pub runtime: Vec<Cidr>,
 }
 
 /// Open handles to the pinned maps under one pin root.
@@ -62,7 +154,7 @@ pub struct Status {
     pub pin_dir: String,
     pub attachments: Vec<AttachmentStatus>,
     pub ports: Vec<u16>,
-    pub allowlist: Vec<Cidr>,
+    pub allowlist: Vec<AllowEntry>,
     pub local_allowed_cgroups: Vec<u64>,
     pub counters: BTreeMap<&'static str, u64>,
     pub drops: Vec<SourceDrops>,
@@ -89,46 +181,110 @@ impl State {
         T::try_from(self.map(name)?).map_err(|source| StateError::Map { name, source })
     }
 
-    pub fn allow_add(&self, cidr: Cidr) -> Result<(), StateError> {
+    fn v4(&self) -> Result<LpmTrie<MapData, [u8; 4], AllowValue>, StateError> {
+        self.typed(maps::ALLOW_V4)
+    }
+
+    fn v6(&self) -> Result<LpmTrie<MapData, [u8; 16], AllowValue>, StateError> {
+        self.typed(maps::ALLOW_V6)
+    }
+
+    /// Adds an entry, or replaces the one for the same prefix (binding and origin included).
+    pub fn allow_add(&self, spec: &AllowSpec, origin: Origin) -> Result<(), StateError> {
+        let mut value = AllowValue {
+            origin: origin.value(),
+            ..AllowValue::default()
+        };
+        if let Some(mac) = spec.mac {
+            value.bind |= bind::MAC;
+            value.mac = mac;
+        }
+        if let Some(name) = &spec.interface {
+            value.bind |= bind::IFINDEX;
+            value.ifindex = check_interface(name).map_err(|source| StateError::Interface {
+                spec: spec.to_string(),
+                source,
+            })?;
+        }
         let err = |name| move |source| StateError::Map { name, source };
-        if let Some(key) = cidr.v4_key() {
-            let mut trie: LpmTrie<MapData, [u8; 4], u8> = self.typed(maps::ALLOW_V4)?;
-            trie.insert(&key, 1, 0).map_err(err(maps::ALLOW_V4))?;
-        } else if let Some(key) = cidr.v6_key() {
-            let mut trie: LpmTrie<MapData, [u8; 16], u8> = self.typed(maps::ALLOW_V6)?;
-            trie.insert(&key, 1, 0).map_err(err(maps::ALLOW_V6))?;
+        if let Some(key) = spec.cidr.v4_key() {
+            self.v4()?
+                .insert(&key, value, 0)
+                .map_err(err(maps::ALLOW_V4))?;
+        } else if let Some(key) = spec.cidr.v6_key() {
+            self.v6()?
+                .insert(&key, value, 0)
+                .map_err(err(maps::ALLOW_V6))?;
         }
         Ok(())
     }
 
-    /// Removes an entry; `Ok(false)` when it was not there.
-    pub fn allow_remove(&self, cidr: Cidr) -> Result<bool, StateError> {
-        let result = if let Some(key) = cidr.v4_key() {
-            let mut trie: LpmTrie<MapData, [u8; 4], u8> = self.typed(maps::ALLOW_V4)?;
-            trie.remove(&key)
-        } else if let Some(key) = cidr.v6_key() {
-            let mut trie: LpmTrie<MapData, [u8; 16], u8> = self.typed(maps::ALLOW_V6)?;
-            trie.remove(&key)
-        } else {
-            return Ok(false);
+    /// Removes an entry; [`StateError::NotAllowed`] when it was not there.
+    pub fn allow_remove(&self, cidr: Cidr) -> Result<(), StateError> {
+        let (result, map) = match (cidr.v4_key(), cidr.v6_key()) {
+            (Some(key), _) => (self.v4()?.remove(&key), maps::ALLOW_V4),
+            (None, Some(key)) => (self.v6()?.remove(&key), maps::ALLOW_V6),
+            // A Cidr is one or the other; nothing to remove otherwise.
+            (None, None) => {
+                return Err(StateError::NotAllowed {
+                    cidr,
+                    map: maps::ALLOW_V4,
+                });
+            }
         };
         match result {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(source) => Err(StateError::Map {
-                name: maps::ALLOW_V4,
-                source,
-            }),
+            Ok(()) => Ok(()),
+            // bpf_map_delete_elem says ENOENT, which aya reports as a syscall error rather
+            // than KeyNotFound: both mean the same to the operator.
+            Err(MapError::KeyNotFound) => Err(StateError::NotAllowed { cidr, map }),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Err(StateError::NotAllowed { cidr, map })
+            }
+            Err(source) => Err(StateError::Map { name: map, source }),
         }
     }
 
-    pub fn allowlist(&self) -> Result<Vec<Cidr>, StateError> {
-        let v4: LpmTrie<MapData, [u8; 4], u8> = self.typed(maps::ALLOW_V4)?;
-        let v6: LpmTrie<MapData, [u8; 16], u8> = self.typed(maps::ALLOW_V6)?;
-        let mut out: Vec<Cidr> = v4.keys().flatten().map(|k| Cidr::from_v4_key(&k)).collect();
-        out.extend(v6.keys().flatten().map(|k| Cidr::from_v6_key(&k)));
+    pub fn allowlist(&self) -> Result<Vec<AllowEntry>, StateError> {
+        let v4 = self.v4()?;
+        let v6 = self.v6()?;
+        let mut out = Vec::new();
+        for (key, value) in v4.iter().flatten() {
+            out.push(AllowEntry::from_value(Cidr::from_v4_key(&key), &value));
+        }
+        for (key, value) in v6.iter().flatten() {
+            out.push(AllowEntry::from_value(Cidr::from_v6_key(&key), &value));
+        }
         out.sort();
         Ok(out)
+    }
+
+    /// Makes the configuration's part of the allowlist exactly `want`: every entry in it is
+    /// present (marked as configured), every configured entry not in it is removed, and
+    /// entries added at run time stay. Additions go first, so an entry that stays is never
+    /// missing for a moment.
+    pub fn reconcile_allowlist(&self, want: &[AllowSpec]) -> Result<Reconciled, StateError> {
+        let before = self.allowlist()?;
+        let mut report = Reconciled::default();
+        for spec in want {
+            if !before.iter().any(|e| e.cidr == spec.cidr) {
+                report.added.push(spec.cidr);
+            }
+            self.allow_add(spec, Origin::Config)?;
+        }
+        for e in &before {
+            if want.iter().any(|w| w.cidr == e.cidr) {
+                continue;
+            }
+            match e.origin {
+                Origin::Runtime => report.runtime.push(e.cidr),
+                Origin::Config => match self.allow_remove(e.cidr) {
+                    // Gone meanwhile (a concurrent `allow remove`): revoked all the same.
+                    Ok(()) | Err(StateError::NotAllowed { .. }) => report.revoked.push(e.cidr),
+                    Err(other) => return Err(other),
+                },
+            }
+        }
+        Ok(report)
     }
 
     /// Makes the set of protected ports exactly `ports`.

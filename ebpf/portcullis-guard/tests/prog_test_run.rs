@@ -15,7 +15,7 @@ use aya::{
     maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use portcullis_common::{DropStats, globals, maps, progs, stat, v4_mapped};
+use portcullis_common::{AllowValue, DropStats, bind, globals, maps, progs, stat, v4_mapped};
 use portcullis_guard::{OBJECT, events, preflight};
 
 const PORT: u16 = 5432;
@@ -27,6 +27,12 @@ const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 const AGENT4: [u8; 4] = [10, 9, 0, 3];
 const GATEWAY4: [u8; 4] = [10, 9, 0, 2];
+/// Allowed only from [`SRC_MAC`].
+const GATEWAY4_MAC: [u8; 4] = [10, 9, 0, 4];
+/// Allowed only on interface 7, which no test run arrives on.
+const GATEWAY4_IF: [u8; 4] = [10, 9, 0, 5];
+/// The source MAC address of every frame `eth()` builds.
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 /// Outside the gateway's /64.
 const AGENT6: [u8; 16] = [0xfd, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3];
 const GATEWAY6: [u8; 16] = [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
@@ -76,26 +82,56 @@ fn load(event_rate: u64, event_burst: u64) -> Loaded {
         let tc: &mut SchedClassifier = l.ebpf.program_mut(progs::TC).unwrap().try_into().unwrap();
         tc.load().expect("verifier accepts guard_tc");
     }
+    {
+        let xdp: &mut Xdp = l
+            .ebpf
+            .program_mut(progs::XDP_IP)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        xdp.load().expect("verifier accepts guard_xdp_ip");
+    }
+    {
+        let tc: &mut SchedClassifier = l
+            .ebpf
+            .program_mut(progs::TC_IP)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.load().expect("verifier accepts guard_tc_ip");
+    }
     let mut ports: HashMap<_, u16, u8> =
         HashMap::try_from(l.ebpf.map_mut(maps::PORTS).unwrap()).unwrap();
     ports.insert(PORT, 1, 0).unwrap();
-    let mut v4: LpmTrie<_, [u8; 4], u8> =
+    let unbound = AllowValue {
+        origin: 1,
+        ..Default::default()
+    };
+    let mut v4: LpmTrie<_, [u8; 4], AllowValue> =
         LpmTrie::try_from(l.ebpf.map_mut(maps::ALLOW_V4).unwrap()).unwrap();
-    v4.insert(&Key::new(32, GATEWAY4), 1, 0).unwrap();
-    let mut v6: LpmTrie<_, [u8; 16], u8> =
+    v4.insert(&Key::new(32, GATEWAY4), unbound, 0).unwrap();
+    // The same gateway's other address, bound to the MAC address `eth()` sends from.
+    let mac_bound = AllowValue {
+        origin: 1,
+        bind: bind::MAC,
+        mac: SRC_MAC,
+        ifindex: 0,
+    };
+    v4.insert(&Key::new(32, GATEWAY4_MAC), mac_bound, 0)
+        .unwrap();
+    let mut v6: LpmTrie<_, [u8; 16], AllowValue> =
         LpmTrie::try_from(l.ebpf.map_mut(maps::ALLOW_V6).unwrap()).unwrap();
-    v6.insert(&Key::new(64, GATEWAY6), 1, 0).unwrap();
+    v6.insert(&Key::new(64, GATEWAY6), unbound, 0).unwrap();
     l
 }
 
 impl Loaded {
     fn xdp(&mut self, pkt: &[u8]) -> Verdict {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(progs::XDP)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.xdp_named(progs::XDP, pkt)
+    }
+
+    fn xdp_named(&mut self, name: &str, pkt: &[u8]) -> Verdict {
+        let prog: &mut Xdp = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
         let opts = TestRunOptions {
             data_in: Some(pkt),
             ..Default::default()
@@ -108,12 +144,11 @@ impl Loaded {
     }
 
     fn tc(&mut self, pkt: &[u8]) -> Verdict {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(progs::TC)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.tc_named(progs::TC, pkt)
+    }
+
+    fn tc_named(&mut self, name: &str, pkt: &[u8]) -> Verdict {
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
         let opts = TestRunOptions {
             data_in: Some(pkt),
             ..Default::default()
@@ -130,6 +165,15 @@ impl Loaded {
         let x = self.xdp(pkt);
         let t = self.tc(pkt);
         assert_eq!(x, t, "XDP and TC disagree on {pkt:02x?}");
+        x
+    }
+
+    /// Runs both raw-IP programs (interfaces without a link-layer header) on `pkt`, which
+    /// starts at its IP header; they must agree.
+    fn both_ip(&mut self, pkt: &[u8]) -> Verdict {
+        let x = self.xdp_named(progs::XDP_IP, pkt);
+        let t = self.tc_named(progs::TC_IP, pkt);
+        assert_eq!(x, t, "raw-IP XDP and TC disagree on {pkt:02x?}");
         x
     }
 
@@ -168,7 +212,8 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
 fn eth(ether_type: u16) -> Vec<u8> {
-    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let mut p = vec![0x02, 0, 0, 0, 0, 1];
+    p.extend_from_slice(&SRC_MAC);
     p.extend_from_slice(&ether_type.to_be_bytes());
     p
 }
@@ -500,6 +545,44 @@ fn vlan_tagged_frames_are_parsed() {
     assert_eq!(l.both(&arp), Verdict::Pass);
 }
 
+/// On a tun or WireGuard interface the packet starts at its IP header: the `_ip` programs
+/// judge it exactly as the Ethernet ones judge the same packet in a frame, and the Ethernet
+/// programs would have passed it (which is why the loader picks by link type).
+#[test]
+fn packets_without_a_link_layer_header_are_parsed_from_ip() {
+    let mut l = load(1000, 1000);
+    let cases = [
+        (V4::new(AGENT4).packet(&tcp(PORT, SYN)), Verdict::Drop),
+        (V4::new(GATEWAY4).packet(&tcp(PORT, SYN)), Verdict::Pass),
+        (V4::new(AGENT4).packet(&tcp(80, SYN)), Verdict::Pass),
+        (v6(AGENT6, 6, &[], &tcp(PORT, SYN)), Verdict::Drop),
+        (v6(GATEWAY6, 6, &[], &tcp(PORT, SYN)), Verdict::Pass),
+        (v6(AGENT6, 0, &ext_opts(6), &tcp(PORT, SYN)), Verdict::Drop),
+    ];
+    for (frame, want) in &cases {
+        assert_eq!(l.both(frame), *want, "framed {frame:02x?}");
+        let bare = &frame[14..];
+        assert_eq!(l.both_ip(bare), *want, "bare {bare:02x?}");
+    }
+    // The Ethernet programs read a bare packet's first bytes as MAC addresses and pass it:
+    // the hole the issue found on tun devices.
+    let bare_syn = V4::new(AGENT4).packet(&tcp(PORT, SYN));
+    assert_eq!(l.both(&bare_syn[14..]), Verdict::Pass);
+    let evs = l.events();
+    assert!(
+        evs.iter()
+            .any(|e| e.address == IpAddr::V4(Ipv4Addr::from(AGENT4))
+                && e.reason == "syn"
+                && e.dport == PORT),
+        "{evs:?}"
+    );
+    // Nothing but IP travels on such an interface: anything else means the layout is not
+    // what the loader assumed, and it is refused rather than let through.
+    let mut junk = vec![0x21u8; 60];
+    junk[0] = 0x00;
+    assert_eq!(l.both_ip(&junk), Verdict::Drop);
+}
+
 #[test]
 fn events_are_rate_limited_but_counters_see_everything() {
     // No refill, a burst of 5: a flood cannot push more than that to user space. The bucket
@@ -510,11 +593,86 @@ fn events_are_rate_limited_but_counters_see_everything() {
     for _ in 0..20 {
         assert_eq!(l.xdp(&pkt), Verdict::Drop);
     }
-    assert_eq!(l.events().len(), 5);
-    assert_eq!(l.stat(stat::EVENTS_SENT), 5);
-    assert_eq!(l.stat(stat::EVENTS_RATE_LIMITED), 15);
+    // The source's first drop, then the burst.
+    assert_eq!(l.events().len(), 6);
+    assert_eq!(l.stat(stat::EVENTS_SENT), 6);
+    assert_eq!(l.stat(stat::EVENTS_RATE_LIMITED), 14);
     assert_eq!(l.drops_from(v4_mapped(AGENT4)).packets, 20);
     assert_eq!(l.stat(stat::DROPPED), 20);
+}
+
+/// An entry that binds a MAC address lets its address in only from that MAC; one that binds
+/// an interface only on that interface. Otherwise the packet is dropped as a binding
+/// mismatch (someone else claiming the address), and on an interface without Ethernet
+/// header there is no MAC to match.
+#[test]
+fn entries_bound_to_a_mac_or_an_interface() {
+    let mut l = load(1000, 1000);
+    {
+        let mut v4: LpmTrie<_, [u8; 4], AllowValue> =
+            LpmTrie::try_from(l.ebpf.map_mut(maps::ALLOW_V4).unwrap()).unwrap();
+        let if_bound = AllowValue {
+            origin: 1,
+            bind: bind::IFINDEX,
+            mac: [0; 6],
+            ifindex: 7,
+        };
+        v4.insert(&Key::new(32, GATEWAY4_IF), if_bound, 0).unwrap();
+    }
+    let syn = V4::new(GATEWAY4_MAC).packet(&tcp(PORT, SYN));
+    assert_eq!(l.both(&syn), Verdict::Pass, "from the bound MAC");
+    let mut spoofed = syn.clone();
+    spoofed[11] = 0x66;
+    assert_eq!(l.both(&spoofed), Verdict::Drop, "from another MAC");
+    assert_eq!(l.both_ip(&syn[14..]), Verdict::Drop, "no MAC at all");
+    let d = l.drops_from(v4_mapped(GATEWAY4_MAC));
+    assert_eq!(
+        (d.packets, d.syns),
+        (4, 4),
+        "binding drops still count as SYNs"
+    );
+    let evs = l.events();
+    assert!(!evs.is_empty());
+    assert!(
+        evs.iter().all(|e| e.reason == "binding_mismatch"
+            && e.address == IpAddr::V4(Ipv4Addr::from(GATEWAY4_MAC))),
+        "{evs:?}"
+    );
+    // BPF_PROG_TEST_RUN says the packet arrived on no interface (index 0): not interface 7.
+    assert_eq!(
+        l.both(&V4::new(GATEWAY4_IF).packet(&tcp(PORT, SYN))),
+        Verdict::Drop
+    );
+    // Unbound entries do not care about either.
+    assert_eq!(
+        l.both(&V4::new(GATEWAY4).packet(&tcp(PORT, SYN))),
+        Verdict::Pass
+    );
+    assert_eq!(
+        l.both_ip(&V4::new(GATEWAY4).packet(&tcp(PORT, SYN))[14..]),
+        Verdict::Pass
+    );
+}
+
+/// With the bucket empty from the start, a flood still leaves exactly one event per new
+/// source (its first drop), and nothing for its repeats.
+#[test]
+fn first_drop_of_each_new_source_is_an_event_whatever_the_rate_limit() {
+    pin_to_cpu0();
+    let mut l = load(0, 0);
+    for host in 1..=40u8 {
+        let pkt = V4::new([10, 9, 1, host]).packet(&tcp(PORT, SYN));
+        for _ in 0..5 {
+            assert_eq!(l.xdp(&pkt), Verdict::Drop);
+        }
+    }
+    let evs = l.events();
+    let mut sources: Vec<IpAddr> = evs.iter().map(|e| e.address).collect();
+    sources.sort();
+    sources.dedup();
+    assert_eq!((evs.len(), sources.len()), (40, 40), "{evs:?}");
+    assert_eq!(l.stat(stat::EVENTS_RATE_LIMITED), 40 * 4);
+    assert_eq!(l.stat(stat::DROPPED), 200);
 }
 
 fn pin_to_cpu0() {
@@ -542,6 +700,10 @@ fn cost_per_allowed_packet() {
             V4::new(GATEWAY4).packet(&tcp(PORT, ACK)),
         ),
         ("gateway v6 -> 5432", v6(GATEWAY6, 6, &[], &tcp(PORT, ACK))),
+        (
+            "gw v4 mac-bound",
+            V4::new(GATEWAY4_MAC).packet(&tcp(PORT, ACK)),
+        ),
         ("other v4 -> 443", V4::new(AGENT4).packet(&tcp(443, ACK))),
     ];
     for (name, pkt) in &cases {

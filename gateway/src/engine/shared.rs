@@ -90,7 +90,11 @@ impl Shared {
         let up = &cfg.upstream;
         let tls_config = match up.tls {
             UpstreamTls::Disable => None,
-            mode => Some(Arc::new(client_tls(mode, up.ca.as_deref())?)),
+            mode => Some(Arc::new(client_tls(
+                mode,
+                up.ca.as_deref(),
+                up.client_cert.as_deref().zip(up.client_key.as_deref()),
+            )?)),
         };
         Ok(Self {
             identities: ArcSwap::from_pointee(IdentityStore::new(cfg.identities())),
@@ -189,36 +193,53 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn server_tls(
+/// A certificate chain and its key from PEM files; `keys` names the two settings in errors.
+fn cert_and_key(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> Result<rustls::ServerConfig, SharedError> {
+    keys: (&'static str, &'static str),
+) -> Result<
+    (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    SharedError,
+> {
     let tls_err = |key: &'static str, problem: String| SharedError::Tls { key, problem };
     let certs = {
         let f = std::fs::File::open(cert)
-            .map_err(|e| tls_err("server.tls.cert", format!("{}: {e}", cert.display())))?;
+            .map_err(|e| tls_err(keys.0, format!("{}: {e}", cert.display())))?;
         rustls_pemfile::certs(&mut std::io::BufReader::new(f))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls_err("server.tls.cert", format!("{}: {e}", cert.display())))?
+            .map_err(|e| tls_err(keys.0, format!("{}: {e}", cert.display())))?
     };
     if certs.is_empty() {
         return Err(tls_err(
-            "server.tls.cert",
+            keys.0,
             format!("{} holds no PEM certificate", cert.display()),
         ));
     }
     let key_der = {
         let f = std::fs::File::open(key)
-            .map_err(|e| tls_err("server.tls.key", format!("{}: {e}", key.display())))?;
+            .map_err(|e| tls_err(keys.1, format!("{}: {e}", key.display())))?;
         rustls_pemfile::private_key(&mut std::io::BufReader::new(f))
-            .map_err(|e| tls_err("server.tls.key", format!("{}: {e}", key.display())))?
+            .map_err(|e| tls_err(keys.1, format!("{}: {e}", key.display())))?
             .ok_or_else(|| {
                 tls_err(
-                    "server.tls.key",
+                    keys.1,
                     format!("{} holds no PEM private key", key.display()),
                 )
             })?
     };
+    Ok((certs, key_der))
+}
+
+fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, SharedError> {
+    let tls_err = |key: &'static str, problem: String| SharedError::Tls { key, problem };
+    let (certs, key_der) = cert_and_key(cert, key, ("server.tls.cert", "server.tls.key"))?;
     rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_err("server.tls", e.to_string()))?
@@ -230,7 +251,29 @@ fn server_tls(
 fn client_tls(
     mode: UpstreamTls,
     ca: Option<&std::path::Path>,
+    client: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<rustls::ClientConfig, SharedError> {
+    // The gateway's own certificate, presented when the server asks (clientcert=...).
+    let client = client
+        .map(|(cert, key)| cert_and_key(cert, key, ("upstream.client_cert", "upstream.client_key")))
+        .transpose()?;
+    let with_auth = |b: rustls::ConfigBuilder<
+        rustls::ClientConfig,
+        rustls::client::WantsClientCert,
+    >| {
+        match client {
+                Some((certs, key)) => {
+                    b.with_client_auth_cert(certs, key)
+                        .map_err(|e| SharedError::Tls {
+                            key: "upstream.client_key",
+                            problem: format!(
+                                "{e} (client_cert must be an X.509 v3 certificate, e.g. signed with an extendedKeyUsage=clientAuth extension, and client_key its private key)"
+                            ),
+                        })
+                }
+                None => Ok(b.with_no_client_auth()),
+            }
+    };
     let tls_err = |problem: String| SharedError::Tls {
         key: "upstream.ca",
         problem,
@@ -255,13 +298,14 @@ fn client_tls(
                 ));
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        with_auth(builder.with_root_certificates(roots))?
     } else {
         // `prefer`/`require` encrypt without authenticating the server, as libpq does.
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
-            .with_no_client_auth()
+        with_auth(
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider()))),
+        )?
     };
     Ok(config)
 }

@@ -10,7 +10,7 @@ use portcullis_auditlog::time::format_micros;
 use serde::Serialize;
 
 use super::aggregate::Aggregate;
-use crate::cidr::Cidr;
+use crate::allow::AllowSpec;
 use crate::config::Mode;
 
 #[derive(Debug, Serialize)]
@@ -25,7 +25,7 @@ pub enum Body<'a> {
         mode: Mode,
         interfaces: &'a [String],
         ports: &'a [u16],
-        allow: &'a [Cidr],
+        allow: &'a [AllowSpec],
         local: bool,
         /// Attachments made now, and those adopted from an earlier loader's pins.
         attached: Vec<String>,
