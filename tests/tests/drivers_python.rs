@@ -102,6 +102,7 @@ fn asyncpg_works_for_the_masked_agent(engine: Engine) {
         "notification_pid_is_own",
         "notification_payload",
         "backend_pid_is_own",
+        "terminate_own",
     ] {
         assert_eq!(
             through[k],
@@ -111,6 +112,9 @@ fn asyncpg_works_for_the_masked_agent(engine: Engine) {
         );
     }
     assert_eq!(through["notification_pid_is_own"], true);
+    // asyncpg reports the server's FATAL 57P01 as the connection gone (08003): the
+    // session really ended, directly and through the gateway, and was not refused.
+    assert_eq!(direct["terminate_own"], "error 08003");
 }
 
 fn psycopg_works_for_the_masked_agent(engine: Engine) {

@@ -186,6 +186,27 @@ mod tests {
     }
 
     #[test]
+    fn signalling_the_sessions_own_backend_is_not_signalling_others() {
+        for own in [
+            "SELECT pg_terminate_backend(pg_backend_pid())",
+            "SELECT pg_catalog.pg_cancel_backend(pg_catalog.pg_backend_pid())",
+        ] {
+            assert!(!one(own).has(Property::SignalBackend), "{own}");
+        }
+        for other in [
+            "SELECT pg_terminate_backend(12345)",
+            "SELECT pg_terminate_backend(pg_backend_pid() + 1)",
+            "SELECT pg_terminate_backend(pg_backend_pid(), 1000)",
+            "SELECT pg_terminate_backend(pg_backend_pid()), pg_cancel_backend(77)",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+            "SELECT myschema.pg_terminate_backend(pg_backend_pid()), pg_terminate_backend(1)",
+            "EXPLAIN ANALYZE SELECT pg_terminate_backend(1)",
+        ] {
+            assert!(one(other).has(Property::SignalBackend), "{other}");
+        }
+    }
+
+    #[test]
     fn a_cte_shadows_a_table_only_inside_its_with() {
         let s = one("WITH accounts AS (SELECT 1 AS ssn) SELECT ssn FROM accounts");
         assert!(s.relations.is_empty(), "{:?}", rels(&s));

@@ -307,6 +307,9 @@ pub struct Statement {
     /// position in `ORDER BY 1`, the setting `set_config` names), so it holds for this
     /// text only and not for the same statement with other constants.
     pub reads_literals: bool,
+    /// Calls `pg_cancel_backend` or `pg_terminate_backend` with anything but
+    /// `pg_backend_pid()`, so it may signal another session's backend.
+    pub signals_others: bool,
 }
 
 impl Statement {
@@ -323,6 +326,7 @@ impl Statement {
             executes: None,
             unqualified_functions: false,
             reads_literals: false,
+            signals_others: false,
         }
     }
 

@@ -1132,6 +1132,14 @@ impl<'s> Walker<'s> {
         }
         let count = name == "count" && matches!(schema.as_deref(), None | Some("pg_catalog"));
         let args = f.list("args");
+        // Signalling the session's own backend ends or interrupts only the agent's own
+        // session: the one signal a driver sends itself, and no one else's.
+        if matches!(name.as_str(), "pg_cancel_backend" | "pg_terminate_backend")
+            && !(matches!(schema.as_deref(), None | Some("pg_catalog"))
+                && matches!(args, [a] if is_own_backend_pid(a)))
+        {
+            self.stmt.signals_others = true;
+        }
         if name == "set_config" {
             self.stmt.reads_literals = true;
         }
@@ -1380,6 +1388,27 @@ pub(crate) fn statement(node: &J, stmt: &mut Statement) {
     finish(stmt, true);
 }
 
+/// `pg_backend_pid()` (or `pg_catalog.pg_backend_pid()`), with no arguments.
+fn is_own_backend_pid(arg: &J) -> bool {
+    let Some(call) = arg.as_node("FuncCall") else {
+        return false;
+    };
+    let name = names(call.list("funcname"));
+    let plain = call.list("args").is_empty()
+        && call.get("agg_filter").is_none()
+        && call.get("over").is_none()
+        && !call.flag("agg_star")
+        && !call.flag("func_variadic");
+    plain
+        && matches!(
+            name.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            ["pg_backend_pid"] | ["pg_catalog", "pg_backend_pid"]
+        )
+}
+
 /// Raises the class for what the walk found: writes hidden in a query, row locks, and
 /// functions that are not known built-ins.
 fn finish(stmt: &mut Statement, executes: bool) {
@@ -1387,7 +1416,13 @@ fn finish(stmt: &mut Statement, executes: bool) {
     let mut opaque = false;
     let mut writes = false;
     for f in &stmt.functions {
-        if let Some(p) = functions::property(&f.name) {
+        let own_backend = matches!(
+            f.name.as_str(),
+            "pg_cancel_backend" | "pg_terminate_backend"
+        ) && !stmt.signals_others;
+        if let Some(p) = functions::property(&f.name)
+            && !own_backend
+        {
             props.insert(p);
         }
         if functions::writes(f.schema.as_deref(), &f.name) {
@@ -1508,6 +1543,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             }
             stmt.relations = inner.relations;
             stmt.functions = inner.functions;
+            stmt.signals_others |= inner.signals_others;
             stmt.columns = inner.columns;
             stmt.executes = inner.executes;
             stmt.unqualified_functions = inner.unqualified_functions;
@@ -1616,6 +1652,7 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
                 stmt.properties.union(inner.properties);
                 stmt.relations = inner.relations;
                 stmt.functions = inner.functions;
+                stmt.signals_others |= inner.signals_others;
                 stmt.columns = inner.columns;
                 stmt.unqualified_functions = inner.unqualified_functions;
             }

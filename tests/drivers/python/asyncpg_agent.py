@@ -76,6 +76,17 @@ async def main(dsn: str) -> None:
             except asyncpg.PostgresError:
                 pass
         await conn.close()
+    # A session may end itself: the server's own answer, whatever it is, both ways.
+    victim = await asyncpg.connect(dsn)
+    try:
+        await victim.fetchval("SELECT pg_terminate_backend(pg_backend_pid())")
+        out["terminate_own"] = "returned"
+    except asyncpg.PostgresError as e:
+        out["terminate_own"] = "error " + e.sqlstate
+    except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionError):
+        out["terminate_own"] = "closed"
+    finally:
+        victim.terminate()
     print(json.dumps(out))
 
 
