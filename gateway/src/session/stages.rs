@@ -164,7 +164,7 @@ impl Stages {
             r = r.with_detail(format!("the catalog lookup failed: {why}"));
         }
         if self.ddl_open && matches!(e, MaskError::Unresolvable { .. }) {
-            return r.with_hint("This transaction changed tables, and the gateway looks up the ones a statement names just before it; a table created in the same query string (or an unsynced pipeline) cannot be. Send the statement on its own, or COMMIT first.");
+            return r.with_hint("This transaction changed tables, and the gateway looks up the ones a statement names just before it; a table created in the same query string, or by a statement still in flight in a pipeline, cannot be. Send the statement after the DDL's answer, or COMMIT first.");
         }
         r.with_hint("Masking rules apply to this result and the gateway could not apply them safely; ask an operator or select other columns.")
     }
