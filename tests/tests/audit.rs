@@ -226,6 +226,75 @@ fn a_masked_results_digest_is_what_the_client_received(engine: Engine) {
     assert_eq!(o["result_sha256"], hex::encode(Sha256::digest(&answer)));
 }
 
+per_engine!(the_gateways_own_lookups_are_recorded_as_the_gateways);
+
+/// What the gateway itself sends on the agent's connection (a catalog lookup after DDL
+/// in a transaction, the describe before a `COPY (query)`) is in the log as the
+/// gateway's, in the order it reached the server; the agent's statements keep their
+/// own outcomes and masking counts.
+fn the_gateways_own_lookups_are_recorded_as_the_gateways(engine: Engine) {
+    let env = Env::start_with(engine, Default::default(), |o| {
+        o.audit("").extra_toml(MASKING)
+    });
+    env.ok(env.psql_gw().args([
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "BEGIN",
+        "-c",
+        "CREATE TABLE people (id int, ssn text)",
+        "-c",
+        "INSERT INTO people VALUES (1, '123-45-6789')",
+        "-c",
+        "SELECT ssn AS x FROM people",
+        "-c",
+        "COMMIT",
+        "-c",
+        "COPY (SELECT ssn FROM people) TO STDOUT",
+    ]));
+    let dir = env.gw.audit_dir();
+    let all = wait_for(&dir, |all| !of_kind(all, "session_end").is_empty());
+    let stmts = of_kind(&all, "statement");
+    let gateway: Vec<&str> = stmts
+        .iter()
+        .filter(|s| s["policy"]["verdict"] == "gateway")
+        .map(|s| s["sql"].as_str().unwrap())
+        .collect();
+    assert!(
+        gateway
+            .iter()
+            .any(|q| q.contains("to_regclass(E'\"people\"')")),
+        "the lookup is recorded: {gateway:#?}"
+    );
+    assert!(
+        gateway.contains(&"SELECT ssn FROM people"),
+        "the describe is recorded: {gateway:#?}"
+    );
+    let agent = |sql: &str| {
+        *stmts
+            .iter()
+            .find(|s| s["sql"] == sql)
+            .unwrap_or_else(|| panic!("no record of {sql}: {stmts:#?}"))
+    };
+    for (sql, tag) in [
+        ("SELECT ssn AS x FROM people", "SELECT 1"),
+        ("COPY (SELECT ssn FROM people) TO STDOUT", "COPY 1"),
+    ] {
+        let s = agent(sql);
+        assert_eq!(s["policy"]["verdict"], "allow");
+        let o = outcome(&all, &s["session"], &s["stmt"]);
+        assert_eq!(o["tags"][0], tag, "{o:#}");
+        assert_eq!(o["masked"][0], serde_json::json!(["ssn", 1]), "{o:#}");
+    }
+    // Each lookup was recorded before the agent's statement it serves.
+    let pos = |f: &dyn Fn(&Value) -> bool| all.iter().position(|r| f(r)).unwrap();
+    let lookup = pos(&|r| r["sql"].as_str().is_some_and(|q| q.contains("to_regclass")));
+    let select = pos(&|r| r["sql"] == "SELECT ssn AS x FROM people");
+    let describe = pos(&|r| r["sql"] == "SELECT ssn FROM people");
+    let copy = pos(&|r| r["sql"] == "COPY (SELECT ssn FROM people) TO STDOUT");
+    assert!(lookup < select && describe < copy);
+}
+
 per_engine!(the_log_verifies_and_tampering_is_named_by_the_cli);
 
 /// The CLI an examiner runs: `keygen`, then after traffic `verify` (intact), `search`,
