@@ -287,7 +287,7 @@ fn the_gateways_own_lookups_are_recorded_as_the_gateways(engine: Engine) {
         assert_eq!(o["masked"][0], serde_json::json!(["ssn", 1]), "{o:#}");
     }
     // Each lookup was recorded before the agent's statement it serves.
-    let pos = |f: &dyn Fn(&Value) -> bool| all.iter().position(|r| f(r)).unwrap();
+    let pos = |f: &dyn Fn(&Value) -> bool| all.iter().position(f).unwrap();
     let lookup = pos(&|r| r["sql"].as_str().is_some_and(|q| q.contains("to_regclass")));
     let select = pos(&|r| r["sql"] == "SELECT ssn AS x FROM people");
     let describe = pos(&|r| r["sql"] == "SELECT ssn FROM people");
