@@ -705,13 +705,10 @@ impl Drop for Netns {
 /// recorded) while the allowlisted peer's SYN is answered by PostgreSQL. An interface whose
 /// type the parser cannot read (here a tun device reporting itself as an ipip tunnel) is
 /// refused before anything is attached.
-fn tun_interface_is_guarded_from_its_ip_header(n: u8, mode: Mode) {
-    let ns = Netns::new(format!("pcg15-tun{n}"));
-    let iface = format!("pcg15tun{n}");
-    let db_addr = Ipv4Addr::new(10, 215, n, 1);
-    let peer = Ipv4Addr::new(10, 215, n, 2);
-    let stranger = Ipv4Addr::new(10, 215, n, 3);
-    let mut dev = tun::Tun::create(&ns.0, &iface, None);
+/// A tun device `iface` in `ns` carrying `db_addr`/24, up, and PostgreSQL listening on
+/// that address behind it.
+fn db_behind_tun(ns: &Netns, iface: &str, db_addr: Ipv4Addr) -> (tun::Tun, PgCluster) {
+    let dev = tun::Tun::create(&ns.0, iface, None);
     sh(Command::new("ip").args([
         "-n",
         &ns.0,
@@ -719,15 +716,25 @@ fn tun_interface_is_guarded_from_its_ip_header(n: u8, mode: Mode) {
         "add",
         &format!("{db_addr}/24"),
         "dev",
-        &iface,
+        iface,
     ]));
-    sh(Command::new("ip").args(["-n", &ns.0, "link", "set", &iface, "up"]));
+    sh(Command::new("ip").args(["-n", &ns.0, "link", "set", iface, "up"]));
     let db = PgCluster::start(PgOptions {
         listen_addresses: format!("{db_addr}"),
         netns: Some(ns.0.clone()),
         ..Default::default()
     })
     .expect("start PostgreSQL behind the tun device");
+    (dev, db)
+}
+
+fn tun_interface_is_guarded_from_its_ip_header(n: u8, mode: Mode) {
+    let ns = Netns::new(format!("pcg15-tun{n}"));
+    let iface = format!("pcg15tun{n}");
+    let db_addr = Ipv4Addr::new(10, 215, n, 1);
+    let peer = Ipv4Addr::new(10, 215, n, 2);
+    let stranger = Ipv4Addr::new(10, 215, n, 3);
+    let (mut dev, db) = db_behind_tun(&ns, &iface, db_addr);
     dev.send(&tun::syn(stranger, 40001, db_addr, db.port));
     assert!(
         dev.syn_ack(stranger, 40001, db.port, 10),
@@ -820,23 +827,7 @@ fn flood_leaves_one_event_per_new_source() {
     let ns = Netns::new(format!("pcg15-fl{n}"));
     let iface = format!("pcg15tun{n}");
     let db_addr = Ipv4Addr::new(10, 215, n, 1);
-    let mut dev = tun::Tun::create(&ns.0, &iface, None);
-    sh(Command::new("ip").args([
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        &format!("{db_addr}/24"),
-        "dev",
-        &iface,
-    ]));
-    sh(Command::new("ip").args(["-n", &ns.0, "link", "set", &iface, "up"]));
-    let db = PgCluster::start(PgOptions {
-        listen_addresses: format!("{db_addr}"),
-        netns: Some(ns.0.clone()),
-        ..Default::default()
-    })
-    .expect("start PostgreSQL behind the tun device");
+    let (mut dev, db) = db_behind_tun(&ns, &iface, db_addr);
     let files = tempfile::tempdir().unwrap();
     let config = files.path().join("guard.toml");
     fs::write(&config, "event_rate = 0\nevent_burst = 0\n").unwrap();
