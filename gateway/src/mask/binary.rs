@@ -99,6 +99,10 @@ pub enum LeafOut {
     Written,
 }
 
+/// What the caller does with each text leaf: append its new text and say `Written`, or
+/// say `Keep`.
+pub type LeafFn<'a> = dyn FnMut(Leaf<'_>, &mut BytesMut) -> Result<LeafOut, MaskError> + 'a;
+
 /// Most levels of nesting walked (arrays of records of arrays ...); deeper values are
 /// refused rather than recursed into without bound.
 const MAX_DEPTH: usize = 32;
@@ -161,7 +165,7 @@ pub fn rewrite(
     kinds: &dyn TypeKinds,
     oid: u32,
     value: &[u8],
-    leaf: &mut dyn FnMut(Leaf<'_>, &mut BytesMut) -> Result<LeafOut, MaskError>,
+    leaf: &mut LeafFn<'_>,
     out: &mut BytesMut,
 ) -> Result<bool, MaskError> {
     walk(kinds, oid, value, leaf, out, 0)
@@ -171,7 +175,7 @@ fn walk(
     kinds: &dyn TypeKinds,
     oid: u32,
     value: &[u8],
-    leaf: &mut dyn FnMut(Leaf<'_>, &mut BytesMut) -> Result<LeafOut, MaskError>,
+    leaf: &mut LeafFn<'_>,
     out: &mut BytesMut,
     depth: usize,
 ) -> Result<bool, MaskError> {
@@ -219,7 +223,7 @@ fn walk(
 fn text_leaf(
     text: &[u8],
     json: bool,
-    leaf: &mut dyn FnMut(Leaf<'_>, &mut BytesMut) -> Result<LeafOut, MaskError>,
+    leaf: &mut LeafFn<'_>,
     out: &mut BytesMut,
 ) -> Result<bool, MaskError> {
     match leaf(Leaf { text, json }, out)? {
@@ -247,7 +251,7 @@ fn element(
     oid: u32,
     value: &[u8],
     pos: usize,
-    leaf: &mut dyn FnMut(Leaf<'_>, &mut BytesMut) -> Result<LeafOut, MaskError>,
+    leaf: &mut LeafFn<'_>,
     out: &mut BytesMut,
     depth: usize,
 ) -> Result<(bool, usize), MaskError> {
@@ -270,7 +274,7 @@ fn element(
 fn array(
     kinds: &dyn TypeKinds,
     value: &[u8],
-    leaf: &mut dyn FnMut(Leaf<'_>, &mut BytesMut) -> Result<LeafOut, MaskError>,
+    leaf: &mut LeafFn<'_>,
     out: &mut BytesMut,
     depth: usize,
 ) -> Result<bool, MaskError> {
@@ -304,7 +308,7 @@ fn array(
 fn record(
     kinds: &dyn TypeKinds,
     value: &[u8],
-    leaf: &mut dyn FnMut(Leaf<'_>, &mut BytesMut) -> Result<LeafOut, MaskError>,
+    leaf: &mut LeafFn<'_>,
     out: &mut BytesMut,
     depth: usize,
 ) -> Result<bool, MaskError> {
@@ -329,7 +333,7 @@ fn range(
     kinds: &dyn TypeKinds,
     sub: u32,
     value: &[u8],
-    leaf: &mut dyn FnMut(Leaf<'_>, &mut BytesMut) -> Result<LeafOut, MaskError>,
+    leaf: &mut LeafFn<'_>,
     out: &mut BytesMut,
     depth: usize,
 ) -> Result<bool, MaskError> {
