@@ -187,6 +187,16 @@ impl Drop for Lan {
     }
 }
 
+/// Panics with the command's stderr unless it succeeded.
+fn succeeded(out: &Output, args: &[&str]) {
+    assert!(
+        out.status.success(),
+        "portcullis-guard {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn sh(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -363,6 +373,16 @@ impl Guard {
             .args(args)
             .output()
             .expect("run portcullis-guard")
+    }
+
+    /// [`Self::cli`] that must succeed; its stderr is the failure message.
+    fn cli_ok(&self, args: &[&str]) {
+        succeeded(&self.cli(args), args);
+    }
+
+    /// [`Self::cli_in`] that must succeed.
+    fn cli_in_ok(&self, ns: &str, args: &[&str]) {
+        succeeded(&self.cli_in(ns, args), args);
     }
 
     /// As [`Self::cli`], inside namespace `ns` (interface names resolve there).
@@ -634,24 +654,14 @@ fn allow_add_remove_without_restart(n: u8, mode: Mode) {
     assert!(!lan.can_connect(Host::Agent, dbaddr, db.port));
     let pid = guard.child.as_ref().unwrap().id();
 
-    let out = guard.cli(&["allow", "add", &agent]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    guard.cli_ok(&["allow", "add", &agent]);
     assert!(
         lan.can_connect(Host::Agent, dbaddr, db.port),
         "allow add did not let the agent in ({mode:?})"
     );
     assert!(guard.status().contains(&format!("\"{agent}\"")));
 
-    let out = guard.cli(&["allow", "remove", &agent]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    guard.cli_ok(&["allow", "remove", &agent]);
     assert!(
         !lan.can_connect(Host::Agent, dbaddr, db.port),
         "allow remove did not shut the agent out ({mode:?})"
@@ -1072,12 +1082,7 @@ fn neighbour_claiming_the_gateways_address(n: u8, mode: Mode) {
         );
     }
     for (gw, _, len) in targets {
-        let out = guard.cli(&["allow", "add", &format!("{gw}/{len},mac={gw_mac}")]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        guard.cli_ok(&["allow", "add", &format!("{gw}/{len},mac={gw_mac}")]);
     }
     let status = guard.status();
     assert!(
@@ -1113,27 +1118,17 @@ fn neighbour_claiming_the_gateways_address(n: u8, mode: Mode) {
     // real ingress interface.
     let agent = IpAddr::V4(lan.v4(Host::Agent));
     let dbaddr = IpAddr::V4(lan.v4(Host::Db));
-    let out = guard.cli_in(
+    guard.cli_in_ok(
         &db_ns,
         &["allow", "add", &format!("{agent}/32,interface=lo")],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         !lan.can_connect(Host::Agent, dbaddr, db.port),
         "an entry bound to lo admitted a packet arriving on {db_if} ({mode:?})"
     );
-    let out = guard.cli_in(
+    guard.cli_in_ok(
         &db_ns,
         &["allow", "add", &format!("{agent}/32,interface={db_if}")],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         lan.can_connect(Host::Agent, dbaddr, db.port),
@@ -1197,12 +1192,7 @@ fn restart_revokes_entries_removed_from_the_config() {
         lan.can_connect(Host::Agent, dbaddr, db.port),
         "the agent is in the config and must get in"
     );
-    let out = guard.cli(&["allow", "add", runtime]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    guard.cli_ok(&["allow", "add", runtime]);
     let origin_of = |guard: &Guard, cidr: &str| -> Option<String> {
         let status: serde_json::Value = serde_json::from_str(&guard.status()).unwrap();
         status["allowlist"]
@@ -1291,12 +1281,7 @@ fn enforcement_survives_the_loader_and_detach_removes_it() {
     // The pinned ring buffer survived too: the new run still has the map the old one filled.
     guard.assert_recorded(IpAddr::V4(lan.v4(Host::Agent)), db.port);
 
-    let out = guard.cli(&["detach"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    guard.cli_ok(&["detach"]);
     assert!(
         lan.can_connect(Host::Agent, dbaddr, db.port),
         "the agent is still blocked after detach"

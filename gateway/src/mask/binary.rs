@@ -346,10 +346,8 @@ fn range(
     out.put_u8(flags);
     let mut pos = 1;
     let mut changed = false;
-    for (absent, _) in [
-        (EMPTY | LB_INF | LB_NULL, "lower"),
-        (EMPTY | UB_INF | UB_NULL, "upper"),
-    ] {
+    // The lower bound, then the upper, each unless absent.
+    for absent in [EMPTY | LB_INF | LB_NULL, EMPTY | UB_INF | UB_NULL] {
         if flags & absent == 0 {
             let (c, next) = element(kinds, sub, value, pos, leaf, out, depth)?;
             changed |= c;
@@ -411,6 +409,11 @@ impl TypeFill {
                t.typsend::pg_catalog.text \
              FROM pg_catalog.pg_type t WHERE t.oid IN (SELECT oid FROM want)"
         )
+    }
+
+    /// One whole `DataRow` frame of the [`TypeFill::sql`] result.
+    pub fn ingest_data_row(&mut self, frame: &[u8]) -> Result<(), MaskError> {
+        self.ingest_row(&super::wire::data_row_fields::<7>(frame, "type row")?)
     }
 
     /// One row of [`TypeFill::sql`], as text fields.

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use super::MaskError;
 use super::binary::{TypeFill, TypeKind, TypeKinds};
-use super::wire::{data_row_start, read_field};
+use super::wire::data_row_fields;
 
 /// One table's names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -351,24 +351,22 @@ impl Catalog {
         requested.sort_unstable();
         requested.dedup();
         CatalogFill {
-            requested: Some(requested),
+            asked: Asked::Oids(requested),
             tables: HashMap::new(),
-            sql: None,
         }
     }
 
     /// Applies a finished fill: returned tables replace their old entries. Returns the
     /// requested OIDs that came back empty, which are not stored (see the module docs).
     pub fn complete(&mut self, fill: CatalogFill) -> Vec<u32> {
-        let CatalogFill {
-            requested, tables, ..
-        } = fill;
-        let now = Instant::now();
-        let missing = requested
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|oid| !tables.contains_key(oid))
+        let missing = fill
+            .oids()
+            .iter()
+            .copied()
+            .filter(|oid| !fill.tables.contains_key(oid))
             .collect();
+        let now = Instant::now();
+        let tables = fill.tables;
         for (oid, t) in tables {
             self.tables.insert(oid, (Entry::Known(t), now));
         }
@@ -398,11 +396,17 @@ fn quoted_identifier_literal(out: &mut String, name: &str) {
 /// An in-progress catalog fetch for a set of OIDs, or for relations by name.
 #[derive(Debug, Clone)]
 pub struct CatalogFill {
-    /// `None`: a lookup by name, which may return any OID.
-    requested: Option<Vec<u32>>,
+    asked: Asked,
     tables: HashMap<u32, TableInfo>,
-    /// The query of a lookup by name.
-    sql: Option<String>,
+}
+
+/// What a fill asks for.
+#[derive(Debug, Clone)]
+enum Asked {
+    /// These OIDs, sorted: a row for any other is an error.
+    Oids(Vec<u32>),
+    /// Relations by name: `to_regclass` calls, comma-separated. Any OID may come back.
+    Names(String),
 }
 
 impl CatalogFill {
@@ -424,45 +428,43 @@ impl CatalogFill {
             quoted_identifier_literal(&mut list, name);
             list.push_str("')::pg_catalog.oid");
         }
-        let sql = format!(
-            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, c.relkind \
-             FROM pg_catalog.pg_class c \
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
-             WHERE c.oid = ANY (ARRAY[{list}]::pg_catalog.oid[]) AND NOT a.attisdropped"
-        );
         CatalogFill {
-            requested: None,
+            asked: Asked::Names(list),
             tables: HashMap::new(),
-            sql: Some(sql),
         }
     }
 
     /// The OIDs being fetched, sorted (none for a lookup by name).
     pub fn oids(&self) -> &[u32] {
-        self.requested.as_deref().unwrap_or_default()
+        match &self.asked {
+            Asked::Oids(oids) => oids,
+            Asked::Names(_) => &[],
+        }
     }
 
     /// The query to run (simple Query protocol, text results). Columns: table OID,
     /// schema, table, attnum, column name, relation kind. System columns are included
     /// so `ctid` and friends resolve; dropped columns are not. The OID list is formatted
-    /// from integers, so nothing from a client reaches this SQL.
+    /// from integers; names go in as quoted identifiers inside `E''` literals, so nothing
+    /// from a client is read as SQL.
     pub fn sql(&self) -> String {
-        if let Some(sql) = &self.sql {
-            return sql.clone();
-        }
-        let list = self
-            .oids()
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let set = match &self.asked {
+            Asked::Oids(oids) => {
+                let list = oids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                format!("'{{{list}}}'")
+            }
+            Asked::Names(calls) => format!("ARRAY[{calls}]"),
+        };
         format!(
             "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, c.relkind \
              FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
-             WHERE c.oid = ANY ('{{{list}}}'::pg_catalog.oid[]) AND NOT a.attisdropped"
+             WHERE c.oid = ANY ({set}::pg_catalog.oid[]) AND NOT a.attisdropped"
         )
     }
 
@@ -497,10 +499,8 @@ impl CatalogFill {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| MaskError::malformed(WHAT, "bad attnum"))?;
-        if self
-            .requested
-            .as_ref()
-            .is_some_and(|r| r.binary_search(&oid).is_err())
+        if let Asked::Oids(asked) = &self.asked
+            && asked.binary_search(&oid).is_err()
         {
             return Err(MaskError::malformed(
                 WHAT,
@@ -524,21 +524,10 @@ impl CatalogFill {
     /// Adds one whole `DataRow` frame of the [`CatalogFill::sql`] result.
     pub fn ingest_data_row(&mut self, frame: &[u8]) -> Result<(), MaskError> {
         const WHAT: &str = "catalog DataRow";
-        let count = match frame.get(5..7) {
-            Some(&[0, 6]) => 6,
-            _ => 5,
-        };
-        let mut pos = data_row_start(frame, count)?;
-        let mut fields: [Option<&[u8]>; 6] = [None; 6];
-        for f in &mut fields[..count] {
-            let (range, next) = read_field(frame, pos, WHAT)?;
-            *f = range.map(|(s, e)| &frame[s..e]);
-            pos = next;
+        match frame.get(5..7) {
+            Some(&[0, 6]) => self.ingest_row(&data_row_fields::<6>(frame, WHAT)?),
+            _ => self.ingest_row(&data_row_fields::<5>(frame, WHAT)?),
         }
-        if pos != frame.len() {
-            return Err(MaskError::malformed(WHAT, "trailing bytes"));
-        }
-        self.ingest_row(&fields[..count])
     }
 }
 

@@ -384,16 +384,19 @@ impl Policy {
                         });
                     }
                     // A binary value whose type holds no text has nothing to scan.
-                    Unattributed::Scan if value_kind(col, catalog)?.is_none() => None,
-                    Unattributed::Scan => {
-                        let i = inner.configured;
-                        Some(col_plan(&inner.rules[i], i, col, catalog)?)
-                    }
+                    Unattributed::Scan => match value_kind(col, catalog)? {
+                        None => None,
+                        Some(kind) => {
+                            let i = inner.configured;
+                            Some(col_plan(&inner.rules[i], i, col, kind)?)
+                        }
+                    },
                 };
                 plans.push(plan);
                 continue;
             };
-            plans.push(Some(col_plan(&inner.rules[i], i, col, catalog)?));
+            let kind = value_kind(col, catalog)?.unwrap_or(ValueKind::Opaque);
+            plans.push(Some(col_plan(&inner.rules[i], i, col, kind)?));
         }
         let passthrough = plans.iter().all(Option::is_none);
         let mut plan = RowPlan::new(self.inner.clone(), plans, passthrough);
@@ -677,9 +680,8 @@ fn col_plan(
     rule: &Rule,
     idx: usize,
     col: &ColumnDesc,
-    types: &dyn TableNames,
+    kind: ValueKind,
 ) -> Result<ColPlan, MaskError> {
-    let kind = value_kind(col, types)?.unwrap_or(ValueKind::Opaque);
     // Opaque bytes can only be dropped, and a scan cannot read them.
     if kind == ValueKind::Opaque && matches!(rule.selector, Selector::Unattributed) {
         return Err(MaskError::UnattributedBinary {
@@ -822,6 +824,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Scratch {
     pub(crate) out: Vec<u8>,
     work: Work,
+    /// A binary structured value being rewritten.
+    structured: BytesMut,
 }
 
 /// Buffers that the masking of one value uses internally.
@@ -935,22 +939,20 @@ impl RowPlan {
                 let (Some(cp), Some((s, e))) = (col, range) else {
                     continue;
                 };
-                let structured = match cp.kind {
-                    ValueKind::Structured(oid) => Some(structured(
+                let (prefix, text) = split_value(cp, &buf[s..e])?;
+                let decision = match cp.kind {
+                    ValueKind::Structured(oid) => structured(
                         &self.policy,
                         cp,
                         oid,
                         &self.types,
-                        &buf[s..e],
+                        text,
                         &mut self.work,
                         &mut self.structured,
                         stats,
-                    )?),
-                    _ => None,
+                    )?,
+                    _ => decide(&self.policy, cp, text, &mut self.work, stats),
                 };
-                let (prefix, text) = split_value(cp, &buf[s..e])?;
-                let decision = structured
-                    .unwrap_or_else(|| decide(&self.policy, cp, text, &mut self.work, stats));
                 if decision == Decision::Keep {
                     continue;
                 }
@@ -967,7 +969,7 @@ impl RowPlan {
                 } else {
                     let len_at = o.len();
                     o.put_i32(0);
-                    if structured.is_some() {
+                    if let ValueKind::Structured(_) = cp.kind {
                         o.extend_from_slice(&self.structured);
                     } else {
                         o.extend_from_slice(prefix);
@@ -1017,7 +1019,6 @@ impl RowPlan {
             return Ok(Outcome::Keep);
         };
         if let ValueKind::Structured(oid) = cp.kind {
-            let mut out = BytesMut::new();
             return Ok(
                 match structured(
                     &self.policy,
@@ -1026,14 +1027,14 @@ impl RowPlan {
                     &self.types,
                     value,
                     &mut scratch.work,
-                    &mut out,
+                    &mut scratch.structured,
                     stats,
                 )? {
                     Decision::Keep => Outcome::Keep,
                     Decision::Null => Outcome::Null,
                     Decision::Write => {
                         scratch.out.clear();
-                        scratch.out.extend_from_slice(&out);
+                        scratch.out.extend_from_slice(&scratch.structured);
                         Outcome::Replaced
                     }
                 },

@@ -200,6 +200,25 @@ pub(crate) fn data_row_start(frame: &[u8], expected: usize) -> Result<usize, Mas
 
 /// Reads one field at `pos`: `(value range or None for NULL, position after the field)`.
 #[inline]
+/// The `N` fields of a whole `DataRow` frame that must have exactly `N` columns and
+/// nothing after them (`None`: NULL).
+pub(crate) fn data_row_fields<'a, const N: usize>(
+    frame: &'a [u8],
+    what: &'static str,
+) -> Result<[Option<&'a [u8]>; N], MaskError> {
+    let mut pos = data_row_start(frame, N)?;
+    let mut fields = [None; N];
+    for f in &mut fields {
+        let (range, next) = read_field(frame, pos, what)?;
+        *f = range.map(|(s, e)| &frame[s..e]);
+        pos = next;
+    }
+    if pos != frame.len() {
+        return Err(MaskError::malformed(what, "trailing bytes"));
+    }
+    Ok(fields)
+}
+
 pub(crate) fn read_field(
     buf: &[u8],
     pos: usize,

@@ -968,31 +968,17 @@ impl<H: Hooks> Relay<H> {
             Some(Ask::Describe(_)) if self.tracker.statement(DESCRIBE_NAME).is_some() => {
                 self.gateway_query(b"SELECT WHERE false", QueryMode::Lookup)
             }
-            Some(Ask::Describe(sql)) => {
-                self.diverted += 1;
-                let facts = self.audit.as_ref().map(|_| gateway_facts("gateway"));
-                let audit = self.audit_statement(
-                    trail::Via::Extended,
-                    sql.as_bytes(),
-                    None,
-                    facts.as_ref(),
-                );
-                for frame in [
+            Some(Ask::Describe(sql)) => self.gateway_send(
+                trail::Via::Extended,
+                sql.as_bytes(),
+                [
                     fe::parse(DESCRIBE_NAME, sql.as_bytes()),
                     fe::describe_statement(DESCRIBE_NAME),
                     fe::close(b'S', DESCRIBE_NAME),
                     fe::sync(),
-                ] {
-                    self.send_server(frame);
-                }
-                self.expect.push_back(Expect::Query {
-                    sql: Bytes::new(),
-                    refusal: None,
-                    mode: QueryMode::Lookup,
-                    audit,
-                    guarded: false,
-                });
-            }
+                ],
+                QueryMode::Lookup,
+            ),
         }
     }
 
@@ -1038,15 +1024,18 @@ impl<H: Hooks> Relay<H> {
         Ok(())
     }
 
-    /// Whether the answer at the front is a lookup of the gateway's.
+    /// Whether the answer at the front is a lookup of the gateway's. Asked per server
+    /// frame: the counter of the gateway's own queries settles the usual case.
+    #[inline]
     fn lookup_front(&self) -> bool {
-        matches!(
-            self.expect.front(),
-            Some(Expect::Query {
-                mode: QueryMode::Lookup,
-                ..
-            })
-        )
+        self.diverted > 0
+            && matches!(
+                self.expect.front(),
+                Some(Expect::Query {
+                    mode: QueryMode::Lookup,
+                    ..
+                })
+            )
     }
 
     /// Sends the gateway's own simple query, whose answer the client never sees.
@@ -1055,11 +1044,25 @@ impl<H: Hooks> Relay<H> {
     }
 
     fn gateway_query(&mut self, sql: &[u8], mode: QueryMode) {
+        self.gateway_send(trail::Via::Simple, sql, [fe::query(sql)], mode);
+    }
+
+    /// Sends messages of the gateway's own, recorded as `sql` and answered up to one
+    /// `ReadyForQuery` that the client never sees as such.
+    fn gateway_send<const N: usize>(
+        &mut self,
+        via: trail::Via,
+        sql: &[u8],
+        frames: [Bytes; N],
+        mode: QueryMode,
+    ) {
         self.quiet_error = None;
         self.diverted += 1;
         let facts = self.audit.as_ref().map(|_| gateway_facts("gateway"));
-        let audit = self.audit_statement(trail::Via::Simple, sql, None, facts.as_ref());
-        self.send_server(fe::query(sql));
+        let audit = self.audit_statement(via, sql, None, facts.as_ref());
+        for frame in frames {
+            self.send_server(frame);
+        }
         self.expect.push_back(Expect::Query {
             sql: Bytes::new(),
             refusal: None,

@@ -21,7 +21,7 @@ use tracing::info;
 
 use super::copy_target;
 use super::hooks::{Ask, Effects, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
-use crate::mask::wire::{data_row_start, read_field};
+use crate::mask::wire::data_row_fields;
 use crate::mask::{
     Catalog, CatalogFill, ColumnDesc, CopyFormat, CopyPlan, Layered, MaskError, MaskStats, Policy,
     RowPlan, Subject, TableNames, TypeFill, apply_result_formats, parse_row_description,
@@ -254,7 +254,7 @@ impl Hooks for Stages {
                 }),
             Some(Pending::Types(mut fill)) => rows
                 .iter()
-                .try_for_each(|r| type_row(r, &mut fill))
+                .try_for_each(|r| fill.ingest_data_row(r))
                 .map(|()| {
                     let missing = self.catalog().complete_types(fill);
                     self.own.mark_types_unreadable(&missing);
@@ -520,18 +520,6 @@ impl Hooks for Stages {
     }
 }
 
-/// One row of [`TypeFill::sql`] (seven text fields) into `fill`.
-fn type_row(row: &Bytes, fill: &mut TypeFill) -> Result<(), MaskError> {
-    let mut pos = data_row_start(row, 7)?;
-    let mut fields: [Option<&[u8]>; 7] = [None; 7];
-    for f in fields.iter_mut() {
-        let (range, next) = read_field(row, pos, "type row")?;
-        *f = range.map(|(s, e)| &row[s..e]);
-        pos = next;
-    }
-    fill.ingest_row(&fields)
-}
-
 impl Stages {
     /// The side query a plan's outcome asks for: table names or type layouts the
     /// catalog does not have yet.
@@ -581,13 +569,7 @@ impl Stages {
         let mut oids = Vec::new();
         let mut catalog_rows = Vec::with_capacity(rows.len());
         for row in rows {
-            let mut pos = data_row_start(row, 6)?;
-            let mut fields: [Option<&[u8]>; 6] = [None; 6];
-            for f in fields.iter_mut() {
-                let (range, next) = read_field(row, pos, "catalog row")?;
-                *f = range.map(|(s, e)| &row[s..e]);
-                pos = next;
-            }
+            let fields = data_row_fields::<6>(row, "catalog row")?;
             let num = |b: Option<&[u8]>| -> Result<i64, MaskError> {
                 std::str::from_utf8(b.unwrap_or_default())
                     .ok()
