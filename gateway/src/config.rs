@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::auth::{Identity, Verifier};
+use crate::auth::oidc::OidcConfig;
+use crate::auth::{StaticKey, Verifier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -84,6 +85,9 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default, rename = "identity")]
     pub identities: Vec<IdentityConfig>,
+    /// Identity providers whose access tokens agents may log in with.
+    #[serde(default)]
+    pub oidc: Vec<OidcConfig>,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -122,6 +126,24 @@ pub struct ServerConfig {
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
     pub tls: Option<ServerTls>,
+    /// How an agent without a static key gives its access token (with `[[oidc]]`).
+    #[serde(default)]
+    pub token_mechanism: TokenMechanism,
+    /// Accept tokens outside TLS. Only on a loopback listener (a sidecar on the agent's
+    /// own host): anywhere else a token in clear text can be read off the wire.
+    #[serde(default)]
+    pub plaintext_tokens: bool,
+}
+
+/// How the gateway asks for an access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMechanism {
+    /// As the password (`AuthenticationCleartextPassword`): every driver can.
+    #[default]
+    Password,
+    /// PostgreSQL 18's SASL `OAUTHBEARER`, for clients that speak it.
+    Oauthbearer,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +199,27 @@ pub struct IdentityConfig {
     pub secret: String,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// RFC 3339 time after which the key no longer logs in, and sessions opened with it
+    /// have their statements refused.
+    pub expires_at: Option<String>,
+    /// Refuse logins with this key (sessions already open end at their next statement).
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl IdentityConfig {
+    /// `expires_at` in Unix milliseconds.
+    pub fn expires_at_ms(&self) -> Result<Option<u64>, String> {
+        self.expires_at
+            .as_deref()
+            .map(|t| {
+                crate::audit::sinks::record::parse_rfc3339_us(t)
+                    .filter(|us| *us >= 0)
+                    .map(|us| us as u64 / 1000)
+                    .ok_or_else(|| format!("\"{t}\" is not an RFC 3339 time (2027-01-31T18:00:00Z)"))
+            })
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,10 +346,32 @@ impl Config {
                 "must not be empty",
             ));
         }
-        if self.identities.is_empty() {
+        if self.identities.is_empty() && self.oidc.is_empty() {
             return Err(invalid(
                 "identity",
-                "no agent identities configured: add [[identity]] entries (name, secret from `portcullis hash-secret`)",
+                "no agent identities configured: add [[identity]] entries (name, secret from `portcullis hash-secret`) or an [[oidc]] issuer",
+            ));
+        }
+        for (i, o) in self.oidc.iter().enumerate() {
+            o.validate()
+                .map_err(|(k, p)| invalid(format!("oidc[{i}].{k}"), p))?;
+            if self.oidc[..i].iter().any(|p| p.issuer == o.issuer) {
+                return Err(invalid(
+                    format!("oidc[{i}].issuer"),
+                    format!("\"{}\" is configured twice", o.issuer),
+                ));
+            }
+        }
+        if self.server.plaintext_tokens && !self.listen_addr()?.ip().is_loopback() {
+            return Err(invalid(
+                "server.plaintext_tokens",
+                "tokens outside TLS are accepted only on a loopback listen address",
+            ));
+        }
+        if !self.oidc.is_empty() && self.server.tls.is_none() && !self.server.plaintext_tokens {
+            return Err(invalid(
+                "oidc",
+                "token logins need TLS: configure [server.tls] (or, on a loopback listener, server.plaintext_tokens = true)",
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -322,6 +387,8 @@ impl Config {
             }
             Verifier::parse(&id.secret)
                 .map_err(|e| invalid(format!("identity[{i}].secret"), e.to_string()))?;
+            id.expires_at_ms()
+                .map_err(|e| invalid(format!("identity[{i}].expires_at"), e))?;
         }
         if let Some(tls) = &self.server.tls {
             for (key, p) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
@@ -415,13 +482,20 @@ impl Config {
         }
     }
 
-    pub fn identities(&self) -> Vec<Identity> {
+    pub fn identities(&self) -> Vec<StaticKey> {
         self.identities
             .iter()
-            .map(|i| Identity {
-                name: i.name.clone(),
-                roles: i.roles.clone(),
-                verifier: Verifier::parse(&i.secret).expect("validated at load"),
+            .map(|i| {
+                let mut key = StaticKey::new(
+                    &i.name,
+                    i.roles.clone(),
+                    Verifier::parse(&i.secret).expect("validated at load"),
+                );
+                key.disabled = i.disabled;
+                if let Ok(at) = i.expires_at_ms() {
+                    std::sync::Arc::make_mut(&mut key.identity).expires_at_ms = at;
+                }
+                key
             })
             .collect()
     }

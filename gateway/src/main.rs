@@ -481,6 +481,14 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if !cfg.oidc.is_empty() {
+        let tokens = portcullis::auth::oidc::Tokens::new(&cfg.oidc, rt.handle().clone())
+            .map_err(|e| anyhow::anyhow!("[[oidc]]: {e}"))?;
+        // The first logins need no fetch; a provider that is down now is tried again
+        // when a token arrives.
+        rt.block_on(tokens.prefetch());
+        shared.tokens = Some(Arc::new(tokens));
+    }
     let mut sinks = Vec::new();
     if let Some(a) = &cfg.audit {
         let gateway = a

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use portcullis::auth::{Identity, IdentityStore, Verifier};
+use portcullis::auth::{IdentityStore, StaticKey, Verifier};
 use portcullis::protocol::frame::build;
 use portcullis::session::handshake::{ClientHandshake, TlsOffer};
 use portcullis::session::hooks::PassThrough;
@@ -94,7 +94,7 @@ proptest! {
 
     #[test]
     fn arbitrary_startup_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
-        let store = Arc::new(IdentityStore::new([Identity { name: "a".into(), roles: vec![], verifier: Verifier::generate("x", 16) }]));
+        let store = Arc::new(IdentityStore::new([StaticKey::new("a", vec![], Verifier::generate("x", 16))]));
         let mut hs = ClientHandshake::new(store, TlsOffer::Optional);
         let mut steps = Vec::new();
         hs.on_bytes(&mut BytesMut::from(&data[..]), &mut steps);

@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 type HmacSha256 = Hmac<Sha256>;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// How audit records name a SCRAM login.
+pub const MECHANISM_AUDIT: &str = "scram-sha-256";
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

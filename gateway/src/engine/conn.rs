@@ -105,7 +105,11 @@ async fn run<C: Connect>(
 ) -> Result<(), ConnError> {
     let mut client = MaybeTls::Plain(stream);
     let mut buf = BytesMut::with_capacity(4096);
-    let mut hs = ClientHandshake::new(shared.identities.load_full(), shared.tls_offer);
+    let mut hs = ClientHandshake::with_tokens(
+        shared.identities.load_full(),
+        shared.tls_offer,
+        shared.token_auth.clone(),
+    );
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
     let agent = loop {
         match tokio::time::timeout_at(
@@ -272,7 +276,9 @@ async fn run<C: Connect>(
     }
     let stages = stages.with_approvals(shared.approvals.is_some());
     let recent = shared.approvals.as_ref().map_or(0, |a| a.settings().recent);
-    let mut relay = Relay::new(shared.limits, stages).with_recent(recent);
+    let mut relay = Relay::new(shared.limits, stages)
+        .with_recent(recent)
+        .with_expiry(agent.identity.expires_at_ms);
     let started = std::time::Instant::now();
     let session_id: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
     if let Some(log) = &shared.audit {
@@ -284,7 +290,7 @@ async fn run<C: Connect>(
         log.record(&crate::audit::Body::SessionStart {
             session: &session_id,
             identity: &agent.identity.name,
-            auth: "scram-sha-256",
+            auth: agent.identity.method.as_str(),
             client_addr: peer.ip().to_string(),
             client_port: peer.port(),
             tls: client.tls_version(),
@@ -431,21 +437,38 @@ async fn client_startup<C: Connect>(
     hs: &mut ClientHandshake,
     buf: &mut BytesMut,
 ) -> Result<Startup, ConnError> {
-    let mut steps = Vec::new();
+    let mut steps = std::collections::VecDeque::new();
     loop {
         let (res, b) = client.read(std::mem::take(buf), 4096).await;
         *buf = b;
         if res.map_err(ConnError::ClientIo)? == 0 {
             return Err(ConnError::ClientGone);
         }
-        hs.on_bytes(buf, &mut steps);
-        for step in steps.drain(..) {
+        let mut fresh = Vec::new();
+        hs.on_bytes(buf, &mut fresh);
+        steps.extend(fresh);
+        while let Some(step) = steps.pop_front() {
             match step {
                 Step::Send(b) => client.write_all(b).await.map_err(ConnError::ClientIo)?,
                 Step::StartTls => return Ok(Startup::StartTls),
                 Step::Cancel { pid, secret } => {
                     cancel::<C>(shared, pid, secret).await;
                     return Ok(Startup::CancelDone);
+                }
+                Step::VerifyToken { token, mechanism } => {
+                    let result = match &shared.tokens {
+                        Some(t) => t.verify(&token, mechanism).await,
+                        None => Err(crate::auth::oidc::TokenError::Issuer),
+                    };
+                    if let Err(e) = &result {
+                        info!(user = hs.user().unwrap_or(""), "token refused: {e}");
+                    }
+                    // The check's own steps come next, before anything queued after it.
+                    let mut more = Vec::new();
+                    hs.token_checked(result, &mut more);
+                    for m in more.into_iter().rev() {
+                        steps.push_front(m);
+                    }
                 }
                 Step::Authenticated(agent) => return Ok(Startup::Agent(*agent)),
                 Step::Reject(frame) => {
@@ -894,11 +917,55 @@ async fn relay_session<C: Connect, H: Hooks>(
         client.shutdown();
     };
 
+    // A session whose credential expires is closed at that moment if it is idle, else as
+    // soon as it is (its statements are refused from then on anyway).
+    let expires_at = flow.relay.borrow().expires_at();
+    let expiry = async {
+        let Some(at) = expires_at else {
+            return std::future::pending::<()>().await;
+        };
+        let left = at.saturating_sub(crate::approvals::model::now_ms());
+        tokio::time::sleep(std::time::Duration::from_millis(left)).await;
+        while !(flow.relay.borrow().is_idle()
+            && !flow.writing_client.get()
+            && !flow.writing_server.get())
+        {
+            tokio::time::sleep(EXPIRY_RECHECK).await;
+        }
+    };
     let mut both = Box::pin(async { tokio::join!(client_half, server_half) });
+    let mut expired = false;
     let cut = tokio::select! {
         _ = &mut both => false,
         () = shared.lifecycle.reached(Phase::Cutting) => true,
+        () = expiry => {
+            expired = true;
+            false
+        }
     };
+    if expired {
+        drop(both);
+        info!("closing the session: its credential expired");
+        let at = expires_at.unwrap_or_default();
+        let _ = tokio::time::timeout(CUT_WRITE, server.write_all(fe::terminate())).await;
+        let _ = tokio::time::timeout(
+            CUT_WRITE,
+            client.write_all(error_response(
+                Severity::Fatal,
+                sqlstate::INVALID_AUTHORIZATION,
+                &format!(
+                    "terminating connection: the credential this session logged in with expired at {}",
+                    crate::auth::rfc3339_ms(at)
+                ),
+                None,
+                Some("Reconnect with a fresh token (or a new key)."),
+            )),
+        )
+        .await;
+        server.shutdown();
+        client.shutdown();
+        return ("credential expired", close_trail(shared, flow.relay.into_inner()));
+    }
     if cut {
         flow.cut.set(true);
         // The writer towards the client finishes the chunk it is writing (half a frame
@@ -945,7 +1012,7 @@ async fn relay_session<C: Connect, H: Hooks>(
     } else {
         drop(both);
     }
-    let mut r = flow.relay.into_inner();
+    let r = flow.relay.into_inner();
     let reason = if cut {
         "gateway shutdown"
     } else if r.is_terminated() {
@@ -955,7 +1022,13 @@ async fn relay_session<C: Connect, H: Hooks>(
     } else {
         "client disconnected"
     };
-    let statements = match r.audit_mut() {
+    (reason, close_trail(shared, r))
+}
+
+/// Ends the session's audit trail (its open statements closed, its last records handed
+/// to the log) and returns how many statements it recorded.
+fn close_trail<H: Hooks>(shared: &Shared, mut relay: Relay<H>) -> u64 {
+    match relay.audit_mut() {
         Some(t) => {
             t.close_all();
             let n = t.statements();
@@ -965,9 +1038,11 @@ async fn relay_session<C: Connect, H: Hooks>(
             n
         }
         None => 0,
-    };
-    (reason, statements)
+    }
 }
+
+/// How often an expired session that is still busy is looked at again.
+const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How long a cut session's last writes (the chunk in progress, then the queue and the
 /// 57P01) may take: a client that reads nothing is closed without them.

@@ -49,6 +49,10 @@ pub struct Upstream {
 
 pub struct Shared {
     pub identities: ArcSwap<IdentityStore>,
+    /// Access-token logins (`[[oidc]]`); `None` without issuers. Set once the control
+    /// runtime runs, where key fetches go.
+    pub tokens: Option<Arc<crate::auth::oidc::Tokens>>,
+    pub token_auth: crate::session::handshake::TokenAuth,
     pub upstream: Upstream,
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     pub tls_offer: TlsOffer,
@@ -98,6 +102,13 @@ impl Shared {
         };
         Ok(Self {
             identities: ArcSwap::from_pointee(IdentityStore::new(cfg.identities())),
+            tokens: None,
+            token_auth: crate::session::handshake::TokenAuth {
+                enabled: !cfg.oidc.is_empty(),
+                oauthbearer: cfg.server.token_mechanism == crate::config::TokenMechanism::Oauthbearer,
+                plaintext: cfg.server.plaintext_tokens,
+                discovery: cfg.oidc.first().map(|o| (o.discovery(), o.scope.clone())),
+            },
             upstream: Upstream {
                 host: up.host.clone(),
                 port: up.port,

@@ -126,6 +126,12 @@ pub fn authentication_ok() -> Bytes {
     build(AUTHENTICATION, |b| b.put_i32(0))
 }
 
+/// `AuthenticationCleartextPassword`: the gateway asks for the password itself (an
+/// access token; only inside TLS).
+pub fn authentication_cleartext_password() -> Bytes {
+    build(AUTHENTICATION, |b| b.put_i32(3))
+}
+
 pub fn authentication_sasl(mechanisms: &[&str]) -> Bytes {
     build(AUTHENTICATION, |b| {
         b.put_i32(10);

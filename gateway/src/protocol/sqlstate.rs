@@ -5,6 +5,9 @@ pub const CONNECTION_FAILURE: &str = "08006";
 pub const CONNECTION_EXCEPTION: &str = "08000";
 pub const INVALID_PASSWORD: &str = "28P01";
 pub const INVALID_AUTHORIZATION: &str = "28000";
+/// `sqlserver_rejected_establishment_of_sqlconnection`: the gateway cannot check the
+/// agent's credential right now (its identity provider is unreachable); retry later.
+pub const REJECTED_CONNECTION: &str = "08004";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";

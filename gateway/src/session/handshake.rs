@@ -2,22 +2,28 @@
 //!
 //! Fed the bytes an agent sends before its session is established, it answers
 //! `SSLRequest`/`GSSENCRequest`, recognises `CancelRequest`, reads the start-up packet
-//! and runs SCRAM-SHA-256 against the agent's identity. Every failure is a FATAL
-//! `ErrorResponse` with the right SQLSTATE; an authentication failure says nothing
-//! about whether the name or the secret was wrong.
+//! and authenticates the agent: SCRAM-SHA-256 for a configured static key; otherwise,
+//! when `[[oidc]]` issuers are configured, an access token, given as the password (only
+//! inside TLS) or through OAUTHBEARER. Checking a token needs the issuer's keys, which
+//! may have to be fetched: the handshake then returns [`Step::VerifyToken`] and waits in
+//! a state of its own until the driver calls [`ClientHandshake::token_checked`].
+//!
+//! Every failure is a FATAL `ErrorResponse` with the right SQLSTATE; a SCRAM failure says
+//! nothing about whether the name or the secret was wrong.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::auth::{Identity, IdentityStore, ScramError, ScramServer, scram};
+use crate::auth::{Identity, IdentityStore, ScramError, ScramServer, StaticKey, oauthbearer, scram};
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::frame::{split_frame, split_startup_packet};
 use crate::protocol::frontend::{self as fe, StartupPacket};
 use crate::protocol::{Cursor, ProtocolError, sqlstate};
 
-/// Handshake messages are small; anything larger is hostile.
-const MAX_HANDSHAKE_MESSAGE: usize = 16 * 1024;
+/// Handshake messages are small, except a password that is an access token: real ones are
+/// 2-7 kB, and some carry many groups. Larger than this is hostile.
+const MAX_HANDSHAKE_MESSAGE: usize = 64 * 1024;
 
 /// What the driver must do next.
 #[derive(Debug)]
@@ -28,6 +34,12 @@ pub enum Step {
     StartTls,
     /// This connection is a cancel request; act on it and close.
     Cancel { pid: i32, secret: i32 },
+    /// Check this access token (`mechanism`: how it was given) and call
+    /// [`ClientHandshake::token_checked`] with the result.
+    VerifyToken {
+        token: String,
+        mechanism: &'static str,
+    },
     /// Start-up done: the agent proved its identity.
     Authenticated(Box<Agent>),
     /// Write this error and close.
@@ -46,13 +58,21 @@ pub struct Agent {
     pub params: Vec<(String, String)>,
 }
 
-/// What start-up has learnt while SASL runs.
+/// What start-up has learnt while SCRAM runs.
 #[derive(Debug)]
 struct Login {
     user: String,
     /// `None` for an unknown name: the exchange runs against a decoy and fails.
-    identity: Option<Arc<Identity>>,
+    key: Option<StaticKey>,
     scram: ScramServer,
+    database: String,
+    params: Vec<(String, String)>,
+}
+
+/// What start-up has learnt while a token login runs.
+#[derive(Debug)]
+struct TokenLogin {
+    user: String,
     database: String,
     params: Vec<(String, String)>,
 }
@@ -62,7 +82,32 @@ enum State {
     AwaitStartup,
     AwaitSaslInitial(Login),
     AwaitSaslFinal(Login),
+    /// A cleartext password (the token) was asked for.
+    AwaitPassword(TokenLogin),
+    /// OAUTHBEARER was offered; its initial response is next.
+    AwaitOauthInitial(TokenLogin),
+    /// The client sent no initial response and was sent an empty challenge.
+    AwaitOauthResponse(TokenLogin),
+    /// The driver is checking the token ([`Step::VerifyToken`]).
+    AwaitToken(TokenLogin, &'static str),
+    /// OAUTHBEARER failed (or was a discovery request) and its error reply was sent: the
+    /// client's lone 0x01 ends it. `Some`: why the token was refused.
+    AwaitOauthEnd(TokenLogin, Option<String>),
     Done,
+}
+
+/// How agents without a static key log in: with an access token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenAuth {
+    /// `[[oidc]]` issuers are configured.
+    pub enabled: bool,
+    /// Ask for the token with PostgreSQL 18's OAUTHBEARER instead of as a password.
+    pub oauthbearer: bool,
+    /// A token may be sent outside TLS (a loopback-only listener whose configuration
+    /// says so).
+    pub plaintext: bool,
+    /// For OAUTHBEARER's discovery reply: the issuer's discovery document and the scope.
+    pub discovery: Option<(String, String)>,
 }
 
 /// TLS as the listener offers it.
@@ -75,6 +120,7 @@ pub enum TlsOffer {
 
 pub struct ClientHandshake {
     identities: Arc<IdentityStore>,
+    tokens: TokenAuth,
     tls: TlsOffer,
     encrypted: bool,
     state: State,
@@ -88,8 +134,13 @@ pub struct ClientHandshake {
 
 impl ClientHandshake {
     pub fn new(identities: Arc<IdentityStore>, tls: TlsOffer) -> Self {
+        Self::with_tokens(identities, tls, TokenAuth::default())
+    }
+
+    pub fn with_tokens(identities: Arc<IdentityStore>, tls: TlsOffer, tokens: TokenAuth) -> Self {
         Self {
             identities,
+            tokens,
             tls,
             encrypted: false,
             state: State::AwaitStartup,
@@ -143,6 +194,7 @@ impl ClientHandshake {
                 Some(
                     Step::StartTls
                         | Step::Cancel { .. }
+                        | Step::VerifyToken { .. }
                         | Step::Authenticated(_)
                         | Step::Reject(_)
                         | Step::Close(_)
@@ -216,17 +268,26 @@ impl ClientHandshake {
                 expect_password(frame.tag())?;
                 let Login {
                     user,
-                    identity,
+                    key,
                     scram,
                     database,
                     params,
                 } = &mut login;
-                match (scram.client_final(frame.body()), identity.take()) {
-                    (Ok(reply), Some(identity)) => {
+                match (scram.client_final(frame.body()), key.take()) {
+                    (Ok(_), Some(key)) if let Some(why) = key.refusal(now_ms()) => {
+                        steps.push(Step::Reject(error_response(
+                            Severity::Fatal,
+                            sqlstate::INVALID_AUTHORIZATION,
+                            &format!("portcullis refused the login: {why}"),
+                            None,
+                            Some("Ask an operator for a new key (portcullis hash-secret) or a token login."),
+                        )));
+                    }
+                    (Ok(reply), Some(key)) => {
                         steps.push(Step::Send(be::authentication_sasl_final(&reply)));
                         steps.push(Step::Send(be::authentication_ok()));
                         steps.push(Step::Authenticated(Box::new(Agent {
-                            identity,
+                            identity: key.identity,
                             database: std::mem::take(database),
                             params: std::mem::take(params),
                         })));
@@ -239,7 +300,164 @@ impl ClientHandshake {
                 }
                 Ok(false)
             }
+            State::AwaitPassword(login) => {
+                let Some(frame) = split_frame(buf, MAX_HANDSHAKE_MESSAGE)? else {
+                    self.state = State::AwaitPassword(login);
+                    return Ok(false);
+                };
+                expect_password(frame.tag())?;
+                let mut c = Cursor::new(frame.body());
+                let password = c.cstr().ok_or(malformed("password"))?;
+                if !c.remaining().is_empty() {
+                    return Err(malformed("password"));
+                }
+                let Ok(token) = std::str::from_utf8(password) else {
+                    steps.push(Step::Reject(token_failed(&login.user, "the token is not text")));
+                    return Ok(false);
+                };
+                let token = token.trim().to_owned();
+                if token.is_empty() {
+                    steps.push(Step::Reject(token_failed(&login.user, "no token was given")));
+                    return Ok(false);
+                }
+                steps.push(Step::VerifyToken {
+                    token,
+                    mechanism: TOKEN_AS_PASSWORD,
+                });
+                self.state = State::AwaitToken(login, TOKEN_AS_PASSWORD);
+                Ok(false)
+            }
+            State::AwaitOauthInitial(login) => {
+                let Some(frame) = split_frame(buf, MAX_HANDSHAKE_MESSAGE)? else {
+                    self.state = State::AwaitOauthInitial(login);
+                    return Ok(false);
+                };
+                expect_password(frame.tag())?;
+                let mut c = Cursor::new(frame.body());
+                let mechanism = c.cstr().ok_or(malformed("mechanism"))?;
+                let len = c.i32().ok_or(malformed("length"))?;
+                let data = c.remaining();
+                if mechanism != oauthbearer::MECHANISM.as_bytes() {
+                    steps.push(Step::Reject(error_response(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "client selected an invalid SASL authentication mechanism",
+                        None,
+                        None,
+                    )));
+                    return Ok(false);
+                }
+                if len == -1 && data.is_empty() {
+                    steps.push(Step::Send(be::authentication_sasl_continue(b"")));
+                    self.state = State::AwaitOauthResponse(login);
+                    return Ok(true);
+                }
+                if usize::try_from(len).ok() != Some(data.len()) {
+                    return Err(malformed("SASL data length"));
+                }
+                self.oauth_initial(login, data, steps)
+            }
+            State::AwaitOauthResponse(login) => {
+                let Some(frame) = split_frame(buf, MAX_HANDSHAKE_MESSAGE)? else {
+                    self.state = State::AwaitOauthResponse(login);
+                    return Ok(false);
+                };
+                expect_password(frame.tag())?;
+                self.oauth_initial(login, frame.body(), steps)
+            }
+            State::AwaitOauthEnd(login, failed) => {
+                let Some(frame) = split_frame(buf, MAX_HANDSHAKE_MESSAGE)? else {
+                    self.state = State::AwaitOauthEnd(login, failed);
+                    return Ok(false);
+                };
+                expect_password(frame.tag())?;
+                if !oauthbearer::is_kvsep(frame.body()) {
+                    return Err(malformed("OAUTHBEARER: the client did not send a kvsep response"));
+                }
+                match failed {
+                    Some(why) => steps.push(Step::Reject(oauth_failed(&login.user, &why))),
+                    // As PostgreSQL: a discovery request ends without an error.
+                    None => steps.push(Step::Close("answered an OAUTHBEARER discovery request".into())),
+                }
+                Ok(false)
+            }
+            // Nothing is read while the token is checked.
+            State::AwaitToken(login, mechanism) => {
+                self.state = State::AwaitToken(login, mechanism);
+                Ok(false)
+            }
             State::Done => Ok(false),
+        }
+    }
+
+    fn oauth_initial(
+        &mut self,
+        login: TokenLogin,
+        data: &[u8],
+        steps: &mut Vec<Step>,
+    ) -> Result<bool, ProtocolError> {
+        match oauthbearer::parse_initial(data)? {
+            oauthbearer::Initial::Token(token) => {
+                steps.push(Step::VerifyToken {
+                    token: token.to_owned(),
+                    mechanism: oauthbearer::MECHANISM_AUDIT,
+                });
+                self.state = State::AwaitToken(login, oauthbearer::MECHANISM_AUDIT);
+                Ok(false)
+            }
+            oauthbearer::Initial::Discovery => {
+                steps.push(Step::Send(be::authentication_sasl_continue(
+                    &self.discovery_reply(),
+                )));
+                self.state = State::AwaitOauthEnd(login, None);
+                Ok(true)
+            }
+        }
+    }
+
+    fn discovery_reply(&self) -> Vec<u8> {
+        let (url, scope) = self
+            .tokens
+            .discovery
+            .clone()
+            .unwrap_or_else(|| (String::new(), "openid".into()));
+        oauthbearer::error_reply(&url, &scope)
+    }
+
+    /// The driver checked the token [`Step::VerifyToken`] asked about: `Ok` with the
+    /// identity it stands for, or why it was refused.
+    pub fn token_checked(
+        &mut self,
+        result: Result<Identity, crate::auth::oidc::TokenError>,
+        steps: &mut Vec<Step>,
+    ) {
+        let State::AwaitToken(mut login, mechanism) = std::mem::replace(&mut self.state, State::Done)
+        else {
+            return;
+        };
+        match result {
+            Ok(identity) => {
+                steps.push(Step::Send(be::authentication_ok()));
+                steps.push(Step::Authenticated(Box::new(Agent {
+                    identity: Arc::new(identity),
+                    database: std::mem::take(&mut login.database),
+                    params: std::mem::take(&mut login.params),
+                })));
+            }
+            Err(e) if e.is_transient() => steps.push(Step::Reject(error_response(
+                Severity::Fatal,
+                sqlstate::REJECTED_CONNECTION,
+                &format!("portcullis cannot check tokens right now: {e}"),
+                None,
+                Some("The identity provider could not be reached; retry in a moment, or ask an operator."),
+            ))),
+            Err(e) if mechanism == oauthbearer::MECHANISM_AUDIT => {
+                steps.push(Step::Send(be::authentication_sasl_continue(
+                    &self.discovery_reply(),
+                )));
+                self.state = State::AwaitOauthEnd(login, Some(e.to_string()));
+            }
+            Err(e) => steps.push(Step::Reject(token_failed(&login.user, &e.to_string()))),
         }
     }
 
@@ -319,17 +537,42 @@ impl ClientHandshake {
                 let database = database
                     .filter(|d| !d.is_empty())
                     .unwrap_or_else(|| user.clone());
-                let (identity, verifier) = self.identities.verifier_for(&user);
+                let (key, verifier) = self.identities.verifier_for(&user);
                 // As PostgreSQL 15: a client asking for a newer minor version or for
                 // extensions is told what it gets (3.0, none of them), then goes on.
                 if minor > 0 || !extensions.is_empty() {
                     steps.push(Step::Send(be::negotiate_protocol_version(0, &extensions)));
                 }
-                steps.push(Step::Send(be::authentication_sasl(&[scram::MECHANISM])));
                 self.user = Some(user.clone());
+                if key.is_none() && self.tokens.enabled {
+                    if !self.encrypted && !self.tokens.plaintext {
+                        steps.push(Step::Reject(error_response(
+                            Severity::Fatal,
+                            sqlstate::INVALID_AUTHORIZATION,
+                            "portcullis accepts access tokens only over TLS",
+                            Some("A token sent in clear text could be read off the network and replayed until it expires."),
+                            Some("Connect with sslmode=require (or verify-full), or use a static key."),
+                        )));
+                        return;
+                    }
+                    let login = TokenLogin {
+                        user,
+                        database,
+                        params: rest,
+                    };
+                    if self.tokens.oauthbearer {
+                        steps.push(Step::Send(be::authentication_sasl(&[oauthbearer::MECHANISM])));
+                        self.state = State::AwaitOauthInitial(login);
+                    } else {
+                        steps.push(Step::Send(be::authentication_cleartext_password()));
+                        self.state = State::AwaitPassword(login);
+                    }
+                    return;
+                }
+                steps.push(Step::Send(be::authentication_sasl(&[scram::MECHANISM])));
                 self.state = State::AwaitSaslInitial(Login {
                     user,
-                    identity,
+                    key,
                     scram: ScramServer::new(verifier),
                     database,
                     params: rest,
@@ -355,6 +598,33 @@ fn malformed(what: &'static str) -> ProtocolError {
         tag: fe::PASSWORD,
         what,
     }
+}
+
+/// How audit records name a token given as the password.
+pub const TOKEN_AS_PASSWORD: &str = "token-password";
+
+fn now_ms() -> u64 {
+    crate::approvals::model::now_ms()
+}
+
+fn token_failed(user: &str, why: &str) -> Bytes {
+    error_response(
+        Severity::Fatal,
+        sqlstate::INVALID_AUTHORIZATION,
+        &format!("token authentication failed for user \"{user}\""),
+        Some(why),
+        Some("Connect with a fresh access token from your identity provider as the password."),
+    )
+}
+
+fn oauth_failed(user: &str, why: &str) -> Bytes {
+    error_response(
+        Severity::Fatal,
+        sqlstate::INVALID_AUTHORIZATION,
+        &format!("OAuth bearer authentication failed for user \"{user}\""),
+        Some(why),
+        None,
+    )
 }
 
 fn scram_error(e: ScramError, user: &str) -> Bytes {
@@ -385,11 +655,11 @@ mod tests {
     use postgres_protocol::message::frontend;
 
     fn store() -> Arc<IdentityStore> {
-        Arc::new(IdentityStore::new([Identity {
-            name: "agent".into(),
-            roles: vec![],
-            verifier: Verifier::generate("secret", 16),
-        }]))
+        Arc::new(IdentityStore::new([StaticKey::new(
+            "agent",
+            vec![],
+            Verifier::generate("secret", 16),
+        )]))
     }
 
     fn startup(user: &str) -> BytesMut {
@@ -566,5 +836,160 @@ mod tests {
         let steps = first_steps(TlsOffer::None, &b);
         assert!(matches!(&steps[0], Step::Send(n) if &n[..] == b"N"));
         assert_eq!(rejected_with(&steps), "08P01");
+    }
+
+    fn tokens(oauthbearer: bool) -> TokenAuth {
+        TokenAuth {
+            enabled: true,
+            oauthbearer,
+            plaintext: false,
+            discovery: Some(("https://idp/.well-known/openid-configuration".into(), "openid".into())),
+        }
+    }
+
+    fn token_identity() -> Identity {
+        Identity {
+            name: "svc".into(),
+            roles: vec!["agent".into()],
+            method: crate::auth::Method::Token {
+                issuer: "https://idp".into(),
+                mechanism: TOKEN_AS_PASSWORD,
+            },
+            expires_at_ms: Some(1),
+        }
+    }
+
+    fn password(p: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        frontend::password_message(p.as_bytes(), &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn a_token_is_asked_for_only_inside_tls_and_checked_by_the_driver() {
+        // Outside TLS: refused before any token is sent.
+        let mut hs = ClientHandshake::with_tokens(store(), TlsOffer::Optional, tokens(false));
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut startup("svc"), &mut steps);
+        assert_eq!(rejected_with(&steps), "28000");
+        // Inside TLS: a cleartext password request, then the check, then AuthenticationOk.
+        let mut hs = ClientHandshake::with_tokens(store(), TlsOffer::Optional, tokens(false));
+        hs.tls_established();
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut startup("anyone"), &mut steps);
+        assert!(matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_cleartext_password()[..]));
+        let big = "t".repeat(20_000);
+        let mut steps = Vec::new();
+        let mut b = password(&big);
+        // Arriving in pieces, as a 20 kB token does.
+        let mut first = b.split_to(5000);
+        hs.on_bytes(&mut first, &mut steps);
+        assert!(steps.is_empty(), "{steps:?}");
+        first.extend_from_slice(&b);
+        hs.on_bytes(&mut first, &mut steps);
+        let [Step::VerifyToken { token, mechanism }] = &steps[..] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!((token.len(), *mechanism), (20_000, TOKEN_AS_PASSWORD));
+        let mut steps = Vec::new();
+        hs.token_checked(Ok(token_identity()), &mut steps);
+        assert!(matches!(&steps[..], [Step::Send(_), Step::Authenticated(a)] if a.identity.name == "svc" && a.database == "bank"));
+        // A refused token: FATAL 28000 naming why.
+        let mut hs = ClientHandshake::with_tokens(store(), TlsOffer::Optional, tokens(false));
+        hs.tls_established();
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut startup("svc"), &mut steps);
+        hs.on_bytes(&mut password("x.y.z"), &mut steps);
+        let mut steps = Vec::new();
+        hs.token_checked(Err(crate::auth::oidc::TokenError::Signature), &mut steps);
+        assert_eq!(rejected_with(&steps), "28000");
+        // A static key still logs in with SCRAM on the same gateway.
+        let mut hs = ClientHandshake::with_tokens(store(), TlsOffer::Optional, tokens(false));
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut startup("agent"), &mut steps);
+        assert!(matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_sasl(&[scram::MECHANISM])[..]));
+    }
+
+    #[test]
+    fn oauthbearer_answers_discovery_and_failures_as_postgresql_18() {
+        let sasl_initial = |data: &[u8]| {
+            let mut b = BytesMut::new();
+            frontend::sasl_initial_response(oauthbearer::MECHANISM, data, &mut b).unwrap();
+            b
+        };
+        let kvsep = || {
+            let mut b = BytesMut::new();
+            frontend::sasl_response(b"\x01", &mut b).unwrap();
+            b
+        };
+        let begin = || {
+            let mut hs = ClientHandshake::with_tokens(store(), TlsOffer::Optional, tokens(true));
+            hs.tls_established();
+            let mut steps = Vec::new();
+            hs.on_bytes(&mut startup("svc"), &mut steps);
+            assert!(matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_sasl(&[oauthbearer::MECHANISM])[..]));
+            hs
+        };
+        // Discovery: the issuer and scope, then a silent close after the kvsep.
+        let mut hs = begin();
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut sasl_initial(b"n,,\x01auth=\x01\x01"), &mut steps);
+        let [Step::Send(cont)] = &steps[..] else {
+            panic!("{steps:?}")
+        };
+        let json: serde_json::Value = serde_json::from_slice(&cont[9..]).unwrap();
+        assert_eq!(json["status"], "invalid_token");
+        assert_eq!(json["openid-configuration"], "https://idp/.well-known/openid-configuration");
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut kvsep(), &mut steps);
+        assert!(matches!(&steps[..], [Step::Close(_)]), "{steps:?}");
+        // A good token: AuthenticationOk with no SASL final message.
+        let mut hs = begin();
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut sasl_initial(b"n,,\x01auth=Bearer a.b.c\x01\x01"), &mut steps);
+        assert!(matches!(&steps[..], [Step::VerifyToken { token, .. }] if token == "a.b.c"));
+        let mut steps = Vec::new();
+        hs.token_checked(Ok(token_identity()), &mut steps);
+        assert!(matches!(&steps[..], [Step::Send(ok), Step::Authenticated(_)] if ok[..] == be::authentication_ok()[..]));
+        // A bad one: the error reply, then FATAL 28000 after the kvsep.
+        let mut hs = begin();
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut sasl_initial(b"n,,\x01auth=Bearer a.b.c\x01\x01"), &mut steps);
+        let mut steps = Vec::new();
+        hs.token_checked(Err(crate::auth::oidc::TokenError::Expired(0)), &mut steps);
+        assert!(matches!(&steps[..], [Step::Send(c)] if c[0] == be::AUTHENTICATION));
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut kvsep(), &mut steps);
+        assert_eq!(rejected_with(&steps), "28000");
+    }
+
+    #[test]
+    fn a_disabled_or_expired_key_is_refused_after_its_secret_is_proven() {
+        for (disabled, expires) in [(true, None), (false, Some(1))] {
+            let mut key = StaticKey::new("agent", vec![], Verifier::generate("secret", 16));
+            key.disabled = disabled;
+            Arc::make_mut(&mut key.identity).expires_at_ms = expires;
+            let store = Arc::new(IdentityStore::new([key]));
+            let mut hs = ClientHandshake::new(store, TlsOffer::None);
+            let mut all = Vec::new();
+            hs.on_bytes(&mut startup("agent"), &mut all);
+            let mut client = ScramSha256::new(b"secret", ChannelBinding::unsupported());
+            let mut b = BytesMut::new();
+            frontend::sasl_initial_response(scram::MECHANISM, client.message(), &mut b).unwrap();
+            hs.on_bytes(&mut b, &mut all);
+            let Some(Step::Send(cont)) = all.last() else {
+                panic!("{all:?}")
+            };
+            client.update(&cont[9..]).unwrap();
+            let mut b = BytesMut::new();
+            frontend::sasl_response(client.message(), &mut b).unwrap();
+            hs.on_bytes(&mut b, &mut all);
+            let Some(Step::Reject(e)) = all.last() else {
+                panic!("{all:?}")
+            };
+            let (code, msg) = be::error_summary(&e[5..]);
+            assert_eq!(code, "28000");
+            assert!(msg.contains(if disabled { "disabled" } else { "expired" }), "{msg}");
+        }
     }
 }

@@ -239,6 +239,18 @@ pub const REFUSED_SQL: &[u8] = b"-- portcullis refused the client's statement; t
 /// batch back at `Sync` as it would after its own error.
 const REFUSED_PORTAL: &[u8] = b"portcullis_refused";
 
+/// The refusal of a statement sent after the agent's credential expired.
+fn expired(at: u64) -> Refusal {
+    Refusal::new(
+        crate::protocol::sqlstate::INVALID_AUTHORIZATION,
+        format!(
+            "portcullis refused this statement: the credential this session logged in with expired at {}",
+            crate::auth::rfc3339_ms(at)
+        ),
+    )
+    .with_hint("Reconnect with a fresh token (or a new key); this session can run nothing more.")
+}
+
 /// The largest `Query`, `Parse` or `Bind` frame PostgreSQL reads: a body of up to
 /// `PQ_LARGE_MESSAGE_LIMIT` (1 GB less a byte) after the tag and length.
 const PG_MAX_MESSAGE: usize = (1 << 30) - 1 + crate::protocol::frame::HEADER_LEN;
@@ -361,6 +373,9 @@ pub struct Relay<H: Hooks> {
     quiet_error: Option<Bytes>,
     /// The session's audit trail, when the gateway keeps one.
     audit: Option<Box<Trail>>,
+    /// When the agent's credential stops being valid (Unix ms): from then on every
+    /// statement is refused.
+    expires_at_ms: Option<u64>,
     guard: Option<Guard>,
     /// A simple query of a session whose results may be refused waits until earlier
     /// answers are in, so the transaction status it is guarded by is current.
@@ -433,6 +448,7 @@ impl<H: Hooks> Relay<H> {
             diverted: 0,
             quiet_error: None,
             audit: None,
+            expires_at_ms: None,
             guard: None,
             query_waits: false,
             next_client_tag: None,
@@ -549,11 +565,30 @@ impl<H: Hooks> Relay<H> {
     }
 
     /// `Err` when the audit log cannot record a statement now.
+    /// Whether anything may run now: the agent's credential is still valid, and the
+    /// audit trail can take the statement's record.
     fn audit_check(&self) -> Result<(), Refusal> {
+        if let Some(at) = self.expires_at_ms
+            && crate::approvals::model::now_ms() >= at
+        {
+            return Err(expired(at));
+        }
         match &self.audit {
             Some(t) => t.check(),
             None => Ok(()),
         }
+    }
+
+    /// When the agent's credential expires (Unix ms), if it does.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at_ms
+    }
+
+    /// Refuses every statement from `at` (Unix ms) on: the agent's token or key expires
+    /// then.
+    pub fn with_expiry(mut self, at: Option<u64>) -> Self {
+        self.expires_at_ms = at;
+        self
     }
 
     /// The audit number of the statement whose answer is at the front.
@@ -1379,7 +1414,11 @@ impl<H: Hooks> Relay<H> {
             }
             fe::PARSE => {
                 let p = fe::parse_parse(frame.body()).map_err(err)?;
-                let verdict = if self.approved {
+                let verdict = if let Some(at) = self.expires_at_ms
+                    && crate::approvals::model::now_ms() >= at
+                {
+                    Verdict::Deny(expired(at))
+                } else if self.approved {
                     self.hooks.approved_statement(p.sql, Via::Parse(p.name))
                 } else {
                     self.hooks.statement(p.sql, Via::Parse(p.name))
