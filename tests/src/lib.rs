@@ -6,15 +6,18 @@
 //! gateway first (`cargo xtask test` does).
 
 pub mod browser;
+pub mod certs;
 pub mod dataset;
 pub mod gateway;
 pub mod net;
+pub mod oidc;
 pub mod pg;
 pub mod policy;
 pub mod scram;
 pub mod syslog;
 
 pub use browser::Browser;
+pub use certs::Certs;
 pub use dataset::{
     GATEWAY_ROLE, aba_valid, create_gateway_role, iban_valid, load_financial, luhn_valid, ssn_valid,
 };

@@ -4,53 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::{DB, Env, psql_at, run_timed, stderr, stdout};
-use portcullis_tests::{Engine, Gateway, GatewayOptions, PgOptions, per_engine};
-
-/// A throwaway CA, a server certificate for `localhost` / 127.0.0.1, and a client
-/// certificate for the gateway's upstream user.
-struct Certs {
-    dir: tempfile::TempDir,
-}
-
-impl Certs {
-    fn new() -> Certs {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let sh = format!(
-            "set -e; cd {d}
-openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=portcullis-test-ca 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN={user} 2>/dev/null
-printf 'extendedKeyUsage=clientAuth\\n' > client.ext
-openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null
-chmod 600 server.key client.key
-chown postgres server.key server.pem ca.pem
-chmod 755 .",
-            d = d.display(),
-            user = portcullis_tests::pg::UPSTREAM_USER,
-        );
-        let out = Command::new("sh")
-            .args(["-c", &sh])
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Certs { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
+use portcullis_tests::{Certs, Engine, Gateway, GatewayOptions, PgOptions, per_engine};
 
 fn with_tls(uri: &str, params: &str) -> String {
     format!("{uri}?{params}")

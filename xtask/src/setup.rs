@@ -81,14 +81,16 @@ fn ensure_python_drivers() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Oldest Node.js the Node packages of the tests (playwright-core, node-postgres) run on.
+/// Oldest Node.js the Node packages of the tests (playwright-core, node-postgres,
+/// oidc-provider 8) run on.
 const NODE_MAJOR: u32 = 20;
 
 /// The tests' Node packages: a directory with a lock file, and a module that shows the
 /// install is there.
-const NODE_PACKAGES: [(&str, &str, &str); 2] = [
+const NODE_PACKAGES: [(&str, &str, &str); 3] = [
     ("tests/browser", "playwright-core", "the browser driver"),
     ("tests/drivers/node", "pg", "node-postgres"),
+    ("tests/oidc", "oidc-provider", "the OpenID provider of the token tests"),
 ];
 
 /// `npm ci` in each of [`NODE_PACKAGES`] whose node_modules is missing or older than its

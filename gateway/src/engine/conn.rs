@@ -926,10 +926,20 @@ async fn relay_session<C: Connect, H: Hooks>(
         };
         let left = at.saturating_sub(crate::approvals::model::now_ms());
         tokio::time::sleep(std::time::Duration::from_millis(left)).await;
-        while !(flow.relay.borrow().is_idle()
-            && !flow.writing_client.get()
-            && !flow.writing_server.get())
-        {
+        let idle = || {
+            flow.relay.borrow().is_idle() && !flow.writing_client.get() && !flow.writing_server.get()
+        };
+        if idle() {
+            return;
+        }
+        // Busy at expiry: the agent is waiting for an answer and will send its next
+        // statement as soon as it has it. That one gets the clear refusal (the relay's
+        // check) before the session goes.
+        while !idle() {
+            tokio::time::sleep(EXPIRY_RECHECK).await;
+        }
+        tokio::time::sleep(EXPIRED_GRACE).await;
+        while !idle() {
             tokio::time::sleep(EXPIRY_RECHECK).await;
         }
     };
@@ -1043,6 +1053,9 @@ fn close_trail<H: Hooks>(shared: &Shared, mut relay: Relay<H>) -> u64 {
 
 /// How often an expired session that is still busy is looked at again.
 const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a session that was busy when its credential expired stays open once idle,
+/// so that its next statement is answered with the refusal rather than a closed socket.
+const EXPIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a cut session's last writes (the chunk in progress, then the queue and the
 /// 57P01) may take: a client that reads nothing is closed without them.

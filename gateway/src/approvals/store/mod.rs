@@ -6,7 +6,7 @@
 //! decision racing a timeout, cannot both win, on one gateway or across many. The rules
 //! of a vote are [`super::model::Request::apply`], the same for every store.
 
-mod postgres;
+pub mod postgres;
 mod sqlite;
 
 use tokio::sync::mpsc;

@@ -780,9 +780,10 @@ fn unverified_tls() -> Result<rustls::ClientConfig, StoreError> {
     )
 }
 
-/// rustls as tokio-postgres' TLS.
+/// rustls as tokio-postgres' TLS (also what the end-to-end tests connect to the gateway
+/// with).
 #[derive(Clone)]
-struct RustlsConnect(Arc<rustls::ClientConfig>);
+pub struct RustlsConnect(pub Arc<rustls::ClientConfig>);
 
 impl<S> MakeTlsConnect<S> for RustlsConnect
 where
@@ -800,7 +801,7 @@ where
     }
 }
 
-struct RustlsHandshake {
+pub struct RustlsHandshake {
     config: Arc<rustls::ClientConfig>,
     name: rustls::pki_types::ServerName<'static>,
 }
@@ -823,7 +824,7 @@ where
     }
 }
 
-struct TlsStream<S>(tokio_rustls::client::TlsStream<S>);
+pub struct TlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     fn poll_read(
