@@ -39,12 +39,19 @@ struct Setup {
 }
 
 fn start(engine: Engine, clients: Vec<Client>) -> Setup {
+    start_with(engine, clients, &[])
+}
+
+fn start_with(engine: Engine, clients: Vec<Client>, server_lines: &[&str]) -> Setup {
     let certs = Certs::new();
     let idp = OidcProvider::start(&certs, clients, 600).expect("start the OpenID provider");
     let (cert, key) = (certs.path("server.pem"), certs.path("server.key"));
     let oidc = idp.gateway_toml();
     let env = Env::start_with(engine, PgOptions::default(), |o| {
         let mut o = o.policy(POLICY).extra_toml(&oidc);
+        for l in server_lines {
+            o = o.server_line(l);
+        }
         o.tls = Some((cert, key));
         o
     });
@@ -246,3 +253,111 @@ fn a_session_ends_with_its_token(engine: Engine) {
 }
 
 per_engine!(a_session_ends_with_its_token);
+
+/// One backend message off a raw socket: its tag and body.
+fn read_message(s: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len.checked_sub(4)?];
+    s.read_exact(&mut body).ok()?;
+    Some((head[0], body))
+}
+
+fn sasl(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// OAUTHBEARER exactly as a PostgreSQL 18 server runs it (no PostgreSQL 18 client is on
+/// this machine, so the client side is written out here, byte for byte from RFC 7628):
+/// a discovery request answered with the issuer's discovery document and ended without an
+/// error, a good token logged in, a bad one refused after the error reply. This gateway
+/// also takes tokens outside TLS, as `plaintext_tokens` allows on a loopback listener.
+#[test]
+fn oauthbearer_is_spoken_as_postgresql_18_speaks_it() {
+    use std::io::Write;
+    let s = start_with(
+        Engine::Auto,
+        vec![Client::new("ci-writer", &["db-writers"])],
+        &["token_mechanism = \"oauthbearer\"", "plaintext_tokens = true"],
+    );
+    let begin = || {
+        let mut c = std::net::TcpStream::connect(s.env.gw.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut p = Vec::new();
+        p.extend_from_slice(&196608u32.to_be_bytes());
+        p.extend_from_slice(format!("user\0svc\0database\0{DB}\0\0").as_bytes());
+        let mut startup = ((p.len() + 4) as u32).to_be_bytes().to_vec();
+        startup.extend_from_slice(&p);
+        c.write_all(&startup).unwrap();
+        let (tag, body) = read_message(&mut c).unwrap();
+        assert_eq!((tag, &body[..4]), (b'R', &10u32.to_be_bytes()[..]));
+        assert_eq!(&body[4..], b"OAUTHBEARER\0\0");
+        c
+    };
+    let initial = |auth: &str| {
+        let data = format!("n,,\x01auth={auth}\x01\x01");
+        let mut body = b"OAUTHBEARER\0".to_vec();
+        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        body.extend_from_slice(data.as_bytes());
+        sasl(b'p', &body)
+    };
+
+    // Discovery: an empty auth value gets the issuer's discovery document and scope; the
+    // client's lone 0x01 ends the exchange, and the server closes without an error.
+    let mut c = begin();
+    c.write_all(&initial("")).unwrap();
+    let (tag, body) = read_message(&mut c).unwrap();
+    assert_eq!((tag, &body[..4]), (b'R', &11u32.to_be_bytes()[..]));
+    let reply: serde_json::Value = serde_json::from_slice(&body[4..]).unwrap();
+    assert_eq!(reply["status"], "invalid_token");
+    assert_eq!(
+        reply["openid-configuration"],
+        format!("{}/.well-known/openid-configuration", s.idp.issuer())
+    );
+    c.write_all(&sasl(b'p', b"\x01")).unwrap();
+    assert!(read_message(&mut c).is_none(), "closed without a message");
+
+    // A token from the provider: AuthenticationOk (no SASL final data), then a session.
+    let token = s.idp.token("ci-writer").unwrap();
+    let mut c = begin();
+    c.write_all(&initial(&format!("Bearer {token}"))).unwrap();
+    let (tag, body) = read_message(&mut c).unwrap();
+    assert_eq!((tag, &body[..]), (b'R', &0u32.to_be_bytes()[..]));
+    loop {
+        let (tag, _) = read_message(&mut c).unwrap();
+        if tag == b'Z' {
+            break;
+        }
+    }
+    c.write_all(&sasl(b'Q', b"SELECT current_database()\0")).unwrap();
+    let mut rows = Vec::new();
+    loop {
+        let (tag, body) = read_message(&mut c).unwrap();
+        match tag {
+            b'D' => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
+            b'Z' => break,
+            b'E' => panic!("{}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    assert_eq!(rows, [DB]);
+
+    // An expired token: the error reply, then FATAL 28000 once the client sends 0x01.
+    let expired = s.forge(json!({"claims": s.idp.claims("svc", -300)}));
+    let mut c = begin();
+    c.write_all(&initial(&format!("Bearer {expired}"))).unwrap();
+    let (tag, body) = read_message(&mut c).unwrap();
+    assert_eq!((tag, &body[..4]), (b'R', &11u32.to_be_bytes()[..]));
+    c.write_all(&sasl(b'p', b"\x01")).unwrap();
+    let (tag, body) = read_message(&mut c).unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(tag, b'E');
+    assert!(text.contains("C28000"), "{text}");
+    assert!(text.contains("OAuth bearer authentication failed for user \"svc\""), "{text}");
+    assert!(text.contains("expired"), "{text}");
+}
