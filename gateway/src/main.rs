@@ -210,6 +210,23 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => println!("audit: no [audit] section, no evidence is kept"),
             }
+            for o in &cfg.oidc {
+                println!(
+                    "tokens: issuer {} (audiences {}; algorithms {}; typ {})",
+                    o.issuer,
+                    o.audiences.join(", "),
+                    o.algorithms
+                        .iter()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if o.require_typ.is_empty() {
+                        "not checked"
+                    } else {
+                        &o.require_typ
+                    }
+                );
+            }
             match &cfg.policy {
                 Some(p) => println!(
                     "{}: ok ({} identities, {} masking rules, {} policy rules{})",
