@@ -165,6 +165,9 @@ fn tokens_of_a_real_provider_log_in_and_bad_ones_are_refused_with_a_reason() {
         s.refused(&token, "token authentication failed for user \"svc\"");
     }
     s.refused("not-a-jwt", "malformed");
+    // A subject that is a static key's name does not become that identity.
+    let impostor = s.forge(json!({"claims": s.idp.claims("agent", 600)}));
+    s.refused(&impostor, "which is a static key of this gateway");
 
     // Key rotation: the provider restarts with new keys; a token under the new kid makes
     // the gateway refetch, and a token under the withdrawn key is refused after that.

@@ -460,6 +460,19 @@ async fn client_startup<C: Connect>(
                         Some(t) => t.verify(&token, mechanism).await,
                         None => Err(crate::auth::oidc::TokenError::Issuer),
                     };
+                    // A token may not stand for a static key's identity: rules and masking
+                    // permits name identities, and a subject chosen at the provider must not
+                    // pick up another identity's.
+                    let result = result.and_then(|id| {
+                        if shared.identities.load().get(&id.name).is_some() {
+                            Err(crate::auth::oidc::TokenError::Claim(format!(
+                                "it names identity \"{}\", which is a static key of this gateway",
+                                id.name
+                            )))
+                        } else {
+                            Ok(id)
+                        }
+                    });
                     if let Err(e) = &result {
                         info!(user = hs.user().unwrap_or(""), "token refused: {e}");
                     }
