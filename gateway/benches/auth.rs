@@ -50,12 +50,27 @@ fn rsa_keys() -> (Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.pem");
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().expect("openssl");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     };
     let k = key.to_str().unwrap();
-    run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", k]);
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        k,
+    ]);
     let private = run(&["rsa", "-in", k, "-traditional", "-outform", "DER"]);
     let public = run(&["rsa", "-in", k, "-RSAPublicKey_out", "-outform", "DER"]);
     (private, public)
@@ -83,7 +98,8 @@ fn tokens(c: &mut Criterion<CpuTime>) {
     )
     .unwrap();
     let (rsa_private, rsa_public) = rsa_keys();
-    let ed = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let ed =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
     let ed_pair = ring::signature::Ed25519KeyPair::from_pkcs8(ed.as_ref()).unwrap();
     use ring::signature::KeyPair;
     let ed_public = B64URL.encode(ed_pair.public_key().as_ref());
@@ -153,7 +169,10 @@ fn statement(c: &mut Criterion<CpuTime>) {
     query.put_i32(4 + sql.len() as i32);
     query.put_slice(sql);
     let far = portcullis::approvals::model::now_ms() + 3_600_000;
-    for (name, expiry) in [("statement/no-expiry", None), ("statement/token-expiry", Some(far))] {
+    for (name, expiry) in [
+        ("statement/no-expiry", None),
+        ("statement/token-expiry", Some(far)),
+    ] {
         let mut relay = Relay::new(RelayLimits::default(), PassThrough).with_expiry(expiry);
         c.bench_function(name, |b| {
             b.iter(|| {

@@ -216,7 +216,9 @@ impl IdentityConfig {
                 crate::audit::sinks::record::parse_rfc3339_us(t)
                     .filter(|us| *us >= 0)
                     .map(|us| us as u64 / 1000)
-                    .ok_or_else(|| format!("\"{t}\" is not an RFC 3339 time (2027-01-31T18:00:00Z)"))
+                    .ok_or_else(|| {
+                        format!("\"{t}\" is not an RFC 3339 time (2027-01-31T18:00:00Z)")
+                    })
             })
             .transpose()
     }

@@ -112,7 +112,15 @@ fn tokens_of_a_real_provider_log_in_and_bad_ones_are_refused_with_a_reason() {
     // A token from the token endpoint, as the password: the identity is its subject, and
     // the db-writers group maps to the writer role, which may write.
     let writer = s.idp.token("ci-writer").expect("token");
-    let out = s.psql(gw, "anything", &writer, &["INSERT INTO notes VALUES (2, 'w')", "SELECT count(*) FROM notes"]);
+    let out = s.psql(
+        gw,
+        "anything",
+        &writer,
+        &[
+            "INSERT INTO notes VALUES (2, 'w')",
+            "SELECT count(*) FROM notes",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().last(), Some("2"));
     // A client without the group reads but may not write.
@@ -120,7 +128,11 @@ fn tokens_of_a_real_provider_log_in_and_bad_ones_are_refused_with_a_reason() {
     let out = s.psql(gw, "ci-reader", &reader, &["SELECT count(*) FROM notes"]);
     assert_eq!(stdout(&out).trim(), "2", "{}", stderr(&out));
     let out = s.psql(gw, "ci-reader", &reader, &["DELETE FROM notes"]);
-    assert!(stderr(&out).contains("portcullis refused"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("portcullis refused"),
+        "{}",
+        stderr(&out)
+    );
     // A 16 kB token (a padding claim) goes through.
     let large = s.idp.token("ci-big").expect("token");
     assert!(large.len() > 16_000, "{}", large.len());
@@ -151,13 +163,31 @@ fn tokens_of_a_real_provider_log_in_and_bad_ones_are_refused_with_a_reason() {
         (json!({"claims": claims(-120)}), "expired"),
         (json!({"claims": not_yet}), "not valid yet"),
         (json!({"claims": other_aud}), "not for this gateway"),
-        (json!({"claims": other_iss}), "issuer is not one this gateway accepts"),
-        (json!({"claims": claims(600), "mode": "tamper", "tampered": {"sub": "admin"}}), "signature does not verify"),
+        (
+            json!({"claims": other_iss}),
+            "issuer is not one this gateway accepts",
+        ),
+        (
+            json!({"claims": claims(600), "mode": "tamper", "tampered": {"sub": "admin"}}),
+            "signature does not verify",
+        ),
         (json!({"claims": claims(600), "mode": "none"}), "alg none"),
-        (json!({"claims": claims(600), "mode": "hmac-public"}), "shared-secret algorithm"),
-        (json!({"claims": claims(600), "typ": "JWT"}), "type (typ) is JWT"),
-        (json!({"claims": claims(600), "typ": null}), "type (typ) is missing"),
-        (json!({"claims": claims(600), "mode": "foreign", "kid": "not-published"}), "does not publish"),
+        (
+            json!({"claims": claims(600), "mode": "hmac-public"}),
+            "shared-secret algorithm",
+        ),
+        (
+            json!({"claims": claims(600), "typ": "JWT"}),
+            "type (typ) is JWT",
+        ),
+        (
+            json!({"claims": claims(600), "typ": null}),
+            "type (typ) is missing",
+        ),
+        (
+            json!({"claims": claims(600), "mode": "foreign", "kid": "not-published"}),
+            "does not publish",
+        ),
     ];
     for (req, why) in cases {
         let token = s.forge(req.clone());
@@ -190,7 +220,11 @@ fn tokens_of_a_real_provider_log_in_and_bad_ones_are_refused_with_a_reason() {
     opts.port = 0;
     let mut cold = Gateway::start(opts).expect("second gateway");
     let out = s.psql(&cold, "svc", &while_down, &["SELECT 1"]);
-    assert!(stderr(&out).contains("cannot check tokens right now"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot check tokens right now"),
+        "{}",
+        stderr(&out)
+    );
     cold.stop_with(libc::SIGTERM, Duration::from_secs(5));
 
     // No token ever reaches the gateway's log.
@@ -198,7 +232,10 @@ fn tokens_of_a_real_provider_log_in_and_bad_ones_are_refused_with_a_reason() {
     for t in [&writer, &reader, &rotated, &while_down] {
         assert!(!log.contains(t.as_str()), "a token is in the gateway's log");
     }
-    assert!(log.contains("token refused"), "refusals are logged with their reason");
+    assert!(
+        log.contains("token refused"),
+        "refusals are logged with their reason"
+    );
 }
 
 /// A session's token expires while it is open: the statement after the expiry is
@@ -209,7 +246,12 @@ fn a_session_ends_with_its_token(engine: Engine) {
 
     // Busy across the expiry (psql, one connection): the next statement is refused.
     let token = s.forge(json!({"claims": s.idp.claims("svc", 3)}));
-    let out = s.psql(gw, "svc", &token, &["SELECT pg_sleep(4.5)", "SELECT 'after expiry'"]);
+    let out = s.psql(
+        gw,
+        "svc",
+        &token,
+        &["SELECT pg_sleep(4.5)", "SELECT 'after expiry'"],
+    );
     let err = stderr(&out);
     assert!(!stdout(&out).contains("after expiry"), "{}", stdout(&out));
     assert!(err.contains("expired at"), "{err}");
@@ -241,7 +283,10 @@ fn a_session_ends_with_its_token(engine: Engine) {
             .await
             .expect("a token login with tokio-postgres");
         let ended = tokio::spawn(conn);
-        let row = client.query_one("SELECT current_database()", &[]).await.unwrap();
+        let row = client
+            .query_one("SELECT current_database()", &[])
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, String>(0), DB);
         let result = tokio::time::timeout(Duration::from_secs(15), ended)
             .await
@@ -286,7 +331,10 @@ fn oauthbearer_is_spoken_as_postgresql_18_speaks_it() {
     let s = start_with(
         Engine::Auto,
         vec![Client::new("ci-writer", &["db-writers"])],
-        &["token_mechanism = \"oauthbearer\"", "plaintext_tokens = true"],
+        &[
+            "token_mechanism = \"oauthbearer\"",
+            "plaintext_tokens = true",
+        ],
     );
     let begin = || {
         let mut c = std::net::TcpStream::connect(s.env.gw.addr).unwrap();
@@ -337,7 +385,8 @@ fn oauthbearer_is_spoken_as_postgresql_18_speaks_it() {
             break;
         }
     }
-    c.write_all(&sasl(b'Q', b"SELECT current_database()\0")).unwrap();
+    c.write_all(&sasl(b'Q', b"SELECT current_database()\0"))
+        .unwrap();
     let mut rows = Vec::new();
     loop {
         let (tag, body) = read_message(&mut c).unwrap();
@@ -361,6 +410,9 @@ fn oauthbearer_is_spoken_as_postgresql_18_speaks_it() {
     let text = String::from_utf8_lossy(&body);
     assert_eq!(tag, b'E');
     assert!(text.contains("C28000"), "{text}");
-    assert!(text.contains("OAuth bearer authentication failed for user \"svc\""), "{text}");
+    assert!(
+        text.contains("OAuth bearer authentication failed for user \"svc\""),
+        "{text}"
+    );
     assert!(text.contains("expired"), "{text}");
 }

@@ -90,7 +90,11 @@ const NODE_MAJOR: u32 = 20;
 const NODE_PACKAGES: [(&str, &str, &str); 3] = [
     ("tests/browser", "playwright-core", "the browser driver"),
     ("tests/drivers/node", "pg", "node-postgres"),
-    ("tests/oidc", "oidc-provider", "the OpenID provider of the token tests"),
+    (
+        "tests/oidc",
+        "oidc-provider",
+        "the OpenID provider of the token tests",
+    ),
 ];
 
 /// `npm ci` in each of [`NODE_PACKAGES`] whose node_modules is missing or older than its

@@ -88,16 +88,22 @@ pub fn parse_initial(msg: &[u8]) -> Result<Initial<'_>, ProtocolError> {
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
         .map(|_| auth[7..].trim_ascii())
-        .ok_or(malformed("OAUTHBEARER: the auth value is not a Bearer token"))?;
+        .ok_or(malformed(
+            "OAUTHBEARER: the auth value is not a Bearer token",
+        ))?;
     if token.is_empty()
         || !token.iter().all(|&b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
         })
     {
-        return Err(malformed("OAUTHBEARER: the bearer token has invalid characters"));
+        return Err(malformed(
+            "OAUTHBEARER: the bearer token has invalid characters",
+        ));
     }
     // Checked ASCII above.
-    Ok(Initial::Token(std::str::from_utf8(token).unwrap_or_default()))
+    Ok(Initial::Token(
+        std::str::from_utf8(token).unwrap_or_default(),
+    ))
 }
 
 /// The reply to a discovery request or a refused token (RFC 7628 §3.2.2), as PostgreSQL
@@ -131,7 +137,10 @@ mod tests {
             parse_initial(b"n,,\x01host=db\x01auth=bEaReR  t0k\x01port=5\x01\x01").unwrap(),
             Initial::Token("t0k")
         );
-        assert_eq!(parse_initial(b"n,,\x01auth=\x01\x01").unwrap(), Initial::Discovery);
+        assert_eq!(
+            parse_initial(b"n,,\x01auth=\x01\x01").unwrap(),
+            Initial::Discovery
+        );
         for bad in [
             &b""[..],
             b"p=x,,\x01auth=Bearer a\x01\x01",

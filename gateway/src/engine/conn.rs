@@ -940,7 +940,9 @@ async fn relay_session<C: Connect, H: Hooks>(
         let left = at.saturating_sub(crate::approvals::model::now_ms());
         tokio::time::sleep(std::time::Duration::from_millis(left)).await;
         let idle = || {
-            flow.relay.borrow().is_idle() && !flow.writing_client.get() && !flow.writing_server.get()
+            flow.relay.borrow().is_idle()
+                && !flow.writing_client.get()
+                && !flow.writing_server.get()
         };
         if idle() {
             return;
@@ -987,7 +989,10 @@ async fn relay_session<C: Connect, H: Hooks>(
         .await;
         server.shutdown();
         client.shutdown();
-        return ("credential expired", close_trail(shared, flow.relay.into_inner()));
+        return (
+            "credential expired",
+            close_trail(shared, flow.relay.into_inner()),
+        );
     }
     if cut {
         flow.cut.set(true);

@@ -105,7 +105,8 @@ impl Shared {
             tokens: None,
             token_auth: crate::session::handshake::TokenAuth {
                 enabled: !cfg.oidc.is_empty(),
-                oauthbearer: cfg.server.token_mechanism == crate::config::TokenMechanism::Oauthbearer,
+                oauthbearer: cfg.server.token_mechanism
+                    == crate::config::TokenMechanism::Oauthbearer,
                 plaintext: cfg.server.plaintext_tokens,
                 discovery: cfg.oidc.first().map(|o| (o.discovery(), o.scope.clone())),
             },

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::auth::{Identity, IdentityStore, ScramError, ScramServer, StaticKey, oauthbearer, scram};
+use crate::auth::{
+    Identity, IdentityStore, ScramError, ScramServer, StaticKey, oauthbearer, scram,
+};
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::frame::{split_frame, split_startup_packet};
 use crate::protocol::frontend::{self as fe, StartupPacket};
@@ -312,12 +314,18 @@ impl ClientHandshake {
                     return Err(malformed("password"));
                 }
                 let Ok(token) = std::str::from_utf8(password) else {
-                    steps.push(Step::Reject(token_failed(&login.user, "the token is not text")));
+                    steps.push(Step::Reject(token_failed(
+                        &login.user,
+                        "the token is not text",
+                    )));
                     return Ok(false);
                 };
                 let token = token.trim().to_owned();
                 if token.is_empty() {
-                    steps.push(Step::Reject(token_failed(&login.user, "no token was given")));
+                    steps.push(Step::Reject(token_failed(
+                        &login.user,
+                        "no token was given",
+                    )));
                     return Ok(false);
                 }
                 steps.push(Step::VerifyToken {
@@ -372,12 +380,16 @@ impl ClientHandshake {
                 };
                 expect_password(frame.tag())?;
                 if !oauthbearer::is_kvsep(frame.body()) {
-                    return Err(malformed("OAUTHBEARER: the client did not send a kvsep response"));
+                    return Err(malformed(
+                        "OAUTHBEARER: the client did not send a kvsep response",
+                    ));
                 }
                 match failed {
                     Some(why) => steps.push(Step::Reject(oauth_failed(&login.user, &why))),
                     // As PostgreSQL: a discovery request ends without an error.
-                    None => steps.push(Step::Close("answered an OAUTHBEARER discovery request".into())),
+                    None => steps.push(Step::Close(
+                        "answered an OAUTHBEARER discovery request".into(),
+                    )),
                 }
                 Ok(false)
             }
@@ -431,7 +443,8 @@ impl ClientHandshake {
         result: Result<Identity, crate::auth::oidc::TokenError>,
         steps: &mut Vec<Step>,
     ) {
-        let State::AwaitToken(mut login, mechanism) = std::mem::replace(&mut self.state, State::Done)
+        let State::AwaitToken(mut login, mechanism) =
+            std::mem::replace(&mut self.state, State::Done)
         else {
             return;
         };
@@ -561,7 +574,9 @@ impl ClientHandshake {
                         params: rest,
                     };
                     if self.tokens.oauthbearer {
-                        steps.push(Step::Send(be::authentication_sasl(&[oauthbearer::MECHANISM])));
+                        steps.push(Step::Send(be::authentication_sasl(&[
+                            oauthbearer::MECHANISM,
+                        ])));
                         self.state = State::AwaitOauthInitial(login);
                     } else {
                         steps.push(Step::Send(be::authentication_cleartext_password()));
@@ -843,7 +858,10 @@ mod tests {
             enabled: true,
             oauthbearer,
             plaintext: false,
-            discovery: Some(("https://idp/.well-known/openid-configuration".into(), "openid".into())),
+            discovery: Some((
+                "https://idp/.well-known/openid-configuration".into(),
+                "openid".into(),
+            )),
         }
     }
 
@@ -877,7 +895,9 @@ mod tests {
         hs.tls_established();
         let mut steps = Vec::new();
         hs.on_bytes(&mut startup("anyone"), &mut steps);
-        assert!(matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_cleartext_password()[..]));
+        assert!(
+            matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_cleartext_password()[..])
+        );
         let big = "t".repeat(20_000);
         let mut steps = Vec::new();
         let mut b = password(&big);
@@ -893,7 +913,9 @@ mod tests {
         assert_eq!((token.len(), *mechanism), (20_000, TOKEN_AS_PASSWORD));
         let mut steps = Vec::new();
         hs.token_checked(Ok(token_identity()), &mut steps);
-        assert!(matches!(&steps[..], [Step::Send(_), Step::Authenticated(a)] if a.identity.name == "svc" && a.database == "bank"));
+        assert!(
+            matches!(&steps[..], [Step::Send(_), Step::Authenticated(a)] if a.identity.name == "svc" && a.database == "bank")
+        );
         // A refused token: FATAL 28000 naming why.
         let mut hs = ClientHandshake::with_tokens(store(), TlsOffer::Optional, tokens(false));
         hs.tls_established();
@@ -907,7 +929,9 @@ mod tests {
         let mut hs = ClientHandshake::with_tokens(store(), TlsOffer::Optional, tokens(false));
         let mut steps = Vec::new();
         hs.on_bytes(&mut startup("agent"), &mut steps);
-        assert!(matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_sasl(&[scram::MECHANISM])[..]));
+        assert!(
+            matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_sasl(&[scram::MECHANISM])[..])
+        );
     }
 
     #[test]
@@ -927,7 +951,9 @@ mod tests {
             hs.tls_established();
             let mut steps = Vec::new();
             hs.on_bytes(&mut startup("svc"), &mut steps);
-            assert!(matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_sasl(&[oauthbearer::MECHANISM])[..]));
+            assert!(
+                matches!(&steps[..], [Step::Send(r)] if r[..] == be::authentication_sasl(&[oauthbearer::MECHANISM])[..])
+            );
             hs
         };
         // Discovery: the issuer and scope, then a silent close after the kvsep.
@@ -939,22 +965,33 @@ mod tests {
         };
         let json: serde_json::Value = serde_json::from_slice(&cont[9..]).unwrap();
         assert_eq!(json["status"], "invalid_token");
-        assert_eq!(json["openid-configuration"], "https://idp/.well-known/openid-configuration");
+        assert_eq!(
+            json["openid-configuration"],
+            "https://idp/.well-known/openid-configuration"
+        );
         let mut steps = Vec::new();
         hs.on_bytes(&mut kvsep(), &mut steps);
         assert!(matches!(&steps[..], [Step::Close(_)]), "{steps:?}");
         // A good token: AuthenticationOk with no SASL final message.
         let mut hs = begin();
         let mut steps = Vec::new();
-        hs.on_bytes(&mut sasl_initial(b"n,,\x01auth=Bearer a.b.c\x01\x01"), &mut steps);
+        hs.on_bytes(
+            &mut sasl_initial(b"n,,\x01auth=Bearer a.b.c\x01\x01"),
+            &mut steps,
+        );
         assert!(matches!(&steps[..], [Step::VerifyToken { token, .. }] if token == "a.b.c"));
         let mut steps = Vec::new();
         hs.token_checked(Ok(token_identity()), &mut steps);
-        assert!(matches!(&steps[..], [Step::Send(ok), Step::Authenticated(_)] if ok[..] == be::authentication_ok()[..]));
+        assert!(
+            matches!(&steps[..], [Step::Send(ok), Step::Authenticated(_)] if ok[..] == be::authentication_ok()[..])
+        );
         // A bad one: the error reply, then FATAL 28000 after the kvsep.
         let mut hs = begin();
         let mut steps = Vec::new();
-        hs.on_bytes(&mut sasl_initial(b"n,,\x01auth=Bearer a.b.c\x01\x01"), &mut steps);
+        hs.on_bytes(
+            &mut sasl_initial(b"n,,\x01auth=Bearer a.b.c\x01\x01"),
+            &mut steps,
+        );
         let mut steps = Vec::new();
         hs.token_checked(Err(crate::auth::oidc::TokenError::Expired(0)), &mut steps);
         assert!(matches!(&steps[..], [Step::Send(c)] if c[0] == be::AUTHENTICATION));
@@ -989,7 +1026,10 @@ mod tests {
             };
             let (code, msg) = be::error_summary(&e[5..]);
             assert_eq!(code, "28000");
-            assert!(msg.contains(if disabled { "disabled" } else { "expired" }), "{msg}");
+            assert!(
+                msg.contains(if disabled { "disabled" } else { "expired" }),
+                "{msg}"
+            );
         }
     }
 }

@@ -170,7 +170,8 @@ impl OidcConfig {
         if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
             return Err((
                 "audiences",
-                "name at least one audience: tokens for other services must not open the database".into(),
+                "name at least one audience: tokens for other services must not open the database"
+                    .into(),
             ));
         }
         if self.algorithms.is_empty() {
@@ -229,12 +230,11 @@ mod tests {
             let e = parse(&format!("algorithms = [\"{alg}\"]")).unwrap_err();
             assert!(e.contains("unknown variant"), "{alg}: {e}");
         }
-        let e = toml::from_str::<OidcConfig>(
-            "issuer = \"http://idp.example\"\naudiences = [\"db\"]\n",
-        )
-        .unwrap()
-        .validate()
-        .unwrap_err();
+        let e =
+            toml::from_str::<OidcConfig>("issuer = \"http://idp.example\"\naudiences = [\"db\"]\n")
+                .unwrap()
+                .validate()
+                .unwrap_err();
         assert_eq!(e.0, "issuer");
         let ok = toml::from_str::<OidcConfig>(
             "issuer = \"http://127.0.0.1:4000\"\naudiences = [\"db\"]\n",

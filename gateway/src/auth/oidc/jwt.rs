@@ -9,8 +9,8 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::config::{Algorithm, OidcConfig};
 use super::TokenError;
+use super::config::{Algorithm, OidcConfig};
 use crate::auth::{Identity, Method};
 
 /// What a token says of itself before anything is verified: enough to find its issuer
@@ -41,7 +41,8 @@ struct RawIssuer {
 /// Reads a compact JWS's header and `iss` without checking anything.
 pub fn peek(token: &str) -> Result<Unverified, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed(
             "not a signed JWT (three base64url parts separated by dots)",
@@ -277,10 +278,22 @@ mod tests {
 
     #[test]
     fn peek_never_panics_on_garbage() {
-        for t in ["", ".", "..", "a.b.c", "a.b.c.d", "e30.e30.", "\u{0}.\u{0}.\u{0}"] {
+        for t in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "a.b.c.d",
+            "e30.e30.",
+            "\u{0}.\u{0}.\u{0}",
+        ] {
             let _ = peek(t);
         }
-        let t = format!("{}.{}.", B64URL.encode(br#"{"alg":"none"}"#), B64URL.encode(b"{}"));
+        let t = format!(
+            "{}.{}.",
+            B64URL.encode(br#"{"alg":"none"}"#),
+            B64URL.encode(b"{}")
+        );
         assert_eq!(peek(&t).unwrap().alg, "none");
     }
 
@@ -296,7 +309,11 @@ mod tests {
     #[test]
     fn none_and_hmac_are_refused_before_any_key_is_used() {
         let c = cfg();
-        for (alg, what) in [("none", "unsigned"), ("HS256", "shared-secret"), ("RS999", "not among")] {
+        for (alg, what) in [
+            ("none", "unsigned"),
+            ("HS256", "shared-secret"),
+            ("RS999", "not among"),
+        ] {
             let seen = Unverified {
                 alg: alg.into(),
                 typ: Some("at+jwt".into()),
