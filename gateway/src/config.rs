@@ -442,7 +442,9 @@ impl Config {
             [first, second, ..] => {
                 return Err(invalid(
                     format!("upstream.{second}"),
-                    format!("upstream.{first} is set too: give exactly one source of the credential"),
+                    format!(
+                        "upstream.{first} is set too: give exactly one source of the credential"
+                    ),
                 ));
             }
         }
@@ -582,9 +584,15 @@ mod tests {
         let with = |lines: &str| Config::parse(&good().replace("password = \"x\"\n", lines));
         let e = with("password = \"x\"\npassword_file = \"/run/credentials/pw\"\n").unwrap_err();
         assert!(e.to_string().starts_with("upstream.password_file:"), "{e}");
-        assert!(e.to_string().contains("upstream.password is set too"), "{e}");
+        assert!(
+            e.to_string().contains("upstream.password is set too"),
+            "{e}"
+        );
         let e = with("password_file = \"/a\"\npassword_command = [\"cat\", \"/a\"]\n").unwrap_err();
-        assert!(e.to_string().starts_with("upstream.password_command:"), "{e}");
+        assert!(
+            e.to_string().starts_with("upstream.password_command:"),
+            "{e}"
+        );
         let e = with("").unwrap_err();
         assert!(e.to_string().contains("password_command"), "{e}");
 
@@ -596,7 +604,10 @@ mod tests {
         let e = with("password_file = \"pw.txt\"\n").unwrap_err();
         assert!(e.to_string().starts_with("upstream.password_file:"), "{e}");
 
-        let c = with("password_command = [\"vault\", \"kv\", \"get\"]\npassword_command_refresh_secs = 60\n").unwrap();
+        let c = with(
+            "password_command = [\"vault\", \"kv\", \"get\"]\npassword_command_refresh_secs = 60\n",
+        )
+        .unwrap();
         match c.upstream_secret().unwrap() {
             crate::secrets::Source::Command {
                 argv,
@@ -609,16 +620,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        for bad in [
-            "password_command = []\n",
-            "password_command = [\"\"]\n",
-        ] {
+        for bad in ["password_command = []\n", "password_command = [\"\"]\n"] {
             let e = with(bad).unwrap_err();
-            assert!(e.to_string().starts_with("upstream.password_command:"), "{bad}: {e}");
+            assert!(
+                e.to_string().starts_with("upstream.password_command:"),
+                "{bad}: {e}"
+            );
         }
-        let e = with("password_command = [\"x\"]\npassword_command_refresh_secs = 0\n").unwrap_err();
+        let e =
+            with("password_command = [\"x\"]\npassword_command_refresh_secs = 0\n").unwrap_err();
         assert!(
-            e.to_string().starts_with("upstream.password_command_refresh_secs:"),
+            e.to_string()
+                .starts_with("upstream.password_command_refresh_secs:"),
             "{e}"
         );
         let e = with("password_command = \"vault kv get\"\n").unwrap_err();
@@ -627,7 +640,8 @@ mod tests {
 
     #[test]
     fn the_literal_password_is_not_in_a_debug_print() {
-        let c = Config::parse(&good().replace("password = \"x\"", "password = \"hunter2-up\"")).unwrap();
+        let c = Config::parse(&good().replace("password = \"x\"", "password = \"hunter2-up\""))
+            .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2-up"), "{shown}");
     }

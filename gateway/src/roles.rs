@@ -190,7 +190,12 @@ mod tests {
             identity_parameter(&p("session_authorization", "postgres")),
             Some("session_authorization")
         );
-        for v in ["-c role=postgres", "--role=x", "-c ROLE=x", "-csession_authorization=x"] {
+        for v in [
+            "-c role=postgres",
+            "--role=x",
+            "-c ROLE=x",
+            "-csession_authorization=x",
+        ] {
             assert_eq!(identity_parameter(&p("options", v)), Some("options"), "{v}");
         }
         assert_eq!(identity_parameter(&p("options", "-c work_mem=64MB")), None);

@@ -54,9 +54,9 @@ fn env(engine: Engine) -> Env {
             Identity::new("watcher", "watcher-secret", &["watcher"]),
             Identity::new("ghost", "ghost-secret", &["ghost"]),
         ];
-        o.policy(POLICY).extra_toml(ROLES).extra_toml(
-            "[[role]]\nname = \"ghost\"\nupstream_role = \"app_ghost\"\n",
-        )
+        o.policy(POLICY)
+            .extra_toml(ROLES)
+            .extra_toml("[[role]]\nname = \"ghost\"\nupstream_role = \"app_ghost\"\n")
     });
     let v = scram::verifier(LOGIN_PASSWORD);
     env.pg
@@ -94,19 +94,34 @@ fn psql(env: &Env, who: &str, sql: &str) -> Result<String, String> {
 
 fn sessions_run_as_their_upstream_role(engine: Engine) {
     let env = env(engine);
-    assert_eq!(psql(&env, "reader", "SELECT current_user").unwrap(), "app_read");
+    assert_eq!(
+        psql(&env, "reader", "SELECT current_user").unwrap(),
+        "app_read"
+    );
     // The login role shows as session_user; that is the gateway's, not a way out.
     assert_eq!(psql(&env, "reader", "SELECT session_user").unwrap(), LOGIN);
-    assert_eq!(psql(&env, "reader", "SELECT name FROM items").unwrap(), "one");
+    assert_eq!(
+        psql(&env, "reader", "SELECT name FROM items").unwrap(),
+        "one"
+    );
     // The policy allows the write; PostgreSQL refuses it for the read-only role.
     let e = psql(&env, "reader", "INSERT INTO items VALUES (2, 'two')").unwrap_err();
     assert!(e.contains("permission denied for table items"), "{e}");
-    assert!(!e.contains("portcullis"), "the server refused it, not the gateway: {e}");
+    assert!(
+        !e.contains("portcullis"),
+        "the server refused it, not the gateway: {e}"
+    );
 
-    assert_eq!(psql(&env, "agent", "SELECT current_user").unwrap(), "app_write");
+    assert_eq!(
+        psql(&env, "agent", "SELECT current_user").unwrap(),
+        "app_write"
+    );
     psql(&env, "agent", "INSERT INTO items VALUES (2, 'two')").unwrap();
     // Several roles: the one listed last in the file wins.
-    assert_eq!(psql(&env, "both", "SELECT current_user").unwrap(), "app_write");
+    assert_eq!(
+        psql(&env, "both", "SELECT current_user").unwrap(),
+        "app_write"
+    );
     // A role without upstream_role leaves the session as the login role, which has no
     // privileges of its own (NOINHERIT).
     assert_eq!(psql(&env, "watcher", "SELECT current_user").unwrap(), LOGIN);
@@ -119,7 +134,10 @@ fn sessions_run_as_their_upstream_role(engine: Engine) {
     // tokio-postgres, extended protocol: the same role.
     rt().block_on(async {
         let c = common::connect(&env.gw.conninfo("reader", "reader-secret", common::DB)).await;
-        let row = c.query_one("SELECT current_user::text, $1::int", &[&7i32]).await.unwrap();
+        let row = c
+            .query_one("SELECT current_user::text, $1::int", &[&7i32])
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, String>(0), "app_read");
         let e = c
             .execute("UPDATE items SET name = $1 WHERE id = 1", &[&"x"])
@@ -127,7 +145,11 @@ fn sessions_run_as_their_upstream_role(engine: Engine) {
             .unwrap_err();
         let db = e.as_db_error().expect("a server error");
         assert_eq!(db.code().code(), "42501");
-        assert!(db.message().contains("permission denied"), "{}", db.message());
+        assert!(
+            db.message().contains("permission denied"),
+            "{}",
+            db.message()
+        );
     });
 }
 
@@ -166,7 +188,10 @@ fn the_agent_cannot_change_its_role(engine: Engine) {
         );
     }
     let e = psql(&env, "reader", "SET ROLE app_write").unwrap_err();
-    assert!(e.contains("the gateway decides the session's database role"), "{e}");
+    assert!(
+        e.contains("the gateway decides the session's database role"),
+        "{e}"
+    );
 
     rt().block_on(async {
         let c = common::connect(&env.gw.conninfo("reader", "reader-secret", common::DB)).await;
@@ -177,7 +202,11 @@ fn the_agent_cannot_change_its_role(engine: Engine) {
             .unwrap_err();
         let db = e.as_db_error().expect("refused by the gateway");
         assert_eq!(db.code().code(), "42501");
-        assert!(db.message().starts_with("portcullis refused"), "{}", db.message());
+        assert!(
+            db.message().starts_with("portcullis refused"),
+            "{}",
+            db.message()
+        );
         let e = c.prepare("SET ROLE app_write").await.unwrap_err();
         assert_eq!(e.as_db_error().unwrap().code().code(), "42501");
         // A prepared statement prepared with SQL that would switch role cannot exist, and
@@ -188,11 +217,22 @@ fn the_agent_cannot_change_its_role(engine: Engine) {
     });
 
     // Start-up parameters are settings too: refused before the server sees them.
-    for options in ["-c role=app_write", "-c session_authorization=gw_login", "--role=app_write"] {
-        let out = run_timed(psql_at(&uri(&env, "reader")).env("PGOPTIONS", options).args(["-At", "-c", "SELECT current_user"]));
+    for options in [
+        "-c role=app_write",
+        "-c session_authorization=gw_login",
+        "--role=app_write",
+    ] {
+        let out = run_timed(
+            psql_at(&uri(&env, "reader"))
+                .env("PGOPTIONS", options)
+                .args(["-At", "-c", "SELECT current_user"]),
+        );
         assert!(!out.status.success(), "{options}: {}", stdout(&out));
         let e = stderr(&out);
-        assert!(e.contains("portcullis refused the start-up parameter \"options\""), "{options}: {e}");
+        assert!(
+            e.contains("portcullis refused the start-up parameter \"options\""),
+            "{options}: {e}"
+        );
     }
 }
 
@@ -217,5 +257,8 @@ fn a_role_the_login_cannot_become_refuses_the_session(engine: Engine) {
         assert_eq!(db.code().code(), "42501");
         assert_eq!(db.severity(), "FATAL");
     });
-    assert_eq!(psql(&env, "reader", "SELECT current_user").unwrap(), "app_read");
+    assert_eq!(
+        psql(&env, "reader", "SELECT current_user").unwrap(),
+        "app_read"
+    );
 }

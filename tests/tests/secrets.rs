@@ -137,7 +137,9 @@ fn a_rotated_password_file_is_used_by_the_next_session(engine: Engine) {
     replace(&file, &format!("{new}\n"));
     assert_eq!(whoami(&env).unwrap(), ROLE);
     assert!(
-        env.gw.log().contains("changed; new logins use its new value"),
+        env.gw
+            .log()
+            .contains("changed; new logins use its new value"),
         "{}",
         env.gw.log_tail(20)
     );

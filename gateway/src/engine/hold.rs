@@ -244,7 +244,8 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         .map(|(i, (format, value))| render_param(*format, value.as_deref(), types.get(i).copied()))
         .collect();
     if let Some(messages) = explain {
-        new.estimate = Some(estimate(shared, database, ctx.upstream_role.as_deref(), messages).await);
+        new.estimate =
+            Some(estimate(shared, database, ctx.upstream_role.as_deref(), messages).await);
     }
     if flow.relay.borrow_mut().start_preview() {
         new.timeout_secs = new.timeout_secs.min(settings.preview_max.as_secs().max(1));

@@ -173,7 +173,9 @@ pub(super) fn run(argv: &[String], timeout: Duration) -> Result<Secret, SecretEr
     let left = timeout.saturating_sub(started.elapsed()) + Duration::from_millis(100);
     let stdout = out.recv_timeout(left).unwrap_or_default();
     if !status.success() {
-        let stderr = err.recv_timeout(Duration::from_millis(100)).unwrap_or_default();
+        let stderr = err
+            .recv_timeout(Duration::from_millis(100))
+            .unwrap_or_default();
         return Err(SecretError::Failed {
             program,
             status: status.to_string(),
@@ -193,7 +195,9 @@ pub(super) fn run(argv: &[String], timeout: Duration) -> Result<Secret, SecretEr
         return Err(bad("nothing"));
     }
     if value.contains(['\n', '\r', '\0']) {
-        return Err(bad("more than one line (it should print the password alone)"));
+        return Err(bad(
+            "more than one line (it should print the password alone)",
+        ));
     }
     Ok(Secret::new(value))
 }

@@ -295,7 +295,10 @@ mod tests {
     #[test]
     fn an_unset_variable_names_itself() {
         let e = Credential::start(Source::Env("PORTCULLIS_TEST_SURELY_UNSET".into())).unwrap_err();
-        assert!(e.to_string().contains("PORTCULLIS_TEST_SURELY_UNSET"), "{e}");
+        assert!(
+            e.to_string().contains("PORTCULLIS_TEST_SURELY_UNSET"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -325,7 +328,10 @@ mod tests {
         std::fs::write(&path, "old").unwrap();
         let c = Credential::start(Source::File(path.clone())).unwrap();
         let used = c.current().unwrap();
-        assert!(c.refused(&used).await.is_none(), "same value: nothing to retry");
+        assert!(
+            c.refused(&used).await.is_none(),
+            "same value: nothing to retry"
+        );
         std::fs::write(&path, "new").unwrap();
         assert_eq!(c.refused(&used).await.unwrap().expose(), "new");
     }

@@ -160,7 +160,9 @@ impl UpstreamHandshake {
                 be::READY_FOR_QUERY if !self.setting_role && self.role.is_some() => {
                     let sql = crate::roles::set_role_sql(self.role.as_deref().unwrap_or_default());
                     self.setting_role = true;
-                    steps.push(UpStep::Send(crate::protocol::frontend::query(sql.as_bytes())));
+                    steps.push(UpStep::Send(crate::protocol::frontend::query(
+                        sql.as_bytes(),
+                    )));
                 }
                 be::READY_FOR_QUERY => {
                     steps.push(UpStep::Ready(Box::new(std::mem::take(&mut self.session))));
@@ -299,7 +301,10 @@ mod tests {
         let [UpStep::Send(q)] = steps.as_slice() else {
             panic!("{steps:?}");
         };
-        assert_eq!(&q[..], &frame(b'Q', b"SET ROLE \"app \"\"write\"\"\"\0")[..]);
+        assert_eq!(
+            &q[..],
+            &frame(b'Q', b"SET ROLE \"app \"\"write\"\"\"\0")[..]
+        );
         steps.clear();
         let mut answer = frame(be::COMMAND_COMPLETE, b"SET\0");
         answer.extend(frame(be::PARAMETER_STATUS, b"is_superuser\0off\0"));
