@@ -88,6 +88,9 @@ pub struct Config {
     /// Identity providers whose access tokens agents may log in with.
     #[serde(default)]
     pub oidc: Vec<OidcConfig>,
+    /// `[[role]]`: roles that name an upstream PostgreSQL role (`crate::roles`).
+    #[serde(default, rename = "role")]
+    pub roles: Vec<crate::roles::RoleConfig>,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -163,8 +166,21 @@ pub struct UpstreamConfig {
     #[serde(default = "default_pg_port")]
     pub port: u16,
     pub user: String,
-    pub password: Option<String>,
+    /// The credential, literally: fine for a demo, not for production.
+    pub password: Option<crate::secrets::Secret>,
+    /// An environment variable holding it.
     pub password_env: Option<String>,
+    /// A file holding it (systemd `LoadCredential=`, a Kubernetes secret volume), read
+    /// again whenever it changes; a trailing newline is not part of it.
+    pub password_file: Option<PathBuf>,
+    /// A command printing it (argv, no shell), run again every
+    /// `password_command_refresh_secs` and when the database refuses the value.
+    pub password_command: Option<Vec<String>>,
+    #[serde(default = "default_command_refresh")]
+    pub password_command_refresh_secs: u64,
+    /// A run taking longer is killed (and the last value kept).
+    #[serde(default = "default_command_timeout")]
+    pub password_command_timeout_secs: u64,
     #[serde(default)]
     pub tls: UpstreamTls,
     /// CA bundle for `verify-full`; the system's web PKI roots otherwise.
@@ -274,6 +290,12 @@ fn default_pg_port() -> u16 {
 fn default_connect_timeout() -> u64 {
     5000
 }
+fn default_command_refresh() -> u64 {
+    300
+}
+fn default_command_timeout() -> u64 {
+    10
+}
 fn default_reserved_connections() -> usize {
     2
 }
@@ -328,7 +350,7 @@ impl Config {
         if self.upstream.user.is_empty() {
             return Err(invalid("upstream.user", "must not be empty"));
         }
-        self.upstream_password()?;
+        self.upstream_secret()?;
         if !(1..=MAX_RESERVED_CONNECTIONS).contains(&self.upstream.reserved_connections) {
             return Err(invalid(
                 "upstream.reserved_connections",
@@ -392,6 +414,7 @@ impl Config {
             id.expires_at_ms()
                 .map_err(|e| invalid(format!("identity[{i}].expires_at"), e))?;
         }
+        crate::roles::validate(&self.roles).map_err(|e| invalid(e.key, e.problem))?;
         if let Some(tls) = &self.server.tls {
             for (key, p) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
                 if !p.exists() {
@@ -463,25 +486,82 @@ impl Config {
         })
     }
 
-    /// The upstream password, from the file or the named environment variable.
-    pub fn upstream_password(&self) -> Result<String, ConfigError> {
-        match (&self.upstream.password, &self.upstream.password_env) {
-            (Some(p), None) => Ok(p.clone()),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                invalid(
+    /// Where the upstream credential comes from: exactly one of `password`,
+    /// `password_env`, `password_file`, `password_command`.
+    pub fn upstream_secret(&self) -> Result<crate::secrets::Source, ConfigError> {
+        use crate::secrets::Source;
+        let up = &self.upstream;
+        let set: Vec<&str> = [
+            ("password", up.password.is_some()),
+            ("password_env", up.password_env.is_some()),
+            ("password_file", up.password_file.is_some()),
+            ("password_command", up.password_command.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
+        match set.as_slice() {
+            [] => {
+                return Err(invalid(
+                    "upstream.password",
+                    "missing: set one of password, password_env, password_file, password_command",
+                ));
+            }
+            [_] => {}
+            [first, second, ..] => {
+                return Err(invalid(
+                    format!("upstream.{second}"),
+                    format!(
+                        "upstream.{first} is set too: give exactly one source of the credential"
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = &up.password {
+            return Ok(Source::Literal(p.clone()));
+        }
+        if let Some(var) = &up.password_env {
+            if std::env::var_os(var).is_none() {
+                return Err(invalid(
                     "upstream.password_env",
                     format!("environment variable {var} is not set"),
-                )
-            }),
-            (Some(_), Some(_)) => Err(invalid(
-                "upstream.password",
-                "set either password or password_env, not both",
-            )),
-            (None, None) => Err(invalid(
-                "upstream.password",
-                "missing: set password or password_env",
-            )),
+                ));
+            }
+            return Ok(Source::Env(var.clone()));
         }
+        if let Some(path) = &up.password_file {
+            if !path.is_absolute() {
+                return Err(invalid(
+                    "upstream.password_file",
+                    format!("{} is not an absolute path", path.display()),
+                ));
+            }
+            return Ok(Source::File(path.clone()));
+        }
+        let argv = up.password_command.clone().unwrap_or_default();
+        if argv.first().is_none_or(String::is_empty) {
+            return Err(invalid(
+                "upstream.password_command",
+                "must name a program: [\"vault\", \"kv\", \"get\", \"-field=password\", \"secret/db\"]",
+            ));
+        }
+        if up.password_command_refresh_secs == 0 {
+            return Err(invalid(
+                "upstream.password_command_refresh_secs",
+                "must be at least 1",
+            ));
+        }
+        if up.password_command_timeout_secs == 0 {
+            return Err(invalid(
+                "upstream.password_command_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        Ok(Source::Command {
+            argv,
+            refresh: std::time::Duration::from_secs(up.password_command_refresh_secs),
+            timeout: std::time::Duration::from_secs(up.password_command_timeout_secs),
+        })
     }
 
     pub fn identities(&self) -> Vec<StaticKey> {
@@ -573,6 +653,73 @@ mod tests {
         assert!(e.to_string().contains("server2"), "{e}");
         let e = Config::parse(&good().replace("password = \"x\"", "")).unwrap_err();
         assert!(e.to_string().starts_with("upstream.password:"), "{e}");
+    }
+
+    #[test]
+    fn exactly_one_credential_source() {
+        let with = |lines: &str| Config::parse(&good().replace("password = \"x\"\n", lines));
+        let e = with("password = \"x\"\npassword_file = \"/run/credentials/pw\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("upstream.password_file:"), "{e}");
+        assert!(
+            e.to_string().contains("upstream.password is set too"),
+            "{e}"
+        );
+        let e = with("password_file = \"/a\"\npassword_command = [\"cat\", \"/a\"]\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("upstream.password_command:"),
+            "{e}"
+        );
+        let e = with("").unwrap_err();
+        assert!(e.to_string().contains("password_command"), "{e}");
+
+        let c = with("password_file = \"/run/credentials/portcullis/pw\"\n").unwrap();
+        assert!(matches!(
+            c.upstream_secret().unwrap(),
+            crate::secrets::Source::File(p) if p == Path::new("/run/credentials/portcullis/pw")
+        ));
+        let e = with("password_file = \"pw.txt\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("upstream.password_file:"), "{e}");
+
+        let c = with(
+            "password_command = [\"vault\", \"kv\", \"get\"]\npassword_command_refresh_secs = 60\n",
+        )
+        .unwrap();
+        match c.upstream_secret().unwrap() {
+            crate::secrets::Source::Command {
+                argv,
+                refresh,
+                timeout,
+            } => {
+                assert_eq!(argv, ["vault", "kv", "get"]);
+                assert_eq!(refresh.as_secs(), 60);
+                assert_eq!(timeout.as_secs(), 10);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["password_command = []\n", "password_command = [\"\"]\n"] {
+            let e = with(bad).unwrap_err();
+            assert!(
+                e.to_string().starts_with("upstream.password_command:"),
+                "{bad}: {e}"
+            );
+        }
+        let e =
+            with("password_command = [\"x\"]\npassword_command_refresh_secs = 0\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("upstream.password_command_refresh_secs:"),
+            "{e}"
+        );
+        let e = with("password_command = \"vault kv get\"\n").unwrap_err();
+        assert!(e.to_string().contains("password_command"), "{e}");
+    }
+
+    #[test]
+    fn the_literal_password_is_not_in_a_debug_print() {
+        let c = Config::parse(&good().replace("password = \"x\"", "password = \"hunter2-up\""))
+            .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2-up"), "{shown}");
     }
 
     #[test]

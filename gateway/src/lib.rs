@@ -13,6 +13,8 @@
 //! - [`mask`]: column and value masking over `DataRow`s and `COPY` data.
 //! - [`engine`]: the two I/O drivers (io_uring and epoll) around the core.
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`secrets`]: the gateway's own database credential (literal, env, file, command).
+//! - [`roles`]: `[[role]]`s down to the database (`SET ROLE` on the upstream session).
 //! - [`approvals`]: held statements waiting for a person: requests, decisions, their store.
 //! - [`audit`]: the audit log: records, the session trail, the group-commit writer.
 //! - [`control`]: the control plane (admin socket, reviewers' HTTP API and page).
@@ -27,5 +29,7 @@ pub mod engine;
 pub mod mask;
 pub mod policy;
 pub mod protocol;
+pub mod roles;
+pub mod secrets;
 pub mod session;
 pub mod telemetry;

@@ -427,23 +427,29 @@ pub fn load_financial(
 }
 
 /// The login role a gateway in front of the sample dataset uses upstream when it should
-/// hold no more than agents need (the quickstart's).
+/// hold no more than agents need (the quickstart's): it holds no privileges of its own
+/// (NOINHERIT) and sessions `SET ROLE` to [`GATEWAY_READ_ROLE`] or [`GATEWAY_WRITE_ROLE`].
 pub const GATEWAY_ROLE: &str = "portcullis_agent";
+/// Reads the sample tables: the quickstart's auditor.
+pub const GATEWAY_READ_ROLE: &str = "portcullis_read";
+/// Reads and writes rows of the sample tables: the quickstart's agent.
+pub const GATEWAY_WRITE_ROLE: &str = "portcullis_write";
 
-/// The sample tables, the only relations [`GATEWAY_ROLE`] is granted.
+/// The sample tables, the only relations the agent roles are granted.
 const SAMPLE_TABLES: &str = "accounts, transactions";
 
 /// Creates [`GATEWAY_ROLE`] for `db` (loaded with [`load_financial`]) and returns its
-/// `(user, password)`: LOGIN with a fresh generated password stored as a SCRAM verifier,
-/// no attribute beyond that, CONNECT on `db`, USAGE on `public`, row access to the sample
-/// tables and their sequences, and nothing else. PUBLIC's default CONNECT and TEMPORARY
-/// are revoked on every database of the cluster (superusers, the harness's own upstream
-/// role among them, are not affected). A role that exists is given a new password, so a
-/// second call is fine.
+/// `(user, password)`: LOGIN NOINHERIT with a fresh generated password stored as a SCRAM
+/// verifier, no attribute beyond that, CONNECT on `db`, no privilege on any relation,
+/// and membership in the two agent roles: [`GATEWAY_READ_ROLE`] (SELECT on the sample
+/// tables) and [`GATEWAY_WRITE_ROLE`] (row access to them and their sequences), both with
+/// USAGE on `public`. PUBLIC's default CONNECT and TEMPORARY are revoked on every
+/// database of the cluster (superusers, the harness's own upstream role among them, are
+/// not affected). Roles that exist are reset, so a second call is fine.
 ///
 /// The gateway's built-in denials keep agents off server files and programs whatever its
-/// upstream role may do; this role makes the server refuse them too, should a statement
-/// ever get past the gateway.
+/// upstream role may do; these roles make the server refuse them too, should a
+/// statement ever get past the gateway, and the read-only role refuses writes.
 pub fn create_gateway_role(cluster: &PgCluster, db: &str) -> Result<(String, String), PgError> {
     let password: String = rand::thread_rng()
         .sample_iter(&rand::distributions::Alphanumeric)
@@ -453,17 +459,23 @@ pub fn create_gateway_role(cluster: &PgCluster, db: &str) -> Result<(String, Str
     // Sent already hashed: the cleartext never reaches the server or its log.
     let verifier = crate::scram::verifier(&password);
     let role = GATEWAY_ROLE;
+    let (read, write) = (GATEWAY_READ_ROLE, GATEWAY_WRITE_ROLE);
     let db_ident = format!("\"{}\"", db.replace('"', "\"\""));
     cluster.psql(
         "postgres",
         &format!(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
-                 CREATE ROLE {role};
-               END IF;
+            "DO $$ DECLARE r text; BEGIN
+               FOREACH r IN ARRAY ARRAY['{role}', '{read}', '{write}'] LOOP
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
+                   EXECUTE format('CREATE ROLE %I', r);
+                 END IF;
+               END LOOP;
              END $$;
-             ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
-               NOBYPASSRLS PASSWORD '{verifier}';
+             ALTER ROLE {role} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE
+               NOREPLICATION NOBYPASSRLS PASSWORD '{verifier}';
+             ALTER ROLE {read} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+             ALTER ROLE {write} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+             GRANT {read}, {write} TO {role};
              -- PUBLIC may CONNECT to every database and create TEMPORARY tables in it by
              -- default: revoked everywhere, so the grant below is the role's only way in.
              DO $$ DECLARE d name; BEGIN
@@ -478,8 +490,9 @@ pub fn create_gateway_role(cluster: &PgCluster, db: &str) -> Result<(String, Str
         db,
         &format!(
             // PostgreSQL 15 no longer lets PUBLIC create in `public`; USAGE is all it needs.
-            "GRANT USAGE ON SCHEMA public TO {role};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON {SAMPLE_TABLES} TO {role};
+            "GRANT USAGE ON SCHEMA public TO {read}, {write};
+             GRANT SELECT ON {SAMPLE_TABLES} TO {read};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {SAMPLE_TABLES} TO {write};
              -- Sequences owned by the sample tables' columns (serial, identity), if any.
              DO $$ DECLARE s regclass; BEGIN
                FOR s IN SELECT d.objid::regclass FROM pg_depend d
@@ -488,7 +501,7 @@ pub fn create_gateway_role(cluster: &PgCluster, db: &str) -> Result<(String, Str
                           AND d.refobjid = ANY ('{{{SAMPLE_TABLES}}}'::regclass[])
                           AND d.deptype IN ('a', 'i')
                LOOP
-                 EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO {role}', s);
+                 EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO {write}', s);
                END LOOP;
              END $$;"
         ),

@@ -95,6 +95,11 @@ pub struct GatewayOptions {
     pub upstream_port: u16,
     pub upstream_user: String,
     pub upstream_password: String,
+    /// Lines of `[upstream]` naming where the credential comes from (`password_file =
+    /// …`, `password_command = […]`); `None` writes `password = upstream_password`.
+    pub upstream_credential: Option<Vec<String>>,
+    /// `[log] format`: `human` (default) or `json`.
+    pub log_format: String,
     /// The database [`Gateway::uri`] names when the caller does not.
     pub db: String,
     /// 0 picks a free port.
@@ -143,6 +148,8 @@ impl GatewayOptions {
             upstream_port: cluster.port,
             upstream_user: cluster.upstream_user.clone(),
             upstream_password: cluster.upstream_password.clone(),
+            upstream_credential: None,
+            log_format: "human".into(),
             db: db.into(),
             port: 0,
             listen_host: "127.0.0.1".into(),
@@ -213,6 +220,12 @@ impl GatewayOptions {
         self
     }
 
+    /// The credential from these `[upstream]` lines instead of a literal `password`.
+    pub fn upstream_credential(mut self, lines: &[&str]) -> Self {
+        self.upstream_credential = Some(lines.iter().map(|l| l.to_string()).collect());
+        self
+    }
+
     /// No `[policy]` section at all.
     pub fn no_policy(mut self) -> Self {
         self.policy_toml = None;
@@ -258,13 +271,16 @@ impl GatewayOptions {
                 self.tls_required
             );
         }
+        let credential = match &self.upstream_credential {
+            Some(lines) => lines.join("\n"),
+            None => format!("password = {}", q(&self.upstream_password)),
+        };
         let _ = writeln!(
             t,
-            "\n[upstream]\nhost = {}\nport = {}\nuser = {}\npassword = {}\n{}",
+            "\n[upstream]\nhost = {}\nport = {}\nuser = {}\n{credential}\n{}",
             q(&self.upstream_host),
             self.upstream_port,
             q(&self.upstream_user),
-            q(&self.upstream_password),
             self.upstream_tls.join("\n")
         );
         for line in &self.upstream_lines {
@@ -282,7 +298,8 @@ impl GatewayOptions {
         }
         let _ = writeln!(
             t,
-            "\n[log]\nformat = \"human\"\nlevel = {}",
+            "\n[log]\nformat = {}\nlevel = {}",
+            q(&self.log_format),
             q(&self.log_level)
         );
         if let Some(socket) = &self.admin_socket {

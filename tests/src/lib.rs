@@ -19,13 +19,14 @@ pub mod syslog;
 pub use browser::Browser;
 pub use certs::Certs;
 pub use dataset::{
-    GATEWAY_ROLE, aba_valid, create_gateway_role, iban_valid, load_financial, luhn_valid, ssn_valid,
+    GATEWAY_READ_ROLE, GATEWAY_ROLE, GATEWAY_WRITE_ROLE, aba_valid, create_gateway_role,
+    iban_valid, load_financial, luhn_valid, ssn_valid,
 };
 pub use gateway::{ALLOW_ALL_POLICY, Engine, Gateway, GatewayOptions, Identity, workspace_root};
 pub use net::{NetNs, free_port};
 pub use pg::{PgCluster, PgOptions};
 pub use policy::{
-    QUICKSTART_APPROVALS, QUICKSTART_MASK_POLICY, QUICKSTART_REVIEWER_TOKEN,
+    QUICKSTART_APPROVALS, QUICKSTART_MASK_POLICY, QUICKSTART_REVIEWER_TOKEN, QUICKSTART_ROLES,
     QUICKSTART_STATEMENT_POLICY, result_side_only,
 };
 

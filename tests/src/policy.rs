@@ -104,6 +104,21 @@ class = ["read", "txn", "session", "utility"]
 action = "allow"
 "#;
 
+/// The quickstart's `[[role]]`s: the agent's sessions run as the writer role, the
+/// auditor's as the read-only one ([`crate::create_gateway_role`] makes both). The writer
+/// comes last: a session holding both runs as it.
+pub const QUICKSTART_ROLES: &str = r#"
+[[role]]
+name = "auditor"
+upstream_role = "portcullis_read"
+description = "reads the sample tables"
+
+[[role]]
+name = "agent"
+upstream_role = "portcullis_write"
+description = "reads and writes rows of the sample tables"
+"#;
+
 /// `policy` (a `[mask]` section) with every statement-side use of masked columns
 /// permitted, for tests of the result-side masking: the second line, which covers views
 /// and functions the gateway cannot see into. Statement-side, the quickstart policy

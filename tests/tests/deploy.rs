@@ -72,7 +72,15 @@ fn example_config_passes_check_config() {
         .output()
         .expect("run openssl");
     assert!(out.status.success(), "openssl: {out:?}");
+    // The example takes the upstream password from a file a secret store keeps.
+    const CREDENTIAL: &str = "/run/credentials/portcullis.service/portcullis-db";
+    assert!(
+        text.contains(CREDENTIAL),
+        "the example's password_file changed"
+    );
+    std::fs::write(d.join("db-password"), "example\n").unwrap();
     let filled = text
+        .replace(CREDENTIAL, &d.join("db-password").display().to_string())
         .replace(PLACEHOLDER, &portcullis_tests::scram::verifier("example"))
         .replace("/etc/portcullis/tls/", &format!("{}/", d.display()))
         .replace(
@@ -100,6 +108,10 @@ fn quickstart_config_carries_the_tested_mask_policy() {
     assert!(
         text.contains(portcullis_tests::QUICKSTART_APPROVALS.trim()),
         "deploy/quickstart.toml's [approvals] section differs from tests/src/policy.rs"
+    );
+    assert!(
+        text.contains(portcullis_tests::QUICKSTART_ROLES.trim()),
+        "deploy/quickstart.toml's [[role]]s differ from tests/src/policy.rs"
     );
 }
 

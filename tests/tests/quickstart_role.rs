@@ -1,15 +1,17 @@
-//! The quickstart's upstream role (`create_gateway_role`): the server shows it holds only
-//! the grants the sample schema needs, and a gateway logged in as it with the quickstart's
-//! policies serves ordinary reads and writes while refusing what reaches outside the
-//! database before it runs.
+//! The quickstart's upstream roles (`create_gateway_role`): the server shows the login
+//! holds nothing of its own and the two agent roles only the grants the sample schema
+//! needs, and a gateway logged in as it with the quickstart's roles and policies runs the
+//! agent as the writer and the auditor as the reader, serves ordinary reads and writes,
+//! and refuses what reaches outside the database before it runs.
 
 mod common;
 
 use common::{Env, psql_at, run_timed, stderr, stdout};
 use portcullis_tests::dataset::account;
 use portcullis_tests::{
-    Engine, GATEWAY_ROLE, Gateway, GatewayOptions, PgCluster, PgOptions, QUICKSTART_MASK_POLICY,
-    QUICKSTART_STATEMENT_POLICY, create_gateway_role, load_financial, ssn_valid,
+    Engine, GATEWAY_READ_ROLE, GATEWAY_ROLE, GATEWAY_WRITE_ROLE, Gateway, GatewayOptions,
+    PgCluster, PgOptions, QUICKSTART_MASK_POLICY, QUICKSTART_ROLES, QUICKSTART_STATEMENT_POLICY,
+    create_gateway_role, load_financial, ssn_valid,
 };
 
 /// The quickstart's database name, so the grants are checked where it makes them.
@@ -50,20 +52,29 @@ fn role_holds_only_the_sample_grants() {
     assert_eq!(user, GATEWAY_ROLE);
     let q = |sql: &str| pg.psql(DB, sql).expect(sql).trim().to_owned();
 
-    // Attributes: a login and nothing more, its password stored as a SCRAM verifier.
+    // Attributes: a login that inherits nothing, its password stored as a SCRAM verifier.
     assert_eq!(
         q(&format!(
-            "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, \
-                    rolbypassrls, rolpassword LIKE 'SCRAM-SHA-256$%' \
+            "SELECT rolcanlogin, rolinherit, rolsuper, rolcreatedb, rolcreaterole, \
+                    rolreplication, rolbypassrls, rolpassword LIKE 'SCRAM-SHA-256$%' \
              FROM pg_authid WHERE rolname = '{user}'"
         )),
-        "t|f|f|f|f|f|t"
+        "t|f|f|f|f|f|f|t"
     );
-    // No membership at all, so none of the predefined roles that reach the host.
+    // Member of the two agent roles and nothing else, which are members of nothing: none
+    // of the predefined roles that reach the host.
+    assert_eq!(
+        q(&format!(
+            "SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m \
+             JOIN pg_roles r ON r.oid = m.member JOIN pg_roles g ON g.oid = m.roleid \
+             WHERE r.rolname = '{user}'"
+        )),
+        format!("{GATEWAY_READ_ROLE},{GATEWAY_WRITE_ROLE}")
+    );
     assert_eq!(
         q(&format!(
             "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member \
-             WHERE r.rolname = '{user}'"
+             WHERE r.rolname IN ('{GATEWAY_READ_ROLE}', '{GATEWAY_WRITE_ROLE}')"
         )),
         "0"
     );
@@ -108,14 +119,23 @@ fn role_holds_only_the_sample_grants() {
         )),
         "t|f"
     );
-    // Tables: row access to the two sample tables, not TRUNCATE, REFERENCES, TRIGGER, and
-    // not the harness's marker table.
-    assert_eq!(
+    // Tables: none for the login; reads for the reader, row access for the writer, to the
+    // two sample tables only: not TRUNCATE, REFERENCES, TRIGGER, nor the marker table.
+    let grants = |grantee: &str| {
         q(&format!(
-            "SELECT table_name || ':' || string_agg(privilege_type, ',' ORDER BY privilege_type) \
-             FROM information_schema.table_privileges WHERE grantee = '{user}' \
-             GROUP BY table_name ORDER BY table_name"
-        )),
+            "SELECT coalesce(string_agg(t, E'\\n' ORDER BY t), '') FROM ( \
+               SELECT table_name || ':' || string_agg(privilege_type, ',' ORDER BY privilege_type) t \
+               FROM information_schema.table_privileges WHERE grantee = '{grantee}' \
+               GROUP BY table_name) g"
+        ))
+    };
+    assert_eq!(grants(&user), "");
+    assert_eq!(
+        grants(GATEWAY_READ_ROLE),
+        "accounts:SELECT\ntransactions:SELECT"
+    );
+    assert_eq!(
+        grants(GATEWAY_WRITE_ROLE),
         "accounts:DELETE,INSERT,SELECT,UPDATE\ntransactions:DELETE,INSERT,SELECT,UPDATE"
     );
 
@@ -132,6 +152,28 @@ fn role_holds_only_the_sample_grants() {
     assert!(err.contains("permission denied for schema public"), "{err}");
     let err = refused(&role_uri(&pg, &user, &password, "postgres"), "SELECT 1");
     assert!(err.contains("permission denied for database"), "{err}");
+    // The login alone reads nothing; as the reader it reads and cannot write.
+    let err = refused(&uri, "SELECT count(*) FROM accounts");
+    assert!(
+        err.contains("permission denied for table accounts"),
+        "{err}"
+    );
+    let as_reader = |sql: &str| format!("SET ROLE {GATEWAY_READ_ROLE}; {sql}");
+    assert_eq!(
+        stdout(&run_timed(psql_at(&uri).args([
+            "-At",
+            "-c",
+            &as_reader("SELECT count(*) FROM accounts")
+        ])))
+        .lines()
+        .last(),
+        Some(ROWS.to_string().as_str())
+    );
+    let err = refused(&uri, &as_reader("DELETE FROM transactions"));
+    assert!(
+        err.contains("permission denied for table transactions"),
+        "{err}"
+    );
 
     // A second call re-keys the same role instead of failing.
     let (_, again) = create_gateway_role(&pg, DB).expect("create the gateway role again");
@@ -153,6 +195,7 @@ fn gateway_on_the_role_serves_rows_and_refuses_escapes() {
             .engine(Engine::Auto)
             .upstream_login(&user, &password)
             .policy(QUICKSTART_STATEMENT_POLICY)
+            .extra_toml(QUICKSTART_ROLES)
             .extra_toml(QUICKSTART_MASK_POLICY),
     )
     .expect("start the gateway");
@@ -161,8 +204,15 @@ fn gateway_on_the_role_serves_rows_and_refuses_escapes() {
     // The first row (psql adds the command tag after a RETURNING list).
     let one = |sql: &str| env.rows(&uri, sql)[0].join("|");
 
-    // The upstream session is the role's, and ordinary reads and writes work.
-    assert_eq!(one("SELECT current_user"), GATEWAY_ROLE);
+    // The agent's upstream session runs as the writer, logged in as the login role, and
+    // ordinary reads and writes work.
+    assert_eq!(one("SELECT current_user"), GATEWAY_WRITE_ROLE);
+    assert_eq!(one("SELECT session_user"), GATEWAY_ROLE);
+    let auditor = env.gw.uri("auditor", "auditor-secret", DB);
+    assert_eq!(
+        env.rows(&auditor, "SELECT current_user")[0].join(""),
+        GATEWAY_READ_ROLE
+    );
     assert_eq!(one("SELECT count(*) FROM accounts"), ROWS.to_string());
     let ssn = one("SELECT ssn FROM accounts WHERE id = 1");
     assert_ne!(ssn, account(SEED, 1).ssn);

@@ -4,8 +4,9 @@
 //! exits meanwhile is reaped, reported and started again on Enter.
 //!
 //! It runs the way a deployment should: the gateway logs in upstream as a least-privilege
-//! role (`portcullis_agent`: row access to the sample tables, nothing more) and applies the
-//! example statement policy, so what the demo shows is what the README recommends.
+//! login (`portcullis_agent`: no privileges of its own) and switches each session to the
+//! agent's role (`portcullis_write`, or `portcullis_read` for the auditor), and applies
+//! the example statement policy, so what the demo shows is what the README recommends.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -16,8 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use portcullis_tests::{
     Engine, Gateway, GatewayOptions, PgCluster, PgOptions, QUICKSTART_APPROVALS,
-    QUICKSTART_MASK_POLICY, QUICKSTART_REVIEWER_TOKEN, QUICKSTART_STATEMENT_POLICY,
-    create_gateway_role, load_financial,
+    QUICKSTART_MASK_POLICY, QUICKSTART_REVIEWER_TOKEN, QUICKSTART_ROLES,
+    QUICKSTART_STATEMENT_POLICY, create_gateway_role, load_financial,
 };
 
 const DB: &str = "bank";
@@ -80,7 +81,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .engine(engine)
         .admin_socket()
         .upstream_login(&role, &password)
-        .policy(QUICKSTART_STATEMENT_POLICY);
+        .policy(QUICKSTART_STATEMENT_POLICY)
+        .extra_toml(QUICKSTART_ROLES);
     let page_port =
         portcullis_tests::free_port().context("picking a port for the reviewers' page")?;
     opts = opts.approvals(&format!(
@@ -164,9 +166,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     // Wrapped by hand at about 90 columns so the summary reads in an ordinary terminal.
     println!(
-        "Upstream the gateway logs in as `{role}`, a least-privilege role: not a superuser,\n  \
-         CONNECT on `{DB}`, USAGE on schema public, SELECT/INSERT/UPDATE/DELETE on accounts\n  \
-         and transactions, nothing else."
+        "Upstream the gateway logs in as `{role}` (CONNECT on `{DB}`, no privileges of its\n  \
+         own) and runs each session as its [[role]]: the agent as `portcullis_write`\n  \
+         (SELECT/INSERT/UPDATE/DELETE on accounts and transactions), the auditor as\n  \
+         `portcullis_read` (SELECT on them); the server refuses anything else."
     );
     println!(
         "Statement policy (deploy/quickstart.toml): the agent reads and writes rows, the\n  \

@@ -107,7 +107,9 @@ properties! {
     /// Code the gateway cannot see into: `DO`, `CALL`, a function not known to be free
     /// of side effects.
     Opaque = "opaque",
-    /// `SET ROLE`, `SET SESSION AUTHORIZATION`.
+    /// `SET [LOCAL] ROLE`, `RESET ROLE`, `[RE]SET SESSION AUTHORIZATION`, `DISCARD ALL`
+    /// (which resets both), `set_config('role', ...)` or `set_config` of a setting it
+    /// cannot read, a function or database made to `SET role`.
     IdentityChange = "identity_change",
     /// `CREATE/ALTER/DROP ROLE`, `GRANT role`, `REASSIGN OWNED`.
     RoleManagement = "role_management",
@@ -121,8 +123,8 @@ properties! {
     /// Changes a setting that guards data (`session_replication_role`, read-only
     /// defaults, `row_security`, session transaction characteristics).
     ProtectedSetting = "protected_setting",
-    /// `RESET ALL` drops every session setting (`DISCARD ALL` is the connection-pool
-    /// reset and stays a plain session statement).
+    /// `RESET ALL` drops every session setting (not `role`, which PostgreSQL keeps:
+    /// `DISCARD ALL` resets that and is an [`Property::IdentityChange`]).
     ResetAll = "reset_all",
     /// `DROP` of any object, `ALTER TABLE ... DROP`.
     Drop = "drop",

@@ -1143,18 +1143,24 @@ impl<'s> Walker<'s> {
         if name == "set_config" {
             self.stmt.reads_literals = true;
         }
-        if name == "set_config"
-            && let Some(setting) = args
+        if name == "set_config" {
+            match args
                 .first()
                 .and_then(|a| a.as_node("A_Const"))
                 .and_then(|c| c.get("sval"))
-        {
-            let s = setting.text("sval").to_ascii_lowercase();
-            if let Some(p) = functions::setting_property(&s) {
-                self.prop(p);
-            }
-            if s == "search_path" {
-                self.prop(Property::ProtectedSetting);
+            {
+                Some(setting) => {
+                    let s = setting.text("sval").to_ascii_lowercase();
+                    if let Some(p) = functions::setting_property(&s) {
+                        self.prop(p);
+                    }
+                    if s == "search_path" {
+                        self.prop(Property::ProtectedSetting);
+                    }
+                }
+                // A setting named by a parameter, an expression, a cast or a named
+                // argument could be `role`: what cannot be read is taken as the worst.
+                None => self.prop(Property::IdentityChange),
             }
         }
         let function = Function { schema, name };
@@ -1793,6 +1799,8 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
         "DiscardStmt" => {
             if f.text("target") == "DISCARD_ALL" {
                 stmt.effect = Some(Effect::DiscardAll);
+                // It runs SET SESSION AUTHORIZATION DEFAULT: the role the gateway set goes.
+                p(stmt, Property::IdentityChange);
             }
             (Session, "DISCARD".into())
         }
@@ -1981,6 +1989,11 @@ fn utility(ty: &str, f: &J, stmt: &mut Statement) {
             if t.starts_with("Alter") || t.starts_with("Rename") {
                 p(stmt, Property::Alter);
             }
+            // `ALTER DATABASE ... SET role`, `CREATE FUNCTION ... SET role = x`: a
+            // session or a call that would start as another role.
+            if sets_identity(f) {
+                p(stmt, Property::IdentityChange);
+            }
             if t == "CreatedbStmt"
                 || t == "AlterDatabaseStmt"
                 || t == "AlterDatabaseSetStmt"
@@ -2046,5 +2059,20 @@ fn relations_written(stmt: &mut Statement, f: &J) {
                 .map(str::to_owned);
             stmt.relation(schema, rv.text("relname").to_owned(), true);
         }
+    }
+}
+
+/// Whether a `VariableSetStmt` anywhere under `j` sets `role` or `session_authorization`.
+fn sets_identity(j: &J) -> bool {
+    if let Some(v) = j.as_node("VariableSetStmt")
+        && functions::setting_property(&v.text("name").to_ascii_lowercase())
+            == Some(Property::IdentityChange)
+    {
+        return true;
+    }
+    match j {
+        J::Obj(fields) => fields.iter().any(|(_, v)| sets_identity(v)),
+        J::Arr(items) => items.iter().any(sets_identity),
+        _ => false,
     }
 }

@@ -279,11 +279,20 @@ impl SaltedCache {
 }
 
 /// One client-side exchange, for the gateway's login to the real server.
-#[derive(Debug)]
 pub struct ScramClient {
     password: Vec<u8>,
     nonce: String,
     state: ClientState,
+}
+
+/// The gateway's database password must not reach a log through a `Debug` print.
+impl std::fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramClient")
+            .field("password", &"<redacted>")
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 #[derive(Debug)]

@@ -65,6 +65,8 @@ pub(super) enum ConnError {
     Timeout,
     #[error("upstream TLS: {0}")]
     UpstreamTls(String),
+    #[error("the gateway has no upstream credential: {0}")]
+    Credential(#[from] crate::secrets::SecretError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -180,10 +182,33 @@ async fn run<C: Connect>(
         return Err(ConnError::Rejected(SHUTTING_DOWN.into()));
     }
 
+    // Only `[[role]]` decides who the upstream session is: not the agent's start-up.
+    if let Some(param) = crate::roles::identity_parameter(&agent.params) {
+        let message = format!(
+            "portcullis refused the start-up parameter \"{param}\": the gateway decides the session's database role"
+        );
+        log_refused(shared, Some(&agent.identity.name), peer, &client, &message);
+        let _ = client
+            .write_all(error_response(
+                Severity::Fatal,
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                &message,
+                None,
+                Some("Connect without role, session_authorization or options naming them."),
+            ))
+            .await;
+        return Err(ConnError::Rejected(message));
+    }
+    let upstream_role = shared
+        .roles
+        .load()
+        .upstream_role(&agent.identity.roles)
+        .map(str::to_owned);
     let (upstream, session, addr) = match connect_upstream::<C>(
         shared,
         &agent.database,
         &agent.params,
+        upstream_role.as_deref(),
     )
     .await
     {
@@ -191,6 +216,21 @@ async fn run<C: Connect>(
         Err(e) => {
             let frame = match &e {
                 UpstreamStartError::Refused(frame) => frame.clone(),
+                UpstreamStartError::Other(ConnError::Upstream(UpstreamError::SetRole {
+                    role,
+                    sqlstate,
+                    message,
+                })) => error_response(
+                    Severity::Fatal,
+                    sqlstate,
+                    &format!(
+                        "the gateway could not switch this session to its database role \"{role}\": {message}"
+                    ),
+                    None,
+                    Some(
+                        "An operator should check the [[role]] settings: the gateway's login role must be a member of each upstream_role (GRANT role TO login).",
+                    ),
+                ),
                 _ => error_response(
                     Severity::Fatal,
                     sqlstate::CONNECTION_FAILURE,
@@ -268,7 +308,7 @@ async fn run<C: Connect>(
         shared.policy.clone(),
         shared.mask.clone(),
         Subject::new(agent.identity.name.clone(), agent.identity.roles.clone()),
-        &shared.upstream.user,
+        upstream_role.as_deref().unwrap_or(&shared.upstream.user),
         shared.catalog(&agent.database),
     );
     for f in &session.parameter_status {
@@ -296,7 +336,7 @@ async fn run<C: Connect>(
             tls: client.tls_version(),
             application_name: app,
             database: &agent.database,
-            upstream_role: &shared.upstream.user,
+            upstream_role: upstream_role.as_deref().unwrap_or(&shared.upstream.user),
         });
         relay = relay.with_audit(crate::audit::Trail::new(
             log.clone(),
@@ -306,7 +346,8 @@ async fn run<C: Connect>(
         ));
     }
     let upstream_key = session.cancel_key.map(|(pid, secret)| (addr, pid, secret));
-    let ctx = HoldContext::new(shared, &agent, peer, signal, upstream_key);
+    let ctx = HoldContext::new(shared, &agent, peer, signal, upstream_key)
+        .with_upstream_role(upstream_role.as_deref());
     let (reason, statements) = relay_session::<C, _>(
         shared,
         &agent.database,
@@ -548,10 +589,44 @@ impl From<ConnError> for UpstreamStartError {
     }
 }
 
+/// Opens an upstream session as the login role, switched to `role` when given. A login
+/// the database refuses (28P01, 28000) is tried once more if the credential's source has
+/// a fresh value by then (a rotated file, a command that prints a new one).
 pub(super) async fn connect_upstream<C: Connect>(
     shared: &Shared,
     database: &str,
     params: &[(String, String)],
+    role: Option<&str>,
+) -> Result<(MaybeTls<C::Stream>, UpstreamSession, SocketAddr), UpstreamStartError> {
+    let credential = &shared.upstream.credential;
+    let secret = credential.current().map_err(ConnError::Credential)?;
+    let first = login::<C>(shared, database, params, role, &secret).await;
+    if !matches!(
+        &first,
+        Err(UpstreamStartError::Other(ConnError::Upstream(
+            UpstreamError::AuthRejected { .. }
+        )))
+    ) {
+        return first;
+    }
+    match credential.refused(&secret).await {
+        Some(fresh) => {
+            info!(
+                "the database refused the gateway's credential; trying again with the fresh value from {}",
+                credential.source().key()
+            );
+            login::<C>(shared, database, params, role, &fresh).await
+        }
+        None => first,
+    }
+}
+
+async fn login<C: Connect>(
+    shared: &Shared,
+    database: &str,
+    params: &[(String, String)],
+    role: Option<&str>,
+    secret: &crate::secrets::Secret,
 ) -> Result<(MaybeTls<C::Stream>, UpstreamSession, SocketAddr), UpstreamStartError> {
     let up = &shared.upstream;
     let addr = tokio::net::lookup_host((up.host.as_str(), up.port))
@@ -574,10 +649,11 @@ pub(super) async fn connect_upstream<C: Connect>(
 
     let mut hs = UpstreamHandshake::new(
         &up.user,
-        &up.password,
+        secret.expose(),
         server.is_tls(),
         up.scram_cache.clone(),
-    );
+    )
+    .with_role(role);
     server
         .write_all(hs.startup_message(database, params))
         .await

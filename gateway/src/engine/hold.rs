@@ -45,6 +45,8 @@ pub struct HoldContext {
     signal: Arc<SessionCancel>,
     /// The server session's own cancel key, to stop a preview that runs too long.
     upstream: Option<(SocketAddr, i32, i32)>,
+    /// The upstream role the session runs as: the estimate is asked as it too.
+    upstream_role: Option<String>,
 }
 
 impl HoldContext {
@@ -73,7 +75,14 @@ impl HoldContext {
             origin,
             signal,
             upstream,
+            upstream_role: None,
         }
+    }
+
+    /// The session runs as upstream role `role` (`crate::roles`).
+    pub fn with_upstream_role(mut self, role: Option<&str>) -> Self {
+        self.upstream_role = role.map(str::to_owned);
+        self
     }
 }
 
@@ -216,7 +225,13 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
     let types = match describe {
         Some(m) => shared
             .side
-            .ask(database, m, be::PARAMETER_DESCRIPTION, EXPLAIN_TIMEOUT)
+            .ask_as(
+                database,
+                ctx.upstream_role.as_deref(),
+                m,
+                be::PARAMETER_DESCRIPTION,
+                EXPLAIN_TIMEOUT,
+            )
             .await
             .ok()
             .and_then(|frames| frames.first().map(|f| parameter_types(f)))
@@ -229,7 +244,8 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
         .map(|(i, (format, value))| render_param(*format, value.as_deref(), types.get(i).copied()))
         .collect();
     if let Some(messages) = explain {
-        new.estimate = Some(estimate(shared, database, messages).await);
+        new.estimate =
+            Some(estimate(shared, database, ctx.upstream_role.as_deref(), messages).await);
     }
     if flow.relay.borrow_mut().start_preview() {
         new.timeout_secs = new.timeout_secs.min(settings.preview_max.as_secs().max(1));
@@ -568,7 +584,12 @@ fn render_param(format: i16, value: Option<&[u8]>, oid: Option<u32>) -> Param {
 }
 
 /// The planner's estimate, from one of the database's reserved connections.
-async fn estimate(shared: &Shared, database: &str, messages: Bytes) -> Estimate {
+async fn estimate(
+    shared: &Shared,
+    database: &str,
+    role: Option<&str>,
+    messages: Bytes,
+) -> Estimate {
     let unavailable = |why: String| Estimate {
         rows: None,
         node: None,
@@ -576,7 +597,7 @@ async fn estimate(shared: &Shared, database: &str, messages: Bytes) -> Estimate 
     };
     match shared
         .side
-        .ask(database, messages, be::DATA_ROW, EXPLAIN_TIMEOUT)
+        .ask_as(database, role, messages, be::DATA_ROW, EXPLAIN_TIMEOUT)
         .await
     {
         Err(SideError::TimedOut(limit)) => {

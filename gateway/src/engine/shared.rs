@@ -30,6 +30,8 @@ pub enum SharedError {
     Mask(#[from] crate::mask::MaskError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Credential(#[from] crate::secrets::SecretError),
 }
 
 /// How the gateway reaches the real server.
@@ -37,8 +39,10 @@ pub enum SharedError {
 pub struct Upstream {
     pub host: String,
     pub port: u16,
+    /// The login role.
     pub user: String,
-    pub password: String,
+    /// Its credential, fetched fresh as the source changes (`crate::secrets`).
+    pub credential: crate::secrets::Credential,
     pub tls: UpstreamTls,
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
     pub server_name: String,
@@ -53,6 +57,8 @@ pub struct Shared {
     /// runtime runs, where key fetches go.
     pub tokens: Option<Arc<crate::auth::oidc::Tokens>>,
     pub token_auth: crate::session::handshake::TokenAuth,
+    /// Which upstream role a session's roles run as; swapped whole on reload.
+    pub roles: ArcSwap<crate::roles::RoleMap>,
     pub upstream: Upstream,
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     pub tls_offer: TlsOffer,
@@ -110,11 +116,12 @@ impl Shared {
                 plaintext: cfg.server.plaintext_tokens,
                 discovery: cfg.oidc.first().map(|o| (o.discovery(), o.scope.clone())),
             },
+            roles: ArcSwap::from_pointee(crate::roles::RoleMap::new(&cfg.roles)),
             upstream: Upstream {
                 host: up.host.clone(),
                 port: up.port,
                 user: up.user.clone(),
-                password: cfg.upstream_password()?,
+                credential: crate::secrets::Credential::start(cfg.upstream_secret()?)?,
                 tls: up.tls,
                 tls_config,
                 server_name: up
@@ -157,14 +164,17 @@ impl Shared {
             .clone()
     }
 
-    /// Applies what a reload may change: identities, masking rules and the statement
-    /// policy. Sessions pick up new rules at their next statement or result.
+    /// Applies what a reload may change: identities, roles, masking rules and the
+    /// statement policy. Sessions pick up new rules at their next statement or result,
+    /// and new roles at their next session.
     pub fn reload(&self, cfg: &Config) -> Result<(), SharedError> {
         let policy = Policy::compile(&cfg.mask)?;
         let statements = StatementPolicy::compile(cfg.policy.as_ref())?;
         warn_policy(&statements);
         self.identities
             .store(Arc::new(IdentityStore::new(cfg.identities())));
+        self.roles
+            .store(Arc::new(crate::roles::RoleMap::new(&cfg.roles)));
         self.mask.store(Arc::new(policy));
         self.policy.store(Arc::new(statements));
         let ttl = catalog_ttl(&cfg.mask);

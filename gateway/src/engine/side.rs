@@ -136,6 +136,8 @@ enum Job {
     },
     Ask {
         database: String,
+        /// The upstream role to ask as (`None`: the login role).
+        role: Option<String>,
         messages: Bytes,
         keep: u8,
         limit: Duration,
@@ -222,7 +224,7 @@ impl SidePool {
     /// Sends `messages` (ending in `Sync` or a `Query`) on one of `database`'s reserved
     /// connections and returns the answer's frames tagged `keep` (`DataRow`s, a
     /// `ParameterDescription`), or the server's error. What runs longer than `limit` is
-    /// cancelled on the server.
+    /// cancelled on the server. The question runs as the login role.
     pub async fn ask(
         &self,
         database: &str,
@@ -230,9 +232,23 @@ impl SidePool {
         keep: u8,
         limit: Duration,
     ) -> Result<Vec<Bytes>, SideError> {
+        self.ask_as(database, None, messages, keep, limit).await
+    }
+
+    /// [`SidePool::ask`] as upstream role `role` (the session's, for an `EXPLAIN` the
+    /// server must check privileges for as it would for the statement itself).
+    pub async fn ask_as(
+        &self,
+        database: &str,
+        role: Option<&str>,
+        messages: Bytes,
+        keep: u8,
+        limit: Duration,
+    ) -> Result<Vec<Bytes>, SideError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Ask {
             database: database.to_owned(),
+            role: role.map(str::to_owned),
             messages,
             keep,
             limit,
@@ -306,6 +322,16 @@ struct SideConn {
     addr: SocketAddr,
     cancel_key: Option<(i32, i32)>,
     buf: BytesMut,
+    /// The upstream role it is `SET ROLE` to (`None`: the login role).
+    role: Option<String>,
+}
+
+/// One question for a reserved connection.
+struct Question {
+    role: Option<String>,
+    messages: Bytes,
+    keep: u8,
+    limit: Duration,
 }
 
 /// The thread's view of one database.
@@ -348,6 +374,7 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 }
                 Job::Ask {
                     database,
+                    role,
                     messages,
                     keep,
                     limit,
@@ -356,7 +383,13 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
                     let db = db_of(&shared, &dbs, &database);
                     let shared = shared.clone();
                     tokio::task::spawn_local(async move {
-                        let _ = reply.send(ask(&shared, &db, messages, keep, limit).await);
+                        let question = Question {
+                            role,
+                            messages,
+                            keep,
+                            limit,
+                        };
+                        let _ = reply.send(ask(&shared, &db, question).await);
                     });
                 }
             }
@@ -448,7 +481,7 @@ async fn open(shared: &Shared, database: &str) -> Result<SideConn, SideError> {
         ),
         ("default_transaction_read_only".to_owned(), "on".to_owned()),
     ];
-    match connect_upstream::<Epoll>(shared, database, &params).await {
+    match connect_upstream::<Epoll>(shared, database, &params, None).await {
         Ok((stream, session, addr)) => {
             debug!(%database, "reserved connection opened");
             Ok(SideConn {
@@ -456,6 +489,7 @@ async fn open(shared: &Shared, database: &str) -> Result<SideConn, SideError> {
                 addr,
                 cancel_key: session.cancel_key,
                 buf: BytesMut::with_capacity(8192),
+                role: None,
             })
         }
         Err(UpstreamStartError::Refused(f)) => {
@@ -507,24 +541,43 @@ async fn acquire(shared: &Arc<Shared>, db: &Rc<Db>) -> Result<SideConn, SideErro
 
 /// One question, retried once on another connection when the first broke before
 /// answering anything (a server that closed an idle connection).
-async fn ask(
-    shared: &Arc<Shared>,
-    db: &Rc<Db>,
-    messages: Bytes,
-    keep: u8,
-    limit: Duration,
-) -> Result<Vec<Bytes>, SideError> {
+async fn ask(shared: &Arc<Shared>, db: &Rc<Db>, q: Question) -> Result<Vec<Bytes>, SideError> {
     let mut retried = false;
     loop {
         let mut conn = acquire(shared, db).await?;
-        let outcome = exchange(
-            &mut conn,
-            messages.clone(),
-            keep,
-            limit,
-            shared.limits.max_message,
-        )
-        .await;
+        let mut outcome = None;
+        if conn.role != q.role {
+            // Switched per question: the connections serve every session of the database.
+            let sql = match &q.role {
+                Some(r) => crate::roles::set_role_sql(r),
+                None => "RESET ROLE".to_owned(),
+            };
+            let switch = exchange(
+                &mut conn,
+                fe::query(sql.as_bytes()),
+                0,
+                q.limit,
+                shared.limits.max_message,
+            )
+            .await;
+            match switch {
+                Exchange::Done { result: Ok(_), .. } => conn.role = q.role.clone(),
+                other => outcome = Some(other),
+            }
+        }
+        let outcome = match outcome {
+            Some(failed) => failed,
+            None => {
+                exchange(
+                    &mut conn,
+                    q.messages.clone(),
+                    q.keep,
+                    q.limit,
+                    shared.limits.max_message,
+                )
+                .await
+            }
+        };
         match outcome {
             Exchange::Done { result, reusable } => {
                 if reusable && !db.closed.get() {

@@ -38,7 +38,7 @@ pub fn denial(stmt: &Statement) -> Option<(Property, &'static str)> {
         ),
         (
             Property::IdentityChange,
-            "SET ROLE and SET SESSION AUTHORIZATION change who the session is",
+            "SET ROLE and SET SESSION AUTHORIZATION change who the session is (so do RESET ROLE, DISCARD ALL and set_config('role', ...)); the gateway decides the session's database role",
         ),
         (
             Property::RoleManagement,

@@ -3,7 +3,9 @@
 //! The gateway logs in with its credential (SCRAM-SHA-256, md5 or, over TLS only,
 //! cleartext), collects the server's `ParameterStatus` frames to replay to the agent and
 //! keeps the server's cancel key to itself. Authentication failures are reported without
-//! the server's text, which would name the gateway's database user.
+//! the server's text, which would name the gateway's database user. When the session
+//! runs as an upstream role (`crate::roles`), its `SET ROLE` is part of start-up: the
+//! session is ready only once the server has taken it.
 
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -39,6 +41,12 @@ pub enum UpstreamError {
     CleartextWithoutTls,
     #[error("SCRAM exchange with the database failed: {0}")]
     Scram(String),
+    #[error("the database refused SET ROLE \"{role}\": {message} ({sqlstate})")]
+    SetRole {
+        role: String,
+        sqlstate: String,
+        message: String,
+    },
     #[error("protocol error from the database: {0}")]
     Protocol(#[from] ProtocolError),
 }
@@ -75,6 +83,10 @@ pub struct UpstreamHandshake {
     session: UpstreamSession,
     authenticated: bool,
     cache: Arc<SaltedCache>,
+    /// The upstream role to switch to once logged in.
+    role: Option<String>,
+    /// `SET ROLE` is sent; the next `ReadyForQuery` ends start-up.
+    setting_role: bool,
 }
 
 impl UpstreamHandshake {
@@ -87,7 +99,15 @@ impl UpstreamHandshake {
             auth: Auth::None,
             session: UpstreamSession::default(),
             authenticated: false,
+            role: None,
+            setting_role: false,
         }
+    }
+
+    /// Runs `SET ROLE role` after the login, before the session counts as ready.
+    pub fn with_role(mut self, role: Option<&str>) -> Self {
+        self.role = role.map(str::to_owned);
+        self
     }
 
     /// The start-up packet: the gateway's user, the agent's database and parameters.
@@ -116,6 +136,15 @@ impl UpstreamHandshake {
                 }
                 be::NOTICE_RESPONSE => self.session.notices.push(frame.into_bytes()),
                 be::NEGOTIATE_PROTOCOL_VERSION => {}
+                be::ERROR_RESPONSE if self.setting_role => {
+                    let (sqlstate, message) = be::error_summary(body);
+                    return Err(UpstreamError::SetRole {
+                        role: self.role.clone().unwrap_or_default(),
+                        sqlstate,
+                        message,
+                    });
+                }
+                be::COMMAND_COMPLETE if self.setting_role => {}
                 be::ERROR_RESPONSE => {
                     let (sqlstate, message) = be::error_summary(body);
                     return Err(if !self.authenticated && sqlstate.starts_with("28") {
@@ -127,6 +156,13 @@ impl UpstreamHandshake {
                             message,
                         }
                     });
+                }
+                be::READY_FOR_QUERY if !self.setting_role && self.role.is_some() => {
+                    let sql = crate::roles::set_role_sql(self.role.as_deref().unwrap_or_default());
+                    self.setting_role = true;
+                    steps.push(UpStep::Send(crate::protocol::frontend::query(
+                        sql.as_bytes(),
+                    )));
                 }
                 be::READY_FOR_QUERY => {
                     steps.push(UpStep::Ready(Box::new(std::mem::take(&mut self.session))));
@@ -221,5 +257,83 @@ impl UpstreamHandshake {
         }
         steps.push(UpStep::Send(out.freeze()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn logged_in() -> Vec<u8> {
+        let mut b = frame(be::AUTHENTICATION, &0i32.to_be_bytes());
+        b.extend(frame(be::PARAMETER_STATUS, b"is_superuser\0off\0"));
+        b.extend(frame(be::BACKEND_KEY_DATA, &[0, 0, 0, 7, 0, 0, 0, 9]));
+        b.extend(frame(be::READY_FOR_QUERY, b"I"));
+        b
+    }
+
+    fn handshake(role: Option<&str>) -> UpstreamHandshake {
+        UpstreamHandshake::new("login", "pw", false, Arc::default()).with_role(role)
+    }
+
+    #[test]
+    fn without_a_role_the_login_is_the_session() {
+        let mut hs = handshake(None);
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut BytesMut::from(&logged_in()[..]), &mut steps)
+            .unwrap();
+        assert!(matches!(steps.as_slice(), [UpStep::Ready(s)] if s.cancel_key == Some((7, 9))));
+    }
+
+    #[test]
+    fn a_role_is_set_before_the_session_is_ready() {
+        let mut hs = handshake(Some("app \"write\""));
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut BytesMut::from(&logged_in()[..]), &mut steps)
+            .unwrap();
+        let [UpStep::Send(q)] = steps.as_slice() else {
+            panic!("{steps:?}");
+        };
+        assert_eq!(
+            &q[..],
+            &frame(b'Q', b"SET ROLE \"app \"\"write\"\"\"\0")[..]
+        );
+        steps.clear();
+        let mut answer = frame(be::COMMAND_COMPLETE, b"SET\0");
+        answer.extend(frame(be::PARAMETER_STATUS, b"is_superuser\0off\0"));
+        answer.extend(frame(be::READY_FOR_QUERY, b"I"));
+        hs.on_bytes(&mut BytesMut::from(&answer[..]), &mut steps)
+            .unwrap();
+        let [UpStep::Ready(s)] = steps.as_slice() else {
+            panic!("{steps:?}");
+        };
+        assert_eq!(s.parameter_status.len(), 2, "both reports reach the agent");
+    }
+
+    #[test]
+    fn a_refused_set_role_ends_start_up() {
+        let mut hs = handshake(Some("writer"));
+        let mut steps = Vec::new();
+        hs.on_bytes(&mut BytesMut::from(&logged_in()[..]), &mut steps)
+            .unwrap();
+        let mut answer = frame(
+            be::ERROR_RESPONSE,
+            b"SERROR\0C42501\0Mpermission denied to set role \"writer\"\0\0",
+        );
+        answer.extend(frame(be::READY_FOR_QUERY, b"I"));
+        let e = hs
+            .on_bytes(&mut BytesMut::from(&answer[..]), &mut Vec::new())
+            .unwrap_err();
+        assert!(
+            matches!(&e, UpstreamError::SetRole { role, sqlstate, .. } if role == "writer" && sqlstate == "42501"),
+            "{e}"
+        );
     }
 }
