@@ -589,7 +589,9 @@ impl Hub {
             return;
         }
         let Some(end) = g.ends_ms else { return };
-        let left = Duration::from_millis(end.saturating_sub(super::model::now_ms()));
+        // A little after the end, so the clock has passed it when the mark is made
+        // (sessions stop using the grant at the end itself, not at this mark).
+        let left = Duration::from_millis(end.saturating_sub(super::model::now_ms()) + 50);
         self.grant_ends.insert((Instant::now() + left, r.id));
     }
 
