@@ -126,7 +126,7 @@ fn grants(env: &Env, all: bool) -> Vec<Value> {
 fn grant(env: &Env, id: &str) -> Value {
     grants(env, true)
         .into_iter()
-        .find(|g| g["id"].to_string() == id)
+        .find(|g| g["id"].as_i64() == id.parse().ok())
         .unwrap_or_else(|| panic!("no grant {id}"))
 }
 
@@ -212,8 +212,14 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
         assert_eq!(g["approved_by"][0], "alice");
 
         // Used: the write passes now, in the open session and in a new one.
-        let st = client.prepare(update).await.expect("prepare under the grant");
-        assert_eq!(client.execute(&st, &[&1i32, &1i32]).await.expect("write"), 1);
+        let st = client
+            .prepare(update)
+            .await
+            .expect("prepare under the grant");
+        assert_eq!(
+            client.execute(&st, &[&1i32, &1i32]).await.expect("write"),
+            1
+        );
         assert_eq!(psql(&env, write).expect("psql write"), "UPDATE 1\n");
         // Its table only: another table, and a statement touching both, are judged
         // without it.
@@ -262,8 +268,14 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
         // Revoked mid-session.
         let id2 = request(&env, "10m", &["--table", "public.accounts"]);
         approve(&env, &id2);
-        let st = client.prepare(update).await.expect("prepare under the second grant");
-        assert_eq!(client.execute(&st, &[&1i32, &2i32]).await.expect("write"), 1);
+        let st = client
+            .prepare(update)
+            .await
+            .expect("prepare under the second grant");
+        assert_eq!(
+            client.execute(&st, &[&1i32, &2i32]).await.expect("write"),
+            1
+        );
         let out = cli_ok(&env, "grants", &["revoke", &id2, "--reason", "done early"]);
         assert!(out.contains("revoked"), "{out}");
         let e = client
@@ -279,7 +291,14 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
         cli_ok(
             &env,
             "approvals",
-            &["deny", &id3, "--reviewer", "bob", "--reason", "use a migration"],
+            &[
+                "deny",
+                &id3,
+                "--reviewer",
+                "bob",
+                "--reason",
+                "use a migration",
+            ],
         );
         assert_eq!(grant(&env, &id3)["status"], "denied");
         let e = client
@@ -292,9 +311,15 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
     // Two writes under the first grant, one under the second.
     let balances = env
         .pg
-        .psql(DB, "SELECT balance FROM accounts WHERE id IN (1, 2) ORDER BY id")
+        .psql(
+            DB,
+            "SELECT balance FROM accounts WHERE id IN (1, 2) ORDER BY id",
+        )
         .unwrap();
-    assert_eq!(balances.split_whitespace().collect::<Vec<_>>(), ["102", "101"]);
+    assert_eq!(
+        balances.split_whitespace().collect::<Vec<_>>(),
+        ["102", "101"]
+    );
     assert_eq!(cli_ok(&env, "grants", &["list"]), "no grants\n");
 
     // The audit log: every grant event, and the statements that used a grant.
@@ -317,7 +342,7 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
     let of = |id: &str| -> Vec<&str> {
         events
             .iter()
-            .filter(|(g, _)| g.to_string() == id)
+            .filter(|(g, _)| Some(*g) == id.parse().ok())
             .map(|(_, e)| e.as_str())
             .collect()
     };

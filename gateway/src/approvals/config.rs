@@ -175,7 +175,10 @@ impl ApprovalsConfig {
             ));
         }
         if self.grant_timeout_secs == Some(0) {
-            return Err(invalid("approvals.grant_timeout_secs", "must be at least 1"));
+            return Err(invalid(
+                "approvals.grant_timeout_secs",
+                "must be at least 1",
+            ));
         }
         if self.grant_max_secs == 0 {
             return Err(invalid("approvals.grant_max_secs", "must be at least 1"));

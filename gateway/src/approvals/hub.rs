@@ -308,7 +308,11 @@ impl Approvals {
     }
 
     /// Grant requests, newest first; `live_only`: pending and approved ones.
-    pub async fn grants(&self, live_only: bool, limit: usize) -> Result<Vec<Request>, ApprovalError> {
+    pub async fn grants(
+        &self,
+        live_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Request>, ApprovalError> {
         self.ask(|reply| Cmd::Grants {
             live_only,
             limit,
@@ -468,7 +472,12 @@ impl Hub {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.store.grants(live_only, limit).await.map_err(Into::into));
+                let _ = reply.send(
+                    self.store
+                        .grants(live_only, limit)
+                        .await
+                        .map_err(Into::into),
+                );
             }
             Cmd::Revoke {
                 id,
@@ -499,9 +508,8 @@ impl Hub {
         terms.registry.load(&live);
         for r in &live {
             if r.status == Status::Pending {
-                let waited = Duration::from_millis(
-                    super::model::now_ms().saturating_sub(r.created_ms),
-                );
+                let waited =
+                    Duration::from_millis(super::model::now_ms().saturating_sub(r.created_ms));
                 let left = Duration::from_secs(r.new.timeout_secs).saturating_sub(waited);
                 self.deadlines.insert((Instant::now() + left, r.id));
             } else {
@@ -537,10 +545,7 @@ impl Hub {
             params: Vec::new(),
             protocol: "grant".into(),
             rule: None,
-            message: format!(
-                "{} asks for a grant: {}",
-                spec.requested_by, spec.reason
-            ),
+            message: format!("{} asks for a grant: {}", spec.requested_by, spec.reason),
             recent: Vec::new(),
             estimate: None,
             preview: None,
@@ -615,9 +620,7 @@ impl Hub {
         };
         let stamp = |ms: Option<u64>| {
             ms.map(|ms| {
-                crate::audit::record::rfc3339(
-                    std::time::UNIX_EPOCH + Duration::from_millis(ms),
-                )
+                crate::audit::record::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms))
             })
         };
         info!(

@@ -244,7 +244,11 @@ pub fn run(cmd: AuditCmd) -> Result<i32, CliError> {
                 eprintln!(
                     "{} {}",
                     hits.len(),
-                    if a.grants { "grant events" } else { "statements" }
+                    if a.grants {
+                        "grant events"
+                    } else {
+                        "statements"
+                    }
                 );
             }
             Ok(0)

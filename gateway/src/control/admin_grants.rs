@@ -170,10 +170,7 @@ fn to_json<T: Serialize>(v: &T) -> String {
 
 fn checked_name(flag: &str, name: &str) -> Result<String, String> {
     let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME
-        || name.chars().any(char::is_control)
-    {
+    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
         return Err(format!(
             "{flag} must be 1 to {MAX_NAME} characters, none of them control characters"
         ));
@@ -193,9 +190,8 @@ pub async fn run(
     cmd: GrantsCommand,
     peer: &Peer,
 ) -> Result<String, String> {
-    let approvals = approvals.ok_or_else(|| {
-        format!("{NOT_CONFIGURED}; grants are decided by its reviewers")
-    })?;
+    let approvals = approvals
+        .ok_or_else(|| format!("{NOT_CONFIGURED}; grants are decided by its reviewers"))?;
     let who = |given: &Option<String>, flag: &str| match given {
         Some(name) => checked_name(flag, name),
         None => peer.reviewer().ok_or_else(|| {
@@ -244,7 +240,14 @@ pub fn render_table(grants: &[Grant], now_ms: u64) -> String {
         return "no grants\n".into();
     }
     let header = [
-        "ID", "STATUS", "IDENTITY", "ROLES", "LEFT", "APPROVALS", "SCOPE", "REASON",
+        "ID",
+        "STATUS",
+        "IDENTITY",
+        "ROLES",
+        "LEFT",
+        "APPROVALS",
+        "SCOPE",
+        "REASON",
     ];
     let rows: Vec<[String; 8]> = grants
         .iter()

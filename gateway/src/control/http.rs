@@ -527,9 +527,12 @@ async fn grant_request(
         .approvals
         .request_grant(args.identity.trim(), spec, &format!("http ({})", who.0))
         .await?;
-    Grant::of(&r, now_ms())
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the stored request is not a grant"))
+    Grant::of(&r, now_ms()).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the stored request is not a grant",
+        )
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -551,9 +554,12 @@ async fn grant_revoke(
         .approvals
         .revoke(id, &who.0, body.reason.filter(|r| !r.trim().is_empty()))
         .await?;
-    Grant::of(&r, now_ms())
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the stored request is not a grant"))
+    Grant::of(&r, now_ms()).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the stored request is not a grant",
+        )
+    })
 }
 
 /// The body of a decision; which fields a verb needs is checked by the verb.

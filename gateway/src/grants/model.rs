@@ -181,7 +181,9 @@ impl GrantSpec {
             if class_named(c).is_none() {
                 return Err(invalid(
                     "classes",
-                    format!("{c:?} is not a statement class (read, write, ddl, dcl, txn, session, utility, admin, unknown)"),
+                    format!(
+                        "{c:?} is not a statement class (read, write, ddl, dcl, txn, session, utility, admin, unknown)"
+                    ),
                 ));
             }
         }
@@ -195,7 +197,10 @@ impl GrantSpec {
             ));
         }
         if self.reason.chars().count() > MAX_REASON {
-            return Err(invalid("reason", format!("at most {MAX_REASON} characters")));
+            return Err(invalid(
+                "reason",
+                format!("at most {MAX_REASON} characters"),
+            ));
         }
         if self.duration_secs == 0 || self.duration_secs > max_secs {
             return Err(invalid(
@@ -337,7 +342,15 @@ mod tests {
         assert_eq!(parse_duration("1d").unwrap(), 86_400);
         assert_eq!(parse_duration(" 45 ").unwrap(), 45);
         for bad in [
-            "", "0", "0m", "m", "30x", "-5m", "1.5h", "30m5", "99999999999999999999d",
+            "",
+            "0",
+            "0m",
+            "m",
+            "30x",
+            "-5m",
+            "1.5h",
+            "30m5",
+            "99999999999999999999d",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
         }

@@ -171,10 +171,15 @@ impl SessionGrants {
             })
             .cloned()
             .collect();
-        let changed = next.len() != self.mine.len()
-            || next.iter().zip(&self.mine).any(|(a, b)| a.id != b.id);
+        let changed =
+            next.len() != self.mine.len() || next.iter().zip(&self.mine).any(|(a, b)| a.id != b.id);
         self.mine = next;
-        self.next_end = self.mine.iter().map(|l| l.ends_ms).min().unwrap_or(u64::MAX);
+        self.next_end = self
+            .mine
+            .iter()
+            .map(|l| l.ends_ms)
+            .min()
+            .unwrap_or(u64::MAX);
         changed
     }
 

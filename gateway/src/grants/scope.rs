@@ -27,8 +27,11 @@ impl Scope {
     /// The scope of a spec. One whose class or table entry cannot be read (a document
     /// from another version) covers nothing rather than more than it said.
     pub fn of(spec: &GrantSpec) -> Scope {
-        let tables: Vec<Option<NameGlob>> =
-            spec.tables.iter().map(|t| NameGlob::parse(t).ok()).collect();
+        let tables: Vec<Option<NameGlob>> = spec
+            .tables
+            .iter()
+            .map(|t| NameGlob::parse(t).ok())
+            .collect();
         let classes: Vec<Option<Class>> = spec.classes.iter().map(|c| class_named(c)).collect();
         Scope {
             databases: spec.databases.clone(),
@@ -105,9 +108,21 @@ mod tests {
     fn a_table_grant_covers_its_table_and_nothing_beside_it() {
         let s = Scope::of(&spec(&["write"], &["public.accounts"]));
         let path = ["$user", "public"];
-        assert!(covers(&s, "UPDATE accounts SET balance = 0 WHERE id = 1", &path));
-        assert!(covers(&s, "UPDATE public.accounts SET balance = 0 WHERE id = 1", &path));
-        assert!(!covers(&s, "UPDATE ledger SET amount = 0 WHERE id = 1", &path));
+        assert!(covers(
+            &s,
+            "UPDATE accounts SET balance = 0 WHERE id = 1",
+            &path
+        ));
+        assert!(covers(
+            &s,
+            "UPDATE public.accounts SET balance = 0 WHERE id = 1",
+            &path
+        ));
+        assert!(!covers(
+            &s,
+            "UPDATE ledger SET amount = 0 WHERE id = 1",
+            &path
+        ));
         // Touching both: the other table is outside the grant.
         assert!(!covers(
             &s,
@@ -120,13 +135,21 @@ mod tests {
             &path
         ));
         // Another schema first on the path: `accounts` is not public.accounts.
-        assert!(!covers(&s, "UPDATE accounts SET balance = 0 WHERE id = 1", &["evil", "public"]));
+        assert!(!covers(
+            &s,
+            "UPDATE accounts SET balance = 0 WHERE id = 1",
+            &["evil", "public"]
+        ));
         // Wrong class, no relation, opaque, unknown functions.
         assert!(!covers(&s, "SELECT * FROM accounts", &path));
         let any_class = Scope::of(&spec(&[], &["public.accounts"]));
         assert!(covers(&any_class, "SELECT * FROM accounts", &path));
         assert!(!covers(&any_class, "SELECT 1", &path));
-        assert!(!covers(&any_class, "DO $$ BEGIN DELETE FROM ledger; END $$", &path));
+        assert!(!covers(
+            &any_class,
+            "DO $$ BEGIN DELETE FROM ledger; END $$",
+            &path
+        ));
         assert!(!covers(
             &any_class,
             "UPDATE accounts SET balance = my_func() WHERE id = 1",
@@ -143,7 +166,11 @@ mod tests {
     fn globs_classes_and_databases() {
         let s = Scope::of(&spec(&["write", "read"], &["public.*"]));
         let path = ["public"];
-        assert!(covers(&s, "INSERT INTO ledger SELECT * FROM accounts", &path));
+        assert!(covers(
+            &s,
+            "INSERT INTO ledger SELECT * FROM accounts",
+            &path
+        ));
         assert!(!covers(&s, "INSERT INTO audit.log VALUES (1)", &path));
         assert!(!covers(&s, "DROP TABLE ledger", &path));
         assert!(s.covers_database("bank"));

@@ -188,7 +188,11 @@ impl StatementGate {
 
     /// The subject `reading` is judged as: the standing roles, plus those of the grants
     /// in force that cover it. Borrowed unless a grant adds a role.
-    fn subject_for(&self, reading: &Statement, res: &Resolver<'_>) -> std::borrow::Cow<'_, Subject> {
+    fn subject_for(
+        &self,
+        reading: &Statement,
+        res: &Resolver<'_>,
+    ) -> std::borrow::Cow<'_, Subject> {
         let Some(g) = self.grants.as_ref().filter(|g| g.any()) else {
             return std::borrow::Cow::Borrowed(&self.subject);
         };

@@ -1574,7 +1574,11 @@ impl<H: Hooks> Relay<H> {
         match verdict {
             Verdict::Allow => {}
             Verdict::Deny(r) => {
-                let sql = self.tracker.portal(name).map(|p| p.sql.clone()).unwrap_or_default();
+                let sql = self
+                    .tracker
+                    .portal(name)
+                    .map(|p| p.sql.clone())
+                    .unwrap_or_default();
                 self.audit_refusal(trail::Via::Extended, &sql, &r, None);
                 self.refuse_execute(r);
                 return Ok(());

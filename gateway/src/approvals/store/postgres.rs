@@ -124,7 +124,8 @@ const CATCH_UP_LIMIT: i64 = 10_000;
 
 pub struct PostgresStore {
     target: Arc<Target>,
-    conn: Option<Conn>,
+    // Boxed: its prepared statements would make every `Store` as large.
+    conn: Option<Box<Conn>>,
     /// Set while the writer cannot connect: when to try again, and why it failed.
     down: Option<(Instant, String)>,
     backoff: Backoff,
@@ -483,7 +484,7 @@ impl PostgresStore {
         info!(target: "portcullis::approvals", store = %target.place, tls = target.tls.is_some(), "approvals store (PostgreSQL) open");
         Ok(PostgresStore {
             target,
-            conn: Some(conn),
+            conn: Some(Box::new(conn)),
             down: None,
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(5)),
             changes: Some(rx),
@@ -513,7 +514,7 @@ impl PostgresStore {
                         info!(target: "portcullis::approvals", store = %self.target.place, "reconnected to the approvals store");
                     }
                     self.backoff.reset();
-                    self.conn = Some(c);
+                    self.conn = Some(Box::new(c));
                 }
                 Err(e) => {
                     let wait = self.backoff.wait();
@@ -657,12 +658,20 @@ impl PostgresStore {
     }
 
     /// Grant requests, newest first; `live_only`: pending or approved ones.
-    pub async fn grants(&mut self, live_only: bool, limit: usize) -> Result<Vec<Request>, StoreError> {
+    pub async fn grants(
+        &mut self,
+        live_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut retried = false;
         loop {
             let c = self.conn().await?;
-            let st = if live_only { &c.grants_live } else { &c.grants_all };
+            let st = if live_only {
+                &c.grants_live
+            } else {
+                &c.grants_all
+            };
             let r = tokio::time::timeout(OP_TIMEOUT, c.client.query(st, &[&limit])).await;
             match self.outcome("listing grants", r) {
                 Ok(rows) => {
