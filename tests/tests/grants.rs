@@ -228,6 +228,11 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
             .await
             .expect_err("ledger is not in the grant");
         assert!(db_error(&e).contains("no policy rule allows"), "{e}");
+        let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+        assert!(
+            hint.contains(&format!("Grant #{id} is active but does not cover")),
+            "{hint}"
+        );
         let e = client
             .execute(
                 "UPDATE accounts SET balance = 0 WHERE id IN (SELECT id FROM ledger)",

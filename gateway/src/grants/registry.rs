@@ -201,6 +201,11 @@ impl SessionGrants {
         !self.mine.is_empty()
     }
 
+    /// The ids of the grants in force.
+    pub fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.mine.iter().map(|l| l.id)
+    }
+
     /// The grants in force whose scope covers `stmt`.
     pub fn covering<'a>(
         &'a self,

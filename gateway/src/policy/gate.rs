@@ -186,6 +186,22 @@ impl StatementGate {
         }
     }
 
+    /// For a refusal: the identity holds grants, none of which covered the statement
+    /// (`subject` is the standing one), so the agent knows why it did not help.
+    fn uncovered_grants(&self, subject: &std::borrow::Cow<'_, Subject>) -> Option<String> {
+        let g = self.grants.as_ref().filter(|g| g.any())?;
+        if matches!(subject, std::borrow::Cow::Owned(_)) {
+            return None;
+        }
+        Some(format!(
+            "Grant {} is active but does not cover this statement (its database, class or tables), so it was judged without it.",
+            g.ids()
+                .map(|id| format!("#{id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
     /// The subject `reading` is judged as: the standing roles, plus those of the grants
     /// in force that cover it. Borrowed unless a grant adds a role.
     fn subject_for(
@@ -833,7 +849,13 @@ impl StatementGate {
             .with_detail(format!("{} ({facts})", which()))
             .with_hint("The [policy] default for this identity is deny; an operator can add a rule that allows such statements."),
         };
-        Err(refusal)
+        Err(match self.uncovered_grants(&subject) {
+            Some(note) => {
+                let hint = refusal.hint.clone().unwrap_or_default();
+                refusal.with_hint(format!("{note} {hint}"))
+            }
+            None => refusal,
+        })
     }
 
     fn log(&self, stmt: &Statement, verdict: &str, rule: Option<&str>, quoted: &str) {
