@@ -187,10 +187,10 @@ impl StatementGate {
     }
 
     /// For a refusal: the identity holds grants, none of which covered the statement
-    /// (`subject` is the standing one), so the agent knows why it did not help.
-    fn uncovered_grants(&self, subject: &std::borrow::Cow<'_, Subject>) -> Option<String> {
+    /// (nothing `widened` its roles), so the agent knows why they did not help.
+    fn uncovered_grants(&self, widened: bool) -> Option<String> {
         let g = self.grants.as_ref().filter(|g| g.any())?;
-        if matches!(subject, std::borrow::Cow::Owned(_)) {
+        if widened {
             return None;
         }
         Some(format!(
@@ -849,13 +849,15 @@ impl StatementGate {
             .with_detail(format!("{} ({facts})", which()))
             .with_hint("The [policy] default for this identity is deny; an operator can add a rule that allows such statements."),
         };
-        Err(match self.uncovered_grants(&subject) {
-            Some(note) => {
-                let hint = refusal.hint.clone().unwrap_or_default();
-                refusal.with_hint(format!("{note} {hint}"))
-            }
-            None => refusal,
-        })
+        Err(
+            match self.uncovered_grants(matches!(subject, std::borrow::Cow::Owned(_))) {
+                Some(note) => {
+                    let hint = refusal.hint.clone().unwrap_or_default();
+                    refusal.with_hint(format!("{note} {hint}"))
+                }
+                None => refusal,
+            },
+        )
     }
 
     fn log(&self, stmt: &Statement, verdict: &str, rule: Option<&str>, quoted: &str) {
