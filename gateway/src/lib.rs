@@ -26,6 +26,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod grants;
 pub mod mask;
 pub mod policy;
 pub mod protocol;

@@ -75,6 +75,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ApprovalsCmd,
     },
+    /// Just-in-time grants through the running gateway's admin socket: extra roles for
+    /// an identity, for a while, once a reviewer approves (`portcullis approvals
+    /// approve ID`).
+    Grants {
+        #[command(subcommand)]
+        cmd: GrantsCmd,
+    },
     /// Print the SCRAM-SHA-256 verifier of an agent secret, for an [[identity]] entry.
     /// Reads the secret from standard input when not given.
     HashSecret {
@@ -153,6 +160,64 @@ enum ApprovalsCmd {
     HashToken { token: Option<String> },
 }
 
+#[derive(Subcommand)]
+enum GrantsCmd {
+    /// Ask for a grant; it waits for its reviewers like a held statement. Recorded as
+    /// requested by `unix:<your user>` unless --requested-by names someone, who then
+    /// cannot approve it.
+    Request {
+        /// The identity that gets the roles.
+        #[arg(long)]
+        identity: String,
+        /// A role to add (repeat for several).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// How long, from the approval: 90s, 30m, 2h, 1h30m.
+        #[arg(long = "for")]
+        duration: String,
+        /// Why; the reviewer reads it and the audit log keeps it.
+        #[arg(long)]
+        reason: String,
+        /// Only in this database (repeat for several; default: any).
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// Only statements of this class: read, write, ddl, … (repeat; default: any).
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        /// Only statements every relation of which matches one of these globs
+        /// (`public.accounts`, `public.*`; repeat; default: any).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        #[arg(long)]
+        requested_by: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Pending and active grants, newest first (--all: ended and denied ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// End a grant now (or withdraw a pending one): sessions judge their next statement
+    /// without it.
+    Revoke {
+        id: i64,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Record the revocation under this name instead of `unix:<user>`.
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
 /// Which gateway `reload` and `status` talk to.
 #[derive(clap::Args)]
 #[group(required = true, multiple = true)]
@@ -187,6 +252,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Reload { target } => ask(target, "reload"),
         Cmd::Approvals { cmd } => approvals(cmd),
+        Cmd::Grants { cmd } => grants(cmd),
         Cmd::Audit { cmd } => match portcullis::audit::cli::run(cmd) {
             Ok(0) => Ok(()),
             Ok(code) => std::process::exit(code),
@@ -323,7 +389,13 @@ fn call<T: serde::de::DeserializeOwned>(
     target: &AdminTarget,
     cmd: &ApprovalsCommand,
 ) -> anyhow::Result<T> {
-    let line = cmd.to_line();
+    call_line(target, cmd.to_line())
+}
+
+fn call_line<T: serde::de::DeserializeOwned>(
+    target: &AdminTarget,
+    line: String,
+) -> anyhow::Result<T> {
     if line.len() > review::MAX_LINE {
         bail!(
             "the command is longer than the admin socket takes ({} bytes)",
@@ -427,6 +499,67 @@ fn approvals(cmd: ApprovalsCmd) -> anyhow::Result<()> {
             eprintln!(
                 "give the token to the reviewer; the gateway keeps only the token_sha256 line, in their [[approvals.reviewer]] entry"
             );
+        }
+    }
+    Ok(())
+}
+
+fn grants(cmd: GrantsCmd) -> anyhow::Result<()> {
+    use portcullis::control::admin_grants::{
+        self as g, GrantsCommand, ListArgs as GrantList, RequestArgs, RevokeArgs,
+    };
+    use portcullis::grants::Grant;
+    match cmd {
+        GrantsCmd::Request {
+            identity,
+            roles,
+            duration,
+            reason,
+            databases,
+            classes,
+            tables,
+            requested_by,
+            json,
+            target,
+        } => {
+            let cmd = GrantsCommand::Request(RequestArgs {
+                identity,
+                roles,
+                databases,
+                classes,
+                tables,
+                duration,
+                reason,
+                requested_by,
+            });
+            let grant: Grant = call_line(&target, cmd.to_line())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&grant)?);
+            } else {
+                print!("{}", g::render_one(&grant));
+            }
+        }
+        GrantsCmd::List { all, json, target } => {
+            let list: Vec<Grant> =
+                call_line(&target, GrantsCommand::List(GrantList { all }).to_line())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", g::render_table(&list, now_ms()));
+            }
+        }
+        GrantsCmd::Revoke {
+            id,
+            reason,
+            by,
+            target,
+        } => {
+            let cmd = GrantsCommand::Revoke {
+                id,
+                args: RevokeArgs { reason, by },
+            };
+            let grant: Grant = call_line(&target, cmd.to_line())?;
+            print!("{}", g::render_one(&grant));
         }
     }
     Ok(())
@@ -554,7 +687,14 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
             http::start(&rt, listener, approvals.clone(), &a.reviewers);
         }
     }
-    if let Some(hub) = hub {
+    if let (Some(mut hub), Some(a)) = (hub, &cfg.approvals) {
+        hub = hub.with_grants(portcullis::approvals::hub::GrantTerms {
+            registry: shared.grants.clone(),
+            audit: shared.audit.clone(),
+            approvers: a.grant_approvers,
+            timeout: Duration::from_secs(a.grant_timeout_secs.unwrap_or(a.timeout_secs)),
+            max: Duration::from_secs(a.grant_max_secs),
+        });
         rt.spawn(hub.run());
     }
     // Before the workers: the admin socket's bind narrows the process-wide umask, and a

@@ -94,6 +94,7 @@ fn request(sql: &str, approvers: u32) -> NewRequest {
         preview: None,
         approvers,
         timeout_secs: 300,
+        grant: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn new(gateway: &str, sql: &str) -> NewRequest {
         preview: None,
         approvers: 1,
         timeout_secs: 120,
+        grant: None,
     }
 }
 

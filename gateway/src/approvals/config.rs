@@ -8,6 +8,8 @@
 //! # postgres_ca = "/etc/portcullis/store-ca.pem"   # verify the store's certificate
 //! timeout_secs = 900                  # per rule: approval_timeout_secs
 //! notice_interval_secs = 10
+//! grant_approvers = 1                 # just-in-time grants: reviewers per grant
+//! grant_max_secs = 86400              # the longest grant that may be asked for
 //!
 //! [approvals.http]
 //! listen = "127.0.0.1:8433"
@@ -82,6 +84,15 @@ pub struct ApprovalsConfig {
     /// How many earlier statements of the session the reviewer is shown.
     #[serde(default = "default_recent")]
     pub recent_statements: usize,
+    /// Distinct reviewers who must approve a just-in-time grant.
+    #[serde(default = "default_grant_approvers")]
+    pub grant_approvers: u32,
+    /// How long a grant request waits for its approvals; default `timeout_secs`.
+    #[serde(default)]
+    pub grant_timeout_secs: Option<u64>,
+    /// The longest grant that may be asked for.
+    #[serde(default = "default_grant_max")]
+    pub grant_max_secs: u64,
     #[serde(default)]
     pub http: Option<HttpConfig>,
     #[serde(default, rename = "reviewer")]
@@ -156,6 +167,21 @@ impl ApprovalsConfig {
                 "approvals.timeout_secs",
                 "must be at least 1: a held statement needs time for a person to look at it",
             ));
+        }
+        if self.grant_approvers == 0 {
+            return Err(invalid(
+                "approvals.grant_approvers",
+                "must be at least 1: a grant is approved by a person",
+            ));
+        }
+        if self.grant_timeout_secs == Some(0) {
+            return Err(invalid(
+                "approvals.grant_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.grant_max_secs == 0 {
+            return Err(invalid("approvals.grant_max_secs", "must be at least 1"));
         }
         if let Some(http) = &self.http {
             http.listen_addr()?;
@@ -291,6 +317,14 @@ fn default_notice_interval() -> u64 {
 
 fn default_recent() -> usize {
     5
+}
+
+fn default_grant_approvers() -> u32 {
+    1
+}
+
+fn default_grant_max() -> u64 {
+    24 * 3600
 }
 
 #[cfg(test)]

@@ -18,8 +18,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::model::{Action, NewRequest, Request, Status, VoteError};
+use super::model::{Action, NewRequest, Origin, Request, Status, VoteError};
 use super::store::{Store, StoreError};
+use crate::grants::{EndKind, GrantError, GrantSpec, GrantStatus, Registry, Transition};
 
 /// How sessions and reviewers reach the hub. Cheap to share.
 pub struct Approvals {
@@ -126,6 +127,10 @@ pub enum ApprovalError {
     Contended(i64),
     #[error("the approvals hub is not running")]
     Stopped,
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    #[error("grants are not enabled on this gateway")]
+    NoGrants,
 }
 
 enum Cmd {
@@ -153,6 +158,36 @@ enum Cmd {
         id: i64,
         reason: String,
     },
+    RequestGrant {
+        identity: String,
+        spec: Box<GrantSpec>,
+        source: String,
+        reply: oneshot::Sender<Result<Request, ApprovalError>>,
+    },
+    Grants {
+        live_only: bool,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Request>, ApprovalError>>,
+    },
+    Revoke {
+        id: i64,
+        by: String,
+        reason: Option<String>,
+        reply: oneshot::Sender<Result<Request, ApprovalError>>,
+    },
+}
+
+/// What the hub needs to decide grants: where the active ones are published, where
+/// their events are recorded, and the terms of a grant request.
+pub struct GrantTerms {
+    pub registry: std::sync::Arc<Registry>,
+    pub audit: Option<crate::audit::AuditLog>,
+    /// Distinct reviewers who must approve a grant.
+    pub approvers: u32,
+    /// How long a grant request waits for its approvals.
+    pub timeout: Duration,
+    /// The longest grant that may be asked for.
+    pub max: Duration,
 }
 
 impl Approvals {
@@ -168,6 +203,8 @@ impl Approvals {
             waiters: HashMap::new(),
             deadlines: BTreeSet::new(),
             emitted: HashMap::new(),
+            grants: None,
+            grant_ends: BTreeSet::new(),
         };
         (
             Approvals {
@@ -252,6 +289,54 @@ impl Approvals {
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
+
+    /// Asks for a grant for `identity`; it is pending once this returns. `source` says
+    /// where the request came from (`admin socket`, `http`), for the reviewer.
+    pub async fn request_grant(
+        &self,
+        identity: &str,
+        spec: GrantSpec,
+        source: &str,
+    ) -> Result<Request, ApprovalError> {
+        self.ask(|reply| Cmd::RequestGrant {
+            identity: identity.to_owned(),
+            spec: Box::new(spec),
+            source: source.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Grant requests, newest first; `live_only`: pending and approved ones.
+    pub async fn grants(
+        &self,
+        live_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Request>, ApprovalError> {
+        self.ask(|reply| Cmd::Grants {
+            live_only,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends an active grant, or withdraws a pending one. Sessions judge their next
+    /// statement without it.
+    pub async fn revoke(
+        &self,
+        id: i64,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<Request, ApprovalError> {
+        self.ask(|reply| Cmd::Revoke {
+            id,
+            by: by.to_owned(),
+            reason,
+            reply,
+        })
+        .await
+    }
 }
 
 struct Waiter {
@@ -269,18 +354,31 @@ pub struct Hub {
     /// The newest version of each request told to subscribers: a change this gateway
     /// made comes back through the shared store's feed and is not told twice.
     emitted: HashMap<i64, u64>,
+    grants: Option<GrantTerms>,
+    /// When active grants run out: each is then marked expired in the store.
+    grant_ends: BTreeSet<(Instant, i64)>,
 }
 
 /// Attempts at a compare-and-set before giving up on a contended request.
 const CAS_ATTEMPTS: usize = 8;
 
 impl Hub {
+    /// Decides grant requests too, on these terms.
+    pub fn with_grants(mut self, terms: GrantTerms) -> Hub {
+        self.grants = Some(terms);
+        self
+    }
+
     /// Serves the handle until every handle is gone.
     pub async fn run(mut self) {
         self.end_orphans().await;
+        self.load_grants().await;
         let mut changes = self.store.take_changes();
         loop {
-            let next_deadline = self.deadlines.first().map(|(at, _)| *at);
+            let next_deadline = match (self.deadlines.first(), self.grant_ends.first()) {
+                (Some((a, _)), Some((b, _))) => Some(*a.min(b)),
+                (a, b) => a.or(b).map(|(at, _)| *at),
+            };
             let deadline = async {
                 match next_deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -314,9 +412,10 @@ impl Hub {
             }
         };
         let gateway = self.gateway.clone();
+        // A grant request has no session: it waits on in the store.
         for r in pending
             .into_iter()
-            .filter(|r| r.new.origin.gateway == gateway)
+            .filter(|r| r.new.origin.gateway == gateway && r.new.grant.is_none())
         {
             self.end(
                 r.id,
@@ -359,6 +458,199 @@ impl Hub {
                 let _ = reply.send(r);
             }
             Cmd::Withdraw { id, reason } => self.end(id, Status::Withdrawn, &reason).await,
+            Cmd::RequestGrant {
+                identity,
+                spec,
+                source,
+                reply,
+            } => {
+                let r = self.request_grant(identity, *spec, source).await;
+                let _ = reply.send(r);
+            }
+            Cmd::Grants {
+                live_only,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.store
+                        .grants(live_only, limit)
+                        .await
+                        .map_err(Into::into),
+                );
+            }
+            Cmd::Revoke {
+                id,
+                by,
+                reason,
+                reply,
+            } => {
+                let r = self
+                    .end_grant(id, EndKind::Revoked, Some(&by), reason.as_deref())
+                    .await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// The stored grants at start-up: published silently (they are not news), their
+    /// expiries and timeouts armed; one that ran out while the gateway was down is
+    /// marked expired at once.
+    async fn load_grants(&mut self) {
+        let Some(terms) = &self.grants else { return };
+        let live = match self.store.grants(true, 10_000).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(target: "portcullis::grants", "cannot read the grants at start-up: {e}");
+                return;
+            }
+        };
+        terms.registry.load(&live);
+        for r in &live {
+            if r.status == Status::Pending {
+                let waited =
+                    Duration::from_millis(super::model::now_ms().saturating_sub(r.created_ms));
+                let left = Duration::from_secs(r.new.timeout_secs).saturating_sub(waited);
+                self.deadlines.insert((Instant::now() + left, r.id));
+            } else {
+                self.arm_grant_end(r);
+            }
+        }
+        info!(target: "portcullis::grants", live = live.len(), "grants loaded");
+    }
+
+    async fn request_grant(
+        &mut self,
+        identity: String,
+        spec: GrantSpec,
+        source: String,
+    ) -> Result<Request, ApprovalError> {
+        let terms = self.grants.as_ref().ok_or(ApprovalError::NoGrants)?;
+        spec.validate(terms.max.as_secs().max(1))?;
+        let new = NewRequest {
+            origin: Origin {
+                gateway: self.gateway.clone(),
+                session: "grant".into(),
+                identity: identity.clone(),
+                roles: Vec::new(),
+                source,
+                application_name: "portcullis grants".into(),
+                database: if spec.databases.is_empty() {
+                    "*".into()
+                } else {
+                    spec.databases.join(", ")
+                },
+            },
+            sql: spec.describe(&identity),
+            params: Vec::new(),
+            protocol: "grant".into(),
+            rule: None,
+            message: format!("{} asks for a grant: {}", spec.requested_by, spec.reason),
+            recent: Vec::new(),
+            estimate: None,
+            preview: None,
+            approvers: terms.approvers.max(1),
+            timeout_secs: terms.timeout.as_secs().max(1),
+            grant: Some(spec),
+        };
+        // Nobody waits on the outcome: the registry hears of the decision.
+        let ticket = self.submit(new).await?;
+        Ok(ticket.request)
+    }
+
+    async fn end_grant(
+        &mut self,
+        id: i64,
+        kind: EndKind,
+        by: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Request, ApprovalError> {
+        if self.grants.is_none() {
+            return Err(ApprovalError::NoGrants);
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self
+                .store
+                .get(id)
+                .await?
+                .filter(|r| r.new.grant.is_some())
+                .ok_or(GrantError::NotFound(id))?;
+            let next = current.end_grant(kind, by, reason)?;
+            if self.store.update(&next).await? {
+                self.settle(&next);
+                return Ok(next);
+            }
+        }
+        Err(ApprovalError::Contended(id))
+    }
+
+    /// Marks an approved grant expired when its time is up.
+    fn arm_grant_end(&mut self, r: &Request) {
+        // As stored (time 0): an approved grant not yet marked is active.
+        let Some(g) = crate::grants::Grant::of(r, 0) else {
+            return;
+        };
+        if g.status != GrantStatus::Active {
+            return;
+        }
+        let Some(end) = g.ends_ms else { return };
+        // A little after the end, so the clock has passed it when the mark is made
+        // (sessions stop using the grant at the end itself, not at this mark).
+        let left = Duration::from_millis(end.saturating_sub(super::model::now_ms()) + 50);
+        self.grant_ends.insert((Instant::now() + left, r.id));
+    }
+
+    /// A grant changed status: published already; recorded and logged here.
+    fn grant_changed(&mut self, req: &Request, t: &Transition) {
+        let g = &t.grant;
+        let event = match (t.before, g.status) {
+            (_, GrantStatus::Pending) => "requested",
+            (_, GrantStatus::Active) => "approved",
+            (_, GrantStatus::Denied) => "denied",
+            (_, GrantStatus::Revoked) => "revoked",
+            (_, GrantStatus::Expired) => "expired",
+        };
+        if g.status == GrantStatus::Active {
+            self.arm_grant_end(req);
+        }
+        let by: Vec<String> = match g.status {
+            GrantStatus::Pending => vec![g.spec.requested_by.clone()],
+            GrantStatus::Active => g.approved_by.clone(),
+            _ => g.ended_by.iter().cloned().collect(),
+        };
+        let stamp = |ms: Option<u64>| {
+            ms.map(|ms| {
+                crate::audit::record::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            })
+        };
+        info!(
+            target: "portcullis::grants",
+            grant = g.id,
+            event,
+            identity = %g.identity,
+            roles = %g.spec.roles.join(","),
+            by = %by.join(","),
+            reason = g.end_reason.as_deref().unwrap_or(&g.spec.reason),
+            "grant {event}"
+        );
+        let Some(terms) = &self.grants else { return };
+        if let Some(log) = &terms.audit {
+            log.record(&crate::audit::Body::Grant {
+                grant: g.id,
+                event,
+                identity: &g.identity,
+                roles: &g.spec.roles,
+                databases: &g.spec.databases,
+                classes: &g.spec.classes,
+                tables: &g.spec.tables,
+                reason: &g.spec.reason,
+                requested_by: &g.spec.requested_by,
+                by: &by,
+                note: g.end_reason.as_deref(),
+                duration_secs: g.spec.duration_secs,
+                starts: stamp(g.starts_ms),
+                ends: stamp(g.ends_ms),
+            });
         }
     }
 
@@ -441,6 +733,20 @@ impl Hub {
 
     async fn expire(&mut self) {
         let now = Instant::now();
+        while let Some(&(at, id)) = self.grant_ends.first() {
+            if at > now {
+                break;
+            }
+            self.grant_ends.pop_first();
+            match self.end_grant(id, EndKind::Expired, None, None).await {
+                // Another gateway marked it, or it was revoked first: the store says
+                // how it ended.
+                Ok(_) | Err(ApprovalError::Grant(GrantError::NotRevocable { .. })) => {}
+                Err(e) => {
+                    warn!(target: "portcullis::grants", grant = id, "cannot mark an expired grant: {e}");
+                }
+            }
+        }
         while let Some(&(at, id)) = self.deadlines.first() {
             if at > now {
                 break;
@@ -480,6 +786,9 @@ impl Hub {
             self.emitted.clear();
         }
         self.emitted.insert(req.id, req.version);
+        if let Some(t) = self.grants.as_ref().and_then(|g| g.registry.observe(req)) {
+            self.grant_changed(req, &t);
+        }
         let last = req.votes.last();
         info!(
             target: "portcullis::approvals",

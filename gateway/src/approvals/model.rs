@@ -75,6 +75,10 @@ pub struct NewRequest {
     /// Distinct reviewers who must approve.
     pub approvers: u32,
     pub timeout_secs: u64,
+    /// A just-in-time grant, not a held statement: `sql` describes it for the reviewer
+    /// and nothing runs when it is approved (see [`crate::grants`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<crate::grants::GrantSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +138,9 @@ pub struct Request {
     pub end_reason: Option<String>,
     /// Bumped on every change: stores update only the version they read.
     pub version: u64,
+    /// An approved grant that was revoked, or marked expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_end: Option<crate::grants::GrantEnd>,
 }
 
 /// What a reviewer does.
@@ -166,6 +173,10 @@ pub enum VoteError {
     NoReason,
     #[error("the edited statement is empty")]
     EmptyEdit,
+    #[error("{reviewer} cannot approve grant #{id}: they asked for it")]
+    OwnGrant { id: i64, reviewer: String },
+    #[error("request #{id} is a grant; approve or deny it, a grant has no statement to edit")]
+    GrantEdit { id: i64 },
 }
 
 pub fn now_ms() -> u64 {
@@ -219,6 +230,7 @@ impl NewRequest {
             preview: None,
             approvers,
             timeout_secs,
+            grant: None,
         }
     }
 }
@@ -237,6 +249,17 @@ impl Request {
             votes: Vec::new(),
             end_reason: None,
             version: 0,
+            grant_end: None,
+        }
+    }
+
+    /// The `status` column stores filter on: the status, or `grant_ended` for a grant
+    /// revoked or marked expired (so live grants are found without reading the ended).
+    pub fn column_status(&self) -> &'static str {
+        if self.grant_end.is_some() {
+            "grant_ended"
+        } else {
+            self.status.as_str()
         }
     }
 
@@ -267,6 +290,18 @@ impl Request {
                 id: self.id,
                 reviewer: reviewer.into(),
             });
+        }
+        if let Some(g) = &self.new.grant {
+            // Whoever asked may deny their own request, never approve it.
+            if reviewer == g.requested_by && !matches!(action, Action::Deny { .. }) {
+                return Err(VoteError::OwnGrant {
+                    id: self.id,
+                    reviewer: reviewer.into(),
+                });
+            }
+            if matches!(action, Action::Edit { .. }) {
+                return Err(VoteError::GrantEdit { id: self.id });
+            }
         }
         if let Some(given) = shown
             && given != self.digest
@@ -358,6 +393,48 @@ impl Request {
         next.decided_ms = Some(now_ms());
         next.end_reason = Some(reason.into());
         Some(next)
+    }
+
+    /// Ends an active or pending grant: revoked by a person, or marked expired once its
+    /// time is up. A pending one that is revoked is withdrawn as a request too.
+    pub fn end_grant(
+        &self,
+        kind: crate::grants::EndKind,
+        by: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Request, crate::grants::GrantError> {
+        use crate::grants::{EndKind, Grant, GrantEnd, GrantError, GrantStatus};
+        let now = now_ms();
+        let g = Grant::of(self, now).ok_or(GrantError::NotFound(self.id))?;
+        let allowed = match kind {
+            EndKind::Revoked => matches!(g.status, GrantStatus::Active | GrantStatus::Pending),
+            // Marked once its time is up (the status says expired already).
+            EndKind::Expired => self.grant_end.is_none() && g.status == GrantStatus::Expired,
+        };
+        if !allowed {
+            return Err(GrantError::NotRevocable {
+                id: self.id,
+                status: g.status.as_str(),
+            });
+        }
+        let mut next = self.clone();
+        next.version += 1;
+        if self.status == Status::Pending {
+            next.status = Status::Withdrawn;
+            next.decided_ms = Some(now);
+            next.end_reason = Some(reason.unwrap_or("revoked before it was decided").into());
+        }
+        next.grant_end = Some(GrantEnd {
+            kind,
+            by: by.map(str::to_owned),
+            reason: reason.map(str::to_owned),
+            // An expiry is dated when it happened, not when it was noticed.
+            at_ms: match (kind, g.ends_ms) {
+                (EndKind::Expired, Some(end)) => end,
+                _ => now,
+            },
+        });
+        Ok(next)
     }
 
     /// The reviewers who approved (or edited), in order.

@@ -120,6 +120,13 @@ pub struct SearchArgs {
     pub approved_by: Option<String>,
     #[arg(long)]
     pub session: Option<String>,
+    /// Statements judged with this just-in-time grant (with --grants: its events).
+    #[arg(long)]
+    pub grant: Option<i64>,
+    /// Grant events (requested, approved, denied, revoked, expired) instead of
+    /// statements.
+    #[arg(long)]
+    pub grants: bool,
     /// One JSON object a line (statement, outcome, identity) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -224,6 +231,8 @@ pub fn run(cmd: AuditCmd) -> Result<i32, CliError> {
                 },
                 approved_by: a.approved_by,
                 session: a.session,
+                grant: a.grant,
+                grants: a.grants,
             };
             let hits = search::search(&a.dir, &f)?;
             if a.json {
@@ -232,7 +241,15 @@ pub fn run(cmd: AuditCmd) -> Result<i32, CliError> {
                 }
             } else {
                 print!("{}", search::render_table(&hits));
-                eprintln!("{} statements", hits.len());
+                eprintln!(
+                    "{} {}",
+                    hits.len(),
+                    if a.grants {
+                        "grant events"
+                    } else {
+                        "statements"
+                    }
+                );
             }
             Ok(0)
         }

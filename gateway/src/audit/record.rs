@@ -119,6 +119,9 @@ pub struct PolicyFacts {
     pub rule: Option<String>,
     /// `allow`, `deny`, `hold`, `approved`.
     pub verdict: &'static str,
+    /// The grants whose roles the statement was judged with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<i64>,
 }
 
 /// The kinds of record and their fields. Field names are the schema: renaming one is a
@@ -226,6 +229,28 @@ pub enum Body<'a> {
         reason: Option<&'a str>,
         sql: &'a str,
         edited_sql: Option<&'a str>,
+    },
+    /// A just-in-time grant changed: `requested`, `approved` (it is active from
+    /// `starts` to `ends`), `denied` (or timed out, withdrawn), `revoked`, `expired`.
+    Grant {
+        grant: i64,
+        event: &'a str,
+        identity: &'a str,
+        roles: &'a [String],
+        databases: &'a [String],
+        classes: &'a [String],
+        tables: &'a [String],
+        /// Why it was asked for.
+        reason: &'a str,
+        requested_by: &'a str,
+        /// Who did this: the requester, the approvers, who denied or revoked it (none
+        /// for an expiry or a timeout).
+        by: &'a [String],
+        /// Why it was denied, revoked or ended without a decision.
+        note: Option<&'a str>,
+        duration_secs: u64,
+        starts: Option<String>,
+        ends: Option<String>,
     },
     ConfigReload {
         by: &'a str,

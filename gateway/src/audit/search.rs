@@ -37,6 +37,11 @@ pub struct Filter {
     /// Only statements a reviewer of this name approved.
     pub approved_by: Option<String>,
     pub session: Option<String>,
+    /// Statements judged with this grant's roles; with `grants`, this grant's events.
+    pub grant: Option<i64>,
+    /// Grant events (`grant` records) instead of statements; `identity`, `since`,
+    /// `until` and `grant` narrow them.
+    pub grants: bool,
 }
 
 /// One statement (or refusal) and what became of it.
@@ -126,7 +131,25 @@ pub fn search(dir: &Path, f: &Filter) -> Result<Vec<Hit>, SearchError> {
                     hits[at].outcome = Some(v);
                 }
             }
-            kind @ ("statement" | "refusal") => {
+            "grant" if f.grants => {
+                let time = v["time"].as_str().unwrap_or_default();
+                let keep = f
+                    .identity
+                    .as_ref()
+                    .is_none_or(|i| v["identity"].as_str() == Some(i))
+                    && f.grant.is_none_or(|g| v["grant"].as_i64() == Some(g))
+                    && since.as_ref().is_none_or(|s| time >= s.as_str())
+                    && until.as_ref().is_none_or(|u| time <= u.as_str());
+                if keep {
+                    hits.push(Hit {
+                        identity: v["identity"].as_str().map(str::to_owned),
+                        record: v,
+                        outcome: None,
+                        approved_by: Vec::new(),
+                    });
+                }
+            }
+            kind @ ("statement" | "refusal") if !f.grants => {
                 let identity = identities.get(&session).cloned();
                 let time = v["time"].as_str().unwrap_or_default();
                 let approved_by = v["approval"]
@@ -150,7 +173,12 @@ pub fn search(dir: &Path, f: &Filter) -> Result<Vec<Hit>, SearchError> {
                     && until.as_ref().is_none_or(|u| time <= u.as_str())
                     && f.approved_by
                         .as_ref()
-                        .is_none_or(|a| approved_by.contains(a));
+                        .is_none_or(|a| approved_by.contains(a))
+                    && f.grant.is_none_or(|g| {
+                        v["policy"]["grants"]
+                            .as_array()
+                            .is_some_and(|l| l.iter().any(|x| x.as_i64() == Some(g)))
+                    });
                 if keep {
                     if kind == "statement"
                         && let Some(stmt) = v["stmt"].as_u64()
@@ -186,10 +214,17 @@ pub fn show(dir: &Path, session: &str) -> Result<Vec<Value>, SearchError> {
     Ok(out)
 }
 
-/// A table of hits for a terminal: time, identity, statement, verdict, outcome, SQL.
+/// A table of hits for a terminal: time, identity, statement, verdict, outcome, SQL;
+/// grant events as `audit show` describes them.
 pub fn render_table(hits: &[Hit]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    if hits.iter().all(|h| h.record["kind"] == "grant") && !hits.is_empty() {
+        for h in hits {
+            let _ = writeln!(out, "{}", describe(&h.record));
+        }
+        return out;
+    }
     let _ = writeln!(
         out,
         "{:<27} {:<12} {:<18} {:<9} {:<10} {:<16} {:>7} {:>6}  sql",
@@ -330,6 +365,31 @@ pub fn describe(r: &Value) -> String {
                 .as_str()
                 .map(|x| format!(", edited to: {x}"))
                 .unwrap_or_default()
+        ),
+        "grant" => format!(
+            "grant {} {}: {} to {} for {}s{}{} by {}{}",
+            r["grant"],
+            r["event"].as_str().unwrap_or("?"),
+            str_list(&r["roles"]).collect::<Vec<_>>().join(","),
+            r["identity"].as_str().unwrap_or("?"),
+            r["duration_secs"],
+            match str_list(&r["tables"]).collect::<Vec<_>>() {
+                t if t.is_empty() => String::new(),
+                t => format!(" on {}", t.join(",")),
+            },
+            r["ends"]
+                .as_str()
+                .map(|e| format!(" until {e}"))
+                .unwrap_or_default(),
+            match str_list(&r["by"]).collect::<Vec<_>>() {
+                b if b.is_empty() => "-".to_owned(),
+                b => b.join(","),
+            },
+            r["note"]
+                .as_str()
+                .or(r["reason"].as_str())
+                .map(|x| format!(" ({x})"))
+                .unwrap_or_default(),
         ),
         other => format!("{other}: {r}"),
     };

@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, error, info, warn};
 
 use super::admin_approvals::{self, ApprovalsCommand, Peer};
+use super::admin_grants;
 use crate::config::{Config, ConfigError, IoEngine};
 use crate::engine::shared::SharedError;
 use crate::engine::{Phase, Shared};
@@ -172,14 +173,15 @@ pub enum Command {
     Reload,
     Status,
     Approvals(ApprovalsCommand),
+    Grants(admin_grants::GrantsCommand),
 }
 
 /// Why a request is not a command; the text goes back to the client after `error: `.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("empty command (commands: reload, status, approvals)")]
+    #[error("empty command (commands: reload, status, approvals, grants)")]
     Empty,
-    #[error("unknown command {0:?} (commands: reload, status, approvals)")]
+    #[error("unknown command {0:?} (commands: reload, status, approvals, grants)")]
     Unknown(String),
     #[error("command longer than {MAX_REQUEST} bytes")]
     TooLong,
@@ -187,12 +189,17 @@ pub enum RequestError {
     ApprovalsTooLong,
     #[error(transparent)]
     Approvals(#[from] admin_approvals::CommandError),
+    #[error(transparent)]
+    Grants(#[from] admin_grants::GrantsCommandError),
 }
 
 /// Whether a request (or the start of one) is a reviewer's command, allowed a longer
 /// line.
 fn is_approvals(line: &[u8]) -> bool {
-    line == b"approvals" || line.starts_with(b"approvals ")
+    line == b"approvals"
+        || line.starts_with(b"approvals ")
+        || line == b"grants"
+        || line.starts_with(b"grants ")
 }
 
 /// Parses one request line (its newline already stripped or not). Surrounding blanks and a
@@ -210,6 +217,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, RequestError> {
         "reload" => Ok(Command::Reload),
         "status" => Ok(Command::Status),
         "" => Err(RequestError::Empty),
+        t if approvals && t.starts_with("grants") => Ok(Command::Grants(
+            admin_grants::GrantsCommand::parse(t.strip_prefix("grants").unwrap_or(t))?,
+        )),
         t if approvals => Ok(Command::Approvals(ApprovalsCommand::parse(
             t.strip_prefix("approvals").unwrap_or(t),
         )?)),
@@ -444,6 +454,9 @@ impl Control {
         match command {
             Command::Approvals(cmd) => {
                 answer(admin_approvals::run(self.shared.approvals.as_deref(), cmd, peer).await)
+            }
+            Command::Grants(cmd) => {
+                answer(admin_grants::run(self.shared.approvals.as_deref(), cmd, peer).await)
             }
             Command::Reload => answer(
                 self.reload_by(
@@ -975,7 +988,7 @@ mod tests {
                 let a = ask("frobnicate").await.unwrap();
                 assert_eq!(
                     a.line,
-                    "error: unknown command \"frobnicate\" (commands: reload, status, approvals)"
+                    "error: unknown command \"frobnicate\" (commands: reload, status, approvals, grants)"
                 );
 
                 // A client that never finishes its line is answered and dropped at the

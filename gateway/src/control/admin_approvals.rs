@@ -702,6 +702,7 @@ mod tests {
                 preview: None,
                 approvers: 2,
                 timeout_secs: 60,
+                grant: None,
             },
         );
         r.created_ms = 1_000_000;

@@ -26,6 +26,12 @@
 //!   afterwards. `digest` is the request's `digest` as the reviewer was shown it: a
 //!   decision about a statement that has since been edited is refused (409), never
 //!   applied to the new one.
+//! - `POST /api/grants` `{"identity", "roles", "for", "reason", "databases"?,
+//!   "classes"?, "tables"?}`: asks for a just-in-time grant, requested by the signed-in
+//!   reviewer (who then cannot approve it); it is an approval request like any other.
+//!   `GET /api/grants?status=live|all`: `{"grants": [...], "now_ms"}`.
+//!   `POST /api/grants/{id}/revoke` `{"reason"?}`: ends it; the identity's next
+//!   statement is judged without it.
 //! - `GET /api/events`: Server-Sent Events. `ready` when the stream starts (re-read the
 //!   list then: nothing before it is replayed), then `requested`, `voted` and `decided`
 //!   with `{"kind", "request"}`, and `resync` when this stream fell behind and missed
@@ -64,6 +70,8 @@ use crate::approvals::config::{HttpConfig, ReviewerConfig};
 use crate::approvals::model::{Action, Request as Held, VoteError, now_ms};
 use crate::approvals::{ApprovalError, Approvals};
 use crate::auth::scram::constant_time_eq;
+use crate::control::admin_grants::{self, RequestArgs};
+use crate::grants::{Grant, GrantError, GrantStatus};
 
 /// Largest request body: an edited statement up to the policy's default
 /// `max_statement_bytes` (1 MiB) with its JSON around it.
@@ -163,6 +171,8 @@ pub fn router(approvals: Arc<Approvals>, reviewers: &[ReviewerConfig]) -> Router
         .route("/requests/{id}/deny", post(deny))
         .route("/requests/{id}/edit", post(edit))
         .route("/events", get(events))
+        .route("/grants", get(grants_list).post(grant_request))
+        .route("/grants/{id}/revoke", post(grant_revoke))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -303,13 +313,22 @@ impl From<ApprovalError> for ApiError {
         let status = match &e {
             ApprovalError::NotFound(_) => StatusCode::NOT_FOUND,
             ApprovalError::Vote(v) => match v {
-                VoteError::NoReason | VoteError::EmptyEdit => StatusCode::BAD_REQUEST,
+                VoteError::NoReason | VoteError::EmptyEdit | VoteError::GrantEdit { .. } => {
+                    StatusCode::BAD_REQUEST
+                }
                 VoteError::NotPending { .. }
                 | VoteError::SelfReview { .. }
+                | VoteError::OwnGrant { .. }
                 | VoteError::AlreadyVoted { .. }
                 | VoteError::Stale { .. } => StatusCode::CONFLICT,
             },
             ApprovalError::Contended(_) => StatusCode::CONFLICT,
+            ApprovalError::Grant(g) => match g {
+                GrantError::NotFound(_) => StatusCode::NOT_FOUND,
+                GrantError::NotRevocable { .. } => StatusCode::CONFLICT,
+                GrantError::Duration(_) | GrantError::Invalid(_) => StatusCode::BAD_REQUEST,
+            },
+            ApprovalError::NoGrants => StatusCode::SERVICE_UNAVAILABLE,
             ApprovalError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             ApprovalError::Store(_) => {
                 warn!(target: "portcullis::approvals", "reviewers' API: {e}");
@@ -451,6 +470,96 @@ async fn one(
         Some(r) => Ok(Json(r)),
         None => Err(ApprovalError::NotFound(id).into()),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantsQuery {
+    status: Option<String>,
+}
+
+#[derive(Serialize)]
+struct GrantsBody {
+    grants: Vec<Grant>,
+    now_ms: u64,
+}
+
+async fn grants_list(
+    State(state): State<AppState>,
+    query: Result<Query<GrantsQuery>, QueryRejection>,
+) -> Result<Json<GrantsBody>, ApiError> {
+    let Query(q) = query?;
+    let live_only = match q.status.as_deref() {
+        None | Some("live") => true,
+        Some("all") => false,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "status={other}: say status=live (pending and active) or status=all"
+            )));
+        }
+    };
+    let list = state.approvals.grants(live_only, MAX_LIST).await?;
+    let mut grants = admin_grants::grants_of(&list);
+    if live_only {
+        grants.retain(|g| matches!(g.status, GrantStatus::Pending | GrantStatus::Active));
+    }
+    Ok(Json(GrantsBody {
+        grants,
+        now_ms: now_ms(),
+    }))
+}
+
+/// `POST /api/grants`: the signed-in reviewer asks; someone else must approve.
+async fn grant_request(
+    State(state): State<AppState>,
+    Extension(who): Extension<Reviewer>,
+    body: Result<Json<RequestArgs>, JsonRejection>,
+) -> Result<Json<Grant>, ApiError> {
+    let Json(args) = body?;
+    if args.requested_by.is_some() {
+        return Err(ApiError::bad(
+            "requested_by is who is signed in; leave it out",
+        ));
+    }
+    let spec = args.spec(who.0.to_string()).map_err(ApiError::bad)?;
+    info!(target: "portcullis::grants", identity = %args.identity, requested_by = %who.0, "grant requested through the API");
+    let r = state
+        .approvals
+        .request_grant(args.identity.trim(), spec, &format!("http ({})", who.0))
+        .await?;
+    Grant::of(&r, now_ms()).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the stored request is not a grant",
+        )
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    reason: Option<String>,
+}
+
+async fn grant_revoke(
+    State(state): State<AppState>,
+    Extension(who): Extension<Reviewer>,
+    id: Result<Path<i64>, PathRejection>,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> Result<Json<Grant>, ApiError> {
+    let Path(id) = id?;
+    let Json(body) = body?;
+    info!(target: "portcullis::grants", grant = id, by = %who.0, "grant revoked through the API");
+    let r = state
+        .approvals
+        .revoke(id, &who.0, body.reason.filter(|r| !r.trim().is_empty()))
+        .await?;
+    Grant::of(&r, now_ms()).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the stored request is not a grant",
+        )
+    })
 }
 
 /// The body of a decision; which fields a verb needs is checked by the verb.

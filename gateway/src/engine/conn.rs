@@ -314,7 +314,10 @@ async fn run<C: Connect>(
     for f in &session.parameter_status {
         stages.parameter_status(f);
     }
-    let stages = stages.with_approvals(shared.approvals.is_some());
+    let mut stages = stages.with_approvals(shared.approvals.is_some());
+    if shared.approvals.is_some() {
+        stages = stages.with_grants(shared.grants.session(&agent.identity.name, &agent.database));
+    }
     let recent = shared.approvals.as_ref().map_or(0, |a| a.settings().recent);
     let mut relay = Relay::new(shared.limits, stages)
         .with_recent(recent)

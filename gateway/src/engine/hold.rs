@@ -219,6 +219,7 @@ pub(super) async fn wait<C: Connect, H: Hooks>(
                 .timeout_secs
                 .unwrap_or(settings.default_timeout.as_secs())
                 .max(1),
+            grant: None,
         };
         (new, explain, raw_params, describe)
     };

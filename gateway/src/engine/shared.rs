@@ -73,6 +73,9 @@ pub struct Shared {
     pub policy: Arc<ArcSwap<StatementPolicy>>,
     /// Held statements wait here; `None` without `[approvals]` (holds are refused).
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
+    /// The just-in-time grants in force, published by the approvals hub (empty
+    /// without `[approvals]`).
+    pub grants: Arc<crate::grants::Registry>,
     /// Every session's evidence goes here; `None` without `[audit]`.
     pub audit: Option<crate::audit::AuditLog>,
     pub audit_params: crate::audit::config::Params,
@@ -147,6 +150,7 @@ impl Shared {
                 p
             })),
             approvals: None,
+            grants: crate::grants::Registry::new(),
             audit: None,
             audit_params: cfg.audit.as_ref().map(|a| a.params).unwrap_or_default(),
             catalogs: Mutex::new(HashMap::new()),

@@ -22,6 +22,7 @@ use crate::analysis::{
     self, Analysis, AnalysisError, Class, Effect, ParseError, Property, Relation, Statement,
     analyze_cached,
 };
+use crate::grants::SessionGrants;
 use crate::mask::{Policy as MaskPolicy, Subject};
 use crate::protocol::sqlstate;
 use crate::session::hooks::{Effects, Hold, Refusal, Verdict, Via};
@@ -42,7 +43,8 @@ pub struct StatementGate {
     subject: Subject,
     /// The upstream role (`$user` in `search_path`).
     user: String,
-    prepared: HashMap<Vec<u8>, Prepared>,
+    /// With the grant epoch each was judged in (see [`StatementGate::execute`]).
+    prepared: HashMap<Vec<u8>, (Prepared, u64)>,
     /// `None` until the session sets one: the policy's configured default.
     search_path: Option<Vec<String>>,
     /// Every schema any `search_path` of this session named (see [`Resolver::also`]).
@@ -66,6 +68,10 @@ pub struct StatementGate {
     /// Audit facts by reading (the `Rc` keeps the address from being reused) and the
     /// generation they were worked out in: texts of one shape share them.
     facts: HashMap<usize, CachedFacts>,
+    /// The identity's just-in-time grants; `None`: a gateway without grants.
+    grants: Option<SessionGrants>,
+    /// The grant epoch the last statement was judged in.
+    grant_epoch: u64,
 }
 
 /// A prepared statement's reading: the statement in a cached analysis (no copy: clients
@@ -135,6 +141,89 @@ impl StatementGate {
             approving: false,
             last: None,
             facts: HashMap::new(),
+            grants: None,
+            grant_epoch: 0,
+        }
+    }
+
+    /// Statements are judged with the roles of the identity's active grants that cover
+    /// them.
+    pub fn with_grants(mut self, grants: SessionGrants) -> Self {
+        self.grant_epoch = 0;
+        self.grants = Some(grants);
+        self
+    }
+
+    /// Re-reads the grants in force; a change makes every cached judgement stale.
+    fn refresh_grants(&mut self) -> u64 {
+        if let Some(g) = &mut self.grants {
+            let epoch = g.epoch();
+            if epoch != self.grant_epoch {
+                self.grant_epoch = epoch;
+                self.generation += 1;
+            }
+        }
+        self.grant_epoch
+    }
+
+    /// An `Execute` of prepared statement `name` (text `sql`) is about to be sent. A
+    /// statement judged at its `Parse` under other grants than those in force now (one
+    /// expired or was revoked since, or one was approved) is judged again; otherwise
+    /// this is an integer compare.
+    pub fn execute(&mut self, sql: &[u8], name: &[u8]) -> Verdict {
+        if self.grants.is_none() {
+            return Verdict::Allow;
+        }
+        let epoch = self.refresh_grants();
+        // Nothing changed since the session started: every Parse saw these grants.
+        if epoch == 0 {
+            return Verdict::Allow;
+        }
+        match self.prepared.get(name) {
+            Some((_, judged)) if *judged == epoch => Verdict::Allow,
+            _ if sql.is_empty() => Verdict::Allow,
+            _ => self.verdict(sql, Via::Parse(name)),
+        }
+    }
+
+    /// For a refusal: the identity holds grants, none of which covered the statement
+    /// (nothing `widened` its roles), so the agent knows why they did not help.
+    fn uncovered_grants(&self, widened: bool) -> Option<String> {
+        let g = self.grants.as_ref().filter(|g| g.any())?;
+        if widened {
+            return None;
+        }
+        Some(format!(
+            "Grant {} is active but does not cover this statement (its database, class or tables), so it was judged without it.",
+            g.ids()
+                .map(|id| format!("#{id}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    /// The subject `reading` is judged as: the standing roles, plus those of the grants
+    /// in force that cover it. Borrowed unless a grant adds a role.
+    fn subject_for(
+        &self,
+        reading: &Statement,
+        res: &Resolver<'_>,
+    ) -> std::borrow::Cow<'_, Subject> {
+        let Some(g) = self.grants.as_ref().filter(|g| g.any()) else {
+            return std::borrow::Cow::Borrowed(&self.subject);
+        };
+        let mut subject: Option<Subject> = None;
+        for live in g.covering(reading, res) {
+            let s = subject.get_or_insert_with(|| self.subject.clone());
+            for r in &live.roles {
+                if !s.roles.contains(r) {
+                    s.roles.push(r.clone());
+                }
+            }
+        }
+        match subject {
+            Some(s) => std::borrow::Cow::Owned(s),
+            None => std::borrow::Cow::Borrowed(&self.subject),
         }
     }
 
@@ -241,6 +330,13 @@ impl StatementGate {
                     }
                 }
                 facts.touches_masked |= masked::touches(st, &mask, &self.subject, &res);
+                if let Some(g) = self.grants.as_ref().filter(|g| g.any()) {
+                    for live in g.covering(st, &res) {
+                        if !policy.grants.contains(&live.id) {
+                            policy.grants.push(live.id);
+                        }
+                    }
+                }
             }
             facts.fingerprint = std::str::from_utf8(sql)
                 .ok()
@@ -311,6 +407,7 @@ impl StatementGate {
             self.versions = versions;
             self.generation += 1;
         }
+        self.refresh_grants();
         if self.default_path.as_slice() != policy.search_path() {
             self.default_path = policy.search_path().to_vec();
         }
@@ -435,7 +532,8 @@ impl StatementGate {
                 Some(merged) => Prepared::Merged(merged),
                 None => Prepared::Text(cached.clone(), 0),
             };
-            self.prepared.insert(name.to_vec(), reading);
+            self.prepared
+                .insert(name.to_vec(), (reading, self.grant_epoch));
         }
         Ok(held)
     }
@@ -552,7 +650,7 @@ impl StatementGate {
         let Some(prepared) = self
             .prepared
             .get(name.as_bytes())
-            .and_then(Prepared::statement)
+            .and_then(|(p, _)| p.statement())
         else {
             return Err(Self::refuse(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -673,7 +771,8 @@ impl StatementGate {
                 .with_hint("Ask an operator for the statistics you need, or query the tables themselves."));
             }
         }
-        let decision = policy.decide(&self.subject, reading, &res);
+        let subject = self.subject_for(reading, &res);
+        let decision = policy.decide(&subject, reading, &res);
         for name in &decision.logged {
             self.log(reading, "log", Some(name), &quoted());
         }
@@ -750,7 +849,15 @@ impl StatementGate {
             .with_detail(format!("{} ({facts})", which()))
             .with_hint("The [policy] default for this identity is deny; an operator can add a rule that allows such statements."),
         };
-        Err(refusal)
+        Err(
+            match self.uncovered_grants(matches!(subject, std::borrow::Cow::Owned(_))) {
+                Some(note) => {
+                    let hint = refusal.hint.clone().unwrap_or_default();
+                    refusal.with_hint(format!("{note} {hint}"))
+                }
+                None => refusal,
+            },
+        )
     }
 
     fn log(&self, stmt: &Statement, verdict: &str, rule: Option<&str>, quoted: &str) {
@@ -791,7 +898,8 @@ impl StatementGate {
                     Some(merged) => Prepared::Merged(merged),
                     None => Prepared::Text(cached.clone(), index),
                 };
-                self.prepared.insert(name.as_bytes().to_vec(), reading);
+                self.prepared
+                    .insert(name.as_bytes().to_vec(), (reading, self.grant_epoch));
             }
             Some(Effect::Deallocate(Some(name))) => {
                 self.prepared.remove(name.as_bytes());

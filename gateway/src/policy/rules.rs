@@ -67,13 +67,13 @@ impl Resolver<'_> {
 
 /// `schema.name` glob, or a name glob for any schema.
 #[derive(Debug, Clone)]
-struct NameGlob {
+pub(crate) struct NameGlob {
     schema: Option<Glob>,
     name: Glob,
 }
 
 impl NameGlob {
-    fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         match s.split('.').collect::<Vec<_>>().as_slice() {
             [n] if !n.is_empty() => Ok(NameGlob {
                 schema: None,
@@ -87,7 +87,7 @@ impl NameGlob {
         }
     }
 
-    fn matches(&self, schemas: &[String], name: &str) -> bool {
+    pub(crate) fn matches(&self, schemas: &[String], name: &str) -> bool {
         self.name.matches(name.as_bytes())
             && self
                 .schema

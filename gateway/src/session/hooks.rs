@@ -143,6 +143,13 @@ pub trait Hooks {
         }
     }
 
+    /// An `Execute` of a portal bound to prepared statement `statement` (text `sql`) is
+    /// about to be sent. Its `Parse` was judged already; this is for what changed since
+    /// (a grant that ended), and must cost next to nothing when nothing did.
+    fn execute(&mut self, _sql: &[u8], _statement: &[u8]) -> Verdict {
+        Verdict::Allow
+    }
+
     /// A fast-path `FunctionCall` of the function with this OID is about to be sent.
     fn function_call(&mut self, _oid: u32) -> Verdict {
         Verdict::Allow

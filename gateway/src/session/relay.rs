@@ -1605,6 +1605,36 @@ impl<H: Hooks> Relay<H> {
             });
             return Ok(());
         }
+        // Judged again when what its Parse was judged under changed (a grant ended).
+        let verdict = match self.tracker.portal(name) {
+            Some(p) if !released && !self.approved => self.hooks.execute(&p.sql, &p.statement),
+            _ => Verdict::Allow,
+        };
+        match verdict {
+            Verdict::Allow => {}
+            Verdict::Deny(r) => {
+                let sql = self
+                    .tracker
+                    .portal(name)
+                    .map(|p| p.sql.clone())
+                    .unwrap_or_default();
+                self.audit_refusal(trail::Via::Extended, &sql, &r, None);
+                self.refuse_execute(r);
+                return Ok(());
+            }
+            Verdict::Hold(hold) => {
+                if let Some(p) = self.tracker.portal(name) {
+                    self.held = Some(Held {
+                        sql: p.sql.clone(),
+                        bind: Some(p.bind.clone()),
+                        hold,
+                        param_types: p.param_types.clone(),
+                        frame: frame.into_bytes(),
+                    });
+                }
+                return Ok(());
+            }
+        }
         if released && let Some(p) = self.tracker.portal(name) {
             let sql = p.sql.clone();
             self.remember(&sql);

@@ -122,6 +122,13 @@ impl Stages {
         }
     }
 
+    /// Statements are judged with the identity's active grants (see
+    /// [`crate::grants`]).
+    pub fn with_grants(mut self, grants: crate::grants::SessionGrants) -> Self {
+        self.gate = self.gate.with_grants(grants);
+        self
+    }
+
     /// Held statements wait for a reviewer instead of being refused.
     pub fn with_approvals(mut self, on: bool) -> Self {
         self.approvals = on;
@@ -184,6 +191,13 @@ impl Hooks for Stages {
         let v = self.gate.verdict_approved(sql, via);
         self.note_copy_query(sql, &v);
         v
+    }
+
+    fn execute(&mut self, sql: &[u8], statement: &[u8]) -> Verdict {
+        match self.gate.execute(sql, statement) {
+            Verdict::Hold(h) if !self.approvals => Verdict::Deny(h.without_approvals()),
+            v => v,
+        }
     }
 
     fn function_call(&mut self, oid: u32) -> Verdict {

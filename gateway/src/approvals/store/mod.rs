@@ -96,6 +96,19 @@ impl Store {
         }
     }
 
+    /// Grant requests, newest first; `live_only`: the pending and approved ones (an
+    /// approved one may have ended since: see [`crate::grants::Grant::of`]).
+    pub async fn grants(
+        &mut self,
+        live_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.grants(live_only, limit),
+            Store::Postgres(s) => s.grants(live_only, limit).await,
+        }
+    }
+
     /// Ids of requests other gateways changed, as they change (PostgreSQL's
     /// LISTEN/NOTIFY). `None` for a store only this gateway writes.
     pub fn take_changes(&mut self) -> Option<mpsc::UnboundedReceiver<i64>> {

@@ -89,12 +89,24 @@ CREATE TABLE IF NOT EXISTS portcullis.approval_requests (
     created_ms bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
     version    bigint NOT NULL,
-    body       text NOT NULL
+    body       text NOT NULL,
+    kind       text NOT NULL DEFAULT 'statement'
 );
 CREATE INDEX IF NOT EXISTS approval_requests_pending
     ON portcullis.approval_requests (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS approval_requests_updated
     ON portcullis.approval_requests (updated_at);
+CREATE INDEX IF NOT EXISTS approval_requests_grants
+    ON portcullis.approval_requests (id) WHERE kind = 'grant';
+";
+
+/// What a table made before grants existed lacks (run under the same lock).
+pub const GRANTS_MIGRATION: &str = "
+SELECT pg_advisory_xact_lock(7021786315468958828);
+ALTER TABLE portcullis.approval_requests
+    ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'statement';
+CREATE INDEX IF NOT EXISTS approval_requests_grants
+    ON portcullis.approval_requests (id) WHERE kind = 'grant';
 ";
 
 /// The longest a single store operation may take before the connection is given up.
@@ -112,7 +124,8 @@ const CATCH_UP_LIMIT: i64 = 10_000;
 
 pub struct PostgresStore {
     target: Arc<Target>,
-    conn: Option<Conn>,
+    // Boxed: its prepared statements would make every `Store` as large.
+    conn: Option<Box<Conn>>,
     /// Set while the writer cannot connect: when to try again, and why it failed.
     down: Option<(Instant, String)>,
     backoff: Backoff,
@@ -321,6 +334,8 @@ struct Conn {
     list_all: Statement,
     list_pending: Statement,
     update: Statement,
+    grants_all: Statement,
+    grants_live: Statement,
 }
 
 impl Conn {
@@ -356,6 +371,31 @@ impl Conn {
                     })?;
                 info!(target: "portcullis::approvals", store = %target.place, "created portcullis.approval_requests");
             }
+            let has_kind = tokio::time::timeout(
+                OP_TIMEOUT,
+                client.query_one(
+                    "SELECT count(*) > 0 FROM information_schema.columns
+                     WHERE table_schema = 'portcullis' AND table_name = 'approval_requests'
+                       AND column_name = 'kind'",
+                    &[],
+                ),
+            )
+            .await
+            .map_err(within("checking for the kind column"))?
+            .map_err(|e| target.err("checking for the kind column", describe(&e)))?
+            .get::<_, bool>(0);
+            if !has_kind {
+                tokio::time::timeout(OP_TIMEOUT, client.batch_execute(GRANTS_MIGRATION))
+                    .await
+                    .map_err(within("adding the kind column"))?
+                    .map_err(|e| {
+                        target.err(
+                            "adding the kind column (grants)",
+                            format!("{}; the table's owner can run the migration in the docs of the postgres store", describe(&e)),
+                        )
+                    })?;
+                info!(target: "portcullis::approvals", store = %target.place, "added the kind column to portcullis.approval_requests");
+            }
         }
         let prepare = |sql: &'static str| {
             let client = &client;
@@ -374,8 +414,8 @@ impl Conn {
             insert: prepare(
                 "WITH ins AS (
                     INSERT INTO portcullis.approval_requests
-                        (id, gateway, status, created_ms, version, body)
-                    VALUES ($1, $2, $3, $4, $5, $6) RETURNING id)
+                        (id, gateway, status, created_ms, version, body, kind)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id)
                  SELECT pg_notify('portcullis_approvals', id::text) FROM ins",
             )
             .await?,
@@ -395,6 +435,17 @@ impl Conn {
                     SET status = $1, version = $2, body = $3, updated_at = now()
                     WHERE id = $4 AND version = $5 RETURNING id)
                  SELECT pg_notify('portcullis_approvals', id::text) FROM up",
+            )
+            .await?,
+            grants_all: prepare(
+                "SELECT id, body FROM portcullis.approval_requests
+                 WHERE kind = 'grant' ORDER BY id DESC LIMIT $1",
+            )
+            .await?,
+            grants_live: prepare(
+                "SELECT id, body FROM portcullis.approval_requests
+                 WHERE kind = 'grant' AND status IN ('pending', 'approved')
+                 ORDER BY id DESC LIMIT $1",
             )
             .await?,
             client,
@@ -433,7 +484,7 @@ impl PostgresStore {
         info!(target: "portcullis::approvals", store = %target.place, tls = target.tls.is_some(), "approvals store (PostgreSQL) open");
         Ok(PostgresStore {
             target,
-            conn: Some(conn),
+            conn: Some(Box::new(conn)),
             down: None,
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(5)),
             changes: Some(rx),
@@ -463,7 +514,7 @@ impl PostgresStore {
                         info!(target: "portcullis::approvals", store = %self.target.place, "reconnected to the approvals store");
                     }
                     self.backoff.reset();
-                    self.conn = Some(c);
+                    self.conn = Some(Box::new(c));
                 }
                 Err(e) => {
                     let wait = self.backoff.wait();
@@ -526,6 +577,7 @@ impl PostgresStore {
                     &(req.created_ms as i64),
                     &(req.version as i64),
                     &body,
+                    &kind(&req),
                 ],
             ),
         )
@@ -584,7 +636,7 @@ impl PostgresStore {
             c.client.execute(
                 &c.update,
                 &[
-                    &next.status.as_str(),
+                    &next.column_status(),
                     &(next.version as i64),
                     &body,
                     &next.id,
@@ -603,6 +655,41 @@ impl PostgresStore {
 
     pub fn take_changes(&mut self) -> Option<mpsc::UnboundedReceiver<i64>> {
         self.changes.take()
+    }
+
+    /// Grant requests, newest first; `live_only`: pending or approved ones.
+    pub async fn grants(
+        &mut self,
+        live_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut retried = false;
+        loop {
+            let c = self.conn().await?;
+            let st = if live_only {
+                &c.grants_live
+            } else {
+                &c.grants_all
+            };
+            let r = tokio::time::timeout(OP_TIMEOUT, c.client.query(st, &[&limit])).await;
+            match self.outcome("listing grants", r) {
+                Ok(rows) => {
+                    return rows.iter().map(|r| decode(r.get(0), r.get(1))).collect();
+                }
+                Err(Failure::Lost(_)) if !retried => retried = true,
+                Err(f) => return Err(f.into_error()),
+            }
+        }
+    }
+}
+
+/// The `kind` column: what the request is for.
+fn kind(req: &Request) -> &'static str {
+    if req.new.grant.is_some() {
+        "grant"
+    } else {
+        "statement"
     }
 }
 

@@ -26,6 +26,12 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_status ON requests (status, id);
 ";
 
+/// Added with grants; a file made before them gets it on opening.
+const KIND: &str = "
+ALTER TABLE requests ADD COLUMN kind TEXT NOT NULL DEFAULT 'statement';
+CREATE INDEX requests_kind ON requests (kind, id);
+";
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError::Sqlite {
@@ -41,6 +47,16 @@ impl SqliteStore {
         )
         .map_err(|e| err(&e))?;
         conn.execute_batch(SCHEMA).map_err(|e| err(&e))?;
+        let has_kind: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('requests') WHERE name = 'kind'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| err(&e))?;
+        if !has_kind {
+            conn.execute_batch(KIND).map_err(|e| err(&e))?;
+        }
         Ok(SqliteStore {
             conn,
             path: path.to_owned(),
@@ -61,12 +77,13 @@ impl SqliteStore {
         })?;
         let mut req = Request::new(0, new.clone());
         tx.execute(
-            "INSERT INTO requests (gateway, status, created_ms, version, body) VALUES (?1, ?2, ?3, ?4, '')",
+            "INSERT INTO requests (gateway, status, created_ms, version, body, kind) VALUES (?1, ?2, ?3, ?4, '', ?5)",
             params![
                 req.new.origin.gateway,
                 req.status.as_str(),
                 req.created_ms as i64,
-                req.version as i64
+                req.version as i64,
+                if req.new.grant.is_some() { "grant" } else { "statement" }
             ],
         )
         .map_err(|e| StoreError::Sqlite {
@@ -124,6 +141,26 @@ impl SqliteStore {
         rows.iter().map(|(id, b)| decode(*id, b)).collect()
     }
 
+    /// Grant requests, newest first; `live_only`: pending or approved ones.
+    pub fn grants(&mut self, live_only: bool, limit: usize) -> Result<Vec<Request>, StoreError> {
+        let sql = if live_only {
+            "SELECT id, body FROM requests WHERE kind = 'grant' AND status IN ('pending', 'approved') ORDER BY id DESC LIMIT ?1"
+        } else {
+            "SELECT id, body FROM requests WHERE kind = 'grant' ORDER BY id DESC LIMIT ?1"
+        };
+        let rows = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut stmt| {
+                stmt.query_map([limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            })
+            .map_err(|e| self.err(e))?;
+        rows.iter().map(|(id, b)| decode(*id, b)).collect()
+    }
+
     pub fn update(&mut self, next: &Request) -> Result<bool, StoreError> {
         let body =
             serde_json::to_string(next).map_err(|e| StoreError::Corrupt(next.id, e.to_string()))?;
@@ -132,7 +169,7 @@ impl SqliteStore {
             .execute(
                 "UPDATE requests SET status = ?1, version = ?2, body = ?3 WHERE id = ?4 AND version = ?5",
                 params![
-                    next.status.as_str(),
+                    next.column_status(),
                     next.version as i64,
                     body,
                     next.id,
