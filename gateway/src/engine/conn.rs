@@ -199,10 +199,23 @@ async fn run<C: Connect>(
             .await;
         return Err(ConnError::Rejected(message));
     }
+    // The grants active as the session opens count for its upstream role too (a writer
+    // grant must be able to write in PostgreSQL as well); their scope and their end are
+    // the policy's business at each statement.
+    let grants = shared
+        .approvals
+        .is_some()
+        .then(|| shared.grants.session(&agent.identity.name, &agent.database));
+    let mut roles = agent.identity.roles.clone();
+    for r in grants.iter().flat_map(|g| g.roles()) {
+        if !roles.iter().any(|have| have == r) {
+            roles.push(r.to_owned());
+        }
+    }
     let upstream_role = shared
         .roles
         .load()
-        .upstream_role(&agent.identity.roles)
+        .upstream_role(&roles)
         .map(str::to_owned);
     let (upstream, session, addr) = match connect_upstream::<C>(
         shared,
@@ -315,8 +328,8 @@ async fn run<C: Connect>(
         stages.parameter_status(f);
     }
     let mut stages = stages.with_approvals(shared.approvals.is_some());
-    if shared.approvals.is_some() {
-        stages = stages.with_grants(shared.grants.session(&agent.identity.name, &agent.database));
+    if let Some(g) = grants {
+        stages = stages.with_grants(g);
     }
     let recent = shared.approvals.as_ref().map_or(0, |a| a.settings().recent);
     let mut relay = Relay::new(shared.limits, stages)

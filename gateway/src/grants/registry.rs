@@ -201,6 +201,11 @@ impl SessionGrants {
         !self.mine.is_empty()
     }
 
+    /// The roles of the grants in force, whatever their scope.
+    pub fn roles(&self) -> impl Iterator<Item = &str> + '_ {
+        self.mine.iter().flat_map(|l| l.roles.iter().map(String::as_str))
+    }
+
     /// The ids of the grants in force.
     pub fn ids(&self) -> impl Iterator<Item = i64> + '_ {
         self.mine.iter().map(|l| l.id)
