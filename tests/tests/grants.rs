@@ -39,12 +39,20 @@ action = "allow"
 
 const APPROVALS: &str = "notice_interval_secs = 1\ntimeout_secs = 120\n";
 
+/// Roles down to the database: the agent's standing role reads, a writer grant writes.
+const ROLES: &str = "[[role]]\nname = \"agent\"\nupstream_role = \"grants_read\"\n[[role]]\nname = \"writer\"\nupstream_role = \"grants_write\"\n";
+
 fn start(engine: Engine) -> Env {
+    start_with(engine, "")
+}
+
+fn start_with(engine: Engine, extra: &str) -> Env {
     let env = Env::start_with(engine, PgOptions::default(), |o| {
         o.policy(POLICY)
             .approvals(APPROVALS)
             .admin_socket()
             .audit("")
+            .extra_toml(extra)
     });
     env.pg
         .psql(
@@ -367,10 +375,27 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
 
 #[test]
 fn grants_survive_a_restart() {
-    let mut env = start(Engine::Auto);
+    let mut env = start_with(Engine::Auto, ROLES);
+    env.pg
+        .psql(
+            DB,
+            &format!(
+                "CREATE ROLE grants_read NOLOGIN; CREATE ROLE grants_write NOLOGIN;
+                 GRANT SELECT ON accounts, ledger TO grants_read;
+                 GRANT SELECT, UPDATE ON accounts, ledger TO grants_write;
+                 GRANT grants_read, grants_write TO {};",
+                portcullis_tests::pg::UPSTREAM_USER
+            ),
+        )
+        .expect("upstream roles");
+    let who = "SELECT current_user";
+    assert_eq!(psql(&env, who).unwrap(), "grants_read\n");
     let write = "UPDATE accounts SET balance = 0 WHERE id = 4";
     let id = request(&env, "10m", &["--table", "public.accounts"]);
     approve(&env, &id);
+    // A session opened while the grant is active runs as the grant's upstream role too,
+    // so PostgreSQL lets the write the policy allows through.
+    assert_eq!(psql(&env, who).unwrap(), "grants_write\n");
     assert_eq!(psql(&env, write).unwrap(), "UPDATE 1\n");
     // A pending one survives too, and can still be approved after.
     let pending = request(&env, "10m", &["--table", "public.ledger"]);
@@ -393,4 +418,6 @@ fn grants_survive_a_restart() {
     env.gw.restart().expect("restart the gateway again");
     refused(psql(&env, write), "a write after the restart");
     assert_eq!(grant(&env, &id)["status"], "revoked");
+    // The ledger grant is still active: its role is still the session's.
+    assert_eq!(psql(&env, who).unwrap(), "grants_write\n");
 }

@@ -212,11 +212,7 @@ async fn run<C: Connect>(
             roles.push(r.to_owned());
         }
     }
-    let upstream_role = shared
-        .roles
-        .load()
-        .upstream_role(&roles)
-        .map(str::to_owned);
+    let upstream_role = shared.roles.load().upstream_role(&roles).map(str::to_owned);
     let (upstream, session, addr) = match connect_upstream::<C>(
         shared,
         &agent.database,

@@ -203,7 +203,9 @@ impl SessionGrants {
 
     /// The roles of the grants in force, whatever their scope.
     pub fn roles(&self) -> impl Iterator<Item = &str> + '_ {
-        self.mine.iter().flat_map(|l| l.roles.iter().map(String::as_str))
+        self.mine
+            .iter()
+            .flat_map(|l| l.roles.iter().map(String::as_str))
     }
 
     /// The ids of the grants in force.
