@@ -236,10 +236,7 @@ impl ClientHandshake {
                     return Ok(false);
                 };
                 expect_password(frame.tag())?;
-                let mut c = Cursor::new(frame.body());
-                let mechanism = c.cstr().ok_or(malformed("mechanism"))?;
-                let len = c.i32().ok_or(malformed("length"))?;
-                let data = c.remaining();
+                let (mechanism, data) = sasl_initial(frame.body())?;
                 if mechanism != scram::MECHANISM.as_bytes() {
                     steps.push(Step::Reject(error_response(
                         Severity::Fatal,
@@ -250,9 +247,7 @@ impl ClientHandshake {
                     )));
                     return Ok(false);
                 }
-                if usize::try_from(len).ok() != Some(data.len()) {
-                    return Err(malformed("SASL data length"));
-                }
+                let data = data.ok_or(malformed("SCRAM needs an initial response"))?;
                 match login.scram.client_first(data) {
                     Ok(reply) => {
                         steps.push(Step::Send(be::authentication_sasl_continue(&reply)));
@@ -341,10 +336,7 @@ impl ClientHandshake {
                     return Ok(false);
                 };
                 expect_password(frame.tag())?;
-                let mut c = Cursor::new(frame.body());
-                let mechanism = c.cstr().ok_or(malformed("mechanism"))?;
-                let len = c.i32().ok_or(malformed("length"))?;
-                let data = c.remaining();
+                let (mechanism, data) = sasl_initial(frame.body())?;
                 if mechanism != oauthbearer::MECHANISM.as_bytes() {
                     steps.push(Step::Reject(error_response(
                         Severity::Fatal,
@@ -355,14 +347,11 @@ impl ClientHandshake {
                     )));
                     return Ok(false);
                 }
-                if len == -1 && data.is_empty() {
+                let Some(data) = data else {
                     steps.push(Step::Send(be::authentication_sasl_continue(b"")));
                     self.state = State::AwaitOauthResponse(login);
                     return Ok(true);
-                }
-                if usize::try_from(len).ok() != Some(data.len()) {
-                    return Err(malformed("SASL data length"));
-                }
+                };
                 self.oauth_initial(login, data, steps)
             }
             State::AwaitOauthResponse(login) => {
@@ -595,6 +584,22 @@ impl ClientHandshake {
             }
         }
     }
+}
+
+/// A `SASLInitialResponse` body: the mechanism and its initial response (`None`: the
+/// client sent none, length -1).
+fn sasl_initial(body: &[u8]) -> Result<(&[u8], Option<&[u8]>), ProtocolError> {
+    let mut c = Cursor::new(body);
+    let mechanism = c.cstr().ok_or(malformed("mechanism"))?;
+    let len = c.i32().ok_or(malformed("length"))?;
+    let data = c.remaining();
+    if len == -1 && data.is_empty() {
+        return Ok((mechanism, None));
+    }
+    if usize::try_from(len).ok() != Some(data.len()) {
+        return Err(malformed("SASL data length"));
+    }
+    Ok((mechanism, Some(data)))
 }
 
 fn expect_password(tag: u8) -> Result<(), ProtocolError> {

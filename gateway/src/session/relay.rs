@@ -1589,6 +1589,17 @@ impl<H: Hooks> Relay<H> {
         Ok(())
     }
 
+    /// Refuses the `Execute` of portal `name`, with its statement's audit record.
+    fn refuse_portal(&mut self, name: &[u8], r: Refusal) {
+        let sql = self
+            .tracker
+            .portal(name)
+            .map(|p| p.sql.clone())
+            .unwrap_or_default();
+        self.audit_refusal(trail::Via::Extended, &sql, &r, None);
+        self.refuse_execute(r);
+    }
+
     /// An `Execute`: held when its portal's statement is, unless `released`.
     fn execute(&mut self, frame: Frame, released: bool) -> Result<(), RelayError> {
         let (name, _) = fe::parse_execute(frame.body()).map_err(RelayError::Client)?;
@@ -1613,13 +1624,7 @@ impl<H: Hooks> Relay<H> {
         match verdict {
             Verdict::Allow => {}
             Verdict::Deny(r) => {
-                let sql = self
-                    .tracker
-                    .portal(name)
-                    .map(|p| p.sql.clone())
-                    .unwrap_or_default();
-                self.audit_refusal(trail::Via::Extended, &sql, &r, None);
-                self.refuse_execute(r);
+                self.refuse_portal(name, r);
                 return Ok(());
             }
             Verdict::Hold(hold) => {
@@ -1640,13 +1645,7 @@ impl<H: Hooks> Relay<H> {
             self.remember(&sql);
         }
         if let Err(r) = self.audit_check() {
-            let sql = self
-                .tracker
-                .portal(name)
-                .map(|p| p.sql.clone())
-                .unwrap_or_default();
-            self.audit_refusal(trail::Via::Extended, &sql, &r, None);
-            self.refuse_execute(r);
+            self.refuse_portal(name, r);
             return Ok(());
         }
         let audit = if self.audit.is_some() {
