@@ -151,11 +151,15 @@ fn psql(env: &Env, sql: &str) -> Result<String, String> {
     }
 }
 
-fn refused(r: Result<String, String>, what: &str) -> String {
+fn refused(env: &Env, r: Result<String, String>, what: &str) -> String {
     match r {
-        Ok(out) => panic!("{what} was not refused: {out}"),
+        Ok(out) => panic!("{what} was not refused: {out}\n{}", env.gw.log_tail(30)),
         Err(e) => {
-            assert!(e.contains("portcullis refused"), "{what}: {e}");
+            assert!(
+                e.contains("portcullis refused"),
+                "{what}: {e}\n--- gateway log ---\n{}",
+                env.gw.log_tail(30)
+            );
             e
         }
     }
@@ -185,7 +189,7 @@ fn wait_past_end(g: &Value) {
 fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
     let env = start(engine);
     let write = "UPDATE accounts SET balance = balance + 1 WHERE id = 1";
-    let e = refused(psql(&env, write), "a write without a grant");
+    let e = refused(&env, psql(&env, write), "a write without a grant");
     assert!(e.contains("no policy rule allows"), "{e}");
     assert_eq!(cli_ok(&env, "grants", &["list"]), "no grants\n");
 
@@ -203,7 +207,11 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
             &["--class", "write", "--table", "public.accounts"],
         );
         // Pending: nothing is open yet; it sits in the reviewers' queue.
-        refused(psql(&env, write), "a write while the grant is pending");
+        refused(
+            &env,
+            psql(&env, write),
+            "a write while the grant is pending",
+        );
         let queue = cli_ok(&env, "approvals", &["list"]);
         assert!(
             queue.contains(" pending ") && queue.contains("GRANT ROLE writer TO agent FOR 8s"),
@@ -263,7 +271,7 @@ fn a_grant_opens_its_table_until_it_ends(engine: Engine) {
             .await
             .expect_err("the grant has ended");
         assert!(db_error(&e).contains("no policy rule allows"), "{e}");
-        refused(psql(&env, write), "a write after the grant expired");
+        refused(&env, psql(&env, write), "a write after the grant expired");
         // The session goes on reading.
         let n: i64 = client
             .query_one("SELECT count(*) FROM accounts", &[])
@@ -405,6 +413,7 @@ fn grants_survive_a_restart() {
     let live = grants(&env, false);
     assert_eq!(live.len(), 2, "{live:#?}");
     refused(
+        &env,
         psql(&env, "UPDATE ledger SET amount = 0 WHERE id = 4"),
         "ledger before its grant is approved",
     );
@@ -414,9 +423,9 @@ fn grants_survive_a_restart() {
         "UPDATE 1\n"
     );
     cli_ok(&env, "grants", &["revoke", &id]);
-    refused(psql(&env, write), "a write after the revocation");
+    refused(&env, psql(&env, write), "a write after the revocation");
     env.gw.restart().expect("restart the gateway again");
-    refused(psql(&env, write), "a write after the restart");
+    refused(&env, psql(&env, write), "a write after the restart");
     assert_eq!(grant(&env, &id)["status"], "revoked");
     // The ledger grant is still active: its role is still the session's.
     assert_eq!(psql(&env, who).unwrap(), "grants_write\n");
