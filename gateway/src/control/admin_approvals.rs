@@ -451,8 +451,14 @@ pub fn render_table(list: &[Request], all: bool, now_ms: u64) -> String {
             ]
         })
         .collect();
+    columns(header, &rows)
+}
+
+/// Rows under a header, each column as wide as its widest cell plus two spaces; the last
+/// column is not padded.
+pub(super) fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(|h| h.chars().count());
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -460,10 +466,8 @@ pub fn render_table(list: &[Request], all: bool, now_ms: u64) -> String {
     let line = |cells: &[&str]| {
         let mut s = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(cell);
+            s.push_str(cell);
+            if i + 1 < cells.len() {
                 let pad = widths[i] - cell.chars().count() + 2;
                 s.extend(std::iter::repeat_n(' ', pad));
             }
@@ -472,7 +476,7 @@ pub fn render_table(list: &[Request], all: bool, now_ms: u64) -> String {
         s
     };
     let mut out = line(&header);
-    for row in &rows {
+    for row in rows {
         out += &line(&row.each_ref().map(String::as_str));
     }
     out

@@ -29,7 +29,7 @@ use crate::approvals::Approvals;
 use crate::approvals::model::now_ms;
 use crate::grants::{Grant, GrantSpec, GrantStatus, parse_duration};
 
-use super::admin_approvals::{NOT_CONFIGURED, Peer, human_duration, terminal_safe};
+use super::admin_approvals::{NOT_CONFIGURED, Peer, columns, human_duration, terminal_safe};
 
 const USAGE: &str = "grants request JSON | list [JSON] | revoke ID [JSON]";
 /// Grants `list` returns at most.
@@ -288,31 +288,7 @@ pub fn render_table(grants: &[Grant], now_ms: u64) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            s.push_str(cell);
-            if i + 1 < cells.len() {
-                s.extend(std::iter::repeat_n(
-                    ' ',
-                    widths[i] - cell.chars().count() + 2,
-                ));
-            }
-        }
-        s.push('\n');
-        s
-    };
-    let mut out = line(&header);
-    for row in &rows {
-        out += &line(&row.each_ref().map(String::as_str));
-    }
-    out
+    columns(header, &rows)
 }
 
 /// One grant after a request or a revocation.

@@ -568,14 +568,18 @@ impl<H: Hooks> Relay<H> {
     /// Whether anything may run now: the agent's credential is still valid, and the
     /// audit trail can take the statement's record.
     fn audit_check(&self) -> Result<(), Refusal> {
-        if let Some(at) = self.expires_at_ms
-            && crate::approvals::model::now_ms() >= at
-        {
-            return Err(expired(at));
-        }
+        self.expiry_check()?;
         match &self.audit {
             Some(t) => t.check(),
             None => Ok(()),
+        }
+    }
+
+    /// Refused once the agent's credential has expired.
+    fn expiry_check(&self) -> Result<(), Refusal> {
+        match self.expires_at_ms {
+            Some(at) if crate::approvals::model::now_ms() >= at => Err(expired(at)),
+            _ => Ok(()),
         }
     }
 
@@ -1414,10 +1418,8 @@ impl<H: Hooks> Relay<H> {
             }
             fe::PARSE => {
                 let p = fe::parse_parse(frame.body()).map_err(err)?;
-                let verdict = if let Some(at) = self.expires_at_ms
-                    && crate::approvals::model::now_ms() >= at
-                {
-                    Verdict::Deny(expired(at))
+                let verdict = if let Err(r) = self.expiry_check() {
+                    Verdict::Deny(r)
                 } else if self.approved {
                     self.hooks.approved_statement(p.sql, Via::Parse(p.name))
                 } else {

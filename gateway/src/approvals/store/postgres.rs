@@ -607,24 +607,12 @@ impl PostgresStore {
         pending_only: bool,
         limit: usize,
     ) -> Result<Vec<Request>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut retried = false;
-        loop {
-            let c = self.conn().await?;
-            let st = if pending_only {
-                &c.list_pending
-            } else {
-                &c.list_all
-            };
-            let r = tokio::time::timeout(OP_TIMEOUT, c.client.query(st, &[&limit])).await;
-            match self.outcome("listing requests", r) {
-                Ok(rows) => {
-                    return rows.iter().map(|r| decode(r.get(0), r.get(1))).collect();
-                }
-                Err(Failure::Lost(_)) if !retried => retried = true,
-                Err(f) => return Err(f.into_error()),
-            }
-        }
+        let which = if pending_only {
+            Listing::Pending
+        } else {
+            Listing::All
+        };
+        self.requests("listing requests", which, limit).await
     }
 
     pub async fn update(&mut self, next: &Request) -> Result<bool, StoreError> {
@@ -663,17 +651,34 @@ impl PostgresStore {
         live_only: bool,
         limit: usize,
     ) -> Result<Vec<Request>, StoreError> {
+        let which = if live_only {
+            Listing::GrantsLive
+        } else {
+            Listing::GrantsAll
+        };
+        self.requests("listing grants", which, limit).await
+    }
+
+    /// Runs one of the listing statements, retried once on a lost connection (it only
+    /// reads).
+    async fn requests(
+        &mut self,
+        what: &'static str,
+        which: Listing,
+        limit: usize,
+    ) -> Result<Vec<Request>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut retried = false;
         loop {
             let c = self.conn().await?;
-            let st = if live_only {
-                &c.grants_live
-            } else {
-                &c.grants_all
+            let st = match which {
+                Listing::Pending => &c.list_pending,
+                Listing::All => &c.list_all,
+                Listing::GrantsLive => &c.grants_live,
+                Listing::GrantsAll => &c.grants_all,
             };
             let r = tokio::time::timeout(OP_TIMEOUT, c.client.query(st, &[&limit])).await;
-            match self.outcome("listing grants", r) {
+            match self.outcome(what, r) {
                 Ok(rows) => {
                     return rows.iter().map(|r| decode(r.get(0), r.get(1))).collect();
                 }
@@ -682,6 +687,15 @@ impl PostgresStore {
             }
         }
     }
+}
+
+/// Which listing statement [`PostgresStore::requests`] runs.
+#[derive(Clone, Copy)]
+enum Listing {
+    Pending,
+    All,
+    GrantsLive,
+    GrantsAll,
 }
 
 /// The `kind` column: what the request is for.

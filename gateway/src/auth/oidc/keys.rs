@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::config::OidcConfig;
 use super::jwt::{Key, keys_from_jwks};
+use crate::control::webhook::error_chain;
 
 /// Largest discovery document or JWKS read.
 const MAX_DOCUMENT: usize = 1 << 20;
@@ -162,17 +163,6 @@ impl IssuerKeys {
             .to_bytes();
         Ok(bytes)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn client(cfg: &OidcConfig) -> Result<HttpClient, String> {

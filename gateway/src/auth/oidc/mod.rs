@@ -93,11 +93,6 @@ impl Tokens {
         Ok(Tokens { issuers, rt })
     }
 
-    /// The first issuer: the one OAUTHBEARER's discovery reply points clients at.
-    pub fn first(&self) -> Option<&OidcConfig> {
-        self.issuers.first().map(|i| &i.cfg)
-    }
-
     /// Fetches every issuer's keys once (at start-up, so the first logins need no fetch);
     /// an issuer that cannot be reached is only logged, and tried again on demand.
     pub async fn prefetch(&self) {
