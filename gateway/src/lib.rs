@@ -12,6 +12,7 @@
 //!   decide on each statement before it is forwarded, and the per-session gate.
 //! - [`mask`]: column and value masking over `DataRow`s and `COPY` data.
 //! - [`engine`]: the two I/O drivers (io_uring and epoll) around the core.
+//! - [`pool`]: upstream connections kept for reuse across agent sessions.
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`secrets`]: the gateway's own database credential (literal, env, file, command).
 //! - [`roles`]: `[[role]]`s down to the database (`SET ROLE` on the upstream session).
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod grants;
 pub mod mask;
 pub mod policy;
+pub mod pool;
 pub mod protocol;
 pub mod roles;
 pub mod secrets;

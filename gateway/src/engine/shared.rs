@@ -85,6 +85,8 @@ pub struct Shared {
     catalog_ttl: AtomicU64,
     /// The upstream connections reserved for the gateway's own questions.
     pub side: super::side::SidePool,
+    /// The upstream pools' counts (the connections themselves are per worker).
+    pub pools: Arc<crate::pool::PoolStats>,
 }
 
 impl Shared {
@@ -156,6 +158,7 @@ impl Shared {
             catalogs: Mutex::new(HashMap::new()),
             catalog_ttl: AtomicU64::new(catalog_ttl(&cfg.mask).as_secs()),
             side: super::side::SidePool::new(up.reserved_connections, &up.reserve_databases),
+            pools: Arc::default(),
         })
     }
 
