@@ -104,6 +104,9 @@ pub struct Config {
     pub approvals: Option<crate::approvals::ApprovalsConfig>,
     /// No `[audit]`: the gateway keeps no evidence (`check-config` says so).
     pub audit: Option<crate::audit::AuditConfig>,
+    /// Upstream session reuse; on, with its defaults, without a `[pool]` section.
+    #[serde(default)]
+    pub pool: crate::pool::PoolConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +338,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.pool.validate().map_err(|(k, p)| invalid(k, p))?;
         if self.server.max_message_bytes < 1024 {
             return Err(invalid("server.max_message_bytes", "must be at least 1024"));
         }

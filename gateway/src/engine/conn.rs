@@ -16,6 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -33,11 +34,16 @@ use crate::session::drain::{self, DrainGreeter, DrainStep, SHUTTING_DOWN};
 
 /// The reason a connection refused during the drain is recorded with, as refused logins are.
 const REFUSED_DRAINING: &str = "the database system is shutting down (57P03)";
+use crate::pool::reset::{Reset, ResetDone};
+use crate::pool::{Checkout, LocalPool, PoolKey};
 use crate::session::handshake::{Agent, ClientHandshake, Step};
 use crate::session::hooks::Hooks;
 use crate::session::relay::Relay;
 use crate::session::stages::Stages;
 use crate::session::upstream::{UpStep, UpstreamError, UpstreamHandshake, UpstreamSession};
+
+/// One worker's upstream connections, for an engine's streams.
+pub type UpstreamPool<C> = LocalPool<MaybeTls<<C as Connect>::Stream>>;
 
 /// Output queued towards a side that another half is already writing, above which the
 /// half that produced it waits before reading more.
@@ -73,7 +79,12 @@ pub(super) enum ConnError {
 
 /// Serves one accepted connection to its end. Never panics on peer input; logs how the
 /// session ended, at a level matching whether anything went wrong.
-pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: SocketAddr) {
+pub async fn serve<C: Connect>(
+    shared: Arc<Shared>,
+    pool: Rc<UpstreamPool<C>>,
+    stream: C::Stream,
+    peer: SocketAddr,
+) {
     if shared.lifecycle.is_stopping() {
         // Not counted as a session: a client that never sends its start-up must not
         // hold the drain up.
@@ -86,7 +97,7 @@ pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: Soc
     let _count = shared.lifecycle.session_started();
     let span = tracing::info_span!("session", %peer, identity = tracing::field::Empty, database = tracing::field::Empty);
     async move {
-        match run::<C>(&shared, stream, peer).await {
+        match run::<C>(&shared, &pool, stream, peer).await {
             Ok(()) => debug!("connection closed"),
             Err(ConnError::ClientGone) => debug!("client left during start-up"),
             Err(e @ (ConnError::Rejected(_) | ConnError::Timeout)) => info!("{e}"),
@@ -102,6 +113,7 @@ pub async fn serve<C: Connect>(shared: Arc<Shared>, stream: C::Stream, peer: Soc
 
 async fn run<C: Connect>(
     shared: &Shared,
+    pool: &UpstreamPool<C>,
     stream: C::Stream,
     peer: SocketAddr,
 ) -> Result<(), ConnError> {
@@ -213,45 +225,45 @@ async fn run<C: Connect>(
         }
     }
     let upstream_role = shared.roles.load().upstream_role(&roles).map(str::to_owned);
-    let (upstream, session, addr) = match connect_upstream::<C>(
-        shared,
-        &agent.database,
-        &agent.params,
-        upstream_role.as_deref(),
-    )
-    .await
-    {
-        Ok(up) => up,
-        Err(e) => {
-            let frame = match &e {
-                UpstreamStartError::Refused(frame) => frame.clone(),
-                UpstreamStartError::Other(ConnError::Upstream(UpstreamError::SetRole {
-                    role,
-                    sqlstate,
-                    message,
-                })) => error_response(
+    let key = PoolKey::new(&agent.database, upstream_role.as_deref(), &agent.params);
+    let (upstream, session, addr, opened, lease) = match pool.checkout(&key).await {
+        Checkout::Reused(kept, lease) => (kept.conn, kept.session, kept.addr, kept.opened, lease),
+        Checkout::Open(mut lease) => match connect_upstream::<C>(
+            shared,
+            &agent.database,
+            &agent.params,
+            upstream_role.as_deref(),
+        )
+        .await
+        {
+            Ok((upstream, session, addr)) => {
+                lease.opened();
+                (upstream, session, addr, std::time::Instant::now(), lease)
+            }
+            Err(e) => {
+                let _ = client.write_all(upstream_refusal(&e)).await;
+                return Err(e.into());
+            }
+        },
+        Checkout::Full => {
+            let message = format!(
+                "the gateway's pool of connections to database \"{}\" is full: no connection freed up within {} s",
+                agent.database,
+                shared.pool_settings.wait_timeout.as_secs()
+            );
+            log_refused(shared, Some(&agent.identity.name), peer, &client, &message);
+            let _ = client
+                .write_all(error_response(
                     Severity::Fatal,
-                    sqlstate,
-                    &format!(
-                        "the gateway could not switch this session to its database role \"{role}\": {message}"
-                    ),
+                    sqlstate::TOO_MANY_CONNECTIONS,
+                    &message,
                     None,
                     Some(
-                        "An operator should check the [[role]] settings: the gateway's login role must be a member of each upstream_role (GRANT role TO login).",
+                        "Retry later; an operator can raise [pool] pool_size or wait_timeout_secs.",
                     ),
-                ),
-                _ => error_response(
-                    Severity::Fatal,
-                    sqlstate::CONNECTION_FAILURE,
-                    "the gateway could not open a session on the database",
-                    None,
-                    Some(
-                        "An operator should check the gateway's [upstream] settings; the gateway's log has the details.",
-                    ),
-                ),
-            };
-            let _ = client.write_all(frame).await;
-            return Err(e.into());
+                ))
+                .await;
+            return Err(ConnError::Rejected(message));
         }
     };
 
@@ -330,7 +342,8 @@ async fn run<C: Connect>(
     let recent = shared.approvals.as_ref().map_or(0, |a| a.settings().recent);
     let mut relay = Relay::new(shared.limits, stages)
         .with_recent(recent)
-        .with_expiry(agent.identity.expires_at_ms);
+        .with_expiry(agent.identity.expires_at_ms)
+        .keeping_server(pool.enabled());
     let started = std::time::Instant::now();
     let session_id: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
     if let Some(log) = &shared.audit {
@@ -360,7 +373,8 @@ async fn run<C: Connect>(
     let upstream_key = session.cancel_key.map(|(pid, secret)| (addr, pid, secret));
     let ctx = HoldContext::new(shared, &agent, peer, signal, upstream_key)
         .with_upstream_role(upstream_role.as_deref());
-    let (reason, statements) = relay_session::<C, _>(
+    let reuse = pool.enabled().then_some(upstream_role.as_deref());
+    let (reason, statements, reset) = relay_session::<C, _>(
         shared,
         &agent.database,
         &client,
@@ -368,6 +382,7 @@ async fn run<C: Connect>(
         relay,
         buf,
         &ctx,
+        reuse,
     )
     .await;
     if let Some(log) = &shared.audit {
@@ -378,8 +393,66 @@ async fn run<C: Connect>(
             statements,
         });
     }
+    // The agent's cancel key goes before the connection can serve anyone else.
     drop(guard);
+    match reset {
+        // A stopping gateway keeps nothing: its workers are about to close what is idle.
+        Some(_) if shared.lifecycle.is_stopping() => {
+            let _ = tokio::time::timeout(CUT_WRITE, upstream.write_all(fe::terminate())).await;
+            drop(lease);
+        }
+        Some(done) => {
+            let mut session = session;
+            session.notices.clear();
+            crate::pool::reset::apply_parameter_status(
+                &mut session.parameter_status,
+                done.parameter_status,
+            );
+            pool.put_back(
+                key,
+                crate::pool::Kept {
+                    conn: upstream,
+                    session,
+                    addr,
+                    opened,
+                },
+                lease,
+            );
+        }
+        None => drop(lease),
+    }
     Ok(())
+}
+
+/// What the agent is told when its upstream session could not be opened.
+fn upstream_refusal(e: &UpstreamStartError) -> Bytes {
+    match e {
+        UpstreamStartError::Refused(frame) => frame.clone(),
+        UpstreamStartError::Other(ConnError::Upstream(UpstreamError::SetRole {
+            role,
+            sqlstate,
+            message,
+        })) => error_response(
+            Severity::Fatal,
+            sqlstate,
+            &format!(
+                "the gateway could not switch this session to its database role \"{role}\": {message}"
+            ),
+            None,
+            Some(
+                "An operator should check the [[role]] settings: the gateway's login role must be a member of each upstream_role (GRANT role TO login).",
+            ),
+        ),
+        _ => error_response(
+            Severity::Fatal,
+            sqlstate::CONNECTION_FAILURE,
+            "the gateway could not open a session on the database",
+            None,
+            Some(
+                "An operator should check the gateway's [upstream] settings; the gateway's log has the details.",
+            ),
+        ),
+    }
 }
 
 /// The audit record of a connection refused before it became a session, when the
@@ -763,6 +836,12 @@ pub(super) struct Flow<H: Hooks> {
     /// The gateway's shutdown is ending the session: nothing more is written, and the
     /// halves stop once the writer in progress has finished its chunk.
     cut: Cell<bool>,
+    /// The agent is gone and the server session is being reset for the next one: what
+    /// the server sends goes here, not to the relay.
+    reset: RefCell<Option<Reset>>,
+    /// The reset worked: the server session can be kept.
+    reset_done: RefCell<Option<ResetDone>>,
+    reset_started: tokio::sync::Notify,
 }
 
 impl<H: Hooks> Flow<H> {
@@ -859,7 +938,8 @@ async fn relay_session<C: Connect, H: Hooks>(
     relay: Relay<H>,
     client_buf: BytesMut,
     ctx: &HoldContext,
-) -> (&'static str, u64) {
+    reuse: Option<Option<&str>>,
+) -> (&'static str, u64, Option<ResetDone>) {
     let flow = Flow {
         relay: RefCell::new(relay),
         client_done: Cell::new(false),
@@ -872,6 +952,9 @@ async fn relay_session<C: Connect, H: Hooks>(
         server_ended: Cell::new(false),
         answered: tokio::sync::Notify::new(),
         cut: Cell::new(false),
+        reset: RefCell::new(None),
+        reset_done: RefCell::new(None),
+        reset_started: tokio::sync::Notify::new(),
     };
     let read_size = shared.read_buffer;
 
@@ -948,10 +1031,34 @@ async fn relay_session<C: Connect, H: Hooks>(
             // their wait ended while this half was still writing.
             first = flow.relay.borrow().client_parked() && !buf.is_empty();
         }
+        // What the agent's last messages queued goes out first; the server session is
+        // then either reset for the next agent or closed.
+        let drained = flow.drain(Side::Server, server).await.is_ok();
+        let reset = match reuse {
+            Some(role)
+                if drained
+                    && !flow.server_done.get()
+                    && !flow.cut.get()
+                    && flow.relay.borrow().server_reusable() =>
+            {
+                let (reset, bytes) = Reset::start(role);
+                *flow.reset.borrow_mut() = Some(reset);
+                Some(bytes)
+            }
+            _ => None,
+        };
         flow.client_done.set(true);
-        // Wakes the other half out of its read: the session is over.
-        let _ = flow.drain(Side::Server, server).await;
-        server.shutdown();
+        match reset {
+            Some(bytes) => {
+                flow.reset_started.notify_one();
+                if server.write_all(bytes).await.is_err() {
+                    flow.reset.borrow_mut().take();
+                    server.shutdown();
+                }
+            }
+            // Wakes the other half out of its read: the session is over.
+            None => server.shutdown(),
+        }
     };
 
     let server_half = async {
@@ -967,6 +1074,20 @@ async fn relay_session<C: Connect, H: Hooks>(
                     debug!("server read: {e}");
                     break;
                 }
+            }
+            // The agent has gone: this is the answer to the reset (and anything the
+            // server sent unasked before it, which nobody is there to hear).
+            let resetting = flow.reset.borrow_mut().take();
+            if let Some(mut reset) = resetting {
+                match reset.on_bytes(&mut buf) {
+                    Ok(None) => {
+                        *flow.reset.borrow_mut() = Some(reset);
+                        continue;
+                    }
+                    Ok(Some(done)) => *flow.reset_done.borrow_mut() = Some(done),
+                    Err(e) => warn!("closing the upstream connection instead of reusing it: {e}"),
+                }
+                break;
             }
             let mut res = flow.relay.borrow_mut().on_server_bytes(&mut buf);
             // Masking needs catalog rows first: fetch them on the side, then go on.
@@ -995,7 +1116,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                 clean = false;
                 break;
             }
-            if flow.client_done.get() {
+            if flow.client_done.get() && flow.reset.borrow().is_none() {
                 break;
             }
         }
@@ -1046,13 +1167,26 @@ async fn relay_session<C: Connect, H: Hooks>(
             tokio::time::sleep(EXPIRY_RECHECK).await;
         }
     };
+    // A server that does not answer the reset in time is closed, not waited for.
+    let reset_timeout = async {
+        flow.reset_started.notified().await;
+        tokio::time::sleep(RESET_TIMEOUT).await;
+    };
     let mut both = Box::pin(async { tokio::join!(client_half, server_half) });
     let mut expired = false;
+    let mut finished = false;
     let cut = tokio::select! {
-        _ = &mut both => false,
+        _ = &mut both => {
+            finished = true;
+            false
+        }
         () = shared.lifecycle.reached(Phase::Cutting) => true,
         () = expiry => {
             expired = true;
+            false
+        }
+        () = reset_timeout => {
+            warn!("the database did not answer the reset in time; closing the connection instead of reusing it");
             false
         }
     };
@@ -1080,6 +1214,7 @@ async fn relay_session<C: Connect, H: Hooks>(
         return (
             "credential expired",
             close_trail(shared, flow.relay.into_inner()),
+            None,
         );
     }
     if cut {
@@ -1128,6 +1263,8 @@ async fn relay_session<C: Connect, H: Hooks>(
     } else {
         drop(both);
     }
+    // Only a session whose halves both ended on their own hands its connection on.
+    let reset = flow.reset_done.into_inner().filter(|_| finished);
     let r = flow.relay.into_inner();
     let reason = if cut {
         "gateway shutdown"
@@ -1138,7 +1275,7 @@ async fn relay_session<C: Connect, H: Hooks>(
     } else {
         "client disconnected"
     };
-    (reason, close_trail(shared, r))
+    (reason, close_trail(shared, r), reset)
 }
 
 /// Ends the session's audit trail (its open statements closed, its last records handed
@@ -1156,6 +1293,9 @@ fn close_trail<H: Hooks>(shared: &Shared, mut relay: Relay<H>) -> u64 {
         None => 0,
     }
 }
+
+/// Longest the database may take to answer the reset of a connection kept for reuse.
+const RESET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often an expired session that is still busy is looked at again.
 const EXPIRY_RECHECK: std::time::Duration = std::time::Duration::from_millis(200);

@@ -73,6 +73,11 @@ impl Transport for EpollStream {
         use std::os::fd::AsRawFd;
         super::transport::hung_up(self.0.as_raw_fd())
     }
+
+    fn quiet(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        super::transport::quiet(self.0.as_raw_fd())
+    }
 }
 
 pub struct Epoll;
@@ -108,13 +113,14 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
                 return;
             }
         };
+        let pool = super::worker_pool::<Epoll>(&shared);
         loop {
             tokio::select! {
                 _ = shared.lifecycle.reached(super::Phase::Exiting) => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::task::spawn_local(conn::serve::<Epoll>(shared.clone(), EpollStream(stream), peer));
+                        tokio::task::spawn_local(conn::serve::<Epoll>(shared.clone(), pool.clone(), EpollStream(stream), peer));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -126,6 +132,7 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
         }
         drop(listener);
         wait_for_sessions(&shared).await;
+        pool.close_all().await;
     });
 }
 

@@ -116,6 +116,28 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Number of worker threads: configured, else one per core.
+/// A worker's upstream pool, with the task that closes its stale idle connections.
+/// Called on the worker's own runtime, inside its `LocalSet`.
+fn worker_pool<C: conn::Connect>(shared: &Shared) -> std::rc::Rc<conn::UpstreamPool<C>> {
+    let pool = std::rc::Rc::new(crate::pool::LocalPool::new(
+        shared.pool_settings,
+        shared.pools.clone(),
+    ));
+    if pool.enabled() {
+        let reaper = std::rc::Rc::downgrade(&pool);
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(crate::pool::local::REAP_EVERY).await;
+                match reaper.upgrade() {
+                    Some(p) => p.reap(),
+                    None => return,
+                }
+            }
+        });
+    }
+    pool
+}
+
 pub fn worker_count(configured: usize) -> usize {
     if configured > 0 {
         configured

@@ -85,6 +85,8 @@ pub struct Shared {
     catalog_ttl: AtomicU64,
     /// The upstream connections reserved for the gateway's own questions.
     pub side: super::side::SidePool,
+    /// Each worker thread's share of `[pool]`.
+    pub pool_settings: crate::pool::config::Settings,
     /// The upstream pools' counts (the connections themselves are per worker).
     pub pools: Arc<crate::pool::PoolStats>,
 }
@@ -158,6 +160,7 @@ impl Shared {
             catalogs: Mutex::new(HashMap::new()),
             catalog_ttl: AtomicU64::new(catalog_ttl(&cfg.mask).as_secs()),
             side: super::side::SidePool::new(up.reserved_connections, &up.reserve_databases),
+            pool_settings: cfg.pool.per_worker(super::worker_count(cfg.server.workers)),
             pools: Arc::default(),
         })
     }

@@ -26,6 +26,23 @@ pub trait Transport {
     /// Whether the peer has hung up, asked without reading anything (a session holding
     /// a statement must not consume what the client pipelined behind it).
     fn peer_closed(&self) -> bool;
+    /// Whether nothing has arrived and the peer has not hung up: an idle upstream
+    /// connection that fails this was closed by the server or has something unasked
+    /// for waiting, and is not handed to another session.
+    fn quiet(&self) -> bool;
+}
+
+/// Asks the kernel whether `fd` has nothing to read and its peer has not hung up,
+/// without reading.
+pub fn quiet(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, timeout 0: poll only fills in `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 0
 }
 
 /// Asks the kernel whether the peer of `fd` closed its side, without reading.
@@ -91,6 +108,13 @@ impl<T: Transport> Transport for MaybeTls<T> {
         match self {
             MaybeTls::Plain(t) => t.peer_closed(),
             MaybeTls::Tls(t) => t.inner.peer_closed(),
+        }
+    }
+
+    fn quiet(&self) -> bool {
+        match self {
+            MaybeTls::Plain(t) => t.quiet(),
+            MaybeTls::Tls(t) => t.quiet(),
         }
     }
 }
@@ -238,5 +262,15 @@ impl<T: Transport> Transport for TlsTransport<T> {
 
     fn peer_closed(&self) -> bool {
         self.inner.peer_closed()
+    }
+
+    fn quiet(&self) -> bool {
+        // Records already received but not read count as something waiting.
+        let buffered = self
+            .conn
+            .borrow_mut()
+            .process_new_packets()
+            .map_or(true, |s| s.plaintext_bytes_to_read() > 0);
+        !buffered && self.cipher_in.borrow().is_empty() && self.inner.quiet()
     }
 }

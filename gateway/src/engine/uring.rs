@@ -48,6 +48,11 @@ impl Transport for UringStream {
         use std::os::fd::AsRawFd;
         super::transport::hung_up(self.0.as_raw_fd())
     }
+
+    fn quiet(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        super::transport::quiet(self.0.as_raw_fd())
+    }
 }
 
 pub struct Uring;
@@ -80,13 +85,14 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tokio_uring::start(async move {
             let listener = tokio_uring::net::TcpListener::from_std(listener);
+            let pool = super::worker_pool::<Uring>(&shared);
             loop {
                 tokio::select! {
                     _ = shared.lifecycle.reached(super::Phase::Exiting) => break,
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            tokio_uring::spawn(conn::serve::<Uring>(shared.clone(), UringStream(stream), peer));
+                            tokio_uring::spawn(conn::serve::<Uring>(shared.clone(), pool.clone(), UringStream(stream), peer));
                         }
                         Err(e) => {
                             warn!("accept failed: {e}");
@@ -105,6 +111,7 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
             }
             drop(listener);
             super::epoll::wait_for_sessions(&shared).await;
+            pool.close_all().await;
         })
     }));
     if result.is_err() {

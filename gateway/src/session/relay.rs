@@ -393,6 +393,9 @@ pub struct Relay<H: Hooks> {
     /// Rows, or the error, of the lookup at the front ([`QueryMode::Lookup`]).
     lookup_rows: Vec<Bytes>,
     lookup_error: Option<String>,
+    /// The server session outlives this one (`crate::pool`): the agent's `Terminate`
+    /// ends the agent's session only.
+    keep_server: bool,
 }
 
 /// Most side queries for one frame (table names, then type layouts, then a spare).
@@ -457,6 +460,7 @@ impl<H: Hooks> Relay<H> {
             batch_open: false,
             lookup_rows: Vec::new(),
             lookup_error: None,
+            keep_server: false,
         }
     }
 
@@ -593,6 +597,30 @@ impl<H: Hooks> Relay<H> {
     pub fn with_expiry(mut self, at: Option<u64>) -> Self {
         self.expires_at_ms = at;
         self
+    }
+
+    /// The server session is kept for another agent session afterwards, so the agent's
+    /// `Terminate` is not forwarded.
+    pub fn keeping_server(mut self, keep: bool) -> Self {
+        self.keep_server = keep;
+        self
+    }
+
+    /// Whether the server session is between statements with nothing of this session's
+    /// in flight (no statement, no batch without its `Sync`, no half-sent message, no
+    /// transaction), so that a reset can hand it to another session.
+    pub fn server_reusable(&self) -> bool {
+        self.txn_status == b'I'
+            && self.is_idle()
+            && !self.server_fatal
+            && self.to_server.is_empty()
+            && self.client_pass == 0
+            && !self.batch_open
+            && self.held.is_none()
+            && self.stalled.is_none()
+            && self.preview.is_none()
+            && self.diverted == 0
+            && !self.injecting
     }
 
     /// The audit number of the statement whose answer is at the front.
@@ -1579,7 +1607,9 @@ impl<H: Hooks> Relay<H> {
             fe::FLUSH | fe::COPY_DONE | fe::COPY_FAIL => self.send_server(frame.into_bytes()),
             fe::TERMINATE => {
                 self.terminated = true;
-                self.send_server(frame.into_bytes());
+                if !self.keep_server {
+                    self.send_server(frame.into_bytes());
+                }
             }
             other => {
                 return Err(RelayError::Client(ProtocolError::Unexpected {

@@ -1,0 +1,231 @@
+//! Upstream connection reuse: an agent session that ends hands its server session, reset,
+//! to the next agent session with the same database, role and start-up parameters, and
+//! that next session finds none of the first one's state; the pool keeps to its limits.
+//!
+//! Reuse is proved by the server's own backend pid (the same process serves both
+//! sessions), and isolation by asking the server, not the gateway.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, connect, rt};
+use portcullis_tests::{Engine, PgOptions, per_engine};
+
+per_engine!(
+    the_next_session_sees_nothing_of_the_last,
+    an_open_transaction_is_never_handed_on,
+    a_full_pool_makes_sessions_wait_then_refuses_with_53300,
+    a_connection_the_server_closed_is_not_reused,
+);
+
+fn env(engine: Engine, pool: &str, workers: usize) -> Env {
+    let env = Env::start_with(engine, PgOptions::default(), |mut o| {
+        // One worker: every session lands on the same worker's pool.
+        o.workers = Some(workers);
+        o.extra_toml(pool)
+    });
+    env.pg
+        .psql(
+            common::DB,
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             INSERT INTO items VALUES (1, 'one');",
+        )
+        .expect("schema");
+    env
+}
+
+fn conninfo(env: &Env, app: &str) -> String {
+    format!("{} application_name={app}", env.conninfo())
+}
+
+async fn pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    match c
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+            _ => None,
+        }) {
+        Some(v) => v,
+        None => panic!("{sql}: no row"),
+    }
+}
+
+/// Waits until the gateway has put the ended session's connection back (the reset is
+/// asynchronous to the agent's disconnect).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+fn the_next_session_sees_nothing_of_the_last(engine: Engine) {
+    let env = env(engine, "", 1);
+    rt().block_on(async {
+        let first = connect(&conninfo(&env, "pool-test")).await;
+        let pid_first = pid(&first).await;
+        first
+            .batch_execute(
+                "PREPARE leftover AS SELECT 42;
+                 CREATE TEMP TABLE scratch (secret text);
+                 INSERT INTO scratch VALUES ('agent one was here');
+                 SET search_path = pg_temp, public;
+                 SET statement_timeout = '123s';
+                 SET application_name = 'changed-by-agent-one';
+                 LISTEN agent_one_channel;
+                 SELECT pg_advisory_lock(4242);
+                 DECLARE held CURSOR WITH HOLD FOR SELECT * FROM items;",
+            )
+            .await
+            .unwrap();
+        // The extended protocol's named statements too.
+        first
+            .prepare("SELECT name FROM items WHERE id = $1")
+            .await
+            .unwrap();
+        drop(first);
+        settle().await;
+
+        let second = connect(&conninfo(&env, "pool-test")).await;
+        assert_eq!(
+            pid(&second).await,
+            pid_first,
+            "the second session runs on the first one's server process"
+        );
+        assert_eq!(
+            one(&second, "SELECT count(*) FROM pg_prepared_statements").await,
+            "0"
+        );
+        assert_eq!(
+            one(
+                &second,
+                "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relpersistence = 't'"
+            )
+            .await,
+            "0",
+            "the temporary table is gone"
+        );
+        assert_eq!(one(&second, "SHOW search_path").await, "\"$user\", public");
+        assert_eq!(one(&second, "SHOW statement_timeout").await, "0");
+        assert_eq!(one(&second, "SHOW application_name").await, "pool-test");
+        assert_eq!(
+            one(&second, "SELECT count(*) FROM pg_listening_channels()").await,
+            "0"
+        );
+        assert_eq!(
+            one(
+                &second,
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            )
+            .await,
+            "0",
+            "the advisory lock was released"
+        );
+        assert_eq!(
+            one(&second, "SELECT count(*) FROM pg_cursors").await,
+            "0",
+            "the cursor is closed"
+        );
+        assert_eq!(one(&second, "SELECT name FROM items").await, "one");
+        drop(second);
+        settle().await;
+
+        // Other start-up parameters: another pool, so another server process.
+        let other = connect(&conninfo(&env, "other-app")).await;
+        assert_ne!(pid(&other).await, pid_first);
+    });
+}
+
+fn an_open_transaction_is_never_handed_on(engine: Engine) {
+    let env = env(engine, "", 1);
+    rt().block_on(async {
+        let first = connect(&conninfo(&env, "pool-test")).await;
+        let pid_first = pid(&first).await;
+        first
+            .batch_execute("BEGIN; INSERT INTO items VALUES (2, 'uncommitted')")
+            .await
+            .unwrap();
+        drop(first);
+        settle().await;
+
+        let second = connect(&conninfo(&env, "pool-test")).await;
+        assert_ne!(
+            pid(&second).await,
+            pid_first,
+            "a connection left inside a transaction is closed, not reset"
+        );
+        assert_eq!(one(&second, "SELECT count(*) FROM items").await, "1");
+        let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid_first}");
+        assert_eq!(
+            one(&second, &gone).await,
+            "0",
+            "the old server process has ended"
+        );
+    });
+}
+
+fn a_full_pool_makes_sessions_wait_then_refuses_with_53300(engine: Engine) {
+    let env = env(engine, "[pool]\npool_size = 1\nwait_timeout_secs = 2\n", 1);
+    rt().block_on(async {
+        let holder = connect(&conninfo(&env, "pool-test")).await;
+        let pid_holder = pid(&holder).await;
+
+        // A session that arrives while the pool is full waits for the connection.
+        let info = conninfo(&env, "pool-test");
+        let waiter = tokio::spawn(async move {
+            let c = connect(&info).await;
+            let p = pid(&c).await;
+            drop(c);
+            p
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiter.is_finished(), "the second session waits");
+        drop(holder);
+        let p = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiting session got the connection")
+            .unwrap();
+        assert_eq!(p, pid_holder, "it got the freed connection");
+        settle().await;
+
+        // One that waits longer than wait_timeout_secs is refused.
+        let holder = connect(&conninfo(&env, "pool-test")).await;
+        let e = tokio_postgres::connect(&conninfo(&env, "pool-test"), tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("refused while the pool is full");
+        let db = e.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "53300", "{}", db.message());
+        assert!(db.message().contains("pool"), "{}", db.message());
+        // The holder is unaffected.
+        assert_eq!(one(&holder, "SELECT 1").await, "1");
+    });
+}
+
+fn a_connection_the_server_closed_is_not_reused(engine: Engine) {
+    let env = env(engine, "", 1);
+    rt().block_on(async {
+        let first = connect(&conninfo(&env, "pool-test")).await;
+        let pid_first = pid(&first).await;
+        drop(first);
+        settle().await;
+        let direct = connect(&env.pg.direct_uri(common::DB)).await;
+        direct
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid_first])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let second = connect(&conninfo(&env, "pool-test")).await;
+        assert_ne!(pid(&second).await, pid_first);
+        assert_eq!(one(&second, "SELECT name FROM items").await, "one");
+    });
+}
