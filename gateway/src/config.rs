@@ -104,6 +104,8 @@ pub struct Config {
     pub approvals: Option<crate::approvals::ApprovalsConfig>,
     /// No `[audit]`: the gateway keeps no evidence (`check-config` says so).
     pub audit: Option<crate::audit::AuditConfig>,
+    /// No `[metrics]`: no metrics or health listener.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -473,6 +475,9 @@ impl Config {
                 let (key, problem) = e.split_once(": ").unwrap_or(("audit", &e));
                 invalid(key, problem)
             })?;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.validate().map_err(|e| invalid(e.key, e.problem))?;
         }
         Ok(())
     }

@@ -87,6 +87,8 @@ pub struct Shared {
     pub side: super::side::SidePool,
     /// The upstream pools' counts (the connections themselves are per worker).
     pub pools: Arc<crate::pool::PoolStats>,
+    /// What `/metrics` shows; sessions bump resolved handles of it.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -159,6 +161,7 @@ impl Shared {
             catalog_ttl: AtomicU64::new(catalog_ttl(&cfg.mask).as_secs()),
             side: super::side::SidePool::new(up.reserved_connections, &up.reserve_databases),
             pools: Arc::default(),
+            metrics: Arc::default(),
         })
     }
 
