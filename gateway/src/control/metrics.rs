@@ -104,7 +104,10 @@ pub fn start(
         warn!("readiness: cannot start the probe thread: {e}; /readyz stays unready");
     }
     if let Some(approvals) = &shared.approvals {
-        rt.spawn(count_approvals(approvals.subscribe(), shared.metrics.clone()));
+        rt.spawn(count_approvals(
+            approvals.subscribe(),
+            shared.metrics.clone(),
+        ));
     }
     rt.spawn(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -231,7 +234,9 @@ async fn count_approvals(
         let ev = match events.recv().await {
             Ok(ev) => ev,
             Err(RecvError::Lagged(n)) => {
-                warn!("metrics: {n} approval events missed; approvals_pending may be off until they end");
+                warn!(
+                    "metrics: {n} approval events missed; approvals_pending may be off until they end"
+                );
                 continue;
             }
             Err(RecvError::Closed) => return,
@@ -252,6 +257,8 @@ async fn count_approvals(
                 metrics.decided(r.status.as_str(), Duration::from_millis(after));
             }
         }
-        metrics.approvals_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        metrics
+            .approvals_pending
+            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
     }
 }

@@ -250,6 +250,9 @@ async fn run<C: Connect>(
                     ),
                 ),
             };
+            let (code, _) = be::error_summary(frame.get(5..).unwrap_or_default());
+            shared.metrics.login_refused("upstream_unavailable");
+            shared.metrics.refusal(&code);
             let _ = client.write_all(frame).await;
             return Err(e.into());
         }
@@ -312,6 +315,7 @@ async fn run<C: Connect>(
         .await
         .map_err(ConnError::ClientIo)?;
     info!("session established");
+    let _counted = shared.metrics.session(&agent.identity.name);
 
     let mut stages = Stages::new(
         shared.policy.clone(),
@@ -330,7 +334,8 @@ async fn run<C: Connect>(
     let recent = shared.approvals.as_ref().map_or(0, |a| a.settings().recent);
     let mut relay = Relay::new(shared.limits, stages)
         .with_recent(recent)
-        .with_expiry(agent.identity.expires_at_ms);
+        .with_expiry(agent.identity.expires_at_ms)
+        .with_metrics(crate::metrics::SessionMetrics::new(shared.metrics.clone()));
     let started = std::time::Instant::now();
     let session_id: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
     if let Some(log) = &shared.audit {
@@ -391,6 +396,24 @@ fn log_refused<S: Transport>(
     client: &MaybeTls<S>,
     why: &str,
 ) {
+    // The agent was sent the SQLSTATE that ends `why` ("... (28P01)").
+    let code = why
+        .strip_suffix(')')
+        .and_then(|w| w.rsplit_once('('))
+        .map(|(_, c)| c)
+        .filter(|c| c.len() == 5);
+    let reason = match code {
+        Some(c) => crate::metrics::login_reason(c),
+        None if why.contains("took too long") => "timeout",
+        None if why.contains("start-up parameter") => "forbidden_parameter",
+        None => "other",
+    };
+    shared.metrics.login_refused(reason);
+    shared.metrics.refusal(match (code, reason) {
+        (Some(c), _) => c,
+        (None, "timeout") => sqlstate::PROTOCOL_VIOLATION,
+        (None, _) => sqlstate::INSUFFICIENT_PRIVILEGE,
+    });
     let Some(log) = &shared.audit else {
         return;
     };
@@ -755,6 +778,7 @@ pub(super) struct Flow<H: Hooks> {
     progress_client: tokio::sync::Notify,
     progress_server: tokio::sync::Notify,
     audit: Option<crate::audit::AuditLog>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The server's side ended first.
     server_ended: Cell<bool>,
     /// Signalled by the server half after each read it handled, for a client half
@@ -797,7 +821,16 @@ impl<H: Hooks> Flow<H> {
                 } else {
                     log.submit_lazy(records)
                 };
-                if gate && let Err(e) = log.durable(ticket).await {
+                let waited = gate.then(std::time::Instant::now);
+                let durable = if gate {
+                    log.durable(ticket).await
+                } else {
+                    Ok(())
+                };
+                if let (Some(t0), Some(m)) = (waited, &self.metrics) {
+                    m.audit_wait.observe(t0.elapsed());
+                }
+                if let Err(e) = durable {
                     if log.fails_open() {
                         warn!("{e}: forwarding anyway (audit.on_failure = \"continue\")");
                     } else {
@@ -869,6 +902,7 @@ async fn relay_session<C: Connect, H: Hooks>(
         progress_client: tokio::sync::Notify::new(),
         progress_server: tokio::sync::Notify::new(),
         audit: shared.audit.clone(),
+        metrics: Some(shared.metrics.clone()),
         server_ended: Cell::new(false),
         answered: tokio::sync::Notify::new(),
         cut: Cell::new(false),
@@ -885,7 +919,9 @@ async fn relay_session<C: Connect, H: Hooks>(
                 buf = b;
                 match res {
                     Ok(0) => break,
-                    Ok(_) => {}
+                    Ok(n) => {
+                        shared.metrics.client_bytes.inc_by(n as u64);
+                    }
                     Err(e) => {
                         debug!("client read: {e}");
                         break;
@@ -962,7 +998,9 @@ async fn relay_session<C: Connect, H: Hooks>(
             buf = b;
             match res {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(n) => {
+                    shared.metrics.server_bytes.inc_by(n as u64);
+                }
                 Err(e) => {
                     debug!("server read: {e}");
                     break;
@@ -1059,6 +1097,7 @@ async fn relay_session<C: Connect, H: Hooks>(
     if expired {
         drop(both);
         info!("closing the session: its credential expired");
+        shared.metrics.refusal(sqlstate::INVALID_AUTHORIZATION);
         let at = expires_at.unwrap_or_default();
         let _ = tokio::time::timeout(CUT_WRITE, server.write_all(fe::terminate())).await;
         let _ = tokio::time::timeout(
@@ -1111,6 +1150,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                     tail.extend_from_slice(&b);
                 }
                 tail.extend_from_slice(&drain::terminating());
+                shared.metrics.refusal(sqlstate::ADMIN_SHUTDOWN);
             }
             (busy, tail)
         };

@@ -20,8 +20,11 @@ pub async fn upstream(shared: &Shared, database: &str) -> Result<(), String> {
             timeout.as_millis()
         )),
         Ok(Err(UpstreamStartError::Refused(frame))) => {
-            let (code, message) = crate::protocol::backend::error_summary(frame.get(5..).unwrap_or_default());
-            Err(format!("the database refused the login: {message} ({code})"))
+            let (code, message) =
+                crate::protocol::backend::error_summary(frame.get(5..).unwrap_or_default());
+            Err(format!(
+                "the database refused the login: {message} ({code})"
+            ))
         }
         Ok(Err(UpstreamStartError::Other(e))) => Err(e.to_string()),
         Ok(Ok((server, _, _))) => {

@@ -14,8 +14,8 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 
 /// Statement-scale latencies: 10 µs to 10 s.
 pub const STATEMENT_BOUNDS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Reviewer-scale latencies: a second to a day.
@@ -67,7 +67,11 @@ impl LatencyHistogram {
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.0.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+        self.0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

@@ -186,8 +186,12 @@ impl Metrics {
             })
             .collect();
         let bytes: Family<[(&'static str, &'static str); 1], Counter> = Family::default();
-        let client_bytes = bytes.get_or_create(&[("direction", "client_to_server")]).clone();
-        let server_bytes = bytes.get_or_create(&[("direction", "server_to_client")]).clone();
+        let client_bytes = bytes
+            .get_or_create(&[("direction", "client_to_server")])
+            .clone();
+        let server_bytes = bytes
+            .get_or_create(&[("direction", "server_to_client")])
+            .clone();
         let m = Metrics {
             statements: resolved,
             client_bytes,

@@ -22,7 +22,9 @@ pub struct Scraped {
 
 impl std::fmt::Debug for Scraped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scraped").field("engine", &self.engine).finish()
+        f.debug_struct("Scraped")
+            .field("engine", &self.engine)
+            .finish()
     }
 }
 
