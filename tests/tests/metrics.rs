@@ -150,7 +150,10 @@ fn metrics_match_what_the_agent_did(engine: Engine) {
     assert_eq!(before.value("portcullis_sessions_open", &agent), 0.0);
     let read_allow = [("class", "read"), ("verdict", "allow")];
     let write_deny = [("class", "write"), ("verdict", "deny")];
-    assert_eq!(before.value("portcullis_statements_total", &read_allow), 0.0);
+    assert_eq!(
+        before.value("portcullis_statements_total", &read_allow),
+        0.0
+    );
 
     let denied_code = rt().block_on(async {
         let c = connect(&env.conninfo()).await;
@@ -286,7 +289,10 @@ fn deploy_files() -> Vec<(String, String)> {
     let mut rules = 0;
     for g in groups {
         for r in g["rules"].as_vec().expect("rules") {
-            assert!(r["alert"].as_str().is_some(), "a rule without a name: {r:?}");
+            assert!(
+                r["alert"].as_str().is_some(),
+                "a rule without a name: {r:?}"
+            );
             assert!(r["expr"].as_str().is_some(), "a rule without expr: {r:?}");
             rules += 1;
         }
@@ -324,7 +330,10 @@ fn readyz_follows_the_upstream() {
             if code == want {
                 return body;
             }
-            assert!(Instant::now() < deadline, "/readyz never answered {want} ({what}): {body}");
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never answered {want} ({what}): {body}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
@@ -340,7 +349,11 @@ fn readyz_follows_the_upstream() {
     assert_ne!(v["checks"]["upstream"], "ok", "{body}");
     assert_eq!(v["checks"]["policy"], "ok", "{body}");
     assert_eq!(v["checks"]["audit"], "ok", "{body}");
-    assert_eq!(get(port, "/healthz").0, 200, "alive while the upstream is down");
+    assert_eq!(
+        get(port, "/healthz").0,
+        200,
+        "alive while the upstream is down"
+    );
     assert_eq!(Scrape::take(port).value("portcullis_ready", &[]), 0.0);
 
     env.pg.restart().expect("start PostgreSQL again");

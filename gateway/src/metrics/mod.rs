@@ -192,6 +192,11 @@ impl Metrics {
         let server_bytes = bytes
             .get_or_create(&[("direction", "server_to_client")])
             .clone();
+        // Every outcome from the start, so dashboards and alerts find the series.
+        for outcome in ["approved", "denied", "edited", "timed_out", "withdrawn"] {
+            m.decisions
+                .get_or_create(&[("outcome", outcome.to_owned())]);
+        }
         let m = Metrics {
             statements: resolved,
             client_bytes,
