@@ -10,7 +10,7 @@
 //! cache so a session looks each label up once.
 //!
 //! - [`histogram`]: the lock-free latency histogram.
-//! - [`config`]: `[metrics]`.
+//! - [`config`]: the `[metrics]` section.
 //! - [`scrape`]: the collector of values read when Prometheus asks.
 
 pub mod config;
@@ -194,8 +194,10 @@ impl Metrics {
             .clone();
         // Every outcome from the start, so dashboards and alerts find the series.
         for outcome in ["approved", "denied", "edited", "timed_out", "withdrawn"] {
-            m.decisions
-                .get_or_create(&[("outcome", outcome.to_owned())]);
+            drop(
+                m.decisions
+                    .get_or_create(&[("outcome", outcome.to_owned())]),
+            );
         }
         let m = Metrics {
             statements: resolved,
