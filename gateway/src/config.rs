@@ -107,6 +107,8 @@ pub struct Config {
     /// Upstream session reuse; on, with its defaults, without a `[pool]` section.
     #[serde(default)]
     pub pool: crate::pool::PoolConfig,
+    /// No `[metrics]`: no metrics or health listener.
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -477,6 +479,9 @@ impl Config {
                 let (key, problem) = e.split_once(": ").unwrap_or(("audit", &e));
                 invalid(key, problem)
             })?;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.validate().map_err(|e| invalid(e.key, e.problem))?;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@
 //! - [`approvals`]: held statements waiting for a person: requests, decisions, their store.
 //! - [`audit`]: the audit log: records, the session trail, the group-commit writer.
 //! - [`control`]: the control plane (admin socket, reviewers' HTTP API and page).
+//! - [`metrics`]: the numbers for Prometheus the data path bumps.
 
 pub mod analysis;
 pub mod approvals;
@@ -29,6 +30,7 @@ pub mod control;
 pub mod engine;
 pub mod grants;
 pub mod mask;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod protocol;

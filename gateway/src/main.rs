@@ -673,7 +673,27 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         Some(h) => Some(http::bind(h)?),
         None => None,
     };
+    let metrics_listener = match &cfg.metrics {
+        Some(m) => Some(portcullis::control::metrics::bind(m)?),
+        None => None,
+    };
+    let engine_name = match choice.engine {
+        portcullis::config::IoEngine::Uring => "uring",
+        _ => "epoll",
+    };
+    shared.metrics.set_engine(engine_name);
     let shared = Arc::new(shared);
+    if let (Some(m), Some(listener)) = (&cfg.metrics, metrics_listener) {
+        // Subscribed to approvals before the hub runs, as the webhooks are.
+        portcullis::control::metrics::start(
+            &rt,
+            listener,
+            shared.clone(),
+            m,
+            engine_name,
+            portcullis::control::metrics::probe_database(m, &cfg.upstream.reserve_databases),
+        );
+    }
     if let (Some(a), Some(approvals)) = (&cfg.approvals, &shared.approvals) {
         // Subscribed before the hub runs, so its first events (requests a previous run
         // left pending, withdrawn) are sent too.

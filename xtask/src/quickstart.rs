@@ -91,6 +91,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.no_mask {
         opts = opts.extra_toml(QUICKSTART_MASK_POLICY);
     }
+    let metrics_port =
+        portcullis_tests::free_port().context("picking a port for the metrics listener")?;
+    opts = opts.extra_toml(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\nprobe_database = \"{DB}\"\n"
+    ));
     opts = opts.audit_signed("params = \"hash\"\n");
     opts.binary = Some(bin.clone());
     opts.port = args.port;
@@ -109,6 +114,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  held:   psql '{uri}' -c 'DELETE FROM transactions'   (waits for a reviewer)");
     println!("  review: http://127.0.0.1:{page_port}/   token: {QUICKSTART_REVIEWER_TOKEN}");
+    println!(
+        "  metrics: http://127.0.0.1:{metrics_port}/metrics   health: /healthz   ready: /readyz"
+    );
     if let Some(sock) = gw.admin_socket() {
         println!(
             "          or: {} approvals list --admin-socket {}",

@@ -226,6 +226,16 @@ impl AuditLog {
             .clone()
     }
 
+    /// Encoded records queued and not yet written (bytes): the writer's backlog.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last write succeeded (`false` until one does again).
+    pub fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Acquire)
+    }
+
     /// Whether a statement may be forwarded now; the error says why not.
     pub fn accepting(&self) -> Result<(), AuditError> {
         if self.inner.on_failure == OnFailure::Continue {

@@ -241,7 +241,11 @@ async fn run<C: Connect>(
                 (upstream, session, addr, std::time::Instant::now(), lease)
             }
             Err(e) => {
-                let _ = client.write_all(upstream_refusal(&e)).await;
+                let frame = upstream_refusal(&e);
+                let (code, _) = be::error_summary(frame.get(5..).unwrap_or_default());
+                shared.metrics.login_refused("upstream_unavailable");
+                shared.metrics.refusal(&code);
+                let _ = client.write_all(frame).await;
                 return Err(e.into());
             }
         },
@@ -251,7 +255,13 @@ async fn run<C: Connect>(
                 agent.database,
                 shared.pool_settings.wait_timeout.as_secs()
             );
-            log_refused(shared, Some(&agent.identity.name), peer, &client, &message);
+            log_refused(
+                shared,
+                Some(&agent.identity.name),
+                peer,
+                &client,
+                &format!("{message} ({})", sqlstate::TOO_MANY_CONNECTIONS),
+            );
             let _ = client
                 .write_all(error_response(
                     Severity::Fatal,
@@ -324,6 +334,7 @@ async fn run<C: Connect>(
         .await
         .map_err(ConnError::ClientIo)?;
     info!("session established");
+    let _counted = shared.metrics.session(&agent.identity.name);
 
     let mut stages = Stages::new(
         shared.policy.clone(),
@@ -343,7 +354,8 @@ async fn run<C: Connect>(
     let mut relay = Relay::new(shared.limits, stages)
         .with_recent(recent)
         .with_expiry(agent.identity.expires_at_ms)
-        .keeping_server(pool.enabled());
+        .keeping_server(pool.enabled())
+        .with_metrics(crate::metrics::SessionMetrics::new(shared.metrics.clone()));
     let started = std::time::Instant::now();
     let session_id: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
     if let Some(log) = &shared.audit {
@@ -464,6 +476,24 @@ fn log_refused<S: Transport>(
     client: &MaybeTls<S>,
     why: &str,
 ) {
+    // The agent was sent the SQLSTATE that ends `why` ("... (28P01)").
+    let code = why
+        .strip_suffix(')')
+        .and_then(|w| w.rsplit_once('('))
+        .map(|(_, c)| c)
+        .filter(|c| c.len() == 5);
+    let reason = match code {
+        Some(c) => crate::metrics::login_reason(c),
+        None if why.contains("took too long") => "timeout",
+        None if why.contains("start-up parameter") => "forbidden_parameter",
+        None => "other",
+    };
+    shared.metrics.login_refused(reason);
+    shared.metrics.refusal(match (code, reason) {
+        (Some(c), _) => c,
+        (None, "timeout") => sqlstate::PROTOCOL_VIOLATION,
+        (None, _) => sqlstate::INSUFFICIENT_PRIVILEGE,
+    });
     let Some(log) = &shared.audit else {
         return;
     };
@@ -828,6 +858,7 @@ pub(super) struct Flow<H: Hooks> {
     progress_client: tokio::sync::Notify,
     progress_server: tokio::sync::Notify,
     audit: Option<crate::audit::AuditLog>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The server's side ended first.
     server_ended: Cell<bool>,
     /// Signalled by the server half after each read it handled, for a client half
@@ -876,7 +907,16 @@ impl<H: Hooks> Flow<H> {
                 } else {
                     log.submit_lazy(records)
                 };
-                if gate && let Err(e) = log.durable(ticket).await {
+                let waited = gate.then(std::time::Instant::now);
+                let durable = if gate {
+                    log.durable(ticket).await
+                } else {
+                    Ok(())
+                };
+                if let (Some(t0), Some(m)) = (waited, &self.metrics) {
+                    m.audit_wait.observe(t0.elapsed());
+                }
+                if let Err(e) = durable {
                     if log.fails_open() {
                         warn!("{e}: forwarding anyway (audit.on_failure = \"continue\")");
                     } else {
@@ -949,6 +989,7 @@ async fn relay_session<C: Connect, H: Hooks>(
         progress_client: tokio::sync::Notify::new(),
         progress_server: tokio::sync::Notify::new(),
         audit: shared.audit.clone(),
+        metrics: Some(shared.metrics.clone()),
         server_ended: Cell::new(false),
         answered: tokio::sync::Notify::new(),
         cut: Cell::new(false),
@@ -968,7 +1009,9 @@ async fn relay_session<C: Connect, H: Hooks>(
                 buf = b;
                 match res {
                     Ok(0) => break,
-                    Ok(_) => {}
+                    Ok(n) => {
+                        shared.metrics.client_bytes.inc_by(n as u64);
+                    }
                     Err(e) => {
                         debug!("client read: {e}");
                         break;
@@ -1069,7 +1112,9 @@ async fn relay_session<C: Connect, H: Hooks>(
             buf = b;
             match res {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(n) => {
+                    shared.metrics.server_bytes.inc_by(n as u64);
+                }
                 Err(e) => {
                     debug!("server read: {e}");
                     break;
@@ -1193,6 +1238,7 @@ async fn relay_session<C: Connect, H: Hooks>(
     if expired {
         drop(both);
         info!("closing the session: its credential expired");
+        shared.metrics.refusal(sqlstate::INVALID_AUTHORIZATION);
         let at = expires_at.unwrap_or_default();
         let _ = tokio::time::timeout(CUT_WRITE, server.write_all(fe::terminate())).await;
         let _ = tokio::time::timeout(
@@ -1246,6 +1292,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                     tail.extend_from_slice(&b);
                 }
                 tail.extend_from_slice(&drain::terminating());
+                shared.metrics.refusal(sqlstate::ADMIN_SHUTDOWN);
             }
             (busy, tail)
         };

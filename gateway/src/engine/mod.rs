@@ -16,6 +16,7 @@ pub mod cancel;
 pub mod conn;
 pub mod epoll;
 mod hold;
+pub mod probe;
 pub mod shared;
 pub mod side;
 pub mod transport;

@@ -89,6 +89,8 @@ pub struct Shared {
     pub pool_settings: crate::pool::config::Settings,
     /// The upstream pools' counts (the connections themselves are per worker).
     pub pools: Arc<crate::pool::PoolStats>,
+    /// What `/metrics` shows; sessions bump resolved handles of it.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -162,6 +164,7 @@ impl Shared {
             side: super::side::SidePool::new(up.reserved_connections, &up.reserve_databases),
             pool_settings: cfg.pool.per_worker(super::worker_count(cfg.server.workers)),
             pools: Arc::default(),
+            metrics: Arc::default(),
         })
     }
 

@@ -264,6 +264,22 @@ impl StatementGate {
         out
     }
 
+    /// The class of the text judged last, for the statements metric: one statement's
+    /// class, the common class of several, `Multi` when they differ, `Unparsed` when it
+    /// had no reading.
+    pub fn last_class(&self) -> crate::metrics::ClassLabel {
+        use crate::metrics::ClassLabel;
+        let Some(Ok(a)) = self.last.as_deref() else {
+            return ClassLabel::Unparsed;
+        };
+        let mut classes = a.statements.iter().map(|s| s.class);
+        match classes.next() {
+            None => ClassLabel::Unparsed,
+            Some(first) if classes.all(|c| c == first) => ClassLabel::Of(first),
+            Some(_) => ClassLabel::Multi,
+        }
+    }
+
     /// What the last judged text was, for the audit record of `sql` (that text) under
     /// `verdict`.
     pub fn facts(&mut self, sql: &[u8], verdict: &Verdict) -> crate::audit::StatementFacts {

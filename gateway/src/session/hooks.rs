@@ -230,6 +230,12 @@ pub trait Hooks {
         Vec::new()
     }
 
+    /// The class of the statement just judged, for the statements metric. Must cost
+    /// next to nothing: it is asked for every statement.
+    fn class(&self) -> crate::metrics::ClassLabel {
+        crate::metrics::ClassLabel::Unparsed
+    }
+
     /// What the policy knew about the statement just judged (`sql`, with `verdict`),
     /// for its audit record. Asked only when the session keeps an audit trail.
     fn facts(&mut self, _sql: &[u8], _verdict: &Verdict) -> crate::audit::StatementFacts {

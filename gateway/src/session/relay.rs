@@ -26,6 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::hooks::{Ask, Effects, Hold, Hooks, Outcome, Refusal, RowStage, Verdict, Via};
 use super::tracker::{Described, Tracker};
 use crate::audit::trail::{self, StatementFacts, Trail};
+use crate::metrics::{ClassLabel, SessionMetrics, VerdictLabel};
 use crate::protocol::backend::{self as be, Severity, error_response};
 use crate::protocol::frame::{Frame, peek_header, split_frame};
 use crate::protocol::frontend as fe;
@@ -373,6 +374,8 @@ pub struct Relay<H: Hooks> {
     quiet_error: Option<Bytes>,
     /// The session's audit trail, when the gateway keeps one.
     audit: Option<Box<Trail>>,
+    /// The session's handles on the gateway's metrics, when it counts.
+    metrics: Option<Box<SessionMetrics>>,
     /// When the agent's credential stops being valid (Unix ms): from then on every
     /// statement is refused.
     expires_at_ms: Option<u64>,
@@ -461,6 +464,45 @@ impl<H: Hooks> Relay<H> {
             lookup_rows: Vec::new(),
             lookup_error: None,
             keep_server: false,
+            metrics: None,
+        }
+    }
+
+    /// Counts statements, latencies, refusals and masked values in `m`.
+    pub fn with_metrics(mut self, m: SessionMetrics) -> Self {
+        self.metrics = Some(Box::new(m));
+        self
+    }
+
+    /// A statement was judged: `relay` when the relay refused it before the policy could.
+    fn count_statement(&self, verdict: &Verdict, relay: bool, judged_text: bool) {
+        let Some(m) = &self.metrics else { return };
+        let v = match verdict {
+            Verdict::Allow if self.approved => VerdictLabel::Approved,
+            Verdict::Allow => VerdictLabel::Allow,
+            Verdict::Deny(_) if relay => VerdictLabel::Refused,
+            Verdict::Deny(_) => VerdictLabel::Deny,
+            Verdict::Hold(_) if self.approved => VerdictLabel::Approved,
+            Verdict::Hold(_) => VerdictLabel::Hold,
+        };
+        let class = if relay || !judged_text {
+            ClassLabel::Unparsed
+        } else {
+            self.hooks.class()
+        };
+        m.statement(class, v);
+    }
+
+    /// The gateway is sending the agent an error of its own.
+    fn count_refusal(&mut self, sqlstate: &'static str) {
+        if let Some(m) = &mut self.metrics {
+            m.refusal(sqlstate);
+        }
+    }
+
+    fn count_masked(&mut self, counts: &[(String, u64)]) {
+        if let (Some(m), false) = (&mut self.metrics, counts.is_empty()) {
+            m.masked(counts);
         }
     }
 
@@ -507,6 +549,7 @@ impl<H: Hooks> Relay<H> {
         let (from, to) = t.last_taken();
         let batch = |id: &Option<u64>| id.is_some_and(|id| (from..=to).contains(&id));
         let error = refusal.to_error_response();
+        let mut refused = 0;
         for e in self.expect.iter_mut() {
             match e {
                 Expect::Query {
@@ -517,17 +560,24 @@ impl<H: Hooks> Relay<H> {
                 } if batch(audit) => {
                     *refusal = Some(error.clone());
                     *audit = None;
+                    refused += 1;
                 }
                 Expect::Execute { audit, .. } if batch(audit) => {
                     *e = Expect::Parse {
                         refusal: Some(error.clone()),
                         quiet: false,
                     };
+                    refused += 1;
                 }
                 _ => {}
             }
         }
         t.batch_failed();
+        if let Some(m) = &mut self.metrics {
+            for _ in 0..refused {
+                m.refusal(refusal.code);
+            }
+        }
     }
 
     /// What the policy knew about the statement just judged, when audit wants it.
@@ -688,6 +738,7 @@ impl<H: Hooks> Relay<H> {
         self.next_client_tag = None;
         let r = self.release_held(held, how);
         if let Err(RelayError::Client(e)) = &r {
+            self.count_refusal(sqlstate::PROTOCOL_VIOLATION);
             self.send_client(error_response(
                 Severity::Fatal,
                 sqlstate::PROTOCOL_VIOLATION,
@@ -752,6 +803,7 @@ impl<H: Hooks> Relay<H> {
             }
             (Release::Refuse(refusal), None) => {
                 self.hooks.completed(Outcome::Refused);
+                self.count_refusal(refusal.code);
                 self.audit_refusal(trail::Via::Simple, &held.sql, &refusal, None);
                 // Nothing ran: the transaction, if any, is as it was.
                 self.expect.push_back(Expect::Answer {
@@ -773,6 +825,7 @@ impl<H: Hooks> Relay<H> {
     /// inside one the client is answered and the block stays usable.
     fn refuse_execute(&mut self, refusal: Refusal) {
         self.hooks.completed(Outcome::Refused);
+        self.count_refusal(refusal.code);
         if self.txn_status == b'I' {
             // Statements earlier in this batch must not commit at Sync when the client is
             // told the batch failed: make the server fail it too.
@@ -1218,6 +1271,7 @@ impl<H: Hooks> Relay<H> {
     pub fn on_client_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
         let r = self.client_bytes(buf);
         if let Err(RelayError::Client(e)) = &r {
+            self.count_refusal(sqlstate::PROTOCOL_VIOLATION);
             self.send_client(error_response(
                 Severity::Fatal,
                 sqlstate::PROTOCOL_VIOLATION,
@@ -1378,7 +1432,20 @@ impl<H: Hooks> Relay<H> {
             frame.tag(),
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH
         );
+        // Timed only when counted: an `Instant` is a clock read per message.
+        let timed = self.metrics.is_some()
+            && matches!(
+                frame.tag(),
+                fe::QUERY | fe::PARSE | fe::EXECUTE | fe::FUNCTION_CALL
+            );
+        let t0 = timed.then(std::time::Instant::now);
+        if let (Some(t0), Some(m)) = (t0, &mut self.metrics) {
+            m.round_started(t0);
+        }
         let r = self.client_message(frame);
+        if let (Some(t0), Some(m)) = (t0, &self.metrics) {
+            m.added(t0);
+        }
         if opens && r.is_ok() {
             self.batch_open = true;
         }
@@ -1394,13 +1461,16 @@ impl<H: Hooks> Relay<H> {
         match tag {
             fe::QUERY => {
                 let sql = fe::parse_query(frame.body()).map_err(err)?;
+                let mut by_relay = false;
                 let verdict = if let Err(r) = self.audit_check() {
+                    by_relay = true;
                     Verdict::Deny(r)
                 } else if self.approved {
                     self.hooks.approved_statement(sql, Via::SimpleQuery)
                 } else {
                     self.hooks.statement(sql, Via::SimpleQuery)
                 };
+                self.count_statement(&verdict, by_relay, true);
                 let facts = match &verdict {
                     Verdict::Hold(_) if !self.approved => None,
                     v => self.facts(sql, v),
@@ -1446,13 +1516,20 @@ impl<H: Hooks> Relay<H> {
             }
             fe::PARSE => {
                 let p = fe::parse_parse(frame.body()).map_err(err)?;
+                let mut by_relay = false;
                 let verdict = if let Err(r) = self.expiry_check() {
+                    by_relay = true;
                     Verdict::Deny(r)
                 } else if self.approved {
                     self.hooks.approved_statement(p.sql, Via::Parse(p.name))
                 } else {
                     self.hooks.statement(p.sql, Via::Parse(p.name))
                 };
+                // The gateway's own Parse (a lookup's Describe, an edit) is no statement
+                // of the agent's.
+                if !self.injecting {
+                    self.count_statement(&verdict, by_relay, true);
+                }
                 let facts = self.facts(p.sql, &verdict);
                 match verdict {
                     Verdict::Allow | Verdict::Hold(_) => {
@@ -1554,10 +1631,15 @@ impl<H: Hooks> Relay<H> {
             }
             fe::FUNCTION_CALL => {
                 let oid = fe::parse_function_call(frame.body()).map_err(err)?;
+                let mut by_relay = false;
                 let verdict = match self.audit_check() {
-                    Err(r) => Verdict::Deny(r),
+                    Err(r) => {
+                        by_relay = true;
+                        Verdict::Deny(r)
+                    }
                     Ok(()) => self.hooks.function_call(oid),
                 };
+                self.count_statement(&verdict, by_relay, false);
                 let text = format!("-- fast-path function call, function OID {oid}");
                 let facts = self.audit.as_ref().map(|_| {
                     gateway_facts(match &verdict {
@@ -1824,6 +1906,7 @@ impl<H: Hooks> Relay<H> {
     /// the batch is dropped up to `Sync`.
     fn refuse_parse(&mut self, r: &Refusal) {
         self.hooks.completed(Outcome::Refused);
+        self.count_refusal(r.code);
         self.send_server(fe::parse(b"", REFUSED_SQL));
         self.expect.push_back(Expect::Parse {
             refusal: Some(r.to_error_response()),
@@ -1836,6 +1919,7 @@ impl<H: Hooks> Relay<H> {
     /// place and the client the refusal in place of the server's error.
     fn refuse_query(&mut self, r: Refusal) {
         self.hooks.completed(Outcome::Refused);
+        self.count_refusal(r.code);
         self.send_server(fe::query(REFUSED_SQL));
         self.expect.push_back(Expect::Query {
             sql: Bytes::new(),
@@ -1914,6 +1998,7 @@ impl<H: Hooks> Relay<H> {
     /// server's output is dropped up to its `ReadyForQuery`.
     fn fail_result(&mut self, r: Refusal) {
         self.hooks.completed(Outcome::Refused);
+        self.count_refusal(r.code);
         if let Some(id) = self.front_audit()
             && let Some(t) = &mut self.audit
         {
@@ -2127,6 +2212,7 @@ impl<H: Hooks> Relay<H> {
                     let masked = self.hooks.completed(Outcome::Complete {
                         command_tag: tag_text,
                     });
+                    self.count_masked(&masked);
                     if let (Some(t), Some(id)) = (&mut self.audit, id) {
                         t.command_complete(id, tag_text);
                         if !masked.is_empty() {
@@ -2136,6 +2222,7 @@ impl<H: Hooks> Relay<H> {
                 } else if tag == be::PORTAL_SUSPENDED {
                     // The rows of this Execute are its own record's, whatever follows.
                     let masked = self.hooks.completed(Outcome::Suspended);
+                    self.count_masked(&masked);
                     if let (Some(t), Some(id), false) = (&mut self.audit, id, masked.is_empty()) {
                         t.masked(id, masked);
                     }
@@ -2155,6 +2242,7 @@ impl<H: Hooks> Relay<H> {
                 // statement that failed.
                 let frame = self.hooks.server_message(frame.into_bytes());
                 let masked = self.hooks.completed(Outcome::Error { sqlstate: &code });
+                self.count_masked(&masked);
                 let id = self.front_audit();
                 if let (Some(t), Some(id)) = (&mut self.audit, id) {
                     t.error(id, &code);
@@ -2208,10 +2296,18 @@ impl<H: Hooks> Relay<H> {
                 }
                 match mode {
                     QueryMode::Client if was_guarded && self.settle_guarded_query() => {}
-                    QueryMode::Client => self.send_client(frame.into_bytes()),
+                    QueryMode::Client => {
+                        if let Some(m) = &mut self.metrics {
+                            m.round_done();
+                        }
+                        self.send_client(frame.into_bytes())
+                    }
                     QueryMode::Settle { .. } => {
                         self.diverted -= 1;
                         self.guard = None;
+                        if let Some(m) = &mut self.metrics {
+                            m.round_done();
+                        }
                         self.send_client(frame.into_bytes());
                     }
                     QueryMode::Quiet => self.diverted -= 1,
@@ -2260,6 +2356,7 @@ impl<H: Hooks> Relay<H> {
         }
         let owed = !self.expect.is_empty() || self.held.is_some();
         if !self.terminated && !self.server_fatal && (cut || owed) {
+            self.count_refusal(sqlstate::CONNECTION_FAILURE);
             self.send_client(error_response(
                 Severity::Fatal,
                 sqlstate::CONNECTION_FAILURE,

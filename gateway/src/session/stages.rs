@@ -426,6 +426,10 @@ impl Hooks for Stages {
         self.gate.facts(sql, verdict)
     }
 
+    fn class(&self) -> crate::metrics::ClassLabel {
+        self.gate.last_class()
+    }
+
     fn lookup(&mut self) -> Option<Ask> {
         if let Some(query) = self.copy_query.take() {
             self.lookups.push_back(Lookup::Describe);
