@@ -9,6 +9,7 @@ pub mod browser;
 pub mod certs;
 pub mod dataset;
 pub mod gateway;
+pub mod metrics;
 pub mod net;
 pub mod oidc;
 pub mod pg;

@@ -10,7 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, connect, rt};
-use portcullis_tests::{Engine, PgOptions, per_engine};
+use portcullis_tests::metrics::scrape_until;
+use portcullis_tests::{Engine, PgOptions, free_port, per_engine};
 
 per_engine!(
     the_next_session_sees_nothing_of_the_last,
@@ -68,7 +69,12 @@ async fn settle() {
 }
 
 fn the_next_session_sees_nothing_of_the_last(engine: Engine) {
-    let env = env(engine, "", 1);
+    let port = free_port().unwrap();
+    let env = env(
+        engine,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        1,
+    );
     rt().block_on(async {
         let first = connect(&conninfo(&env, "pool-test")).await;
         let pid_first = pid(&first).await;
@@ -142,6 +148,15 @@ fn the_next_session_sees_nothing_of_the_last(engine: Engine) {
         let other = connect(&conninfo(&env, "other-app")).await;
         assert_ne!(pid(&other).await, pid_first);
     });
+    // What an operator sees: two connections opened (one per start-up parameters), one
+    // reuse, and both back idle once every session has gone.
+    let pool = [("database", common::DB)];
+    let s = scrape_until(port, "both connections idle", |s| {
+        s.value("portcullis_pool_idle", &pool) == 2.0
+    });
+    assert_eq!(s.value("portcullis_pool_opened_total", &pool), 2.0);
+    assert_eq!(s.value("portcullis_pool_reused_total", &pool), 1.0);
+    assert_eq!(s.value("portcullis_pool_in_use", &pool), 0.0);
 }
 
 fn an_open_transaction_is_never_handed_on(engine: Engine) {
