@@ -83,7 +83,8 @@ pub struct Args {
     pub only: Vec<String>,
     /// Only these targets (comma-separated names; `direct` always runs). Managed:
     /// direct, pgbouncer, pgbouncer-pktbuf, gateway-epoll, gateway-uring,
-    /// gateway-nopolicy, gateway-masked. Existing: direct, pgbouncer, gateway,
+    /// gateway-nopool, gateway-nopolicy, gateway-masked, gateway-approvals, gateway-audit,
+    /// gateway-audit-os. Existing: direct, pgbouncer, gateway,
     /// gateway-nopolicy, gateway-masked.
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,

@@ -13,6 +13,8 @@ use crate::target::Kind;
 
 /// The workload of the policy's throughput goal.
 pub const PGBENCH_C8: &str = "pgbench/select-only-c8";
+/// A new agent connection per transaction: the harness's own client, then pgbench `-C`.
+pub const CONNECT_WORKLOADS: [&str; 2] = ["connect/c1", "pgbench/select-only-connect-c8"];
 /// The workloads of the latency goals: one client, so queueing does not hide the cost.
 pub const SELECT1_C1: [&str; 2] = ["small/select1-simple-c1", "small/select1-prepared-c1"];
 /// Policy on keeps at least this share of the policy-off TPS.
@@ -124,22 +126,53 @@ pub fn verdicts(r: &Report) -> Vec<Verdict> {
             1.10,
         );
         let pgb = r
-            .result("pgbench/select-only-c8", name)
+            .result(PGBENCH_C8, name)
             .filter(|m| m.error.is_none())
             .and_then(|m| m.ratio_to_direct);
+        let bouncer = tps(r, PGBENCH_C8, "pgbouncer");
+        let mine = tps(r, PGBENCH_C8, name);
         out.push(Verdict {
-            goal: "pgbench -S, 8 clients: >= x0.75 of direct TPS",
+            goal: "pgbench -S, 8 clients: >= x0.80 of direct TPS and above pgbouncer",
             target: name.into(),
-            figure: pgb.map_or("-".into(), |v| format!("x{v:.2}")),
-            met: pgb.map(|v| v >= 0.75),
+            figure: match (pgb, bouncer) {
+                (Some(v), Some(b)) => format!(
+                    "x{v:.2}, {} vs {}",
+                    fmt_tps(mine.unwrap_or(0.0)),
+                    fmt_tps(b)
+                ),
+                (Some(v), None) => format!("x{v:.2}"),
+                _ => "-".into(),
+            },
+            met: pgb.map(|v| v >= 0.80 && mine.zip(bouncer).is_none_or(|(m, b)| m > b)),
         });
         let lat = added_latency(r, name, "direct");
         out.push(Verdict {
-            goal: "SELECT 1 added latency: p50 <= 15 µs, p99 <= 40 µs",
+            goal: "SELECT 1 added latency: p50 <= 10 µs, p99 <= 30 µs",
             target: name.into(),
             figure: lat.map_or("-".into(), |(a, b)| format!("{a:+.0} / {b:+.0} µs")),
-            met: lat.map(|(a, b)| a <= 15.0 && b <= 40.0),
+            met: lat.map(|(a, b)| a <= 10.0 && b <= 30.0),
         });
+        // A new agent connection per transaction: with upstream reuse, at least what
+        // pgbouncer's pooling reaches (a gateway without reuse is measured, not judged).
+        if !name.ends_with("-nopool") {
+            for w in CONNECT_WORKLOADS {
+                let (mine, theirs) = (tps(r, w, name), tps(r, w, "pgbouncer"));
+                out.push(Verdict {
+                    goal: if w == CONNECT_WORKLOADS[0] {
+                        "a connection per transaction: >= pgbouncer's TPS"
+                    } else {
+                        "pgbench -S -C, 8 clients: >= pgbouncer's TPS"
+                    },
+                    target: name.into(),
+                    figure: match (mine, theirs) {
+                        (Some(a), Some(b)) => format!("{} vs {}", fmt_tps(a), fmt_tps(b)),
+                        (Some(a), None) => fmt_tps(a),
+                        _ => "-".into(),
+                    },
+                    met: mine.zip(theirs).map(|(a, b)| a >= b),
+                });
+            }
+        }
         let (mine, theirs) = (cpu_per_gb(r, name), cpu_per_gb(r, "pgbouncer"));
         out.push(Verdict {
             goal: "CPU per GB below pgbouncer's",

@@ -42,12 +42,13 @@ pub enum ManagedError {
 
 /// The targets of a managed run, in the order they start. Reports, goals and `--targets`
 /// name them; keep them stable.
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 11] = [
     "direct",
     "pgbouncer",
     "pgbouncer-pktbuf",
     "gateway-epoll",
     "gateway-uring",
+    "gateway-nopool",
     "gateway-nopolicy",
     "gateway-masked",
     "gateway-approvals",
@@ -75,6 +76,9 @@ struct GatewaySpec {
     /// `[audit]` on with this durability (`fsync`, `os`): what evidence before action
     /// costs, against `gateway-uring`.
     audit: Option<&'static str>,
+    /// `[pool] enabled = false`: a new upstream session per agent session, what reuse
+    /// saves against `gateway-uring`.
+    pool_off: bool,
 }
 
 /// The gateways, policy on unless named otherwise. Agents log in as `agent` (the harness's
@@ -91,10 +95,15 @@ fn gateway_specs(mask: MaskSpec) -> Vec<GatewaySpec> {
         mask,
         approvals: false,
         audit: None,
+        pool_off: false,
     };
     vec![
         spec("gateway-epoll", Engine::Epoll, true, None),
         spec("gateway-uring", Engine::Uring, true, None),
+        GatewaySpec {
+            pool_off: true,
+            ..spec("gateway-nopool", Engine::Uring, true, None)
+        },
         spec("gateway-nopolicy", Engine::Uring, false, None),
         spec("gateway-masked", Engine::Auto, true, Some(mask)),
         GatewaySpec {
@@ -290,6 +299,9 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
         }
         if spec.approvals {
             opts = opts.approvals(portcullis_tests::QUICKSTART_APPROVALS);
+        }
+        if spec.pool_off {
+            opts = opts.extra_toml("[pool]\nenabled = false\n");
         }
         if let Some(durability) = spec.audit {
             // Signed checkpoints as a deployment has them; the log in the gateway's

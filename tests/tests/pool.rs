@@ -18,6 +18,7 @@ per_engine!(
     an_open_transaction_is_never_handed_on,
     a_full_pool_makes_sessions_wait_then_refuses_with_53300,
     a_connection_the_server_closed_is_not_reused,
+    two_hundred_agents_at_once_share_the_pool_within_its_limit,
 );
 
 fn env(engine: Engine, pool: &str, workers: usize) -> Env {
@@ -242,5 +243,65 @@ fn a_connection_the_server_closed_is_not_reused(engine: Engine) {
         let second = connect(&conninfo(&env, "pool-test")).await;
         assert_ne!(pid(&second).await, pid_first);
         assert_eq!(one(&second, "SELECT name FROM items").await, "one");
+    });
+}
+
+fn two_hundred_agents_at_once_share_the_pool_within_its_limit(engine: Engine) {
+    // Two workers, two connections each: four upstream sessions serve all 200 agents.
+    let env = env(engine, "[pool]\npool_size = 4\nwait_timeout_secs = 60\n", 2);
+    rt().block_on(async {
+        let info = conninfo(&env, "pool-test");
+        let direct = connect(&env.pg.direct_uri(common::DB)).await;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The server's own count of the pool's sessions, sampled while the agents run.
+        let watch = {
+            let (peak, done) = (peak.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n: i64 = direct
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pool-test'",
+                            &[],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let agents = (0..200).map(|i| {
+            let info = info.clone();
+            tokio::spawn(async move {
+                let (c, conn) = tokio_postgres::connect(&info, tokio_postgres::NoTls)
+                    .await
+                    .unwrap_or_else(|e| panic!("agent {i}: {e}"));
+                tokio::spawn(conn);
+                let row = c
+                    .query_one("SELECT pg_backend_pid(), $1::int", &[&i])
+                    .await
+                    .unwrap_or_else(|e| panic!("agent {i}: {e}"));
+                assert_eq!(row.get::<_, i32>(1), i);
+                row.get::<_, i32>(0)
+            })
+        });
+        let pids: Vec<i32> = futures_util::future::join_all(agents)
+            .await
+            .into_iter()
+            .map(|r| r.expect("every agent ran its statement"))
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watch.await.unwrap();
+        let distinct: std::collections::BTreeSet<i32> = pids.iter().copied().collect();
+        assert_eq!(pids.len(), 200);
+        assert!(
+            distinct.len() <= 4,
+            "200 agents ran on {} server processes, not at most 4",
+            distinct.len()
+        );
+        let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(peak <= 4, "the server saw {peak} of the pool's sessions at once");
     });
 }

@@ -21,6 +21,11 @@ per_engine!(
 );
 
 /// The upstream login role these tests rotate.
+/// These tests are about each upstream login: reuse would hand the first session's
+/// connection (logged in with the old credential) to the next, as PostgreSQL keeps a
+/// session open when its role's password changes.
+const EVERY_SESSION_LOGS_IN: &str = "[pool]\nenabled = false\n";
+
 const ROLE: &str = "rotating_login";
 
 fn fresh_password(tag: &str) -> String {
@@ -117,6 +122,7 @@ fn a_rotated_password_file_is_used_by_the_next_session(engine: Engine) {
         o.upstream_user = ROLE.into();
         o.log_level = "debug".into();
         o.upstream_credential(&[&line])
+            .extra_toml(EVERY_SESSION_LOGS_IN)
     });
     set_password(&env, &old);
     assert_eq!(whoami(&env).unwrap(), ROLE);
@@ -186,6 +192,7 @@ fn a_refused_login_runs_the_password_command_again(engine: Engine) {
         o.log_level = "debug".into();
         o.log_format = "json".into();
         o.upstream_credential(&[&lines[0], &lines[1]])
+            .extra_toml(EVERY_SESSION_LOGS_IN)
     });
     set_password(&env, &old);
     assert_eq!(whoami(&env).unwrap(), ROLE);
@@ -219,6 +226,7 @@ fn the_password_command_runs_again_on_its_interval(engine: Engine) {
     let env = Env::start_with(engine, PgOptions::default(), |mut o| {
         o.upstream_user = ROLE.into();
         o.upstream_credential(&[&lines[0], &lines[1]])
+            .extra_toml(EVERY_SESSION_LOGS_IN)
     });
     set_password(&env, &old);
     assert_eq!(whoami(&env).unwrap(), ROLE);

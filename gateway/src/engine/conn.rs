@@ -329,12 +329,13 @@ async fn run<C: Connect>(
     }
     hello.extend_from_slice(&be::backend_key_data(pid, secret));
     hello.extend_from_slice(&be::ready_for_query(b'I'));
+    // Counted before the agent can know it is in: a scrape after its ReadyForQuery sees it.
+    let _counted = shared.metrics.session(&agent.identity.name);
     client
         .write_all(hello.freeze())
         .await
         .map_err(ConnError::ClientIo)?;
     info!("session established");
-    let _counted = shared.metrics.session(&agent.identity.name);
 
     let mut stages = Stages::new(
         shared.policy.clone(),

@@ -11,9 +11,11 @@ pub struct PoolConfig {
     /// session and closes it at the end, without a limit.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Most upstream connections, in use and idle, per database and upstream role. The
-    /// gateway's worker threads share it out evenly (each at least one): a connection
-    /// belongs to the thread whose runtime drives its socket.
+    /// Most upstream connections, in use and idle, per database and upstream role; an
+    /// agent session beyond it waits for one (a session holds its connection from start
+    /// to end, held statements included). The gateway's worker threads share it out
+    /// evenly (each at least one): a connection belongs to the thread whose runtime
+    /// drives its socket.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// An idle connection unused this long is closed.
@@ -80,8 +82,10 @@ pub struct Settings {
 fn yes() -> bool {
     true
 }
+/// PostgreSQL's own default `max_connections`: without a `pool_size` the gateway never
+/// holds more than a default server admits.
 fn default_pool_size() -> usize {
-    20
+    100
 }
 fn default_idle_timeout() -> u64 {
     600
