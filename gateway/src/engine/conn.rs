@@ -333,6 +333,27 @@ async fn run<C: Connect>(
         .with_expiry(agent.identity.expires_at_ms);
     let started = std::time::Instant::now();
     let session_id: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+    // Listed for `SHOW SESSIONS` until this guard drops with the session.
+    let listed = shared.sessions.register(crate::sessions::Info {
+        id: session_id.clone(),
+        identity: agent.identity.name.clone(),
+        database: agent.database.clone(),
+        client: peer,
+        application_name: agent
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        engine: crate::sessions::engine_name::<C>(),
+        worker: std::thread::current().name().unwrap_or("").to_owned(),
+        upstream_role: upstream_role
+            .clone()
+            .unwrap_or_else(|| shared.upstream.user.clone()),
+        tls: client.tls_version().map(str::to_owned),
+        started_ms: crate::approvals::model::now_ms(),
+    });
+    relay = relay.with_live(listed.live());
     if let Some(log) = &shared.audit {
         let app = agent
             .params

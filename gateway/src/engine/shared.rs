@@ -87,6 +87,8 @@ pub struct Shared {
     pub side: super::side::SidePool,
     /// The upstream pools' counts (the connections themselves are per worker).
     pub pools: Arc<crate::pool::PoolStats>,
+    /// The agent sessions open now (`SHOW SESSIONS`).
+    pub sessions: Arc<crate::sessions::Registry>,
 }
 
 impl Shared {
@@ -159,6 +161,7 @@ impl Shared {
             catalog_ttl: AtomicU64::new(catalog_ttl(&cfg.mask).as_secs()),
             side: super::side::SidePool::new(up.reserved_connections, &up.reserve_databases),
             pools: Arc::default(),
+            sessions: Arc::default(),
         })
     }
 
