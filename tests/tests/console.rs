@@ -452,7 +452,9 @@ fn console_refuses_wrong_logins() {
     assert_eq!(get("upstream.password")[1], "(redacted)");
     assert_eq!(get("upstream.password")[2], "file");
     assert_eq!(get("console.listen")[1], format!("\"127.0.0.1:{port}\""));
-    assert_eq!(get("server.io_engine")[2], "command line or environment");
+    // The harness passes --io-engine with the file's own value: still the file's.
+    assert_eq!(get("server.io_engine")[1], "\"epoll\"");
+    assert_eq!(get("server.shutdown_grace_secs")[2], "default");
     assert_eq!(get("log.level")[2], "file");
     let text = format!("{rows:?}");
     assert!(
