@@ -441,6 +441,20 @@ fn console_refuses_wrong_logins() {
         "the hint names the console's database: {e}"
     );
 
+    // Each refusal is a login_refused record, told apart from the data path's.
+    let all = audit_until(&env, |all| {
+        all.iter()
+            .filter(|r| r["kind"] == "login_refused" && r["auth"] == "console scram-sha-256")
+            .count()
+            >= 4
+    });
+    assert!(
+        all.iter().any(|r| r["kind"] == "login_refused"
+            && r["identity"] == "agent"
+            && r["reason"].as_str().unwrap_or("").contains("42501")),
+        "{all:#?}"
+    );
+
     // SHOW CONFIG: the running settings, secrets redacted.
     let rows = console_rows(&env, port, &["SHOW CONFIG"]);
     let get = |k: &str| {
@@ -480,8 +494,47 @@ fn console_reload_applies_and_refuses() {
         portcullis_tests::scram::verifier("late-secret")
     );
     std::fs::write(&path, added).unwrap();
+    let rt = rt();
+    let viewer = rt.block_on(connect(&format!(
+        "host=127.0.0.1 port={port} user=viewer password=viewer-secret dbname=portcullis"
+    )));
+    rt.block_on(viewer.simple_query("SHOW HELP"))
+        .expect("viewer's SHOW HELP");
+    // ... and `viewer` loses its console role.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text
+        .find("name = \"viewer\"")
+        .expect("viewer in the config");
+    let (head, tail) = text.split_at(at);
+    std::fs::write(
+        &path,
+        format!(
+            "{head}{}",
+            tail.replacen("roles = [\"admin\"]", "roles = [\"agent\"]", 1)
+        ),
+    )
+    .unwrap();
     let rows = console_rows(&env, port, &["RELOAD"]);
     assert_eq!(rows[0][0], "t", "{rows:?}");
+    // The open session ends at its next command; a new login is refused.
+    let e = rt
+        .block_on(viewer.simple_query("SHOW HELP"))
+        .expect_err("a session whose role was taken away");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.severity(), db.code().code()),
+        ("FATAL", "28000"),
+        "{db:?}"
+    );
+    assert!(
+        db.message().contains("no longer holds a console role"),
+        "{db:?}"
+    );
+    let out = run_timed(
+        psql_at(&console_uri(port, "viewer", "viewer-secret", "portcullis"))
+            .args(["-c", "SHOW HELP"]),
+    );
+    assert!(!out.status.success());
     assert!(rows[0][1].contains("reloaded 5 identities"), "{rows:?}");
     env.ok(psql_at(&env.gw.uri("late", "late-secret", DB)).args(["-c", "SELECT 1"]));
 
@@ -513,4 +566,35 @@ fn console_reload_applies_and_refuses() {
     assert_eq!(reloads.len(), 2, "{all:#?}");
     assert_eq!(reloads[0]["ok"], true);
     assert_eq!(reloads[1]["ok"], false);
+}
+
+/// With `[server.tls]` the console speaks TLS with the gateway's certificate, and
+/// refuses plaintext when TLS is required.
+#[test]
+fn console_over_tls() {
+    let certs = portcullis_tests::Certs::new();
+    let (cert, key) = (certs.path("server.pem"), certs.path("server.key"));
+    let port = free_port().expect("a free port");
+    let env = Env::start_with(Engine::Epoll, PgOptions::default(), |mut o| {
+        o.identities
+            .push(Identity::new("ops", "ops-secret", &["admin"]));
+        o.tls = Some((cert, key));
+        o.tls_required = true;
+        o.extra_toml(&format!("[console]\nlisten = \"127.0.0.1:{port}\"\n"))
+    });
+    let uri = format!(
+        "postgresql://ops:ops-secret@localhost:{port}/portcullis?sslmode=verify-full&sslrootcert={}",
+        certs.path("ca.pem").display()
+    );
+    let out = env.ok(psql_at(&uri).args(["-At", "-c", "SHOW STATS"]));
+    assert!(stdout(&out).contains("|running|"), "{}", stdout(&out));
+    let out = run_timed(
+        psql_at(&format!(
+            "{}?sslmode=disable",
+            console_uri(port, "ops", "ops-secret", "portcullis")
+        ))
+        .args(["-c", "SHOW STATS"]),
+    );
+    assert!(!out.status.success(), "plaintext got in");
+    assert!(stderr(&out).contains("requires TLS"), "{}", stderr(&out));
 }

@@ -43,6 +43,8 @@ pub struct ExecError {
     pub code: &'static str,
     pub message: String,
     pub hint: Option<String>,
+    /// The console session ends with it (FATAL).
+    pub fatal: bool,
 }
 
 fn fail(code: &'static str, message: impl Into<String>, hint: Option<&str>) -> ExecError {
@@ -50,6 +52,7 @@ fn fail(code: &'static str, message: impl Into<String>, hint: Option<&str>) -> E
         code,
         message: message.into(),
         hint: hint.map(str::to_owned),
+        fatal: false,
     }
 }
 
@@ -79,6 +82,20 @@ impl Session {
     }
 
     pub async fn run(&self, cmd: &Command) -> Result<Table, ExecError> {
+        // A reload may have removed the login's key or its console role, or the key
+        // expired: the session ends at its next command, as an agent's does.
+        if let Some(why) = self.revoked() {
+            let e = ExecError {
+                fatal: true,
+                ..fail(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!("portcullis ended this console session: {why}"),
+                    Some("Log in again with an identity that holds a console role."),
+                )
+            };
+            self.audit(cmd, &Err(e.clone()));
+            return Err(e);
+        }
         let result = match cmd {
             Command::Show(s) => return self.show(*s).await,
             Command::Reload => self.reload(),
@@ -103,6 +120,29 @@ impl Session {
         };
         self.audit(cmd, &result);
         result
+    }
+
+    /// Why the login may no longer use the console, if it may not.
+    fn revoked(&self) -> Option<String> {
+        let name = &self.login.identity.name;
+        let store = self.console.shared.identities.load();
+        let Some(key) = store.get(name) else {
+            return Some(format!("identity \"{name}\" is no longer configured"));
+        };
+        if let Some(why) = key.refusal(now_ms()) {
+            return Some(why);
+        }
+        if !key
+            .identity
+            .roles
+            .iter()
+            .any(|r| self.console.roles.contains(r))
+        {
+            return Some(format!(
+                "identity \"{name}\" no longer holds a console role"
+            ));
+        }
+        None
     }
 
     fn audit(&self, cmd: &Command, result: &Result<Table, ExecError>) {

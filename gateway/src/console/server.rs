@@ -416,7 +416,13 @@ fn command_error(e: command::CommandError) -> PgWireError {
 }
 
 fn exec_error(e: ExecError) -> PgWireError {
-    user_error(e.code, e.message, e.hint)
+    let mut info = ErrorInfo::new(
+        if e.fatal { "FATAL" } else { "ERROR" }.into(),
+        e.code.into(),
+        e.message,
+    );
+    info.hint = e.hint;
+    PgWireError::UserError(Box::new(info))
 }
 
 fn pg_type(kind: Kind) -> Type {
