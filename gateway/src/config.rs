@@ -109,6 +109,34 @@ pub struct Config {
     pub pool: crate::pool::PoolConfig,
     /// No `[metrics]`: no metrics or health listener.
     pub metrics: Option<crate::metrics::MetricsConfig>,
+    /// No `[console]`: no admin console (`crate::console`).
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `[console]`: the admin console, PostgreSQL's protocol for `psql`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Address the console listens on (`127.0.0.1:6433`). Read at start-up only.
+    pub listen: String,
+    /// Static `[[identity]]` entries holding one of these roles may log in.
+    #[serde(default = "default_console_roles")]
+    pub roles: Vec<String>,
+}
+
+fn default_console_roles() -> Vec<String> {
+    vec!["admin".into()]
+}
+
+impl ConsoleConfig {
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            invalid(
+                "console.listen",
+                format!("\"{}\" is not an address:port", self.listen),
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -469,6 +497,25 @@ impl Config {
         if let Some(admin) = &self.admin {
             validate_admin_socket(&admin.socket)?;
         }
+        if let Some(console) = &self.console {
+            console.listen_addr()?;
+            if let Some(i) = console.roles.iter().position(|r| r.trim().is_empty()) {
+                return Err(invalid(format!("console.roles[{i}]"), "must not be empty"));
+            }
+            if !self
+                .identities
+                .iter()
+                .any(|id| id.roles.iter().any(|r| console.roles.contains(r)))
+            {
+                return Err(invalid(
+                    "console.roles",
+                    format!(
+                        "no [[identity]] holds one of {:?}, so nobody could log in to the console: give an operator's identity that role",
+                        console.roles
+                    ),
+                ));
+            }
+        }
         if let Some(approvals) = &self.approvals {
             approvals
                 .validate()
@@ -794,6 +841,23 @@ mod tests {
                 .starts_with("approvals.reviewer[0].token_sha256:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_console_needs_an_identity_that_may_use_it() {
+        let with = |section: &str| Config::parse(&format!("{}{section}", good()));
+        let e = with("[console]\nlisten = \"127.0.0.1:0\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("console.roles:"), "{e}");
+        let admin = good().replace("name = \"agent\"", "name = \"ops\"\nroles = [\"admin\"]");
+        let c = Config::parse(&format!("{admin}[console]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+        assert_eq!(c.console.unwrap().roles, ["admin"]);
+        let e = Config::parse(&format!("{admin}[console]\nlisten = \"nowhere\"\n")).unwrap_err();
+        assert!(e.to_string().starts_with("console.listen:"), "{e}");
+        let e = Config::parse(&format!(
+            "{admin}[console]\nlisten = \"127.0.0.1:0\"\nroles = [\"ops\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().starts_with("console.roles:"), "{e}");
     }
 
     #[test]

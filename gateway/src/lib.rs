@@ -20,12 +20,15 @@
 //! - [`audit`]: the audit log: records, the session trail, the group-commit writer.
 //! - [`control`]: the control plane (admin socket, reviewers' HTTP API and page).
 //! - [`metrics`]: the numbers for Prometheus the data path bumps.
+//! - [`console`]: the admin console, over PostgreSQL's protocol (`psql … portcullis`).
+//! - [`sessions`]: the agent sessions open now, for the console.
 
 pub mod analysis;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod engine;
 pub mod grants;
@@ -37,4 +40,5 @@ pub mod protocol;
 pub mod roles;
 pub mod secrets;
 pub mod session;
+pub mod sessions;
 pub mod telemetry;

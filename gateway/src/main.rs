@@ -319,20 +319,32 @@ fn main() -> anyhow::Result<()> {
             log_format,
         } => {
             let mut cfg = Config::load(&config)?;
+            // What the flags and environment set, for the console's SHOW CONFIG.
+            let mut overrides = Vec::new();
             if let Some(l) = listen {
+                overrides.push(("server.listen".to_owned(), format!("{l:?}")));
                 cfg.server.listen = l;
             }
             if let Some(e) = io_engine {
+                overrides.push((
+                    "server.io_engine".to_owned(),
+                    format!("{:?}", format!("{e:?}").to_lowercase()),
+                ));
                 cfg.server.io_engine = e;
             }
             if let Some(w) = workers {
+                overrides.push(("server.workers".to_owned(), w.to_string()));
                 cfg.server.workers = w;
             }
             if let Some(f) = log_format {
+                overrides.push((
+                    "log.format".to_owned(),
+                    format!("{:?}", format!("{f:?}").to_lowercase()),
+                ));
                 cfg.log.format = f;
             }
             portcullis::telemetry::init(cfg.log.format, &cfg.log.level);
-            serve(cfg, config)
+            serve(cfg, config, overrides)
         }
     }
 }
@@ -594,7 +606,7 @@ fn vote(
     Ok(())
 }
 
-fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
+fn serve(cfg: Config, path: PathBuf, overrides: Vec<(String, String)>) -> anyhow::Result<()> {
     let addr = cfg.listen_addr()?;
     let mut shared = Shared::from_config(&cfg)?;
     let choice = engine::choose(cfg.server.io_engine)?;
@@ -682,6 +694,10 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         _ => "epoll",
     };
     shared.metrics.set_engine(engine_name);
+    let console_listener = match &cfg.console {
+        Some(c) => Some(portcullis::console::server::bind(c.listen_addr()?)?),
+        None => None,
+    };
     let shared = Arc::new(shared);
     if let (Some(m), Some(listener)) = (&cfg.metrics, metrics_listener) {
         // Subscribed to approvals before the hub runs, as the webhooks are.
@@ -759,6 +775,25 @@ fn serve(cfg: Config, path: PathBuf) -> anyhow::Result<()> {
         workers,
         bound.to_string(),
     ));
+    if let (Some(c), Some(listener)) = (&cfg.console, console_listener) {
+        let at = listener.local_addr()?;
+        portcullis::console::start(
+            &rt,
+            listener,
+            Arc::new(portcullis::console::Console {
+                shared: shared.clone(),
+                control: control.clone(),
+                roles: c.roles.clone(),
+                reviewers: cfg
+                    .approvals
+                    .iter()
+                    .flat_map(|a| a.reviewers.iter().map(|r| r.name.clone()))
+                    .collect(),
+                overrides: overrides.clone(),
+            }),
+        );
+        info!(listen = %at, "admin console ready (psql -h {} -p {} -U <admin identity> portcullis)", at.ip(), at.port());
+    }
 
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let (how, signalled) = rt.block_on(control_loop(

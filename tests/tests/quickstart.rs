@@ -83,6 +83,14 @@ fn the_quickstart_reaps_a_gateway_stopped_by_hand_and_starts_it_again() {
     let mut seen = Vec::new();
     let uri = wait_line(&lines, &mut seen, "URI:", Duration::from_secs(600));
     let uri = uri.split_whitespace().last().unwrap().to_owned();
+    // The admin console, with the login it prints.
+    let console = wait_line(&lines, &mut seen, "console:", Duration::from_secs(10));
+    let console = console
+        .split('\'')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no console URI in {console:?}"))
+        .to_owned();
+    assert!(console.ends_with("/portcullis"), "{console}");
     let pid_line = wait_line(&lines, &mut seen, "pid:", Duration::from_secs(10));
     let pid: u32 = pid_line.split_whitespace().nth(1).unwrap().parse().unwrap();
     wait_line(
@@ -92,6 +100,9 @@ fn the_quickstart_reaps_a_gateway_stopped_by_hand_and_starts_it_again() {
         Duration::from_secs(10),
     );
     assert_eq!(state(pid).map(|s| s != 'Z'), Some(true));
+    let stats = run_timed(psql_at(&console).args(["-At", "-c", "SHOW STATS"]));
+    assert!(stats.status.success(), "{stats:?}");
+    assert!(stdout(&stats).contains("|running|"), "{}", stdout(&stats));
 
     // Stopped by hand, as a user trying the drain would.
     // SAFETY: kill(2) on the gateway the quickstart started for this test.

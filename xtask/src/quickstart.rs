@@ -23,6 +23,9 @@ use portcullis_tests::{
 
 const DB: &str = "bank";
 const SEED: u64 = 42;
+/// The console's login: named like the demo reviewer, so it may APPROVE and DENY there.
+const CONSOLE_USER: &str = "reviewer";
+const CONSOLE_SECRET: &str = "reviewer-secret";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -88,6 +91,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     opts = opts.approvals(&format!(
         "{QUICKSTART_APPROVALS}\n[approvals.http]\nlisten = \"127.0.0.1:{page_port}\"\n"
     ));
+    // The admin console, logged in to as the reviewer (an identity with the admin role
+    // and the reviewer's name, so APPROVE and DENY work there too).
+    let console_port =
+        portcullis_tests::free_port().context("picking a port for the admin console")?;
+    opts.identities.push(portcullis_tests::Identity::new(
+        CONSOLE_USER,
+        CONSOLE_SECRET,
+        &["admin"],
+    ));
+    opts = opts.extra_toml(&format!(
+        "[console]\nlisten = \"127.0.0.1:{console_port}\"\n"
+    ));
     if !args.no_mask {
         opts = opts.extra_toml(QUICKSTART_MASK_POLICY);
     }
@@ -129,6 +144,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             sock.display()
         );
     }
+    println!(
+        "  console: psql 'postgresql://{CONSOLE_USER}:{CONSOLE_SECRET}@127.0.0.1:{console_port}/portcullis' -c 'SHOW SESSIONS'"
+    );
+    println!(
+        "           SHOW HELP lists the rest: SHOW STATS, SHOW APPROVALS, APPROVE ID, RELOAD, ..."
+    );
     let audit = gw.audit_dir();
     println!(
         "  audit:  {}   (signed checkpoints, copies in {})",
@@ -170,7 +191,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "Identities: agent / agent-secret, auditor / auditor-secret. Ctrl-C stops everything."
+        "Identities: agent / agent-secret, auditor / auditor-secret; {CONSOLE_USER} / {CONSOLE_SECRET} on the console. Ctrl-C stops everything."
     );
     // Wrapped by hand at about 90 columns so the summary reads in an ordinary terminal.
     println!(

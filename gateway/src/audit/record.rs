@@ -259,6 +259,24 @@ pub enum Body<'a> {
         policy_before_sha256: &'a str,
         policy_after_sha256: &'a str,
     },
+    /// Someone logged in to the admin console (`crate::console`).
+    ConsoleLogin {
+        identity: &'a str,
+        client_addr: String,
+        client_port: u16,
+        tls: Option<&'a str>,
+    },
+    /// A console command that changes something: `reload`, `approve`, `deny`.
+    ConsoleCommand {
+        identity: &'a str,
+        client_addr: String,
+        client_port: u16,
+        command: &'a str,
+        /// The approval request it acts on.
+        request: Option<i64>,
+        ok: bool,
+        error: Option<&'a str>,
+    },
     /// The log found a torn record on opening (the gateway died mid-write) and moved
     /// its bytes aside.
     LogRecovered {

@@ -120,7 +120,7 @@ pub enum ReloadError {
 }
 
 impl ReloadError {
-    fn one_line(&self) -> String {
+    pub fn one_line(&self) -> String {
         match self {
             ReloadError::Config(e) => e.one_line(),
             ReloadError::Apply(e) => e.to_string(),
@@ -142,20 +142,31 @@ pub struct Reloaded {
 
 /// The sections a reload cannot apply, each as a comparable fingerprint (their `Debug`
 /// form: never logged, since `[upstream]` may hold a password).
-fn restart_only(cfg: &Config) -> [(&'static str, String); 4] {
+fn restart_only(cfg: &Config) -> [(&'static str, String); 7] {
     [
         ("[server]", format!("{:?}", cfg.server)),
         ("[upstream]", format!("{:?}", cfg.upstream)),
         ("[log]", format!("{:?}", cfg.log)),
         ("[admin]", format!("{:?}", cfg.admin)),
+        ("[console]", format!("{:?}", cfg.console)),
+        // Each worker's pools are sized as it starts.
+        ("[pool]", format!("{:?}", cfg.pool)),
+        ("[metrics]", format!("{:?}", cfg.metrics)),
     ]
 }
+
+/// The sections of [`restart_only`], by their TOML names.
+pub const RESTART_ONLY: [&str; 7] = [
+    "server", "upstream", "log", "admin", "console", "pool", "metrics",
+];
 
 /// Who asked for a reload, for the log and `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Signal,
     Admin,
+    /// The admin console's `RELOAD`.
+    Console,
 }
 
 impl Trigger {
@@ -163,6 +174,7 @@ impl Trigger {
         match self {
             Trigger::Signal => "sighup",
             Trigger::Admin => "admin",
+            Trigger::Console => "console",
         }
     }
 }
@@ -302,6 +314,38 @@ struct State {
     /// SHA-256 of the running `[policy]` and `[mask]` sections, for the audit record of
     /// the next reload.
     policy_digest: String,
+    /// The running file as TOML, for `SHOW CONFIG`: the last one applied, with the
+    /// restart-only sections as the gateway started.
+    file: toml::Table,
+}
+
+/// Reads a configuration file as a TOML table; empty if it cannot be read.
+fn file_table(path: &Path) -> toml::Table {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .unwrap_or_default()
+}
+
+/// What `SHOW STATS` reports of the gateway, as `status` does.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    pub pid: u32,
+    pub listen: String,
+    pub engine: &'static str,
+    pub workers: usize,
+    pub uptime_secs: u64,
+    /// `running`, `draining`, `stopping`.
+    pub state: &'static str,
+    pub identities: usize,
+    pub mask_rules: usize,
+    pub policy_rules: Option<usize>,
+    /// `never`, `ok` or `refused`, by whom, how long ago.
+    pub last_reload: &'static str,
+    pub last_reload_by: Option<&'static str>,
+    pub last_reload_secs_ago: Option<u64>,
+    pub last_reload_error: Option<String>,
+    pub config: PathBuf,
 }
 
 /// SHA-256 (hex) of a configuration file's `[policy]` and `[mask]` sections, as TOML
@@ -335,7 +379,7 @@ pub struct Control {
     started: Instant,
     /// The start-up file's restart-only sections, as read from the file (flags and
     /// environment overrides are not differences the operator made in it).
-    boot: Option<[(&'static str, String); 4]>,
+    boot: Option<[(&'static str, String); 7]>,
     /// Held for the whole reload, so two at once apply in order and `status` never
     /// reports one that another has already replaced.
     state: Mutex<State>,
@@ -352,6 +396,7 @@ impl Control {
         listen: String,
     ) -> Self {
         let digest = policy_digest(&config);
+        let file = file_table(&config);
         Control {
             shared,
             engine,
@@ -369,6 +414,7 @@ impl Control {
                 },
                 last: None,
                 policy_digest: digest,
+                file,
             }),
         }
     }
@@ -419,6 +465,14 @@ impl Control {
                     );
                 }
                 state.active = r.clone();
+                let mut file = file_table(&self.config);
+                for section in RESTART_ONLY {
+                    match state.file.get(section) {
+                        Some(v) => file.insert(section.to_owned(), v.clone()),
+                        None => file.remove(section),
+                    };
+                }
+                state.file = file;
             }
             Err(e) => error!(
                 by = trigger.as_str(),
@@ -487,6 +541,61 @@ impl Control {
                 }),
             ),
             Command::Status => answer(Ok(self.status())),
+        }
+    }
+
+    /// The running configuration file as TOML (see [`State::file`]).
+    pub fn running_file(&self) -> toml::Table {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .file
+            .clone()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The gateway's engine, as `status` names it.
+    pub fn engine_name(&self) -> &'static str {
+        match self.engine {
+            IoEngine::Uring => "uring",
+            IoEngine::Epoll => "epoll",
+            IoEngine::Auto => "auto",
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// What `status` says, as values.
+    pub fn overview(&self) -> Overview {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Overview {
+            pid: std::process::id(),
+            listen: self.listen.clone(),
+            engine: self.engine_name(),
+            workers: self.workers,
+            uptime_secs: self.started.elapsed().as_secs(),
+            state: match self.shared.lifecycle.phase() {
+                Phase::Running => "running",
+                Phase::Draining => "draining",
+                Phase::Cutting | Phase::Exiting => "stopping",
+            },
+            identities: state.active.identities,
+            mask_rules: state.active.mask_rules,
+            policy_rules: state.active.policy_rules,
+            last_reload: match &state.last {
+                None => "never",
+                Some(l) if l.refused.is_some() => "refused",
+                Some(_) => "ok",
+            },
+            last_reload_by: state.last.as_ref().map(|l| l.trigger.as_str()),
+            last_reload_secs_ago: state.last.as_ref().map(|l| l.at.elapsed().as_secs()),
+            last_reload_error: state.last.as_ref().and_then(|l| l.refused.clone()),
+            config: self.config.clone(),
         }
     }
 

@@ -359,6 +359,27 @@ async fn run<C: Connect>(
         .with_metrics(crate::metrics::SessionMetrics::new(shared.metrics.clone()));
     let started = std::time::Instant::now();
     let session_id: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+    // Listed for `SHOW SESSIONS` until this guard drops with the session.
+    let listed = shared.sessions.register(crate::sessions::Info {
+        id: session_id.clone(),
+        identity: agent.identity.name.clone(),
+        database: agent.database.clone(),
+        client: peer,
+        application_name: agent
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        engine: crate::sessions::engine_name::<C>(),
+        worker: std::thread::current().name().unwrap_or("").to_owned(),
+        upstream_role: upstream_role
+            .clone()
+            .unwrap_or_else(|| shared.upstream.user.clone()),
+        tls: client.tls_version().map(str::to_owned),
+        started_ms: crate::approvals::model::now_ms(),
+    });
+    relay = relay.with_live(listed.live());
     if let Some(log) = &shared.audit {
         let app = agent
             .params
@@ -385,8 +406,8 @@ async fn run<C: Connect>(
     }
     let upstream_key = session.cancel_key.map(|(pid, secret)| (addr, pid, secret));
     let ctx = HoldContext::new(shared, &agent, peer, signal, upstream_key)
-        .with_upstream_role(upstream_role.as_deref());
-    let reuse = pool.enabled().then_some(upstream_role.as_deref());
+        .with_upstream_role(upstream_role.as_deref())
+        .with_reuse(pool.enabled());
     let (reason, statements, reset) = relay_session::<C, _>(
         shared,
         &agent.database,
@@ -395,7 +416,6 @@ async fn run<C: Connect>(
         relay,
         buf,
         &ctx,
-        reuse,
     )
     .await;
     if let Some(log) = &shared.audit {
@@ -979,8 +999,8 @@ async fn relay_session<C: Connect, H: Hooks>(
     relay: Relay<H>,
     client_buf: BytesMut,
     ctx: &HoldContext,
-    reuse: Option<Option<&str>>,
 ) -> (&'static str, u64, Option<ResetDone>) {
+    let reuse = ctx.reset_role();
     let flow = Flow {
         relay: RefCell::new(relay),
         client_done: Cell::new(false),

@@ -45,8 +45,11 @@ pub struct HoldContext {
     signal: Arc<SessionCancel>,
     /// The server session's own cancel key, to stop a preview that runs too long.
     upstream: Option<(SocketAddr, i32, i32)>,
-    /// The upstream role the session runs as: the estimate is asked as it too.
+    /// The upstream role the session runs as: the estimate is asked as it too, and a
+    /// reset for reuse sets it again.
     upstream_role: Option<String>,
+    /// The server session is reset and kept when the agent's ends (`crate::pool`).
+    reuse: bool,
 }
 
 impl HoldContext {
@@ -76,7 +79,14 @@ impl HoldContext {
             signal,
             upstream,
             upstream_role: None,
+            reuse: false,
         }
+    }
+
+    /// The server session is kept for another agent session when this one ends.
+    pub fn with_reuse(mut self, reuse: bool) -> Self {
+        self.reuse = reuse;
+        self
     }
 
     /// The session runs as upstream role `role` (`crate::roles`).
@@ -90,6 +100,11 @@ impl HoldContext {
     /// The server session's cancel key and address.
     pub(super) fn upstream(&self) -> Option<(SocketAddr, i32, i32)> {
         self.upstream
+    }
+
+    /// `Some(role to set again)` when the server session is to be reset for reuse.
+    pub(super) fn reset_role(&self) -> Option<Option<&str>> {
+        self.reuse.then_some(self.upstream_role.as_deref())
     }
 }
 

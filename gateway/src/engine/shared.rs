@@ -91,6 +91,8 @@ pub struct Shared {
     pub pools: Arc<crate::pool::PoolStats>,
     /// What `/metrics` shows; sessions bump resolved handles of it.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The agent sessions open now (`SHOW SESSIONS`).
+    pub sessions: Arc<crate::sessions::Registry>,
 }
 
 impl Shared {
@@ -165,6 +167,7 @@ impl Shared {
             pool_settings: cfg.pool.per_worker(super::worker_count(cfg.server.workers)),
             pools: Arc::default(),
             metrics: Arc::default(),
+            sessions: Arc::default(),
         })
     }
 

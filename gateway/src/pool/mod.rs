@@ -5,7 +5,7 @@
 //! to end, because the policy, masking and audit context are per session. What is
 //! shared is the cost of a login, not a session's state.
 //!
-//! - [`config`]: `[pool]`.
+//! - [`config`]: the `[pool]` section.
 //! - [`reset`]: the sans-IO reset (`DISCARD ALL`, the role again) between two agents.
 //! - [`local`]: one worker thread's idle connections and limits.
 //! - [`stats`]: the counts every worker's pools report, for `SHOW POOLS` and metrics.

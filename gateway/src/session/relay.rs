@@ -20,6 +20,7 @@
 //! held statement's portal is what waits, so the reviewer sees the bound parameters.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -399,6 +400,8 @@ pub struct Relay<H: Hooks> {
     /// The server session outlives this one (`crate::pool`): the agent's `Terminate`
     /// ends the agent's session only.
     keep_server: bool,
+    /// The session's entry in the registry of open sessions (`SHOW SESSIONS`).
+    live: Option<Arc<crate::sessions::Live>>,
 }
 
 /// Most side queries for one frame (table names, then type layouts, then a spare).
@@ -465,6 +468,7 @@ impl<H: Hooks> Relay<H> {
             lookup_error: None,
             keep_server: false,
             metrics: None,
+            live: None,
         }
     }
 
@@ -504,6 +508,31 @@ impl<H: Hooks> Relay<H> {
         if let (Some(m), false) = (&mut self.metrics, counts.is_empty()) {
             m.masked(counts);
         }
+    }
+
+    /// Reports state, statements and bytes to the session's registry entry.
+    pub fn with_live(mut self, live: Arc<crate::sessions::Live>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// What the session is doing now, for its registry entry.
+    fn publish_live(&self) {
+        use crate::sessions::State;
+        let Some(live) = &self.live else {
+            return;
+        };
+        live.set_state(if self.held.is_some() {
+            State::Held
+        } else if !self.is_idle() {
+            State::Active
+        } else {
+            match self.txn_status {
+                b'T' => State::IdleInTransaction,
+                b'E' => State::FailedTransaction,
+                _ => State::Idle,
+            }
+        });
     }
 
     /// Keeps an audit trail of every statement and outcome.
@@ -1027,6 +1056,9 @@ impl<H: Hooks> Relay<H> {
             t.sent(id, &b);
         }
         if !b.is_empty() {
+            if let Some(l) = &self.live {
+                l.sent_to_client(b.len());
+            }
             self.to_client_bytes += b.len();
             self.to_client.push_back(b);
         }
@@ -1259,6 +1291,9 @@ impl<H: Hooks> Relay<H> {
 
     fn send_server(&mut self, b: Bytes) {
         if !b.is_empty() {
+            if let Some(l) = &self.live {
+                l.sent_to_server(b.len());
+            }
             self.to_server_bytes += b.len();
             self.to_server.push_back(b);
         }
@@ -1270,6 +1305,7 @@ impl<H: Hooks> Relay<H> {
     /// `ErrorResponse` has been queued for the client.
     pub fn on_client_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
         let r = self.client_bytes(buf);
+        self.publish_live();
         if let Err(RelayError::Client(e)) = &r {
             self.count_refusal(sqlstate::PROTOCOL_VIOLATION);
             self.send_client(error_response(
@@ -1471,6 +1507,12 @@ impl<H: Hooks> Relay<H> {
                     self.hooks.statement(sql, Via::SimpleQuery)
                 };
                 self.count_statement(&verdict, by_relay, true);
+                // A released statement is judged again; it counts once.
+                if !self.approved
+                    && let Some(l) = &self.live
+                {
+                    l.statement(&verdict);
+                }
                 let facts = match &verdict {
                     Verdict::Hold(_) if !self.approved => None,
                     v => self.facts(sql, v),
@@ -1529,6 +1571,12 @@ impl<H: Hooks> Relay<H> {
                 // of the agent's.
                 if !self.injecting {
                     self.count_statement(&verdict, by_relay, true);
+                }
+                // A released statement is judged again; it counts once.
+                if !self.approved
+                    && let Some(l) = &self.live
+                {
+                    l.statement(&verdict);
                 }
                 let facts = self.facts(p.sql, &verdict);
                 match verdict {
@@ -1934,7 +1982,9 @@ impl<H: Hooks> Relay<H> {
 
     /// Consumes what the server sent.
     pub fn on_server_bytes(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
-        self.scan(Origin::Server, buf)
+        let r = self.scan(Origin::Server, buf);
+        self.publish_live();
+        r
     }
 
     /// The hot-path test: may this frame go through unseen?

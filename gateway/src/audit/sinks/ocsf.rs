@@ -181,6 +181,8 @@ pub fn render(r: &Record) -> Value {
                 "gateway_start" => "gateway started",
                 "gateway_stop" => "gateway stopped",
                 "config_reload" => "configuration reloaded",
+                "console_login" => "admin console login",
+                "console_command" => "admin console command",
                 "approval_request" => "statement held for approval",
                 "approval_decision" => "approval decided",
                 "guard_bypass" => "traffic around the gateway",

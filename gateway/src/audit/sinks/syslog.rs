@@ -38,7 +38,7 @@ pub fn severity(kind: &str) -> u8 {
     match kind {
         "refusal" | "guard_bypass" | "unparsed" => 4,
         "approval_request" | "approval_decision" | "config_reload" | "gateway_start"
-        | "gateway_stop" | "checkpoint" => 5,
+        | "gateway_stop" | "checkpoint" | "console_login" | "console_command" => 5,
         _ => 6,
     }
 }
