@@ -1120,8 +1120,16 @@ async fn relay_session<C: Connect, H: Hooks>(
                     server.shutdown();
                 }
             }
-            // Wakes the other half out of its read: the session is over.
-            None => server.shutdown(),
+            None => {
+                // The agent's Terminate was kept back for a reuse that cannot happen: the
+                // server hears it now, so it logs a clean exit rather than a lost client.
+                if reuse.is_some() && flow.relay.borrow().is_terminated() && !flow.server_done.get()
+                {
+                    let _ = server.write_all(fe::terminate()).await;
+                }
+                // Wakes the other half out of its read: the session is over.
+                server.shutdown();
+            }
         }
     };
 
