@@ -133,14 +133,16 @@ fn quick_mode_end_to_end() {
             .into_iter()
             .filter(|v| v.goal.starts_with("policy on"))
             .collect();
-        // Two goals each for gateway-uring and gateway-approvals (the same gateway with
-        // approvals on: holding must cost statements that are not held nothing).
-        assert_eq!(v.len(), 4, "{v:?}");
+        // Two goals each for gateway-uring, gateway-approvals (the same gateway with
+        // approvals on: holding must cost statements that are not held nothing) and
+        // gateway-nopool (the same without upstream reuse, which these persistent-connection
+        // workloads do not use).
+        assert_eq!(v.len(), 6, "{v:?}");
         assert!(
-            v.iter().all(
-                |v| ["gateway-uring", "gateway-approvals"].contains(&v.target.as_str())
-                    && v.met.is_some()
-            ),
+            v.iter()
+                .all(|v| ["gateway-uring", "gateway-approvals", "gateway-nopool"]
+                    .contains(&v.target.as_str())
+                    && v.met.is_some()),
             "{v:?}"
         );
     }

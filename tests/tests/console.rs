@@ -227,7 +227,14 @@ fn console_shows_sessions_and_decides_held_statements(engine: Engine) {
             db.hint().unwrap_or_default().contains("SHOW HELP"),
             "{db:?}"
         );
-        assert_eq!(op.query("SHOW POOLS", &[]).await.expect("pools").len(), 0);
+        // The agent's session holds one connection of its database's pool.
+        let pools = op.query("SHOW POOLS", &[]).await.expect("pools");
+        let app = pools
+            .iter()
+            .find(|r| r.get::<_, String>("database") == DB)
+            .expect("the agent's pool is listed");
+        assert_eq!(app.get::<_, i64>("in_use"), 1);
+        assert_eq!(app.get::<_, i64>("opened"), 1);
 
         drop(agent);
         // Gone from the list once it ends (the registry entry drops with the session).
