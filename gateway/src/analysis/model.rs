@@ -29,6 +29,21 @@ pub enum Class {
 }
 
 impl Class {
+    /// Every class, in declaration order.
+    pub const ALL: [Class; 9] = [
+        Class::Txn,
+        Class::Session,
+        Class::Utility,
+        Class::Read,
+        Class::Write,
+        Class::Ddl,
+        Class::Dcl,
+        Class::Admin,
+        Class::Unknown,
+    ];
+}
+
+impl Class {
     pub fn as_str(self) -> &'static str {
         match self {
             Class::Txn => "txn",

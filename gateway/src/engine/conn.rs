@@ -365,12 +365,7 @@ async fn run<C: Connect>(
         identity: agent.identity.name.clone(),
         database: agent.database.clone(),
         client: peer,
-        application_name: agent
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default(),
+        application_name: agent.application_name().unwrap_or_default().to_owned(),
         engine: crate::sessions::engine_name::<C>(),
         worker: std::thread::current().name().unwrap_or("").to_owned(),
         upstream_role: upstream_role
@@ -381,11 +376,7 @@ async fn run<C: Connect>(
     });
     relay = relay.with_live(listed.live());
     if let Some(log) = &shared.audit {
-        let app = agent
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.as_str());
+        let app = agent.application_name();
         log.record(&crate::audit::Body::SessionStart {
             session: &session_id,
             identity: &agent.identity.name,

@@ -66,12 +66,7 @@ impl HoldContext {
             identity: agent.identity.name.clone(),
             roles: agent.identity.roles.clone(),
             source: peer.to_string(),
-            application_name: agent
-                .params
-                .iter()
-                .find(|(k, _)| k == "application_name")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default(),
+            application_name: agent.application_name().unwrap_or_default().to_owned(),
             database: agent.database.clone(),
         });
         HoldContext {

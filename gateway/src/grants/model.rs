@@ -96,18 +96,7 @@ impl GrantStatus {
 
 /// A statement class by its name in the policy (`write`).
 pub fn class_named(name: &str) -> Option<Class> {
-    const ALL: [Class; 9] = [
-        Class::Txn,
-        Class::Session,
-        Class::Utility,
-        Class::Read,
-        Class::Write,
-        Class::Ddl,
-        Class::Dcl,
-        Class::Admin,
-        Class::Unknown,
-    ];
-    ALL.into_iter().find(|c| c.as_str() == name)
+    Class::ALL.into_iter().find(|c| c.as_str() == name)
 }
 
 /// `90s`, `30m`, `2h`, `1d`, `1h30m`; a bare number is seconds.

@@ -46,17 +46,7 @@ pub enum ClassLabel {
     Unparsed,
 }
 
-const CLASSES: [Class; 9] = [
-    Class::Txn,
-    Class::Session,
-    Class::Utility,
-    Class::Read,
-    Class::Write,
-    Class::Ddl,
-    Class::Dcl,
-    Class::Admin,
-    Class::Unknown,
-];
+const CLASSES: [Class; 9] = Class::ALL;
 const CLASS_LABELS: usize = CLASSES.len() + 2;
 
 impl ClassLabel {

@@ -231,13 +231,13 @@ impl<T: Transport + 'static> LocalPool<T> {
         lease.live = false;
         let permit = lease.permit.take();
         drop(lease);
-        self.stats
-            .update(&key.database, key.role_label(), |c| c.idle += 1);
         let mut pools = self.pools.borrow_mut();
         let Some(pool) = pools.get_mut(&key) else {
             // Every checkout creates its pool, and pools are never removed.
             return;
         };
+        self.stats
+            .update(&key.database, key.role_label(), |c| c.idle += 1);
         pool.idle.push(Idle {
             kept,
             since: Instant::now(),

@@ -60,6 +60,16 @@ pub struct Agent {
     pub params: Vec<(String, String)>,
 }
 
+impl Agent {
+    /// The `application_name` the agent's start-up gave, if any.
+    pub fn application_name(&self) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// What start-up has learnt while SCRAM runs.
 #[derive(Debug)]
 struct Login {
