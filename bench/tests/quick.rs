@@ -155,6 +155,34 @@ fn quick_mode_end_to_end() {
     assert_eq!(audit.len(), 6, "{audit:?}");
     assert!(audit.iter().all(|v| v.met.is_some()), "{audit:?}");
 
+    // The large-result goals find their partners: pgbouncer-pktbuf for the unmasked
+    // gateways, gateway-uring for the masked one.
+    let goals = goals::verdicts(&r);
+    for (goal, t, partner) in [
+        (
+            "narrow and wide results: time",
+            "gateway-uring",
+            goals::TUNED_BOUNCER,
+        ),
+        (
+            "every large result: CPU",
+            "gateway-epoll",
+            goals::TUNED_BOUNCER,
+        ),
+        (
+            "masked narrow and wide",
+            "gateway-masked",
+            goals::MASKED_PARTNER,
+        ),
+    ] {
+        if target(t).is_some() && target(partner).is_some() {
+            let v = goals
+                .iter()
+                .find(|v| v.goal.starts_with(goal) && v.target == t);
+            assert!(v.is_some_and(|v| v.met.is_some()), "{goal} for {t}: {v:?}");
+        }
+    }
+
     // Wide rows are 8 KiB of text each: the payload must say so.
     let wide = r.result("wide/simple-text", "direct").unwrap();
     assert!(

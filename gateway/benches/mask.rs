@@ -382,9 +382,17 @@ fn bench(c: &mut Criterion<CpuTime>) {
     // values as one text value, to show what walking the array adds to the scan.
     let array_rows: Vec<Vec<Vec<u8>>> = rows.iter().map(|r| vec![text_array(r)]).collect();
     let text_rows: Vec<Vec<Vec<u8>>> = rows.iter().map(|r| vec![r.join(&b","[..])]).collect();
+    // The bench harness's wide rows: `repeat(md5(i::text), 256)`, one 8 KiB word.
+    let hex_rows: Vec<Vec<Vec<u8>>> = (0..ROWS / 16)
+        .map(|i| {
+            let word: String = format!("{:032x}", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15_f39c);
+            vec![word.repeat(256).into_bytes()]
+        })
+        .collect();
     let mut g = c.benchmark_group("mask_computed_column");
     for (name, slab_rows, type_oid, format) in [
         ("text_scan", &text_rows, 25u32, 0i16),
+        ("hex_payload_scan", &hex_rows, 25u32, 0i16),
         ("binary_text_array_scan", &array_rows, 1009, 1),
     ] {
         let (frames, bytes) = slab(slab_rows, data_row);

@@ -155,7 +155,7 @@ impl Scanner {
         while i < n {
             let class = CLASS[text[i] as usize] & self.class_mask;
             if class == 0 {
-                i += 1;
+                i = self.skip_plain(text, i + 1);
                 continue;
             }
             let word_start = i == 0 || !text[i - 1].is_ascii_alphanumeric();
@@ -188,6 +188,36 @@ impl Scanner {
                 }
             }
         }
+    }
+
+    /// Where the next byte that could start a finding is, from `i` on: whole blocks
+    /// with none are passed over a block at a time, which the compiler does with vector
+    /// compares. Free text and computed columns are mostly such bytes, and scanning
+    /// them one by one was the masked path's largest cost (`bench/results/issue16-*`).
+    fn skip_plain(&self, text: &[u8], mut i: usize) -> usize {
+        let m = self.class_mask;
+        let (digit, at, upper, lower) = (
+            m & C_DIGIT != 0,
+            m & C_AT != 0,
+            m & C_UPPER != 0,
+            m & C_LOWER != 0,
+        );
+        while let Some(block) = block_at(text, i) {
+            let any = block.iter().fold(false, |any, &b| {
+                any | (digit & b.is_ascii_digit())
+                    | (at & (b == b'@'))
+                    | (upper & b.is_ascii_uppercase())
+                    | (lower & b.is_ascii_lowercase())
+            });
+            if any {
+                break;
+            }
+            i += BLOCK;
+        }
+        while i < text.len() && CLASS[text[i] as usize] & m == 0 {
+            i += 1;
+        }
+        i
     }
 
     /// Whether `text` contains anything this scanner finds.
@@ -351,7 +381,25 @@ impl Scanner {
     }
 }
 
+/// Bytes the fast skips test at once.
+const BLOCK: usize = 32;
+
+fn block_at(text: &[u8], i: usize) -> Option<&[u8; BLOCK]> {
+    text.get(i..i.checked_add(BLOCK)?)?.try_into().ok()
+}
+
+/// The end of the word (letters and digits) at `i`. Long words (hex digests, base64,
+/// tokens) go a block at a time; the fold has no early exit so that it vectorises.
 fn skip_alnum(text: &[u8], mut i: usize) -> usize {
+    while let Some(block) = block_at(text, i) {
+        if !block
+            .iter()
+            .fold(true, |all, &b| all & b.is_ascii_alphanumeric())
+        {
+            break;
+        }
+        i += BLOCK;
+    }
     while i < text.len() && text[i].is_ascii_alphanumeric() {
         i += 1;
     }
@@ -697,6 +745,55 @@ mod tests {
 
     fn all() -> Scanner {
         Scanner::new(DetectorSet::all(), DetectorSet::EMPTY)
+    }
+
+    proptest::proptest! {
+        /// The block-wise skips stop exactly where a byte-by-byte walk would, whatever
+        /// the position of the interesting byte inside or across blocks.
+        #[test]
+        fn block_skips_match_a_byte_walk(
+            text in proptest::collection::vec(proptest::sample::select(
+                b"aZ09 @-.x\xc3\x80".to_vec()), 0..200),
+            lead in 0usize..70,
+            from in 0usize..80,
+        ) {
+            let mut text = text;
+            // Long plain or alphanumeric stretches, so whole blocks are skipped too.
+            text.splice(0..0, std::iter::repeat_n(b'q', lead));
+            let from = from.min(text.len());
+            let mut alnum = from;
+            while alnum < text.len() && text[alnum].is_ascii_alphanumeric() {
+                alnum += 1;
+            }
+            proptest::prop_assert_eq!(skip_alnum(&text, from), alnum);
+            for hints in [DetectorSet::EMPTY, DetectorSet::all()] {
+                for kinds in [DetectorSet::all(), DetectorSet::EMPTY.with(DetectorKind::Email)] {
+                    let s = Scanner::new(kinds, hints);
+                    let mut plain = from;
+                    while plain < text.len() && CLASS[text[plain] as usize] & s.class_mask == 0 {
+                        plain += 1;
+                    }
+                    proptest::prop_assert_eq!(s.skip_plain(&text, from), plain);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn long_words_and_plain_runs_keep_their_findings() {
+        // A card right after a long hex word and after a long run of plain text.
+        let hex = "c4ca4238a0b923820dcc509a6f75849b".repeat(9);
+        let t = format!("{hex} 4111 1111 1111 1111 {} 078-05-1120", "x ".repeat(40));
+        let found = find(&all(), &t);
+        assert_eq!(
+            found,
+            vec![
+                ("4111 1111 1111 1111".to_owned(), DetectorKind::Card),
+                ("078-05-1120".to_owned(), DetectorKind::Ssn),
+            ]
+        );
+        // Digits glued inside a long word are not a number.
+        assert!(find(&all(), &format!("{hex}4111111111111111")).is_empty());
     }
 
     #[test]
