@@ -167,10 +167,20 @@ impl CopyPlan {
         frame: Bytes,
         stats: &mut MaskStats,
     ) -> Result<Bytes, MaskError> {
+        Ok(self.mask_copy(&frame, stats)?.unwrap_or(frame))
+    }
+
+    /// [`CopyPlan::mask_copy_data`] on a frame where it arrived: `None` when it is to be
+    /// forwarded as it is.
+    pub fn mask_copy(
+        &mut self,
+        frame: &[u8],
+        stats: &mut MaskStats,
+    ) -> Result<Option<Bytes>, MaskError> {
         if self.plan.is_passthrough() {
-            return Ok(frame);
+            return Ok(None);
         }
-        let payload = message_body(&frame, b'd', "CopyData")?;
+        let payload = message_body(frame, b'd', "CopyData")?;
         let mut out = BytesMut::with_capacity(payload.len() + self.carry.len() + 64);
         out.put_u8(b'd');
         out.put_i32(0);
@@ -188,7 +198,7 @@ impl CopyPlan {
             let _ = self.carry.split_to(consumed);
         } else {
             if !changed && consumed == payload.len() {
-                return Ok(frame);
+                return Ok(None);
             }
             self.carry.extend_from_slice(&payload[consumed..]);
         }
@@ -198,12 +208,12 @@ impl CopyPlan {
             });
         }
         if out.len() == 5 {
-            return Ok(Bytes::new());
+            return Ok(Some(Bytes::new()));
         }
         let len = i32::try_from(out.len() - 1)
             .map_err(|_| MaskError::malformed("CopyData", "output too large"))?;
         out[1..5].copy_from_slice(&len.to_be_bytes());
-        Ok(out.freeze())
+        Ok(Some(out.freeze()))
     }
 
     /// Call on `CopyDone`: an unfinished row left over means truncated data.

@@ -920,12 +920,22 @@ impl RowPlan {
         frame: Bytes,
         stats: &mut MaskStats,
     ) -> Result<Bytes, MaskError> {
+        Ok(self.mask_row(&frame, stats)?.unwrap_or(frame))
+    }
+
+    /// [`RowPlan::mask_data_row`] on a frame where it arrived: `None` when nothing
+    /// changed, so the relay forwards the received bytes themselves, in one run with the
+    /// rows around them, without a `Bytes` per row.
+    pub fn mask_row(
+        &mut self,
+        buf: &[u8],
+        stats: &mut MaskStats,
+    ) -> Result<Option<Bytes>, MaskError> {
         const WHAT: &str = "DataRow";
         if self.passthrough {
-            return Ok(frame);
+            return Ok(None);
         }
         stats.rows += 1;
-        let buf = &frame[..];
         let mut pos = data_row_start(buf, self.columns.len())?;
         // The arena is empty between rows (each masked row is split off whole, or
         // cleared on error); it gets this row once a value needs rewriting.
@@ -990,7 +1000,7 @@ impl RowPlan {
             Ok(())
         })();
         if !rewriting {
-            return result.map(|()| frame);
+            return result.map(|()| None);
         }
         let o = &mut self.arena;
         if let Err(e) = result {
@@ -1003,7 +1013,7 @@ impl RowPlan {
             return Err(MaskError::malformed(WHAT, "masked row too large"));
         };
         o[1..5].copy_from_slice(&len.to_be_bytes());
-        Ok(o.split().freeze())
+        Ok(Some(o.split().freeze()))
     }
 
     /// Masks the value of column `col` (raw wire bytes for the plan's format). The

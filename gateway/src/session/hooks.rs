@@ -122,9 +122,10 @@ impl Hold {
 
 /// Rewrites the rows of one result set.
 pub trait RowStage {
-    /// Takes a whole `DataRow` frame and returns the frame to forward (the same `Bytes`
-    /// when nothing changed).
-    fn data_row(&mut self, frame: Bytes) -> Result<Bytes, Refusal>;
+    /// Looks at one whole `DataRow` (or `CopyData`) frame where it arrived and returns
+    /// the frame to forward instead, or `None` to forward it as it is: kept rows then
+    /// stay in the run of received bytes passed on uncopied, like unstaged rows.
+    fn data_row(&mut self, frame: &[u8]) -> Result<Option<Bytes>, Refusal>;
 }
 
 /// The relay's extension points. All methods have pass-through defaults.

@@ -1429,6 +1429,27 @@ impl<H: Hooks> Relay<H> {
                 self.parked = true;
                 break;
             }
+            if from == Origin::Server && self.staged_in_place(h.tag) {
+                let Rows::Stage(stage) = &mut self.rows else {
+                    unreachable!("staged_in_place checked the rows are staged")
+                };
+                let staged = stage.data_row(&buf[run..run + h.frame_len]);
+                if let Ok(None) = staged {
+                    run += h.frame_len;
+                    continue;
+                }
+                if run > 0 {
+                    self.forward(from, buf.split_to(run).freeze());
+                    run = 0;
+                }
+                buf.advance(h.frame_len);
+                match staged {
+                    Ok(Some(out)) => self.send_client(out),
+                    Ok(None) => unreachable!("kept rows stay in the run"),
+                    Err(r) => self.fail_result(r),
+                }
+                continue;
+            }
             if run > 0 {
                 self.forward(from, buf.split_to(run).freeze());
                 run = 0;
@@ -1451,6 +1472,21 @@ impl<H: Hooks> Relay<H> {
             self.flush_notices();
         }
         Ok(())
+    }
+
+    /// Whether a whole server frame with this tag can go to the result's row stage where
+    /// it lies in the receive buffer, skipping [`Relay::server_frame`]: a row (or `COPY`
+    /// data) of a staged result that nothing else has to see. Anything the gateway reads
+    /// itself (a lookup, an answer it settles, output it diverts) takes the full path.
+    fn staged_in_place(&self, tag: u8) -> bool {
+        matches!(tag, be::DATA_ROW | be::COPY_DATA)
+            && matches!(self.rows, Rows::Stage(_))
+            && self.diverted == 0
+            && !self.lookup_front()
+            && !matches!(
+                self.expect.front(),
+                Some(Expect::Answer { .. } | Expect::Replay { .. })
+            )
     }
 
     /// Queues bytes received from one side for the other.
@@ -2194,8 +2230,9 @@ impl<H: Hooks> Relay<H> {
         }
         match tag {
             be::DATA_ROW | be::COPY_DATA => match &mut self.rows {
-                Rows::Stage(stage) => match stage.data_row(frame.into_bytes()) {
-                    Ok(out) => self.send_client(out),
+                Rows::Stage(stage) => match stage.data_row(frame.as_bytes()) {
+                    Ok(Some(out)) => self.send_client(out),
+                    Ok(None) => self.send_client(frame.into_bytes()),
                     Err(r) => self.fail_result(r),
                 },
                 _ => self.send_client(frame.into_bytes()),
@@ -2807,8 +2844,8 @@ mod tests {
     struct Masking;
     struct Blank;
     impl RowStage for Blank {
-        fn data_row(&mut self, _frame: Bytes) -> Result<Bytes, Refusal> {
-            Ok(build(be::DATA_ROW, |b| b.put_i16(0)))
+        fn data_row(&mut self, _frame: &[u8]) -> Result<Option<Bytes>, Refusal> {
+            Ok(Some(build(be::DATA_ROW, |b| b.put_i16(0))))
         }
     }
     impl Hooks for Masking {
@@ -2821,6 +2858,80 @@ mod tests {
         fn result(&mut self, _d: &Bytes, _f: &[i16]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
             Ok(Some(Box::new(Blank)))
         }
+    }
+
+    /// Blanks the rows that hold "secret" and keeps the others as they are.
+    struct Selective;
+    struct BlankSecrets;
+    impl RowStage for BlankSecrets {
+        fn data_row(&mut self, frame: &[u8]) -> Result<Option<Bytes>, Refusal> {
+            Ok(frame
+                .windows(6)
+                .any(|w| w == b"secret")
+                .then(|| build(be::DATA_ROW, |b| b.put_i16(0))))
+        }
+    }
+    impl Hooks for Selective {
+        fn wants_columns(&mut self) -> bool {
+            true
+        }
+        fn effects(&mut self) -> Effects {
+            Effects::None
+        }
+        fn result(&mut self, _d: &Bytes, _f: &[i16]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
+            Ok(Some(Box::new(BlankSecrets)))
+        }
+    }
+
+    #[test]
+    fn kept_rows_of_a_staged_result_pass_in_runs_and_replaced_ones_in_their_place() {
+        let rows: [&[u8]; 6] = [b"one", b"secret", b"two", b"three", b"a secret", b"four"];
+        let mut answer = BytesMut::new();
+        answer.extend_from_slice(&describe_reply());
+        let mut expected = answer.clone();
+        for v in rows {
+            answer.extend_from_slice(&row(&[v]));
+            if v.windows(6).any(|w| w == b"secret") {
+                expected.extend_from_slice(&build(be::DATA_ROW, |b| b.put_i16(0)));
+            } else {
+                expected.extend_from_slice(&row(&[v]));
+            }
+        }
+        for tail in [
+            msg(be::COMMAND_COMPLETE, b"SELECT 6\0"),
+            msg(be::READY_FOR_QUERY, b"I"),
+        ] {
+            answer.extend_from_slice(&tail);
+            expected.extend_from_slice(&tail);
+        }
+        // Whatever the reads' sizes, the client gets exactly the expected stream.
+        for cut in 1..answer.len() {
+            let mut r = Relay::new(RelayLimits::default(), Selective);
+            let mut c = BytesMut::from(&msg(fe::QUERY, b"select a\0")[..]);
+            r.on_client_bytes(&mut c).unwrap();
+            drain_server(&mut r);
+            let mut s = BytesMut::from(&answer[..cut]);
+            r.on_server_bytes(&mut s).unwrap();
+            let mut out = drain_client(&mut r);
+            s.extend_from_slice(&answer[cut..]);
+            r.on_server_bytes(&mut s).unwrap();
+            out.extend(drain_client(&mut r));
+            assert!(s.is_empty(), "cut at {cut}: {} bytes left unread", s.len());
+            assert_eq!(out, &expected[..], "cut at {cut}");
+        }
+        // Kept rows next to each other leave as one piece of the received bytes.
+        let mut r = Relay::new(RelayLimits::default(), Selective);
+        let mut c = BytesMut::from(&msg(fe::QUERY, b"select a\0")[..]);
+        r.on_client_bytes(&mut c).unwrap();
+        drain_server(&mut r);
+        let mut s = answer.clone();
+        r.on_server_bytes(&mut s).unwrap();
+        let mut pieces = Vec::new();
+        while let Some(b) = r.pop_to_client() {
+            pieces.push(b.len());
+        }
+        let two_rows = row(&[b"two"]).len() + row(&[b"three"]).len();
+        assert!(pieces.contains(&two_rows), "{pieces:?}");
     }
 
     fn describe_reply() -> Bytes {

@@ -649,9 +649,9 @@ struct MaskRows {
 }
 
 impl RowStage for MaskRows {
-    fn data_row(&mut self, frame: Bytes) -> Result<Bytes, Refusal> {
+    fn data_row(&mut self, frame: &[u8]) -> Result<Option<Bytes>, Refusal> {
         self.plan
-            .mask_data_row(frame, &mut self.stats.borrow_mut())
+            .mask_row(frame, &mut self.stats.borrow_mut())
             .map_err(|e| {
                 Refusal::new(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -667,9 +667,9 @@ struct MaskCopy {
 }
 
 impl RowStage for MaskCopy {
-    fn data_row(&mut self, frame: Bytes) -> Result<Bytes, Refusal> {
+    fn data_row(&mut self, frame: &[u8]) -> Result<Option<Bytes>, Refusal> {
         self.plan
-            .mask_copy_data(frame, &mut self.stats.borrow_mut())
+            .mask_copy(frame, &mut self.stats.borrow_mut())
             .map_err(|e| {
                 Refusal::new(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
