@@ -177,28 +177,76 @@ impl CopyPlan {
         frame: &[u8],
         stats: &mut MaskStats,
     ) -> Result<Option<Bytes>, MaskError> {
+        let mut out = BytesMut::new();
+        Ok(self
+            .mask_copy_into(frame, &mut out, stats)?
+            .then(|| out.freeze()))
+    }
+
+    /// Masks one whole `CopyData` frame into `out`: `false` (and `out` untouched) when
+    /// it is to be forwarded as it is, `true` when what replaces it was appended (zero or
+    /// one `CopyData` frame: nothing when the message only carried part of a row). On
+    /// error `out` is as it was.
+    pub fn mask_copy_into(
+        &mut self,
+        frame: &[u8],
+        out: &mut BytesMut,
+        stats: &mut MaskStats,
+    ) -> Result<bool, MaskError> {
         if self.plan.is_passthrough() {
-            return Ok(None);
+            return Ok(false);
         }
         let payload = message_body(frame, b'd', "CopyData")?;
-        let mut out = BytesMut::with_capacity(payload.len() + self.carry.len() + 64);
+        let start = out.len();
+        out.reserve(payload.len() + self.carry.len() + 64);
         out.put_u8(b'd');
         out.put_i32(0);
+        let r = self.copy_rows(payload, out, stats);
+        match r {
+            Ok(true) if out.len() == start + 5 => {
+                out.truncate(start);
+                Ok(true)
+            }
+            Ok(true) => match i32::try_from(out.len() - start - 1) {
+                Ok(len) => {
+                    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+                    Ok(true)
+                }
+                Err(_) => {
+                    out.truncate(start);
+                    Err(MaskError::malformed("CopyData", "output too large"))
+                }
+            },
+            other => {
+                out.truncate(start);
+                other
+            }
+        }
+    }
+
+    /// The rows of `payload` (after what was carried) into `out`; `false` when the
+    /// frame can go as it is.
+    fn copy_rows(
+        &mut self,
+        payload: &[u8],
+        out: &mut BytesMut,
+        stats: &mut MaskStats,
+    ) -> Result<bool, MaskError> {
         let from_carry = !self.carry.is_empty();
         let (consumed, changed) = if from_carry {
             self.carry.extend_from_slice(payload);
             let data = std::mem::take(&mut self.carry);
-            let r = self.process(&data, &mut out, stats);
+            let r = self.process(&data, out, stats);
             self.carry = data;
             r?
         } else {
-            self.process(payload, &mut out, stats)?
+            self.process(payload, out, stats)?
         };
         if from_carry {
             let _ = self.carry.split_to(consumed);
         } else {
             if !changed && consumed == payload.len() {
-                return Ok(None);
+                return Ok(false);
             }
             self.carry.extend_from_slice(&payload[consumed..]);
         }
@@ -207,13 +255,7 @@ impl CopyPlan {
                 limit: self.max_carry,
             });
         }
-        if out.len() == 5 {
-            return Ok(Some(Bytes::new()));
-        }
-        let len = i32::try_from(out.len() - 1)
-            .map_err(|_| MaskError::malformed("CopyData", "output too large"))?;
-        out[1..5].copy_from_slice(&len.to_be_bytes());
-        Ok(Some(out.freeze()))
+        Ok(true)
     }
 
     /// Call on `CopyDone`: an unfinished row left over means truncated data.
@@ -1120,6 +1162,46 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, MaskError::CopyRowTooLarge { limit: 8 });
         assert!(parse_copy_out_response(b"H\0\0\0\x05\x02").is_err());
+    }
+
+    #[test]
+    fn copy_data_masked_into_a_shared_buffer() {
+        let p = policy(RULES);
+        let plan = || {
+            p.plan_copy(
+                &Subject::default(),
+                Some(&cols()),
+                &Catalog::new(),
+                &copy_out_response(false, 3),
+                CopyFormat::text(),
+            )
+            .unwrap()
+        };
+        let frame = copy_data(b"1\t123-45-6789\tmail a@b.example\n");
+        let alone = plan()
+            .mask_copy_data(frame.clone(), &mut MaskStats::new())
+            .unwrap();
+        let (mut plan, mut stats) = (plan(), MaskStats::new());
+        let mut out = BytesMut::from(&b"xy"[..]);
+        assert!(plan.mask_copy_into(&frame, &mut out, &mut stats).unwrap());
+        // Half a row: consumed, nothing written yet; the rest completes it.
+        let half = copy_data(b"2\t123-45-6789");
+        assert!(plan.mask_copy_into(&half, &mut out, &mut stats).unwrap());
+        assert_eq!(out.len(), 2 + alone.len());
+        assert!(
+            plan.mask_copy_into(&copy_data(b"\tnone\n"), &mut out, &mut stats)
+                .unwrap()
+        );
+        let mut expected = b"xy".to_vec();
+        expected.extend_from_slice(&alone);
+        expected.extend_from_slice(&copy_data(b"2\t***-**-6789\tnone\n"));
+        assert_eq!(&out[..], &expected[..]);
+        // A malformed row fails and leaves the buffer as it was.
+        assert!(
+            plan.mask_copy_into(&copy_data(b"1\t2\n"), &mut out, &mut stats)
+                .is_err()
+        );
+        assert_eq!(&out[..], &expected[..]);
     }
 
     #[test]

@@ -924,21 +924,41 @@ impl RowPlan {
     }
 
     /// [`RowPlan::mask_data_row`] on a frame where it arrived: `None` when nothing
-    /// changed, so the relay forwards the received bytes themselves, in one run with the
-    /// rows around them, without a `Bytes` per row.
+    /// changed, so the caller forwards the received bytes themselves.
     pub fn mask_row(
         &mut self,
         buf: &[u8],
         stats: &mut MaskStats,
     ) -> Result<Option<Bytes>, MaskError> {
+        let mut arena = std::mem::take(&mut self.arena);
+        let r = self.mask_row_into(buf, &mut arena, stats);
+        let out = match r {
+            Ok(true) => Ok(Some(arena.split().freeze())),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        self.arena = arena;
+        out
+    }
+
+    /// Masks one whole `DataRow` frame into `out`: `false` (and `out` untouched) when
+    /// nothing changed, `true` when the masked frame was appended to it. The relay hands
+    /// in one buffer for a run of rows, so masked rows leave as one write, not a `Bytes`
+    /// each. On error `out` is as it was.
+    pub fn mask_row_into(
+        &mut self,
+        buf: &[u8],
+        out: &mut BytesMut,
+        stats: &mut MaskStats,
+    ) -> Result<bool, MaskError> {
         const WHAT: &str = "DataRow";
         if self.passthrough {
-            return Ok(None);
+            return Ok(false);
         }
         stats.rows += 1;
         let mut pos = data_row_start(buf, self.columns.len())?;
-        // The arena is empty between rows (each masked row is split off whole, or
-        // cleared on error); it gets this row once a value needs rewriting.
+        // `out` gets this row once a value needs rewriting.
+        let start = out.len();
         let mut rewriting = false;
         let mut copied = 0;
         let result = (|| {
@@ -966,9 +986,9 @@ impl RowPlan {
                 if decision == Decision::Keep {
                     continue;
                 }
-                let o = &mut self.arena;
+                let o = &mut *out;
                 if !rewriting {
-                    if o.capacity() < buf.len() + 64 {
+                    if o.capacity() - o.len() < buf.len() + 64 {
                         o.reserve(ARENA_BYTES.max(buf.len() + 64));
                     }
                     rewriting = true;
@@ -1000,20 +1020,19 @@ impl RowPlan {
             Ok(())
         })();
         if !rewriting {
-            return result.map(|()| None);
+            return result.map(|()| false);
         }
-        let o = &mut self.arena;
         if let Err(e) = result {
-            o.clear();
+            out.truncate(start);
             return Err(e);
         }
-        o.extend_from_slice(&buf[copied..]);
-        let Ok(len) = i32::try_from(o.len() - 1) else {
-            o.clear();
+        out.extend_from_slice(&buf[copied..]);
+        let Ok(len) = i32::try_from(out.len() - start - 1) else {
+            out.truncate(start);
             return Err(MaskError::malformed(WHAT, "masked row too large"));
         };
-        o[1..5].copy_from_slice(&len.to_be_bytes());
-        Ok(Some(o.split().freeze()))
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        Ok(true)
     }
 
     /// Masks the value of column `col` (raw wire bytes for the plan's format). The
@@ -1646,6 +1665,37 @@ pub(crate) mod tests {
         let clean = data_row(&[Some(b"1"), None, None, Some(b"no secrets here")]);
         let same = plan.mask_data_row(clean.clone(), &mut stats).unwrap();
         assert_eq!(same.as_ptr(), clean.as_ptr());
+    }
+
+    #[test]
+    fn rows_masked_into_a_shared_buffer_follow_each_other_and_errors_leave_it_alone() {
+        let p = policy(RULES);
+        let mut plan = p
+            .plan(&who(), &[col("ssn", 16384, 3, 25)], &catalog())
+            .unwrap();
+        let secret = data_row(&[Some(b"123-45-6789")]);
+        let alone = plan
+            .mask_data_row(secret.clone(), &mut MaskStats::new())
+            .unwrap();
+        let mut out = BytesMut::from(&b"before"[..]);
+        let mut stats = MaskStats::new();
+        assert!(plan.mask_row_into(&secret, &mut out, &mut stats).unwrap());
+        assert!(plan.mask_row_into(&secret, &mut out, &mut stats).unwrap());
+        let mut expected = b"before".to_vec();
+        expected.extend_from_slice(&alone);
+        expected.extend_from_slice(&alone);
+        assert_eq!(&out[..], &expected[..]);
+        // A NULL ssn needs nothing: not written, and the caller forwards the row as is.
+        let null = data_row(&[None]);
+        assert!(!plan.mask_row_into(&null, &mut out, &mut stats).unwrap());
+        // A row cut short fails and leaves the buffer as it was.
+        for cut in 0..secret.len() {
+            assert!(
+                plan.mask_row_into(&secret[..cut], &mut out, &mut stats)
+                    .is_err()
+            );
+            assert_eq!(&out[..], &expected[..], "cut at {cut}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! frames. The default implementation passes everything: a gateway with no rules costs
 //! one predictable branch per result set, not per row.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::protocol::backend::{Severity, error_response_at};
 
@@ -122,10 +122,12 @@ impl Hold {
 
 /// Rewrites the rows of one result set.
 pub trait RowStage {
-    /// Looks at one whole `DataRow` (or `CopyData`) frame where it arrived and returns
-    /// the frame to forward instead, or `None` to forward it as it is: kept rows then
-    /// stay in the run of received bytes passed on uncopied, like unstaged rows.
-    fn data_row(&mut self, frame: &[u8]) -> Result<Option<Bytes>, Refusal>;
+    /// Looks at one whole `DataRow` (or `CopyData`) frame where it arrived. `false`:
+    /// forward it as it is, so kept rows stay in the run of received bytes passed on
+    /// uncopied, like unstaged rows. `true`: what replaces it (possibly nothing) has been
+    /// appended to `out`, where the replacements of consecutive rows gather into one
+    /// write. On error `out` must be as it was.
+    fn data_row(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<bool, Refusal>;
 }
 
 /// The relay's extension points. All methods have pass-through defaults.

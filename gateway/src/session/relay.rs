@@ -334,6 +334,9 @@ pub struct Relay<H: Hooks> {
     tracker: Tracker,
     expect: VecDeque<Expect>,
     to_client: VecDeque<Bytes>,
+    /// Replacements a row stage wrote for consecutive rows of the read being scanned,
+    /// queued for the client as one `Bytes` when the run of replaced rows ends.
+    staged: BytesMut,
     to_client_bytes: usize,
     to_server: VecDeque<Bytes>,
     to_server_bytes: usize,
@@ -433,6 +436,7 @@ impl<H: Hooks> Relay<H> {
             tracker: Tracker::default(),
             expect: VecDeque::new(),
             to_client: VecDeque::new(),
+            staged: BytesMut::new(),
             to_client_bytes: 0,
             to_server: VecDeque::new(),
             to_server_bytes: 0,
@@ -1377,6 +1381,7 @@ impl<H: Hooks> Relay<H> {
                 break;
             };
             if self.passes_through(from, h.tag) {
+                self.flush_staged();
                 let avail = buf.len() - run;
                 if avail >= h.frame_len {
                     run += h.frame_len;
@@ -1430,23 +1435,36 @@ impl<H: Hooks> Relay<H> {
                 break;
             }
             if from == Origin::Server && self.staged_in_place(h.tag) {
+                // At most one of the two is pending: the kept rows' run or the
+                // replacements, so the client gets them in the server's order. A full
+                // buffer is queued before the stage grows it: growing would copy it.
+                if self.staged.capacity() - self.staged.len() < h.frame_len + 64 {
+                    self.flush_staged();
+                }
                 let Rows::Stage(stage) = &mut self.rows else {
                     unreachable!("staged_in_place checked the rows are staged")
                 };
-                let staged = stage.data_row(&buf[run..run + h.frame_len]);
-                if let Ok(None) = staged {
-                    run += h.frame_len;
-                    continue;
-                }
-                if run > 0 {
-                    self.forward(from, buf.split_to(run).freeze());
-                    run = 0;
-                }
-                buf.advance(h.frame_len);
-                match staged {
-                    Ok(Some(out)) => self.send_client(out),
-                    Ok(None) => unreachable!("kept rows stay in the run"),
-                    Err(r) => self.fail_result(r),
+                match stage.data_row(&buf[run..run + h.frame_len], &mut self.staged) {
+                    Ok(false) => {
+                        self.flush_staged();
+                        run += h.frame_len;
+                    }
+                    Ok(true) => {
+                        if run > 0 {
+                            self.forward(from, buf.split_to(run).freeze());
+                            run = 0;
+                        }
+                        buf.advance(h.frame_len);
+                    }
+                    Err(r) => {
+                        if run > 0 {
+                            self.forward(from, buf.split_to(run).freeze());
+                            run = 0;
+                        }
+                        self.flush_staged();
+                        buf.advance(h.frame_len);
+                        self.fail_result(r);
+                    }
                 }
                 continue;
             }
@@ -1454,6 +1472,7 @@ impl<H: Hooks> Relay<H> {
                 self.forward(from, buf.split_to(run).freeze());
                 run = 0;
             }
+            self.flush_staged();
             let frame = split_frame(buf, self.limits.max_message)
                 .map_err(wrap)?
                 .expect("whole frame checked above");
@@ -1468,10 +1487,19 @@ impl<H: Hooks> Relay<H> {
         if run > 0 {
             self.forward(from, buf.split_to(run).freeze());
         }
+        self.flush_staged();
         if from == Origin::Server {
             self.flush_notices();
         }
         Ok(())
+    }
+
+    /// Queues the replacements gathered for the rows just scanned.
+    fn flush_staged(&mut self) {
+        if !self.staged.is_empty() {
+            let b = self.staged.split().freeze();
+            self.send_client(b);
+        }
     }
 
     /// Whether a whole server frame with this tag can go to the result's row stage where
@@ -2230,9 +2258,9 @@ impl<H: Hooks> Relay<H> {
         }
         match tag {
             be::DATA_ROW | be::COPY_DATA => match &mut self.rows {
-                Rows::Stage(stage) => match stage.data_row(frame.as_bytes()) {
-                    Ok(Some(out)) => self.send_client(out),
-                    Ok(None) => self.send_client(frame.into_bytes()),
+                Rows::Stage(stage) => match stage.data_row(frame.as_bytes(), &mut self.staged) {
+                    Ok(true) => self.flush_staged(),
+                    Ok(false) => self.send_client(frame.into_bytes()),
                     Err(r) => self.fail_result(r),
                 },
                 _ => self.send_client(frame.into_bytes()),
@@ -2844,8 +2872,9 @@ mod tests {
     struct Masking;
     struct Blank;
     impl RowStage for Blank {
-        fn data_row(&mut self, _frame: &[u8]) -> Result<Option<Bytes>, Refusal> {
-            Ok(Some(build(be::DATA_ROW, |b| b.put_i16(0))))
+        fn data_row(&mut self, _frame: &[u8], out: &mut BytesMut) -> Result<bool, Refusal> {
+            out.extend_from_slice(&build(be::DATA_ROW, |b| b.put_i16(0)));
+            Ok(true)
         }
     }
     impl Hooks for Masking {
@@ -2864,11 +2893,12 @@ mod tests {
     struct Selective;
     struct BlankSecrets;
     impl RowStage for BlankSecrets {
-        fn data_row(&mut self, frame: &[u8]) -> Result<Option<Bytes>, Refusal> {
-            Ok(frame
-                .windows(6)
-                .any(|w| w == b"secret")
-                .then(|| build(be::DATA_ROW, |b| b.put_i16(0))))
+        fn data_row(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<bool, Refusal> {
+            let secret = frame.windows(6).any(|w| w == b"secret");
+            if secret {
+                out.extend_from_slice(&build(be::DATA_ROW, |b| b.put_i16(0)));
+            }
+            Ok(secret)
         }
     }
     impl Hooks for Selective {
@@ -2884,8 +2914,16 @@ mod tests {
     }
 
     #[test]
-    fn kept_rows_of_a_staged_result_pass_in_runs_and_replaced_ones_in_their_place() {
-        let rows: [&[u8]; 6] = [b"one", b"secret", b"two", b"three", b"a secret", b"four"];
+    fn kept_rows_of_a_staged_result_pass_in_runs_and_replaced_ones_in_their_place_together() {
+        let rows: [&[u8]; 7] = [
+            b"one",
+            b"secret",
+            b"two",
+            b"three",
+            b"a secret",
+            b"secret too",
+            b"four",
+        ];
         let mut answer = BytesMut::new();
         answer.extend_from_slice(&describe_reply());
         let mut expected = answer.clone();
@@ -2898,7 +2936,7 @@ mod tests {
             }
         }
         for tail in [
-            msg(be::COMMAND_COMPLETE, b"SELECT 6\0"),
+            msg(be::COMMAND_COMPLETE, b"SELECT 7\0"),
             msg(be::READY_FOR_QUERY, b"I"),
         ] {
             answer.extend_from_slice(&tail);
@@ -2932,6 +2970,9 @@ mod tests {
         }
         let two_rows = row(&[b"two"]).len() + row(&[b"three"]).len();
         assert!(pieces.contains(&two_rows), "{pieces:?}");
+        // And so do replacements of rows next to each other.
+        let two_blanks = 2 * build(be::DATA_ROW, |b| b.put_i16(0)).len();
+        assert!(pieces.contains(&two_blanks), "{pieces:?}");
     }
 
     fn describe_reply() -> Bytes {

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tracing::info;
 
 use super::copy_target;
@@ -649,9 +649,9 @@ struct MaskRows {
 }
 
 impl RowStage for MaskRows {
-    fn data_row(&mut self, frame: &[u8]) -> Result<Option<Bytes>, Refusal> {
+    fn data_row(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<bool, Refusal> {
         self.plan
-            .mask_row(frame, &mut self.stats.borrow_mut())
+            .mask_row_into(frame, out, &mut self.stats.borrow_mut())
             .map_err(|e| {
                 Refusal::new(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -667,9 +667,9 @@ struct MaskCopy {
 }
 
 impl RowStage for MaskCopy {
-    fn data_row(&mut self, frame: &[u8]) -> Result<Option<Bytes>, Refusal> {
+    fn data_row(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<bool, Refusal> {
         self.plan
-            .mask_copy(frame, &mut self.stats.borrow_mut())
+            .mask_copy_into(frame, out, &mut self.stats.borrow_mut())
             .map_err(|e| {
                 Refusal::new(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
