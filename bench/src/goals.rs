@@ -34,9 +34,9 @@ pub const AUDIT_PAIRS: [(&str, &str); 2] = [
 
 /// Large-result speed is judged against pgbouncer tuned for it (`pkt_buf = 65536`).
 pub const TUNED_BOUNCER: &str = "pgbouncer-pktbuf";
-/// The unmasked gateway the masked one is taken against: same policy, and the engine
-/// `auto` picks wherever io_uring is allowed (the masked target runs `auto`).
-pub const MASKED_PARTNER: &str = "gateway-uring";
+/// The unmasked gateway the masked one is taken against: same policy, on the engine
+/// `auto` runs (the masked target runs `auto`).
+pub const MASKED_PARTNER: &str = "gateway-epoll";
 /// Masking keeps the large results within this factor of the unmasked gateway's time.
 pub const MASKED_TIME_SHARE: f64 = 1.10;
 
@@ -498,11 +498,11 @@ mod tests {
             .collect()
     }
 
-    /// Large results of pgbouncer-pktbuf, gateway-uring and gateway-masked: (wall s,
+    /// Large results of pgbouncer-pktbuf, gateway-epoll and gateway-masked: (wall s,
     /// proxy s/GB) per workload.
     fn large(rows: &[(&str, &str, f64, f64)]) -> Report {
         let mut targets = vec![
-            target("gateway-uring", "uring", true, false),
+            target("gateway-epoll", "epoll", true, false),
             target("gateway-masked", "auto", true, true),
         ];
         targets.push(TargetInfo {
@@ -542,20 +542,20 @@ mod tests {
     fn large_results_against_tuned_pgbouncer_and_masked_against_unmasked() {
         let r = large(&[
             ("narrow/simple-text", TUNED_BOUNCER, 0.62, 0.97),
-            ("narrow/simple-text", "gateway-uring", 0.57, 0.90),
+            ("narrow/simple-text", "gateway-epoll", 0.57, 0.90),
             ("narrow/simple-text", "gateway-masked", 0.62, 2.9),
             ("wide/simple-text", TUNED_BOUNCER, 0.82, 0.44),
-            ("wide/simple-text", "gateway-uring", 0.66, 0.31),
+            ("wide/simple-text", "gateway-epoll", 0.66, 0.31),
             ("wide/simple-text", "gateway-masked", 0.99, 0.7),
             ("copy/text", TUNED_BOUNCER, 0.91, 1.45),
-            ("copy/text", "gateway-uring", 0.86, 1.69),
+            ("copy/text", "gateway-epoll", 0.86, 1.69),
         ]);
         let v = verdicts(&r);
-        let time = goal(&v, "narrow and wide results: time", "gateway-uring");
+        let time = goal(&v, "narrow and wide results: time", "gateway-epoll");
         assert_eq!(time.met, Some(true), "{time:?}");
         assert!(time.figure.contains("narrow/simple-text"), "{time:?}");
         // Copy costs more CPU per GB than pgbouncer-pktbuf: one workload misses it all.
-        let cpu = goal(&v, "every large result: CPU", "gateway-uring");
+        let cpu = goal(&v, "every large result: CPU", "gateway-epoll");
         assert_eq!(cpu.met, Some(false), "{cpu:?}");
         assert!(cpu.figure.starts_with("x1.17") && cpu.figure.contains("copy/text"));
         // Masked wide at 0.99 / 0.66 = x1.50: missed, named by its workload.

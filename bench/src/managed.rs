@@ -84,7 +84,8 @@ struct GatewaySpec {
 /// The gateways, policy on unless named otherwise. Agents log in as `agent` (the harness's
 /// first identity), which the quickstart statement policy lets read and write; the bench's
 /// DDL (the dataset, `pgbench -i`) goes to the cluster directly. `gateway-nopolicy` runs
-/// on io_uring, the engine `auto` picks, paired with `gateway-uring` in the goals.
+/// on io_uring, paired with `gateway-uring` in the goals; `gateway-masked` runs `auto`
+/// (epoll), paired with `gateway-epoll`.
 fn gateway_specs(mask: MaskSpec) -> Vec<GatewaySpec> {
     let on = portcullis_tests::QUICKSTART_STATEMENT_POLICY;
     let spec = |name, engine, policy_on, mask| GatewaySpec {

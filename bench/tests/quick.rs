@@ -156,7 +156,7 @@ fn quick_mode_end_to_end() {
     assert!(audit.iter().all(|v| v.met.is_some()), "{audit:?}");
 
     // The large-result goals find their partners: pgbouncer-pktbuf for the unmasked
-    // gateways, gateway-uring for the masked one.
+    // gateways, gateway-epoll (what `auto` runs) for the masked one.
     let goals = goals::verdicts(&r);
     for (goal, t, partner) in [
         (

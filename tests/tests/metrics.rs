@@ -181,8 +181,9 @@ fn metrics_match_what_the_agent_did(engine: Engine) {
 
 fn engine_label(engine: Engine) -> &'static str {
     match engine {
-        Engine::Epoll => "epoll",
-        _ => "uring",
+        Engine::Uring => "uring",
+        // `auto` runs epoll.
+        _ => "epoll",
     }
 }
 
