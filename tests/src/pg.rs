@@ -135,7 +135,27 @@ impl PgCluster {
             running: false,
         };
         cluster.init()?;
-        cluster.start_server()?;
+        let mut tries = 0;
+        loop {
+            match cluster.start_server() {
+                Ok(()) => break,
+                // Another test bound the free port first (clusters start in parallel):
+                // a later `port` line in the configuration overrides the first.
+                Err(PgError::Start { log, .. })
+                    if cluster.opts.port == 0
+                        && tries < 5
+                        && log.contains("Address already in use") =>
+                {
+                    tries += 1;
+                    cluster.port = free_port()?;
+                    append(
+                        &cluster.data_dir().join("postgresql.conf"),
+                        &format!("port = {}", cluster.port),
+                    )?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         cluster.create_upstream_role()?;
         Ok(cluster)
     }
