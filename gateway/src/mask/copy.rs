@@ -801,7 +801,7 @@ fn csv_encode(value: &[u8], quote: u8, escape: u8, quoted: bool, out: &mut Bytes
 mod tests {
     use super::*;
     use crate::mask::policy::tests::policy;
-    use crate::mask::{Catalog, ColumnDesc, Subject};
+    use crate::mask::{Catalog, ColumnDesc, Policy, Subject};
     use crate::protocol::backend::{copy_data, copy_out_response};
 
     fn payloads(frames: &[Bytes]) -> Vec<u8> {
@@ -1146,17 +1146,7 @@ mod tests {
             run(CopyFormat::text(), false, b"1\t2\t3", 100).is_err(),
             "unterminated"
         );
-        let p = policy(RULES);
-        let mut plan = p
-            .plan_copy(
-                &Subject::default(),
-                Some(&cols()),
-                &Catalog::new(),
-                &copy_out_response(false, 3),
-                CopyFormat::text(),
-            )
-            .unwrap()
-            .with_max_carry(8);
+        let mut plan = text_plan(&policy(RULES)).with_max_carry(8);
         let err = plan
             .mask_copy_data(copy_data(b"1\t123456789012"), &mut MaskStats::new())
             .unwrap_err();
@@ -1164,19 +1154,22 @@ mod tests {
         assert!(parse_copy_out_response(b"H\0\0\0\x05\x02").is_err());
     }
 
+    /// A text `COPY` of [`cols`] under `p`.
+    fn text_plan(p: &Policy) -> CopyPlan {
+        p.plan_copy(
+            &Subject::default(),
+            Some(&cols()),
+            &Catalog::new(),
+            &copy_out_response(false, 3),
+            CopyFormat::text(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn copy_data_masked_into_a_shared_buffer() {
         let p = policy(RULES);
-        let plan = || {
-            p.plan_copy(
-                &Subject::default(),
-                Some(&cols()),
-                &Catalog::new(),
-                &copy_out_response(false, 3),
-                CopyFormat::text(),
-            )
-            .unwrap()
-        };
+        let plan = || text_plan(&p);
         let frame = copy_data(b"1\t123-45-6789\tmail a@b.example\n");
         let alone = plan()
             .mask_copy_data(frame.clone(), &mut MaskStats::new())

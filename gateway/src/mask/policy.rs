@@ -1669,8 +1669,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rows_masked_into_a_shared_buffer_follow_each_other_and_errors_leave_it_alone() {
-        let p = policy(RULES);
-        let mut plan = p
+        let mut plan = policy(RULES)
             .plan(&who(), &[col("ssn", 16384, 3, 25)], &catalog())
             .unwrap();
         let secret = data_row(&[Some(b"123-45-6789")]);

@@ -2867,41 +2867,29 @@ mod tests {
         assert!(matches!(e, Err(RelayError::Client(_))));
     }
 
-    /// Wants columns and replaces every row it is handed by an empty one, so a test can
-    /// tell which rows went through a stage.
-    struct Masking;
-    struct Blank;
+    /// Wants columns and replaces the rows it is handed by empty ones, so a test can
+    /// tell which rows went through a stage: every row (`MASKING`), or only those that
+    /// hold "secret", keeping the others as they are (`SELECTIVE`).
+    struct Staging {
+        only_secrets: bool,
+    }
+    const MASKING: Staging = Staging {
+        only_secrets: false,
+    };
+    const SELECTIVE: Staging = Staging { only_secrets: true };
+    struct Blank {
+        only_secrets: bool,
+    }
     impl RowStage for Blank {
-        fn data_row(&mut self, _frame: &[u8], out: &mut BytesMut) -> Result<bool, Refusal> {
-            out.extend_from_slice(&build(be::DATA_ROW, |b| b.put_i16(0)));
-            Ok(true)
-        }
-    }
-    impl Hooks for Masking {
-        fn wants_columns(&mut self) -> bool {
-            true
-        }
-        fn effects(&mut self) -> Effects {
-            Effects::None
-        }
-        fn result(&mut self, _d: &Bytes, _f: &[i16]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
-            Ok(Some(Box::new(Blank)))
-        }
-    }
-
-    /// Blanks the rows that hold "secret" and keeps the others as they are.
-    struct Selective;
-    struct BlankSecrets;
-    impl RowStage for BlankSecrets {
         fn data_row(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<bool, Refusal> {
-            let secret = frame.windows(6).any(|w| w == b"secret");
-            if secret {
+            let blank = !self.only_secrets || frame.windows(6).any(|w| w == b"secret");
+            if blank {
                 out.extend_from_slice(&build(be::DATA_ROW, |b| b.put_i16(0)));
             }
-            Ok(secret)
+            Ok(blank)
         }
     }
-    impl Hooks for Selective {
+    impl Hooks for Staging {
         fn wants_columns(&mut self) -> bool {
             true
         }
@@ -2909,7 +2897,9 @@ mod tests {
             Effects::None
         }
         fn result(&mut self, _d: &Bytes, _f: &[i16]) -> Result<Option<Box<dyn RowStage>>, Refusal> {
-            Ok(Some(Box::new(BlankSecrets)))
+            Ok(Some(Box::new(Blank {
+                only_secrets: self.only_secrets,
+            })))
         }
     }
 
@@ -2944,7 +2934,7 @@ mod tests {
         }
         // Whatever the reads' sizes, the client gets exactly the expected stream.
         for cut in 1..answer.len() {
-            let mut r = Relay::new(RelayLimits::default(), Selective);
+            let mut r = Relay::new(RelayLimits::default(), SELECTIVE);
             let mut c = BytesMut::from(&msg(fe::QUERY, b"select a\0")[..]);
             r.on_client_bytes(&mut c).unwrap();
             drain_server(&mut r);
@@ -2958,7 +2948,7 @@ mod tests {
             assert_eq!(out, &expected[..], "cut at {cut}");
         }
         // Kept rows next to each other leave as one piece of the received bytes.
-        let mut r = Relay::new(RelayLimits::default(), Selective);
+        let mut r = Relay::new(RelayLimits::default(), SELECTIVE);
         let mut c = BytesMut::from(&msg(fe::QUERY, b"select a\0")[..]);
         r.on_client_bytes(&mut c).unwrap();
         drain_server(&mut r);
@@ -2984,7 +2974,7 @@ mod tests {
 
     #[test]
     fn rebinds_of_the_unnamed_portal_are_all_staged() {
-        let mut r = Relay::new(RelayLimits::default(), Masking);
+        let mut r = Relay::new(RelayLimits::default(), MASKING);
         let mut c = BytesMut::new();
         c.extend_from_slice(&msg(fe::PARSE, b"s1\0select 1\0\0\0"));
         c.extend_from_slice(&fe::sync());
@@ -3022,7 +3012,7 @@ mod tests {
 
     #[test]
     fn rows_of_an_undescribed_portal_are_refused_when_a_stage_wants_them() {
-        let mut r = Relay::new(RelayLimits::default(), Masking);
+        let mut r = Relay::new(RelayLimits::default(), MASKING);
         let mut c = BytesMut::new();
         // Execute of a portal the gateway never saw bound: it cannot know the columns.
         c.extend_from_slice(&msg(fe::EXECUTE, b"ghost\0\0\0\0\0"));
@@ -3040,7 +3030,7 @@ mod tests {
 
     #[test]
     fn execute_without_describe_gets_an_injected_describe_that_the_client_never_sees() {
-        let mut r = Relay::new(RelayLimits::default(), Masking);
+        let mut r = Relay::new(RelayLimits::default(), MASKING);
         let mut c = BytesMut::new();
         c.extend_from_slice(&msg(fe::PARSE, b"s1\0select 1\0\0\0"));
         c.extend_from_slice(&msg(fe::BIND, b"\0s1\0\0\0\0\0\0\0"));
