@@ -155,19 +155,26 @@ fn the_drain_refuses_newcomers_and_tells_the_sessions_it_ends(engine: Engine) {
         let r = busy.simple_query("SELECT pg_sleep(600)").await;
         (r, Instant::now())
     });
-    // The busy session's statement is running on the server before the signal.
+    // The busy session's statement is running on the server before the signal, and psql
+    // has run its first one (on a loaded machine its start-up could still be under way,
+    // and the drain would rightly refuse it).
     let deadline = Instant::now() + Duration::from_secs(20);
     while env
         .pg
         .psql(
             DB,
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'",
+            "SELECT count(*) FILTER (WHERE query = 'SELECT pg_sleep(600)') \
+                 || ',' || count(*) FILTER (WHERE query = 'SELECT ''psql is in'';') \
+             FROM pg_stat_activity",
         )
         .unwrap()
         .trim()
-        != "1"
+        != "1,1"
     {
-        assert!(Instant::now() < deadline, "pg_sleep never started");
+        assert!(
+            Instant::now() < deadline,
+            "pg_sleep never started, or psql never ran its first statement"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
