@@ -85,6 +85,24 @@ fn worst_against(
         .reduce(|a, b| if b.0 > a.0 { b } else { a })
 }
 
+/// A goal on a [`worst_against`] ratio: the figure names the workload it was on.
+fn against_goal(
+    goal: &'static str,
+    target: &str,
+    worst: Option<(f64, String)>,
+    of: &str,
+    met: impl Fn(f64) -> bool,
+) -> Verdict {
+    Verdict {
+        goal,
+        target: target.into(),
+        figure: worst
+            .as_ref()
+            .map_or("-".into(), |(v, w)| format!("x{v:.2}{of} ({w})")),
+        met: worst.map(|(v, _)| met(v)),
+    }
+}
+
 /// Proxy CPU seconds per GB over every large-result workload of a target.
 fn cpu_per_gb(r: &Report, target: &str) -> Option<f64> {
     let mut cpu = 0.0;
@@ -137,45 +155,39 @@ pub fn verdicts(r: &Report) -> Vec<Verdict> {
                 "narrow/",
                 1.15,
             );
-            let v = worst_against(r, name, MASKED_PARTNER, &["narrow/", "wide/"], |m| {
-                Some(m.wall_s)
-            });
-            out.push(Verdict {
-                goal: "masked narrow and wide results: <= x1.10 of the unmasked gateway",
-                target: name.into(),
-                figure: v
-                    .as_ref()
-                    .map_or("-".into(), |(v, w)| format!("x{v:.2} ({w})")),
-                met: v.map(|(v, _)| v <= MASKED_TIME_SHARE),
-            });
+            out.push(against_goal(
+                "masked narrow and wide results: <= x1.10 of the unmasked gateway",
+                name,
+                worst_against(r, name, MASKED_PARTNER, &["narrow/", "wide/"], |m| {
+                    Some(m.wall_s)
+                }),
+                "",
+                |v| v <= MASKED_TIME_SHARE,
+            ));
             continue;
         }
-        let v = worst_against(r, name, TUNED_BOUNCER, &["narrow/", "wide/"], |m| {
-            Some(m.wall_s)
-        });
-        out.push(Verdict {
-            goal: "narrow and wide results: time <= pgbouncer-pktbuf's",
-            target: name.into(),
-            figure: v
-                .as_ref()
-                .map_or("-".into(), |(v, w)| format!("x{v:.2} of it ({w})")),
-            met: v.map(|(v, _)| v <= 1.0),
-        });
-        let v = worst_against(
-            r,
+        out.push(against_goal(
+            "narrow and wide results: time <= pgbouncer-pktbuf's",
             name,
-            TUNED_BOUNCER,
-            &["narrow/", "wide/", "copy/"],
-            |m| m.cpu_s_per_gb.proxy,
-        );
-        out.push(Verdict {
-            goal: "every large result: CPU per GB < pgbouncer-pktbuf's",
-            target: name.into(),
-            figure: v
-                .as_ref()
-                .map_or("-".into(), |(v, w)| format!("x{v:.2} of it ({w})")),
-            met: v.map(|(v, _)| v < 1.0),
-        });
+            worst_against(r, name, TUNED_BOUNCER, &["narrow/", "wide/"], |m| {
+                Some(m.wall_s)
+            }),
+            " of it",
+            |v| v <= 1.0,
+        ));
+        out.push(against_goal(
+            "every large result: CPU per GB < pgbouncer-pktbuf's",
+            name,
+            worst_against(
+                r,
+                name,
+                TUNED_BOUNCER,
+                &["narrow/", "wide/", "copy/"],
+                |m| m.cpu_s_per_gb.proxy,
+            ),
+            " of it",
+            |v| v < 1.0,
+        ));
         ratio_goal(
             &mut out,
             "large narrow result: <= x1.05",
@@ -643,19 +655,13 @@ mod tests {
     fn direct_goals_still_use_direct() {
         let r = report((9_600.0, 42.0, 41.0));
         let v = verdicts(&r);
-        let added = v
-            .iter()
-            .find(|v| v.target == "gateway-uring" && v.goal.starts_with("SELECT 1 added"))
-            .unwrap();
+        let added = goal(&v, "SELECT 1 added", "gateway-uring");
         // 42 - 30 and 41 - 28: the worse p50 is +13; p99s double that. Over 10 µs.
         assert_eq!(added.figure, "+13 / +26 µs");
         assert_eq!(added.met, Some(false));
         let r = report((9_600.0, 38.0, 37.0));
         let v = verdicts(&r);
-        let added = v
-            .iter()
-            .find(|v| v.target == "gateway-uring" && v.goal.starts_with("SELECT 1 added"))
-            .unwrap();
+        let added = goal(&v, "SELECT 1 added", "gateway-uring");
         assert_eq!(added.figure, "+9 / +18 µs");
         assert_eq!(added.met, Some(true));
     }

@@ -167,20 +167,12 @@ impl CopyPlan {
         frame: Bytes,
         stats: &mut MaskStats,
     ) -> Result<Bytes, MaskError> {
-        Ok(self.mask_copy(&frame, stats)?.unwrap_or(frame))
-    }
-
-    /// [`CopyPlan::mask_copy_data`] on a frame where it arrived: `None` when it is to be
-    /// forwarded as it is.
-    pub fn mask_copy(
-        &mut self,
-        frame: &[u8],
-        stats: &mut MaskStats,
-    ) -> Result<Option<Bytes>, MaskError> {
         let mut out = BytesMut::new();
-        Ok(self
-            .mask_copy_into(frame, &mut out, stats)?
-            .then(|| out.freeze()))
+        Ok(if self.mask_copy_into(&frame, &mut out, stats)? {
+            out.freeze()
+        } else {
+            frame
+        })
     }
 
     /// Masks one whole `CopyData` frame into `out`: `false` (and `out` untouched) when

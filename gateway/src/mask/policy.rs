@@ -920,23 +920,16 @@ impl RowPlan {
         frame: Bytes,
         stats: &mut MaskStats,
     ) -> Result<Bytes, MaskError> {
-        Ok(self.mask_row(&frame, stats)?.unwrap_or(frame))
-    }
-
-    /// [`RowPlan::mask_data_row`] on a frame where it arrived: `None` when nothing
-    /// changed, so the caller forwards the received bytes themselves.
-    pub fn mask_row(
-        &mut self,
-        buf: &[u8],
-        stats: &mut MaskStats,
-    ) -> Result<Option<Bytes>, MaskError> {
         let mut arena = std::mem::take(&mut self.arena);
-        let r = self.mask_row_into(buf, &mut arena, stats);
-        let out = match r {
-            Ok(true) => Ok(Some(arena.split().freeze())),
-            Ok(false) => Ok(None),
-            Err(e) => Err(e),
-        };
+        let out = self
+            .mask_row_into(&frame, &mut arena, stats)
+            .map(|changed| {
+                if changed {
+                    arena.split().freeze()
+                } else {
+                    frame
+                }
+            });
         self.arena = arena;
         out
     }

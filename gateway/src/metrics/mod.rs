@@ -46,22 +46,21 @@ pub enum ClassLabel {
     Unparsed,
 }
 
-const CLASSES: [Class; 9] = Class::ALL;
-const CLASS_LABELS: usize = CLASSES.len() + 2;
+const CLASS_LABELS: usize = Class::ALL.len() + 2;
 
 impl ClassLabel {
     fn index(self) -> usize {
         match self {
-            ClassLabel::Of(c) => CLASSES.iter().position(|k| *k == c).unwrap_or(8),
-            ClassLabel::Multi => CLASSES.len(),
-            ClassLabel::Unparsed => CLASSES.len() + 1,
+            ClassLabel::Of(c) => Class::ALL.iter().position(|k| *k == c).unwrap_or(8),
+            ClassLabel::Multi => Class::ALL.len(),
+            ClassLabel::Unparsed => Class::ALL.len() + 1,
         }
     }
 
     fn name(i: usize) -> &'static str {
         match i {
-            i if i < CLASSES.len() => CLASSES[i].as_str(),
-            i if i == CLASSES.len() => "multi",
+            i if i < Class::ALL.len() => Class::ALL[i].as_str(),
+            i if i == Class::ALL.len() => "multi",
             _ => "unparsed",
         }
     }
