@@ -84,3 +84,23 @@ fn pgbench_timed_prepared(engine: Engine) {
     let (done, _) = processed(&out);
     assert!(done > 0, "{out}");
 }
+
+/// `[server] busy_poll_us` changes only when an epoll worker sleeps: every transaction
+/// still completes, and a large result (which switches the looks off while it streams)
+/// arrives exactly as the server sent it.
+#[test]
+fn busy_polling_loses_nothing() {
+    let env = Env::start_with(Engine::Epoll, Default::default(), |o| {
+        o.server_line("busy_poll_us = 200")
+    });
+    let out = pgbench(&env, &["-M", "prepared", "-t", "100"]);
+    assert_eq!(processed(&out), (400, Some(400)), "{out}");
+    let sql = "SELECT g, repeat(md5(g::text), 256) FROM generate_series(1, 2000) g";
+    let through = env.ok(env.psql_gw().args(["-At", "-c", sql]));
+    let direct = env.ok(env.psql_direct().args(["-At", "-c", sql]));
+    assert_eq!(through.stdout.len(), direct.stdout.len());
+    assert!(
+        through.stdout == direct.stdout,
+        "the streamed result differs"
+    );
+}

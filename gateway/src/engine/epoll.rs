@@ -15,7 +15,13 @@ use super::Shared;
 use super::conn::{self, Connect};
 use super::transport::Transport;
 
-pub struct EpollStream(tokio::net::TcpStream);
+pub struct EpollStream(tokio::net::TcpStream, std::cell::Cell<usize>);
+
+impl EpollStream {
+    fn new(s: tokio::net::TcpStream) -> EpollStream {
+        EpollStream(s, std::cell::Cell::new(0))
+    }
+}
 
 impl Transport for EpollStream {
     async fn read(&self, mut buf: BytesMut, min_room: usize) -> (io::Result<usize>, BytesMut) {
@@ -39,11 +45,18 @@ impl Transport for EpollStream {
                 Ok(n)
             });
             if let Some(n) = short {
+                self.1.set(n);
                 return (Ok(n), buf);
             }
             match res {
-                Ok(n) => return (Ok(n), buf),
+                Ok(n) => {
+                    self.1.set(n);
+                    return (Ok(n), buf);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    use std::os::fd::AsRawFd;
+                    let streaming = self.1.get() >= super::spin::STREAMING_READ;
+                    let _watched = super::spin::watch(self.0.as_raw_fd(), streaming);
                     if let Err(e) = self.0.readable().await {
                         return (Err(e), buf);
                     }
@@ -58,7 +71,12 @@ impl Transport for EpollStream {
         while off < data.len() {
             match self.0.try_write(&data[off..]) {
                 Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A full socket is a stream being delivered: no spinning meanwhile.
+                    use std::os::fd::AsRawFd;
+                    let _streaming = super::spin::watch(self.0.as_raw_fd(), true);
+                    self.0.writable().await?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -88,16 +106,18 @@ impl Connect for Epoll {
     async fn connect(addr: SocketAddr) -> io::Result<EpollStream> {
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        Ok(EpollStream(s))
+        Ok(EpollStream::new(s))
     }
 }
 
 /// A worker thread's life: accept on its own listener until the gateway stops.
 pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    let budget = shared.busy_poll;
+    if !budget.is_zero() {
+        builder.on_thread_park(move || super::spin::before_park(budget));
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start an epoll runtime: {e}");
@@ -120,7 +140,7 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        tokio::task::spawn_local(conn::serve::<Epoll>(shared.clone(), pool.clone(), EpollStream(stream), peer));
+                        tokio::task::spawn_local(conn::serve::<Epoll>(shared.clone(), pool.clone(), EpollStream::new(stream), peer));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.

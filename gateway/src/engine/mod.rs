@@ -20,6 +20,7 @@ mod hold;
 pub mod probe;
 pub mod shared;
 pub mod side;
+mod spin;
 pub mod transport;
 pub mod uring;
 

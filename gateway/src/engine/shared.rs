@@ -64,6 +64,8 @@ pub struct Shared {
     pub tls_offer: TlsOffer,
     pub limits: RelayLimits,
     pub read_buffer: usize,
+    /// `[server] busy_poll_us`: how long an epoll worker looks before it sleeps.
+    pub busy_poll: Duration,
     pub handshake_timeout: Duration,
     pub cancels: CancelRegistry,
     pub lifecycle: Arc<Lifecycle>,
@@ -148,6 +150,7 @@ impl Shared {
                 max_message: cfg.server.max_message_bytes,
             },
             read_buffer: cfg.server.read_buffer_bytes,
+            busy_poll: Duration::from_micros(cfg.server.busy_poll_us),
             handshake_timeout: Duration::from_secs(cfg.server.handshake_timeout_secs),
             cancels: CancelRegistry::default(),
             lifecycle: Arc::new(Lifecycle::default()),
