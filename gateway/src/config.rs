@@ -711,6 +711,20 @@ mod tests {
         let c = Config::parse(&good()).unwrap();
         assert_eq!(c.identities().len(), 1);
         assert_eq!(c.server.io_engine, IoEngine::Auto);
+        assert_eq!(c.server.busy_poll_us, 0, "busy-polling is opt-in");
+    }
+
+    #[test]
+    fn busy_polling_is_bounded() {
+        let with = |us: u64| {
+            Config::parse(&good().replace(
+                "listen = \"127.0.0.1:0\"\n",
+                &format!("listen = \"127.0.0.1:0\"\nbusy_poll_us = {us}\n"),
+            ))
+        };
+        assert_eq!(with(50).unwrap().server.busy_poll_us, 50);
+        let e = with(1001).unwrap_err();
+        assert!(e.to_string().starts_with("server.busy_poll_us:"), "{e}");
     }
 
     #[test]
