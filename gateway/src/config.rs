@@ -157,7 +157,7 @@ pub struct ServerConfig {
     pub read_buffer_bytes: usize,
     /// Microseconds an epoll worker watches the sockets its sessions wait on before it
     /// sleeps (0: sleep at once). Saves the wake-up a small query's answer would cost.
-    #[serde(default = "default_busy_poll_us")]
+    #[serde(default)]
     pub busy_poll_us: u64,
     /// Seconds a client has to complete start-up and authentication.
     #[serde(default = "default_handshake_timeout")]
@@ -312,10 +312,6 @@ fn default_listen() -> String {
 fn default_max_message() -> usize {
     1 << 30
 }
-fn default_busy_poll_us() -> u64 {
-    0
-}
-
 fn default_read_buffer() -> usize {
     128 << 10
 }

@@ -15,6 +15,8 @@ use super::Shared;
 use super::conn::{self, Connect};
 use super::transport::Transport;
 
+/// The socket, and the size of its last read: a full one means a stream is under way
+/// (see [`super::spin`]).
 pub struct EpollStream(tokio::net::TcpStream, std::cell::Cell<usize>);
 
 impl EpollStream {
@@ -115,6 +117,7 @@ pub fn worker(shared: Arc<Shared>, listener: std::net::TcpListener) {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     let budget = shared.busy_poll;
     if !budget.is_zero() {
+        super::spin::enable();
         builder.on_thread_park(move || super::spin::before_park(budget));
     }
     let rt = match builder.enable_all().build() {

@@ -10,18 +10,19 @@
 //! picked up without a wake-up.
 //!
 //! Only sockets a session is actually waiting to read are watched: a held statement's
-//! client is not (its session reads nothing until the decision). While any session of
-//! the worker is in the middle of a stream (its last read was a full 8 KiB flush of a
-//! large result or a COPY, or a write waits for a full socket to drain), the worker does not spin at all: the next chunk is the
-//! server's work away, and the looks would take CPU from it (measured: +40-70% gateway
-//! CPU per GB). Each look that finds nothing halves the next budget, so agents that
-//! pause between statements cost a few microseconds per pause, not the whole budget; a
-//! read that completes soon after a look gave up restores it.
+//! client is not (its session reads nothing until the decision). While any session of the
+//! worker is in the middle of a stream (its last read was a full 8 KiB flush of a large
+//! result or a COPY, or a write waits for a full socket to drain), the worker does not
+//! spin at all: the next chunk is the server's work away, and the looks would take CPU
+//! from it (measured: +40-70% gateway CPU per GB). Each look that finds nothing halves
+//! the next budget, so agents that pause between statements cost a few microseconds per
+//! pause, not the whole budget; a read that completes soon after a look gave up restores
+//! it.
 //!
 //! It is off by default (README, "Busy-polling"): where the CPU is saturated (8 clients
 //! on 2 cores) the looks cost gateway CPU the database could have used.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,15 @@ struct State {
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
+    /// Set by a worker that busy-polls: elsewhere (busy polling off, the side-query
+    /// threads) a wait costs no bookkeeping at all.
+    static ENABLED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes this thread's waits watched: called by a worker whose runtime calls
+/// [`before_park`].
+pub fn enable() {
+    ENABLED.with(|e| e.set(true));
 }
 
 /// A read this thread's runtime is waiting for, for as long as the guard lives.
@@ -62,8 +72,12 @@ pub struct Watched {
 }
 
 /// Marks `fd` as awaited by a read on this thread; `streaming` after a read of at least
-/// [`STREAMING_READ`] bytes.
-pub fn watch(fd: RawFd, streaming: bool) -> Watched {
+/// [`STREAMING_READ`] bytes, or for a write waiting on a full socket. `None` where this
+/// thread does not busy-poll.
+pub fn watch(fd: RawFd, streaming: bool) -> Option<Watched> {
+    if !ENABLED.with(Cell::get) {
+        return None;
+    }
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         if streaming {
@@ -76,7 +90,7 @@ pub fn watch(fd: RawFd, streaming: bool) -> Watched {
             });
         }
     });
-    Watched { fd, streaming }
+    Some(Watched { fd, streaming })
 }
 
 impl Drop for Watched {
@@ -138,7 +152,15 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
+    fn nothing_is_watched_where_busy_polling_is_off() {
+        let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(watch(b.as_raw_fd(), false).is_none());
+        STATE.with(|s| assert!(s.borrow().fds.is_empty()));
+    }
+
+    #[test]
     fn returns_as_soon_as_a_watched_socket_is_readable() {
+        enable();
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let _w = watch(b.as_raw_fd(), false);
         a.write_all(b"x").unwrap();
@@ -149,6 +171,7 @@ mod tests {
 
     #[test]
     fn gives_up_after_the_budget_and_forgets_dropped_sockets() {
+        enable();
         let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         {
             let _w = watch(b.as_raw_fd(), false);
@@ -157,11 +180,14 @@ mod tests {
         }
         STATE.with(|s| assert!(s.borrow().fds.is_empty()));
         // Nothing watched: no spinning at all.
+        let t = Instant::now();
         before_park(Duration::from_secs(30));
+        assert!(t.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
     fn a_stream_in_progress_stops_the_looks_and_misses_shrink_the_budget() {
+        enable();
         let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let (_c, d) = std::os::unix::net::UnixStream::pair().unwrap();
         let _w = watch(b.as_raw_fd(), false);
