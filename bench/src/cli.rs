@@ -55,6 +55,13 @@ pub enum BenchError {
 /// Measure the gateway against a direct connection and pgbouncer.
 ///
 /// Without `--direct` it starts everything itself (PostgreSQL, pgbouncer, the gateway).
+/// The I/O engine of `gateway-variant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VariantEngine {
+    Epoll,
+    Uring,
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "portcullis-bench", version)]
 pub struct Args {
@@ -84,7 +91,7 @@ pub struct Args {
     /// Only these targets (comma-separated names; `direct` always runs). Managed:
     /// direct, pgbouncer, pgbouncer-pktbuf, gateway-epoll, gateway-uring,
     /// gateway-nopool, gateway-nopolicy, gateway-masked, gateway-approvals, gateway-audit,
-    /// gateway-audit-os. Existing: direct, pgbouncer, gateway,
+    /// gateway-audit-os, gateway-variant (with `--variant`). Existing: direct, pgbouncer, gateway,
     /// gateway-nopolicy, gateway-masked.
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,
@@ -123,6 +130,14 @@ pub struct Args {
     /// the masked target.
     #[arg(long)]
     pub mask_policy: Option<PathBuf>,
+    /// A line for the `[server]` section of `gateway-variant` (repeatable), which runs
+    /// only when one is given: `gateway-epoll` with one setting changed, in the same run,
+    /// e.g. `--variant "read_batch_bytes = 0"`.
+    #[arg(long)]
+    pub variant: Vec<String>,
+    /// The engine `gateway-variant` runs on.
+    #[arg(long, value_enum, default_value_t = VariantEngine::Epoll)]
+    pub variant_engine: VariantEngine,
     /// Do not start the gateway (managed set-up): direct and pgbouncer only.
     #[arg(long)]
     pub no_gateway: bool,
@@ -244,6 +259,11 @@ pub fn run(args: &Args) -> Result<Outcome, BenchError> {
                     mask_policy: args.mask_policy.clone(),
                     gateway: !args.no_gateway,
                     targets: args.targets.clone(),
+                    variant: args.variant.clone(),
+                    variant_engine: match args.variant_engine {
+                        VariantEngine::Epoll => portcullis_tests::Engine::Epoll,
+                        VariantEngine::Uring => portcullis_tests::Engine::Uring,
+                    },
                 },
                 &say,
             )?;

@@ -42,7 +42,7 @@ pub enum ManagedError {
 
 /// The targets of a managed run, in the order they start. Reports, goals and `--targets`
 /// name them; keep them stable.
-pub const TARGETS: [&str; 11] = [
+pub const TARGETS: [&str; 12] = [
     "direct",
     "pgbouncer",
     "pgbouncer-pktbuf",
@@ -54,6 +54,7 @@ pub const TARGETS: [&str; 11] = [
     "gateway-approvals",
     "gateway-audit",
     "gateway-audit-os",
+    "gateway-variant",
 ];
 
 /// `[policy]` of the pass-through target: no statement analysis at all, so its figures
@@ -79,6 +80,9 @@ struct GatewaySpec {
     /// `[pool] enabled = false`: a new upstream session per agent session, what reuse
     /// saves against `gateway-uring`.
     pool_off: bool,
+    /// `gateway-epoll` with the `--variant` lines added to `[server]` (on
+    /// `--variant-engine`): one setting measured against the default in the same run.
+    variant: bool,
 }
 
 /// The gateways, policy on unless named otherwise. Agents log in as `agent` (the harness's
@@ -97,6 +101,7 @@ fn gateway_specs(mask: MaskSpec) -> Vec<GatewaySpec> {
         approvals: false,
         audit: None,
         pool_off: false,
+        variant: false,
     };
     vec![
         spec("gateway-epoll", Engine::Epoll, true, None),
@@ -118,6 +123,10 @@ fn gateway_specs(mask: MaskSpec) -> Vec<GatewaySpec> {
         GatewaySpec {
             audit: Some("os"),
             ..spec("gateway-audit-os", Engine::Uring, true, None)
+        },
+        GatewaySpec {
+            variant: true,
+            ..spec("gateway-variant", Engine::Epoll, true, None)
         },
     ]
 }
@@ -143,10 +152,16 @@ pub struct ManagedOptions {
     /// Only these targets (names from [`TARGETS`]); empty: all. `direct` always runs, as
     /// every ratio is taken against it.
     pub targets: Vec<String>,
+    /// `[server]` lines of `gateway-variant`, which runs only when there are some.
+    pub variant: Vec<String>,
+    pub variant_engine: Engine,
 }
 
 impl ManagedOptions {
     fn wants(&self, name: &str) -> bool {
+        if name == "gateway-variant" && self.variant.is_empty() {
+            return false;
+        }
         name == "direct" || self.targets.is_empty() || self.targets.iter().any(|t| t == name)
     }
 }
@@ -287,7 +302,17 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
             }
         };
         log(&format!("starting {name}"));
-        let mut opts = GatewayOptions::new(&cluster, DB).engine(spec.engine);
+        let engine = if spec.variant {
+            o.variant_engine
+        } else {
+            spec.engine
+        };
+        let mut opts = GatewayOptions::new(&cluster, DB).engine(engine);
+        if spec.variant {
+            for line in &o.variant {
+                opts = opts.server_line(line);
+            }
+        }
         opts.log_level = "warn".into();
         // A masking file with its own `[policy]` replaces ours: two would not parse.
         opts = if brings_policy(&extra) {
@@ -324,7 +349,7 @@ pub fn start(o: &ManagedOptions, log: &dyn Fn(&str)) -> Result<Deployment, Manag
                     },
                     masked,
                     policy: Some(spec.policy_on),
-                    engine: Some(spec.engine.as_str().into()),
+                    engine: Some(engine.as_str().into()),
                     proxy: Some(ProcSet {
                         pid: gw.pid(),
                         with_children: false,
@@ -651,8 +676,18 @@ mod tests {
             mask_policy: None,
             gateway: true,
             targets: Vec::new(),
+            variant: Vec::new(),
+            variant_engine: Engine::Epoll,
         };
+        // The variant runs only with a setting to vary.
+        assert!(
+            TARGETS
+                .iter()
+                .all(|t| o.wants(t) == (*t != "gateway-variant"))
+        );
+        o.variant = vec!["read_batch_bytes = 0".into()];
         assert!(TARGETS.iter().all(|t| o.wants(t)));
+        o.variant.clear();
         o.targets = vec!["gateway-uring".into(), "gateway-nopolicy".into()];
         let wanted: Vec<&str> = TARGETS.iter().copied().filter(|t| o.wants(t)).collect();
         assert_eq!(wanted, ["direct", "gateway-uring", "gateway-nopolicy"]);

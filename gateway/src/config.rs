@@ -159,6 +159,11 @@ pub struct ServerConfig {
     /// sleeps (0: sleep at once). Saves the wake-up a small query's answer would cost.
     #[serde(default)]
     pub busy_poll_us: u64,
+    /// Bytes a server socket gathers before it wakes the gateway, once a result has
+    /// streamed for a megabyte (`SO_RCVLOWAT`; 0: wake for every server flush). The read
+    /// buffer of a session doing so grows to a third more than this.
+    #[serde(default = "default_read_batch")]
+    pub read_batch_bytes: usize,
     /// Seconds a client has to complete start-up and authentication.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
@@ -315,6 +320,9 @@ fn default_max_message() -> usize {
 fn default_read_buffer() -> usize {
     128 << 10
 }
+fn default_read_batch() -> usize {
+    192 << 10
+}
 fn default_handshake_timeout() -> u64 {
     15
 }
@@ -386,6 +394,13 @@ impl Config {
             return Err(invalid(
                 "server.read_buffer_bytes",
                 "must be between 4096 and 67108864",
+            ));
+        }
+        let batch = self.server.read_batch_bytes;
+        if batch != 0 && !(16384..=16 << 20).contains(&batch) {
+            return Err(invalid(
+                "server.read_batch_bytes",
+                "must be 0 (off) or between 16384 and 16777216",
             ));
         }
         if self.upstream.host.is_empty() {
@@ -721,6 +736,30 @@ mod tests {
         assert_eq!(with(50).unwrap().server.busy_poll_us, 50);
         let e = with(1001).unwrap_err();
         assert!(e.to_string().starts_with("server.busy_poll_us:"), "{e}");
+    }
+
+    #[test]
+    fn read_batches_are_bounded() {
+        let with = |line: &str| {
+            Config::parse(&good().replace(
+                "listen = \"127.0.0.1:0\"\n",
+                &format!("listen = \"127.0.0.1:0\"\n{line}\n"),
+            ))
+        };
+        assert_eq!(with("").unwrap().server.read_batch_bytes, 196608);
+        assert_eq!(
+            with("read_batch_bytes = 0")
+                .unwrap()
+                .server
+                .read_batch_bytes,
+            0
+        );
+        for bad in ["read_batch_bytes = 100", "read_batch_bytes = 16777217"] {
+            let e = with(bad).unwrap_err();
+            assert!(e.to_string().starts_with("server.read_batch_bytes:"), "{e}");
+        }
+        let big = with("read_batch_bytes = 1048576").unwrap();
+        assert_eq!(big.server.read_batch_bytes, 1048576);
     }
 
     #[test]

@@ -19,6 +19,7 @@ per_engine!(
     a_full_pool_makes_sessions_wait_then_refuses_with_53300,
     a_connection_the_server_closed_is_not_reused,
     two_hundred_agents_at_once_share_the_pool_within_its_limit,
+    a_connection_that_streamed_a_large_result_is_handed_on_awake,
 );
 
 fn env(engine: Engine, pool: &str, workers: usize) -> Env {
@@ -243,6 +244,57 @@ fn a_connection_the_server_closed_is_not_reused(engine: Engine) {
         let second = connect(&conninfo(&env, "pool-test")).await;
         assert_ne!(pid(&second).await, pid_first);
         assert_eq!(one(&second, "SELECT name FROM items").await, "one");
+    });
+}
+
+/// [`one`], failing after 10 s instead of waiting forever.
+async fn answer(c: &tokio_postgres::Client, sql: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(10), one(c, sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql}: no answer within 10 s"))
+}
+
+/// A long result raises the server socket's low-water mark (`[server] read_batch_bytes`):
+/// its end, shorter than a batch, still arrives, the same session's next small answers
+/// are not held back (a gateway that never lowers the mark fails here, on both engines),
+/// and the next agent on the reused connection gets its answers too.
+fn a_connection_that_streamed_a_large_result_is_handed_on_awake(engine: Engine) {
+    let env = env(engine, "", 1);
+    rt().block_on(async {
+        let first = connect(&conninfo(&env, "pool-test")).await;
+        let pid_first = pid(&first).await;
+        // 16 MB in 8 KiB rows: well past the streak that starts batching, and its end
+        // (the last rows, CommandComplete, ReadyForQuery) fills no batch.
+        let rows = tokio::time::timeout(
+            Duration::from_secs(60),
+            first.simple_query("SELECT repeat('x', 8000) FROM generate_series(1, 2000)"),
+        )
+        .await
+        .expect("the large result's end arrives")
+        .unwrap();
+        let data: Vec<usize> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::len),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data.len(), 2000);
+        assert!(data.iter().all(|&n| n == 8000));
+        for _ in 0..20 {
+            assert_eq!(answer(&first, "SELECT 'after'").await, "after");
+        }
+        drop(first);
+        settle().await;
+
+        let second = connect(&conninfo(&env, "pool-test")).await;
+        let pid_second = tokio::time::timeout(Duration::from_secs(10), pid(&second))
+            .await
+            .expect("the next agent's first answer arrives");
+        assert_eq!(pid_second, pid_first, "the connection was reused");
+        for _ in 0..20 {
+            assert_eq!(answer(&second, "SELECT name FROM items").await, "one");
+        }
     });
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tracing::{Instrument, debug, error, info, warn};
 
+use super::batch::{Batching, Mark};
 use super::cancel::{CancelGuard, CancelTarget, SessionCancel};
 use super::hold::{self, HoldContext};
 use super::transport::{MaybeTls, TlsTransport, Transport};
@@ -1127,13 +1128,35 @@ async fn relay_session<C: Connect, H: Hooks>(
     let server_half = async {
         let mut buf = BytesMut::with_capacity(read_size);
         let mut clean = true;
+        let mut batching = Batching::new(shared.read_batch);
         loop {
-            let (res, b) = server.read(buf, read_size).await;
+            let read = server.read(buf, batching.read_room(read_size));
+            let (res, b) = match batching.deadline() {
+                None => read.await,
+                Some(deadline) => {
+                    let mut read = std::pin::pin!(read);
+                    tokio::select! {
+                        biased;
+                        r = &mut read => r,
+                        () = tokio::time::sleep(deadline) => {
+                            // The end of a result, or a producer gone slow: lowering the
+                            // mark wakes this read with what has arrived.
+                            if batching.timed_out() == Mark::Lower {
+                                server.set_low_water(1);
+                            }
+                            read.await
+                        }
+                    }
+                }
+            };
             buf = b;
             match res {
                 Ok(0) => break,
                 Ok(n) => {
                     shared.metrics.server_bytes.inc_by(n as u64);
+                    if let Some(Mark::Raise(bytes)) = batching.after_read(n) {
+                        server.set_low_water(bytes);
+                    }
                 }
                 Err(e) => {
                     debug!("server read: {e}");
@@ -1184,6 +1207,10 @@ async fn relay_session<C: Connect, H: Hooks>(
             if flow.client_done.get() && flow.reset.borrow().is_none() {
                 break;
             }
+        }
+        // A pooled connection goes to its next session with the kernel's default mark.
+        if batching.stop().is_some() {
+            server.set_low_water(1);
         }
         if !flow.client_done.get() {
             flow.server_ended.set(true);

@@ -98,6 +98,11 @@ impl Transport for EpollStream {
         use std::os::fd::AsRawFd;
         super::transport::quiet(self.0.as_raw_fd())
     }
+
+    fn set_low_water(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        super::transport::set_low_water(self.0.as_raw_fd(), bytes);
+    }
 }
 
 pub struct Epoll;

@@ -13,6 +13,7 @@
 //! once against the [`transport::Transport`] trait both engines implement; [`side`]
 //! holds the upstream connections the gateway reserves for its own questions.
 
+mod batch;
 pub mod cancel;
 pub mod conn;
 pub mod epoll;

@@ -66,6 +66,8 @@ pub struct Shared {
     pub read_buffer: usize,
     /// `[server] busy_poll_us`: how long an epoll worker looks before it sleeps.
     pub busy_poll: Duration,
+    /// `[server] read_batch_bytes`: see [`super::batch`].
+    pub read_batch: usize,
     pub handshake_timeout: Duration,
     pub cancels: CancelRegistry,
     pub lifecycle: Arc<Lifecycle>,
@@ -151,6 +153,7 @@ impl Shared {
             },
             read_buffer: cfg.server.read_buffer_bytes,
             busy_poll: Duration::from_micros(cfg.server.busy_poll_us),
+            read_batch: cfg.server.read_batch_bytes,
             handshake_timeout: Duration::from_secs(cfg.server.handshake_timeout_secs),
             cancels: CancelRegistry::default(),
             lifecycle: Arc::new(Lifecycle::default()),

@@ -30,6 +30,28 @@ pub trait Transport {
     /// connection that fails this was closed by the server or has something unasked
     /// for waiting, and is not handed to another session.
     fn quiet(&self) -> bool;
+    /// Sets how many bytes must have arrived before a pending read wakes
+    /// (`SO_RCVLOWAT`; see [`super::batch`]). A read still takes whatever is there.
+    fn set_low_water(&self, bytes: usize);
+}
+
+/// `SO_RCVLOWAT` on `fd`. Lowering it wakes a read that the new mark satisfies.
+pub fn set_low_water(fd: std::os::fd::RawFd, bytes: usize) {
+    let v = libc::c_int::try_from(bytes.max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with a pointer to a c_int that outlives the call and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        // Only a closed or foreign descriptor fails here; the read that follows says so.
+        tracing::debug!("SO_RCVLOWAT {v}: {}", io::Error::last_os_error());
+    }
 }
 
 /// Asks the kernel whether `fd` has nothing to read and its peer has not hung up,
@@ -115,6 +137,13 @@ impl<T: Transport> Transport for MaybeTls<T> {
         match self {
             MaybeTls::Plain(t) => t.quiet(),
             MaybeTls::Tls(t) => t.quiet(),
+        }
+    }
+
+    fn set_low_water(&self, bytes: usize) {
+        match self {
+            MaybeTls::Plain(t) => t.set_low_water(bytes),
+            MaybeTls::Tls(t) => t.inner.set_low_water(bytes),
         }
     }
 }
@@ -272,5 +301,9 @@ impl<T: Transport> Transport for TlsTransport<T> {
             .process_new_packets()
             .map_or(true, |s| s.plaintext_bytes_to_read() > 0);
         !buffered && self.cipher_in.borrow().is_empty() && self.inner.quiet()
+    }
+
+    fn set_low_water(&self, bytes: usize) {
+        self.inner.set_low_water(bytes);
     }
 }

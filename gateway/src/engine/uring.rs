@@ -53,6 +53,11 @@ impl Transport for UringStream {
         use std::os::fd::AsRawFd;
         super::transport::quiet(self.0.as_raw_fd())
     }
+
+    fn set_low_water(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        super::transport::set_low_water(self.0.as_raw_fd(), bytes);
+    }
 }
 
 pub struct Uring;
