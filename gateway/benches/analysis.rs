@@ -103,6 +103,15 @@ fn bench(c: &mut Criterion<CpuTime>) {
             black_box(gate.check(sql.as_bytes(), Via::SimpleQuery))
         })
     });
+    // pgbench -S in its default simple protocol: the same shape, a new literal each time.
+    let mut fresh = self::gate();
+    g.bench_function("pgbench-select-distinct-literal", |b| {
+        b.iter(|| {
+            n += 1;
+            let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", n % 1_000_000);
+            black_box(fresh.check(sql.as_bytes(), Via::SimpleQuery))
+        })
+    });
     g.finish();
 }
 
