@@ -108,7 +108,10 @@ fn bench(c: &mut Criterion<CpuTime>) {
     g.bench_function("pgbench-select-distinct-literal", |b| {
         b.iter(|| {
             n += 1;
-            let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", n % 1_000_000);
+            let sql = format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+                n % 1_000_000
+            );
             black_box(fresh.check(sql.as_bytes(), Via::SimpleQuery))
         })
     });

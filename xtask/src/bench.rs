@@ -25,8 +25,14 @@ at most 3 µs over the policy-off p50, both from the same run:
   (--quick --rounds 1 for a smoke run; `direct` always runs, every ratio needs it; --only
   matches substrings, so --clients 1 is what keeps small/select1 to the c1 workloads)
 
+One setting against the default, same run: gateway-variant is gateway-epoll with the
+--variant lines added to [server] (repeatable; --variant-engine uring for io_uring):
+  cargo xtask bench --targets gateway-epoll,gateway-variant --variant 'busy_poll_us = 50' \\
+      --rows 20000 --clients 1,8 --only small/select1,pgbench/select-only-c8
+
 Target names: direct, pgbouncer, pgbouncer-pktbuf, gateway-epoll, gateway-uring,
-gateway-nopolicy, gateway-masked. Workload ids: narrow/*, wide/*, copy/*,
+gateway-nopool, gateway-nopolicy, gateway-masked, gateway-approvals, gateway-audit,
+gateway-audit-os, gateway-variant (with --variant). Workload ids: narrow/*, wide/*, copy/*,
 small/{select1,pk}-{simple,prepared}-c{N}, connect/c1, pgbench/select-only[-connect]-c8.";
 
 #[derive(clap::Args)]
