@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Env, connect, rt};
+use common::{Env, connect, first_column, rt};
 use portcullis_tests::metrics::scrape_until;
 use portcullis_tests::{Engine, PgOptions, free_port, per_engine};
 
@@ -272,15 +272,12 @@ fn a_connection_that_streamed_a_large_result_is_handed_on_awake(engine: Engine) 
         .await
         .expect("the large result's end arrives")
         .unwrap();
-        let data: Vec<usize> = rows
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::len),
-                _ => None,
-            })
-            .collect();
+        let data = first_column(&rows);
         assert_eq!(data.len(), 2000);
-        assert!(data.iter().all(|&n| n == 8000));
+        assert!(
+            data.iter()
+                .all(|v| v.as_deref().map(str::len) == Some(8000))
+        );
         for _ in 0..20 {
             assert_eq!(answer(&first, "SELECT 'after'").await, "after");
         }

@@ -66,7 +66,10 @@ fn upstream_over_verified_tls(engine: Engine) {
     let through = env.ok(env.psql_gw().args(args));
     let direct = env.ok(env.psql_direct().args(args));
     assert_eq!(through.stdout.len(), direct.stdout.len());
-    assert!(through.stdout == direct.stdout, "the result differs over TLS");
+    assert!(
+        through.stdout == direct.stdout,
+        "the result differs over TLS"
+    );
     assert!(stdout(&through).ends_with("after\n"));
 }
 

@@ -172,6 +172,17 @@ pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The first column of every row of a simple-query answer (SQL NULL as `None`).
+pub fn first_column(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Option<String>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `portcullis <args>` (the binary under test), with nothing inherited that could point
 /// it at another gateway.
 pub fn portcullis(args: &[&str]) -> Command {
