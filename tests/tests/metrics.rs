@@ -1,8 +1,8 @@
 //! What an operator reads from `[metrics]`: `/metrics` scraped during a run matches what
 //! the agent did (statements by class and verdict, values masked per rule, refusals by
-//! SQLSTATE, bytes, the session gauge going up and down), `/readyz` follows the
-//! upstream going away and coming back, and the dashboard and alert rules in `deploy/`
-//! name only metrics the gateway exports.
+//! SQLSTATE, bytes, the session gauge going up and down, long results read in batches),
+//! `/readyz` follows the upstream going away and coming back, and the dashboard and alert
+//! rules in `deploy/` name only metrics the gateway exports.
 
 mod common;
 
@@ -158,6 +158,21 @@ fn metrics_match_what_the_agent_did(engine: Engine) {
         ) >= 1.0
     });
     assert_eq!(refused.value("portcullis_sessions_open", &agent), 0.0);
+
+    // A long result is read in batches ([server] read_batch_bytes), and counted; the short
+    // ones above never were.
+    assert_eq!(refused.value("portcullis_read_batches_total", &[]), 0.0);
+    rt().block_on(async {
+        let c = connect(&env.conninfo()).await;
+        let rows = c
+            .simple_query("SELECT repeat('x', 8000) FROM generate_series(1, 2000)")
+            .await
+            .expect("the long read runs");
+        assert_eq!(first_column(&rows).len(), 2000);
+    });
+    scrape_until(port, "the batched read", |s| {
+        s.value("portcullis_read_batches_total", &[]) >= 1.0
+    });
 
     // The dashboard and the alert rules ask only for what is exported.
     let exported = &refused.names;

@@ -1156,6 +1156,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                     shared.metrics.server_bytes.inc_by(n as u64);
                     if let Some(Mark::Raise(bytes)) = batching.after_read(n) {
                         server.set_low_water(bytes);
+                        shared.metrics.read_batches.inc();
                     }
                 }
                 Err(e) => {

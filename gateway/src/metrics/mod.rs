@@ -125,6 +125,8 @@ pub struct Metrics {
     pub client_bytes: Counter,
     /// Server → gateway bytes, per read.
     pub server_bytes: Counter,
+    /// Long results whose server reads went to batches (`engine::batch`).
+    pub read_batches: Counter,
     masked: Family<Labels1, Counter>,
     refusals: Family<Labels1, Counter>,
     /// How long a session waited for its statement's audit record to be durable.
@@ -157,6 +159,7 @@ impl Metrics {
             end_to_end: LatencyHistogram::statements(),
             client_bytes: Counter::default(),
             server_bytes: Counter::default(),
+            read_batches: Counter::default(),
             masked: Family::default(),
             refusals: Family::default(),
             audit_wait: LatencyHistogram::statements(),
@@ -236,6 +239,11 @@ impl Metrics {
             "Bytes read from agents (client_to_server) and from the database (server_to_client)",
             Unit::Bytes,
             bytes,
+        );
+        registry.register(
+            "read_batches",
+            "Long results whose server reads went to batches of [server] read_batch_bytes (the socket's low-water mark raised), one per raise",
+            m.read_batches.clone(),
         );
         registry.register(
             "values_masked",
