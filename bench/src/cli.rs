@@ -52,9 +52,6 @@ pub enum BenchError {
     Runtime(std::io::Error),
 }
 
-/// Measure the gateway against a direct connection and pgbouncer.
-///
-/// Without `--direct` it starts everything itself (PostgreSQL, pgbouncer, the gateway).
 /// The I/O engine of `gateway-variant`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VariantEngine {
@@ -62,6 +59,18 @@ pub enum VariantEngine {
     Uring,
 }
 
+impl From<VariantEngine> for portcullis_tests::Engine {
+    fn from(e: VariantEngine) -> Self {
+        match e {
+            VariantEngine::Epoll => portcullis_tests::Engine::Epoll,
+            VariantEngine::Uring => portcullis_tests::Engine::Uring,
+        }
+    }
+}
+
+/// Measure the gateway against a direct connection and pgbouncer.
+///
+/// Without `--direct` it starts everything itself (PostgreSQL, pgbouncer, the gateway).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "portcullis-bench", version)]
 pub struct Args {
@@ -260,10 +269,7 @@ pub fn run(args: &Args) -> Result<Outcome, BenchError> {
                     gateway: !args.no_gateway,
                     targets: args.targets.clone(),
                     variant: args.variant.clone(),
-                    variant_engine: match args.variant_engine {
-                        VariantEngine::Epoll => portcullis_tests::Engine::Epoll,
-                        VariantEngine::Uring => portcullis_tests::Engine::Uring,
-                    },
+                    variant_engine: args.variant_engine.into(),
                 },
                 &say,
             )?;

@@ -20,14 +20,7 @@
 
 use std::time::Duration;
 
-/// What the server half does to the server socket's low-water mark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mark {
-    /// Raise it to this many bytes.
-    Raise(usize),
-    /// Put it back to one byte (the kernel's default).
-    Lower,
-}
+use super::STREAMING_READ;
 
 /// The batching state of one server connection's reads.
 #[derive(Debug)]
@@ -44,8 +37,6 @@ pub struct Batching {
 }
 
 impl Batching {
-    /// A read at least this long is part of a stream: PostgreSQL's flush size.
-    pub const FULL_READ: usize = 8192;
     /// Bytes of full reads in a row before batching starts.
     pub const STREAK: usize = 1 << 20;
     /// Longest wait for a batch. tokio's timers tick in milliseconds, so this is what a
@@ -81,8 +72,9 @@ impl Batching {
         self.raised.map(|_| Self::DEADLINE)
     }
 
-    /// A read of `n` bytes completed (before its deadline).
-    pub fn after_read(&mut self, n: usize) -> Option<Mark> {
+    /// A read of `n` bytes completed (before its deadline); `Some(bytes)`: raise the mark
+    /// to that.
+    pub fn after_read(&mut self, n: usize) -> Option<usize> {
         if let Some(batches) = &mut self.raised {
             *batches += 1;
             return None;
@@ -90,7 +82,7 @@ impl Batching {
         if self.batch == 0 {
             return None;
         }
-        if n < Self::FULL_READ {
+        if n < STREAMING_READ {
             self.streak = 0;
             return None;
         }
@@ -99,11 +91,11 @@ impl Batching {
             return None;
         }
         self.raised = Some(0);
-        Some(Mark::Raise(self.batch))
+        Some(self.batch)
     }
 
-    /// The deadline passed with the read still waiting.
-    pub fn timed_out(&mut self) -> Mark {
+    /// The deadline passed with the read still waiting: the mark comes down.
+    pub fn timed_out(&mut self) {
         let batches = self.raised.take().unwrap_or(0);
         self.needed = if batches < Self::KEEPING_UP {
             self.needed.saturating_mul(2).min(Self::MAX_STREAK)
@@ -111,12 +103,11 @@ impl Batching {
             Self::STREAK
         };
         self.streak = 0;
-        Mark::Lower
     }
 
-    /// The mark comes down for good (the session is leaving the socket).
-    pub fn stop(&mut self) -> Option<Mark> {
-        self.raised.take().map(|_| Mark::Lower)
+    /// The session is leaving the socket: whether the mark is up and must come down.
+    pub fn stop(&mut self) -> bool {
+        self.raised.take().is_some()
     }
 }
 
@@ -124,10 +115,10 @@ impl Batching {
 mod tests {
     use super::*;
 
-    fn stream(b: &mut Batching, bytes: usize) -> Option<Mark> {
+    fn stream(b: &mut Batching, bytes: usize) -> Option<usize> {
         let mut last = None;
-        for _ in 0..bytes / Batching::FULL_READ {
-            if let Some(m) = b.after_read(Batching::FULL_READ) {
+        for _ in 0..bytes / STREAMING_READ {
+            if let Some(m) = b.after_read(STREAMING_READ) {
                 last = Some(m);
             }
         }
@@ -142,9 +133,9 @@ mod tests {
             assert_eq!(b.deadline(), None);
         }
         // Full reads broken up by a short one start the streak over.
-        assert_eq!(stream(&mut b, Batching::STREAK - Batching::FULL_READ), None);
+        assert_eq!(stream(&mut b, Batching::STREAK - STREAMING_READ), None);
         assert_eq!(b.after_read(100), None);
-        assert_eq!(stream(&mut b, Batching::STREAK - Batching::FULL_READ), None);
+        assert_eq!(stream(&mut b, Batching::STREAK - STREAMING_READ), None);
         assert_eq!(b.deadline(), None);
     }
 
@@ -152,26 +143,29 @@ mod tests {
     fn a_long_stream_raises_the_mark_once_and_the_deadline_lowers_it() {
         let mut b = Batching::new(65536);
         assert_eq!(b.read_room(131072), 131072);
-        assert_eq!(stream(&mut b, Batching::STREAK), Some(Mark::Raise(65536)));
+        assert_eq!(stream(&mut b, Batching::STREAK), Some(65536));
         assert_eq!(b.deadline(), Some(Batching::DEADLINE));
         assert_eq!(b.read_room(131072), 131072);
-        assert_eq!(Batching::new(196608).read_room(4096), 4096);
+        let mut big = Batching::new(196608);
+        assert_eq!(big.read_room(4096), 4096);
+        stream(&mut big, Batching::STREAK);
+        assert_eq!(big.read_room(131072), 262144, "a third more than a batch");
         for _ in 0..100 {
             assert_eq!(b.after_read(65536), None);
         }
-        assert_eq!(b.timed_out(), Mark::Lower);
+        b.timed_out();
         assert_eq!(b.deadline(), None);
-        assert_eq!(b.stop(), None);
+        assert!(!b.stop());
         // A producer that kept up: the next stream batches as soon.
-        assert_eq!(stream(&mut b, Batching::STREAK), Some(Mark::Raise(65536)));
-        assert_eq!(b.stop(), Some(Mark::Lower));
+        assert_eq!(stream(&mut b, Batching::STREAK), Some(65536));
+        assert!(b.stop());
     }
 
     #[test]
     fn a_slow_producer_needs_ever_longer_streaks() {
         let mut b = Batching::new(65536);
         assert!(stream(&mut b, Batching::STREAK).is_some());
-        assert_eq!(b.timed_out(), Mark::Lower);
+        b.timed_out();
         assert_eq!(stream(&mut b, Batching::STREAK), None);
         assert!(stream(&mut b, Batching::STREAK).is_some());
         for _ in 0..20 {

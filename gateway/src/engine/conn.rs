@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tracing::{Instrument, debug, error, info, warn};
 
-use super::batch::{Batching, Mark};
+use super::batch::Batching;
 use super::cancel::{CancelGuard, CancelTarget, SessionCancel};
 use super::hold::{self, HoldContext};
 use super::transport::{MaybeTls, TlsTransport, Transport};
@@ -1141,9 +1141,8 @@ async fn relay_session<C: Connect, H: Hooks>(
                         () = tokio::time::sleep(deadline) => {
                             // The end of a result, or a producer gone slow: lowering the
                             // mark wakes this read with what has arrived.
-                            if batching.timed_out() == Mark::Lower {
-                                server.set_low_water(1);
-                            }
+                            batching.timed_out();
+                            server.set_low_water(1);
                             read.await
                         }
                     }
@@ -1154,7 +1153,7 @@ async fn relay_session<C: Connect, H: Hooks>(
                 Ok(0) => break,
                 Ok(n) => {
                     shared.metrics.server_bytes.inc_by(n as u64);
-                    if let Some(Mark::Raise(bytes)) = batching.after_read(n) {
+                    if let Some(bytes) = batching.after_read(n) {
                         server.set_low_water(bytes);
                         shared.metrics.read_batches.inc();
                     }
@@ -1210,7 +1209,7 @@ async fn relay_session<C: Connect, H: Hooks>(
             }
         }
         // A pooled connection goes to its next session with the kernel's default mark.
-        if batching.stop().is_some() {
+        if batching.stop() {
             server.set_low_water(1);
         }
         if !flow.client_done.get() {

@@ -57,7 +57,7 @@ impl Transport for EpollStream {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     use std::os::fd::AsRawFd;
-                    let streaming = self.1.get() >= super::spin::STREAMING_READ;
+                    let streaming = self.1.get() >= super::STREAMING_READ;
                     let _watched = super::spin::watch(self.0.as_raw_fd(), streaming);
                     if let Err(e) = self.0.readable().await {
                         return (Err(e), buf);

@@ -25,6 +25,12 @@ mod spin;
 pub mod transport;
 pub mod uring;
 
+/// A read at least this long is part of a stream: PostgreSQL flushes a large result or a
+/// COPY 8 KiB at a time (`PQ_SEND_BUFFER_SIZE`), so the next chunk is a server flush away,
+/// not a round trip. Busy-polling ([`spin`]) stops for such reads and read batching
+/// ([`batch`]) counts them.
+pub(crate) const STREAMING_READ: usize = 8192;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

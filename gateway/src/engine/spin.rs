@@ -30,11 +30,6 @@ use std::time::{Duration, Instant};
 /// between looks would cost more than the wake-up it saves.
 const MAX_WATCHED: usize = 64;
 
-/// A read that returned at least this much is part of a stream (PostgreSQL flushes a
-/// large result 8 KiB at a time): its next chunk is a server flush away, not a round
-/// trip, and spinning for it would only burn CPU the database needs.
-pub const STREAMING_READ: usize = 8192;
-
 /// Halvings of the budget after looks that found nothing, so a gateway whose agents pause
 /// between statements stops spending the budget on every wait.
 const MAX_MISSES: u32 = 5;
@@ -72,7 +67,7 @@ pub struct Watched {
 }
 
 /// Marks `fd` as awaited by a read on this thread; `streaming` after a read of at least
-/// [`STREAMING_READ`] bytes, or for a write waiting on a full socket. `None` where this
+/// [`super::STREAMING_READ`] bytes, or for a write waiting on a full socket. `None` where this
 /// thread does not busy-poll.
 pub fn watch(fd: RawFd, streaming: bool) -> Option<Watched> {
     if !ENABLED.with(Cell::get) {

@@ -143,7 +143,7 @@ impl<T: Transport> Transport for MaybeTls<T> {
     fn set_low_water(&self, bytes: usize) {
         match self {
             MaybeTls::Plain(t) => t.set_low_water(bytes),
-            MaybeTls::Tls(t) => t.inner.set_low_water(bytes),
+            MaybeTls::Tls(t) => t.set_low_water(bytes),
         }
     }
 }
