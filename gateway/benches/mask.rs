@@ -66,6 +66,33 @@ column = "public.accounts.email"
 strategy = "hash"
 "#;
 
+/// The quickstart's column strategies (`tests/src/policy.rs`), which the bench
+/// harness's `gateway-masked` target runs: the IBAN hashed, the e-mail partial.
+const QUICKSTART_RULES: &str = r#"
+[[rule]]
+name = "ssn"
+column = "public.accounts.ssn"
+strategy = "format_preserving"
+[[rule]]
+name = "card"
+column_name = "*card_number"
+strategy = "partial"
+keep_last = 4
+[[rule]]
+name = "routing"
+column = "public.accounts.routing_number"
+strategy = "format_preserving"
+[[rule]]
+name = "iban"
+column = "public.accounts.iban"
+strategy = "hash"
+[[rule]]
+name = "email"
+column = "public.accounts.email"
+strategy = "partial"
+keep_first = 1
+"#;
+
 const NOTES_RULE: &str = r#"
 [[rule]]
 name = "notes-scan"
@@ -311,7 +338,7 @@ fn bench(c: &mut Criterion<CpuTime>) {
         "strategy = \"hash\"",
         "strategy = \"partial\"\nkeep_first = 1",
     );
-    let cases: [(&str, String); 5] = [
+    let cases: [(&str, String); 6] = [
         ("passthrough", String::new()),
         ("column_rules", COLUMN_RULES.to_owned()),
         ("column_rules_no_hmac", no_hash),
@@ -319,6 +346,10 @@ fn bench(c: &mut Criterion<CpuTime>) {
         (
             "column_rules+detectors",
             format!("{COLUMN_RULES}{NOTES_RULE}"),
+        ),
+        (
+            "quickstart_rules+detectors",
+            format!("{QUICKSTART_RULES}{NOTES_RULE}"),
         ),
     ];
     let mut g = c.benchmark_group("mask_data_row");

@@ -383,7 +383,7 @@ impl Scanner {
 
 /// `is_ascii_alphanumeric` in two range checks, the form that vectorises best.
 #[inline(always)]
-fn alnum(b: u8) -> bool {
+pub(crate) fn alnum(b: u8) -> bool {
     ((b | 0x20).wrapping_sub(b'a') < 26) | (b.wrapping_sub(b'0') < 10)
 }
 
