@@ -231,12 +231,11 @@ fn significant(b: u8) -> bool {
 
 fn partial<S: Sink>(value: &[u8], keep_first: usize, keep_last: usize, mask: u8, out: &mut S) {
     let start = out.len();
-    if value.is_ascii() {
-        let kept = partial_ascii(value, keep_first, keep_last, mask, out);
-        recheck(&mut out[start..], kept, mask);
-        return;
-    }
-    let kept = partial_chars(value, keep_first, keep_last, mask, out);
+    let kept = if value.is_ascii() {
+        partial_ascii(value, keep_first, keep_last, mask, out)
+    } else {
+        partial_chars(value, keep_first, keep_last, mask, out)
+    };
     recheck(&mut out[start..], kept, mask);
 }
 
