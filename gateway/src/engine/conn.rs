@@ -126,14 +126,14 @@ async fn run<C: Connect>(
         shared.token_auth.clone(),
     );
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
-    let agent = loop {
+    let (agent, mut owed) = loop {
         match tokio::time::timeout_at(
             deadline,
             client_startup::<C>(shared, &client, &mut hs, &mut buf),
         )
         .await
         {
-            Ok(Ok(Startup::Agent(agent))) => break agent,
+            Ok(Ok(Startup::Agent(agent, owed))) => break (agent, Owed(owed)),
             Ok(Ok(Startup::CancelDone)) => return Ok(()),
             Ok(Ok(Startup::StartTls)) => {
                 let (MaybeTls::Plain(plain), Some(cfg)) = (client, shared.server_tls.clone())
@@ -191,7 +191,7 @@ async fn run<C: Connect>(
             &client,
             REFUSED_DRAINING,
         );
-        let _ = client.write_all(drain::shutting_down()).await;
+        let _ = client.write_all(owed.then(drain::shutting_down())).await;
         return Err(ConnError::Rejected(SHUTTING_DOWN.into()));
     }
 
@@ -202,13 +202,13 @@ async fn run<C: Connect>(
         );
         log_refused(shared, Some(&agent.identity.name), peer, &client, &message);
         let _ = client
-            .write_all(error_response(
+            .write_all(owed.then(error_response(
                 Severity::Fatal,
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 &message,
                 None,
                 Some("Connect without role, session_authorization or options naming them."),
-            ))
+            )))
             .await;
         return Err(ConnError::Rejected(message));
     }
@@ -246,7 +246,7 @@ async fn run<C: Connect>(
                 let (code, _) = be::error_summary(frame.get(5..).unwrap_or_default());
                 shared.metrics.login_refused("upstream_unavailable");
                 shared.metrics.refusal(&code);
-                let _ = client.write_all(frame).await;
+                let _ = client.write_all(owed.then(frame)).await;
                 return Err(e.into());
             }
         },
@@ -264,7 +264,7 @@ async fn run<C: Connect>(
                 &format!("{message} ({})", sqlstate::TOO_MANY_CONNECTIONS),
             );
             let _ = client
-                .write_all(error_response(
+                .write_all(owed.then(error_response(
                     Severity::Fatal,
                     sqlstate::TOO_MANY_CONNECTIONS,
                     &message,
@@ -272,7 +272,7 @@ async fn run<C: Connect>(
                     Some(
                         "Retry later; an operator can raise [pool] pool_size or wait_timeout_secs.",
                     ),
-                ))
+                )))
                 .await;
             return Err(ConnError::Rejected(message));
         }
@@ -296,13 +296,13 @@ async fn run<C: Connect>(
                 "the gateway could not reserve its connection for this session's catalog lookups: {e}"
             );
             let _ = client
-                .write_all(error_response(
+                .write_all(owed.then(error_response(
                     Severity::Fatal,
                     e.sqlstate(),
                     &message,
                     Some("The gateway keeps [upstream] reserved_connections per database open for masking and approvals, so that open sessions never need a free slot."),
                     Some("Retry later; an operator can raise the server's max_connections or lower reserved_connections."),
-                ))
+                )))
                 .await;
             return Err(ConnError::Rejected(message));
         }
@@ -324,7 +324,8 @@ async fn run<C: Connect>(
         }
     });
     let (pid, secret) = guard.as_ref().map(|g| g.key).unwrap_or((0, 0));
-    let mut hello = BytesMut::new();
+    // What start-up still owed the agent goes in the same write as the server's answer.
+    let mut hello = std::mem::take(&mut owed.0);
     for f in session.parameter_status.iter().chain(&session.notices) {
         hello.extend_from_slice(f);
     }
@@ -594,7 +595,9 @@ async fn greet<S: Transport>(
 }
 
 enum Startup {
-    Agent(Agent),
+    /// Authenticated; what the handshake asked to send last (SASL final,
+    /// AuthenticationOk) is not sent yet but owed.
+    Agent(Agent, BytesMut),
     StartTls,
     CancelDone,
 }
@@ -607,6 +610,9 @@ async fn client_startup<C: Connect>(
     buf: &mut BytesMut,
 ) -> Result<Startup, ConnError> {
     let mut steps = std::collections::VecDeque::new();
+    // Consecutive `Send`s go out as one write, and those before `Authenticated` go out
+    // with the session's first answer: a login costs one send per round trip.
+    let mut out = BytesMut::new();
     loop {
         let (res, b) = client.read(std::mem::take(buf), 4096).await;
         *buf = b;
@@ -618,13 +624,24 @@ async fn client_startup<C: Connect>(
         steps.extend(fresh);
         while let Some(step) = steps.pop_front() {
             match step {
-                Step::Send(b) => client.write_all(b).await.map_err(ConnError::ClientIo)?,
-                Step::StartTls => return Ok(Startup::StartTls),
+                Step::Send(b) => out.extend_from_slice(&b),
+                Step::Authenticated(agent) => return Ok(Startup::Agent(*agent, out)),
+                Step::Reject(frame) => {
+                    let (code, msg) = be::error_summary(frame.get(5..).unwrap_or_default());
+                    out.extend_from_slice(&frame);
+                    let _ = client.write_all(out.freeze()).await;
+                    return Err(ConnError::Rejected(format!("{msg} ({code})")));
+                }
+                Step::StartTls => {
+                    flush(client, &mut out).await?;
+                    return Ok(Startup::StartTls);
+                }
                 Step::Cancel { pid, secret } => {
                     cancel::<C>(shared, pid, secret).await;
                     return Ok(Startup::CancelDone);
                 }
                 Step::VerifyToken { token, mechanism } => {
+                    flush(client, &mut out).await?;
                     let result = match &shared.tokens {
                         Some(t) => t.verify(&token, mechanism).await,
                         None => Err(crate::auth::oidc::TokenError::Issuer),
@@ -652,15 +669,38 @@ async fn client_startup<C: Connect>(
                         steps.push_front(m);
                     }
                 }
-                Step::Authenticated(agent) => return Ok(Startup::Agent(*agent)),
-                Step::Reject(frame) => {
-                    let (code, msg) = be::error_summary(&frame[5..]);
-                    let _ = client.write_all(frame).await;
-                    return Err(ConnError::Rejected(format!("{msg} ({code})")));
+                Step::Close(why) => {
+                    let _ = flush(client, &mut out).await;
+                    return Err(ConnError::Rejected(why));
                 }
-                Step::Close(why) => return Err(ConnError::Rejected(why)),
             }
         }
+        flush(client, &mut out).await?;
+    }
+}
+
+async fn flush<S: Transport>(client: &MaybeTls<S>, out: &mut BytesMut) -> Result<(), ConnError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    client
+        .write_all(out.split().freeze())
+        .await
+        .map_err(ConnError::ClientIo)
+}
+
+/// What start-up owes an authenticated agent, sent in front of whatever it is told next:
+/// the session's first answer, or why it cannot have one.
+struct Owed(BytesMut);
+
+impl Owed {
+    fn then(&mut self, frame: Bytes) -> Bytes {
+        if self.0.is_empty() {
+            return frame;
+        }
+        let mut out = std::mem::take(&mut self.0);
+        out.extend_from_slice(&frame);
+        out.freeze()
     }
 }
 
