@@ -15,8 +15,9 @@
 //! - [`functions`]: built-ins known to be free of side effects, and names denied by name.
 //! - [`model`]: the reading itself.
 //!
-//! Readings are cached per thread by exact text ([`analyze_cached`]), so a prepared
-//! statement or an agent's repeated query is parsed once.
+//! Readings are cached per thread by exact text and by shape ([`analyze_cached`]), so a
+//! prepared statement, an agent's repeated query or the same query with other constants
+//! is parsed once.
 
 pub mod copy;
 pub mod functions;
@@ -84,6 +85,7 @@ type Cached = Rc<Result<Analysis, AnalysisError>>;
 thread_local! {
     static CACHE: RefCell<HashMap<Box<str>, Cached>> = RefCell::new(HashMap::new());
     static SHAPES: RefCell<HashMap<Box<str>, Cached>> = RefCell::new(HashMap::new());
+    static QUICK: RefCell<HashMap<Box<str>, Cached>> = RefCell::new(HashMap::new());
 }
 
 /// [`analyze`], cached per thread: by exact text, and for a single data statement whose
@@ -100,10 +102,21 @@ pub fn analyze_cached(sql: &str) -> Cached {
     if let Some(hit) = CACHE.with(|c| c.borrow().get(sql).cloned()) {
         return hit;
     }
+    // A quick hit is not kept by exact text: a stream of new constants would only churn
+    // that cache.
+    let quick = quick_shape(sql);
+    if let Some(key) = &quick
+        && let Some(hit) = QUICK.with(|c| c.borrow().get(key.as_str()).cloned())
+    {
+        return hit;
+    }
     let shape = shape(sql);
     if let Some(key) = &shape
         && let Some(hit) = SHAPES.with(|c| c.borrow().get(key.as_str()).cloned())
     {
+        if let Some(q) = quick {
+            QUICK.with(|c| insert(&mut c.borrow_mut(), q.into(), &hit));
+        }
         CACHE.with(|c| insert(&mut c.borrow_mut(), sql.into(), &hit));
         return hit;
     }
@@ -121,6 +134,9 @@ pub fn analyze_cached(sql: &str) -> Cached {
     });
     if let Some(key) = shape.filter(|_| reusable) {
         SHAPES.with(|c| insert(&mut c.borrow_mut(), key.into(), &result));
+        if let Some(q) = quick {
+            QUICK.with(|c| insert(&mut c.borrow_mut(), q.into(), &result));
+        }
     }
     // The exact text too, so a repeat costs a lookup rather than a scan.
     CACHE.with(|c| insert(&mut c.borrow_mut(), sql.into(), &result));
@@ -132,6 +148,63 @@ fn insert(cache: &mut HashMap<Box<str>, Cached>, key: Box<str>, value: &Cached) 
         cache.clear();
     }
     cache.insert(key, value.clone());
+}
+
+/// A cheaper key for the commonest shape, an integer constant in plain text, found
+/// without the lexer's protobuf round trip (a third of an uncached statement's cost):
+/// the text itself with each such constant replaced by `\u{1}`; `None` when the text
+/// has no such constant or anything this key cannot vouch for.
+///
+/// Two texts with the same quick key always have the same [`shape`], so the quick key
+/// is only a faster way to the lexer's answer, never a second reading of the grammar:
+/// - it gives up on anything that takes PostgreSQL's lexer out of its initial state
+///   (quotes, `$`, comments, backslashes), on non-ASCII text and on control characters,
+///   so every byte it keeps means what it means in plain SQL, and the marker cannot occur
+///   in the text;
+/// - it replaces only a run of 1 to 9 digits between whitespace or `(`, `,`, `=`, `<`, `>`
+///   before and whitespace, `)`, `,`, `;` or the end after: in PostgreSQL's lexer that
+///   run is one whole integer constant whatever its digits (an `Iconst`, never an
+///   `Fconst`, which a longer integer becomes), and its neighbours' tokens do not change
+///   with it. A test checks both against the lexer.
+fn quick_shape(sql: &str) -> Option<String> {
+    const BEFORE: &[u8] = b" \t\n\r(,=<>";
+    const AFTER: &[u8] = b" \t\n\r),;";
+    let b = sql.as_bytes();
+    let mut key = Vec::with_capacity(b.len());
+    let mut literals = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' | b'"' | b'$' | b'\\' => return None,
+            b'-' if b.get(i + 1) == Some(&b'-') => return None,
+            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            b'0'..=b'9' => {
+                let end = b[i..]
+                    .iter()
+                    .position(|d| !d.is_ascii_digit())
+                    .map_or(b.len(), |n| i + n);
+                let bounded = i > 0
+                    && BEFORE.contains(&b[i - 1])
+                    && b.get(end).is_none_or(|a| AFTER.contains(a));
+                if bounded && end - i <= 9 {
+                    key.push(1);
+                    literals += 1;
+                } else {
+                    key.extend_from_slice(&b[i..end]);
+                }
+                i = end;
+                continue;
+            }
+            b' '..=b'~' | b'\t' | b'\n' | b'\r' => key.push(c),
+            _ => return None,
+        }
+        i += 1;
+    }
+    // Only ASCII was kept, so the bytes are UTF-8.
+    (literals > 0)
+        .then(|| String::from_utf8(key).ok())
+        .flatten()
 }
 
 /// The text's tokens with every literal replaced by its kind, comments dropped; `None`
@@ -325,6 +398,94 @@ mod tests {
         let h = analyze_cached("SELECT 'x' FROM shape_t");
         let i = analyze_cached("SELECT 1 FROM shape_t");
         assert!(!Rc::ptr_eq(&h, &i));
+    }
+
+    #[test]
+    fn the_quick_key_takes_plain_integer_constants_and_nothing_else() {
+        let q = |s: &str| quick_shape(s);
+        assert_eq!(
+            q("SELECT abalance FROM pgbench_accounts WHERE aid = 46158;").as_deref(),
+            Some("SELECT abalance FROM pgbench_accounts WHERE aid = \u{1};")
+        );
+        assert_eq!(
+            q("SELECT * FROM t WHERE a IN (1,22)").as_deref(),
+            Some("SELECT * FROM t WHERE a IN (\u{1},\u{1})")
+        );
+        for other in [
+            "SELECT 1.5 FROM t",
+            "SELECT * FROM t1",
+            "SELECT * FROM t WHERE a = -",
+            "SELECT * FROM t WHERE a = 1e5",
+            "SELECT * FROM t WHERE a = 1234567890",
+            "SELECT * FROM t WHERE a = 1::int",
+            "SELECT * FROM t WHERE a = '1'",
+            "SELECT * FROM \"t 1\"",
+            "SELECT $1 + 2",
+            "SELECT 2 -- 3",
+            "SELECT 2 /* 3 */",
+            "SELECT 2 FROM tü",
+            "SELECT 2\0",
+        ] {
+            assert_eq!(q(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_quick_hit_is_the_lexers_shape_hit() {
+        let a = analyze_cached("SELECT abalance FROM quick_t WHERE aid = 7;");
+        let b = analyze_cached("SELECT abalance FROM quick_t WHERE aid = 8;");
+        // No quick key (a comment), the lexer's shape: the same reading.
+        let c = analyze_cached("SELECT abalance FROM quick_t WHERE aid =  9; -- x");
+        assert!(Rc::ptr_eq(&a, &b) && Rc::ptr_eq(&a, &c));
+        // A string constant is another shape.
+        let s = analyze_cached("SELECT abalance FROM quick_t WHERE aid = '8';");
+        assert!(!Rc::ptr_eq(&a, &s));
+        // Not reusable, so neither cache keeps it by shape.
+        let d = analyze_cached("SELECT a, b FROM quick_t ORDER BY 1");
+        let e = analyze_cached("SELECT a, b FROM quick_t ORDER BY 2");
+        assert!(!Rc::ptr_eq(&d, &e));
+    }
+
+    proptest::proptest! {
+        /// What makes the quick key safe: each run it replaces is one whole integer
+        /// constant to PostgreSQL's lexer, and other digits there leave the lexer's shape
+        /// (and the quick key) as they were.
+        #[test]
+        fn the_quick_key_agrees_with_the_lexer(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "SELECT", "select", " ", "\n", "\t", "a", "t1", "1", "42", "123456789", "1234567890",
+                "=", "<", ">", "(", ")", ",", ";", ".", "e", "E", "_", "x", "'", "\"", "$", "$1",
+                "-", "--", "/", "*", "/*", "*/", "+", ":", "::", "\\", "ü", "0x", "U&", "b'", "%",
+            ]), 1..24),
+            digits in proptest::collection::vec("[0-9]{1,9}", 8),
+        ) {
+            let text: String = parts.concat();
+            if let Some(key) = quick_shape(&text) {
+                let scan = pg_query::scan(&text).expect("a text with a quick key lexes");
+                let iconst: Vec<(usize, usize)> = scan.tokens.iter()
+                    .filter(|t| t.token == pg_query::protobuf::Token::Iconst as i32)
+                    .map(|t| (t.start as usize, t.end as usize))
+                    .collect();
+                // Rebuild the text from the key with other digits in each marker.
+                let mut other = String::new();
+                let mut at = 0;
+                let mut n = 0;
+                for c in key.chars() {
+                    if c == '\u{1}' {
+                        let end = at + text[at..].find(|d: char| !d.is_ascii_digit()).unwrap_or(text.len() - at);
+                        proptest::prop_assert!(iconst.contains(&(at, end)), "{text:?}: {at}..{end} not an Iconst");
+                        other.push_str(&digits[n % digits.len()]);
+                        n += 1;
+                        at = end;
+                    } else {
+                        other.push(c);
+                        at += c.len_utf8();
+                    }
+                }
+                proptest::prop_assert_eq!(quick_shape(&other), Some(key));
+                proptest::prop_assert_eq!(shape(&other), shape(&text), "{:?} / {:?}", text, other);
+            }
+        }
     }
 
     #[test]
