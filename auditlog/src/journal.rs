@@ -180,7 +180,18 @@ impl Journal {
 pub fn with_seq(seq: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 24);
     out.extend_from_slice(b"{\"v\":1,\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut v = seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
     out.push(b',');
     out.extend_from_slice(body);
     out
@@ -196,7 +207,7 @@ pub fn body(
 ) -> Result<Vec<u8>, JournalError> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"\"time\":\"");
-    out.extend_from_slice(crate::time::format_micros(at).as_bytes());
+    crate::time::write_micros(at, &mut out);
     out.extend_from_slice(b"\",\"gateway\":");
     serde_json::to_writer(&mut out, source)?;
     out.push(b',');
@@ -234,6 +245,13 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["seq"], 3);
+        for seq in [0, 9, 10, 1_234_567, u64::MAX] {
+            let line = with_seq(seq, b"\"kind\":\"x\"}");
+            assert_eq!(
+                line,
+                format!("{{\"v\":1,\"seq\":{seq},\"kind\":\"x\"}}").into_bytes()
+            );
+        }
         assert!(body(at, "s", &serde_json::json!({})).is_err());
         assert!(body(at, "s", &5).is_err());
     }

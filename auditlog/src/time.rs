@@ -25,9 +25,47 @@ pub fn format(secs: u64) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`: records' times, to the microsecond.
 pub fn format_micros(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(MICROS_LEN);
+    write_micros(t, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The length of [`format_micros`]'s text for years up to 9999.
+const MICROS_LEN: usize = "2026-12-01T14:00:00.000000Z".len();
+
+/// Appends [`format_micros`]'s text to `out`. Every audit record is stamped on the session's
+/// thread before its statement runs, so this writes digits into a fixed pattern rather
+/// than going through `format!` and two strings (measured: 2% of the gateway's CPU under
+/// `pgbench -S` with audit on).
+pub fn write_micros(t: SystemTime, out: &mut Vec<u8>) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let whole = format(d.as_secs());
-    format!("{}.{:06}Z", &whole[..whole.len() - 1], d.subsec_micros())
+    let secs = d.as_secs();
+    let rem = secs % 86_400;
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    if !(0..=9999).contains(&y) {
+        // Not a clock anyone runs; spelled as `format` spells it, however long.
+        let whole = format(secs);
+        let text = format!("{}.{:06}Z", &whole[..whole.len() - 1], d.subsec_micros());
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    digits(&mut b[0..4], y as u64);
+    digits(&mut b[5..7], m);
+    digits(&mut b[8..10], day);
+    digits(&mut b[11..13], rem / 3600);
+    digits(&mut b[14..16], rem / 60 % 60);
+    digits(&mut b[17..19], rem % 60);
+    digits(&mut b[20..26], u64::from(d.subsec_micros()));
+    out.extend_from_slice(&b);
+}
+
+/// Fills `dst` with the low decimal digits of `v`, zero-padded.
+fn digits(dst: &mut [u8], mut v: u64) {
+    for c in dst.iter_mut().rev() {
+        *c = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// The inverse of [`format`]; `None` for anything else (offsets, fractions, lower-case
@@ -126,6 +164,14 @@ mod tests {
         #[test]
         fn format_and_parse_round_trip(secs in 0u64..253_402_300_800) {
             prop_assert_eq!(parse(&format(secs)), Some(secs));
+        }
+
+        #[test]
+        fn micros_are_the_seconds_spelling_with_six_digits(secs in 0u64..400_000_000_000, us in 0u32..1_000_000) {
+            let t = UNIX_EPOCH + std::time::Duration::new(secs, us * 1000);
+            let whole = format(secs);
+            let expected = format!("{}.{:06}Z", &whole[..whole.len() - 1], us);
+            prop_assert_eq!(format_micros(t), expected);
         }
 
         #[test]

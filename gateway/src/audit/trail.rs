@@ -346,7 +346,13 @@ impl Trail {
             Status::Complete
         };
         let session = self.session.clone();
-        let digest = hex::encode(o.hasher.finalize());
+        let mut hex_digest = [0u8; 64];
+        // 32 bytes always fill 64 hex digits; `hex::encode` would build the text a char
+        // at a time, once per statement.
+        let digest = match hex::encode_to_slice(o.hasher.finalize(), &mut hex_digest) {
+            Ok(()) => String::from_utf8_lossy(&hex_digest).into_owned(),
+            Err(_) => String::new(),
+        };
         self.push(&Body::Outcome {
             session: &session,
             stmt: o.id,
