@@ -427,7 +427,34 @@ pub fn table(r: &Report) -> String {
             );
         }
     }
+    out.push_str(&audit_line(r));
     out
+}
+
+/// Which gateway targets keep evidence: a reader comparing the small-query goals must know
+/// that the other gateways ran without `[audit]`.
+fn audit_line(r: &Report) -> String {
+    let gateways: Vec<&str> = r
+        .targets
+        .iter()
+        .filter(|t| t.kind == Kind::Gateway)
+        .map(|t| t.name.as_str())
+        .collect();
+    if gateways.is_empty() {
+        return String::new();
+    }
+    let audited: Vec<&str> = gateways
+        .iter()
+        .copied()
+        .filter(|n| AUDIT_PAIRS.iter().any(|(a, _)| a == n))
+        .collect();
+    let which = if audited.is_empty() {
+        "no gateway target of this run keeps an audit log".to_string()
+    } else {
+        let verb = if audited.len() == 1 { "keeps" } else { "keep" };
+        format!("only {} {verb} an audit log", audited.join(" and "))
+    };
+    format!("\n  audit: {which}; the other gateway targets run without [audit]\n")
 }
 
 #[cfg(test)]
@@ -603,6 +630,18 @@ mod tests {
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v.iter().all(|v| v.target == "gateway-uring"));
         assert!(table(&r).contains("policy-off partner of gateway-uring: gateway-nopolicy"));
+        assert!(
+            table(&r).contains("audit: no gateway target of this run keeps an audit log"),
+            "{}",
+            table(&r)
+        );
+        let mut audited = r.clone();
+        audited
+            .targets
+            .push(target("gateway-audit-os", "uring", true, false));
+        assert!(table(&audited).contains(
+            "audit: only gateway-audit-os keeps an audit log; the other gateway targets run without [audit]"
+        ));
     }
 
     #[test]
