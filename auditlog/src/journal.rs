@@ -13,6 +13,7 @@
 //! commit, with the same indexes; those written but not synced are synced by it. Without a
 //! signer the log is still written, but nothing is sealed and `verify` will say so.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -180,18 +181,8 @@ impl Journal {
 pub fn with_seq(seq: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 24);
     out.extend_from_slice(b"{\"v\":1,\"seq\":");
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut v = seq;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    // Written into the line: `to_string` would allocate once per record.
+    let _ = write!(out, "{seq}");
     out.push(b',');
     out.extend_from_slice(body);
     out

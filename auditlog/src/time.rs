@@ -2,6 +2,7 @@
 //! checkpoints carry: one spelling per instant, so a time line can be compared as text, and
 //! no calendar crate for two functions.
 
+use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Unix seconds of `t`; instants before 1970 count as 0 (a clock that far off is not a time
@@ -34,7 +35,7 @@ pub fn format_micros(t: SystemTime) -> String {
 const MICROS_LEN: usize = "2026-12-01T14:00:00.000000Z".len();
 
 /// Appends [`format_micros`]'s text to `out`. Every audit record is stamped on the session's
-/// thread before its statement runs, so this writes digits into a fixed pattern rather
+/// thread before its statement runs, so this fills digits into a fixed pattern rather
 /// than going through `format!` and two strings (measured: 2% of the gateway's CPU under
 /// `pgbench -S` with audit on).
 pub fn write_micros(t: SystemTime, out: &mut Vec<u8>) {
@@ -42,21 +43,15 @@ pub fn write_micros(t: SystemTime, out: &mut Vec<u8>) {
     let secs = d.as_secs();
     let rem = secs % 86_400;
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    if !(0..=9999).contains(&y) {
-        // Not a clock anyone runs; spelled as `format` spells it, however long.
-        let whole = format(secs);
-        let text = format!("{}.{:06}Z", &whole[..whole.len() - 1], d.subsec_micros());
-        out.extend_from_slice(text.as_bytes());
-        return;
-    }
-    let mut b = *b"0000-00-00T00:00:00.000000Z";
-    digits(&mut b[0..4], y as u64);
-    digits(&mut b[5..7], m);
-    digits(&mut b[8..10], day);
-    digits(&mut b[11..13], rem / 3600);
-    digits(&mut b[14..16], rem / 60 % 60);
-    digits(&mut b[17..19], rem % 60);
-    digits(&mut b[20..26], u64::from(d.subsec_micros()));
+    // At least four digits, more past 9999, as `format` spells it.
+    let _ = write!(out, "{y:04}");
+    let mut b = *b"-00-00T00:00:00.000000Z";
+    digits(&mut b[1..3], m);
+    digits(&mut b[4..6], day);
+    digits(&mut b[7..9], rem / 3600);
+    digits(&mut b[10..12], rem / 60 % 60);
+    digits(&mut b[13..15], rem % 60);
+    digits(&mut b[16..22], u64::from(d.subsec_micros()));
     out.extend_from_slice(&b);
 }
 

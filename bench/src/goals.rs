@@ -434,25 +434,18 @@ pub fn table(r: &Report) -> String {
 /// Which gateway targets keep evidence: a reader comparing the small-query goals must know
 /// that the other gateways ran without `[audit]`.
 fn audit_line(r: &Report) -> String {
-    let gateways: Vec<&str> = r
-        .targets
-        .iter()
-        .filter(|t| t.kind == Kind::Gateway)
-        .map(|t| t.name.as_str())
-        .collect();
-    if gateways.is_empty() {
+    let gateways = || r.targets.iter().filter(|t| t.kind == Kind::Gateway);
+    if gateways().next().is_none() {
         return String::new();
     }
-    let audited: Vec<&str> = gateways
-        .iter()
-        .copied()
+    let audited: Vec<&str> = gateways()
+        .map(|t| t.name.as_str())
         .filter(|n| AUDIT_PAIRS.iter().any(|(a, _)| a == n))
         .collect();
-    let which = if audited.is_empty() {
-        "no gateway target of this run keeps an audit log".to_string()
-    } else {
-        let verb = if audited.len() == 1 { "keeps" } else { "keep" };
-        format!("only {} {verb} an audit log", audited.join(" and "))
+    let which = match audited.len() {
+        0 => "no gateway target of this run keeps an audit log".to_string(),
+        1 => format!("only {} keeps an audit log", audited[0]),
+        _ => format!("only {} keep an audit log", audited.join(" and ")),
     };
     format!("\n  audit: {which}; the other gateway targets run without [audit]\n")
 }

@@ -254,7 +254,7 @@ impl Trail {
             .map(|(format, v)| match mode {
                 Params::Drop => ParamRecord::Dropped { dropped: true },
                 Params::Hash => ParamRecord::Hashed {
-                    sha256: v.map(|v| hex::encode(Sha256::digest(v))),
+                    sha256: v.map(|v| format!("{:x}", Sha256::digest(v))),
                 },
                 Params::Keep => match (format, v) {
                     (_, None) => ParamRecord::Value {
@@ -346,13 +346,8 @@ impl Trail {
             Status::Complete
         };
         let session = self.session.clone();
-        let mut hex_digest = [0u8; 64];
-        // 32 bytes always fill 64 hex digits; `hex::encode` would build the text a char
-        // at a time, once per statement.
-        let digest = match hex::encode_to_slice(o.hasher.finalize(), &mut hex_digest) {
-            Ok(()) => String::from_utf8_lossy(&hex_digest).into_owned(),
-            Err(_) => String::new(),
-        };
+        // The digest's own hex formatting: `hex::encode` builds the text a char at a time.
+        let digest = format!("{:x}", o.hasher.finalize());
         self.push(&Body::Outcome {
             session: &session,
             stmt: o.id,
