@@ -155,8 +155,9 @@ pub struct ServerConfig {
     /// Read buffer per connection and direction, in bytes.
     #[serde(default = "default_read_buffer")]
     pub read_buffer_bytes: usize,
-    /// Microseconds an epoll worker watches the sockets its sessions wait on before it
-    /// sleeps (0: sleep at once). Saves the wake-up a small query's answer would cost.
+    /// Microseconds a worker looks for its sessions' next input (an epoll worker at their
+    /// sockets, an io_uring worker at its completion queue) before it sleeps (0: sleep at
+    /// once). Saves the wake-up a small query's answer would cost.
     #[serde(default)]
     pub busy_poll_us: u64,
     /// Bytes a server socket gathers before it wakes the gateway, once a result has

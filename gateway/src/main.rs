@@ -762,11 +762,6 @@ fn serve(cfg: Config, path: PathBuf, overrides: Vec<(String, String)>) -> anyhow
         workers,
         "io engine selected"
     );
-    if cfg.server.busy_poll_us > 0 && choice.engine == IoEngine::Uring {
-        warn!(
-            "server.busy_poll_us applies to the epoll engine only: io_uring workers sleep at once"
-        );
-    }
     let handles = engine::start(&choice, shared.clone(), listeners)?;
     info!(listen = %bound, upstream = %format!("{}:{}", cfg.upstream.host, cfg.upstream.port), "portcullis is listening");
     if let Some(a) = &admin {

@@ -7,7 +7,7 @@
 //! - [`epoll`]: tokio's current-thread runtime on epoll, what `auto` runs: on the
 //!   bench it is the faster of the two for small queries and masked results and uses
 //!   less CPU per GB (README, "Choosing the I/O engine").
-//! - [`uring`]: tokio-uring (io_uring), when `io_engine = "uring"` asks for it.
+//! - [`uring`]: io_uring, through this crate's own reactor ([`ring`]), when `io_engine = "uring"` asks for it.
 //!
 //! Everything else is shared: [`conn`] is the whole life of one connection, written
 //! once against the [`transport::Transport`] trait both engines implement; [`side`]
@@ -19,6 +19,7 @@ pub mod conn;
 pub mod epoll;
 mod hold;
 pub mod probe;
+mod ring;
 pub mod shared;
 pub mod side;
 mod spin;

@@ -1,4 +1,4 @@
-//! Busy-polling before an epoll worker sleeps (`[server] busy_poll_us`).
+//! Busy-polling before a worker sleeps (`[server] busy_poll_us`).
 //!
 //! A small query crosses the gateway twice, and on a machine where the gateway has
 //! gone to sleep each crossing costs a sleep and a wake-up (a context switch, and on a
@@ -18,6 +18,9 @@
 //! the next budget, so agents that pause between statements cost a few microseconds per
 //! pause, not the whole budget; a read that completes soon after a look gave up restores
 //! it.
+//!
+//! An epoll worker looks at the watched sockets; an io_uring worker, whose reads are
+//! already with the kernel, looks at its completion queue (see [`super::ring`]).
 //!
 //! It is off by default (README, "Busy-polling"): where the CPU is saturated (8 clients
 //! on 2 cores) the looks cost gateway CPU the database could have used.
@@ -106,9 +109,21 @@ impl Drop for Watched {
     }
 }
 
-/// Called by the runtime before it sleeps: returns once a watched socket is readable or
-/// the budget (`base`, halved for each recent look that found nothing) has passed.
+/// Called by an epoll runtime before it sleeps: returns once a watched socket is readable
+/// or the budget has passed.
 pub fn before_park(base: Duration) {
+    look(base, |fds| {
+        // SAFETY: a valid, exclusively borrowed array of pollfds; timeout 0, so poll
+        // only fills in `revents`.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) != 0 }
+    });
+}
+
+/// Looks with `found` until it finds something or the budget (`base`, halved for each
+/// recent look that found nothing) has passed; not at all while nothing is watched or a
+/// stream is under way. The io_uring engine looks at its completion queue instead of
+/// the sockets.
+pub fn look(base: Duration, mut found: impl FnMut(&mut [libc::pollfd]) -> bool) {
     STATE.with(|s| {
         let Ok(mut s) = s.try_borrow_mut() else {
             return;
@@ -120,10 +135,7 @@ pub fn before_park(base: Duration) {
         let start = Instant::now();
         let budget = base / (1 << s.misses);
         loop {
-            // SAFETY: a valid, exclusively borrowed array of pollfds; timeout 0, so poll
-            // only fills in `revents`.
-            let n = unsafe { libc::poll(s.fds.as_mut_ptr(), s.fds.len() as libc::nfds_t, 0) };
-            if n != 0 {
+            if found(&mut s.fds) {
                 s.misses = 0;
                 s.gave_up = None;
                 return;
