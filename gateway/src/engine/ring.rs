@@ -359,6 +359,20 @@ pub async fn recv(fd: RawFd, mut buf: bytes::BytesMut) -> (io::Result<usize>, by
     (n, buf)
 }
 
+/// Waits until `fd` is readable as its socket reckons it: for TCP, once `SO_RCVLOWAT`
+/// bytes have arrived (or the peer hung up). A receive submitted to a socket that has
+/// anything at all takes it at once, whatever the mark, so a read meant to gather a
+/// batch waits here first.
+pub async fn readable(fd: RawFd) -> io::Result<()> {
+    let sqe = opcode::PollAdd::new(
+        io_uring::types::Fd(fd),
+        (libc::POLLIN | libc::POLLRDHUP) as u32,
+    )
+    .build();
+    let (res, ()) = Op::start((), sqe).map_err(|(e, ())| e)?.await;
+    result(res).map(drop)
+}
+
 /// Sends from `data[off..]`, returning how much went.
 pub async fn send(fd: RawFd, data: bytes::Bytes, off: usize) -> (io::Result<usize>, bytes::Bytes) {
     let rest = &data[off.min(data.len())..];

@@ -25,6 +25,9 @@ use super::transport::Transport;
 pub struct UringStream {
     sock: std::net::TcpStream,
     last_read: Cell<usize>,
+    /// Whether the socket's `SO_RCVLOWAT` is raised ([`super::batch`]): reads then wait
+    /// for the mark before they receive.
+    batching: Cell<bool>,
 }
 
 impl UringStream {
@@ -32,6 +35,7 @@ impl UringStream {
         UringStream {
             sock,
             last_read: Cell::new(0),
+            batching: Cell::new(false),
         }
     }
 
@@ -58,6 +62,11 @@ impl Transport for UringStream {
         buf.reserve(min_room);
         let streaming = self.last_read.get() >= super::STREAMING_READ;
         let _watched = super::spin::watch(self.fd(), streaming);
+        if self.batching.get()
+            && let Err(e) = ring::readable(self.fd()).await
+        {
+            return (Err(e), buf);
+        }
         let (res, buf) = ring::recv(self.fd(), buf).await;
         if let Ok(n) = res {
             self.last_read.set(n);
@@ -98,6 +107,7 @@ impl Transport for UringStream {
     }
 
     fn set_low_water(&self, bytes: usize) {
+        self.batching.set(bytes > 1);
         super::transport::set_low_water(self.fd(), bytes);
     }
 }
