@@ -49,6 +49,9 @@ struct Ring {
     slots: Slab<Slot>,
     /// Entries pushed since the last submission.
     queued: bool,
+    /// Wakers of operations just completed, woken once the ring is released; kept so a
+    /// reap does not allocate.
+    woken: Vec<Waker>,
 }
 
 thread_local! {
@@ -65,6 +68,7 @@ pub fn install() -> io::Result<RawFd> {
             uring,
             slots: Slab::with_capacity(256),
             queued: false,
+            woken: Vec::new(),
         })
     });
     Ok(fd)
@@ -117,8 +121,8 @@ impl Ring {
                 Ok(_) => return Ok(()),
                 // The kernel holds completions it could not post: make room and retry.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    let woken = self.reap();
-                    wake_all(woken);
+                    self.reap();
+                    self.woken.drain(..).for_each(Waker::wake);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => {
@@ -129,9 +133,8 @@ impl Ring {
         }
     }
 
-    /// Records every posted completion and returns the wakers of the operations done.
-    fn reap(&mut self) -> Vec<Waker> {
-        let mut woken = Vec::new();
+    /// Records every posted completion, gathering the wakers of the operations done.
+    fn reap(&mut self) {
         let mut cq = self.uring.completion();
         cq.sync();
         for cqe in cq {
@@ -147,7 +150,7 @@ impl Ring {
                     if let Slot::Waiting(Some(w)) =
                         std::mem::replace(slot, Slot::Done(cqe.result()))
                     {
-                        woken.push(w);
+                        self.woken.push(w);
                     }
                 }
                 Some(Slot::Orphan(_)) => {
@@ -156,7 +159,6 @@ impl Ring {
                 Some(Slot::Done(_)) | None => {}
             }
         }
-        woken
     }
 
     fn has_completions(&mut self) -> bool {
@@ -166,18 +168,17 @@ impl Ring {
     }
 }
 
-fn wake_all(woken: Vec<Waker>) {
-    for w in woken {
-        w.wake();
-    }
-}
-
 /// Hands out whatever has completed. Wakers run after the ring is released: a woken task
 /// may start another operation at once.
 fn reap() {
-    if let Ok(woken) = with_ring(Ring::reap) {
-        wake_all(woken);
-    }
+    let Ok(mut woken) = with_ring(|r| {
+        r.reap();
+        std::mem::take(&mut r.woken)
+    }) else {
+        return;
+    };
+    woken.drain(..).for_each(Waker::wake);
+    let _ = with_ring(|r| r.woken = woken);
 }
 
 /// Submits what is queued now rather than when the worker next sleeps.
@@ -192,8 +193,7 @@ pub fn flush() {
 /// on (`spin`), watches for a completion before tokio sleeps in `epoll_wait`.
 pub fn before_park(spin: Duration) {
     flush();
-    let ready = with_ring(Ring::has_completions).unwrap_or(false);
-    if !ready && !spin.is_zero() {
+    if !spin.is_zero() && !with_ring(Ring::has_completions).unwrap_or(true) {
         super::spin::look(spin, |_| with_ring(Ring::has_completions).unwrap_or(true));
     }
     reap();
@@ -557,7 +557,9 @@ mod tests {
     #[test]
     fn busy_polling_sees_an_answer_that_arrives_while_it_looks() {
         let (mut a, b) = pair();
-        let ((n, buf), left) = on_ring(Duration::from_millis(500), async move {
+        let started = std::time::Instant::now();
+        // A budget far longer than the answer takes: the look must end on the completion.
+        let ((n, buf), left) = on_ring(Duration::from_secs(30), async move {
             let _watched = super::super::spin::watch(b.as_raw_fd(), false);
             let writer = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(5));
@@ -570,6 +572,10 @@ mod tests {
             writer.join().unwrap();
             out
         });
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the look ran out its budget instead of seeing the completion"
+        );
         assert_eq!(n.unwrap(), 6);
         assert_eq!(&buf[..], b"answer");
         assert_eq!(left, 0);
