@@ -15,6 +15,19 @@
 //! per large result, never on a short one: batching starts only after
 //! [`Batching::STREAK`] bytes of full reads in a row.
 //!
+//! A producer can also be slower than a batch per deadline: COPY text costs PostgreSQL
+//! about 6 s of CPU per GB, so 192 KiB takes it about a millisecond, and its batches
+//! arrived just after the deadline (`bench/results/issue16-read-batches.txt`, session 18).
+//! Each such deadline started the streak over: a megabyte of 8 KiB reads before the next
+//! batch. So the read a lowered mark wakes says which case it was: little (the end of a
+//! result, or a stall) starts the streak over; at least half a batch (a producer just
+//! behind) raises the mark again at once, to three quarters of what did arrive, and
+//! eight batches in time bring the full batch back.
+//!
+//! A result that is complete (the server owes the client nothing) lowers the mark and
+//! ends the streak whatever the read: the next statement's answer, a few bytes perhaps,
+//! must not wait for a batch, and its own streak starts from nothing.
+//!
 //! Sans-IO: [`Batching`] only says which mark to set and how long a wait may take; the
 //! session's server half sets it (`Transport::set_low_water`) and keeps the deadline.
 
@@ -25,15 +38,41 @@ use super::STREAMING_READ;
 /// The batching state of one server connection's reads.
 #[derive(Debug)]
 pub struct Batching {
-    /// Bytes a raised mark asks for; 0 turns batching off.
+    /// Bytes a fresh mark asks for; 0 turns batching off.
     batch: usize,
+    /// Bytes the raised mark asks for: `batch`, or less for a producer slower than a batch
+    /// per deadline.
+    mark: usize,
     /// Bytes read in full reads in a row.
     streak: usize,
     /// Streak needed before the mark is raised: grows after batches that ended on the
     /// deadline early (a slow producer, where waiting for a batch only adds delay).
     needed: usize,
-    /// Whether the mark is raised, and how many batches arrived since.
-    raised: Option<usize>,
+    /// Batches in time since the mark last came down for a late one.
+    on_time: usize,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The kernel's mark of one byte: every flush wakes the read.
+    Streaming,
+    /// The mark is raised; batches arrived since it first went up.
+    Raised(usize),
+    /// The deadline lowered the mark; the read it woke tells why the batch was late.
+    Lowered(usize),
+}
+
+/// What to set the mark to after a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Raise {
+        bytes: usize,
+        /// A stream starts batching (rather than a late batch raising the mark again).
+        fresh: bool,
+    },
+    /// Back to the kernel's one byte.
+    Lower,
 }
 
 impl Batching {
@@ -46,14 +85,17 @@ impl Batching {
     /// the next streak longer.
     const KEEPING_UP: usize = 8;
     const MAX_STREAK: usize = 64 << 20;
+    /// The smallest mark a slow producer's batches shrink to: below it, batching saves
+    /// too few wake-ups to be worth a deadline.
+    const MIN_MARK: usize = 4 * STREAMING_READ;
 
     /// Room a read needs: `usual`, or while batching a third more than a batch, so a
     /// read takes a whole batch and comes back short of its room (which tells the epoll
     /// engine the socket is empty, saving a `recv` that would find nothing).
     pub fn read_room(&self, usual: usize) -> usize {
-        match self.raised {
-            Some(_) => usual.max(self.batch + self.batch / 3),
-            None => usual,
+        match self.state {
+            State::Raised(_) => usual.max(self.mark + self.mark / 3),
+            State::Streaming | State::Lowered(_) => usual,
         }
     }
 
@@ -61,28 +103,74 @@ impl Batching {
     pub fn new(batch: usize) -> Batching {
         Batching {
             batch,
+            mark: batch,
+            on_time: 0,
             streak: 0,
             needed: Self::STREAK,
-            raised: None,
+            state: State::Streaming,
         }
     }
 
     /// How long the next read may wait before the mark must come down, if it is raised.
     pub fn deadline(&self) -> Option<Duration> {
-        self.raised.map(|_| Self::DEADLINE)
+        matches!(self.state, State::Raised(_)).then_some(Self::DEADLINE)
     }
 
-    /// A read of `n` bytes completed (before its deadline); `Some(bytes)`: raise the mark
-    /// to that.
-    pub fn after_read(&mut self, n: usize) -> Option<usize> {
-        if let Some(batches) = &mut self.raised {
-            *batches += 1;
-            return None;
+    /// A read of `n` bytes completed and was taken in; `idle`: with it the server owes the
+    /// client nothing (the result is complete). `Some`: set the mark.
+    pub fn after_read(&mut self, n: usize, idle: bool) -> Option<Mark> {
+        match self.state {
+            // The result ended on a batch: the mark must not hold up the next statement's
+            // answer, which may be a few bytes.
+            State::Raised(_) if idle => {
+                self.state = State::Streaming;
+                self.streak = 0;
+                return Some(Mark::Lower);
+            }
+            State::Raised(batches) => {
+                self.state = State::Raised(batches + 1);
+                self.on_time += 1;
+                // A producer that was only slow for a while: the full batch again, which
+                // a late batch would bring down once more.
+                if self.mark < self.batch && self.on_time >= Self::KEEPING_UP {
+                    self.mark = self.batch;
+                    self.on_time = 0;
+                    return Some(Mark::Raise {
+                        bytes: self.batch,
+                        fresh: false,
+                    });
+                }
+                return None;
+            }
+            State::Lowered(batches)
+                if !idle && n >= self.mark / 2 && n / 4 * 3 >= Self::MIN_MARK =>
+            {
+                // Half a batch or more was there: the producer is behind, not done.
+                let mark = n / 4 * 3 / STREAMING_READ * STREAMING_READ;
+                self.mark = mark.min(self.mark);
+                self.on_time = 0;
+                self.state = State::Raised(batches + 1);
+                return Some(Mark::Raise {
+                    bytes: self.mark,
+                    fresh: false,
+                });
+            }
+            State::Lowered(batches) => {
+                self.needed = if batches < Self::KEEPING_UP {
+                    self.needed.saturating_mul(2).min(Self::MAX_STREAK)
+                } else {
+                    Self::STREAK
+                };
+                self.streak = 0;
+                self.state = State::Streaming;
+            }
+            State::Streaming => {}
         }
         if self.batch == 0 {
             return None;
         }
-        if n < STREAMING_READ {
+        if n < STREAMING_READ || idle {
+            // A streak is of one result's reads.
             self.streak = 0;
             return None;
         }
@@ -90,24 +178,28 @@ impl Batching {
         if self.streak < self.needed {
             return None;
         }
-        self.raised = Some(0);
-        Some(self.batch)
+        self.mark = self.batch;
+        self.on_time = 0;
+        self.state = State::Raised(0);
+        Some(Mark::Raise {
+            bytes: self.batch,
+            fresh: true,
+        })
     }
 
     /// The deadline passed with the read still waiting: the mark comes down.
     pub fn timed_out(&mut self) {
-        let batches = self.raised.take().unwrap_or(0);
-        self.needed = if batches < Self::KEEPING_UP {
-            self.needed.saturating_mul(2).min(Self::MAX_STREAK)
-        } else {
-            Self::STREAK
-        };
-        self.streak = 0;
+        if let State::Raised(batches) = self.state {
+            self.state = State::Lowered(batches);
+        }
     }
 
     /// The session is leaving the socket: whether the mark is up and must come down.
     pub fn stop(&mut self) -> bool {
-        self.raised.take().is_some()
+        matches!(
+            std::mem::replace(&mut self.state, State::Streaming),
+            State::Raised(_)
+        )
     }
 }
 
@@ -115,11 +207,12 @@ impl Batching {
 mod tests {
     use super::*;
 
+    /// Full reads of `bytes` in all; the mark the last raise asked for.
     fn stream(b: &mut Batching, bytes: usize) -> Option<usize> {
         let mut last = None;
         for _ in 0..bytes / STREAMING_READ {
-            if let Some(m) = b.after_read(STREAMING_READ) {
-                last = Some(m);
+            if let Some(Mark::Raise { bytes, .. }) = b.after_read(STREAMING_READ, false) {
+                last = Some(bytes);
             }
         }
         last
@@ -129,12 +222,12 @@ mod tests {
     fn short_results_never_batch() {
         let mut b = Batching::new(65536);
         for _ in 0..10_000 {
-            assert_eq!(b.after_read(200), None);
+            assert_eq!(b.after_read(200, false), None);
             assert_eq!(b.deadline(), None);
         }
         // Full reads broken up by a short one start the streak over.
         assert_eq!(stream(&mut b, Batching::STREAK - STREAMING_READ), None);
-        assert_eq!(b.after_read(100), None);
+        assert_eq!(b.after_read(100, false), None);
         assert_eq!(stream(&mut b, Batching::STREAK - STREAMING_READ), None);
         assert_eq!(b.deadline(), None);
     }
@@ -151,14 +244,111 @@ mod tests {
         stream(&mut big, Batching::STREAK);
         assert_eq!(big.read_room(131072), 262144, "a third more than a batch");
         for _ in 0..100 {
-            assert_eq!(b.after_read(65536), None);
+            assert_eq!(b.after_read(65536, false), None);
         }
         b.timed_out();
         assert_eq!(b.deadline(), None);
-        assert!(!b.stop());
+        // The end of the result: a few bytes.
+        assert_eq!(b.after_read(300, true), None);
+        assert!(!b.stop(), "the deadline already lowered the mark");
         // A producer that kept up: the next stream batches as soon.
         assert_eq!(stream(&mut b, Batching::STREAK), Some(65536));
         assert!(b.stop());
+        assert_eq!(b.deadline(), None);
+    }
+
+    #[test]
+    fn a_batch_that_came_late_raises_a_smaller_mark_at_once() {
+        let mut b = Batching::new(196608);
+        let fresh = (0..Batching::STREAK / STREAMING_READ)
+            .find_map(|_| b.after_read(STREAMING_READ, false))
+            .unwrap();
+        assert_eq!(
+            fresh,
+            Mark::Raise {
+                bytes: 196608,
+                fresh: true
+            }
+        );
+        assert_eq!(b.after_read(200_000, false), None);
+        b.timed_out();
+        // 176 KiB had arrived by the deadline: the producer makes about that per deadline.
+        let late = b.after_read(180_224, false).unwrap();
+        assert_eq!(
+            late,
+            Mark::Raise {
+                bytes: 131072,
+                fresh: false
+            },
+            "three quarters of what arrived, in whole flushes"
+        );
+        assert_eq!(b.deadline(), Some(Batching::DEADLINE));
+        assert_eq!(b.read_room(4096), 131072 + 131072 / 3);
+        // Late again, with more than the mark there: a late batch never grows the mark.
+        b.timed_out();
+        assert_eq!(
+            b.after_read(250_000, false),
+            Some(Mark::Raise {
+                bytes: 131072,
+                fresh: false
+            })
+        );
+        // Batches in time again: the full batch comes back after a few.
+        let back: Vec<_> = (0..Batching::KEEPING_UP)
+            .filter_map(|_| b.after_read(131072, false))
+            .collect();
+        assert_eq!(
+            back,
+            [Mark::Raise {
+                bytes: 196608,
+                fresh: false
+            }]
+        );
+        assert_eq!(b.read_room(4096), 262144);
+        b.timed_out();
+        assert_eq!(b.after_read(180_224, false).map(|_| b.mark), Some(131072));
+        // Ever slower, down to the floor: then the stream starts over.
+        let mut marks = vec![];
+        while b.deadline().is_some() {
+            b.timed_out();
+            if let Some(Mark::Raise { bytes, fresh }) = b.after_read(b.mark / 2, false) {
+                assert!(bytes >= Batching::MIN_MARK && !fresh);
+                marks.push(bytes);
+            }
+        }
+        assert_eq!(
+            marks,
+            [49152],
+            "131072 -> 49152; then 24576 would be under the floor"
+        );
+        assert_eq!(b.read_room(4096), 4096);
+        // Few batches came before it gave up: a longer streak, then the full batch again.
+        assert_eq!(stream(&mut b, 2 * Batching::STREAK), Some(196608));
+        // A result's end (a few bytes by the deadline) lowers the mark for good.
+        b.timed_out();
+        assert_eq!(b.after_read(100, false), None);
+        assert_eq!(b.deadline(), None);
+        assert!(!b.stop());
+    }
+
+    #[test]
+    fn a_complete_result_lowers_the_mark_and_ends_the_streak() {
+        let mut b = Batching::new(196608);
+        assert!(stream(&mut b, Batching::STREAK).is_some());
+        assert_eq!(b.after_read(196608, false), None);
+        // The last batch held the result's end: the next answer must not wait for a batch.
+        assert_eq!(b.after_read(200_000, true), Some(Mark::Lower));
+        assert_eq!(b.deadline(), None);
+        assert!(!b.stop());
+        // A tail of half a batch or more, read after the deadline, is still an end.
+        assert!(stream(&mut b, Batching::STREAK).is_some());
+        b.timed_out();
+        assert_eq!(b.after_read(150_000, true), None);
+        assert_eq!(b.deadline(), None);
+        // Streaks do not run on from one result into the next.
+        assert_eq!(stream(&mut b, Batching::STREAK - STREAMING_READ), None);
+        assert_eq!(b.after_read(STREAMING_READ, true), None);
+        assert_eq!(stream(&mut b, Batching::STREAK - STREAMING_READ), None);
     }
 
     #[test]
@@ -166,10 +356,16 @@ mod tests {
         let mut b = Batching::new(65536);
         assert!(stream(&mut b, Batching::STREAK).is_some());
         b.timed_out();
+        // Fewer than a batch's half by the deadline: a stall, not a producer just behind.
+        assert_eq!(b.after_read(STREAMING_READ, false), None);
         assert_eq!(stream(&mut b, Batching::STREAK), None);
         assert!(stream(&mut b, Batching::STREAK).is_some());
         for _ in 0..20 {
             b.timed_out();
+            assert_eq!(b.after_read(100, false), None);
+            let raised = (0..Batching::MAX_STREAK / STREAMING_READ)
+                .find_map(|_| b.after_read(STREAMING_READ, false));
+            assert!(matches!(raised, Some(Mark::Raise { fresh: true, .. })));
         }
         assert_eq!(b.needed, Batching::MAX_STREAK);
     }
@@ -179,5 +375,7 @@ mod tests {
         let mut b = Batching::new(0);
         assert_eq!(stream(&mut b, 100 << 20), None);
         assert_eq!(b.deadline(), None);
+        b.timed_out();
+        assert!(!b.stop());
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tracing::{Instrument, debug, error, info, warn};
 
-use super::batch::Batching;
+use super::batch::{Batching, Mark};
 use super::cancel::{CancelGuard, CancelTarget, SessionCancel};
 use super::hold::{self, HoldContext};
 use super::transport::{MaybeTls, TlsTransport, Transport};
@@ -1170,11 +1170,11 @@ async fn relay_session<C: Connect, H: Hooks>(
         let mut clean = true;
         let mut batching = Batching::new(shared.read_batch);
         loop {
-            let read = server.read(buf, batching.read_room(read_size));
+            let reading = server.read(buf, batching.read_room(read_size));
             let (res, b) = match batching.deadline() {
-                None => read.await,
+                None => reading.await,
                 Some(deadline) => {
-                    let mut read = std::pin::pin!(read);
+                    let mut read = std::pin::pin!(reading);
                     tokio::select! {
                         biased;
                         r = &mut read => r,
@@ -1189,20 +1189,15 @@ async fn relay_session<C: Connect, H: Hooks>(
                 }
             };
             buf = b;
-            match res {
+            let read = match res {
                 Ok(0) => break,
-                Ok(n) => {
-                    shared.metrics.server_bytes.inc_by(n as u64);
-                    if let Some(bytes) = batching.after_read(n) {
-                        server.set_low_water(bytes);
-                        shared.metrics.read_batches.inc();
-                    }
-                }
+                Ok(n) => n,
                 Err(e) => {
                     debug!("server read: {e}");
                     break;
                 }
-            }
+            };
+            shared.metrics.server_bytes.inc_by(read as u64);
             // The agent has gone: this is the answer to the reset (and anything the
             // server sent unasked before it, which nobody is there to hear).
             let resetting = flow.reset.borrow_mut().take();
@@ -1218,6 +1213,17 @@ async fn relay_session<C: Connect, H: Hooks>(
                 break;
             }
             let mut res = flow.relay.borrow_mut().on_server_bytes(&mut buf);
+            // Set after the bytes are taken in, which says whether the result is complete.
+            match batching.after_read(read, flow.relay.borrow().is_idle()) {
+                Some(Mark::Raise { bytes, fresh }) => {
+                    server.set_low_water(bytes);
+                    if fresh {
+                        shared.metrics.read_batches.inc();
+                    }
+                }
+                Some(Mark::Lower) => server.set_low_water(1),
+                None => {}
+            }
             // Masking needs catalog rows first: fetch them on the side, then go on.
             while res.is_ok() {
                 let Some(sql) = flow.relay.borrow_mut().take_side_query() else {

@@ -37,6 +37,13 @@ const ENTRIES: u32 = 1024;
 /// `user_data` of cancellation requests, whose own completions say nothing anyone awaits.
 const CANCEL: u64 = u64::MAX;
 
+/// An operation's `user_data`: its slot's index, and in the high half a count of
+/// operations started, so a completion or a cancellation meant for one operation never
+/// reaches a later one that reuses the slot.
+fn tag(index: usize, started: u32) -> u64 {
+    (u64::from(started) << 32) | index as u64
+}
+
 enum Slot {
     Waiting(Option<Waker>),
     Done(i32),
@@ -46,7 +53,10 @@ enum Slot {
 
 struct Ring {
     uring: IoUring,
-    slots: Slab<Slot>,
+    /// Each slot with the `user_data` ([`tag`]) of the operation holding it.
+    slots: Slab<(u64, Slot)>,
+    /// Operations started, for the next [`tag`].
+    started: u32,
     /// Entries pushed since the last submission.
     queued: bool,
     /// Wakers of operations just completed, woken once the ring is released; kept so a
@@ -67,6 +77,7 @@ pub fn install() -> io::Result<RawFd> {
         *r.borrow_mut() = Some(Ring {
             uring,
             slots: Slab::with_capacity(256),
+            started: 0,
             queued: false,
             woken: Vec::new(),
         })
@@ -142,21 +153,27 @@ impl Ring {
             if id == CANCEL {
                 continue;
             }
-            let Ok(index) = usize::try_from(id) else {
+            let Ok(index) = usize::try_from(id & u64::from(u32::MAX)) else {
                 continue;
             };
-            match self.slots.get_mut(index) {
-                Some(slot @ Slot::Waiting(_)) => {
+            let Some((owner, slot)) = self.slots.get_mut(index) else {
+                continue;
+            };
+            if *owner != id {
+                continue;
+            }
+            match slot {
+                slot @ Slot::Waiting(_) => {
                     if let Slot::Waiting(Some(w)) =
                         std::mem::replace(slot, Slot::Done(cqe.result()))
                     {
                         self.woken.push(w);
                     }
                 }
-                Some(Slot::Orphan(_)) => {
+                Slot::Orphan(_) => {
                     self.slots.remove(index);
                 }
-                Some(Slot::Done(_)) | None => {}
+                Slot::Done(_) => {}
             }
         }
     }
@@ -238,6 +255,7 @@ pub async fn drive(fd: RawFd) {
 /// completion: resolves to the kernel's result (a count, or `-errno`) and `T` back.
 pub struct Op<T: Any + Unpin> {
     index: usize,
+    tag: u64,
     data: Option<T>,
 }
 
@@ -246,9 +264,12 @@ impl<T: Any + Unpin> Op<T> {
     /// be queued, `data` comes back with the error.
     fn start(data: T, sqe: squeue::Entry) -> Result<Op<T>, (io::Error, T)> {
         let queued = with_ring(|r| {
-            let index = r.slots.insert(Slot::Waiting(None));
-            match r.push(&sqe.user_data(index as u64)) {
-                Ok(()) => Ok(index),
+            r.started = r.started.wrapping_add(1);
+            let entry = r.slots.vacant_entry();
+            let (index, tag) = (entry.key(), tag(entry.key(), r.started));
+            entry.insert((tag, Slot::Waiting(None)));
+            match r.push(&sqe.user_data(tag)) {
+                Ok(()) => Ok((index, tag)),
                 Err(e) => {
                     r.slots.remove(index);
                     Err(e)
@@ -256,8 +277,9 @@ impl<T: Any + Unpin> Op<T> {
             }
         });
         match queued {
-            Ok(Ok(index)) => Ok(Op {
+            Ok(Ok((index, tag))) => Ok(Op {
                 index,
+                tag,
                 data: Some(data),
             }),
             Ok(Err(e)) | Err(e) => Err((e, data)),
@@ -270,7 +292,7 @@ impl<T: Any + Unpin> Future for Op<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(i32, T)> {
         let this = self.get_mut();
-        let done = with_ring(|r| match r.slots.get_mut(this.index) {
+        let done = with_ring(|r| match r.slots.get_mut(this.index).map(|(_, s)| s) {
             Some(Slot::Done(res)) => {
                 let res = *res;
                 r.slots.remove(this.index);
@@ -303,20 +325,19 @@ impl<T: Any + Unpin> Drop for Op<T> {
         if data.is_none() {
             return;
         }
-        let reached = with_ring(|r| match r.slots.get_mut(self.index) {
-            Some(Slot::Waiting(_)) => {
+        let reached = with_ring(|r| match r.slots.get_mut(self.index).map(|(_, s)| s) {
+            Some(slot @ Slot::Waiting(_)) => {
                 if let Some(d) = data.take() {
-                    r.slots[self.index] = Slot::Orphan(Box::new(d));
+                    *slot = Slot::Orphan(Box::new(d));
                 }
-                let cancel = opcode::AsyncCancel::new(self.index as u64)
-                    .build()
-                    .user_data(CANCEL);
+                let cancel = opcode::AsyncCancel::new(self.tag).build().user_data(CANCEL);
                 // Submitted at once, so a read abandoned on an idle socket is gone
                 // before anything else arrives there. What reached it first is lost with
                 // it, as with any abandoned read on io_uring: the engine abandons reads
                 // only on connections it then closes. Where the queue cannot take the
                 // cancel, the orphan waits for its own completion, which shutting its
-                // socket down brings.
+                // socket down brings. The cancel names this operation's tag, so if it
+                // goes out late, after the slot has passed to another, it finds nothing.
                 if r.push(&cancel).is_ok() {
                     let _ = r.submit();
                 }
@@ -524,6 +545,35 @@ mod tests {
             left, 0,
             "the cancelled read's buffer was freed at its completion"
         );
+    }
+
+    #[test]
+    fn a_completion_reaches_only_the_operation_it_was_meant_for() {
+        // A completion tagged for an earlier holder of a slot (a late cancellation's
+        // target, say) must not complete the operation that holds the slot now.
+        install().unwrap();
+        let nop = |tag| opcode::Nop::new().build().user_data(tag);
+        let index = with_ring(|r| {
+            r.started += 1;
+            let index = r.slots.insert((tag(0, 0), Slot::Waiting(None)));
+            r.slots[index].0 = tag(index, r.started);
+            r.push(&nop(tag(index, r.started - 1))).unwrap();
+            r.uring.submit_and_wait(1).unwrap();
+            r.reap();
+            index
+        })
+        .unwrap();
+        let state = |r: &mut Ring| matches!(r.slots[index].1, Slot::Waiting(_));
+        assert!(with_ring(state).unwrap(), "a stale tag completed the slot");
+        let done = with_ring(|r| {
+            r.push(&nop(r.slots[index].0)).unwrap();
+            r.uring.submit_and_wait(1).unwrap();
+            r.reap();
+            matches!(r.slots.remove(index).1, Slot::Done(0))
+        })
+        .unwrap();
+        assert!(done, "its own tag completes it");
+        uninstall();
     }
 
     #[test]
