@@ -266,10 +266,10 @@ impl<T: Any + Unpin> Op<T> {
         let queued = with_ring(|r| {
             r.started = r.started.wrapping_add(1);
             let entry = r.slots.vacant_entry();
-            let (index, tag) = (entry.key(), tag(entry.key(), r.started));
-            entry.insert((tag, Slot::Waiting(None)));
-            match r.push(&sqe.user_data(tag)) {
-                Ok(()) => Ok((index, tag)),
+            let (index, user_data) = (entry.key(), tag(entry.key(), r.started));
+            entry.insert((user_data, Slot::Waiting(None)));
+            match r.push(&sqe.user_data(user_data)) {
+                Ok(()) => Ok((index, user_data)),
                 Err(e) => {
                     r.slots.remove(index);
                     Err(e)
