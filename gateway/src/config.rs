@@ -160,9 +160,10 @@ pub struct ServerConfig {
     /// once). Saves the wake-up a small query's answer would cost.
     #[serde(default)]
     pub busy_poll_us: u64,
-    /// Bytes a server socket gathers before it wakes the gateway, once a result has
-    /// streamed for a megabyte (`SO_RCVLOWAT`; 0: wake for every server flush). The read
-    /// buffer of a session doing so grows to a third more than this.
+    /// The most a server socket gathers before it wakes the gateway, once a result has
+    /// streamed for a megabyte (`SO_RCVLOWAT`; 0: wake for every server flush). Batches
+    /// start at 192 KiB (or this, if smaller) and grow towards it while they arrive in
+    /// time. The read buffer of a session doing so grows to a third more than its batch.
     #[serde(default = "default_read_batch")]
     pub read_batch_bytes: usize,
     /// Seconds a client has to complete start-up and authentication.
@@ -322,7 +323,7 @@ fn default_read_buffer() -> usize {
     128 << 10
 }
 fn default_read_batch() -> usize {
-    192 << 10
+    512 << 10
 }
 fn default_handshake_timeout() -> u64 {
     15
@@ -747,7 +748,7 @@ mod tests {
                 &format!("listen = \"127.0.0.1:0\"\n{line}\n"),
             ))
         };
-        assert_eq!(with("").unwrap().server.read_batch_bytes, 196608);
+        assert_eq!(with("").unwrap().server.read_batch_bytes, 524288);
         assert_eq!(
             with("read_batch_bytes = 0")
                 .unwrap()

@@ -17,7 +17,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("server.max_message_bytes", "1073741824"),
     ("server.read_buffer_bytes", "131072"),
     ("server.busy_poll_us", "0"),
-    ("server.read_batch_bytes", "196608"),
+    ("server.read_batch_bytes", "524288"),
     ("server.handshake_timeout_secs", "15"),
     ("server.shutdown_grace_secs", "10"),
     ("upstream.port", "5432"),

@@ -22,7 +22,17 @@
 //! batch. So the read a lowered mark wakes says which case it was: little (the end of a
 //! result, or a stall) starts the streak over; at least half a batch (a producer just
 //! behind) raises the mark again at once, to three quarters of what did arrive, and
-//! eight batches in time bring the full batch back.
+//! eight batches in time bring the first batch back.
+//!
+//! How much arrives per deadline depends on the producer and on the hour: on the bench
+//! machine PostgreSQL makes about 250 KiB of narrow rows per millisecond and 700 KiB of
+//! wide ones. So a stream's
+//! first batch is [`Batching::START`], and each eight batches in time grow it by half, up
+//! to `[server] read_batch_bytes` (512 KiB by default). The first late batch brings it
+//! back down to what the producer makes, and the stream grows no further than that (or
+//! the first batch): each late batch costs a deadline's wait, and a mark that kept growing
+//! past the producer would pay it every few batches. Larger batches cost the gateway
+//! fewer wake-ups (`bench/results/issue16-read-batches.txt`, session 19).
 //!
 //! A result that is complete (the server owes the client nothing) lowers the mark and
 //! ends the streak whatever the read: the next statement's answer, a few bytes perhaps,
@@ -38,17 +48,23 @@ use super::STREAMING_READ;
 /// The batching state of one server connection's reads.
 #[derive(Debug)]
 pub struct Batching {
-    /// Bytes a fresh mark asks for; 0 turns batching off.
+    /// The largest mark; 0 turns batching off.
     batch: usize,
-    /// Bytes the raised mark asks for: `batch`, or less for a producer slower than a batch
-    /// per deadline.
+    /// Bytes a fresh mark asks for: [`Batching::START`], or `batch` if smaller.
+    start: usize,
+    /// Bytes the raised mark asks for: from `start` up to `ceiling` for a producer that
+    /// keeps up, less for one slower than a batch per deadline.
     mark: usize,
+    /// How far this stream's mark may grow: `batch`, until a late batch shows what the
+    /// producer makes per deadline; then no further than `start` or the mark that late
+    /// batch set, so one stream pays for growing too far once, not every few batches.
+    ceiling: usize,
     /// Bytes read in full reads in a row.
     streak: usize,
     /// Streak needed before the mark is raised: grows after batches that ended on the
     /// deadline early (a slow producer, where waiting for a batch only adds delay).
     needed: usize,
-    /// Batches in time since the mark last came down for a late one.
+    /// Batches in time since the mark last changed.
     on_time: usize,
     state: State,
 }
@@ -88,6 +104,9 @@ impl Batching {
     /// The smallest mark a slow producer's batches shrink to: below it, batching saves
     /// too few wake-ups to be worth a deadline.
     const MIN_MARK: usize = 4 * STREAMING_READ;
+    /// The first mark of a stream: what a narrow result brought in time on this project's
+    /// bench machine (`bench/results/issue16-read-batches.txt`).
+    pub const START: usize = 192 << 10;
 
     /// Room a read needs: `usual`, or while batching a third more than a batch, so a
     /// read takes a whole batch and comes back short of its room (which tells the epoll
@@ -99,11 +118,14 @@ impl Batching {
         }
     }
 
-    /// `batch` bytes per wake-up once streaming; 0: never batch.
+    /// Up to `batch` bytes per wake-up once streaming; 0: never batch.
     pub fn new(batch: usize) -> Batching {
+        let start = batch.min(Self::START);
         Batching {
             batch,
-            mark: batch,
+            start,
+            mark: start,
+            ceiling: batch,
             on_time: 0,
             streak: 0,
             needed: Self::STREAK,
@@ -130,13 +152,15 @@ impl Batching {
             State::Raised(batches) => {
                 self.state = State::Raised(batches + 1);
                 self.on_time += 1;
-                // A producer that was only slow for a while: the full batch again, which
-                // a late batch would bring down once more.
-                if self.mark < self.batch && self.on_time >= Self::KEEPING_UP {
-                    self.mark = self.batch;
+                // A producer that keeps up: a larger batch, which a late one would bring
+                // down again. One that was only slow for a while gets the first batch
+                // back at once.
+                if self.mark < self.ceiling && self.on_time >= Self::KEEPING_UP {
+                    let grown = (self.mark + self.mark / 2) / STREAMING_READ * STREAMING_READ;
+                    self.mark = grown.max(self.start).min(self.ceiling);
                     self.on_time = 0;
                     return Some(Mark::Raise {
-                        bytes: self.batch,
+                        bytes: self.mark,
                         fresh: false,
                     });
                 }
@@ -148,6 +172,7 @@ impl Batching {
                 // Half a batch or more was there: the producer is behind, not done.
                 let mark = n / 4 * 3 / STREAMING_READ * STREAMING_READ;
                 self.mark = mark.min(self.mark);
+                self.ceiling = self.ceiling.min(self.mark.max(self.start));
                 self.on_time = 0;
                 self.state = State::Raised(batches + 1);
                 return Some(Mark::Raise {
@@ -178,11 +203,12 @@ impl Batching {
         if self.streak < self.needed {
             return None;
         }
-        self.mark = self.batch;
+        self.mark = self.start;
+        self.ceiling = self.batch;
         self.on_time = 0;
         self.state = State::Raised(0);
         Some(Mark::Raise {
-            bytes: self.batch,
+            bytes: self.start,
             fresh: true,
         })
     }
@@ -368,6 +394,73 @@ mod tests {
             assert!(matches!(raised, Some(Mark::Raise { fresh: true, .. })));
         }
         assert_eq!(b.needed, Batching::MAX_STREAK);
+    }
+
+    #[test]
+    fn batches_in_time_grow_the_mark_up_to_the_setting() {
+        let mut b = Batching::new(524288);
+        assert_eq!(stream(&mut b, Batching::STREAK), Some(Batching::START));
+        let mut marks = vec![];
+        for _ in 0..10 * Batching::KEEPING_UP {
+            if let Some(Mark::Raise { bytes, fresh }) = b.after_read(b.mark, false) {
+                assert!(!fresh, "growing is not a new stream");
+                marks.push(bytes);
+            }
+        }
+        assert_eq!(
+            marks,
+            [294912, 442368, 524288],
+            "by half each time, then the setting"
+        );
+        assert_eq!(b.read_room(131072), 524288 + 524288 / 3);
+        // Late: about 300 KB per deadline. The late rule takes the mark down to what
+        // arrives, and growing starts again from there.
+        b.timed_out();
+        assert_eq!(
+            b.after_read(300_000, false),
+            Some(Mark::Raise {
+                bytes: 221184,
+                fresh: false
+            })
+        );
+        // It grows no further in this stream: past what arrived per deadline, each batch
+        // would wait for one again.
+        assert!((0..10 * Batching::KEEPING_UP).all(|_| b.after_read(221184, false).is_none()));
+        // Slower still: down, and the first batch is the most it comes back to.
+        b.timed_out();
+        assert_eq!(
+            b.after_read(150_000, false),
+            Some(Mark::Raise {
+                bytes: 106496,
+                fresh: false
+            })
+        );
+        let back: Vec<_> = (0..10 * Batching::KEEPING_UP)
+            .filter_map(|_| b.after_read(106496, false))
+            .collect();
+        assert_eq!(
+            back,
+            [Mark::Raise {
+                bytes: Batching::START,
+                fresh: false
+            }]
+        );
+        // A complete result ends it; the next stream starts from the first batch and may
+        // grow to the setting again.
+        assert_eq!(b.after_read(1000, true), Some(Mark::Lower));
+        assert_eq!(stream(&mut b, Batching::STREAK), Some(Batching::START));
+        let regrown = (0..Batching::KEEPING_UP).find_map(|_| b.after_read(b.mark, false));
+        assert_eq!(
+            regrown,
+            Some(Mark::Raise {
+                bytes: 294912,
+                fresh: false
+            })
+        );
+        // A setting below the first batch is the only batch.
+        let mut small = Batching::new(65536);
+        assert_eq!(stream(&mut small, Batching::STREAK), Some(65536));
+        assert!((0..100).all(|_| small.after_read(65536, false).is_none()));
     }
 
     #[test]
