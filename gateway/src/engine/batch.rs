@@ -26,13 +26,13 @@
 //!
 //! How much arrives per deadline depends on the producer and on the hour: on the bench
 //! machine PostgreSQL makes about 250 KiB of narrow rows per millisecond and 700 KiB of
-//! wide ones. So a stream's
-//! first batch is [`Batching::START`], and each eight batches in time grow it by half, up
-//! to `[server] read_batch_bytes` (512 KiB by default). The first late batch brings it
-//! back down to what the producer makes, and the stream grows no further than that (or
-//! the first batch): each late batch costs a deadline's wait, and a mark that kept growing
-//! past the producer would pay it every few batches. Larger batches cost the gateway
-//! fewer wake-ups (`bench/results/issue16-read-batches.txt`, session 19).
+//! wide ones. So a stream's first batch is [`Batching::START`], and each eight batches in
+//! time grow it by half, up to `[server] read_batch_bytes` (512 KiB by default). The
+//! first late batch brings it back down to what the producer makes, and the stream grows
+//! no further than that (or the first batch): each late batch costs a deadline's wait,
+//! and a mark that kept growing past the producer would pay it every few batches. Larger
+//! batches cost the gateway fewer wake-ups (`bench/results/issue16-read-batches.txt`,
+//! session 19).
 //!
 //! A result that is complete (the server owes the client nothing) lowers the mark and
 //! ends the streak whatever the read: the next statement's answer, a few bytes perhaps,
@@ -153,8 +153,8 @@ impl Batching {
                 self.state = State::Raised(batches + 1);
                 self.on_time += 1;
                 // A producer that keeps up: a larger batch, which a late one would bring
-                // down again. One that was only slow for a while gets the first batch
-                // back at once.
+                // down again. One that was only slow for a while gets at least the first
+                // batch back.
                 if self.mark < self.ceiling && self.on_time >= Self::KEEPING_UP {
                     let grown = (self.mark + self.mark / 2) / STREAMING_READ * STREAMING_READ;
                     self.mark = grown.max(self.start).min(self.ceiling);

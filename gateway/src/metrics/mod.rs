@@ -242,7 +242,7 @@ impl Metrics {
         );
         registry.register(
             "read_batches",
-            "Long results whose server reads went to batches of [server] read_batch_bytes (the socket's low-water mark raised), one per raise",
+            "Long results whose server reads went to batches of up to [server] read_batch_bytes (the socket's low-water mark raised), one per result or stretch of one",
             m.read_batches.clone(),
         );
         registry.register(
