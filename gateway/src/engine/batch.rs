@@ -50,13 +50,11 @@ use super::STREAMING_READ;
 pub struct Batching {
     /// The largest mark; 0 turns batching off.
     batch: usize,
-    /// Bytes a fresh mark asks for: [`Batching::START`], or `batch` if smaller.
-    start: usize,
-    /// Bytes the raised mark asks for: from `start` up to `ceiling` for a producer that
+    /// Bytes the raised mark asks for: from [`Batching::start`] up to `ceiling` for a producer that
     /// keeps up, less for one slower than a batch per deadline.
     mark: usize,
     /// How far this stream's mark may grow: `batch`, until a late batch shows what the
-    /// producer makes per deadline; then no further than `start` or the mark that late
+    /// producer makes per deadline; then no further than the first batch or the mark that late
     /// batch set, so one stream pays for growing too far once, not every few batches.
     ceiling: usize,
     /// Bytes read in full reads in a row.
@@ -120,17 +118,20 @@ impl Batching {
 
     /// Up to `batch` bytes per wake-up once streaming; 0: never batch.
     pub fn new(batch: usize) -> Batching {
-        let start = batch.min(Self::START);
         Batching {
             batch,
-            start,
-            mark: start,
+            mark: batch.min(Self::START),
             ceiling: batch,
             on_time: 0,
             streak: 0,
             needed: Self::STREAK,
             state: State::Streaming,
         }
+    }
+
+    /// Bytes a fresh mark asks for: [`Batching::START`], or the setting if smaller.
+    fn start(&self) -> usize {
+        self.batch.min(Self::START)
     }
 
     /// How long the next read may wait before the mark must come down, if it is raised.
@@ -157,7 +158,7 @@ impl Batching {
                 // batch back.
                 if self.mark < self.ceiling && self.on_time >= Self::KEEPING_UP {
                     let grown = (self.mark + self.mark / 2) / STREAMING_READ * STREAMING_READ;
-                    self.mark = grown.max(self.start).min(self.ceiling);
+                    self.mark = grown.max(self.start()).min(self.ceiling);
                     self.on_time = 0;
                     return Some(Mark::Raise {
                         bytes: self.mark,
@@ -172,7 +173,7 @@ impl Batching {
                 // Half a batch or more was there: the producer is behind, not done.
                 let mark = n / 4 * 3 / STREAMING_READ * STREAMING_READ;
                 self.mark = mark.min(self.mark);
-                self.ceiling = self.ceiling.min(self.mark.max(self.start));
+                self.ceiling = self.ceiling.min(self.mark.max(self.start()));
                 self.on_time = 0;
                 self.state = State::Raised(batches + 1);
                 return Some(Mark::Raise {
@@ -203,12 +204,12 @@ impl Batching {
         if self.streak < self.needed {
             return None;
         }
-        self.mark = self.start;
+        self.mark = self.start();
         self.ceiling = self.batch;
         self.on_time = 0;
         self.state = State::Raised(0);
         Some(Mark::Raise {
-            bytes: self.start,
+            bytes: self.start(),
             fresh: true,
         })
     }
@@ -232,6 +233,14 @@ impl Batching {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mark raised again within a stream (not a fresh one).
+    fn again(bytes: usize) -> Option<Mark> {
+        Some(Mark::Raise {
+            bytes,
+            fresh: false,
+        })
+    }
 
     /// Full reads of `bytes` in all; the mark the last raise asked for.
     fn stream(b: &mut Batching, bytes: usize) -> Option<usize> {
@@ -312,13 +321,7 @@ mod tests {
         assert_eq!(b.read_room(4096), 131072 + 131072 / 3);
         // Late again, with more than the mark there: a late batch never grows the mark.
         b.timed_out();
-        assert_eq!(
-            b.after_read(250_000, false),
-            Some(Mark::Raise {
-                bytes: 131072,
-                fresh: false
-            })
-        );
+        assert_eq!(b.after_read(250_000, false), again(131072));
         // Batches in time again: the full batch comes back after a few.
         let back: Vec<_> = (0..Batching::KEEPING_UP)
             .filter_map(|_| b.after_read(131072, false))
@@ -416,25 +419,13 @@ mod tests {
         // Late: about 300 KB per deadline. The late rule takes the mark down to what
         // arrives, and growing starts again from there.
         b.timed_out();
-        assert_eq!(
-            b.after_read(300_000, false),
-            Some(Mark::Raise {
-                bytes: 221184,
-                fresh: false
-            })
-        );
+        assert_eq!(b.after_read(300_000, false), again(221184));
         // It grows no further in this stream: past what arrived per deadline, each batch
         // would wait for one again.
         assert!((0..10 * Batching::KEEPING_UP).all(|_| b.after_read(221184, false).is_none()));
         // Slower still: down, and the first batch is the most it comes back to.
         b.timed_out();
-        assert_eq!(
-            b.after_read(150_000, false),
-            Some(Mark::Raise {
-                bytes: 106496,
-                fresh: false
-            })
-        );
+        assert_eq!(b.after_read(150_000, false), again(106496));
         let back: Vec<_> = (0..10 * Batching::KEEPING_UP)
             .filter_map(|_| b.after_read(106496, false))
             .collect();
@@ -450,13 +441,7 @@ mod tests {
         assert_eq!(b.after_read(1000, true), Some(Mark::Lower));
         assert_eq!(stream(&mut b, Batching::STREAK), Some(Batching::START));
         let regrown = (0..Batching::KEEPING_UP).find_map(|_| b.after_read(b.mark, false));
-        assert_eq!(
-            regrown,
-            Some(Mark::Raise {
-                bytes: 294912,
-                fresh: false
-            })
-        );
+        assert_eq!(regrown, again(294912));
         // A setting below the first batch is the only batch.
         let mut small = Batching::new(65536);
         assert_eq!(stream(&mut small, Batching::STREAK), Some(65536));
